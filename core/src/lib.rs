@@ -1,0 +1,8 @@
+//! Keystead's shared library: the one place for wire types and formats used by the
+//! operator, the partition and the `kubectl hsm` plugin.
+//!
+//! - [`b64`]: base64url (no padding) helpers used by every JSON field of the Key Vault API.
+//! - [`error`]: the Key Vault error body.
+
+pub mod b64;
+pub mod error;

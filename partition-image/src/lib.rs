@@ -1,0 +1,3 @@
+//! A Keystead HSM partition.
+
+#![forbid(unsafe_code)]
