@@ -2,6 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
+mod audit;
+mod sd;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kubectl-hsm",
@@ -17,14 +20,25 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Security-domain ceremony (custodian keys, download, transfer blob, upload).
-    Sd,
-    /// Key operations against a pool.
-    Key,
-    /// Print a bearer token for a principal of a local pool.
-    Token,
+    #[command(subcommand)]
+    Sd(sd::SdCommand),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    anyhow::bail!("`kubectl hsm {:?}` is not implemented yet", cli.command)
+    let result = match cli.command {
+        Command::Sd(cmd) => sd::run(cmd).await,
+        Command::Audit(cmd) => audit::run(cmd).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
