@@ -6,3 +6,4 @@
 
 pub mod b64;
 pub mod error;
+pub mod keys;
