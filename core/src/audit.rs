@@ -1,0 +1,377 @@
+//! The audit log format: one JSON record per request, each chained to the previous one by a
+//! SHA-256 hash so that editing, deleting, inserting or reordering records is detectable.
+//!
+//! Chain rule (see `docs/audit.md`):
+//! `hash = hex(SHA-256(prevHash || canonical JSON of the record without "hash"))`, where
+//! `prevHash` is the previous record's `hash` as its 64 lowercase hex ASCII characters, the
+//! canonical JSON has object keys sorted by byte order and no whitespace, and the first record
+//! (`seq` 1) has `prevHash` = 64 zeros ([`GENESIS_HASH`]).
+//!
+//! A record holds only the fields below: there is no field for a token, a request body or key
+//! material, so none can be logged.
+
+use std::io::BufRead;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `prevHash` of the first record of a chain.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One audited request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// RFC 3339 UTC time the request was received.
+    pub time: String,
+    pub request_id: String,
+    /// Name of the partition that served the request.
+    pub partition: String,
+    /// The authenticated principal id, or `anonymous`.
+    pub caller: String,
+    pub client_address: String,
+    pub method: String,
+    /// Request path without the query string.
+    pub path: String,
+    /// Operation name, e.g. `KeySign`.
+    pub operation: String,
+    /// The data action checked, e.g. `Microsoft.KeyVault/managedHsm/keys/sign/action`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_version: Option<String>,
+    /// HTTP status code of the response.
+    pub status: u16,
+    /// Key Vault error code of a failed request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    pub latency_ms: u64,
+    /// Position in the chain, starting at 1.
+    pub seq: u64,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl AuditRecord {
+    /// The record as one JSON line (no trailing newline).
+    pub fn to_json_line(&self) -> String {
+        canonical_json(&record_value(self))
+    }
+}
+
+/// The chain is broken (or a line is not a record) at `line` (1-based).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct ChainError {
+    pub line: usize,
+    pub reason: String,
+}
+
+/// What a successful verification saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub records: u64,
+    /// `None` when the file holds no record.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Hash of the last record (the genesis hash for an empty file): keep it as an anchor.
+    pub last_hash: String,
+}
+
+/// Verification options.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Accept a file whose first record is not `seq` 1 (a log rotated by an external tool).
+    /// Without it, a missing head is reported as deleted records.
+    pub allow_partial_start: bool,
+    /// The `hash` the last record must have (a value recorded earlier, e.g. from the last
+    /// verification): detects records cut off the end of the file.
+    pub expect_last_hash: Option<String>,
+}
+
+/// Sorted-key, whitespace-free JSON: the form the chain hashes.
+fn canonical_json(v: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(v, &mut out);
+    out
+}
+
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (i, (k, val)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(val, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn record_value(record: &AuditRecord) -> Value {
+    // Serialising a struct of strings and integers into a Value cannot fail.
+    serde_json::to_value(record).unwrap_or(Value::Null)
+}
+
+/// `hex(SHA-256(prev_hash || canonical JSON of `object` without "hash"))`.
+fn compute_hash(prev_hash: &str, object: &serde_json::Map<String, Value>) -> String {
+    let mut without = object.clone();
+    without.remove("hash");
+    let canonical = canonical_json(&Value::Object(without));
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(prev_hash.as_bytes());
+    ctx.update(canonical.as_bytes());
+    hex::encode(ctx.finish().as_ref())
+}
+
+fn is_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Checks one line on its own: a JSON record whose `hash` matches its content and `prevHash`.
+fn check_line(text: &str, line: usize) -> Result<AuditRecord, ChainError> {
+    let err = |reason: String| ChainError { line, reason };
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        err(format!(
+            "not a JSON audit record ({e}); the line was edited or cut"
+        ))
+    })?;
+    let Value::Object(object) = &value else {
+        return Err(err("not a JSON object".into()));
+    };
+    let record: AuditRecord = serde_json::from_value(value.clone())
+        .map_err(|e| err(format!("not an audit record ({e})")))?;
+    if !is_hash(&record.prev_hash) || !is_hash(&record.hash) {
+        return Err(err("prevHash or hash is not 64 lowercase hex digits".into()));
+    }
+    let expected = compute_hash(&record.prev_hash, object);
+    if expected != record.hash {
+        return Err(err(format!(
+            "record seq {} was modified: its content does not match its hash",
+            record.seq
+        )));
+    }
+    Ok(record)
+}
+
+/// The writer side of a chain: assigns `seq`, `prevHash` and `hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditChain {
+    next_seq: u64,
+    last_hash: String,
+}
+
+impl Default for AuditChain {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AuditChain {
+    /// A new chain (the next record is `seq` 1 with the genesis `prevHash`).
+    pub fn new() -> Self {
+        Self {
+            next_seq: 1,
+            last_hash: GENESIS_HASH.to_owned(),
+        }
+    }
+
+    /// Continues a chain after its last line (`None` for an empty log). The line must be a
+    /// valid, self-consistent record; otherwise the log's tail is damaged and the error says
+    /// so (line number 1 = that last line).
+    pub fn resume(last_line: Option<&str>) -> Result<Self, ChainError> {
+        match last_line.map(str::trim).filter(|l| !l.is_empty()) {
+            None => Ok(Self::new()),
+            Some(line) => {
+                let record = check_line(line, 1)?;
+                Ok(Self {
+                    next_seq: record.seq.saturating_add(1),
+                    last_hash: record.hash,
+                })
+            }
+        }
+    }
+
+    /// The `seq` the next sealed record gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The hash of the last sealed record (genesis if none).
+    pub fn last_hash(&self) -> &str {
+        &self.last_hash
+    }
+
+    /// Sets `seq`, `prevHash` and `hash` of `record` (and normalises: the query string is
+    /// dropped from `path`, an empty `caller` becomes `anonymous`) and advances the chain.
+    pub fn seal(&mut self, mut record: AuditRecord) -> AuditRecord {
+        if let Some(i) = record.path.find('?') {
+            record.path.truncate(i);
+        }
+        if record.caller.is_empty() {
+            record.caller = "anonymous".to_owned();
+        }
+        record.seq = self.next_seq;
+        record.prev_hash = self.last_hash.clone();
+        record.hash = String::new();
+        let hash = match record_value(&record) {
+            Value::Object(object) => compute_hash(&record.prev_hash, &object),
+            _ => String::new(),
+        };
+        record.hash = hash;
+        self.next_seq = self.next_seq.saturating_add(1);
+        self.last_hash = record.hash.clone();
+        record
+    }
+}
+
+/// Verifies a whole log with default options (must start at `seq` 1, no tail anchor).
+pub fn verify_lines<R: BufRead>(reader: R) -> Result<VerifyReport, ChainError> {
+    verify_lines_with(reader, &VerifyOptions::default())
+}
+
+/// Verifies a log: every line is a self-consistent record, `seq` increases by one, each
+/// `prevHash` is the previous `hash`. Blank lines are only allowed at the end of the file.
+pub fn verify_lines_with<R: BufRead>(
+    reader: R,
+    options: &VerifyOptions,
+) -> Result<VerifyReport, ChainError> {
+    let mut report = VerifyReport {
+        records: 0,
+        first_seq: None,
+        last_seq: None,
+        last_hash: GENESIS_HASH.to_owned(),
+    };
+    let mut blank_at: Option<usize> = None;
+    let mut last_line = 0;
+    for (i, line) in reader.lines().enumerate() {
+        let n = i + 1;
+        last_line = n;
+        let text = line.map_err(|e| ChainError {
+            line: n,
+            reason: format!("cannot read the line: {e}"),
+        })?;
+        if text.trim().is_empty() {
+            blank_at.get_or_insert(n);
+            continue;
+        }
+        if let Some(b) = blank_at {
+            return Err(ChainError {
+                line: b,
+                reason: "blank line inside the log: a record was removed".into(),
+            });
+        }
+        let record = check_line(&text, n)?;
+        match report.last_seq {
+            None => {
+                if record.seq == 1 && record.prev_hash != GENESIS_HASH {
+                    return Err(ChainError {
+                        line: n,
+                        reason: "the first record (seq 1) does not start from the genesis hash"
+                            .into(),
+                    });
+                }
+                if record.seq != 1 && !options.allow_partial_start {
+                    return Err(ChainError {
+                        line: n,
+                        reason: format!(
+                            "the log starts at seq {} instead of 1: earlier records were deleted (use --allow-partial-start for a rotated log)",
+                            record.seq
+                        ),
+                    });
+                }
+                report.first_seq = Some(record.seq);
+            }
+            Some(prev_seq) => {
+                if record.seq != prev_seq.saturating_add(1) {
+                    return Err(ChainError {
+                        line: n,
+                        reason: format!(
+                            "expected seq {} after seq {prev_seq} but found seq {}: records were deleted, inserted or reordered",
+                            prev_seq.saturating_add(1),
+                            record.seq
+                        ),
+                    });
+                }
+                if record.prev_hash != report.last_hash {
+                    return Err(ChainError {
+                        line: n,
+                        reason: format!(
+                            "record seq {} does not chain to the previous record: a record was deleted, inserted or replaced",
+                            record.seq
+                        ),
+                    });
+                }
+            }
+        }
+        report.records += 1;
+        report.last_seq = Some(record.seq);
+        report.last_hash = record.hash;
+    }
+    if let Some(expected) = &options.expect_last_hash
+        && !expected.trim().eq_ignore_ascii_case(&report.last_hash)
+    {
+        return Err(ChainError {
+            line: last_line,
+            reason: format!(
+                "the last record's hash is {} but {} was expected: records were removed from the end (or the anchor belongs to another log)",
+                report.last_hash,
+                expected.trim()
+            ),
+        });
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_recursively() {
+        let v: Value =
+            serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"z":0,"y":"\u00e9\n"}],"c":null}}"#)
+                .unwrap();
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":{"c":null,"d":[1,{"y":"é\n","z":0}]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn seal_sets_chain_fields() {
+        let mut chain = AuditChain::new();
+        let r = chain.seal(AuditRecord {
+            path: "/keys/k/sign?api-version=7.5".into(),
+            ..AuditRecord::default()
+        });
+        assert_eq!(r.seq, 1);
+        assert_eq!(r.prev_hash, GENESIS_HASH);
+        assert_eq!(r.path, "/keys/k/sign");
+        assert_eq!(r.caller, "anonymous");
+        assert!(is_hash(&r.hash));
+        assert_eq!(chain.last_hash(), r.hash);
+        assert_eq!(chain.next_seq(), 2);
+    }
+}
