@@ -7,5 +7,7 @@
 pub mod audit;
 pub mod b64;
 pub mod error;
+pub mod kdf;
+pub mod sd;
 pub mod keys;
 pub mod rbac;
