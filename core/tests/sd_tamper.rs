@@ -23,9 +23,15 @@ fn every_byte_of_the_domain_file_is_protected() {
     for i in 0..file.len() {
         let t = flip(&file, i);
         let r = recover_domain(&t, &keys);
-        assert!(r.is_err(), "flip at byte {i} ({:?}) was not detected", &file[i..i + 1]);
+        assert!(
+            r.is_err(),
+            "flip at byte {i} ({:?}) was not detected",
+            &file[i..i + 1]
+        );
     }
 }
+
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
 
 fn edit(file: &str, f: impl FnOnce(&mut serde_json::Value)) -> String {
     let mut v: serde_json::Value = serde_json::from_str(file).unwrap();
@@ -46,16 +52,31 @@ fn each_region_of_the_domain_file_gives_an_integrity_error() {
     let secret = DomainSecret::generate("tamper-pool");
     let file = create_domain_file(&secret, &publics(&[0, 1, 2]), 2).unwrap();
     let keys = privates(&[0, 1]);
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
-        ("domain_id", Box::new(|v| v["domain_id"] = uuid_like().into())),
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "domain_id",
+            Box::new(|v| v["domain_id"] = uuid_like().into()),
+        ),
         ("fingerprint", Box::new(|v| flip_b64(&mut v["fingerprint"]))),
-        ("origin_pool", Box::new(|v| v["origin_pool"] = "evil".into())),
+        (
+            "origin_pool",
+            Box::new(|v| v["origin_pool"] = "evil".into()),
+        ),
         ("created", Box::new(|v| v["created"] = 1.into())),
         ("nonce", Box::new(|v| flip_b64(&mut v["nonce"]))),
         ("ciphertext", Box::new(|v| flip_b64(&mut v["ciphertext"]))),
-        ("share 0", Box::new(|v| flip_b64(&mut v["shares"][0]["enc_share"]))),
-        ("unused share 2", Box::new(|v| flip_b64(&mut v["shares"][2]["enc_share"]))),
-        ("x5t_256", Box::new(|v| flip_b64(&mut v["shares"][2]["x5t_256"]))),
+        (
+            "share 0",
+            Box::new(|v| flip_b64(&mut v["shares"][0]["enc_share"])),
+        ),
+        (
+            "unused share 2",
+            Box::new(|v| flip_b64(&mut v["shares"][2]["enc_share"])),
+        ),
+        (
+            "x5t_256",
+            Box::new(|v| flip_b64(&mut v["shares"][2]["x5t_256"])),
+        ),
         (
             "swap shares",
             Box::new(|v| {
@@ -65,18 +86,27 @@ fn each_region_of_the_domain_file_gives_an_integrity_error() {
             }),
         ),
         ("enc", Box::new(|v| v["enc"] = "A128GCM".into())),
-        ("alg", Box::new(|v| v["shares"][1]["alg"] = "RSA-OAEP".into())),
+        (
+            "alg",
+            Box::new(|v| v["shares"][1]["alg"] = "RSA-OAEP".into()),
+        ),
         ("extra field", Box::new(|v| v["extra"] = 1.into())),
-        ("truncated", Box::new(|v| {
-            let s = v["ciphertext"].as_str().unwrap().to_owned();
-            v["ciphertext"] = s[..s.len() - 4].to_owned().into();
-        })),
+        (
+            "truncated",
+            Box::new(|v| {
+                let s = v["ciphertext"].as_str().unwrap().to_owned();
+                v["ciphertext"] = s[..s.len() - 4].to_owned().into();
+            }),
+        ),
     ];
     for (name, f) in cases {
         let t = edit(&file, f);
         let err = recover_domain(&t, &keys).unwrap_err();
         assert!(matches!(err, SdError::Integrity(_)), "{name}: {err:?}");
-        assert!(err.to_string().contains("integrity check failed"), "{name}: {err}");
+        assert!(
+            err.to_string().contains("integrity check failed"),
+            "{name}: {err}"
+        );
     }
 }
 
