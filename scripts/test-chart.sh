@@ -33,6 +33,8 @@ FAILED=0
 FAILED_NAMES=()
 
 # run_test NAME COMMAND...: runs the command, shows its output only when it fails.
+# Note: inside `if`, bash ignores `set -e` in the called functions, so every step of a check
+# function below ends in `|| return 1` (or is its last command).
 run_test() {
   local name="$1"
   shift
@@ -55,7 +57,7 @@ lint() { "$HELM" lint --strict "$CHART" "$@"; }
 render() { # render OUTFILE [helm args]
   local out="$1"
   shift
-  "$HELM" template keystead "$CHART" --namespace keystead-system "$@" >"$out"
+  "$HELM" template keystead "$CHART" --namespace keystead-system "$@" >"$out" || return 1
   [ -s "$out" ] || {
     echo "helm template rendered nothing"
     return 1
@@ -67,7 +69,7 @@ render() { # render OUTFILE [helm args]
 validate_rendered() { # FILE VERSION EXPECTED-KINDS...
   local file="$1" version="$2"
   shift 2
-  "$VENV/kubernetes-validate" --strict --quiet -k "$version" "$file"
+  "$VENV/kubernetes-validate" --strict --quiet -k "$version" "$file" || return 1
   for kind in "$@"; do
     grep -q "^kind: $kind$" "$file" || {
       echo "expected a $kind in $file"

@@ -1,6 +1,7 @@
 """The CRDs' x-kubernetes-validations CEL rules, evaluated with cel-python on valid and
 invalid objects and on update transitions (old object -> new object), as the API server
-would. Run: .venv/bin/python -m pytest scripts/test_cel_rules.py -q
+would; and the CEL of the chart's ValidatingAdmissionPolicy (the operator guard) on sample
+requests. Run: .venv/bin/python -m pytest scripts/test_cel_rules.py -q
 """
 
 from __future__ import annotations
@@ -176,3 +177,86 @@ def test_restore_source_destination_checked_too(validator):
         {"hsmRef": {"name": "a"}, "source": {"folder": "f", "destination": {}}},
     )
     assert_rejected(validator.errors(o), "set exactly one of filesystem, s3, azureBlob, gcs")
+
+
+# ---- the chart's ValidatingAdmissionPolicy (operator guard) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def guard_policy() -> dict:
+    import subprocess
+
+    import yaml
+
+    helm = os.path.join(REPO, ".tools", "bin", "helm")
+    if not os.access(helm, os.X_OK):
+        pytest.skip("helm not installed; run scripts/install-tools.sh")
+    rendered = subprocess.run(
+        [helm, "template", "ks", os.path.join(REPO, "charts", "keystead"), "-n", "ops"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    for doc in yaml.safe_load_all(rendered):
+        if doc and doc["kind"] == "ValidatingAdmissionPolicy":
+            return doc
+    raise AssertionError("the chart rendered no ValidatingAdmissionPolicy")
+
+
+def guard_verdict(policy: dict, username: str, resource: str, object_: dict) -> list[str]:
+    """Messages of the policy's failed validations for one request ([] = admitted)."""
+    import celpy
+
+    env = celpy.Environment()
+    activation = {
+        "request": celpy.json_to_cel(
+            {"userInfo": {"username": username}, "resource": {"resource": resource}}
+        ),
+        "object": celpy.json_to_cel(object_),
+    }
+
+    def ev(expr: str) -> bool:
+        return bool(env.program(env.compile(expr)).evaluate(activation))
+
+    if not all(ev(c["expression"]) for c in policy["spec"]["matchConditions"]):
+        return []
+    return [v["message"] for v in policy["spec"]["validations"] if not ev(v["expression"])]
+
+
+OPERATOR = "system:serviceaccount:ops:ks-keystead"
+
+
+def statefulset(pod_spec: dict) -> dict:
+    return {"spec": {"template": {"spec": {"containers": [{"name": "p"}], **pod_spec}}}}
+
+
+def test_guard_denies_token_secrets_to_operator_only(guard_policy):
+    token = {"type": "kubernetes.io/service-account-token"}
+    assert guard_verdict(guard_policy, OPERATOR, "secrets", token)
+    assert guard_verdict(guard_policy, "system:serviceaccount:ops:other", "secrets", token) == []
+    assert guard_verdict(guard_policy, OPERATOR, "secrets", {"type": "kubernetes.io/tls"}) == []
+    assert guard_verdict(guard_policy, OPERATOR, "secrets", {}) == []
+
+
+@pytest.mark.parametrize(
+    "pod_spec",
+    [
+        {"hostNetwork": True},
+        {"hostPID": True},
+        {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]},
+        {"containers": [{"name": "p", "securityContext": {"privileged": True}}]},
+        {"initContainers": [{"name": "i", "securityContext": {"privileged": True}}]},
+    ],
+)
+def test_guard_denies_host_level_statefulsets(guard_policy, pod_spec):
+    assert guard_verdict(guard_policy, OPERATOR, "statefulsets", statefulset(pod_spec))
+
+
+def test_guard_admits_ordinary_partition_statefulset(guard_policy):
+    sts = statefulset(
+        {
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "d"}}],
+            "containers": [{"name": "p", "securityContext": {"privileged": False}}],
+        }
+    )
+    assert guard_verdict(guard_policy, OPERATOR, "statefulsets", sts) == []
