@@ -19,7 +19,7 @@ use serde_json::Value;
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One audited request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
     /// RFC 3339 UTC time the request was received.
@@ -47,7 +47,8 @@ pub struct AuditRecord {
     /// Key Vault error code of a failed request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
-    pub latency_ms: u64,
+    /// Milliseconds from receiving the request to the response (rounded to microseconds).
+    pub latency_ms: f64,
     /// Position in the chain, starting at 1.
     pub seq: u64,
     pub prev_hash: String,
@@ -232,6 +233,11 @@ impl AuditChain {
         if record.caller.is_empty() {
             record.caller = "anonymous".to_owned();
         }
+        record.latency_ms = if record.latency_ms.is_finite() && record.latency_ms > 0.0 {
+            (record.latency_ms * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        };
         record.seq = self.next_seq;
         record.prev_hash = self.last_hash.clone();
         record.hash = String::new();

@@ -15,10 +15,14 @@ fn record(i: u64) -> AuditRecord {
         operation: "KeySign".into(),
         data_action: Some("Microsoft.KeyVault/managedHsm/keys/sign/action".into()),
         key_name: Some(format!("k{i}")),
-        key_version: if i.is_multiple_of(2) { Some("abc".into()) } else { None },
+        key_version: if i.is_multiple_of(2) {
+            Some("abc".into())
+        } else {
+            None
+        },
         status: 200,
         error_code: None,
-        latency_ms: i,
+        latency_ms: i as f64 + 0.25,
         ..AuditRecord::default()
     }
 }

@@ -1,0 +1,204 @@
+//! The partition's audit sink: one hash-chained JSON line per request, appended to a file
+//! (mode 0600) and optionally echoed to stdout. The record format and the chain are
+//! [`keystead_core::audit`]; a record has no field that could carry a token or key material.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub use keystead_core::audit::{AuditChain, AuditRecord, GENESIS_HASH};
+
+/// The audit log cannot be opened or written.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open the audit log {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the audit log {path} ends with a damaged record ({reason}); refusing to continue the chain. Check it with `kubectl hsm audit verify {path}`, move the file aside as evidence, and restart (a new chain will begin)"
+    )]
+    DamagedTail { path: PathBuf, reason: String },
+    #[error("cannot write the audit log {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where audit records go.
+#[derive(Debug, Clone)]
+pub struct AuditSinkConfig {
+    /// The audit file (created with mode 0600 if missing, appended to otherwise).
+    pub path: PathBuf,
+    /// Also write each record as one JSON line to stdout.
+    pub stdout: bool,
+}
+
+struct Inner {
+    file: File,
+    chain: AuditChain,
+}
+
+/// Thread-safe writer of the audit chain.
+pub struct AuditSink {
+    path: PathBuf,
+    stdout: bool,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSink")
+            .field("path", &self.path)
+            .field("stdout", &self.stdout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The current time as RFC 3339 UTC (for [`AuditRecord::time`]).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Reads the last non-empty line of `file` (reading backwards from the end) and whether the
+/// file ends with a newline.
+fn last_line(file: &mut File) -> std::io::Result<(Option<String>, bool)> {
+    let len = file.seek(SeekFrom::End(0))?;
+    if len == 0 {
+        return Ok((None, true));
+    }
+    let mut window: u64 = 64 * 1024;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::with_capacity((len - start) as usize);
+        Read::by_ref(file).take(len - start).read_to_end(&mut buf)?;
+        let ends_with_newline = buf.last() == Some(&b'\n');
+        let trimmed_len = buf
+            .iter()
+            .rposition(|b| !b.is_ascii_whitespace())
+            .map_or(0, |p| p + 1);
+        if trimmed_len == 0 {
+            if start == 0 {
+                return Ok((None, ends_with_newline));
+            }
+            window = window.saturating_mul(4);
+            continue;
+        }
+        let body = &buf[..trimmed_len];
+        match body.iter().rposition(|b| *b == b'\n') {
+            Some(nl) => {
+                let line = String::from_utf8_lossy(&body[nl + 1..]).into_owned();
+                return Ok((Some(line), ends_with_newline));
+            }
+            None if start == 0 => {
+                return Ok((
+                    Some(String::from_utf8_lossy(body).into_owned()),
+                    ends_with_newline,
+                ));
+            }
+            None => window = window.saturating_mul(4),
+        }
+    }
+}
+
+impl AuditSink {
+    /// Opens (or creates, mode 0600) the audit file and resumes the chain from its last line.
+    /// A damaged last line is an error: the partition must not start a chain it cannot link.
+    pub fn open(config: &AuditSinkConfig) -> Result<Self, AuditError> {
+        let path = config.path.clone();
+        let stdout = config.stdout;
+        let open_err = |source| AuditError::Open {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(open_err)?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(open_err)?;
+        // An existing file may have been created with wider permissions.
+        let perms = file.metadata().map_err(open_err)?.permissions();
+        if perms.mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(open_err)?;
+        }
+        let (last, ends_with_newline) = last_line(&mut file).map_err(open_err)?;
+        let chain = AuditChain::resume(last.as_deref()).map_err(|e| AuditError::DamagedTail {
+            path: path.clone(),
+            reason: e.reason,
+        })?;
+        if last.is_some() && !ends_with_newline {
+            file.write_all(b"\n").map_err(|source| AuditError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        Ok(Self {
+            path,
+            stdout,
+            inner: Mutex::new(Inner { file, chain }),
+        })
+    }
+
+    /// The audit file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hash of the last record written (an anchor for `kubectl hsm audit verify --expect-last-hash`).
+    pub fn last_hash(&self) -> String {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.chain.last_hash().to_owned()
+    }
+
+    /// Writes `record` ([`AuditSink::try_record`]); a failure is logged (tracing, error
+    /// level) rather than returned. Use `try_record` to fail the request instead.
+    pub fn record(&self, record: AuditRecord) {
+        if let Err(e) = self.try_record(record) {
+            tracing::error!(error = %e, "audit record lost");
+        }
+    }
+
+    /// Seals `record` into the chain, appends it to the file (flushed, not fsynced) and, if
+    /// configured, prints it to stdout. An empty `time` is set to now. Returns the sealed
+    /// record. On a write error the chain does
+    /// not advance, so the next record still links to the last complete one on disk.
+    pub fn try_record(&self, mut record: AuditRecord) -> Result<AuditRecord, AuditError> {
+        if record.time.is_empty() {
+            record.time = now_rfc3339();
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = inner.chain.clone();
+        let sealed = next.seal(record);
+        let mut line = sealed.to_json_line();
+        line.push('\n');
+        let write_err = |source| AuditError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        inner
+            .file
+            .write_all(line.as_bytes())
+            .and_then(|()| inner.file.flush())
+            .map_err(write_err)?;
+        inner.chain = next;
+        if self.stdout {
+            let mut out = std::io::stdout().lock();
+            // stdout is a copy for log collection; the file is the record of truth.
+            let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+        }
+        Ok(sealed)
+    }
+}
