@@ -250,9 +250,10 @@ pub struct KeyReleasePolicy {
 /// A key version: `{key, attributes, tags, managed, release_policy}`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct KeyBundle {
-    pub key: JsonWebKey,
-    #[serde(default)]
-    pub attributes: KeyAttributes,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<JsonWebKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<KeyAttributes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Tags>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -264,49 +265,41 @@ pub struct KeyBundle {
 /// A list entry: `kid` without a version.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct KeyItem {
-    pub kid: String,
-    #[serde(default)]
-    pub attributes: KeyAttributes,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<KeyAttributes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Tags>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<bool>,
 }
 
-/// The deletion fields shared by [`DeletedKeyBundle`] and [`DeletedKeyItem`].
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct DeletionInfo {
-    #[serde(rename = "recoveryId", default, skip_serializing_if = "Option::is_none")]
-    pub recovery_id: Option<String>,
-    #[serde(
-        rename = "scheduledPurgeDate",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub scheduled_purge_date: Option<i64>,
-    #[serde(
-        rename = "deletedDate",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub deleted_date: Option<i64>,
+macro_rules! deletion_fields {
+    ($(#[$m:meta])* $name:ident, $inner:ident: $ty:ty) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+        pub struct $name {
+            #[serde(flatten)]
+            pub $inner: $ty,
+            #[serde(rename = "recoveryId", default, skip_serializing_if = "Option::is_none")]
+            pub recovery_id: Option<String>,
+            #[serde(rename = "scheduledPurgeDate", default, skip_serializing_if = "Option::is_none")]
+            pub scheduled_purge_date: Option<i64>,
+            #[serde(rename = "deletedDate", default, skip_serializing_if = "Option::is_none")]
+            pub deleted_date: Option<i64>,
+        }
+    };
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct DeletedKeyBundle {
-    #[serde(flatten)]
-    pub bundle: KeyBundle,
-    #[serde(flatten)]
-    pub deletion: DeletionInfo,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct DeletedKeyItem {
-    #[serde(flatten)]
-    pub item: KeyItem,
-    #[serde(flatten)]
-    pub deletion: DeletionInfo,
-}
+deletion_fields!(
+    /// A [`KeyBundle`] plus `recoveryId`, `scheduledPurgeDate`, `deletedDate` (Unix seconds).
+    DeletedKeyBundle, bundle: KeyBundle
+);
+deletion_fields!(
+    /// A [`KeyItem`] plus `recoveryId`, `scheduledPurgeDate`, `deletedDate` (Unix seconds).
+    DeletedKeyItem, item: KeyItem
+);
 
 /// A page: `{value: [...], nextLink}` (`nextLink` is an absolute URL or absent/null).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -465,8 +458,8 @@ pub struct LifetimeActionTrigger {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct LifetimeActionType {
     /// `Rotate` or `Notify` (see [`is_lifetime_action_type`]).
-    #[serde(rename = "type")]
-    pub action_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -480,7 +473,11 @@ pub struct LifetimeAction {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct KeyRotationPolicyAttributes {
     /// ISO-8601 duration, e.g. `P2Y`.
-    #[serde(rename = "expiryTime", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "expiryTime",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub expiry_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created: Option<i64>,
@@ -723,7 +720,9 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    fn round_trip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug>(text: &str) -> T {
+    fn round_trip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug>(
+        text: &str,
+    ) -> T {
         let parsed: T = serde_json::from_str(text).unwrap();
         let back = serde_json::to_value(&parsed).unwrap();
         let orig: Value = serde_json::from_str(text).unwrap();
@@ -744,7 +743,10 @@ mod tests {
         assert_eq!(p.tags.unwrap()["a"], "b");
 
         let p: KeyCreateParameters = round_trip(r#"{"kty":"EC-HSM","crv":"P-256"}"#);
-        assert_eq!(CurveName::parse(p.crv.as_deref().unwrap()), Ok(CurveName::P256));
+        assert_eq!(
+            CurveName::parse(p.crv.as_deref().unwrap()),
+            Ok(CurveName::P256)
+        );
 
         let p: KeyCreateParameters = round_trip(
             r#"{"kty":"oct-HSM","key_size":256,"attributes":{"exportable":true},"release_policy":{"data":"eyJhbnlPZiI6W119"}}"#,
@@ -771,7 +773,9 @@ mod tests {
             r#"{"lifetimeActions":[{"action":{"type":"Rotate"},"trigger":{"timeAfterCreate":"P90D"}}],"attributes":{"expiryTime":"P2Y"}}"#,
         );
         let a = &p.lifetime_actions.as_ref().unwrap()[0];
-        assert!(is_lifetime_action_type(&a.action.as_ref().unwrap().action_type));
+        assert!(is_lifetime_action_type(
+            a.action.as_ref().unwrap().r#type.as_deref().unwrap()
+        ));
         assert_eq!(
             a.trigger.as_ref().unwrap().time_after_create.as_deref(),
             Some("P90D")
@@ -784,7 +788,10 @@ mod tests {
         let p: KeyOperationsParameters =
             round_trip(r#"{"alg":"A256GCM","value":"AAEC","aad":"AwQ"}"#);
         assert_eq!(p.value.as_bytes(), &[0, 1, 2]);
-        assert_eq!(EncryptionAlgorithm::parse(&p.alg), Ok(EncryptionAlgorithm::A256Gcm));
+        assert_eq!(
+            EncryptionAlgorithm::parse(&p.alg),
+            Ok(EncryptionAlgorithm::A256Gcm)
+        );
         let r: KeyOperationResult = round_trip(
             r#"{"kid":"https://h/keys/k/0123","value":"AAEC","iv":"AAAAAAAAAAAAAAAA","tag":"AQ"}"#,
         );
@@ -808,33 +815,39 @@ mod tests {
                 "attributes":{"enabled":true,"created":1,"updated":2,"recoverableDays":90,"recoveryLevel":"Recoverable+Purgeable","exportable":false},
                 "tags":{"t":"v"},"recoveryId":"https://h/deletedkeys/k","scheduledPurgeDate":3,"deletedDate":4}"#,
         );
-        assert_eq!(b.deletion.recovery_id.as_deref(), Some("https://h/deletedkeys/k"));
-        assert_eq!(b.bundle.attributes.recoverable_days, Some(90));
+        assert_eq!(b.recovery_id.as_deref(), Some("https://h/deletedkeys/k"));
+        let attrs = b.bundle.attributes.as_ref().unwrap();
+        assert_eq!(attrs.recoverable_days, Some(90));
         assert_eq!(
-            DeletionRecoveryLevel::parse(b.bundle.attributes.recovery_level.as_deref().unwrap()),
+            DeletionRecoveryLevel::parse(attrs.recovery_level.as_deref().unwrap()),
             Ok(DeletionRecoveryLevel::RecoverablePurgeable)
         );
 
         let l: KeyListResult<DeletedKeyItem> = round_trip(
             r#"{"value":[{"kid":"https://h/keys/k","attributes":{"enabled":true},"recoveryId":"https://h/deletedkeys/k","deletedDate":4}],"nextLink":"https://h/deletedkeys?api-version=7.5&$skiptoken=x"}"#,
         );
-        assert_eq!(l.value[0].item.kid, "https://h/keys/k");
-        assert_eq!(l.value[0].deletion.deleted_date, Some(4));
+        assert_eq!(l.value[0].item.kid.as_deref(), Some("https://h/keys/k"));
+        assert_eq!(l.value[0].deleted_date, Some(4));
 
-        let l: KeyListResult<KeyItem> = serde_json::from_str(r#"{"value":[],"nextLink":null}"#).unwrap();
+        let l: KeyListResult<KeyItem> =
+            serde_json::from_str(r#"{"value":[],"nextLink":null}"#).unwrap();
         assert!(l.next_link.is_none());
         // nextLink is always present (null) on output, like the service.
-        assert_eq!(serde_json::to_value(&l).unwrap(), json!({"value":[],"nextLink":null}));
+        assert_eq!(
+            serde_json::to_value(&l).unwrap(),
+            json!({"value":[],"nextLink":null})
+        );
     }
 
     #[test]
     fn absent_options_are_omitted() {
         let b = KeyBundle {
-            key: JsonWebKey {
+            key: Some(JsonWebKey {
                 kid: Some("https://h/keys/k/v".into()),
                 kty: Some("oct-HSM".into()),
                 ..Default::default()
-            },
+            }),
+            attributes: Some(KeyAttributes::default()),
             ..Default::default()
         };
         assert_eq!(
@@ -845,7 +858,8 @@ mod tests {
 
     #[test]
     fn base64url_tolerates_padding_and_rejects_garbage() {
-        let v: KeySignParameters = serde_json::from_str(r#"{"alg":"RS256","value":"-_8="}"#).unwrap();
+        let v: KeySignParameters =
+            serde_json::from_str(r#"{"alg":"RS256","value":"-_8="}"#).unwrap();
         assert_eq!(v.value.as_bytes(), &[0xfb, 0xff]);
         assert_eq!(serde_json::to_string(&v.value).unwrap(), r#""-_8""#);
         let err = serde_json::from_str::<KeySignParameters>(r#"{"alg":"RS256","value":"***"}"#)
@@ -872,7 +886,10 @@ mod tests {
     fn enums_parse_and_report_unknown_values() {
         assert_eq!(KeyType::parse("oct-hsm"), Ok(KeyType::OctHsm));
         assert_eq!(KeyType::parse("RSA").unwrap().to_hsm(), KeyType::RsaHsm);
-        assert_eq!("ES256K".parse::<SignatureAlgorithm>(), Ok(SignatureAlgorithm::ES256K));
+        assert_eq!(
+            "ES256K".parse::<SignatureAlgorithm>(),
+            Ok(SignatureAlgorithm::ES256K)
+        );
         assert_eq!(SignatureAlgorithm::ES512.digest_len(), Some(64));
         assert_eq!(
             EncryptionAlgorithm::parse("CKM_AES_KEY_WRAP_PAD"),
@@ -881,7 +898,10 @@ mod tests {
         assert_eq!(KeyOperation::parse("wrapkey"), Ok(KeyOperation::WrapKey));
         let e = EncryptionAlgorithm::parse("A256KWP").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("A256KWP") && msg.contains("RSA-OAEP-256"), "{msg}");
+        assert!(
+            msg.contains("A256KWP") && msg.contains("RSA-OAEP-256"),
+            "{msg}"
+        );
         for v in EncryptionAlgorithm::ALL {
             assert_eq!(EncryptionAlgorithm::parse(v.as_str()), Ok(*v));
         }

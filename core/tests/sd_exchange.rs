@@ -33,7 +33,8 @@ fn download_transfer_upload_round_trip_keeps_the_fingerprint() {
 fn exchange_certificate_parses_from_pem_jwk_and_envelope() {
     let xk = ExchangeKey::generate("ns/pool-3").unwrap();
     let from_pem = ExchangeCertificate::from_pem(&xk.certificate_pem()).unwrap();
-    let from_jwk = ExchangeCertificate::from_transfer_key_json(&xk.transfer_key_jwk_json()).unwrap();
+    let from_jwk =
+        ExchangeCertificate::from_transfer_key_json(&xk.transfer_key_jwk_json()).unwrap();
     let from_any = ExchangeCertificate::parse(&xk.transfer_key_jwk_json()).unwrap();
     for c in [&from_pem, &from_jwk, &from_any] {
         assert_eq!(c.thumbprint(), xk.thumbprint());
@@ -98,10 +99,16 @@ fn transfer_needs_the_quorum() {
     let xk = ExchangeKey::generate("pool-6").unwrap();
     assert_eq!(
         build_transfer_blob(&file, &privates(&[0, 1]), &xk.certificate()).unwrap_err(),
-        SdError::NotEnoughKeys { given: 2, needed: 3 }
+        SdError::NotEnoughKeys {
+            given: 2,
+            needed: 3
+        }
     );
     // Pool-to-pool transfer from a live secret.
     let blob = seal_to_exchange_key(&secret, &xk.certificate()).unwrap();
     assert_eq!(xk.open_transfer_blob(&blob, "pool-6").unwrap(), secret);
-    assert_eq!(recover_domain(&file, &privates(&[0, 1, 2])).unwrap(), secret);
+    assert_eq!(
+        recover_domain(&file, &privates(&[0, 1, 2])).unwrap(),
+        secret
+    );
 }

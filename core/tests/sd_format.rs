@@ -125,11 +125,20 @@ fn recovery_errors_are_specific() {
     let secret = DomainSecret::generate("pool-f");
     let file = create_domain_file(&secret, &publics(&[0, 1, 2, 3]), 3).unwrap();
     let err = recover_domain(&file, &privates(&[0])).unwrap_err();
-    assert_eq!(err, SdError::NotEnoughKeys { given: 1, needed: 3 });
+    assert_eq!(
+        err,
+        SdError::NotEnoughKeys {
+            given: 1,
+            needed: 3
+        }
+    );
     assert!(err.to_string().contains("1 given, 3 needed"), "{err}");
     assert_eq!(
         recover_domain(&file, &privates(&[0, 1])).unwrap_err(),
-        SdError::NotEnoughKeys { given: 2, needed: 3 }
+        SdError::NotEnoughKeys {
+            given: 2,
+            needed: 3
+        }
     );
     let err = recover_domain(&file, &privates(&[0, 9, 1])).unwrap_err();
     assert_eq!(
@@ -148,7 +157,10 @@ fn recovery_errors_are_specific() {
         }
     );
     // More keys than the quorum is fine.
-    assert_eq!(recover_domain(&file, &privates(&[3, 2, 1, 0])).unwrap(), secret);
+    assert_eq!(
+        recover_domain(&file, &privates(&[3, 2, 1, 0])).unwrap(),
+        secret
+    );
 }
 
 #[test]
@@ -165,7 +177,10 @@ fn rehearsal_reports_without_returning_the_secret() {
     assert!(!json.contains(&hex::encode(secret.master_key())));
     assert_eq!(
         rehearse(&file, &privates(&[1])).unwrap_err(),
-        SdError::NotEnoughKeys { given: 1, needed: 2 }
+        SdError::NotEnoughKeys {
+            given: 1,
+            needed: 2
+        }
     );
 }
 
@@ -225,8 +240,8 @@ fn openssl_key_formats_are_accepted() {
         CustodianPrivateKey::from_pem(fixtures::OPENSSL_2048_PKCS8_ENCRYPTED, Some("wrong")),
         Err(SdError::Passphrase(_))
     ));
-    let err = CustodianPrivateKey::from_pem(fixtures::OPENSSL_2048_PKCS8_ENCRYPTED, None)
-        .unwrap_err();
+    let err =
+        CustodianPrivateKey::from_pem(fixtures::OPENSSL_2048_PKCS8_ENCRYPTED, None).unwrap_err();
     assert!(err.to_string().contains("passphrase"), "{err}");
     // A bare public key can be a custodian, and its private key opens its share.
     let secret = DomainSecret::generate("pool-h");
@@ -245,7 +260,10 @@ fn generated_encrypted_key_round_trips_and_hides_the_key() {
     assert!(key.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
     let private = CustodianPrivateKey::from_pem(&key, Some("s3cret pass")).unwrap();
     let public = CustodianKey::from_pem(&cert).unwrap();
-    assert_eq!(private.public_key_thumbprint(), public.public_key_thumbprint());
+    assert_eq!(
+        private.public_key_thumbprint(),
+        public.public_key_thumbprint()
+    );
     assert!(matches!(
         CustodianPrivateKey::from_pem(&key, Some("s3cret pasS")),
         Err(SdError::Passphrase(_))
@@ -280,15 +298,24 @@ fn jwk_round_trip_matches_azure_shape() {
     // Inconsistent JWK fields are rejected.
     let mut bad = jwk.clone();
     bad.x5t_s256 = Some(custodians()[1].public().thumbprint().to_owned());
-    assert!(matches!(CustodianKey::from_jwk(&bad), Err(SdError::Malformed(_))));
+    assert!(matches!(
+        CustodianKey::from_jwk(&bad),
+        Err(SdError::Malformed(_))
+    ));
     let mut bad = jwk.clone();
     bad.n = custodians()[1].public().to_jwk().unwrap().n;
-    assert!(matches!(CustodianKey::from_jwk(&bad), Err(SdError::Malformed(_))));
+    assert!(matches!(
+        CustodianKey::from_jwk(&bad),
+        Err(SdError::Malformed(_))
+    ));
     let bad = SecurityDomainJsonWebKey {
         kty: "RSA".into(),
         ..Default::default()
     };
-    assert!(matches!(CustodianKey::from_jwk(&bad), Err(SdError::Malformed(_))));
+    assert!(matches!(
+        CustodianKey::from_jwk(&bad),
+        Err(SdError::Malformed(_))
+    ));
 }
 
 #[test]
@@ -296,7 +323,10 @@ fn sealed_bytes_round_trip_and_bind_key_and_purpose() {
     let secret = DomainSecret::generate("pool-i");
     let key = [7u8; 32];
     let sealed = secret.to_sealed_bytes(&key);
-    assert_eq!(DomainSecret::from_sealed_bytes(&sealed, &key).unwrap(), secret);
+    assert_eq!(
+        DomainSecret::from_sealed_bytes(&sealed, &key).unwrap(),
+        secret
+    );
     assert!(matches!(
         DomainSecret::from_sealed_bytes(&sealed, &[8u8; 32]),
         Err(SdError::Integrity(_))
@@ -310,7 +340,10 @@ fn sealed_bytes_round_trip_and_bind_key_and_purpose() {
     for i in 0..sealed.len() {
         let mut t = sealed.clone();
         t[i] ^= 0x01;
-        assert!(DomainSecret::from_sealed_bytes(&t, &key).is_err(), "flip at {i}");
+        assert!(
+            DomainSecret::from_sealed_bytes(&t, &key).is_err(),
+            "flip at {i}"
+        );
     }
     assert!(DomainSecret::from_sealed_bytes(&sealed[..sealed.len() - 1], &key).is_err());
     assert!(DomainSecret::from_sealed_bytes(&[], &key).is_err());
@@ -338,5 +371,8 @@ fn unknown_versions_and_foreign_files_are_named() {
         inspect_domain_file(azure),
         Err(SdError::UnsupportedVersion { .. })
     ));
-    assert!(matches!(inspect_domain_file("{"), Err(SdError::Malformed(_))));
+    assert!(matches!(
+        inspect_domain_file("{"),
+        Err(SdError::Malformed(_))
+    ));
 }

@@ -1,3 +1,5 @@
 //! A Keystead HSM partition.
 
 #![forbid(unsafe_code)]
+
+pub mod crypto;

@@ -132,7 +132,8 @@ impl DomainSecret {
     /// Inverse of [`Self::encode`]; the input was authenticated before, so a decoding error
     /// means a format mismatch.
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, SdError> {
-        let bad = || SdError::Integrity("the decrypted domain is not a valid Keystead domain".to_owned());
+        let bad =
+            || SdError::Integrity("the decrypted domain is not a valid Keystead domain".to_owned());
         let mut r = Reader(bytes);
         if r.take(4).ok_or_else(bad)? != PLAINTEXT_MAGIC {
             return Err(bad());
@@ -187,7 +188,10 @@ impl DomainSecret {
     /// Only if the operating system's random number generator fails.
     pub fn to_sealed_bytes_for(&self, sealing_key: &[u8; 32], purpose: &str) -> Vec<u8> {
         let plain = self.encode();
-        let aad = Canon::new(SEAL_PURPOSE_DEFAULT).push_str(purpose).bytes().to_vec();
+        let aad = Canon::new(SEAL_PURPOSE_DEFAULT)
+            .push_str(purpose)
+            .bytes()
+            .to_vec();
         let (nonce, ct) = aead_seal(sealing_key, &aad, &plain)
             .expect("AES-256-GCM sealing with a valid 32-byte key does not fail");
         let mut out = Vec::with_capacity(4 + nonce.len() + ct.len());
@@ -213,7 +217,10 @@ impl DomainSecret {
                 "the sealed domain is truncated or not a sealed domain".to_owned(),
             ));
         }
-        let aad = Canon::new(SEAL_PURPOSE_DEFAULT).push_str(purpose).bytes().to_vec();
+        let aad = Canon::new(SEAL_PURPOSE_DEFAULT)
+            .push_str(purpose)
+            .bytes()
+            .to_vec();
         let plain = aead_open(
             sealing_key,
             &bytes[4..16],
@@ -228,8 +235,11 @@ impl DomainSecret {
 impl PartialEq for DomainSecret {
     /// Constant-time comparison of the key; metadata compared normally.
     fn eq(&self, other: &Self) -> bool {
-        aws_lc_rs::constant_time::verify_slices_are_equal(&self.master_key[..], &other.master_key[..])
-            .is_ok()
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            &self.master_key[..],
+            &other.master_key[..],
+        )
+        .is_ok()
             && self.metadata == other.metadata
     }
 }

@@ -30,7 +30,9 @@ pub enum SdError {
     KeyMatchesNoShare { key: String },
 
     /// The same private key given twice.
-    #[error("custodian key {key} was given more than once: each key counts once towards the quorum")]
+    #[error(
+        "custodian key {key} was given more than once: each key counts once towards the quorum"
+    )]
     DuplicateKey { key: String },
 
     /// Two custodian certificates with the same thumbprint or the same public key.
@@ -52,7 +54,9 @@ pub enum SdError {
     Malformed(String),
 
     /// A document of an unknown format or version.
-    #[error("unsupported {what}: found {found:?}, this tool supports {supported:?}; use a matching Keystead version")]
+    #[error(
+        "unsupported {what}: found {found:?}, this tool supports {supported:?}; use a matching Keystead version"
+    )]
     UnsupportedVersion {
         what: &'static str,
         found: String,

@@ -113,16 +113,18 @@ impl ExchangeCertificate {
     /// From the transfer key JSON: either the whole `GET /securitydomain/upload` response
     /// (`{"key_format":"jwk","transfer_key":"<JWK JSON text>"}`) or the JWK JSON itself.
     pub fn from_transfer_key_json(json: &str) -> Result<Self, SdError> {
-        let jwk: SecurityDomainJsonWebKey = if let Ok(tk) = serde_json::from_str::<TransferKey>(json)
-        {
-            serde_json::from_str(&tk.transfer_key).map_err(|e| {
-                SdError::Malformed(format!("transfer key: `transfer_key` is not a JWK ({e})"))
-            })?
-        } else {
-            serde_json::from_str(json).map_err(|e| {
-                SdError::Malformed(format!("transfer key: not a JWK or transfer-key JSON ({e})"))
-            })?
-        };
+        let jwk: SecurityDomainJsonWebKey =
+            if let Ok(tk) = serde_json::from_str::<TransferKey>(json) {
+                serde_json::from_str(&tk.transfer_key).map_err(|e| {
+                    SdError::Malformed(format!("transfer key: `transfer_key` is not a JWK ({e})"))
+                })?
+            } else {
+                serde_json::from_str(json).map_err(|e| {
+                    SdError::Malformed(format!(
+                        "transfer key: not a JWK or transfer-key JSON ({e})"
+                    ))
+                })?
+            };
         let first = jwk.x5c.first().ok_or_else(|| {
             SdError::Malformed("transfer key: the JWK has no `x5c` certificate".to_owned())
         })?;
@@ -270,7 +272,9 @@ fn parse_blob(blob_json: &str) -> Result<TransferBlob, SdError> {
         }
     }
     let blob: TransferBlob = serde_json::from_value(value).map_err(|e| {
-        SdError::Integrity(format!("the transfer blob has an unexpected structure ({e})"))
+        SdError::Integrity(format!(
+            "the transfer blob has an unexpected structure ({e})"
+        ))
     })?;
     if blob.alg != SHARE_ALG || blob.enc != CONTENT_ENC {
         return Err(SdError::Integrity(
@@ -374,11 +378,15 @@ impl ExchangeKey {
     /// The JWK (with `x5c`, `x5t#S256`, `n`, `e`) as JSON text: the `transfer_key` string of
     /// `GET /securitydomain/upload`.
     pub fn transfer_key_jwk_json(&self) -> String {
-        let mut jwk = jwk_for_certificate(&self.cert_der, &self.public, vec![
-            "wrapKey".into(),
-            "encrypt".into(),
-        ]);
-        jwk.kid = Some(format!("{POOL_URI_PREFIX}{}#{}", self.pool_id, self.thumbprint));
+        let mut jwk = jwk_for_certificate(
+            &self.cert_der,
+            &self.public,
+            vec!["wrapKey".into(), "encrypt".into()],
+        );
+        jwk.kid = Some(format!(
+            "{POOL_URI_PREFIX}{}#{}",
+            self.pool_id, self.thumbprint
+        ));
         serde_json::to_string(&jwk).unwrap_or_default()
     }
 
@@ -424,13 +432,13 @@ impl ExchangeKey {
             &wrapped,
             &wrap_label(&self.thumbprint, &self.pool_id),
         )
-        .ok_or_else(|| SdError::Integrity("the transfer blob's wrapped key does not decrypt".to_owned()))?;
-        let content_key: Zeroizing<[u8; 32]> = Zeroizing::new(
-            content_key
-                .as_slice()
-                .try_into()
-                .map_err(|_| SdError::Integrity("the wrapped key has the wrong size".to_owned()))?,
-        );
+        .ok_or_else(|| {
+            SdError::Integrity("the transfer blob's wrapped key does not decrypt".to_owned())
+        })?;
+        let content_key: Zeroizing<[u8; 32]> =
+            Zeroizing::new(content_key.as_slice().try_into().map_err(|_| {
+                SdError::Integrity("the wrapped key has the wrong size".to_owned())
+            })?);
         let plain = aead_open(
             &content_key,
             &nonce,

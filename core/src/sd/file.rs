@@ -235,7 +235,9 @@ fn parse_file(file_json: &str) -> Result<DomainFile, SdError> {
         }
     }
     let file: DomainFile = serde_json::from_value(value).map_err(|e| {
-        SdError::Integrity(format!("the security-domain file has an unexpected structure ({e})"))
+        SdError::Integrity(format!(
+            "the security-domain file has an unexpected structure ({e})"
+        ))
     })?;
     if !(MIN_CUSTODIANS..=MAX_CUSTODIANS).contains(&file.shares.len())
         || file.quorum < MIN_QUORUM
@@ -253,7 +255,9 @@ fn parse_file(file_json: &str) -> Result<DomainFile, SdError> {
     let mut seen = HashSet::new();
     for s in &file.shares {
         if !seen.insert(&s.public_key_sha256) {
-            return Err(SdError::Integrity("the file lists a custodian key twice".to_owned()));
+            return Err(SdError::Integrity(
+                "the file lists a custodian key twice".to_owned(),
+            ));
         }
     }
     Ok(file)
@@ -367,12 +371,10 @@ fn recover_with_report(
             .recover(&shares)
             .map_err(|_| SdError::Integrity("the shares do not combine".to_owned()))?,
     );
-    let file_key: Zeroizing<[u8; 32]> = Zeroizing::new(
-        recovered
-            .as_slice()
-            .try_into()
-            .map_err(|_| SdError::Integrity("the recovered file key has the wrong size".to_owned()))?,
-    );
+    let file_key: Zeroizing<[u8; 32]> =
+        Zeroizing::new(recovered.as_slice().try_into().map_err(|_| {
+            SdError::Integrity("the recovered file key has the wrong size".to_owned())
+        })?);
     let aad = header_aad(&file, &share_cts);
     let plain = aead_open(
         &file_key,

@@ -64,16 +64,22 @@ pub(crate) fn parse_rsa_spki(spki_der: &[u8], what: &str) -> Result<RsaPublic, S
     let (rest, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der)
         .map_err(|_| SdError::Malformed(format!("{what}: the public key is not valid DER")))?;
     if !rest.is_empty() {
-        return Err(SdError::Malformed(format!("{what}: trailing data after the public key")));
+        return Err(SdError::Malformed(format!(
+            "{what}: trailing data after the public key"
+        )));
     }
     if spki.algorithm.algorithm.to_id_string() != RSA_ENCRYPTION_OID {
-        return Err(SdError::NotRsa { what: what.to_owned() });
+        return Err(SdError::NotRsa {
+            what: what.to_owned(),
+        });
     }
     let parsed = spki
         .parsed()
         .map_err(|_| SdError::Malformed(format!("{what}: the RSA public key is not valid")))?;
     let x509_parser::public_key::PublicKey::RSA(rsa) = parsed else {
-        return Err(SdError::NotRsa { what: what.to_owned() });
+        return Err(SdError::NotRsa {
+            what: what.to_owned(),
+        });
     };
     let modulus = strip_zeros(rsa.modulus);
     let exponent = strip_zeros(rsa.exponent);
@@ -144,7 +150,9 @@ pub(crate) fn parse_certificate(der: &[u8], what: &str) -> Result<CertInfo, SdEr
     let (rest, cert) = x509_parser::certificate::X509Certificate::from_der(der)
         .map_err(|_| SdError::Malformed(format!("{what}: not a valid X.509 certificate")))?;
     if !rest.is_empty() {
-        return Err(SdError::Malformed(format!("{what}: trailing data after the certificate")));
+        return Err(SdError::Malformed(format!(
+            "{what}: trailing data after the certificate"
+        )));
     }
     let public = parse_rsa_spki(cert.public_key().raw, what)?;
     let mut uris = Vec::new();
@@ -282,11 +290,11 @@ impl CustodianKey {
                     .to_owned(),
             )
         })?;
-        Ok(jwk_for_certificate(der, &self.public, vec![
-            "verify".into(),
-            "encrypt".into(),
-            "wrapKey".into(),
-        ]))
+        Ok(jwk_for_certificate(
+            der,
+            &self.public,
+            vec!["verify".into(), "encrypt".into(), "wrapKey".into()],
+        ))
     }
 
     /// `x5t#S256`-style thumbprint identifying the custodian in the domain file.
@@ -326,7 +334,10 @@ pub(crate) fn jwk_for_certificate(
         e: Some(crate::b64::encode_url(&public.exponent)),
         x5c: vec![crate::b64::encode_std(der)],
         use_: None,
-        x5t: Some(crate::b64::encode_url(digest(&SHA1_FOR_LEGACY_USE_ONLY, der))),
+        x5t: Some(crate::b64::encode_url(digest(
+            &SHA1_FOR_LEGACY_USE_ONLY,
+            der,
+        ))),
         x5t_s256: Some(thumbprint(der)),
         alg: Some("RSA-OAEP-256".to_owned()),
     }
@@ -445,7 +456,11 @@ impl CustodianPrivateKey {
     }
 
     /// RSA-OAEP-SHA256 decryption with a label; any failure is reported as `None`.
-    pub(crate) fn oaep_decrypt(&self, ciphertext: &[u8], label: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    pub(crate) fn oaep_decrypt(
+        &self,
+        ciphertext: &[u8],
+        label: &[u8],
+    ) -> Option<Zeroizing<Vec<u8>>> {
         oaep_decrypt(&self.key, ciphertext, label)
     }
 }
@@ -488,7 +503,9 @@ pub(crate) fn decrypt_pkcs8(der: &[u8], passphrase: &str) -> Result<Zeroizing<Ve
         ))
     };
     let epki = pkcs8::EncryptedPrivateKeyInfo::from_der(der).map_err(|_| {
-        SdError::Malformed("encrypted private key: not a valid PKCS#8 EncryptedPrivateKeyInfo".to_owned())
+        SdError::Malformed(
+            "encrypted private key: not a valid PKCS#8 EncryptedPrivateKeyInfo".to_owned(),
+        )
     })?;
     let pkcs5::EncryptionScheme::Pbes2(params) = &epki.encryption_algorithm else {
         return Err(unsupported("PBES1 (legacy)"));
@@ -522,15 +539,23 @@ pub(crate) fn decrypt_pkcs8(der: &[u8], passphrase: &str) -> Result<Zeroizing<Ve
         ));
     }
     let mut key = Zeroizing::new([0u8; 32]);
-    pbkdf2::derive(prf, iterations, kdf.salt, passphrase.as_bytes(), &mut key[..key_len]);
+    pbkdf2::derive(
+        prf,
+        iterations,
+        kdf.salt,
+        passphrase.as_bytes(),
+        &mut key[..key_len],
+    );
     let dk = PaddedBlockDecryptingKey::cbc_pkcs7(
-        UnboundCipherKey::new(alg, &key[..key_len]).map_err(|_| SdError::Crypto("AES key setup"))?,
+        UnboundCipherKey::new(alg, &key[..key_len])
+            .map_err(|_| SdError::Crypto("AES key setup"))?,
     )
     .map_err(|_| SdError::Crypto("AES-CBC setup"))?;
     let mut buf = Zeroizing::new(epki.encrypted_data.to_vec());
     let wrong = || {
         SdError::Passphrase(
-            "wrong passphrase for the encrypted private key (or the key file is corrupt)".to_owned(),
+            "wrong passphrase for the encrypted private key (or the key file is corrupt)"
+                .to_owned(),
         )
     };
     let len = dk
@@ -568,13 +593,15 @@ pub(crate) fn encrypt_pkcs8(pkcs8_der: &[u8], passphrase: &str) -> Result<Vec<u8
     let mut buf = pkcs8_der.to_vec();
     ek.less_safe_encrypt(&mut buf, EncryptionContext::Iv128(FixedLength::from(*iv)))
         .map_err(|_| SdError::Crypto("AES-CBC encryption"))?;
-    let params = pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(PBKDF2_ITERATIONS, &salt[..], &iv)
-        .map_err(|_| SdError::Crypto("PBES2 parameters"))?;
+    let params =
+        pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(PBKDF2_ITERATIONS, &salt[..], &iv)
+            .map_err(|_| SdError::Crypto("PBES2 parameters"))?;
     let epki = pkcs8::EncryptedPrivateKeyInfo {
         encryption_algorithm: params.into(),
         encrypted_data: &buf,
     };
-    epki.to_der().map_err(|_| SdError::Crypto("PKCS#8 encoding"))
+    epki.to_der()
+        .map_err(|_| SdError::Crypto("PKCS#8 encoding"))
 }
 
 /// Signs certificates for rcgen with an aws-lc-rs RSA key (PKCS#1 v1.5, SHA-256).
@@ -619,7 +646,9 @@ impl rcgen::SigningKey for RsaCertSigner {
 }
 
 /// Generate an RSA key pair with aws-lc-rs; returns the key and its PKCS#8 DER.
-pub(crate) fn generate_rsa(bits: u32) -> Result<(PrivateDecryptingKey, Zeroizing<Vec<u8>>), SdError> {
+pub(crate) fn generate_rsa(
+    bits: u32,
+) -> Result<(PrivateDecryptingKey, Zeroizing<Vec<u8>>), SdError> {
     let size = match bits {
         2048 => KeySize::Rsa2048,
         3072 => KeySize::Rsa3072,
@@ -631,7 +660,8 @@ pub(crate) fn generate_rsa(bits: u32) -> Result<(PrivateDecryptingKey, Zeroizing
             });
         }
     };
-    let key = PrivateDecryptingKey::generate(size).map_err(|_| SdError::Crypto("RSA key generation"))?;
+    let key =
+        PrivateDecryptingKey::generate(size).map_err(|_| SdError::Crypto("RSA key generation"))?;
     let der = key.as_der().map_err(|_| SdError::Crypto("PKCS#8 export"))?;
     let pkcs8 = Zeroizing::new(der.as_ref().to_vec());
     Ok((key, pkcs8))
@@ -659,8 +689,9 @@ pub(crate) fn self_signed_certificate(
         rcgen::KeyUsagePurpose::KeyEncipherment,
     ];
     for u in uris {
-        let s = rcgen::string::Ia5String::try_from(u.as_str())
-            .map_err(|_| SdError::Malformed(format!("{u:?} is not a valid URI for a certificate")))?;
+        let s = rcgen::string::Ia5String::try_from(u.as_str()).map_err(|_| {
+            SdError::Malformed(format!("{u:?} is not a valid URI for a certificate"))
+        })?;
         params.subject_alt_names.push(rcgen::SanType::URI(s));
     }
     let cert = params

@@ -12,7 +12,9 @@ mod keys;
 mod util;
 pub mod wire;
 
-pub use domain::{DOMAIN_VERSION, DomainMetadata, DomainSecret, FINGERPRINT_LABEL, SEAL_PURPOSE_DEFAULT};
+pub use domain::{
+    DOMAIN_VERSION, DomainMetadata, DomainSecret, FINGERPRINT_LABEL, SEAL_PURPOSE_DEFAULT,
+};
 pub use error::SdError;
 pub use exchange::{
     EXCHANGE_KEY_BITS, ExchangeCertificate, ExchangeKey, POOL_URI_PREFIX, TRANSFER_BLOB_VERSION,

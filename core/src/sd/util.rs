@@ -94,8 +94,8 @@ pub(crate) fn aead_open(
     ciphertext: &[u8],
     what: &str,
 ) -> Result<Zeroizing<Vec<u8>>, SdError> {
-    let nonce = Nonce::try_assume_unique_for_key(nonce)
-        .map_err(|_| SdError::Integrity(what.to_owned()))?;
+    let nonce =
+        Nonce::try_assume_unique_for_key(nonce).map_err(|_| SdError::Integrity(what.to_owned()))?;
     let key = LessSafeKey::new(
         UnboundKey::new(&AES_256_GCM, key).map_err(|_| SdError::Crypto("AES-256-GCM key setup"))?,
     );

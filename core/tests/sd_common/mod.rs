@@ -45,7 +45,10 @@ pub fn custodians() -> &'static [Custodian] {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("keygen thread")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("keygen thread"))
+                .collect()
         })
     })
 }
