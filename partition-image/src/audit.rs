@@ -202,3 +202,135 @@ impl AuditSink {
         Ok(sealed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keystead_core::audit::verify_lines;
+    use std::io::BufReader;
+    use std::sync::Arc;
+
+    fn rec(i: usize) -> AuditRecord {
+        AuditRecord {
+            request_id: format!("r{i}"),
+            partition: "p0".into(),
+            caller: "alice".into(),
+            client_address: "127.0.0.1:1".into(),
+            method: "GET".into(),
+            path: "/keys?api-version=7.5".into(),
+            operation: "KeyList".into(),
+            status: 200,
+            latency_ms: 1.5,
+            ..AuditRecord::default()
+        }
+    }
+
+    fn sink(path: &Path) -> Result<AuditSink, AuditError> {
+        AuditSink::open(&AuditSinkConfig {
+            path: path.to_path_buf(),
+            stdout: false,
+        })
+    }
+
+    fn verify_file(path: &Path) -> keystead_core::audit::VerifyReport {
+        verify_lines(BufReader::new(File::open(path).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn writes_a_verifiable_chain_with_private_permissions_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/audit.log");
+        let s = sink(&path).unwrap();
+        for i in 0..3 {
+            let sealed = s.try_record(rec(i)).unwrap();
+            assert_eq!(sealed.seq, i as u64 + 1);
+            assert!(!sealed.time.is_empty());
+            assert_eq!(sealed.path, "/keys");
+        }
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let last = s.last_hash();
+        drop(s);
+        assert_eq!(verify_file(&path).last_hash, last);
+        let s = sink(&path).unwrap();
+        assert_eq!(s.last_hash(), last);
+        s.record(rec(3));
+        let report = verify_file(&path);
+        assert_eq!(report.records, 4);
+        assert_eq!(report.last_seq, Some(4));
+    }
+
+    #[test]
+    fn refuses_to_start_on_a_damaged_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let s = sink(&path).unwrap();
+        s.record(rec(0));
+        drop(s);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":2,\"prevHa").unwrap();
+        drop(f);
+        let err = sink(&path).unwrap_err();
+        assert!(matches!(err, AuditError::DamagedTail { .. }), "{err}");
+        assert!(err.to_string().contains("kubectl hsm audit verify"));
+    }
+
+    #[test]
+    fn a_missing_final_newline_is_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut chain = AuditChain::new();
+        let line = chain.seal(rec(0)).to_json_line();
+        std::fs::write(&path, &line).unwrap();
+        let s = sink(&path).unwrap();
+        s.record(rec(1));
+        assert_eq!(verify_file(&path).records, 2);
+    }
+
+    #[test]
+    fn resumes_a_log_larger_than_the_read_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let s = sink(&path).unwrap();
+        for i in 0..600 {
+            s.record(rec(i));
+        }
+        drop(s);
+        assert!(std::fs::metadata(&path).unwrap().len() > 64 * 1024);
+        let s = sink(&path).unwrap();
+        assert_eq!(s.try_record(rec(600)).unwrap().seq, 601);
+        assert_eq!(verify_file(&path).records, 601);
+    }
+
+    #[test]
+    fn concurrent_writers_keep_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let s = Arc::new(sink(&path).unwrap());
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let s = Arc::clone(&s);
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        s.record(rec(t * 100 + i));
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert_eq!(verify_file(&path).records, 400);
+    }
+
+    #[test]
+    fn widened_permissions_are_narrowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _s = sink(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
