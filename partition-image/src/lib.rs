@@ -1,5 +1,18 @@
-//! A Keystead HSM partition.
+//! A Keystead HSM partition: the Azure Key Vault-compatible data plane over HTTPS, the
+//! security-domain lifecycle, local RBAC, the audit log, and the local pool runner.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod config;
 pub mod crypto;
+pub mod keyring;
+pub mod local;
+pub mod pki;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod tls;

@@ -1,6 +1,7 @@
 //! `keystead-partition`: one HSM partition, or a whole local pool.
 
 use clap::{Parser, Subcommand};
+use keystead_partition::{app::App, config::PartitionConfig, local, server};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -18,7 +19,7 @@ struct Cli {
 enum Command {
     /// Serve one partition from a configuration file (what runs in a pod).
     Serve {
-        /// Partition configuration (JSON).
+        /// Partition configuration (JSON, see docs/local-pool.md).
         #[arg(long, env = "KEYSTEAD_CONFIG")]
         config: PathBuf,
     },
@@ -27,14 +28,67 @@ enum Command {
         /// Data directory of the local pool; running again with the same directory resumes it.
         #[arg(long, default_value = "./keystead-local")]
         dir: PathBuf,
+        /// Name of the pool.
+        #[arg(long, default_value = "local")]
+        name: String,
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn init_tracing() {
+    // Operational logs go to stderr as JSON; audit records have their own sink.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYSTEAD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .json()
+        .init();
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve { .. } | Command::Local { .. } => {
-            anyhow::bail!("the partition server is not implemented yet (issues 3 and 4)")
+    let result = match cli.command {
+        Command::Serve { config } => {
+            init_tracing();
+            serve(config).await
+        }
+        Command::Local { dir, name } => {
+            local::run(local::LocalOptions {
+                dir,
+                partitions: 1,
+                pool_name: name,
+            })
+            .await
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn serve(config: PathBuf) -> anyhow::Result<()> {
+    let cfg = PartitionConfig::load(&config)?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let app = App::open(cfg)?;
+    tracing::info!(listen = %app.cfg.listen, partition = %app.cfg.partition_id, "partition serving");
+    server::serve(app, listener, shutdown_signal()).await
 }

@@ -1,0 +1,102 @@
+//! API errors: an HTTP status plus the Key Vault error body.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use keystead_core::error::ErrorBody;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    pub inner: Option<(String, String)>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.to_string(),
+            message: message.into(),
+            inner: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadParameter", message)
+    }
+
+    pub fn not_found(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    pub fn conflict(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", message)
+    }
+
+    pub fn with_inner(mut self, code: &str, message: impl Into<String>) -> Self {
+        self.inner = Some((code.to_string(), message.into()));
+        self
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let body = ErrorBody::new(&self.code, &self.message);
+        match &self.inner {
+            Some((c, m)) => body.with_inner(c, m),
+            None => body,
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body())).into_response()
+    }
+}
+
+impl From<crate::store::ProposeError> for ApiError {
+    fn from(e: crate::store::ProposeError) -> Self {
+        use crate::state::StateError as S;
+        use crate::store::ProposeError as P;
+        match e {
+            P::Storage(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("the change was not committed ({m}); it is safe to retry"),
+            ),
+            P::Refused(s) => {
+                let msg = s.to_string();
+                match s {
+                    S::KeyNotFound(_) | S::VersionNotFound { .. } => {
+                        ApiError::not_found("KeyNotFound", msg)
+                    }
+                    S::DeletedKeyNotFound(_) => ApiError::not_found("KeyNotFound", msg),
+                    S::KeyIsDeleted(_) | S::KeyExists(_) | S::VersionExists { .. } => {
+                        ApiError::conflict("Conflict", msg)
+                    }
+                    S::PurgeProtected { .. } => {
+                        ApiError::new(StatusCode::FORBIDDEN, "Forbidden", msg)
+                            .with_inner("PurgeProtectionEnabled", "purge protection is enabled")
+                    }
+                    S::Rbac(r) => ApiError::new(
+                        StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST),
+                        r.code(),
+                        msg,
+                    ),
+                    S::AlreadyActivated(_) => ApiError::conflict("Conflict", msg),
+                    S::AlreadyBootstrapped => ApiError::conflict("Conflict", msg),
+                }
+            }
+        }
+    }
+}

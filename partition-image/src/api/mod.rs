@@ -1,0 +1,343 @@
+//! The HTTPS data plane: authentication, routing, authorisation, audit.
+//!
+//! Every request goes through [`handle`]: a request without a bearer token gets the 401
+//! challenge before its body is read; a token is validated; the route is parsed; the
+//! handler authorises the data action against local RBAC; one audit record is written for
+//! every request, whatever its outcome.
+
+pub mod error;
+mod keys;
+pub use keys::now as keys_now;
+mod rbac;
+pub mod route;
+mod sd;
+
+use crate::app::App;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use error::ApiError;
+use keystead_core::audit::AuditRecord;
+use keystead_core::rbac::DataAction;
+use route::Route;
+use serde::de::DeserializeOwned;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Largest request body accepted (keys, blobs and transfer blobs are far smaller).
+const BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The client address of a connection (set by the TLS acceptor).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// What a handler records about the request for the audit log.
+#[derive(Default, Debug)]
+pub struct AuditInfo {
+    pub operation: &'static str,
+    pub data_action: Option<DataAction>,
+    pub key_name: Option<String>,
+    pub key_version: Option<String>,
+}
+
+/// One authenticated request.
+pub struct Ctx {
+    pub app: Arc<App>,
+    pub principal: String,
+    /// `https://host[:port]` as the client addressed us (for `kid`, `nextLink`, polling URLs).
+    pub base_url: String,
+    pub query: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+    pub audit: AuditInfo,
+}
+
+impl Ctx {
+    /// Authorise `action` at `scope` (`/`, `/keys`, `/keys/{name}`) for the caller.
+    pub fn authorize(&mut self, action: DataAction, scope: &str) -> Result<(), ApiError> {
+        self.audit.data_action = Some(action);
+        let state = self.app.store.read();
+        state
+            .rbac
+            .check(&self.principal, action, scope)
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "Caller is not authorized to perform action on resource.\r\nCaller: {}\r\nAction: '{}'\r\nResource: '{}'\r\nAsk a Managed HSM Administrator or Policy Administrator to assign you a role granting this action at this scope.",
+                        self.principal,
+                        action.as_str(),
+                        scope
+                    ),
+                )
+                .with_inner("ForbiddenByRbac", "no role assignment grants this data action")
+            })
+    }
+
+    /// Refuse key operations until the pool is activated and this partition holds the domain.
+    pub fn require_active(&self) -> Result<(), ApiError> {
+        if !self.app.store.read().is_activated() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "NotActivated",
+                "the pool is not activated: an administrator must download its security domain \
+                 (`kubectl hsm sd download` or POST /securitydomain/download with 3-10 custodian \
+                 certificates), or upload one to recover it, before keys can be used",
+            ));
+        }
+        if !self.app.keyring.is_unsealed() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "PartitionSealed",
+                "this partition does not hold the security domain yet (it restarted without a \
+                 sealing key and no healthy peer has handed it over); retry against another \
+                 partition, or upload the security domain to recover the pool",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Parse the JSON body into `T`, with an error that says what is wrong.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.body.is_empty() {
+            return Err(ApiError::bad_request(
+                "the request body is empty; this operation needs a JSON body",
+            ));
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid for this operation: {e}")))
+    }
+
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn key(&mut self, name: &str, version: Option<&str>) {
+        self.audit.key_name = Some(name.to_string());
+        self.audit.key_version = version.map(str::to_string);
+    }
+}
+
+/// JSON response with status.
+pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn challenge(app: &App) -> HeaderValue {
+    let v = crate::auth::challenge_header(&app.cfg.auth.authority, &app.cfg.auth.audience);
+    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
+}
+
+fn base_url(headers: &HeaderMap, uri: &axum::http::Uri, fallback: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| uri.authority().map(|a| a.to_string()));
+    match host {
+        Some(h) if !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()) => format!("https://{h}"),
+        _ => fallback.trim_end_matches('/').to_string(),
+    }
+}
+
+fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
+    q.map(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The single entry point of the data plane.
+pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    let started = Instant::now();
+    let request_id = req
+        .headers()
+        .get("x-ms-client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let client = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+
+    let mut caller = "anonymous".to_string();
+    let mut info = AuditInfo {
+        operation: "Unknown",
+        ..Default::default()
+    };
+    let token = crate::auth::bearer_token(req.headers()).map(str::to_string);
+    let mut response = match token {
+        None => {
+            info.operation = "Challenge";
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "a bearer token is required: send `Authorization: Bearer <token>` with a token for this pool's audience",
+            )
+            .into_response();
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge(&app));
+            r
+        }
+        Some(token) => match app.validator.validate(&token).await {
+            Err(e) => {
+                info.operation = "Authenticate";
+                let mut r = ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    format!("the bearer token was rejected: {e}"),
+                )
+                .into_response();
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge(&app));
+                r
+            }
+            Ok(principal) => {
+                caller = principal.subject.clone();
+                let base = base_url(req.headers(), req.uri(), &app.cfg.public_url);
+                let query = parse_query(req.uri().query());
+                match route::parse(&method, &path) {
+                    None => {
+                        info.operation = "NotFound";
+                        ApiError::not_found(
+                            "NotFound",
+                            format!("no operation {method} {path}; see docs/compatibility.md for the supported routes"),
+                        )
+                        .into_response()
+                    }
+                    Some(route) => {
+                        match axum::body::to_bytes(req.into_body(), BODY_LIMIT).await {
+                            Err(_) => ApiError::new(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "BadParameter",
+                                format!("the request body exceeds {BODY_LIMIT} bytes"),
+                            )
+                            .into_response(),
+                            Ok(body) => {
+                                let mut ctx = Ctx {
+                                    app: app.clone(),
+                                    principal: principal.subject.clone(),
+                                    base_url: base,
+                                    query,
+                                    body,
+                                    audit: AuditInfo::default(),
+                                };
+                                let r = dispatch(route, &mut ctx).await;
+                                info = std::mem::take(&mut ctx.audit);
+                                match r {
+                                    Ok(r) => r,
+                                    Err(e) => e.into_response(),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    };
+    let status = response.status().as_u16();
+    let error_code = if status >= 400 {
+        response
+            .extensions()
+            .get::<ErrorCodeTag>()
+            .map(|t| t.0.clone())
+    } else {
+        None
+    };
+    app.audit.record(AuditRecord {
+        time: String::new(),
+        request_id: request_id.clone(),
+        partition: app.cfg.partition_id.clone(),
+        caller,
+        client_address: client,
+        method: method.to_string(),
+        path,
+        operation: info.operation.to_string(),
+        data_action: info.data_action.map(|a| a.as_str().to_string()),
+        key_name: info.key_name,
+        key_version: info.key_version,
+        status,
+        error_code,
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        seq: 0,
+        prev_hash: String::new(),
+        hash: String::new(),
+    });
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-ms-request-id", v);
+    }
+    response
+}
+
+/// Error code of an error response, for the audit record.
+#[derive(Clone, Debug)]
+pub struct ErrorCodeTag(pub String);
+
+async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
+    use Route as R;
+    match route {
+        R::CreateKey { name } => keys::create(ctx, &name),
+        R::ImportKey { name } => keys::import(ctx, &name),
+        R::GetKey { name, version } => keys::get(ctx, &name, version.as_deref()),
+        R::UpdateKey { name, version } => keys::update(ctx, &name, version.as_deref()),
+        R::ListKeys => keys::list(ctx),
+        R::ListVersions { name } => keys::list_versions(ctx, &name),
+        R::DeleteKey { name } => keys::delete(ctx, &name),
+        R::GetDeletedKey { name } => keys::get_deleted(ctx, &name),
+        R::ListDeletedKeys => keys::list_deleted(ctx),
+        R::RecoverDeletedKey { name } => keys::recover(ctx, &name),
+        R::PurgeDeletedKey { name } => keys::purge(ctx, &name),
+        R::BackupKey { name } => keys::backup(ctx, &name),
+        R::RestoreKey => keys::restore(ctx),
+        R::RotateKey { name } => keys::rotate(ctx, &name),
+        R::GetRotationPolicy { name } => keys::get_rotation_policy(ctx, &name),
+        R::SetRotationPolicy { name } => keys::set_rotation_policy(ctx, &name),
+        R::KeyOperation { name, version, op } => keys::operation(ctx, &name, version.as_deref(), op),
+        R::GetAttestation { .. } => Err(not_supported(
+            ctx,
+            "KeyAttestation",
+            "key attestation is not supported by Keystead (there is no hardware attestation chain); see docs/compatibility.md",
+        )),
+        R::Random => keys::random(ctx),
+        R::SdDownload => sd::download(ctx).await,
+        R::SdDownloadPending => sd::download_pending(ctx),
+        R::SdTransferKey => sd::transfer_key(ctx).await,
+        R::SdUpload => sd::upload(ctx).await,
+        R::SdUploadPending => sd::upload_pending(ctx),
+        R::FullBackup | R::FullBackupPending { .. } | R::FullRestore | R::RestorePending { .. } | R::SelectiveRestore { .. } => {
+            Err(not_supported(
+                ctx,
+                "FullBackup",
+                "full backup and restore are not available yet in this build; single-key backup and restore (POST /keys/{name}/backup, POST /keys/restore) work",
+            ))
+        }
+        R::Rbac { scope, kind, name, method } => rbac::handle(ctx, &scope, kind, name.as_deref(), &method),
+        R::AdminStatus => sd::admin_status(ctx),
+    }
+}
+
+fn not_supported(ctx: &mut Ctx, operation: &'static str, message: &str) -> ApiError {
+    ctx.audit.operation = operation;
+    ApiError::new(StatusCode::NOT_IMPLEMENTED, "NotSupported", message)
+}
+
+/// Health endpoints for probes (no authentication, no detail).
+pub async fn healthz() -> impl IntoResponse {
+    (StatusCode::OK, "ok")
+}
+
+pub async fn readyz(State(app): State<Arc<App>>) -> Response {
+    // Ready to take traffic: serving. Activation is reported by /admin/status.
+    let _ = &app;
+    (StatusCode::OK, Body::from("ready")).into_response()
+}

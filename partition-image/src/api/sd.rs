@@ -1,0 +1,233 @@
+//! The security-domain API (reference §2) and the partition's status endpoint.
+
+use super::error::ApiError;
+use super::{Ctx, json_response};
+use crate::state::{Activation, Command};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use keystead_core::rbac::DataAction;
+use keystead_core::sd::wire::{
+    CertificateInfo, OperationStatus, SecurityDomainObject, SecurityDomainOperationStatus,
+    TransferKey,
+};
+use keystead_core::sd::{self, CustodianKey, DomainSecret, ExchangeKey};
+use serde_json::json;
+
+fn sd_err(e: sd::SdError) -> ApiError {
+    ApiError::bad_request(e.to_string()).with_inner("SecurityDomainInvalid", "the security-domain input was rejected")
+}
+
+fn accepted(ctx: &Ctx, body: &impl serde::Serialize, pending_path: &str) -> Response {
+    let mut r = json_response(StatusCode::ACCEPTED, body);
+    let url = format!("{}{pending_path}", ctx.base_url);
+    if let Ok(v) = HeaderValue::from_str(&url) {
+        r.headers_mut().insert("azure-asyncoperation", v);
+    }
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("0"));
+    r
+}
+
+fn status(status: &str, details: impl Into<String>) -> SecurityDomainOperationStatus {
+    SecurityDomainOperationStatus {
+        status: match status {
+            "Success" => OperationStatus::Success,
+            "InProgress" => OperationStatus::InProgress,
+            _ => OperationStatus::Failed,
+        },
+        status_details: Some(details.into()),
+    }
+}
+
+pub async fn download(ctx: &mut Ctx) -> Result<Response, ApiError> {
+    ctx.audit.operation = "SecurityDomainDownload";
+    ctx.authorize(DataAction::SecurityDomainDownload, "/")?;
+    let req: CertificateInfo = ctx.json()?;
+    let n = req.certificates.len();
+    if !(3..=10).contains(&n) {
+        return Err(ApiError::bad_request(format!(
+            "a security domain needs 3 to 10 wrapping keys (custodian certificates), got {n}"
+        )));
+    }
+    let quorum = req.required;
+    if quorum < 2 || quorum as usize > n {
+        return Err(ApiError::bad_request(format!(
+            "the quorum ('required') must be between 2 and the number of wrapping keys ({n}), got {quorum}"
+        )));
+    }
+    let custodians = req
+        .certificates
+        .iter()
+        .map(CustodianKey::from_jwk)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sd_err)?;
+    let activation = ctx.app.store.read().activation.clone();
+    let app = ctx.app.clone();
+    let _guard = app.sd_lock.lock().await;
+    match activation {
+        Activation::Activated { fingerprint, .. } => {
+            // Re-protection: the same domain under new wrapping keys.
+            let u = ctx.app.keyring.unsealed().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "PartitionSealed",
+                    "this partition does not hold the security domain; retry on another partition",
+                )
+            })?;
+            if u.fingerprint() != fingerprint {
+                return Err(ApiError::internal("the partition holds a domain other than the pool's"));
+            }
+            let file = sd::create_domain_file(&u.secret, &custodians, quorum).map_err(sd_err)?;
+            verify_file(&file, &fingerprint, n)?;
+            tracing::info!(fingerprint = %fingerprint, wrapping_keys = n, quorum, "security domain re-protected with new wrapping keys");
+            Ok(accepted(ctx, &SecurityDomainObject { value: file }, "/securitydomain/download/pending"))
+        }
+        Activation::RecoveryPending { .. } => Err(ApiError::conflict(
+            "Conflict",
+            "the pool is waiting for a security-domain upload (recovery was started with GET /securitydomain/upload); upload the transfer blob made for its exchange key",
+        )),
+        Activation::Provisioned => {
+            let pool = ctx.app.store.read().settings.pool_name.clone();
+            let secret = DomainSecret::generate(&pool);
+            let fingerprint = secret.fingerprint();
+            let file = sd::create_domain_file(&secret, &custodians, quorum).map_err(sd_err)?;
+            verify_file(&file, &fingerprint, n)?;
+            ctx.app.activate(secret)?;
+            tracing::info!(fingerprint = %fingerprint, wrapping_keys = n, quorum, "pool activated by security-domain download");
+            Ok(accepted(ctx, &SecurityDomainObject { value: file }, "/securitydomain/download/pending"))
+        }
+    }
+}
+
+/// Check what is about to be handed out before the pool commits to it.
+fn verify_file(file: &str, fingerprint: &str, n: usize) -> Result<(), ApiError> {
+    let info = sd::inspect_domain_file(file)
+        .map_err(|e| ApiError::internal(format!("the new domain file does not verify: {e}")))?;
+    if info.fingerprint != fingerprint || info.shares.len() != n {
+        return Err(ApiError::internal("the new domain file does not match the domain; nothing was changed"));
+    }
+    Ok(())
+}
+
+pub fn download_pending(ctx: &mut Ctx) -> Result<Response, ApiError> {
+    ctx.audit.operation = "SecurityDomainDownloadStatus";
+    ctx.authorize(DataAction::SecurityDomainDownload, "/")?;
+    let body = match ctx.app.store.read().activation {
+        Activation::Activated { .. } => status("Success", "The resource is active."),
+        Activation::RecoveryPending { .. } => status("Failed", "The pool is waiting for a security-domain upload."),
+        Activation::Provisioned => status("Failed", "No security domain was downloaded; the pool is not activated."),
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
+    ctx.audit.operation = "SecurityDomainTransferKey";
+    ctx.authorize(DataAction::SecurityDomainTransferKeyRead, "/")?;
+    let app = ctx.app.clone();
+    let _guard = app.sd_lock.lock().await;
+    let (activation, pool_id) = {
+        let st = ctx.app.store.read();
+        (st.activation.clone(), st.settings.pool_id.clone())
+    };
+    if let Activation::Activated { fingerprint, .. } = &activation {
+        return Err(ApiError::conflict(
+            "Conflict",
+            format!("the pool is already activated with security domain {fingerprint}; recovery is only possible into a pool that is not activated"),
+        ));
+    }
+    let mut slot = ctx.app.exchange.lock().await;
+    let reuse = matches!((&activation, slot.as_ref()),
+        (Activation::RecoveryPending { exchange_thumbprint, .. }, Some(k)) if *exchange_thumbprint == k.thumbprint());
+    if !reuse {
+        let key = ExchangeKey::generate(&pool_id).map_err(sd_err)?;
+        ctx.app.store.propose(Command::BeginRecovery {
+            exchange_thumbprint: key.thumbprint().to_string(),
+            now: super::keys::now(),
+        })?;
+        *slot = Some(key);
+    }
+    let key = slot.as_ref().ok_or_else(|| ApiError::internal("no exchange key"))?;
+    let body: TransferKey = key.transfer_key();
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+pub async fn upload(ctx: &mut Ctx) -> Result<Response, ApiError> {
+    ctx.audit.operation = "SecurityDomainUpload";
+    ctx.authorize(DataAction::SecurityDomainUpload, "/")?;
+    let req: SecurityDomainObject = ctx.json()?;
+    let app = ctx.app.clone();
+    let _guard = app.sd_lock.lock().await;
+    let (activation, pool_id) = {
+        let st = ctx.app.store.read();
+        (st.activation.clone(), st.settings.pool_id.clone())
+    };
+    if let Activation::Activated { fingerprint, .. } = &activation {
+        return Err(ApiError::conflict(
+            "Conflict",
+            format!("the pool is already activated with security domain {fingerprint}; an upload is only possible into a pool that is not activated"),
+        ));
+    }
+    let mut slot = ctx.app.exchange.lock().await;
+    let Some(key) = slot.as_ref() else {
+        return Err(ApiError::conflict(
+            "Conflict",
+            "this partition holds no exchange key: start recovery with GET /securitydomain/upload (`kubectl hsm sd exchange-key`), build the transfer blob for that key, then upload it",
+        ));
+    };
+    let result = key.open_transfer_blob(&req.value, &pool_id);
+    let secret = match result {
+        Ok(s) => s,
+        Err(e) => {
+            *ctx.app.upload_status.lock().await = Some(("Failed".into(), e.to_string()));
+            return Err(sd_err(e));
+        }
+    };
+    let fingerprint = secret.fingerprint();
+    ctx.app.activate(secret)?;
+    // Single use: the exchange private key is dropped (and zeroized) now.
+    *slot = None;
+    *ctx.app.upload_status.lock().await = Some(("Success".into(), "The resource is active.".into()));
+    tracing::info!(fingerprint = %fingerprint, "pool activated by security-domain upload");
+    Ok(accepted(ctx, &status("Success", "The resource is active."), "/securitydomain/upload/pending"))
+}
+
+pub fn upload_pending(ctx: &mut Ctx) -> Result<Response, ApiError> {
+    ctx.audit.operation = "SecurityDomainUploadStatus";
+    ctx.authorize(DataAction::SecurityDomainUploadRead, "/")?;
+    let body = match &ctx.app.store.read().activation {
+        Activation::Activated { .. } => status("Success", "The resource is active."),
+        Activation::RecoveryPending { .. } => {
+            match ctx.app.upload_status.try_lock().ok().and_then(|s| s.clone()) {
+                Some((s, d)) if s == "Failed" => status("Failed", d),
+                _ => status("InProgress", "Waiting for the transfer blob to be uploaded."),
+            }
+        }
+        Activation::Provisioned => status("Failed", "Recovery was not started; GET /securitydomain/upload first."),
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// `GET /admin/status`: the partition's view for the operator and `kubectl hsm status`.
+pub fn admin_status(ctx: &mut Ctx) -> Result<Response, ApiError> {
+    ctx.audit.operation = "AdminStatus";
+    let st = ctx.app.store.read();
+    let (activation, fingerprint) = match &st.activation {
+        Activation::Provisioned => ("Provisioned", None),
+        Activation::RecoveryPending { .. } => ("RecoveryPending", None),
+        Activation::Activated { fingerprint, .. } => ("Activated", Some(fingerprint.clone())),
+    };
+    let body = json!({
+        "poolName": st.settings.pool_name,
+        "poolId": st.settings.pool_id,
+        "partition": ctx.app.cfg.partition_id,
+        "activation": activation,
+        "securityDomainFingerprint": fingerprint,
+        "domainLoaded": ctx.app.keyring.is_unsealed(),
+        "keys": st.keys.len(),
+        "deletedKeys": st.deleted.len(),
+        "appliedIndex": ctx.app.store.applied_index(),
+        "softDeleteRetentionDays": st.settings.soft_delete_retention_days,
+        "purgeProtection": st.settings.purge_protection,
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}

@@ -1,0 +1,175 @@
+//! Configuration of one partition (`keystead-partition serve --config FILE`).
+//!
+//! In Kubernetes the operator renders it into a ConfigMap; in local mode the runner writes
+//! it into each partition's directory.
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PartitionConfig {
+    /// Name of the pool (used in the exchange certificate and the domain metadata).
+    pub pool_name: String,
+    /// This partition's id within the pool (e.g. `p0` or the pod name).
+    pub partition_id: String,
+    /// Address to listen on for HTTPS (`127.0.0.1:8443`, `0.0.0.0:8443`).
+    pub listen: String,
+    /// Base URL clients use (`https://127.0.0.1:8443`); `kid`s and `nextLink`s are built from
+    /// the request's Host header, this is the fallback.
+    pub public_url: String,
+    /// Data directory (command log, snapshots, sealed domain, audit log).
+    pub data_dir: PathBuf,
+    pub tls: TlsFiles,
+    pub auth: AuthSettings,
+    /// Principals granted the Administrator role at `/` when the pool is first created.
+    pub initial_administrators: Vec<String>,
+    #[serde(default = "default_retention")]
+    pub soft_delete_retention_days: i64,
+    #[serde(default)]
+    pub purge_protection: bool,
+    #[serde(default)]
+    pub seal: SealSettings,
+    #[serde(default)]
+    pub audit: AuditSettings,
+}
+
+fn default_retention() -> i64 {
+    90
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The pool CA (trusted for peers' client certificates).
+    pub ca_file: PathBuf,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Audience tokens must carry (also the `resource` of the 401 challenge).
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// Authority named in the 401 challenge (`<authority>/<tenant>`).
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    pub issuers: Vec<IssuerSettings>,
+}
+
+pub fn default_audience() -> String {
+    "https://managedhsm.azure.net".into()
+}
+
+fn default_authority() -> String {
+    "https://login.keystead.local/keystead".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssuerSettings {
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// A JWKS file (local issuer); otherwise OIDC discovery at the issuer URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// CA bundle to reach the issuer for discovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Bearer token file used for discovery (the Kubernetes API server's issuer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SealSettings {
+    /// `memoryOnly` (default) or `sealingKeyFile`.
+    #[serde(default)]
+    pub mode: SealMode,
+    /// With `sealingKeyFile`: a file of exactly 32 random bytes (a mounted Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum SealMode {
+    #[default]
+    MemoryOnly,
+    SealingKeyFile,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Audit file; `<dataDir>/audit.log` when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// Also write each record to stdout.
+    #[serde(default = "default_true")]
+    pub stdout: bool,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            file: None,
+            stdout: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl PartitionConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the partition configuration {}", path.display()))?;
+        let cfg: PartitionConfig = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "the partition configuration {} is not valid; see docs/local-pool.md for its fields",
+                path.display()
+            )
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            (7..=90).contains(&self.soft_delete_retention_days),
+            "softDeleteRetentionDays must be between 7 and 90, got {}",
+            self.soft_delete_retention_days
+        );
+        anyhow::ensure!(
+            !self.initial_administrators.is_empty(),
+            "initialAdministrators is empty: name at least one principal who may run the security-domain ceremony"
+        );
+        anyhow::ensure!(
+            self.public_url.starts_with("https://"),
+            "publicUrl must be an https URL (bearer tokens are only sent over TLS), got {}",
+            self.public_url
+        );
+        if self.seal.mode == SealMode::SealingKeyFile {
+            anyhow::ensure!(
+                self.seal.key_file.is_some(),
+                "seal.mode is sealingKeyFile but seal.keyFile is not set"
+            );
+        }
+        Ok(())
+    }
+
+    pub fn audit_file(&self) -> PathBuf {
+        self.audit
+            .file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit.log"))
+    }
+}

@@ -1,0 +1,168 @@
+//! The partition's in-memory keyring: the unsealed security domain, the keys derived from
+//! it, and a cache of unwrapped key versions ready for cryptographic operations.
+//!
+//! Key material at rest (state, log, snapshots, backups) is always
+//! `aead::seal(KDF(master, "keystead/v1/key-wrap"), aad = "keystead/v1/key|{name}|{version}", storage bytes)`.
+//! The master key exists only here, in memory (or sealed on disk under a sealing key, see
+//! `seal`).
+
+use crate::crypto::KeyMaterial;
+use crate::state::WrappedBytes;
+use keystead_core::aead;
+use keystead_core::kdf;
+use keystead_core::sd::DomainSecret;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use zeroize::Zeroizing;
+
+/// Keys derived from an unsealed domain.
+pub struct Unsealed {
+    pub secret: DomainSecret,
+    wrap_key: Zeroizing<[u8; 32]>,
+    key_backup_key: Zeroizing<[u8; 32]>,
+    backup_key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Unsealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unsealed")
+            .field("fingerprint", &self.secret.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Unsealed {
+    pub fn new(secret: DomainSecret) -> Self {
+        let master = secret.master_key();
+        Self {
+            wrap_key: kdf::derive_key(master, kdf::LABEL_KEY_WRAP, b""),
+            key_backup_key: kdf::derive_key(master, kdf::LABEL_KEY_BACKUP_BLOB, b""),
+            backup_key: kdf::derive_key(master, kdf::LABEL_BACKUP, b""),
+            secret,
+        }
+    }
+
+    pub fn fingerprint(&self) -> String {
+        self.secret.fingerprint()
+    }
+
+    pub fn key_backup_key(&self) -> &[u8; 32] {
+        &self.key_backup_key
+    }
+
+    pub fn backup_key(&self) -> &[u8; 32] {
+        &self.backup_key
+    }
+}
+
+fn key_aad(name: &str, version: &str) -> Vec<u8> {
+    format!("keystead/v1/key|{name}|{version}").into_bytes()
+}
+
+/// Why a key cannot be used right now.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("the partition does not hold the security domain yet")]
+    Sealed,
+    #[error("stored material of key '{name}' version '{version}' failed its integrity check; the key cannot be used (restore it from a backup)")]
+    Integrity { name: String, version: String },
+    #[error("stored material of key '{name}' version '{version}' could not be loaded: {reason}")]
+    Load {
+        name: String,
+        version: String,
+        reason: String,
+    },
+}
+
+#[derive(Default)]
+pub struct Keyring {
+    unsealed: RwLock<Option<Arc<Unsealed>>>,
+    cache: RwLock<HashMap<(String, String), Arc<KeyMaterial>>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("unsealed", &self.is_unsealed())
+            .finish()
+    }
+}
+
+impl Keyring {
+    pub fn install(&self, secret: DomainSecret) {
+        let u = Arc::new(Unsealed::new(secret));
+        *self.unsealed.write().unwrap_or_else(|p| p.into_inner()) = Some(u);
+        self.cache.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    pub fn unsealed(&self) -> Option<Arc<Unsealed>> {
+        self.unsealed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn is_unsealed(&self) -> bool {
+        self.unsealed().is_some()
+    }
+
+    /// Wrap a key version's storage bytes for the state.
+    pub fn wrap(
+        &self,
+        name: &str,
+        version: &str,
+        material: &KeyMaterial,
+    ) -> Result<WrappedBytes, KeyringError> {
+        let u = self.unsealed().ok_or(KeyringError::Sealed)?;
+        let bytes = material.to_storage_bytes();
+        aead::seal(&u.wrap_key, &key_aad(name, version), &bytes)
+            .map(WrappedBytes)
+            .map_err(|_| KeyringError::Sealed)
+    }
+
+    /// The usable key of (name, version), unwrapping it on first use.
+    pub fn load(
+        &self,
+        name: &str,
+        version: &str,
+        wrapped: &WrappedBytes,
+    ) -> Result<Arc<KeyMaterial>, KeyringError> {
+        let id = (name.to_string(), version.to_string());
+        if let Some(k) = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            return Ok(k.clone());
+        }
+        let u = self.unsealed().ok_or(KeyringError::Sealed)?;
+        let plain = aead::open(&u.wrap_key, &key_aad(name, version), &wrapped.0).map_err(|_| {
+            KeyringError::Integrity {
+                name: name.into(),
+                version: version.into(),
+            }
+        })?;
+        let material =
+            Arc::new(
+                KeyMaterial::from_storage_bytes(&plain).map_err(|e| KeyringError::Load {
+                    name: name.into(),
+                    version: version.into(),
+                    reason: e.to_string(),
+                })?,
+            );
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, material.clone());
+        Ok(material)
+    }
+
+    /// Forget cached material of a key (after delete/purge).
+    pub fn evict(&self, name: &str) {
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(n, _), _| n != name);
+    }
+}
