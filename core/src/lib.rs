@@ -4,10 +4,11 @@
 //! - [`b64`]: base64url (no padding) helpers used by every JSON field of the Key Vault API.
 //! - [`error`]: the Key Vault error body.
 
+pub mod aead;
 pub mod audit;
 pub mod b64;
 pub mod error;
 pub mod kdf;
-pub mod sd;
 pub mod keys;
 pub mod rbac;
+pub mod sd;
