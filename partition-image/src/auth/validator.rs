@@ -164,7 +164,7 @@ fn parse_algorithm(alg: &str) -> Result<Algorithm, AuthError> {
         "PS512" => Algorithm::PS512,
         "ES256" => Algorithm::ES256,
         "ES384" => Algorithm::ES384,
-        other => return Err(AuthError::UnsupportedAlgorithm(other.to_owned())),
+        other => return Err(AuthError::UnsupportedAlgorithm(clip(other))),
     })
 }
 
@@ -176,6 +176,16 @@ fn rfc3339(secs: Option<u64>) -> String {
                 .ok()
         })
         .unwrap_or_else(|| "an unknown time".to_owned())
+}
+
+/// Unverified strings from a token end up in error messages: keep them short and printable.
+fn clip(s: &str) -> String {
+    let printable = s.chars().filter(|c| !c.is_control());
+    let mut out: String = printable.clone().take(200).collect();
+    if printable.count() > 200 {
+        out.push_str("...");
+    }
+    out
 }
 
 fn decode_part(part: &str, what: &str) -> Result<Value, AuthError> {
@@ -375,7 +385,7 @@ impl IssuerState {
         };
         let unknown = || AuthError::UnknownKey {
             issuer: self.config.issuer.clone(),
-            kid: kid.to_owned(),
+            kid: clip(kid),
         };
         if just_loaded || matches!(self.config.jwks, JwksSource::Static(_)) {
             return Err(unknown());
@@ -517,7 +527,7 @@ impl TokenValidator {
             .issuers
             .iter()
             .find(|s| s.config.issuer == iss)
-            .ok_or_else(|| AuthError::UnknownIssuer(iss.to_owned()))?;
+            .ok_or_else(|| AuthError::UnknownIssuer(clip(iss)))?;
         let candidates = state.candidate_keys(kid, alg_name).await?;
 
         let mut validation = Validation::new(alg);
@@ -600,4 +610,37 @@ fn principal_from(claims: &Value, issuer: &str) -> Result<Principal, AuthError> 
         issuer: issuer.to_owned(),
         expires_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_bounds_untrusted_strings() {
+        assert_eq!(clip("abc"), "abc");
+        assert_eq!(clip("a\r\nb"), "ab");
+        let long = "x".repeat(500);
+        assert_eq!(clip(&long).len(), 203);
+    }
+
+    #[test]
+    fn only_asymmetric_algorithms_are_accepted() {
+        for ok in [
+            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+        ] {
+            assert!(parse_algorithm(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "none", "None", "HS256", "HS384", "HS512", "EdDSA", "ES512", "",
+        ] {
+            assert!(
+                matches!(
+                    parse_algorithm(bad),
+                    Err(AuthError::UnsupportedAlgorithm(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
 }
