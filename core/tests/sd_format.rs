@@ -376,3 +376,47 @@ fn unknown_versions_and_foreign_files_are_named() {
         Err(SdError::Malformed(_))
     ));
 }
+
+#[test]
+fn download_request_is_validated_before_anything_is_created() {
+    use keystead_core::sd::custodians_from_download_request;
+    let jwks = |idx: &[usize]| -> Vec<SecurityDomainJsonWebKey> {
+        publics(idx).iter().map(|k| k.to_jwk().unwrap()).collect()
+    };
+    let req = |idx: &[usize], required| CertificateInfo {
+        certificates: jwks(idx),
+        required,
+    };
+    let (keys, q) = custodians_from_download_request(&req(&[0, 1, 2], 2)).unwrap();
+    assert_eq!((keys.len(), q), (3, 2));
+    assert_eq!(
+        custodians_from_download_request(&req(&[0, 1], 2)).unwrap_err(),
+        SdError::CustodianCount { given: 2 }
+    );
+    let mut eleven = req(&(0..10).collect::<Vec<_>>(), 2);
+    eleven.certificates.push(eleven.certificates[0].clone());
+    assert_eq!(
+        custodians_from_download_request(&eleven).unwrap_err(),
+        SdError::CustodianCount { given: 11 }
+    );
+    assert_eq!(
+        custodians_from_download_request(&req(&[0, 1, 2], 4)).unwrap_err(),
+        SdError::InvalidQuorum { quorum: 4, n: 3 }
+    );
+    assert!(matches!(
+        custodians_from_download_request(&req(&[0, 1, 1], 2)),
+        Err(SdError::DuplicateCustodian { .. })
+    ));
+}
+
+#[test]
+fn long_metadata_round_trips() {
+    let secret = DomainSecret::generate(&"p".repeat(70_000));
+    let file = create_domain_file(&secret, &publics(&[0, 1, 2]), 2).unwrap();
+    assert_eq!(recover_domain(&file, &privates(&[0, 1])).unwrap(), secret);
+    let sealed = secret.to_sealed_bytes(&[1; 32]);
+    assert_eq!(
+        DomainSecret::from_sealed_bytes(&sealed, &[1; 32]).unwrap(),
+        secret
+    );
+}

@@ -111,7 +111,7 @@ impl DomainSecret {
     }
 
     /// Binary encoding of the domain (secret!): `KSD1 || u32 version || 32-byte key ||
-    /// i64 created || u16 len || domain_id || u16 len || origin_pool`, big-endian.
+    /// i64 created || u32 len || domain_id || u32 len || origin_pool`, big-endian.
     pub(crate) fn encode(&self) -> Zeroizing<Vec<u8>> {
         let m = &self.metadata;
         let mut out = Zeroizing::new(Vec::with_capacity(
@@ -122,9 +122,10 @@ impl DomainSecret {
         out.extend_from_slice(&self.master_key[..]);
         out.extend_from_slice(&m.created.to_be_bytes());
         for s in [&m.domain_id, &m.origin_pool] {
-            let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+            // Strings longer than 4 GiB cannot exist in a parsed document; the length is exact.
+            let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
             out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
+            out.extend_from_slice(s.as_bytes());
         }
         out
     }
@@ -151,8 +152,10 @@ impl DomainSecret {
         let created = i64::from_be_bytes(r.array().ok_or_else(bad)?);
         let mut strings = Vec::with_capacity(2);
         for _ in 0..2 {
-            let len = u16::from_be_bytes(r.array().ok_or_else(bad)?);
-            let s = r.take(usize::from(len)).ok_or_else(bad)?;
+            let len = u32::from_be_bytes(r.array().ok_or_else(bad)?);
+            let s = r
+                .take(usize::try_from(len).map_err(|_| bad())?)
+                .ok_or_else(bad)?;
             strings.push(String::from_utf8(s.to_vec()).map_err(|_| bad())?);
         }
         if !r.0.is_empty() {

@@ -156,6 +156,22 @@ pub fn validate_custodians(custodians: &[CustodianKey], quorum: u32) -> Result<(
     Ok(())
 }
 
+/// Parse and check the custodian certificates of an Azure-shaped download request
+/// (`POST /securitydomain/download`): 3..=10 certificates, `required` in 2..=n, RSA >= 2048
+/// bits, no duplicates. Returns the keys in request order and the quorum.
+pub fn custodians_from_download_request(
+    request: &crate::sd::wire::CertificateInfo,
+) -> Result<(Vec<CustodianKey>, u32), SdError> {
+    check_counts(request.certificates.len(), request.required)?;
+    let keys = request
+        .certificates
+        .iter()
+        .map(CustodianKey::from_jwk)
+        .collect::<Result<Vec<_>, _>>()?;
+    validate_custodians(&keys, request.required)?;
+    Ok((keys, request.required))
+}
+
 /// Create a security-domain file protecting `secret` for `custodians` with `quorum`.
 ///
 /// A fresh random 32-byte file key encrypts the domain (AES-256-GCM, the header as associated

@@ -23,7 +23,8 @@ pub use exchange::{
 pub use file::{
     CONTENT_ENC, DOMAIN_FILE_VERSION, DomainFileSummary, MAX_CUSTODIANS, MIN_CUSTODIANS,
     MIN_QUORUM, MatchedKey, RehearsalReport, SHARE_ALG, ShareSummary, create_domain_file,
-    inspect_domain_file, recover_domain, rehearse, validate_custodians,
+    custodians_from_download_request, inspect_domain_file, recover_domain, rehearse,
+    validate_custodians,
 };
 pub use keys::{
     CustodianKey, CustodianPrivateKey, MAX_RSA_BITS, MIN_RSA_BITS, PBKDF2_ITERATIONS,
