@@ -414,6 +414,13 @@ pub fn builtin_role_table() -> Vec<(&'static str, &'static str, &'static str, Ve
 
 /// The nine built-in roles as role definitions (assignable at `/`, and so below it).
 pub fn builtin_roles() -> Vec<RoleDefinition> {
+    BUILTIN_ROLES.clone()
+}
+
+static BUILTIN_ROLES: std::sync::LazyLock<Vec<RoleDefinition>> =
+    std::sync::LazyLock::new(build_builtin_roles);
+
+fn build_builtin_roles() -> Vec<RoleDefinition> {
     builtin_role_table()
         .into_iter()
         .map(|(id, name, description, actions)| RoleDefinition {
@@ -434,12 +441,12 @@ pub fn builtin_roles() -> Vec<RoleDefinition> {
         .collect()
 }
 
-fn builtin_role(guid: &str) -> Option<RoleDefinition> {
-    builtin_roles().into_iter().find(|r| r.name == guid)
+fn builtin_role(guid: &str) -> Option<&'static RoleDefinition> {
+    BUILTIN_ROLES.iter().find(|r| r.name == guid)
 }
 
 fn is_builtin(guid: &str) -> bool {
-    builtin_role_table().iter().any(|(id, ..)| *id == guid)
+    builtin_role(guid).is_some()
 }
 
 /// The wire id of a role definition GUID.
@@ -759,8 +766,12 @@ impl RbacState {
 
     /// A role definition (built-in or custom) by reference (any accepted id form).
     pub fn get_definition(&self, reference: &str) -> Option<RoleDefinition> {
+        self.definition_ref(reference).cloned()
+    }
+
+    fn definition_ref(&self, reference: &str) -> Option<&RoleDefinition> {
         let guid = resolve_role_definition_guid(reference)?;
-        builtin_role(&guid).or_else(|| self.definitions.get(&guid).cloned())
+        builtin_role(&guid).or_else(|| self.definitions.get(&guid))
     }
 
     /// Is `principal` allowed `action` on `resource_scope` (`/`, `/keys` or `/keys/{name}`)?
@@ -783,7 +794,7 @@ impl RbacState {
             a.properties.principal_id == principal
                 && scope_covers(&a.properties.scope, &scope)
                 && self
-                    .get_definition(&a.properties.role_definition_id)
+                    .definition_ref(&a.properties.role_definition_id)
                     .is_some_and(|role| role.grants(action))
         });
         if allowed { Ok(()) } else { Err(denied()) }
@@ -930,7 +941,7 @@ impl RbacState {
                 "roleName must not be empty".into(),
             ));
         }
-        let clash = builtin_roles()
+        let clash = BUILTIN_ROLES
             .iter()
             .chain(self.definitions.values())
             .any(|r| r.name != guid && r.properties.role_name.eq_ignore_ascii_case(role_name));
