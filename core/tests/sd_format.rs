@@ -215,6 +215,10 @@ fn weak_and_non_rsa_keys_are_rejected() {
     let err = CustodianKey::from_pem(&custodians()[0].key_pem).unwrap_err();
     assert!(err.to_string().contains("PRIVATE key"), "{err}");
     assert!(matches!(
+        CustodianPrivateKey::from_pem(fixtures::OPENSSL_WEAK_1024_PKCS8, None),
+        Err(SdError::WeakKey { .. })
+    ));
+    assert!(matches!(
         generate_custodian("x", 1024, None),
         Err(SdError::WeakKey { .. })
     ));

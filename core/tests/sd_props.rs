@@ -59,3 +59,38 @@ proptest! {
         }
     }
 }
+
+/// Exhaustive for small pools: every m-subset recovers, every (m-1)-subset fails.
+#[test]
+fn exhaustive_subsets_for_small_pools() {
+    for n in 3..=5usize {
+        for m in 2..=n {
+            let secret = DomainSecret::generate("exhaustive");
+            let idx: Vec<usize> = (0..n).collect();
+            let file = create_domain_file(&secret, &publics(&idx), m as u32).unwrap();
+            for subset in subsets(n, m) {
+                assert_eq!(
+                    recover_domain(&file, &privates(&subset)).unwrap(),
+                    secret,
+                    "n={n} m={m} {subset:?}"
+                );
+            }
+            let lowered = with_quorum(&file, (m - 1) as u32);
+            for subset in subsets(n, m - 1) {
+                assert_eq!(
+                    recover_domain(&file, &privates(&subset)).unwrap_err(),
+                    SdError::NotEnoughKeys {
+                        given: m - 1,
+                        needed: m
+                    }
+                );
+                if m > 2 {
+                    assert!(matches!(
+                        recover_domain(&lowered, &privates(&subset)),
+                        Err(SdError::Integrity(_))
+                    ));
+                }
+            }
+        }
+    }
+}

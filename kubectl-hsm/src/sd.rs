@@ -357,8 +357,7 @@ fn rehearse(a: RehearseArgs, output: Output) -> anyhow::Result<()> {
     let file = read_text(&a.domain, "security-domain file")?;
     let passphrases = read_passphrases(&a.passphrase)?;
     let keys = load_private_keys(&a.keys, &passphrases)?;
-    let report =
-        sd::rehearse(&file, &keys).context("rehearsal failed: the quorum is NOT reached")?;
+    let report = sd::rehearse(&file, &keys).context("rehearsal failed")?;
     if output == Output::Json {
         return print_json(&report);
     }
