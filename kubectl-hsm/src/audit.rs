@@ -1,13 +1,99 @@
 //! `kubectl hsm audit ...`: audit-log tools.
 
-use clap::Subcommand;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use keystead_core::audit::{VerifyOptions, verify_lines_with};
+use serde_json::json;
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Verify the hash chain of an audit log file.
-    Verify,
+    /// Verify the hash chain of an audit log file: every record unmodified, none deleted,
+    /// inserted or reordered. Exits non-zero and names the first bad line otherwise.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The audit log (JSON lines, as written by a partition).
+    pub file: PathBuf,
+    /// The hash the last record must have (e.g. printed by an earlier verification); detects
+    /// records removed from the end of the file.
+    #[arg(long, value_name = "HASH")]
+    pub expect_last_hash: Option<String>,
+    /// Accept a log whose first record is not seq 1 (rotated by an external tool).
+    #[arg(long)]
+    pub allow_partial_start: bool,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
 }
 
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
-    anyhow::bail!("`kubectl hsm audit {cmd:?}` is not implemented yet")
+    match cmd {
+        AuditCommand::Verify(args) => verify(&args),
+    }
+}
+
+fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
+    let file = File::open(&args.file)
+        .with_context(|| format!("cannot open the audit log {}", args.file.display()))?;
+    let options = VerifyOptions {
+        allow_partial_start: args.allow_partial_start,
+        expect_last_hash: args.expect_last_hash.clone(),
+    };
+    match verify_lines_with(BufReader::new(file), &options) {
+        Ok(report) => {
+            match args.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({
+                        "ok": true,
+                        "file": args.file.display().to_string(),
+                        "records": report.records,
+                        "firstSeq": report.first_seq,
+                        "lastSeq": report.last_seq,
+                        "lastHash": report.last_hash,
+                    })
+                ),
+                Output::Text => {
+                    println!("{}: chain intact", args.file.display());
+                    println!("records:   {}", report.records);
+                    let seq = |s: Option<u64>| s.map_or("-".to_owned(), |s| s.to_string());
+                    println!("first seq: {}", seq(report.first_seq));
+                    println!("last seq:  {}", seq(report.last_seq));
+                    println!("last hash: {}", report.last_hash);
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if args.output == Output::Json {
+                println!(
+                    "{}",
+                    json!({
+                        "ok": false,
+                        "file": args.file.display().to_string(),
+                        "line": e.line,
+                        "reason": e.reason,
+                    })
+                );
+            }
+            anyhow::bail!(
+                "the audit chain of {} is broken at line {}: {}",
+                args.file.display(),
+                e.line,
+                e.reason
+            )
+        }
+    }
 }

@@ -3,16 +3,22 @@
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod client;
+mod keys;
+mod role;
 mod sd;
+mod sd_online;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "kubectl-hsm",
     bin_name = "kubectl hsm",
     version,
-    about = "Keystead kubectl plugin: security-domain ceremony, keys, backup and restore"
+    about = "Keystead kubectl plugin: security-domain ceremony, keys, roles, audit"
 )]
 struct Cli {
+    #[command(flatten)]
+    pool: client::PoolArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,17 +28,38 @@ enum Command {
     /// Security-domain ceremony (custodian keys, download, transfer blob, upload).
     #[command(subcommand)]
     Sd(sd::SdCommand),
+    /// Key operations against a pool.
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
+    /// Local RBAC: role assignments.
+    #[command(subcommand)]
+    Role(role::RoleCommand),
     /// Audit log tools.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Print a bearer token for a principal of a local pool (signed by its local issuer).
+    Token {
+        /// Principal (token subject).
+        #[arg(long)]
+        subject: String,
+        /// Lifetime in minutes.
+        #[arg(long, default_value_t = 60)]
+        ttl_minutes: u64,
+    },
+    /// Show the pool's status (activation, domain fingerprint, keys, applied index).
+    Status,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sd(cmd) => sd::run(cmd).await,
+        Command::Sd(cmd) => sd::run(&cli.pool, cmd).await,
+        Command::Key(cmd) => keys::run(&cli.pool, cmd).await,
+        Command::Role(cmd) => role::run(&cli.pool, cmd).await,
         Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Token { subject, ttl_minutes } => token(&cli.pool, &subject, ttl_minutes),
+        Command::Status => status(&cli.pool).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -41,4 +68,31 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn token(pool: &client::PoolArgs, subject: &str, ttl_minutes: u64) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let path = pool
+        .pool
+        .as_ref()
+        .context("`kubectl hsm token` works with a local pool: pass --pool DIR/pool.json")?;
+    let p = keystead_partition::local::PoolFile::load(path)?;
+    let issuer = keystead_partition::auth::LocalIssuer::load_or_create(&p.issuer_dir, &p.issuer)?;
+    let t = issuer.issue(subject, &p.audience, std::time::Duration::from_secs(ttl_minutes * 60))?;
+    println!("{t}");
+    Ok(())
+}
+
+async fn status(pool: &client::PoolArgs) -> anyhow::Result<()> {
+    let c = pool.client()?;
+    let v: serde_json::Value = c
+        .call::<serde_json::Value, _>(reqwest::Method::GET, "/admin/status", None)
+        .await?;
+    if pool.output == client::Output::Json {
+        return client::print_json(&v);
+    }
+    for (k, val) in v.as_object().into_iter().flatten() {
+        println!("{k:<28}{}", val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
+    }
+    Ok(())
 }

@@ -31,8 +31,16 @@ pub enum SdCommand {
     Rehearse(RehearseArgs),
     /// Show the public header of a domain file (or a transfer blob); no keys needed.
     Inspect(InspectArgs),
-    // Online subcommands (`download`, `exchange-key`, `upload`, `status`) are added here by
-    // the pool-side ceremony; they use `PoolArgs::client()`.
+    /// Activate a pool (or re-protect an active one): send 3-10 custodian certificates and
+    /// the quorum, save the returned security-domain file.
+    Download(crate::sd_online::DownloadArgs),
+    /// Start recovery: have the pool generate its one-time exchange key and save its
+    /// certificate for the custodians.
+    ExchangeKey(crate::sd_online::ExchangeKeyArgs),
+    /// Upload the transfer blob the custodians built offline; the pool activates.
+    Upload(crate::sd_online::UploadArgs),
+    /// Show the pool's activation status and domain fingerprint.
+    Status,
 }
 
 /// Where a private key's passphrase comes from. Both options may be repeated: every
@@ -106,6 +114,10 @@ pub struct InspectArgs {
 pub async fn run(pool: &PoolArgs, cmd: SdCommand) -> anyhow::Result<()> {
     let output = pool.output;
     match cmd {
+        SdCommand::Download(a) => crate::sd_online::download(pool, a).await,
+        SdCommand::ExchangeKey(a) => crate::sd_online::exchange_key(pool, a).await,
+        SdCommand::Upload(a) => crate::sd_online::upload(pool, a).await,
+        SdCommand::Status => crate::sd_online::status(pool).await,
         SdCommand::Keygen(a) => keygen(a, output),
         SdCommand::Transfer(a) => transfer(a, output),
         SdCommand::Rehearse(a) => rehearse(a, output),
