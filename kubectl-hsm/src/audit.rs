@@ -5,7 +5,9 @@ use std::io::BufReader;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
+
+use crate::client::Output;
 use keystead_core::audit::{VerifyOptions, verify_lines_with};
 use serde_json::json;
 
@@ -27,24 +29,15 @@ pub struct VerifyArgs {
     /// Accept a log whose first record is not seq 1 (rotated by an external tool).
     #[arg(long)]
     pub allow_partial_start: bool,
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Text)]
-    pub output: Output,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Output {
-    Text,
-    Json,
-}
-
-pub async fn run(cmd: AuditCommand) -> anyhow::Result<()> {
+pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<()> {
     match cmd {
-        AuditCommand::Verify(args) => verify(&args),
+        AuditCommand::Verify(args) => verify(&args, output),
     }
 }
 
-fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
+fn verify(args: &VerifyArgs, output: Output) -> anyhow::Result<()> {
     let file = File::open(&args.file)
         .with_context(|| format!("cannot open the audit log {}", args.file.display()))?;
     let options = VerifyOptions {
@@ -53,7 +46,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
     };
     match verify_lines_with(BufReader::new(file), &options) {
         Ok(report) => {
-            match args.output {
+            match output {
                 Output::Json => println!(
                     "{}",
                     json!({
@@ -77,7 +70,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => {
-            if args.output == Output::Json {
+            if output == Output::Json {
                 println!(
                     "{}",
                     json!({
