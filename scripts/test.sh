@@ -12,3 +12,6 @@ cargo nextest run --workspace --no-fail-fast --failure-output final
 
 echo "== chart, CRD and example validation"
 bash scripts/test-chart.sh
+
+echo "== Azure SDK compatibility (official Python packages against a local pool)"
+bash scripts/test-compat.sh

@@ -57,7 +57,7 @@ async fn main() -> std::process::ExitCode {
         Command::Sd(cmd) => sd::run(&cli.pool, cmd).await,
         Command::Key(cmd) => keys::run(&cli.pool, cmd).await,
         Command::Role(cmd) => role::run(&cli.pool, cmd).await,
-        Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Audit(cmd) => audit::run(cmd, cli.pool.output).await,
         Command::Token { subject, ttl_minutes } => token(&cli.pool, &subject, ttl_minutes),
         Command::Status => status(&cli.pool).await,
     };
