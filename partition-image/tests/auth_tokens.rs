@@ -349,3 +349,53 @@ fn challenge_and_bearer_helpers() {
     h.insert("authorization", "Bearer t0k".parse().unwrap());
     assert_eq!(bearer_token(&h), Some("t0k"));
 }
+
+#[tokio::test]
+async fn rsa_tokens_rs256_and_ps256_validate() {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::rsa::{KeySize, PublicKeyComponents};
+    use aws_lc_rs::signature::{
+        KeyPair, RSA_PKCS1_SHA256, RSA_PSS_SHA256, RsaEncoding, RsaKeyPair,
+    };
+
+    const RSA_ISS: &str = "https://rsa.keystead.test";
+    let kp = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+    let comps: PublicKeyComponents<Vec<u8>> = kp.public_key().into();
+    let jwks: Jwks = serde_json::from_value(json!({"keys": [{
+        "kty": "RSA", "kid": "rsa-1", "use": "sig",
+        "n": b64::encode_url(&comps.n), "e": b64::encode_url(&comps.e),
+    }]}))
+    .unwrap();
+    let v = TokenValidator::new(AuthConfig {
+        audience: AUD.into(),
+        issuers: vec![IssuerConfig {
+            issuer: RSA_ISS.into(),
+            audiences: vec![],
+            jwks: JwksSource::Static(jwks),
+        }],
+        leeway_secs: 0,
+    });
+    let sign = |alg: &str, padding: &'static dyn RsaEncoding| {
+        let header = json!({"alg": alg, "kid": "rsa-1", "typ": "JWT"});
+        let c = with(claims("rsa-user"), "iss", json!(RSA_ISS));
+        let input = format!(
+            "{}.{}",
+            b64::encode_url(header.to_string()),
+            b64::encode_url(c.to_string())
+        );
+        let mut sig = vec![0u8; kp.public_modulus_len()];
+        kp.sign(padding, &SystemRandom::new(), input.as_bytes(), &mut sig)
+            .unwrap();
+        format!("{input}.{}", b64::encode_url(&sig))
+    };
+    let rs = sign("RS256", &RSA_PKCS1_SHA256);
+    assert_eq!(v.validate(&rs).await.unwrap().subject, "rsa-user");
+    let ps = sign("PS256", &RSA_PSS_SHA256);
+    assert_eq!(v.validate(&ps).await.unwrap().subject, "rsa-user");
+    // A PKCS#1 signature presented as PSS (algorithm substitution) fails.
+    let mixed = sign("PS256", &RSA_PKCS1_SHA256);
+    assert_eq!(
+        v.validate(&mixed).await.unwrap_err(),
+        AuthError::BadSignature(RSA_ISS.into())
+    );
+}
