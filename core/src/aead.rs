@@ -8,7 +8,9 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 
 /// Sealing or opening failed. Deliberately carries no detail (no oracle).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("integrity check failed: the data was altered, is truncated, or was sealed under another key or for another purpose")]
+#[error(
+    "integrity check failed: the data was altered, is truncated, or was sealed under another key or for another purpose"
+)]
 pub struct AeadError;
 
 fn key(key: &[u8; 32]) -> LessSafeKey {
@@ -19,12 +21,18 @@ fn key(key: &[u8; 32]) -> LessSafeKey {
 /// Encrypt `plaintext` under `key`, binding `aad`. A fresh random nonce every call.
 pub fn seal(key_bytes: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, AeadError> {
     let mut nonce = [0u8; NONCE_LEN];
-    SystemRandom::new().fill(&mut nonce).map_err(|_| AeadError)?;
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| AeadError)?;
     let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + 16);
     out.extend_from_slice(&nonce);
     let mut body = plaintext.to_vec();
     key(key_bytes)
-        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut body)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut body,
+        )
         .map_err(|_| AeadError)?;
     out.extend_from_slice(&body);
     zeroize::Zeroize::zeroize(&mut body);

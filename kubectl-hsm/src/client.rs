@@ -102,7 +102,8 @@ impl Client {
         if status == 204 || text.is_empty() {
             return serde_json::from_str("null").context("empty answer");
         }
-        serde_json::from_str(&text).with_context(|| format!("unexpected answer from the pool: {text}"))
+        serde_json::from_str(&text)
+            .with_context(|| format!("unexpected answer from the pool: {text}"))
     }
 
     /// Send a request; returns (status, body) for 2xx, an error with the pool's message otherwise.

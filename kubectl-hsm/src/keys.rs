@@ -128,7 +128,10 @@ fn digest_of(alg: &str, file: &Option<PathBuf>, digest: &Option<String>) -> anyh
     match (file, digest) {
         (Some(f), _) => {
             let data = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
-            Ok(b64::encode_url(aws_lc_rs::digest::digest(digest_alg(alg)?, &data)))
+            Ok(b64::encode_url(aws_lc_rs::digest::digest(
+                digest_alg(alg)?,
+                &data,
+            )))
         }
         (None, Some(d)) => Ok(d.clone()),
         (None, None) => anyhow::bail!("give --data-file (hashed here) or --digest (base64url)"),
@@ -152,10 +155,16 @@ fn print_key(out: Output, k: &KeyBundle) -> anyhow::Result<()> {
     if let Some(n) = &key.n {
         println!("size:     {} bits", n.as_bytes().len() * 8);
     }
-    println!("key_ops:  {}", key.key_ops.clone().unwrap_or_default().join(", "));
+    println!(
+        "key_ops:  {}",
+        key.key_ops.clone().unwrap_or_default().join(", ")
+    );
     println!(
         "enabled:  {}",
-        k.attributes.as_ref().and_then(|a| a.enabled).unwrap_or(true)
+        k.attributes
+            .as_ref()
+            .and_then(|a| a.enabled)
+            .unwrap_or(true)
     );
     if let Some(t) = &k.tags {
         for (a, b) in t {
@@ -169,7 +178,14 @@ pub async fn run(pool: &PoolArgs, cmd: KeyCommand) -> anyhow::Result<()> {
     let c = pool.client()?;
     let out = pool.output;
     match cmd {
-        KeyCommand::Create { name, kty, size, curve, ops, tags } => {
+        KeyCommand::Create {
+            name,
+            kty,
+            size,
+            curve,
+            ops,
+            tags,
+        } => {
             let kty = match kty.to_ascii_uppercase().as_str() {
                 "RSA" | "RSA-HSM" => "RSA-HSM",
                 "EC" | "EC-HSM" => "EC-HSM",
@@ -194,14 +210,17 @@ pub async fn run(pool: &PoolArgs, cmd: KeyCommand) -> anyhow::Result<()> {
             if !tagmap.is_empty() {
                 body["tags"] = json!(tagmap);
             }
-            let k: KeyBundle = c.call(Method::POST, &format!("/keys/{name}/create"), Some(&body)).await?;
+            let k: KeyBundle = c
+                .call(Method::POST, &format!("/keys/{name}/create"), Some(&body))
+                .await?;
             print_key(out, &k)
         }
         KeyCommand::List => {
             let mut path = "/keys?maxresults=25".to_string();
             let mut all: Vec<KeyItem> = Vec::new();
             loop {
-                let page: KeyListResult<KeyItem> = c.call::<Value, _>(Method::GET, &path, None).await?;
+                let page: KeyListResult<KeyItem> =
+                    c.call::<Value, _>(Method::GET, &path, None).await?;
                 all.extend(page.value);
                 match page.next_link {
                     Some(next) => {
@@ -219,7 +238,11 @@ pub async fn run(pool: &PoolArgs, cmd: KeyCommand) -> anyhow::Result<()> {
             for k in all {
                 let kid = k.kid.clone().unwrap_or_default();
                 let name = kid.rsplit('/').next().unwrap_or("");
-                let enabled = k.attributes.as_ref().and_then(|a| a.enabled).unwrap_or(true);
+                let enabled = k
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.enabled)
+                    .unwrap_or(true);
                 println!("{name}\tenabled={enabled}");
             }
             Ok(())
@@ -229,18 +252,40 @@ pub async fn run(pool: &PoolArgs, cmd: KeyCommand) -> anyhow::Result<()> {
             let k: KeyBundle = c.call::<Value, _>(Method::GET, &path, None).await?;
             print_key(out, &k)
         }
-        KeyCommand::Sign { name, alg, data_file, digest, version } => {
+        KeyCommand::Sign {
+            name,
+            alg,
+            data_file,
+            digest,
+            version,
+        } => {
             let d = digest_of(&alg, &data_file, &digest)?;
             let r: KeyOperationResult = c
-                .call(Method::POST, &vpath(&name, &version, "sign"), Some(&json!({"alg": alg, "value": d})))
+                .call(
+                    Method::POST,
+                    &vpath(&name, &version, "sign"),
+                    Some(&json!({"alg": alg, "value": d})),
+                )
                 .await?;
             if out == Output::Json {
                 return print_json(&r);
             }
-            println!("{}", r.value.map(|v| b64::encode_url(v.as_bytes())).unwrap_or_default());
+            println!(
+                "{}",
+                r.value
+                    .map(|v| b64::encode_url(v.as_bytes()))
+                    .unwrap_or_default()
+            );
             Ok(())
         }
-        KeyCommand::Verify { name, alg, data_file, digest, signature, version } => {
+        KeyCommand::Verify {
+            name,
+            alg,
+            data_file,
+            digest,
+            signature,
+            version,
+        } => {
             let d = digest_of(&alg, &data_file, &digest)?;
             let r: KeyVerifyResult = c
                 .call(
@@ -264,7 +309,9 @@ pub async fn run(pool: &PoolArgs, cmd: KeyCommand) -> anyhow::Result<()> {
         KeyCommand::Wrap(a) => cipher(&c, out, a, "wrapkey").await,
         KeyCommand::Unwrap(a) => cipher(&c, out, a, "unwrapkey").await,
         KeyCommand::Delete { name } => {
-            let d: DeletedKeyBundle = c.call::<Value, _>(Method::DELETE, &format!("/keys/{name}"), None).await?;
+            let d: DeletedKeyBundle = c
+                .call::<Value, _>(Method::DELETE, &format!("/keys/{name}"), None)
+                .await?;
             if out == Output::Json {
                 return print_json(&d);
             }
@@ -281,7 +328,8 @@ pub async fn run(pool: &PoolArgs, cmd: KeyCommand) -> anyhow::Result<()> {
             print_key(out, &k)
         }
         KeyCommand::Purge { name } => {
-            c.raw::<Value>(Method::DELETE, &format!("/deletedkeys/{name}"), None).await?;
+            c.raw::<Value>(Method::DELETE, &format!("/deletedkeys/{name}"), None)
+                .await?;
             if out == Output::Json {
                 return print_json(&json!({"purged": name}));
             }
@@ -289,8 +337,14 @@ pub async fn run(pool: &PoolArgs, cmd: KeyCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeyCommand::Backup { name, out: file } => {
-            anyhow::ensure!(!file.exists(), "{} exists; choose another file", file.display());
-            let r: BackupKeyResult = c.call::<Value, _>(Method::POST, &format!("/keys/{name}/backup"), None).await?;
+            anyhow::ensure!(
+                !file.exists(),
+                "{} exists; choose another file",
+                file.display()
+            );
+            let r: BackupKeyResult = c
+                .call::<Value, _>(Method::POST, &format!("/keys/{name}/backup"), None)
+                .await?;
             std::fs::write(&file, b64::encode_url(r.value.as_bytes()))?;
             if out == Output::Json {
                 return print_json(&json!({"key": name, "file": file}));
@@ -302,29 +356,47 @@ pub async fn run(pool: &PoolArgs, cmd: KeyCommand) -> anyhow::Result<()> {
             let blob = std::fs::read_to_string(&input)
                 .with_context(|| format!("cannot read {}", input.display()))?;
             let k: KeyBundle = c
-                .call(Method::POST, "/keys/restore", Some(&json!({"value": blob.trim()})))
+                .call(
+                    Method::POST,
+                    "/keys/restore",
+                    Some(&json!({"value": blob.trim()})),
+                )
                 .await?;
             print_key(out, &k)
         }
         KeyCommand::Rotate { name } => {
-            let k: KeyBundle = c.call::<Value, _>(Method::POST, &format!("/keys/{name}/rotate"), None).await?;
+            let k: KeyBundle = c
+                .call::<Value, _>(Method::POST, &format!("/keys/{name}/rotate"), None)
+                .await?;
             print_key(out, &k)
         }
     }
 }
 
-async fn cipher(c: &crate::client::Client, out: Output, a: CipherArgs, op: &str) -> anyhow::Result<()> {
+async fn cipher(
+    c: &crate::client::Client,
+    out: Output,
+    a: CipherArgs,
+    op: &str,
+) -> anyhow::Result<()> {
     let mut body = json!({"alg": a.alg, "value": a.value});
     for (k, v) in [("iv", &a.iv), ("aad", &a.aad), ("tag", &a.tag)] {
         if let Some(v) = v {
             body[k] = json!(v);
         }
     }
-    let r: KeyOperationResult = c.call(Method::POST, &vpath(&a.name, &a.version, op), Some(&body)).await?;
+    let r: KeyOperationResult = c
+        .call(Method::POST, &vpath(&a.name, &a.version, op), Some(&body))
+        .await?;
     if out == Output::Json {
         return print_json(&r);
     }
-    println!("value: {}", r.value.map(|v| b64::encode_url(v.as_bytes())).unwrap_or_default());
+    println!(
+        "value: {}",
+        r.value
+            .map(|v| b64::encode_url(v.as_bytes()))
+            .unwrap_or_default()
+    );
     if let Some(iv) = r.iv {
         println!("iv:    {}", b64::encode_url(iv.as_bytes()));
     }

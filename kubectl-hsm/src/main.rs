@@ -58,7 +58,10 @@ async fn main() -> std::process::ExitCode {
         Command::Key(cmd) => keys::run(&cli.pool, cmd).await,
         Command::Role(cmd) => role::run(&cli.pool, cmd).await,
         Command::Audit(cmd) => audit::run(cmd, cli.pool.output).await,
-        Command::Token { subject, ttl_minutes } => token(&cli.pool, &subject, ttl_minutes),
+        Command::Token {
+            subject,
+            ttl_minutes,
+        } => token(&cli.pool, &subject, ttl_minutes),
         Command::Status => status(&cli.pool).await,
     };
     match result {
@@ -78,7 +81,11 @@ fn token(pool: &client::PoolArgs, subject: &str, ttl_minutes: u64) -> anyhow::Re
         .context("`kubectl hsm token` works with a local pool: pass --pool DIR/pool.json")?;
     let p = keystead_partition::local::PoolFile::load(path)?;
     let issuer = keystead_partition::auth::LocalIssuer::load_or_create(&p.issuer_dir, &p.issuer)?;
-    let t = issuer.issue(subject, &p.audience, std::time::Duration::from_secs(ttl_minutes * 60))?;
+    let t = issuer.issue(
+        subject,
+        &p.audience,
+        std::time::Duration::from_secs(ttl_minutes * 60),
+    )?;
     println!("{t}");
     Ok(())
 }
@@ -92,7 +99,12 @@ async fn status(pool: &client::PoolArgs) -> anyhow::Result<()> {
         return client::print_json(&v);
     }
     for (k, val) in v.as_object().into_iter().flatten() {
-        println!("{k:<28}{}", val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
+        println!(
+            "{k:<28}{}",
+            val.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| val.to_string())
+        );
     }
     Ok(())
 }

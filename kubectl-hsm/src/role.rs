@@ -59,20 +59,34 @@ pub async fn run(pool: &PoolArgs, cmd: RoleCommand) -> anyhow::Result<()> {
     let c = pool.client()?;
     let RoleCommand::Assignment(cmd) = cmd;
     match cmd {
-        AssignmentCommand::Create { role, principal, scope, name } => {
+        AssignmentCommand::Create {
+            role,
+            principal,
+            scope,
+            name,
+        } => {
             let name = name.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
             let body = json!({"properties": {"roleDefinitionId": resolve_role(&role), "principalId": principal}});
             let a: RoleAssignment = c
-                .call(Method::PUT, &format!("{}/{name}", scope_prefix(&scope)), Some(&body))
+                .call(
+                    Method::PUT,
+                    &format!("{}/{name}", scope_prefix(&scope)),
+                    Some(&body),
+                )
                 .await?;
             if pool.output == Output::Json {
                 return print_json(&a);
             }
-            println!("assigned {role} to {principal} at {} (assignment {})", a.properties.scope, a.name);
+            println!(
+                "assigned {role} to {principal} at {} (assignment {})",
+                a.properties.scope, a.name
+            );
             Ok(())
         }
         AssignmentCommand::List { scope } => {
-            let l: ListResult<RoleAssignment> = c.call::<Value, _>(Method::GET, &scope_prefix(&scope), None).await?;
+            let l: ListResult<RoleAssignment> = c
+                .call::<Value, _>(Method::GET, &scope_prefix(&scope), None)
+                .await?;
             if pool.output == Output::Json {
                 return print_json(&l.value);
             }
@@ -81,14 +95,28 @@ pub async fn run(pool: &PoolArgs, cmd: RoleCommand) -> anyhow::Result<()> {
                 .map(|r| (r.name.clone(), r.properties.role_name.clone()))
                 .collect();
             for a in l.value {
-                let guid = a.properties.role_definition_id.rsplit('/').next().unwrap_or("").to_string();
+                let guid = a
+                    .properties
+                    .role_definition_id
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
                 let role = names.get(&guid).cloned().unwrap_or(guid);
-                println!("{}\t{}\t{}\t{}", a.name, a.properties.scope, a.properties.principal_id, role);
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    a.name, a.properties.scope, a.properties.principal_id, role
+                );
             }
             Ok(())
         }
         AssignmentCommand::Delete { name, scope } => {
-            c.raw::<Value>(Method::DELETE, &format!("{}/{name}", scope_prefix(&scope)), None).await?;
+            c.raw::<Value>(
+                Method::DELETE,
+                &format!("{}/{name}", scope_prefix(&scope)),
+                None,
+            )
+            .await?;
             if pool.output == Output::Json {
                 return print_json(&json!({"deleted": name}));
             }

@@ -77,11 +77,17 @@ pub async fn download(pool: &PoolArgs, a: DownloadArgs) -> anyhow::Result<()> {
         .call::<Value, _>(Method::GET, "/securitydomain/download/pending", None)
         .await?;
     if pool.output == Output::Json {
-        return print_json(&json!({"file": a.out, "fingerprint": summary.fingerprint, "quorum": summary.quorum, "status": status["status"]}));
+        return print_json(
+            &json!({"file": a.out, "fingerprint": summary.fingerprint, "quorum": summary.quorum, "status": status["status"]}),
+        );
     }
     println!("security domain written to {}", a.out.display());
     println!("fingerprint: {}", summary.fingerprint);
-    println!("quorum:      {} of {}", summary.quorum, summary.shares.len());
+    println!(
+        "quorum:      {} of {}",
+        summary.quorum,
+        summary.shares.len()
+    );
     println!("pool status: {}", status["status"].as_str().unwrap_or("?"));
     println!("Keep the file and give each custodian's private key to its custodian only.");
     Ok(())
@@ -93,17 +99,25 @@ pub async fn exchange_key(pool: &PoolArgs, a: ExchangeKeyArgs) -> anyhow::Result
         .call::<Value, _>(Method::GET, "/securitydomain/upload", None)
         .await?;
     let cert = keystead_core::sd::ExchangeCertificate::from_transfer_key_json(&tk.transfer_key)?;
-    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert.certificate_der().to_vec()));
+    let pem = pem::encode(&pem::Pem::new(
+        "CERTIFICATE",
+        cert.certificate_der().to_vec(),
+    ));
     write_new(&a.out, pem.as_bytes())?;
     let json_path = a.out.with_extension("json");
     write_new(&json_path, tk.transfer_key.as_bytes())?;
     if pool.output == Output::Json {
-        return print_json(&json!({"certificate": a.out, "transferKey": json_path, "thumbprint": cert.thumbprint(), "poolId": cert.pool_id()}));
+        return print_json(
+            &json!({"certificate": a.out, "transferKey": json_path, "thumbprint": cert.thumbprint(), "poolId": cert.pool_id()}),
+        );
     }
     println!("exchange certificate written to {}", a.out.display());
     println!("thumbprint: {}", cert.thumbprint());
     println!("pool id:    {}", cert.pool_id());
-    println!("Custodians now run, offline: kubectl hsm sd transfer --domain sd.json --key ... --exchange-key {} --out blob.json", a.out.display());
+    println!(
+        "Custodians now run, offline: kubectl hsm sd transfer --domain sd.json --key ... --exchange-key {} --out blob.json",
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -112,7 +126,11 @@ pub async fn upload(pool: &PoolArgs, a: UploadArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read {}", a.blob.display()))?;
     let c = pool.client()?;
     let r: Value = c
-        .call(Method::POST, "/securitydomain/upload", Some(&json!({"value": blob.trim()})))
+        .call(
+            Method::POST,
+            "/securitydomain/upload",
+            Some(&json!({"value": blob.trim()})),
+        )
         .await?;
     let status: Value = c
         .call::<Value, _>(Method::GET, "/securitydomain/upload/pending", None)
@@ -129,7 +147,9 @@ pub async fn upload(pool: &PoolArgs, a: UploadArgs) -> anyhow::Result<()> {
 
 pub async fn status(pool: &PoolArgs) -> anyhow::Result<()> {
     let c = pool.client()?;
-    let s: Value = c.call::<Value, _>(Method::GET, "/admin/status", None).await?;
+    let s: Value = c
+        .call::<Value, _>(Method::GET, "/admin/status", None)
+        .await?;
     if pool.output == Output::Json {
         return print_json(&s);
     }

@@ -126,7 +126,9 @@ impl App {
             return Ok(());
         };
         let Some(key) = self.sealing_key()? else {
-            tracing::warn!("the pool is activated but seal mode is memoryOnly: this partition waits for the domain from a peer or an upload");
+            tracing::warn!(
+                "the pool is activated but seal mode is memoryOnly: this partition waits for the domain from a peer or an upload"
+            );
             return Ok(());
         };
         let path = self.sealed_path();
@@ -136,7 +138,10 @@ impl App {
         }
         let sealed = std::fs::read(&path)?;
         let secret = DomainSecret::from_sealed_bytes(&sealed, &key).map_err(|e| {
-            anyhow::anyhow!("the sealed domain {} does not open with the sealing key: {e}", path.display())
+            anyhow::anyhow!(
+                "the sealed domain {} does not open with the sealing key: {e}",
+                path.display()
+            )
         })?;
         anyhow::ensure!(
             secret.fingerprint() == fingerprint,
@@ -152,7 +157,10 @@ impl App {
     /// then hold it in memory.
     pub fn activate(&self, secret: DomainSecret) -> Result<(), ApiError> {
         let fingerprint = secret.fingerprint();
-        if let Some(key) = self.sealing_key().map_err(|e| ApiError::internal(e.to_string()))? {
+        if let Some(key) = self
+            .sealing_key()
+            .map_err(|e| ApiError::internal(e.to_string()))?
+        {
             let sealed = secret.to_sealed_bytes(&key);
             let path = self.sealed_path();
             let tmp = path.with_extension("tmp");

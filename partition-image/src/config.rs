@@ -130,8 +130,9 @@ fn default_true() -> bool {
 
 impl PartitionConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the partition configuration {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!("cannot read the partition configuration {}", path.display())
+        })?;
         let cfg: PartitionConfig = serde_json::from_str(&text).with_context(|| {
             format!(
                 "the partition configuration {} is not valid; see docs/local-pool.md for its fields",

@@ -64,7 +64,9 @@ fn key_aad(name: &str, version: &str) -> Vec<u8> {
 pub enum KeyringError {
     #[error("the partition does not hold the security domain yet")]
     Sealed,
-    #[error("stored material of key '{name}' version '{version}' failed its integrity check; the key cannot be used (restore it from a backup)")]
+    #[error(
+        "stored material of key '{name}' version '{version}' failed its integrity check; the key cannot be used (restore it from a backup)"
+    )]
     Integrity { name: String, version: String },
     #[error("stored material of key '{name}' version '{version}' could not be loaded: {reason}")]
     Load {
@@ -92,7 +94,10 @@ impl Keyring {
     pub fn install(&self, secret: DomainSecret) {
         let u = Arc::new(Unsealed::new(secret));
         *self.unsealed.write().unwrap_or_else(|p| p.into_inner()) = Some(u);
-        self.cache.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     pub fn unsealed(&self) -> Option<Arc<Unsealed>> {

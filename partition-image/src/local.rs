@@ -7,8 +7,8 @@
 
 use crate::auth::LocalIssuer;
 use crate::config::{
-    AuditSettings, AuthSettings, IssuerSettings, PartitionConfig, SealMode, SealSettings,
-    TlsFiles, default_audience,
+    AuditSettings, AuthSettings, IssuerSettings, PartitionConfig, SealMode, SealSettings, TlsFiles,
+    default_audience,
 };
 use crate::pki;
 use anyhow::Context;
@@ -38,9 +38,13 @@ pub struct PoolFile {
 impl PoolFile {
     pub fn load(path: &Path) -> anyhow::Result<PoolFile> {
         let text = std::fs::read_to_string(path).with_context(|| {
-            format!("cannot read {} (start a pool with `keystead-partition local --dir DIR`)", path.display())
+            format!(
+                "cannot read {} (start a pool with `keystead-partition local --dir DIR`)",
+                path.display()
+            )
         })?;
-        serde_json::from_str(&text).with_context(|| format!("{} is not a pool file", path.display()))
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a pool file", path.display()))
     }
 }
 
@@ -228,12 +232,23 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
     }
     println!("Pool file:        {}", dir.join("pool.json").display());
     println!("CA bundle:        {}", pool.ca_file.display());
-    println!("Admin token file: {} (principal '{ADMIN_SUBJECT}')", pool.admin_token_file.display());
+    println!(
+        "Admin token file: {} (principal '{ADMIN_SUBJECT}')",
+        pool.admin_token_file.display()
+    );
     println!();
     println!("Next steps (security-domain ceremony, then keys):");
-    println!("  kubectl hsm sd keygen --name custodian1 --out-dir custodians   # ×3: custodian1..3");
-    println!("  kubectl hsm sd download --pool {} --cert custodians/custodian1.cer --cert custodians/custodian2.cer --cert custodians/custodian3.cer --quorum 2 --out sd.json", dir.join("pool.json").display());
-    println!("  kubectl hsm key create --pool {} --name k1 --kty EC --curve P-256", dir.join("pool.json").display());
+    println!(
+        "  kubectl hsm sd keygen --name custodian1 --out-dir custodians   # ×3: custodian1..3"
+    );
+    println!(
+        "  kubectl hsm sd download --pool {} --cert custodians/custodian1.cer --cert custodians/custodian2.cer --cert custodians/custodian3.cer --quorum 2 --out sd.json",
+        dir.join("pool.json").display()
+    );
+    println!(
+        "  kubectl hsm key create --pool {} --name k1 --kty EC --curve P-256",
+        dir.join("pool.json").display()
+    );
     println!("Stop with Ctrl-C; run the same command again to resume this pool.");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -19,7 +19,9 @@ pub struct CaMaterial {
 
 impl std::fmt::Debug for CaMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaMaterial").field("key_pem", &"<redacted>").finish()
+        f.debug_struct("CaMaterial")
+            .field("key_pem", &"<redacted>")
+            .finish()
     }
 }
 
@@ -31,7 +33,9 @@ pub struct LeafMaterial {
 
 impl std::fmt::Debug for LeafMaterial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeafMaterial").field("key_pem", &"<redacted>").finish()
+        f.debug_struct("LeafMaterial")
+            .field("key_pem", &"<redacted>")
+            .finish()
     }
 }
 

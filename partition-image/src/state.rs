@@ -197,7 +197,7 @@ pub enum Command {
     #[serde(rename_all = "camelCase")]
     AddKeyVersion {
         name: String,
-        version: KeyVersion,
+        version: Box<KeyVersion>,
         /// When true the key must not exist yet as an active key (restore semantics are
         /// separate); create/import/rotate pass false.
         must_be_new: bool,
@@ -248,7 +248,10 @@ pub enum Command {
     #[serde(rename_all = "camelCase")]
     DeleteRoleDefinition { scope: String, name: String },
     #[serde(rename_all = "camelCase")]
-    BeginRecovery { exchange_thumbprint: String, now: i64 },
+    BeginRecovery {
+        exchange_thumbprint: String,
+        now: i64,
+    },
     #[serde(rename_all = "camelCase")]
     Activate {
         domain_id: String,
@@ -273,21 +276,31 @@ pub enum Outcome {
 pub enum StateError {
     #[error("key '{0}' was not found; list keys with GET /keys")]
     KeyNotFound(String),
-    #[error("key '{name}' has no version '{version}'; list versions with GET /keys/{name}/versions")]
+    #[error(
+        "key '{name}' has no version '{version}'; list versions with GET /keys/{name}/versions"
+    )]
     VersionNotFound { name: String, version: String },
     #[error("deleted key '{0}' was not found; list deleted keys with GET /deletedkeys")]
     DeletedKeyNotFound(String),
-    #[error("key '{0}' is soft-deleted: recover it (POST /deletedkeys/{0}/recover) or purge it before reusing the name")]
+    #[error(
+        "key '{0}' is soft-deleted: recover it (POST /deletedkeys/{0}/recover) or purge it before reusing the name"
+    )]
     KeyIsDeleted(String),
-    #[error("key '{0}' already exists; a restore never overwrites a key — delete and purge it first, or restore under a pool without it")]
+    #[error(
+        "key '{0}' already exists; a restore never overwrites a key — delete and purge it first, or restore under a pool without it"
+    )]
     KeyExists(String),
-    #[error("key '{name}' cannot be purged before {purge_date} (Unix seconds): purge protection is enabled for this pool")]
+    #[error(
+        "key '{name}' cannot be purged before {purge_date} (Unix seconds): purge protection is enabled for this pool"
+    )]
     PurgeProtected { name: String, purge_date: i64 },
     #[error("version '{version}' of key '{name}' already exists")]
     VersionExists { name: String, version: String },
     #[error(transparent)]
     Rbac(RbacError),
-    #[error("the pool is already activated with security domain {0}; an upload is only possible into a pool that is not activated")]
+    #[error(
+        "the pool is already activated with security domain {0}; an upload is only possible into a pool that is not activated"
+    )]
     AlreadyActivated(String),
     #[error("the pool was already bootstrapped")]
     AlreadyBootstrapped,
@@ -347,13 +360,13 @@ impl PoolState {
                                 version: version.version.clone(),
                             });
                         }
-                        rec.versions.push(version.clone());
+                        rec.versions.push((**version).clone());
                         Ok(Outcome::Key(Box::new(rec.clone())))
                     }
                     None => {
                         let rec = KeyRecord {
                             name: name.clone(),
-                            versions: vec![version.clone()],
+                            versions: vec![(**version).clone()],
                             rotation_policy: None,
                         };
                         self.keys.insert(name.clone(), rec.clone());

@@ -34,16 +34,19 @@ pub fn server_config(
     key_pem: &str,
     client_ca: Option<&str>,
 ) -> anyhow::Result<rustls::ServerConfig> {
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|_| anyhow::anyhow!("the TLS private key does not parse (expected a PEM private key)"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| {
+        anyhow::anyhow!("the TLS private key does not parse (expected a PEM private key)")
+    })?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(ca) => {
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
-                    .allow_unauthenticated()
-                    .build()?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots(ca)?),
+                provider(),
+            )
+            .allow_unauthenticated()
+            .build()?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

@@ -25,10 +25,19 @@ async fn unauthenticated_requests_get_the_challenge_before_the_body_is_read() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let challenge = resp.headers()["www-authenticate"].to_str().unwrap().to_string();
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(challenge.starts_with("Bearer "), "{challenge}");
-    assert!(challenge.contains("authorization=\"https://login.test/tenant\""), "{challenge}");
-    assert!(challenge.contains("resource=\"https://managedhsm.azure.net\""), "{challenge}");
+    assert!(
+        challenge.contains("authorization=\"https://login.test/tenant\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("resource=\"https://managedhsm.azure.net\""),
+        "{challenge}"
+    );
 
     // A token from another issuer is rejected with a reason.
     let other = keystead_partition::auth::LocalIssuer::load_or_create(
@@ -37,7 +46,11 @@ async fn unauthenticated_requests_get_the_challenge_before_the_body_is_read() {
     )
     .unwrap();
     let t = other
-        .issue(ADMIN, "https://managedhsm.azure.net", std::time::Duration::from_secs(60))
+        .issue(
+            ADMIN,
+            "https://managedhsm.azure.net",
+            std::time::Duration::from_secs(60),
+        )
         .unwrap();
     let resp = pool
         .http()
@@ -55,16 +68,28 @@ async fn unauthenticated_requests_get_the_challenge_before_the_body_is_read() {
 async fn a_pool_that_is_not_activated_refuses_key_operations_and_says_how_to_activate() {
     let pool = TestPool::start().await;
     let (s, v) = pool
-        .call(Some(ADMIN), Method::POST, "/keys/k1/create", Some(json!({"kty": "EC-HSM", "crv": "P-256"})))
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/keys/k1/create",
+            Some(json!({"kty": "EC-HSM", "crv": "P-256"})),
+        )
         .await;
     // The administrator role does not carry keys/create; a crypto user does but the pool is not active.
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    let (s, v) = pool.call(Some(ADMIN), Method::GET, "/admin/status", None).await;
+    let (s, v) = pool
+        .call(Some(ADMIN), Method::GET, "/admin/status", None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["activation"], "Provisioned");
     assign(&pool, "user1", "21dbd100-6940-42c2-9190-5d6cb909625b", "/").await;
     let (s, v) = pool
-        .call(Some("user1"), Method::POST, "/keys/k1/create", Some(json!({"kty": "EC-HSM", "crv": "P-256"})))
+        .call(
+            Some("user1"),
+            Method::POST,
+            "/keys/k1/create",
+            Some(json!({"kty": "EC-HSM", "crv": "P-256"})),
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert_eq!(v["error"]["code"], "NotActivated");
@@ -73,7 +98,11 @@ async fn a_pool_that_is_not_activated_refuses_key_operations_and_says_how_to_act
 
 async fn assign(pool: &TestPool, principal: &str, role_guid: &str, scope: &str) {
     let name = uuid::Uuid::new_v4();
-    let prefix = if scope == "/" { String::new() } else { scope.to_string() };
+    let prefix = if scope == "/" {
+        String::new()
+    } else {
+        scope.to_string()
+    };
     let (s, v) = pool
         .call(
             Some(ADMIN),
@@ -103,15 +132,26 @@ async fn key_lifecycle_over_the_api() {
     // Create every key type.
     for (name, body) in [
         ("rsa2048", json!({"kty": "RSA-HSM", "key_size": 2048})),
-        ("ec256", json!({"kty": "EC-HSM", "crv": "P-256", "tags": {"team": "pay"}})),
+        (
+            "ec256",
+            json!({"kty": "EC-HSM", "crv": "P-256", "tags": {"team": "pay"}}),
+        ),
         ("ec256k", json!({"kty": "EC-HSM", "crv": "P-256K"})),
         ("aes256", json!({"kty": "oct-HSM", "key_size": 256})),
     ] {
-        let (s, v) = pool.call(u, Method::POST, &format!("/keys/{name}/create"), Some(body)).await;
+        let (s, v) = pool
+            .call(u, Method::POST, &format!("/keys/{name}/create"), Some(body))
+            .await;
         assert_eq!(s, StatusCode::OK, "{name}: {v}");
         let kid = v["key"]["kid"].as_str().unwrap();
-        assert!(kid.starts_with(&format!("{}/keys/{name}/", pool.url)), "{kid}");
-        assert!(v["key"].get("d").is_none() && v["key"].get("k").is_none(), "no private parts: {v}");
+        assert!(
+            kid.starts_with(&format!("{}/keys/{name}/", pool.url)),
+            "{kid}"
+        );
+        assert!(
+            v["key"].get("d").is_none() && v["key"].get("k").is_none(),
+            "no private parts: {v}"
+        );
         assert!(v["attributes"]["created"].is_i64());
         assert_eq!(v["attributes"]["recoverableDays"], 90);
     }
@@ -119,8 +159,16 @@ async fn key_lifecycle_over_the_api() {
     let (s, latest) = pool.call(u, Method::GET, "/keys/ec256/", None).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(latest["tags"]["team"], "pay");
-    let version = latest["key"]["kid"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
-    let (s, v) = pool.call(u, Method::GET, &format!("/keys/ec256/{version}"), None).await;
+    let version = latest["key"]["kid"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (s, v) = pool
+        .call(u, Method::GET, &format!("/keys/ec256/{version}"), None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["key"]["x"], latest["key"]["x"]);
     // Unknown key and unknown version.
@@ -136,7 +184,9 @@ async fn key_lifecycle_over_the_api() {
     assert_eq!(page1["value"].as_array().unwrap().len(), 3);
     let next = page1["nextLink"].as_str().unwrap().to_string();
     assert!(next.starts_with(&pool.url), "{next}");
-    let (s, page2) = pool.call(u, Method::GET, next.strip_prefix(&pool.url).unwrap(), None).await;
+    let (s, page2) = pool
+        .call(u, Method::GET, next.strip_prefix(&pool.url).unwrap(), None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{page2}");
     assert_eq!(page2["value"].as_array().unwrap().len(), 1);
     assert!(page2.get("nextLink").is_none_or(|n| n.is_null()));
@@ -145,27 +195,48 @@ async fn key_lifecycle_over_the_api() {
 
     // Update: disable, tags; a disabled key refuses to sign.
     let (s, v) = pool
-        .call(u, Method::PATCH, "/keys/ec256/", Some(json!({"attributes": {"enabled": false}, "tags": {"a": "b"}})))
+        .call(
+            u,
+            Method::PATCH,
+            "/keys/ec256/",
+            Some(json!({"attributes": {"enabled": false}, "tags": {"a": "b"}})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["attributes"]["enabled"], false);
     assert_eq!(v["tags"]["a"], "b");
     let (s, v) = pool
-        .call(u, Method::POST, "/keys/ec256//sign", Some(json!({"alg": "ES256", "value": sha256(b"x")})))
+        .call(
+            u,
+            Method::POST,
+            "/keys/ec256//sign",
+            Some(json!({"alg": "ES256", "value": sha256(b"x")})),
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
 
     // Rotate: a new version, list versions shows both.
-    let (s, v) = pool.call(u, Method::POST, "/keys/rsa2048/rotate", None).await;
+    let (s, v) = pool
+        .call(u, Method::POST, "/keys/rsa2048/rotate", None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, v) = pool.call(u, Method::GET, "/keys/rsa2048/versions", None).await;
+    let (s, v) = pool
+        .call(u, Method::GET, "/keys/rsa2048/versions", None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["value"].as_array().unwrap().len(), 2);
 
     // Rotation policy: default, then set, then read back.
-    let (s, v) = pool.call(u, Method::GET, "/keys/rsa2048/rotationpolicy", None).await;
+    let (s, v) = pool
+        .call(u, Method::GET, "/keys/rsa2048/rotationpolicy", None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert!(v["id"].as_str().unwrap().ends_with("/keys/rsa2048/rotationpolicy"));
+    assert!(
+        v["id"]
+            .as_str()
+            .unwrap()
+            .ends_with("/keys/rsa2048/rotationpolicy")
+    );
     let (s, v) = pool
         .call(
             u,
@@ -187,13 +258,21 @@ async fn key_lifecycle_over_the_api() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["recoveryId"], format!("{}/deletedkeys/aes256", pool.url));
     let deleted = v["deletedDate"].as_i64().unwrap();
-    assert_eq!(v["scheduledPurgeDate"].as_i64().unwrap(), deleted + 90 * 86_400);
+    assert_eq!(
+        v["scheduledPurgeDate"].as_i64().unwrap(),
+        deleted + 90 * 86_400
+    );
     let (s, _) = pool.call(u, Method::GET, "/keys/aes256/", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // Crypto User may not read deleted keys; the Crypto Officer may.
     let (s, v) = pool.call(u, Method::GET, "/deletedkeys/aes256", None).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("keys/deletedKeys/read/action"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("keys/deletedKeys/read/action")
+    );
     let o = Some("officer");
     let (s, v) = pool.call(o, Method::GET, "/deletedkeys/aes256", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -201,22 +280,47 @@ async fn key_lifecycle_over_the_api() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["value"].as_array().unwrap().len(), 1);
     // The name is taken while soft-deleted.
-    let (s, v) = pool.call(u, Method::POST, "/keys/aes256/create", Some(json!({"kty": "oct-HSM", "key_size": 128}))).await;
+    let (s, v) = pool
+        .call(
+            u,
+            Method::POST,
+            "/keys/aes256/create",
+            Some(json!({"kty": "oct-HSM", "key_size": 128})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    let (s, v) = pool.call(o, Method::POST, "/deletedkeys/aes256/recover", None).await;
+    let (s, v) = pool
+        .call(o, Method::POST, "/deletedkeys/aes256/recover", None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, _) = pool.call(u, Method::GET, "/keys/aes256/", None).await;
     assert_eq!(s, StatusCode::OK);
     pool.call(u, Method::DELETE, "/keys/aes256", None).await;
-    let (s, _) = pool.call(o, Method::DELETE, "/deletedkeys/aes256", None).await;
+    let (s, _) = pool
+        .call(o, Method::DELETE, "/deletedkeys/aes256", None)
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = pool.call(o, Method::GET, "/deletedkeys/aes256", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
     // Bad input.
-    let (s, v) = pool.call(u, Method::POST, "/keys/bad_name/create", Some(json!({"kty": "EC-HSM"}))).await;
+    let (s, v) = pool
+        .call(
+            u,
+            Method::POST,
+            "/keys/bad_name/create",
+            Some(json!({"kty": "EC-HSM"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    let (s, v) = pool.call(u, Method::POST, "/keys/k9/create", Some(json!({"kty": "RSA-HSM", "key_size": 1024}))).await;
+    let (s, v) = pool
+        .call(
+            u,
+            Method::POST,
+            "/keys/k9/create",
+            Some(json!({"kty": "RSA-HSM", "key_size": 1024})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, v) = pool.call(u, Method::POST, "/keys/k9/create", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
@@ -228,43 +332,105 @@ async fn key_lifecycle_over_the_api() {
 async fn cryptographic_operations() {
     let pool = active_pool().await;
     let u = Some("user");
-    pool.call(u, Method::POST, "/keys/r/create", Some(json!({"kty": "RSA-HSM", "key_size": 2048}))).await;
-    pool.call(u, Method::POST, "/keys/e/create", Some(json!({"kty": "EC-HSM", "crv": "P-384"}))).await;
-    pool.call(u, Method::POST, "/keys/a/create", Some(json!({"kty": "oct-HSM", "key_size": 256}))).await;
+    pool.call(
+        u,
+        Method::POST,
+        "/keys/r/create",
+        Some(json!({"kty": "RSA-HSM", "key_size": 2048})),
+    )
+    .await;
+    pool.call(
+        u,
+        Method::POST,
+        "/keys/e/create",
+        Some(json!({"kty": "EC-HSM", "crv": "P-384"})),
+    )
+    .await;
+    pool.call(
+        u,
+        Method::POST,
+        "/keys/a/create",
+        Some(json!({"kty": "oct-HSM", "key_size": 256})),
+    )
+    .await;
 
-    let sha384 = |d: &[u8]| b64::encode_url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA384, d));
+    let sha384 =
+        |d: &[u8]| b64::encode_url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA384, d));
     for (key, alg, digest, other) in [
         ("r", "RS256", sha256(b"m"), sha256(b"other")),
         ("r", "PS256", sha256(b"m"), sha256(b"other")),
         ("e", "ES384", sha384(b"m"), sha384(b"other")),
     ] {
-        let (s, v) = pool.call(u, Method::POST, &format!("/keys/{key}//sign"), Some(json!({"alg": alg, "value": digest}))).await;
+        let (s, v) = pool
+            .call(
+                u,
+                Method::POST,
+                &format!("/keys/{key}//sign"),
+                Some(json!({"alg": alg, "value": digest})),
+            )
+            .await;
         assert_eq!(s, StatusCode::OK, "{alg}: {v}");
         let sig = v["value"].as_str().unwrap().to_string();
         let (s, v) = pool
-            .call(u, Method::POST, &format!("/keys/{key}//verify"), Some(json!({"alg": alg, "digest": digest, "value": sig})))
+            .call(
+                u,
+                Method::POST,
+                &format!("/keys/{key}//verify"),
+                Some(json!({"alg": alg, "digest": digest, "value": sig})),
+            )
             .await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(v["value"], true, "{alg}");
         let (_, v) = pool
-            .call(u, Method::POST, &format!("/keys/{key}//verify"), Some(json!({"alg": alg, "digest": other, "value": sig})))
+            .call(
+                u,
+                Method::POST,
+                &format!("/keys/{key}//verify"),
+                Some(json!({"alg": alg, "digest": other, "value": sig})),
+            )
             .await;
         assert_eq!(v["value"], false, "{alg} must not verify another digest");
     }
     // Wrong digest length for the algorithm is a clear 400.
-    let (s, v) = pool.call(u, Method::POST, "/keys/e//sign", Some(json!({"alg": "ES384", "value": sha256(b"m")}))).await;
+    let (s, v) = pool
+        .call(
+            u,
+            Method::POST,
+            "/keys/e//sign",
+            Some(json!({"alg": "ES384", "value": sha256(b"m")})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 
     // RSA-OAEP-256 encrypt/decrypt and AES-GCM with a server-generated IV.
     let pt = b64::encode_url(b"attack at dawn");
-    let (s, v) = pool.call(u, Method::POST, "/keys/r//encrypt", Some(json!({"alg": "RSA-OAEP-256", "value": pt}))).await;
+    let (s, v) = pool
+        .call(
+            u,
+            Method::POST,
+            "/keys/r//encrypt",
+            Some(json!({"alg": "RSA-OAEP-256", "value": pt})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, v) = pool
-        .call(u, Method::POST, "/keys/r//decrypt", Some(json!({"alg": "RSA-OAEP-256", "value": v["value"]})))
+        .call(
+            u,
+            Method::POST,
+            "/keys/r//decrypt",
+            Some(json!({"alg": "RSA-OAEP-256", "value": v["value"]})),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["value"], pt);
-    let (s, enc) = pool.call(u, Method::POST, "/keys/a//encrypt", Some(json!({"alg": "A256GCM", "value": pt}))).await;
+    let (s, enc) = pool
+        .call(
+            u,
+            Method::POST,
+            "/keys/a//encrypt",
+            Some(json!({"alg": "A256GCM", "value": pt})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{enc}");
     assert!(enc["iv"].is_string() && enc["tag"].is_string());
     let (s, v) = pool
@@ -283,20 +449,44 @@ async fn cryptographic_operations() {
     // Wrap/unwrap with AES key wrap and RSA-OAEP.
     let cek = b64::encode_url([7u8; 32]);
     for (key, alg) in [("a", "A256KW"), ("r", "RSA-OAEP")] {
-        let (s, w) = pool.call(u, Method::POST, &format!("/keys/{key}//wrapkey"), Some(json!({"alg": alg, "value": cek}))).await;
+        let (s, w) = pool
+            .call(
+                u,
+                Method::POST,
+                &format!("/keys/{key}//wrapkey"),
+                Some(json!({"alg": alg, "value": cek})),
+            )
+            .await;
         assert_eq!(s, StatusCode::OK, "{alg}: {w}");
         let (s, v) = pool
-            .call(u, Method::POST, &format!("/keys/{key}//unwrapkey"), Some(json!({"alg": alg, "value": w["value"]})))
+            .call(
+                u,
+                Method::POST,
+                &format!("/keys/{key}//unwrapkey"),
+                Some(json!({"alg": alg, "value": w["value"]})),
+            )
             .await;
         assert_eq!(s, StatusCode::OK, "{alg}: {v}");
         assert_eq!(v["value"], cek);
     }
     // Random bytes.
-    let (s, v) = pool.call(u, Method::POST, "/rng", Some(json!({"count": 32}))).await;
+    let (s, v) = pool
+        .call(u, Method::POST, "/rng", Some(json!({"count": 32})))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(b64::decode_url(v["value"].as_str().unwrap()).unwrap().len(), 32);
+    assert_eq!(
+        b64::decode_url(v["value"].as_str().unwrap()).unwrap().len(),
+        32
+    );
     // Release is a typed "not supported".
-    let (s, v) = pool.call(u, Method::POST, "/keys/a//release", Some(json!({"target": "x"}))).await;
+    let (s, v) = pool
+        .call(
+            u,
+            Method::POST,
+            "/keys/a//release",
+            Some(json!({"target": "x"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_IMPLEMENTED, "{v}");
 }
 
@@ -304,7 +494,13 @@ async fn cryptographic_operations() {
 async fn key_backup_restores_only_under_the_same_domain_and_rejects_tampering() {
     let pool = active_pool().await;
     let u = Some("user");
-    pool.call(u, Method::POST, "/keys/b1/create", Some(json!({"kty": "EC-HSM", "crv": "P-256"}))).await;
+    pool.call(
+        u,
+        Method::POST,
+        "/keys/b1/create",
+        Some(json!({"kty": "EC-HSM", "crv": "P-256"})),
+    )
+    .await;
     pool.call(u, Method::POST, "/keys/b1/rotate", None).await;
     let (_, orig) = pool.call(u, Method::GET, "/keys/b1/", None).await;
     let (s, backup) = pool.call(u, Method::POST, "/keys/b1/backup", None).await;
@@ -312,31 +508,73 @@ async fn key_backup_restores_only_under_the_same_domain_and_rejects_tampering() 
     let blob = backup["value"].as_str().unwrap().to_string();
 
     // Restore over an existing key is refused.
-    let (s, v) = pool.call(u, Method::POST, "/keys/restore", Some(json!({"value": blob}))).await;
+    let (s, v) = pool
+        .call(
+            u,
+            Method::POST,
+            "/keys/restore",
+            Some(json!({"value": blob})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     // Delete and purge, then restore: both versions come back and sign.
     pool.call(u, Method::DELETE, "/keys/b1", None).await;
-    pool.call(Some("officer"), Method::DELETE, "/deletedkeys/b1", None).await;
+    pool.call(Some("officer"), Method::DELETE, "/deletedkeys/b1", None)
+        .await;
     // A tampered blob is rejected and nothing is restored.
     let mut raw = b64::decode_url(&blob).unwrap();
     let last = raw.len() - 1;
     raw[last] ^= 1;
-    let (s, v) = pool.call(u, Method::POST, "/keys/restore", Some(json!({"value": b64::encode_url(&raw)}))).await;
+    let (s, v) = pool
+        .call(
+            u,
+            Method::POST,
+            "/keys/restore",
+            Some(json!({"value": b64::encode_url(&raw)})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("integrity"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("integrity"),
+        "{v}"
+    );
     let (s, _) = pool.call(u, Method::GET, "/keys/b1/", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, v) = pool.call(u, Method::POST, "/keys/restore", Some(json!({"value": blob}))).await;
+    let (s, v) = pool
+        .call(
+            u,
+            Method::POST,
+            "/keys/restore",
+            Some(json!({"value": blob})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["key"]["x"], orig["key"]["x"]);
     let (_, versions) = pool.call(u, Method::GET, "/keys/b1/versions", None).await;
     assert_eq!(versions["value"].as_array().unwrap().len(), 2);
-    let (s, _) = pool.call(u, Method::POST, "/keys/b1//sign", Some(json!({"alg": "ES256", "value": sha256(b"z")}))).await;
+    let (s, _) = pool
+        .call(
+            u,
+            Method::POST,
+            "/keys/b1//sign",
+            Some(json!({"alg": "ES256", "value": sha256(b"z")})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
 
     // Another pool with another security domain refuses the blob, naming both domains.
     let other = active_pool().await;
-    let (s, v) = other.call(u, Method::POST, "/keys/restore", Some(json!({"value": blob}))).await;
+    let (s, v) = other
+        .call(
+            u,
+            Method::POST,
+            "/keys/restore",
+            Some(json!({"value": blob})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
     let fp_a = pool.app.store.read().fingerprint().unwrap().to_string();
@@ -348,38 +586,87 @@ async fn key_backup_restores_only_under_the_same_domain_and_rejects_tampering() 
 async fn rbac_api_and_key_scoped_assignments() {
     let pool = active_pool().await;
     // Built-in definitions are listed.
-    let (s, v) = pool.call(Some(ADMIN), Method::GET, "/providers/Microsoft.Authorization/roleDefinitions", None).await;
+    let (s, v) = pool
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/providers/Microsoft.Authorization/roleDefinitions",
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["value"].as_array().unwrap().len() >= 9);
     // A principal with a role on one key only.
-    pool.call(Some("user"), Method::POST, "/keys/mine/create", Some(json!({"kty": "EC-HSM", "crv": "P-256"}))).await;
-    pool.call(Some("user"), Method::POST, "/keys/theirs/create", Some(json!({"kty": "EC-HSM", "crv": "P-256"}))).await;
+    pool.call(
+        Some("user"),
+        Method::POST,
+        "/keys/mine/create",
+        Some(json!({"kty": "EC-HSM", "crv": "P-256"})),
+    )
+    .await;
+    pool.call(
+        Some("user"),
+        Method::POST,
+        "/keys/theirs/create",
+        Some(json!({"kty": "EC-HSM", "crv": "P-256"})),
+    )
+    .await;
     assign(&pool, "scoped", CRYPTO_USER, "/keys/mine").await;
-    let (s, _) = pool.call(Some("scoped"), Method::GET, "/keys/mine/", None).await;
+    let (s, _) = pool
+        .call(Some("scoped"), Method::GET, "/keys/mine/", None)
+        .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, v) = pool.call(Some("scoped"), Method::GET, "/keys/theirs/", None).await;
+    let (s, v) = pool
+        .call(Some("scoped"), Method::GET, "/keys/theirs/", None)
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert_eq!(v["error"]["innererror"]["code"], "ForbiddenByRbac");
-    assert!(v["error"]["message"].as_str().unwrap().contains("Microsoft.KeyVault/managedHsm/keys/read/action"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Microsoft.KeyVault/managedHsm/keys/read/action")
+    );
     // Listing at /keys shows the key-scoped assignment; deleting it revokes access.
     let (s, v) = pool
-        .call(Some(ADMIN), Method::GET, "/keys/mine/providers/Microsoft.Authorization/roleAssignments", None)
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/keys/mine/providers/Microsoft.Authorization/roleAssignments",
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let a = v["value"].as_array().unwrap().iter().find(|a| a["properties"]["principalId"] == "scoped").unwrap().clone();
+    let a = v["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["properties"]["principalId"] == "scoped")
+        .unwrap()
+        .clone();
     let name = a["name"].as_str().unwrap();
     let (s, v) = pool
-        .call(Some(ADMIN), Method::DELETE, &format!("/keys/mine/providers/Microsoft.Authorization/roleAssignments/{name}"), None)
+        .call(
+            Some(ADMIN),
+            Method::DELETE,
+            &format!("/keys/mine/providers/Microsoft.Authorization/roleAssignments/{name}"),
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (s, _) = pool.call(Some("scoped"), Method::GET, "/keys/mine/", None).await;
+    let (s, _) = pool
+        .call(Some("scoped"), Method::GET, "/keys/mine/", None)
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // A principal without any role cannot assign roles.
     let (s, v) = pool
         .call(
             Some("nobody"),
             Method::PUT,
-            &format!("/providers/Microsoft.Authorization/roleAssignments/{}", uuid::Uuid::new_v4()),
+            &format!(
+                "/providers/Microsoft.Authorization/roleAssignments/{}",
+                uuid::Uuid::new_v4()
+            ),
             Some(json!({"properties": {"roleDefinitionId": CRYPTO_USER, "principalId": "nobody"}})),
         )
         .await;
@@ -388,51 +675,111 @@ async fn rbac_api_and_key_scoped_assignments() {
 
 #[tokio::test]
 async fn purge_protection_refuses_purge_before_the_date() {
-    let pool = TestPool::start_with(common::Options { purge_protection: true, retention_days: 7, seal: true }).await;
+    let pool = TestPool::start_with(common::Options {
+        purge_protection: true,
+        retention_days: 7,
+        seal: true,
+    })
+    .await;
     pool.activate().await;
     assign(&pool, "user", CRYPTO_USER, "/").await;
     assign(&pool, "officer", CRYPTO_OFFICER, "/").await;
-    pool.call(Some("user"), Method::POST, "/keys/p/create", Some(json!({"kty": "oct-HSM", "key_size": 128}))).await;
-    let (_, v) = pool.call(Some("user"), Method::DELETE, "/keys/p", None).await;
+    pool.call(
+        Some("user"),
+        Method::POST,
+        "/keys/p/create",
+        Some(json!({"kty": "oct-HSM", "key_size": 128})),
+    )
+    .await;
+    let (_, v) = pool
+        .call(Some("user"), Method::DELETE, "/keys/p", None)
+        .await;
     assert_eq!(v["attributes"]["recoveryLevel"], "CustomizedRecoverable");
     assert_eq!(v["attributes"]["recoverableDays"], 7);
-    let (s, v) = pool.call(Some("officer"), Method::DELETE, "/deletedkeys/p", None).await;
+    let (s, v) = pool
+        .call(Some("officer"), Method::DELETE, "/deletedkeys/p", None)
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("purge protection"));
-    let (s, _) = pool.call(Some("officer"), Method::GET, "/deletedkeys/p", None).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("purge protection")
+    );
+    let (s, _) = pool
+        .call(Some("officer"), Method::GET, "/deletedkeys/p", None)
+        .await;
     assert_eq!(s, StatusCode::OK, "the key is still there");
 }
 
 #[tokio::test]
 async fn state_activation_and_keys_survive_a_restart() {
     let pool = active_pool().await;
-    let (_, created) = pool.call(Some("user"), Method::POST, "/keys/keep/create", Some(json!({"kty": "EC-HSM", "crv": "P-256"}))).await;
+    let (_, created) = pool
+        .call(
+            Some("user"),
+            Method::POST,
+            "/keys/keep/create",
+            Some(json!({"kty": "EC-HSM", "crv": "P-256"})),
+        )
+        .await;
     let fp = pool.app.store.read().fingerprint().unwrap().to_string();
     let dir = pool.stop().await;
     let pool = TestPool::start_in(dir, common::Options::default()).await;
     assert_eq!(pool.app.store.read().fingerprint(), Some(fp.as_str()));
-    let (s, v) = pool.call(Some("user"), Method::GET, "/keys/keep/", None).await;
+    let (s, v) = pool
+        .call(Some("user"), Method::GET, "/keys/keep/", None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["key"]["x"], created["key"]["x"]);
-    let (s, v) = pool.call(Some("user"), Method::POST, "/keys/keep//sign", Some(json!({"alg": "ES256", "value": sha256(b"q")}))).await;
+    let (s, v) = pool
+        .call(
+            Some("user"),
+            Method::POST,
+            "/keys/keep//sign",
+            Some(json!({"alg": "ES256", "value": sha256(b"q")})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     // No plaintext key material on disk: the data directory never contains the private scalar.
     let data = pool.dir.path().join("data");
     for entry in walk(&data) {
         let bytes = std::fs::read(&entry).unwrap();
         let text = String::from_utf8_lossy(&bytes);
-        assert!(!text.contains("\"d\":"), "{} holds a JWK private field", entry.display());
+        assert!(
+            !text.contains("\"d\":"),
+            "{} holds a JWK private field",
+            entry.display()
+        );
     }
 }
 
 #[tokio::test]
 async fn memory_only_seal_needs_the_domain_again_after_a_restart() {
-    let pool = TestPool::start_with(common::Options { seal: false, ..Default::default() }).await;
+    let pool = TestPool::start_with(common::Options {
+        seal: false,
+        ..Default::default()
+    })
+    .await;
     pool.activate().await;
     assign(&pool, "user", CRYPTO_USER, "/").await;
     let dir = pool.stop().await;
-    let pool = TestPool::start_in(dir, common::Options { seal: false, ..Default::default() }).await;
-    let (s, v) = pool.call(Some("user"), Method::POST, "/keys/x/create", Some(json!({"kty": "EC-HSM", "crv": "P-256"}))).await;
+    let pool = TestPool::start_in(
+        dir,
+        common::Options {
+            seal: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (s, v) = pool
+        .call(
+            Some("user"),
+            Method::POST,
+            "/keys/x/create",
+            Some(json!({"kty": "EC-HSM", "crv": "P-256"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
     assert_eq!(v["error"]["code"], "PartitionSealed");
 }

@@ -37,14 +37,20 @@ impl Pool {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let pool = Pool { child, dir: dir.to_path_buf() };
+        let pool = Pool {
+            child,
+            dir: dir.to_path_buf(),
+        };
         // Ready when pool.json exists and the pool answers.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if pool.dir.join("pool.json").exists() && pool.hsm(&["sd", "status"]).0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "the local pool did not become ready");
+            assert!(
+                Instant::now() < deadline,
+                "the local pool did not become ready"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         pool
@@ -80,7 +86,10 @@ impl Pool {
                 assert!(status.success(), "the runner exited with {status}");
                 break;
             }
-            assert!(Instant::now() < deadline, "the runner did not stop on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the runner did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -100,7 +109,12 @@ fn local_pool_ceremony_keys_and_resume() {
     let pool = Pool::start(&dir);
     let pool_json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("pool.json")).unwrap()).unwrap();
-    assert!(pool_json["endpoints"][0].as_str().unwrap().starts_with("https://127.0.0.1:"));
+    assert!(
+        pool_json["endpoints"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("https://127.0.0.1:")
+    );
     for field in ["caFile", "adminTokenFile"] {
         assert!(Path::new(pool_json[field].as_str().unwrap()).is_absolute());
     }
@@ -108,28 +122,95 @@ fn local_pool_ceremony_keys_and_resume() {
 
     // The ceremony: three custodians, download with quorum 2.
     for n in ["c1", "c2", "c3"] {
-        pool.ok(&["sd", "keygen", "--name", n, "--out-dir", "custodians", "--bits", "2048"]);
+        pool.ok(&[
+            "sd",
+            "keygen",
+            "--name",
+            n,
+            "--out-dir",
+            "custodians",
+            "--bits",
+            "2048",
+        ]);
     }
     let out = pool.ok(&[
-        "sd", "download", "--cert", "custodians/c1.cer", "--cert", "custodians/c2.cer", "--cert",
-        "custodians/c3.cer", "--quorum", "2", "--out", "sd.json",
+        "sd",
+        "download",
+        "--cert",
+        "custodians/c1.cer",
+        "--cert",
+        "custodians/c2.cer",
+        "--cert",
+        "custodians/c3.cer",
+        "--quorum",
+        "2",
+        "--out",
+        "sd.json",
     ]);
     assert!(out.contains("Success"), "{out}");
-    let rehearse = pool.ok(&["sd", "rehearse", "--domain", "sd.json", "--key", "custodians/c1.key", "--key", "custodians/c3.key"]);
+    let rehearse = pool.ok(&[
+        "sd",
+        "rehearse",
+        "--domain",
+        "sd.json",
+        "--key",
+        "custodians/c1.key",
+        "--key",
+        "custodians/c3.key",
+    ]);
     assert!(pool.ok(&["sd", "status"]).contains("Activated"));
     let fingerprint = pool.ok(&["-o", "json", "status"]);
     let fingerprint: serde_json::Value = serde_json::from_str(&fingerprint).unwrap();
-    let fingerprint = fingerprint["securityDomainFingerprint"].as_str().unwrap().to_string();
+    let fingerprint = fingerprint["securityDomainFingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(rehearse.contains(&fingerprint), "{rehearse}");
 
     // Keys: the administrator gives itself the Crypto User role, creates and uses a key.
-    pool.ok(&["role", "assignment", "create", "--role", "Managed HSM Crypto User", "--principal", "local-admin"]);
+    pool.ok(&[
+        "role",
+        "assignment",
+        "create",
+        "--role",
+        "Managed HSM Crypto User",
+        "--principal",
+        "local-admin",
+    ]);
     pool.ok(&["key", "create", "k1", "--kty", "EC", "--curve", "P-256"]);
     std::fs::write(dir.join("doc.txt"), b"sign me").unwrap();
-    let sig = pool.ok(&["key", "sign", "k1", "--alg", "ES256", "--data-file", "doc.txt"]);
-    let verify = pool.ok(&["key", "verify", "k1", "--alg", "ES256", "--data-file", "doc.txt", "--signature", sig.trim()]);
+    let sig = pool.ok(&[
+        "key",
+        "sign",
+        "k1",
+        "--alg",
+        "ES256",
+        "--data-file",
+        "doc.txt",
+    ]);
+    let verify = pool.ok(&[
+        "key",
+        "verify",
+        "k1",
+        "--alg",
+        "ES256",
+        "--data-file",
+        "doc.txt",
+        "--signature",
+        sig.trim(),
+    ]);
     assert!(verify.contains("valid"));
-    let (ok, _, err) = pool.hsm(&["key", "verify", "k1", "--alg", "ES256", "--digest", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "--signature", sig.trim()]);
+    let (ok, _, err) = pool.hsm(&[
+        "key",
+        "verify",
+        "k1",
+        "--alg",
+        "ES256",
+        "--digest",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "--signature",
+        sig.trim(),
+    ]);
     assert!(!ok, "a wrong digest must not verify");
     assert!(err.contains("does not verify"), "{err}");
     let list = pool.ok(&["key", "list"]);
@@ -144,10 +225,21 @@ fn local_pool_ceremony_keys_and_resume() {
     // Stop cleanly, start again: same pool, same domain, same key.
     pool.stop();
     let pool = Pool::start(&dir);
-    let status: serde_json::Value = serde_json::from_str(&pool.ok(&["-o", "json", "status"])).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&pool.ok(&["-o", "json", "status"])).unwrap();
     assert_eq!(status["activation"], "Activated");
     assert_eq!(status["securityDomainFingerprint"], fingerprint.as_str());
-    let verify = pool.ok(&["key", "verify", "k1", "--alg", "ES256", "--data-file", "doc.txt", "--signature", sig.trim()]);
+    let verify = pool.ok(&[
+        "key",
+        "verify",
+        "k1",
+        "--alg",
+        "ES256",
+        "--data-file",
+        "doc.txt",
+        "--signature",
+        sig.trim(),
+    ]);
     assert!(verify.contains("valid"));
     // The audit log of the partition verifies.
     let audit = dir.join("p0/data/audit.log");

@@ -21,7 +21,10 @@ async fn assign_user(pool: &TestPool) {
         .call(
             Some(ADMIN),
             Method::PUT,
-            &format!("/providers/Microsoft.Authorization/roleAssignments/{}", uuid::Uuid::new_v4()),
+            &format!(
+                "/providers/Microsoft.Authorization/roleAssignments/{}",
+                uuid::Uuid::new_v4()
+            ),
             Some(json!({"properties": {"roleDefinitionId": CRYPTO_USER, "principalId": "user"}})),
         )
         .await;
@@ -34,53 +37,111 @@ async fn download_validates_its_input_and_is_administrator_only() {
     let jwks = pool.certificate_jwks(3);
     for (certs, required, needle) in [
         (jwks[..2].to_vec(), 2, "3 to 10"),
-        (std::iter::repeat_n(jwks[0].clone(), 11).collect::<Vec<_>>(), 2, "3 to 10"),
+        (
+            std::iter::repeat_n(jwks[0].clone(), 11).collect::<Vec<_>>(),
+            2,
+            "3 to 10",
+        ),
         (jwks.clone(), 4, "quorum"),
         (jwks.clone(), 1, "quorum"),
-        (vec![jwks[0].clone(), jwks[0].clone(), jwks[1].clone()], 2, "more than once"),
+        (
+            vec![jwks[0].clone(), jwks[0].clone(), jwks[1].clone()],
+            2,
+            "more than once",
+        ),
     ] {
         let (s, v) = pool
-            .call(Some(ADMIN), Method::POST, "/securitydomain/download", Some(json!({"certificates": certs, "required": required})))
+            .call(
+                Some(ADMIN),
+                Method::POST,
+                "/securitydomain/download",
+                Some(json!({"certificates": certs, "required": required})),
+            )
             .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
         let msg = v["error"]["message"].as_str().unwrap().to_lowercase();
         assert!(msg.contains(needle), "{needle}: {msg}");
     }
     // Nothing changed.
-    let (_, st) = pool.call(Some(ADMIN), Method::GET, "/admin/status", None).await;
+    let (_, st) = pool
+        .call(Some(ADMIN), Method::GET, "/admin/status", None)
+        .await;
     assert_eq!(st["activation"], "Provisioned");
     // Not an administrator.
     let (s, v) = pool
-        .call(Some("mallory"), Method::POST, "/securitydomain/download", Some(json!({"certificates": jwks, "required": 2})))
+        .call(
+            Some("mallory"),
+            Method::POST,
+            "/securitydomain/download",
+            Some(json!({"certificates": jwks, "required": 2})),
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("securitydomain/download/action"));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("securitydomain/download/action")
+    );
 }
 
 #[tokio::test]
 async fn download_activates_and_redownload_reprotects_the_same_domain() {
     let pool = TestPool::start().await;
     let (s, h, v) = pool
-        .call_full(Some(ADMIN), Method::POST, "/securitydomain/download", Some(json!({"certificates": pool.certificate_jwks(3), "required": 2})))
+        .call_full(
+            Some(ADMIN),
+            Method::POST,
+            "/securitydomain/download",
+            Some(json!({"certificates": pool.certificate_jwks(3), "required": 2})),
+        )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let poll = h["azure-asyncoperation"].to_str().unwrap().to_string();
-    assert_eq!(poll, format!("{}/securitydomain/download/pending", pool.url));
+    assert_eq!(
+        poll,
+        format!("{}/securitydomain/download/pending", pool.url)
+    );
     let file = v["value"].as_str().unwrap().to_string();
-    let (s, v) = pool.call(Some(ADMIN), Method::GET, "/securitydomain/download/pending", None).await;
+    let (s, v) = pool
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/securitydomain/download/pending",
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["status"], "Success");
     let fp = sd::inspect_domain_file(&file).unwrap().fingerprint;
     assert_eq!(pool.app.store.read().fingerprint(), Some(fp.as_str()));
     // The file opens with any 2 of the 3 custodian keys and gives the pool's fingerprint.
-    assert_eq!(sd::recover_domain(&file, &keys(&[0, 2])).unwrap().fingerprint(), fp);
+    assert_eq!(
+        sd::recover_domain(&file, &keys(&[0, 2]))
+            .unwrap()
+            .fingerprint(),
+        fp
+    );
 
     // Re-download with a different set (keys 1 and 2 plus a new one): same domain, new protection.
     let (new_cert, new_key) = sd::generate_custodian("newcomer", 2048, None).unwrap();
     let mut jwks = pool.certificate_jwks(3)[1..].to_vec();
-    jwks.push(serde_json::to_value(sd::CustodianKey::from_pem(&new_cert).unwrap().to_jwk().unwrap()).unwrap());
+    jwks.push(
+        serde_json::to_value(
+            sd::CustodianKey::from_pem(&new_cert)
+                .unwrap()
+                .to_jwk()
+                .unwrap(),
+        )
+        .unwrap(),
+    );
     let (s, v) = pool
-        .call(Some(ADMIN), Method::POST, "/securitydomain/download", Some(json!({"certificates": jwks, "required": 3})))
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/securitydomain/download",
+            Some(json!({"certificates": jwks, "required": 3})),
+        )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let file2 = v["value"].as_str().unwrap().to_string();
@@ -100,26 +161,50 @@ async fn recovery_by_upload_into_a_fresh_partition_keeps_the_domain_and_its_keys
     let a = TestPool::start().await;
     let file = a.activate().await;
     assign_user(&a).await;
-    let (s, created) = a.call(Some("user"), Method::POST, "/keys/k/create", Some(json!({"kty": "EC-HSM", "crv": "P-256"}))).await;
+    let (s, created) = a
+        .call(
+            Some("user"),
+            Method::POST,
+            "/keys/k/create",
+            Some(json!({"kty": "EC-HSM", "crv": "P-256"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{created}");
-    let (_, backup) = a.call(Some("user"), Method::POST, "/keys/k/backup", None).await;
+    let (_, backup) = a
+        .call(Some("user"), Method::POST, "/keys/k/backup", None)
+        .await;
     let fp_a = a.app.store.read().fingerprint().unwrap().to_string();
 
     // Pool B: a fresh partition.
     let b = TestPool::start().await;
     // Upload without an exchange key is refused and says what to do.
-    let (s, v) = b.call(Some(ADMIN), Method::POST, "/securitydomain/upload", Some(json!({"value": "{}"}))).await;
+    let (s, v) = b
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/securitydomain/upload",
+            Some(json!({"value": "{}"})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
-    let (s, tk) = b.call(Some(ADMIN), Method::GET, "/securitydomain/upload", None).await;
+    let (s, tk) = b
+        .call(Some(ADMIN), Method::GET, "/securitydomain/upload", None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{tk}");
     assert_eq!(tk["key_format"], "jwk");
-    let transfer_key = tk["transfer_key"].as_str().expect("transfer_key is a JSON string");
+    let transfer_key = tk["transfer_key"]
+        .as_str()
+        .expect("transfer_key is a JSON string");
     let jwk: serde_json::Value = serde_json::from_str(transfer_key).unwrap();
     assert!(jwk["x5c"][0].is_string());
-    let (_, st) = b.call(Some(ADMIN), Method::GET, "/admin/status", None).await;
+    let (_, st) = b
+        .call(Some(ADMIN), Method::GET, "/admin/status", None)
+        .await;
     assert_eq!(st["activation"], "RecoveryPending");
     // Asking again gives the same exchange key (idempotent).
-    let (_, tk2) = b.call(Some(ADMIN), Method::GET, "/securitydomain/upload", None).await;
+    let (_, tk2) = b
+        .call(Some(ADMIN), Method::GET, "/securitydomain/upload", None)
+        .await;
     assert_eq!(tk2["transfer_key"], tk["transfer_key"]);
 
     // Custodians, offline: build the transfer blob with 2 of 3 keys.
@@ -128,12 +213,25 @@ async fn recovery_by_upload_into_a_fresh_partition_keeps_the_domain_and_its_keys
 
     // A blob for another exchange key is rejected, and B stays unactivated.
     let other_pool = TestPool::start().await;
-    let (_, tk_other) = other_pool.call(Some(ADMIN), Method::GET, "/securitydomain/upload", None).await;
-    let other_exchange = ExchangeCertificate::from_transfer_key_json(tk_other["transfer_key"].as_str().unwrap()).unwrap();
+    let (_, tk_other) = other_pool
+        .call(Some(ADMIN), Method::GET, "/securitydomain/upload", None)
+        .await;
+    let other_exchange =
+        ExchangeCertificate::from_transfer_key_json(tk_other["transfer_key"].as_str().unwrap())
+            .unwrap();
     let wrong = sd::build_transfer_blob(&file, &keys(&[0, 1]), &other_exchange).unwrap();
-    let (s, v) = b.call(Some(ADMIN), Method::POST, "/securitydomain/upload", Some(json!({"value": wrong}))).await;
+    let (s, v) = b
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/securitydomain/upload",
+            Some(json!({"value": wrong})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    let (_, st) = b.call(Some(ADMIN), Method::GET, "/admin/status", None).await;
+    let (_, st) = b
+        .call(Some(ADMIN), Method::GET, "/admin/status", None)
+        .await;
     assert_eq!(st["activation"], "RecoveryPending");
     // A tampered blob is rejected.
     let mut tampered: serde_json::Value = serde_json::from_str(&blob).unwrap();
@@ -141,31 +239,92 @@ async fn recovery_by_upload_into_a_fresh_partition_keeps_the_domain_and_its_keys
     let mut raw = keystead_core::b64::decode_url(&ct).unwrap();
     raw[0] ^= 1;
     tampered["ciphertext"] = json!(keystead_core::b64::encode_url(raw));
-    let (s, v) = b.call(Some(ADMIN), Method::POST, "/securitydomain/upload", Some(json!({"value": tampered.to_string()}))).await;
+    let (s, v) = b
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/securitydomain/upload",
+            Some(json!({"value": tampered.to_string()})),
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 
     // The right blob activates B with A's domain.
-    let (s, h, v) = b.call_full(Some(ADMIN), Method::POST, "/securitydomain/upload", Some(json!({"value": blob}))).await;
+    let (s, h, v) = b
+        .call_full(
+            Some(ADMIN),
+            Method::POST,
+            "/securitydomain/upload",
+            Some(json!({"value": blob})),
+        )
+        .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    assert!(h["azure-asyncoperation"].to_str().unwrap().ends_with("/securitydomain/upload/pending"));
-    let (_, v) = b.call(Some(ADMIN), Method::GET, "/securitydomain/upload/pending", None).await;
+    assert!(
+        h["azure-asyncoperation"]
+            .to_str()
+            .unwrap()
+            .ends_with("/securitydomain/upload/pending")
+    );
+    let (_, v) = b
+        .call(
+            Some(ADMIN),
+            Method::GET,
+            "/securitydomain/upload/pending",
+            None,
+        )
+        .await;
     assert_eq!(v["status"], "Success");
     assert_eq!(b.app.store.read().fingerprint(), Some(fp_a.as_str()));
     // Single use: the same blob again is refused (the pool is active now).
-    let (s, _) = b.call(Some(ADMIN), Method::POST, "/securitydomain/upload", Some(json!({"value": blob}))).await;
+    let (s, _) = b
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/securitydomain/upload",
+            Some(json!({"value": blob})),
+        )
+        .await;
     assert_eq!(s, StatusCode::CONFLICT);
-    let (s, _) = b.call(Some(ADMIN), Method::GET, "/securitydomain/upload", None).await;
-    assert_eq!(s, StatusCode::CONFLICT, "no exchange key for an activated pool");
+    let (s, _) = b
+        .call(Some(ADMIN), Method::GET, "/securitydomain/upload", None)
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "no exchange key for an activated pool"
+    );
 
     // A's key backup restores into B and signs; the signature verifies against A's public key.
     assign_user(&b).await;
-    let (s, v) = b.call(Some("user"), Method::POST, "/keys/restore", Some(json!({"value": backup["value"]}))).await;
+    let (s, v) = b
+        .call(
+            Some("user"),
+            Method::POST,
+            "/keys/restore",
+            Some(json!({"value": backup["value"]})),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["key"]["x"], created["key"]["x"]);
-    let digest = keystead_core::b64::encode_url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"hello"));
-    let (_, sig) = b.call(Some("user"), Method::POST, "/keys/k//sign", Some(json!({"alg": "ES256", "value": digest}))).await;
+    let digest = keystead_core::b64::encode_url(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        b"hello",
+    ));
+    let (_, sig) = b
+        .call(
+            Some("user"),
+            Method::POST,
+            "/keys/k//sign",
+            Some(json!({"alg": "ES256", "value": digest})),
+        )
+        .await;
     let (_, ok) = a
-        .call(Some("user"), Method::POST, "/keys/k//verify", Some(json!({"alg": "ES256", "digest": digest, "value": sig["value"]})))
+        .call(
+            Some("user"),
+            Method::POST,
+            "/keys/k//verify",
+            Some(json!({"alg": "ES256", "digest": digest, "value": sig["value"]})),
+        )
         .await;
     assert_eq!(ok["value"], true);
 }

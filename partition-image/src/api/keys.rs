@@ -12,17 +12,24 @@ use axum::response::{IntoResponse, Response};
 use keystead_core::aead;
 use keystead_core::b64;
 use keystead_core::keys::{
-    Base64Url, BackupKeyResult, DeletedKeyBundle, DeletedKeyItem,
-    EncryptionAlgorithm, GetRandomBytesRequest, JsonWebKey, KeyAttributes, KeyBundle,
-    KeyCreateParameters, KeyImportParameters, KeyItem, KeyListResult, KeyOperationResult,
-    KeyOperationsParameters, KeyRestoreParameters, KeyRotationPolicy, KeySignParameters,
-    KeyUpdateParameters, KeyVerifyParameters, KeyVerifyResult, RandomBytes, SignatureAlgorithm,
+    BackupKeyResult, Base64Url, DeletedKeyBundle, DeletedKeyItem, EncryptionAlgorithm,
+    GetRandomBytesRequest, JsonWebKey, KeyAttributes, KeyBundle, KeyCreateParameters,
+    KeyImportParameters, KeyItem, KeyListResult, KeyOperationResult, KeyOperationsParameters,
+    KeyRestoreParameters, KeyRotationPolicy, KeySignParameters, KeyUpdateParameters,
+    KeyVerifyParameters, KeyVerifyResult, RandomBytes, SignatureAlgorithm,
 };
 use keystead_core::rbac::DataAction;
 use std::collections::BTreeMap;
 
 const MAX_PAGE: usize = 25;
-const KEY_OPS: [&str; 6] = ["encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"];
+const KEY_OPS: [&str; 6] = [
+    "encrypt",
+    "decrypt",
+    "sign",
+    "verify",
+    "wrapKey",
+    "unwrapKey",
+];
 
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -149,7 +156,9 @@ fn key_record(ctx: &Ctx, name: &str) -> Result<KeyRecord, ApiError> {
     ctx.app.store.read().keys.get(name).cloned().ok_or_else(|| {
         ApiError::not_found(
             "KeyNotFound",
-            format!("A key with (name/id) {name} was not found in this pool; list keys with GET /keys"),
+            format!(
+                "A key with (name/id) {name} was not found in this pool; list keys with GET /keys"
+            ),
         )
     })
 }
@@ -245,7 +254,7 @@ fn add_version(
     ctx.key(name, Some(&version));
     ctx.app.store.propose(Command::AddKeyVersion {
         name: name.to_string(),
-        version: kv.clone(),
+        version: Box::new(kv.clone()),
         must_be_new: false,
     })?;
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &kv)))
@@ -412,7 +421,11 @@ pub fn list(ctx: &mut Ctx) -> Result<Response, ApiError> {
                         KeyItem {
                             kid: Some(kid(ctx, &rec.name, None)),
                             attributes: Some(attributes(ctx, &v.attributes)),
-                            tags: if v.tags.is_empty() { None } else { Some(v.tags.clone()) },
+                            tags: if v.tags.is_empty() {
+                                None
+                            } else {
+                                Some(v.tags.clone())
+                            },
                             managed: None,
                         },
                     )
@@ -421,7 +434,10 @@ pub fn list(ctx: &mut Ctx) -> Result<Response, ApiError> {
             .collect()
     };
     let (value, next_link) = paginate(ctx, "/keys", items)?;
-    Ok(json_response(StatusCode::OK, &KeyListResult { value, next_link }))
+    Ok(json_response(
+        StatusCode::OK,
+        &KeyListResult { value, next_link },
+    ))
 }
 
 pub fn list_versions(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
@@ -441,14 +457,21 @@ pub fn list_versions(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
                 KeyItem {
                     kid: Some(kid(ctx, name, Some(&v.version))),
                     attributes: Some(attributes(ctx, &v.attributes)),
-                    tags: if v.tags.is_empty() { None } else { Some(v.tags.clone()) },
+                    tags: if v.tags.is_empty() {
+                        None
+                    } else {
+                        Some(v.tags.clone())
+                    },
                     managed: None,
                 },
             )
         })
         .collect();
     let (value, next_link) = paginate(ctx, &format!("/keys/{name}/versions"), items)?;
-    Ok(json_response(StatusCode::OK, &KeyListResult { value, next_link }))
+    Ok(json_response(
+        StatusCode::OK,
+        &KeyListResult { value, next_link },
+    ))
 }
 
 pub fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
@@ -468,12 +491,13 @@ pub fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
 }
 
 fn deleted_record(ctx: &Ctx, name: &str) -> Result<DeletedKey, ApiError> {
-    ctx.app.store.read().deleted.get(name).cloned().ok_or_else(|| {
-        ApiError::not_found(
-            "KeyNotFound",
-            format!("Deleted Key not found: {name}"),
-        )
-    })
+    ctx.app
+        .store
+        .read()
+        .deleted
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("KeyNotFound", format!("Deleted Key not found: {name}")))
 }
 
 pub fn get_deleted(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
@@ -501,7 +525,11 @@ pub fn list_deleted(ctx: &mut Ctx) -> Result<Response, ApiError> {
                             item: KeyItem {
                                 kid: Some(kid(ctx, &d.key.name, None)),
                                 attributes: Some(attributes(ctx, &v.attributes)),
-                                tags: if v.tags.is_empty() { None } else { Some(v.tags.clone()) },
+                                tags: if v.tags.is_empty() {
+                                    None
+                                } else {
+                                    Some(v.tags.clone())
+                                },
                                 managed: None,
                             },
                             recovery_id: Some(recovery_id(ctx, d)),
@@ -514,7 +542,10 @@ pub fn list_deleted(ctx: &mut Ctx) -> Result<Response, ApiError> {
             .collect()
     };
     let (value, next_link) = paginate(ctx, "/deletedkeys", items)?;
-    Ok(json_response(StatusCode::OK, &KeyListResult { value, next_link }))
+    Ok(json_response(
+        StatusCode::OK,
+        &KeyListResult { value, next_link },
+    ))
 }
 
 pub fn recover(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
@@ -589,7 +620,9 @@ pub fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
     let p: KeyRestoreParameters = ctx.json()?;
     let blob = p.value.as_bytes().to_vec();
     let malformed = || {
-        ApiError::bad_request("the value is not a Keystead key backup blob (bad header); pass the value returned by POST /keys/{name}/backup unchanged")
+        ApiError::bad_request(
+            "the value is not a Keystead key backup blob (bad header); pass the value returned by POST /keys/{name}/backup unchanged",
+        )
     };
     let rest = blob.strip_prefix(BLOB_MAGIC).ok_or_else(malformed)?;
     let (&fp_len, rest) = rest.split_first().ok_or_else(malformed)?;
@@ -614,8 +647,9 @@ pub fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
         ApiError::bad_request("the key backup blob failed its integrity check: it was altered or truncated; nothing was restored")
             .with_inner("BackupIntegrity", "tampered blob")
     })?;
-    let rec: KeyRecord = serde_json::from_slice(&plain)
-        .map_err(|_| ApiError::bad_request("the key backup blob's content does not parse; nothing was restored"))?;
+    let rec: KeyRecord = serde_json::from_slice(&plain).map_err(|_| {
+        ApiError::bad_request("the key backup blob's content does not parse; nothing was restored")
+    })?;
     validate_name(&rec.name)?;
     ctx.key(&rec.name, None);
     // Every version must unwrap under this domain before anything is committed.
@@ -658,7 +692,14 @@ pub fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     {
         attrs.exp = Some(now + iso8601_duration_secs(expiry).unwrap_or(0));
     }
-    add_version(ctx, name, &material, current.key_ops.clone(), attrs, current.tags.clone())
+    add_version(
+        ctx,
+        name,
+        &material,
+        current.key_ops.clone(),
+        attrs,
+        current.tags.clone(),
+    )
 }
 
 /// Parse an ISO-8601 duration such as `P90D`, `P2Y`, `P1M`, `PT12H`, `P1Y2M3DT4H5M6S`
@@ -686,7 +727,15 @@ pub fn iso8601_duration_secs(s: &str) -> Option<i64> {
         }
         if num.is_empty() { Some(()) } else { None }
     };
-    eat(date, &[('Y', 365 * 86_400), ('M', 30 * 86_400), ('W', 7 * 86_400), ('D', 86_400)])?;
+    eat(
+        date,
+        &[
+            ('Y', 365 * 86_400),
+            ('M', 30 * 86_400),
+            ('W', 7 * 86_400),
+            ('D', 86_400),
+        ],
+    )?;
     if let Some(t) = time {
         eat(t, &[('H', 3_600), ('M', 60), ('S', 1)])?;
     }
@@ -750,14 +799,21 @@ pub fn set_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, ApiErr
                 ));
             }
         }
-        let ty = a.action.as_ref().and_then(|x| x.r#type.as_deref()).unwrap_or("");
+        let ty = a
+            .action
+            .as_ref()
+            .and_then(|x| x.r#type.as_deref())
+            .unwrap_or("");
         if !ty.eq_ignore_ascii_case("rotate") && !ty.eq_ignore_ascii_case("notify") {
             return Err(ApiError::bad_request(format!(
                 "lifetime action type '{ty}' is not valid: use Rotate or Notify"
             )));
         }
     }
-    if let Some(e) = policy.attributes.as_ref().and_then(|a| a.expiry_time.as_deref())
+    if let Some(e) = policy
+        .attributes
+        .as_ref()
+        .and_then(|a| a.expiry_time.as_deref())
         && iso8601_duration_secs(e).is_none()
     {
         return Err(ApiError::bad_request(format!(
@@ -780,14 +836,25 @@ fn check_usable(name: &str, v: &KeyVersion, op: &str) -> Result<(), ApiError> {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "Forbidden",
-            format!("key '{name}' version '{}' is disabled; enable it with PATCH /keys/{name}/{} before using it", v.version, v.version),
+            format!(
+                "key '{name}' version '{}' is disabled; enable it with PATCH /keys/{name}/{} before using it",
+                v.version, v.version
+            ),
         ));
     }
     if v.attributes.nbf.is_some_and(|nbf| now < nbf) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "Forbidden", format!("key '{name}' is not valid yet (nbf)")));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("key '{name}' is not valid yet (nbf)"),
+        ));
     }
     if v.attributes.exp.is_some_and(|exp| now >= exp) {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "Forbidden", format!("key '{name}' has expired (exp); rotate it or update its exp")));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("key '{name}' has expired (exp); rotate it or update its exp"),
+        ));
     }
     if !v.key_ops.iter().any(|o| o == op) {
         return Err(ApiError::new(
@@ -856,13 +923,23 @@ pub fn operation(
         KeyOp::Verify => {
             let p: KeyVerifyParameters = ctx.json()?;
             let alg = SignatureAlgorithm::parse(&p.alg).map_err(|e| crypto_err(e.into()))?;
-            let ok = key.verify(alg, &p.digest.0, &p.value.0).map_err(crypto_err)?;
-            Ok(json_response(StatusCode::OK, &KeyVerifyResult { value: ok }))
+            let ok = key
+                .verify(alg, &p.digest.0, &p.value.0)
+                .map_err(crypto_err)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &KeyVerifyResult { value: ok },
+            ))
         }
         KeyOp::Encrypt => {
             let p: KeyOperationsParameters = ctx.json()?;
             let out = key
-                .encrypt(enc_alg(&p.alg)?, &p.value.0, p.iv.as_ref().map(|v| &v.0[..]), p.aad.as_ref().map(|v| &v.0[..]))
+                .encrypt(
+                    enc_alg(&p.alg)?,
+                    &p.value.0,
+                    p.iv.as_ref().map(|v| &v.0[..]),
+                    p.aad.as_ref().map(|v| &v.0[..]),
+                )
                 .map_err(crypto_err)?;
             Ok(json_response(
                 StatusCode::OK,
@@ -890,12 +967,16 @@ pub fn operation(
         }
         KeyOp::WrapKey => {
             let p: KeyOperationsParameters = ctx.json()?;
-            let w = key.wrap_key(enc_alg(&p.alg)?, &p.value.0).map_err(crypto_err)?;
+            let w = key
+                .wrap_key(enc_alg(&p.alg)?, &p.value.0)
+                .map_err(crypto_err)?;
             Ok(json_response(StatusCode::OK, &result(w)))
         }
         KeyOp::UnwrapKey => {
             let p: KeyOperationsParameters = ctx.json()?;
-            let k = key.unwrap_key(enc_alg(&p.alg)?, &p.value.0).map_err(crypto_err)?;
+            let k = key
+                .unwrap_key(enc_alg(&p.alg)?, &p.value.0)
+                .map_err(crypto_err)?;
             Ok(json_response(StatusCode::OK, &result(k.to_vec())))
         }
         KeyOp::Release => Err(ApiError::internal("release is refused above")),
@@ -908,7 +989,12 @@ pub fn random(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.require_active()?;
     let p: GetRandomBytesRequest = ctx.json()?;
     let bytes = crypto::random_bytes(p.count as usize).map_err(crypto_err)?;
-    Ok(json_response(StatusCode::OK, &RandomBytes { value: Base64Url(bytes) }))
+    Ok(json_response(
+        StatusCode::OK,
+        &RandomBytes {
+            value: Base64Url(bytes),
+        },
+    ))
 }
 
 #[cfg(test)]

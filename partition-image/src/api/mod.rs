@@ -106,8 +106,11 @@ impl Ctx {
                 "the request body is empty; this operation needs a JSON body",
             ));
         }
-        serde_json::from_slice(&self.body)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not valid for this operation: {e}")))
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the request body is not valid for this operation: {e}"
+            ))
+        })
     }
 
     pub fn query(&self, name: &str) -> Option<&str> {
@@ -140,7 +143,9 @@ fn base_url(headers: &HeaderMap, uri: &axum::http::Uri, fallback: &str) -> Strin
         .map(str::to_string)
         .or_else(|| uri.authority().map(|a| a.to_string()));
     match host {
-        Some(h) if !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()) => format!("https://{h}"),
+        Some(h) if !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()) => {
+            format!("https://{h}")
+        }
         _ => fallback.trim_end_matches('/').to_string(),
     }
 }
@@ -187,7 +192,8 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                 "a bearer token is required: send `Authorization: Bearer <token>` with a token for this pool's audience",
             )
             .into_response();
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge(&app));
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge(&app));
             r
         }
         Some(token) => match app.validator.validate(&token).await {
@@ -199,7 +205,8 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                     format!("the bearer token was rejected: {e}"),
                 )
                 .into_response();
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge(&app));
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, challenge(&app));
                 r
             }
             Ok(principal) => {
@@ -215,32 +222,30 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                         )
                         .into_response()
                     }
-                    Some(route) => {
-                        match axum::body::to_bytes(req.into_body(), BODY_LIMIT).await {
-                            Err(_) => ApiError::new(
-                                StatusCode::PAYLOAD_TOO_LARGE,
-                                "BadParameter",
-                                format!("the request body exceeds {BODY_LIMIT} bytes"),
-                            )
-                            .into_response(),
-                            Ok(body) => {
-                                let mut ctx = Ctx {
-                                    app: app.clone(),
-                                    principal: principal.subject.clone(),
-                                    base_url: base,
-                                    query,
-                                    body,
-                                    audit: AuditInfo::default(),
-                                };
-                                let r = dispatch(route, &mut ctx).await;
-                                info = std::mem::take(&mut ctx.audit);
-                                match r {
-                                    Ok(r) => r,
-                                    Err(e) => e.into_response(),
-                                }
+                    Some(route) => match axum::body::to_bytes(req.into_body(), BODY_LIMIT).await {
+                        Err(_) => ApiError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "BadParameter",
+                            format!("the request body exceeds {BODY_LIMIT} bytes"),
+                        )
+                        .into_response(),
+                        Ok(body) => {
+                            let mut ctx = Ctx {
+                                app: app.clone(),
+                                principal: principal.subject.clone(),
+                                base_url: base,
+                                query,
+                                body,
+                                audit: AuditInfo::default(),
+                            };
+                            let r = dispatch(route, &mut ctx).await;
+                            info = std::mem::take(&mut ctx.audit);
+                            match r {
+                                Ok(r) => r,
+                                Err(e) => e.into_response(),
                             }
                         }
-                    }
+                    },
                 }
             }
         },
@@ -302,7 +307,9 @@ async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
         R::RotateKey { name } => keys::rotate(ctx, &name),
         R::GetRotationPolicy { name } => keys::get_rotation_policy(ctx, &name),
         R::SetRotationPolicy { name } => keys::set_rotation_policy(ctx, &name),
-        R::KeyOperation { name, version, op } => keys::operation(ctx, &name, version.as_deref(), op),
+        R::KeyOperation { name, version, op } => {
+            keys::operation(ctx, &name, version.as_deref(), op)
+        }
         R::GetAttestation { .. } => Err(not_supported(
             ctx,
             "KeyAttestation",
@@ -314,14 +321,21 @@ async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
         R::SdTransferKey => sd::transfer_key(ctx).await,
         R::SdUpload => sd::upload(ctx).await,
         R::SdUploadPending => sd::upload_pending(ctx),
-        R::FullBackup | R::FullBackupPending { .. } | R::FullRestore | R::RestorePending { .. } | R::SelectiveRestore { .. } => {
-            Err(not_supported(
-                ctx,
-                "FullBackup",
-                "full backup and restore are not available yet in this build; single-key backup and restore (POST /keys/{name}/backup, POST /keys/restore) work",
-            ))
-        }
-        R::Rbac { scope, kind, name, method } => rbac::handle(ctx, &scope, kind, name.as_deref(), &method),
+        R::FullBackup
+        | R::FullBackupPending { .. }
+        | R::FullRestore
+        | R::RestorePending { .. }
+        | R::SelectiveRestore { .. } => Err(not_supported(
+            ctx,
+            "FullBackup",
+            "full backup and restore are not available yet in this build; single-key backup and restore (POST /keys/{name}/backup, POST /keys/restore) work",
+        )),
+        R::Rbac {
+            scope,
+            kind,
+            name,
+            method,
+        } => rbac::handle(ctx, &scope, kind, name.as_deref(), &method),
         R::AdminStatus => sd::admin_status(ctx),
     }
 }

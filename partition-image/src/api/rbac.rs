@@ -38,7 +38,10 @@ pub fn handle(
                 .rbac
                 .list_assignments(scope, filter.as_deref())
                 .map_err(rbac_err)?;
-            Ok(json_response(StatusCode::OK, &ListResult::single_page(list)))
+            Ok(json_response(
+                StatusCode::OK,
+                &ListResult::single_page(list),
+            ))
         }
         (RbacKind::Assignments, Method::GET, Some(n)) => {
             ctx.audit.operation = "RoleAssignmentGet";
@@ -88,7 +91,10 @@ pub fn handle(
                 .rbac
                 .list_definitions(scope, filter.as_deref())
                 .map_err(rbac_err)?;
-            Ok(json_response(StatusCode::OK, &ListResult::single_page(list)))
+            Ok(json_response(
+                StatusCode::OK,
+                &ListResult::single_page(list),
+            ))
         }
         (RbacKind::Definitions, Method::GET, Some(n)) => {
             ctx.audit.operation = "RoleDefinitionGet";

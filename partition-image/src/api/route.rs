@@ -39,24 +39,59 @@ pub enum RbacKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    CreateKey { name: String },
-    ImportKey { name: String },
-    GetKey { name: String, version: Option<String> },
-    UpdateKey { name: String, version: Option<String> },
+    CreateKey {
+        name: String,
+    },
+    ImportKey {
+        name: String,
+    },
+    GetKey {
+        name: String,
+        version: Option<String>,
+    },
+    UpdateKey {
+        name: String,
+        version: Option<String>,
+    },
     ListKeys,
-    ListVersions { name: String },
-    DeleteKey { name: String },
-    GetDeletedKey { name: String },
+    ListVersions {
+        name: String,
+    },
+    DeleteKey {
+        name: String,
+    },
+    GetDeletedKey {
+        name: String,
+    },
     ListDeletedKeys,
-    RecoverDeletedKey { name: String },
-    PurgeDeletedKey { name: String },
-    BackupKey { name: String },
+    RecoverDeletedKey {
+        name: String,
+    },
+    PurgeDeletedKey {
+        name: String,
+    },
+    BackupKey {
+        name: String,
+    },
     RestoreKey,
-    RotateKey { name: String },
-    GetRotationPolicy { name: String },
-    SetRotationPolicy { name: String },
-    KeyOperation { name: String, version: Option<String>, op: KeyOp },
-    GetAttestation { name: String, version: Option<String> },
+    RotateKey {
+        name: String,
+    },
+    GetRotationPolicy {
+        name: String,
+    },
+    SetRotationPolicy {
+        name: String,
+    },
+    KeyOperation {
+        name: String,
+        version: Option<String>,
+        op: KeyOp,
+    },
+    GetAttestation {
+        name: String,
+        version: Option<String>,
+    },
     Random,
     SdDownload,
     SdDownloadPending,
@@ -64,25 +99,46 @@ pub enum Route {
     SdUpload,
     SdUploadPending,
     FullBackup,
-    FullBackupPending { job: String },
+    FullBackupPending {
+        job: String,
+    },
     FullRestore,
-    RestorePending { job: String },
-    SelectiveRestore { name: String },
-    Rbac { scope: String, kind: RbacKind, name: Option<String>, method: Method },
+    RestorePending {
+        job: String,
+    },
+    SelectiveRestore {
+        name: String,
+    },
+    Rbac {
+        scope: String,
+        kind: RbacKind,
+        name: Option<String>,
+        method: Method,
+    },
     AdminStatus,
 }
 
 fn opt(s: &str) -> Option<String> {
-    if s.is_empty() { None } else { Some(s.to_string()) }
+    if s.is_empty() {
+        None
+    } else {
+        Some(s.to_string())
+    }
 }
 
 /// Parse a request path (without the query string). `None` means no such route.
 pub fn parse(method: &Method, path: &str) -> Option<Route> {
     let segs: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
     // RBAC: .../providers/Microsoft.Authorization/{roleAssignments|roleDefinitions}[/{name}]
-    if let Some(pos) = segs.iter().position(|s| s.eq_ignore_ascii_case("providers")) {
+    if let Some(pos) = segs
+        .iter()
+        .position(|s| s.eq_ignore_ascii_case("providers"))
+    {
         let rest = &segs[pos + 1..];
-        if rest.first()?.eq_ignore_ascii_case("Microsoft.Authorization") {
+        if rest
+            .first()?
+            .eq_ignore_ascii_case("Microsoft.Authorization")
+        {
             let kind = match rest.get(1)?.to_ascii_lowercase().as_str() {
                 "roleassignments" => RbacKind::Assignments,
                 "roledefinitions" => RbacKind::Definitions,
@@ -114,35 +170,76 @@ pub fn parse(method: &Method, path: &str) -> Option<Route> {
     let r = match segs.as_slice() {
         ["keys"] | ["keys", ""] if m == Method::GET => Route::ListKeys,
         ["keys", "restore"] if m == Method::POST => Route::RestoreKey,
-        ["keys", name, "create"] if m == Method::POST => Route::CreateKey { name: name.to_string() },
-        ["keys", name] if m == Method::PUT => Route::ImportKey { name: name.to_string() },
-        ["keys", name] if m == Method::GET => Route::GetKey { name: name.to_string(), version: None },
-        ["keys", name] if m == Method::PATCH => Route::UpdateKey { name: name.to_string(), version: None },
-        ["keys", name] if m == Method::DELETE => Route::DeleteKey { name: name.to_string() },
-        ["keys", name, "versions"] if m == Method::GET => Route::ListVersions { name: name.to_string() },
-        ["keys", name, "backup"] if m == Method::POST => Route::BackupKey { name: name.to_string() },
-        ["keys", name, "rotate"] if m == Method::POST => Route::RotateKey { name: name.to_string() },
-        ["keys", name, "restore"] if m == Method::PUT => Route::SelectiveRestore { name: name.to_string() },
-        ["keys", name, "rotationpolicy"] if m == Method::GET => Route::GetRotationPolicy { name: name.to_string() },
-        ["keys", name, "rotationpolicy"] if m == Method::PUT => Route::SetRotationPolicy { name: name.to_string() },
-        ["keys", name, version] if m == Method::GET => Route::GetKey { name: name.to_string(), version: opt(version) },
-        ["keys", name, version] if m == Method::PATCH => Route::UpdateKey { name: name.to_string(), version: opt(version) },
-        ["keys", name, version, "attestation"] if m == Method::GET => Route::GetAttestation { name: name.to_string(), version: opt(version) },
+        ["keys", name, "create"] if m == Method::POST => Route::CreateKey {
+            name: name.to_string(),
+        },
+        ["keys", name] if m == Method::PUT => Route::ImportKey {
+            name: name.to_string(),
+        },
+        ["keys", name] if m == Method::GET => Route::GetKey {
+            name: name.to_string(),
+            version: None,
+        },
+        ["keys", name] if m == Method::PATCH => Route::UpdateKey {
+            name: name.to_string(),
+            version: None,
+        },
+        ["keys", name] if m == Method::DELETE => Route::DeleteKey {
+            name: name.to_string(),
+        },
+        ["keys", name, "versions"] if m == Method::GET => Route::ListVersions {
+            name: name.to_string(),
+        },
+        ["keys", name, "backup"] if m == Method::POST => Route::BackupKey {
+            name: name.to_string(),
+        },
+        ["keys", name, "rotate"] if m == Method::POST => Route::RotateKey {
+            name: name.to_string(),
+        },
+        ["keys", name, "restore"] if m == Method::PUT => Route::SelectiveRestore {
+            name: name.to_string(),
+        },
+        ["keys", name, "rotationpolicy"] if m == Method::GET => Route::GetRotationPolicy {
+            name: name.to_string(),
+        },
+        ["keys", name, "rotationpolicy"] if m == Method::PUT => Route::SetRotationPolicy {
+            name: name.to_string(),
+        },
+        ["keys", name, version] if m == Method::GET => Route::GetKey {
+            name: name.to_string(),
+            version: opt(version),
+        },
+        ["keys", name, version] if m == Method::PATCH => Route::UpdateKey {
+            name: name.to_string(),
+            version: opt(version),
+        },
+        ["keys", name, version, "attestation"] if m == Method::GET => Route::GetAttestation {
+            name: name.to_string(),
+            version: opt(version),
+        },
         ["keys", name, version, op] if m == Method::POST => Route::KeyOperation {
             name: name.to_string(),
             version: opt(version),
             op: KeyOp::parse(op)?,
         },
         // `POST /keys/{name}/sign` without a version segment at all.
-        ["keys", name, op] if m == Method::POST && KeyOp::parse(op).is_some() => Route::KeyOperation {
-            name: name.to_string(),
-            version: None,
-            op: KeyOp::parse(op)?,
-        },
+        ["keys", name, op] if m == Method::POST && KeyOp::parse(op).is_some() => {
+            Route::KeyOperation {
+                name: name.to_string(),
+                version: None,
+                op: KeyOp::parse(op)?,
+            }
+        }
         ["deletedkeys"] | ["deletedkeys", ""] if m == Method::GET => Route::ListDeletedKeys,
-        ["deletedkeys", name] if m == Method::GET => Route::GetDeletedKey { name: name.to_string() },
-        ["deletedkeys", name] if m == Method::DELETE => Route::PurgeDeletedKey { name: name.to_string() },
-        ["deletedkeys", name, "recover"] if m == Method::POST => Route::RecoverDeletedKey { name: name.to_string() },
+        ["deletedkeys", name] if m == Method::GET => Route::GetDeletedKey {
+            name: name.to_string(),
+        },
+        ["deletedkeys", name] if m == Method::DELETE => Route::PurgeDeletedKey {
+            name: name.to_string(),
+        },
+        ["deletedkeys", name, "recover"] if m == Method::POST => Route::RecoverDeletedKey {
+            name: name.to_string(),
+        },
         ["rng"] if m == Method::POST => Route::Random,
         ["securitydomain", "download"] if m == Method::POST => Route::SdDownload,
         ["securitydomain", "download", "pending"] if m == Method::GET => Route::SdDownloadPending,
@@ -150,9 +247,13 @@ pub fn parse(method: &Method, path: &str) -> Option<Route> {
         ["securitydomain", "upload"] if m == Method::POST => Route::SdUpload,
         ["securitydomain", "upload", "pending"] if m == Method::GET => Route::SdUploadPending,
         ["backup"] if m == Method::POST => Route::FullBackup,
-        ["backup", job, "pending"] if m == Method::GET => Route::FullBackupPending { job: job.to_string() },
+        ["backup", job, "pending"] if m == Method::GET => Route::FullBackupPending {
+            job: job.to_string(),
+        },
         ["restore"] if m == Method::PUT => Route::FullRestore,
-        ["restore", job, "pending"] if m == Method::GET => Route::RestorePending { job: job.to_string() },
+        ["restore", job, "pending"] if m == Method::GET => Route::RestorePending {
+            job: job.to_string(),
+        },
         ["admin", "status"] if m == Method::GET => Route::AdminStatus,
         _ => return None,
     };
@@ -171,41 +272,95 @@ mod tests {
     fn sdk_paths() {
         assert_eq!(
             p(Method::GET, "/keys/k1/"),
-            Some(Route::GetKey { name: "k1".into(), version: None })
+            Some(Route::GetKey {
+                name: "k1".into(),
+                version: None
+            })
         );
         assert_eq!(
             p(Method::GET, "/keys/k1/abc"),
-            Some(Route::GetKey { name: "k1".into(), version: Some("abc".into()) })
+            Some(Route::GetKey {
+                name: "k1".into(),
+                version: Some("abc".into())
+            })
         );
         assert_eq!(
             p(Method::POST, "/keys/k1//release"),
-            Some(Route::KeyOperation { name: "k1".into(), version: None, op: KeyOp::Release })
+            Some(Route::KeyOperation {
+                name: "k1".into(),
+                version: None,
+                op: KeyOp::Release
+            })
         );
         assert_eq!(
             p(Method::POST, "/keys/k1/v1/sign"),
-            Some(Route::KeyOperation { name: "k1".into(), version: Some("v1".into()), op: KeyOp::Sign })
+            Some(Route::KeyOperation {
+                name: "k1".into(),
+                version: Some("v1".into()),
+                op: KeyOp::Sign
+            })
         );
-        assert_eq!(p(Method::PATCH, "/keys/k1/"), Some(Route::UpdateKey { name: "k1".into(), version: None }));
+        assert_eq!(
+            p(Method::PATCH, "/keys/k1/"),
+            Some(Route::UpdateKey {
+                name: "k1".into(),
+                version: None
+            })
+        );
         assert_eq!(p(Method::GET, "/keys"), Some(Route::ListKeys));
-        assert_eq!(p(Method::GET, "/keys/k1/versions"), Some(Route::ListVersions { name: "k1".into() }));
+        assert_eq!(
+            p(Method::GET, "/keys/k1/versions"),
+            Some(Route::ListVersions { name: "k1".into() })
+        );
         assert_eq!(p(Method::POST, "/keys/restore"), Some(Route::RestoreKey));
-        assert_eq!(p(Method::PUT, "/keys/k1/restore"), Some(Route::SelectiveRestore { name: "k1".into() }));
-        assert_eq!(p(Method::DELETE, "/deletedkeys/k1"), Some(Route::PurgeDeletedKey { name: "k1".into() }));
+        assert_eq!(
+            p(Method::PUT, "/keys/k1/restore"),
+            Some(Route::SelectiveRestore { name: "k1".into() })
+        );
+        assert_eq!(
+            p(Method::DELETE, "/deletedkeys/k1"),
+            Some(Route::PurgeDeletedKey { name: "k1".into() })
+        );
         assert_eq!(p(Method::GET, "/nothing"), None);
         assert_eq!(p(Method::POST, "/keys/k1/v1/frobnicate"), None);
     }
 
     #[test]
     fn rbac_scopes() {
-        let r = p(Method::PUT, "/providers/Microsoft.Authorization/roleAssignments/abc").unwrap();
+        let r = p(
+            Method::PUT,
+            "/providers/Microsoft.Authorization/roleAssignments/abc",
+        )
+        .unwrap();
         assert_eq!(
             r,
-            Route::Rbac { scope: "/".into(), kind: RbacKind::Assignments, name: Some("abc".into()), method: Method::PUT }
+            Route::Rbac {
+                scope: "/".into(),
+                kind: RbacKind::Assignments,
+                name: Some("abc".into()),
+                method: Method::PUT
+            }
         );
-        let r = p(Method::GET, "/keys/providers/Microsoft.Authorization/roleAssignments").unwrap();
+        let r = p(
+            Method::GET,
+            "/keys/providers/Microsoft.Authorization/roleAssignments",
+        )
+        .unwrap();
         assert!(matches!(r, Route::Rbac { ref scope, name: None, .. } if scope == "/keys"));
-        let r = p(Method::GET, "/keys/k1/providers/Microsoft.Authorization/roleDefinitions").unwrap();
-        assert!(matches!(r, Route::Rbac { ref scope, kind: RbacKind::Definitions, .. } if scope == "/keys/k1"));
-        assert_eq!(p(Method::GET, "/foo/providers/Microsoft.Authorization/roleAssignments"), None);
+        let r = p(
+            Method::GET,
+            "/keys/k1/providers/Microsoft.Authorization/roleDefinitions",
+        )
+        .unwrap();
+        assert!(
+            matches!(r, Route::Rbac { ref scope, kind: RbacKind::Definitions, .. } if scope == "/keys/k1")
+        );
+        assert_eq!(
+            p(
+                Method::GET,
+                "/foo/providers/Microsoft.Authorization/roleAssignments"
+            ),
+            None
+        );
     }
 }

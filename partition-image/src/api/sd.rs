@@ -14,7 +14,10 @@ use keystead_core::sd::{self, CustodianKey, DomainSecret, ExchangeKey};
 use serde_json::json;
 
 fn sd_err(e: sd::SdError) -> ApiError {
-    ApiError::bad_request(e.to_string()).with_inner("SecurityDomainInvalid", "the security-domain input was rejected")
+    ApiError::bad_request(e.to_string()).with_inner(
+        "SecurityDomainInvalid",
+        "the security-domain input was rejected",
+    )
 }
 
 fn accepted(ctx: &Ctx, body: &impl serde::Serialize, pending_path: &str) -> Response {
@@ -75,12 +78,18 @@ pub async fn download(ctx: &mut Ctx) -> Result<Response, ApiError> {
                 )
             })?;
             if u.fingerprint() != fingerprint {
-                return Err(ApiError::internal("the partition holds a domain other than the pool's"));
+                return Err(ApiError::internal(
+                    "the partition holds a domain other than the pool's",
+                ));
             }
             let file = sd::create_domain_file(&u.secret, &custodians, quorum).map_err(sd_err)?;
             verify_file(&file, &fingerprint, n)?;
             tracing::info!(fingerprint = %fingerprint, wrapping_keys = n, quorum, "security domain re-protected with new wrapping keys");
-            Ok(accepted(ctx, &SecurityDomainObject { value: file }, "/securitydomain/download/pending"))
+            Ok(accepted(
+                ctx,
+                &SecurityDomainObject { value: file },
+                "/securitydomain/download/pending",
+            ))
         }
         Activation::RecoveryPending { .. } => Err(ApiError::conflict(
             "Conflict",
@@ -94,7 +103,11 @@ pub async fn download(ctx: &mut Ctx) -> Result<Response, ApiError> {
             verify_file(&file, &fingerprint, n)?;
             ctx.app.activate(secret)?;
             tracing::info!(fingerprint = %fingerprint, wrapping_keys = n, quorum, "pool activated by security-domain download");
-            Ok(accepted(ctx, &SecurityDomainObject { value: file }, "/securitydomain/download/pending"))
+            Ok(accepted(
+                ctx,
+                &SecurityDomainObject { value: file },
+                "/securitydomain/download/pending",
+            ))
         }
     }
 }
@@ -104,7 +117,9 @@ fn verify_file(file: &str, fingerprint: &str, n: usize) -> Result<(), ApiError> 
     let info = sd::inspect_domain_file(file)
         .map_err(|e| ApiError::internal(format!("the new domain file does not verify: {e}")))?;
     if info.fingerprint != fingerprint || info.shares.len() != n {
-        return Err(ApiError::internal("the new domain file does not match the domain; nothing was changed"));
+        return Err(ApiError::internal(
+            "the new domain file does not match the domain; nothing was changed",
+        ));
     }
     Ok(())
 }
@@ -114,8 +129,14 @@ pub fn download_pending(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.authorize(DataAction::SecurityDomainDownload, "/")?;
     let body = match ctx.app.store.read().activation {
         Activation::Activated { .. } => status("Success", "The resource is active."),
-        Activation::RecoveryPending { .. } => status("Failed", "The pool is waiting for a security-domain upload."),
-        Activation::Provisioned => status("Failed", "No security domain was downloaded; the pool is not activated."),
+        Activation::RecoveryPending { .. } => status(
+            "Failed",
+            "The pool is waiting for a security-domain upload.",
+        ),
+        Activation::Provisioned => status(
+            "Failed",
+            "No security domain was downloaded; the pool is not activated.",
+        ),
     };
     Ok(json_response(StatusCode::OK, &body))
 }
@@ -132,7 +153,9 @@ pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
     if let Activation::Activated { fingerprint, .. } = &activation {
         return Err(ApiError::conflict(
             "Conflict",
-            format!("the pool is already activated with security domain {fingerprint}; recovery is only possible into a pool that is not activated"),
+            format!(
+                "the pool is already activated with security domain {fingerprint}; recovery is only possible into a pool that is not activated"
+            ),
         ));
     }
     let mut slot = ctx.app.exchange.lock().await;
@@ -146,7 +169,9 @@ pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
         })?;
         *slot = Some(key);
     }
-    let key = slot.as_ref().ok_or_else(|| ApiError::internal("no exchange key"))?;
+    let key = slot
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("no exchange key"))?;
     let body: TransferKey = key.transfer_key();
     Ok(json_response(StatusCode::OK, &body))
 }
@@ -164,7 +189,9 @@ pub async fn upload(ctx: &mut Ctx) -> Result<Response, ApiError> {
     if let Activation::Activated { fingerprint, .. } = &activation {
         return Err(ApiError::conflict(
             "Conflict",
-            format!("the pool is already activated with security domain {fingerprint}; an upload is only possible into a pool that is not activated"),
+            format!(
+                "the pool is already activated with security domain {fingerprint}; an upload is only possible into a pool that is not activated"
+            ),
         ));
     }
     let mut slot = ctx.app.exchange.lock().await;
@@ -186,9 +213,14 @@ pub async fn upload(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.app.activate(secret)?;
     // Single use: the exchange private key is dropped (and zeroized) now.
     *slot = None;
-    *ctx.app.upload_status.lock().await = Some(("Success".into(), "The resource is active.".into()));
+    *ctx.app.upload_status.lock().await =
+        Some(("Success".into(), "The resource is active.".into()));
     tracing::info!(fingerprint = %fingerprint, "pool activated by security-domain upload");
-    Ok(accepted(ctx, &status("Success", "The resource is active."), "/securitydomain/upload/pending"))
+    Ok(accepted(
+        ctx,
+        &status("Success", "The resource is active."),
+        "/securitydomain/upload/pending",
+    ))
 }
 
 pub fn upload_pending(ctx: &mut Ctx) -> Result<Response, ApiError> {
@@ -197,12 +229,24 @@ pub fn upload_pending(ctx: &mut Ctx) -> Result<Response, ApiError> {
     let body = match &ctx.app.store.read().activation {
         Activation::Activated { .. } => status("Success", "The resource is active."),
         Activation::RecoveryPending { .. } => {
-            match ctx.app.upload_status.try_lock().ok().and_then(|s| s.clone()) {
+            match ctx
+                .app
+                .upload_status
+                .try_lock()
+                .ok()
+                .and_then(|s| s.clone())
+            {
                 Some((s, d)) if s == "Failed" => status("Failed", d),
-                _ => status("InProgress", "Waiting for the transfer blob to be uploaded."),
+                _ => status(
+                    "InProgress",
+                    "Waiting for the transfer blob to be uploaded.",
+                ),
             }
         }
-        Activation::Provisioned => status("Failed", "Recovery was not started; GET /securitydomain/upload first."),
+        Activation::Provisioned => status(
+            "Failed",
+            "Recovery was not started; GET /securitydomain/upload first.",
+        ),
     };
     Ok(json_response(StatusCode::OK, &body))
 }

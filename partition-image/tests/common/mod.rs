@@ -45,7 +45,11 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { purge_protection: false, retention_days: 90, seal: true }
+        Self {
+            purge_protection: false,
+            retention_days: 90,
+            seal: true,
+        }
     }
 }
 
@@ -65,7 +69,14 @@ impl TestPool {
         let ca_path = d.join("ca.pem");
         if !ca_path.exists() {
             let ca = pki::generate_ca("test", 30).unwrap();
-            let leaf = pki::issue_leaf(&ca, "p0", &["localhost".into()], &["127.0.0.1".parse().unwrap()], 1).unwrap();
+            let leaf = pki::issue_leaf(
+                &ca,
+                "p0",
+                &["localhost".into()],
+                &["127.0.0.1".parse().unwrap()],
+                1,
+            )
+            .unwrap();
             std::fs::write(&ca_path, &ca.cert_pem).unwrap();
             std::fs::write(d.join("tls.crt"), &leaf.cert_pem).unwrap();
             std::fs::write(d.join("tls.key"), &leaf.key_pem).unwrap();
@@ -74,7 +85,11 @@ impl TestPool {
             std::fs::write(d.join("sealing.key"), k).unwrap();
         }
         let issuer = LocalIssuer::load_or_create(&d.join("issuer"), ISSUER).unwrap();
-        std::fs::write(d.join("jwks.json"), serde_json::to_vec(&issuer.jwks()).unwrap()).unwrap();
+        std::fs::write(
+            d.join("jwks.json"),
+            serde_json::to_vec(&issuer.jwks()).unwrap(),
+        )
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cfg = PartitionConfig {
@@ -83,7 +98,11 @@ impl TestPool {
             listen: format!("127.0.0.1:{port}"),
             public_url: format!("https://127.0.0.1:{port}"),
             data_dir: d.join("data"),
-            tls: TlsFiles { cert_file: d.join("tls.crt"), key_file: d.join("tls.key"), ca_file: ca_path.clone() },
+            tls: TlsFiles {
+                cert_file: d.join("tls.crt"),
+                key_file: d.join("tls.key"),
+                ca_file: ca_path.clone(),
+            },
             auth: AuthSettings {
                 audience: default_audience(),
                 authority: "https://login.test/tenant".into(),
@@ -99,11 +118,17 @@ impl TestPool {
             soft_delete_retention_days: opts.retention_days,
             purge_protection: opts.purge_protection,
             seal: if opts.seal {
-                SealSettings { mode: SealMode::SealingKeyFile, key_file: Some(d.join("sealing.key")) }
+                SealSettings {
+                    mode: SealMode::SealingKeyFile,
+                    key_file: Some(d.join("sealing.key")),
+                }
             } else {
                 SealSettings::default()
             },
-            audit: AuditSettings { file: None, stdout: false },
+            audit: AuditSettings {
+                file: None,
+                stdout: false,
+            },
         };
         let app = App::open(cfg).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -139,7 +164,9 @@ impl TestPool {
     }
 
     pub fn token(&self, subject: &str) -> String {
-        self.issuer.issue(subject, &default_audience(), Duration::from_secs(600)).unwrap()
+        self.issuer
+            .issue(subject, &default_audience(), Duration::from_secs(600))
+            .unwrap()
     }
 
     pub fn http(&self) -> reqwest::Client {
@@ -150,7 +177,13 @@ impl TestPool {
     }
 
     /// Send a request as `subject` (None: no token). Returns status and JSON (Null if none).
-    pub async fn call(&self, subject: Option<&str>, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        subject: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let (s, _, v) = self.call_full(subject, method, path, body).await;
         (s, v)
     }
@@ -163,7 +196,9 @@ impl TestPool {
         body: Option<Value>,
     ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         let sep = if path.contains('?') { '&' } else { '?' };
-        let mut req = self.http().request(method, format!("{}{path}{sep}api-version=7.5", self.url));
+        let mut req = self
+            .http()
+            .request(method, format!("{}{path}{sep}api-version=7.5", self.url));
         if let Some(s) = subject {
             req = req.bearer_auth(self.token(s));
         }
@@ -174,21 +209,33 @@ impl TestPool {
         let status = resp.status();
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap();
-        let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, headers, v)
     }
 
     pub fn certificate_jwks(&self, n: usize) -> Vec<Value> {
         custodians()[..n]
             .iter()
-            .map(|(cert, _)| serde_json::to_value(CustodianKey::from_pem(cert).unwrap().to_jwk().unwrap()).unwrap())
+            .map(|(cert, _)| {
+                serde_json::to_value(CustodianKey::from_pem(cert).unwrap().to_jwk().unwrap())
+                    .unwrap()
+            })
             .collect()
     }
 
     /// Activate the pool by downloading a security domain; returns the domain file JSON.
     pub async fn activate(&self) -> String {
         let (s, v) = self
-            .call(Some(ADMIN), Method::POST, "/securitydomain/download", Some(json!({"certificates": self.certificate_jwks(3), "required": 2})))
+            .call(
+                Some(ADMIN),
+                Method::POST,
+                "/securitydomain/download",
+                Some(json!({"certificates": self.certificate_jwks(3), "required": 2})),
+            )
             .await;
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");
         v["value"].as_str().unwrap().to_string()
