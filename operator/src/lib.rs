@@ -3,5 +3,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod children;
+pub mod conditions;
 pub mod crd;
 pub mod crdgen;
+pub mod decide;
+pub mod tls;
+pub mod validate;
