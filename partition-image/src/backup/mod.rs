@@ -463,3 +463,34 @@ pub async fn restore_key(
         .map_err(|e| BackupError::Commit(e.to_string()))?;
     Ok(rec)
 }
+
+/// One backup folder found under a destination.
+#[derive(Debug)]
+pub struct Listed {
+    pub folder: String,
+    /// The parsed manifest, or why it could not be read (e.g. an unfinished backup).
+    pub manifest: Result<Manifest, BackupError>,
+}
+
+/// List the backup folders under `dest` with their manifests (no MAC check).
+pub async fn list_backups(dest: &Destination) -> Result<Vec<Listed>, BackupError> {
+    let prefix = (!dest.prefix.as_ref().is_empty()).then_some(&dest.prefix);
+    let listing = dest
+        .store
+        .list_with_delimiter(prefix)
+        .await
+        .map_err(|e| storage(&dest.base_url, e))?;
+    let mut out = vec![];
+    for p in listing.common_prefixes {
+        let Some(folder) = p.filename().map(str::to_string) else {
+            continue;
+        };
+        if dest::validate_folder(&folder).is_err() {
+            continue;
+        }
+        let manifest = read_manifest(dest, &folder).await;
+        out.push(Listed { folder, manifest });
+    }
+    out.sort_by(|a, b| a.folder.cmp(&b.folder));
+    Ok(out)
+}
