@@ -424,3 +424,47 @@ async fn soft_delete_detaches_and_marks_the_retained_data() {
         "{fin}"
     );
 }
+
+#[tokio::test]
+async fn purge_sweep_deletes_only_what_is_due() {
+    let world = Shared::default();
+    let client = mock_client(world.clone());
+    let secret = |name: &str, after: &str, protected: &str, requested: bool| {
+        let mut ann =
+            json!({"keystead.io/purge-after": after, "keystead.io/purge-protection": protected});
+        if requested {
+            ann["keystead.io/purge-requested"] = json!("true");
+        }
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": name, "namespace": "hsm", "labels": {"keystead.io/soft-deleted-pool": "pool"}, "annotations": ann}})
+    };
+    world.lock().unwrap().objects.insert(
+        "/api/v1/secrets".into(),
+        json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": [
+            secret("expired", "2020-01-01T00:00:00Z", "true", false),
+            secret("protected-early", "2999-01-01T00:00:00Z", "true", true),
+            secret("unprotected-early", "2999-01-01T00:00:00Z", "false", true),
+            secret("not-due", "2999-01-01T00:00:00Z", "false", false),
+        ]}),
+    );
+    world.lock().unwrap().objects.insert(
+        "/api/v1/persistentvolumeclaims".into(),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": []}),
+    );
+    let n = tokio::time::timeout(Duration::from_secs(30), controller::purge_sweep(&client))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 2);
+    let deletes: Vec<Call> = calls(&world)
+        .into_iter()
+        .filter(|c| c.method == "DELETE")
+        .collect();
+    assert_eq!(
+        deletes,
+        vec![
+            c("DELETE", "/api/v1/namespaces/hsm/secrets/expired"),
+            c("DELETE", "/api/v1/namespaces/hsm/secrets/unprotected-early")
+        ]
+    );
+}
