@@ -670,14 +670,23 @@ async fn cleanup(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Err
     let pp = PatchParams::default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
     for s in [&names.ca_secret, &names.tls_secret] {
-        if secrets.get_opt(s).await?.is_some() {
+        // Data already retained from an earlier incarnation keeps its own purge date.
+        if secrets
+            .get_opt(s)
+            .await?
+            .is_some_and(|o| !o.annotations().contains_key(PURGE_AFTER_ANNOTATION))
+        {
             secrets.patch(s, &pp, &Patch::Merge(&patch)).await?;
         }
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
     for pod in names.pods(hsm.spec.partitions) {
         let pvc = names.pvc(&pod);
-        if pvcs.get_opt(&pvc).await?.is_some() {
+        if pvcs
+            .get_opt(&pvc)
+            .await?
+            .is_some_and(|o| !o.annotations().contains_key(PURGE_AFTER_ANNOTATION))
+        {
             pvcs.patch(&pvc, &pp, &Patch::Merge(&patch)).await?;
         }
     }
