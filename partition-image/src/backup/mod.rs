@@ -240,27 +240,44 @@ pub async fn write_backup_with(
         .await
         .map_err(|e| BackupError::Internal(e.to_string()))??
     };
-    for c in &body.chunks {
-        let bytes = tokio::fs::read(spool.0.join(&c.name))
+    let manifest = format::sign_manifest(u.backup_key(), body);
+    let result = upload(dest, &folder, &spool.0, &manifest).await;
+    if result.is_err() {
+        // Best effort: do not leave a half-written folder behind (without its manifest it
+        // would never be restored anyway).
+        for c in &manifest.body.chunks {
+            let _ = dest.store.delete(&dest.path(&folder, &c.name)).await;
+        }
+    }
+    result.map(|()| manifest)
+}
+
+/// Upload the spooled chunks, then the manifest (last: its presence marks a complete backup).
+async fn upload(
+    dest: &Destination,
+    folder: &str,
+    spool: &std::path::Path,
+    manifest: &Manifest,
+) -> Result<(), BackupError> {
+    for c in &manifest.body.chunks {
+        let bytes = tokio::fs::read(spool.join(&c.name))
             .await
             .map_err(|e| storage("the local spool", e))?;
-        let path = dest.path(&folder, &c.name);
         dest.store
-            .put(&path, PutPayload::from(bytes))
+            .put(&dest.path(folder, &c.name), PutPayload::from(bytes))
             .await
-            .map_err(|e| storage(dest.folder_url(&folder), e))?;
+            .map_err(|e| storage(dest.folder_url(folder), e))?;
     }
-    let manifest = format::sign_manifest(u.backup_key(), body);
     let bytes =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| BackupError::Internal(e.to_string()))?;
+        serde_json::to_vec_pretty(manifest).map_err(|e| BackupError::Internal(e.to_string()))?;
     dest.store
         .put(
-            &dest.path(&folder, format::MANIFEST),
+            &dest.path(folder, format::MANIFEST),
             PutPayload::from(bytes),
         )
         .await
-        .map_err(|e| storage(dest.folder_url(&folder), e))?;
-    Ok(manifest)
+        .map_err(|e| storage(dest.folder_url(folder), e))?;
+    Ok(())
 }
 
 async fn get_bytes(
