@@ -140,8 +140,11 @@ pub struct TokenValidator {
     leeway: u64,
     /// Tokens already verified: SHA-256 of the token (never the token) -> principal and
     /// the time until which the verdict may be reused.
-    verified: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], (Principal, u64)>>>,
+    verified: Arc<std::sync::Mutex<VerifiedTokens>>,
 }
+
+/// SHA-256 of a token -> its principal and the time until which the verdict holds.
+type VerifiedTokens = std::collections::HashMap<[u8; 32], (Principal, u64)>;
 
 /// How long a verified token is trusted without re-checking its signature (bounded by its
 /// own `exp`). A JWKS key removed by its issuer stops working after at most this long.
