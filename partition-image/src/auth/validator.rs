@@ -143,8 +143,10 @@ pub struct TokenValidator {
     verified: Arc<std::sync::Mutex<VerifiedTokens>>,
 }
 
-/// SHA-256 of a token -> its principal and the time until which the verdict holds.
-type VerifiedTokens = std::collections::HashMap<[u8; 32], (Principal, u64)>;
+/// SHA-256 of a token -> its principal, the time until which the verdict holds, and the
+/// issuer key set it was verified with (a refreshed key set invalidates the verdict, so a
+/// key the issuer dropped stops working at the next refresh).
+type VerifiedTokens = std::collections::HashMap<[u8; 32], (Principal, u64, Option<Arc<Vec<Jwk>>>)>;
 
 /// How long a verified token is trusted without re-checking its signature (bounded by its
 /// own `exp`). A JWKS key removed by its issuer stops working after at most this long.
@@ -513,23 +515,41 @@ impl TokenValidator {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        if let Some((p, until)) = self
+        let hit = self
             .verified
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&digest)
-            && now < *until
+            .cloned();
+        if let Some((p, until, keys)) = hit
+            && now < until
+            && self.key_set(&p.issuer).as_ref().map(Arc::as_ptr) == keys.as_ref().map(Arc::as_ptr)
         {
-            return Ok(p.clone());
+            return Ok(p);
         }
         let principal = self.validate_uncached(token).await?;
         let until = principal.expires_at.min(now + VERIFIED_TTL_SECS);
+        let keys = self.key_set(&principal.issuer);
         let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= VERIFIED_MAX {
             cache.clear();
         }
-        cache.insert(digest, (principal.clone(), until));
+        cache.insert(digest, (principal.clone(), until, keys));
         Ok(principal)
+    }
+
+    /// The key set currently held for `issuer`.
+    fn key_set(&self, issuer: &str) -> Option<Arc<Vec<Jwk>>> {
+        self.issuers
+            .iter()
+            .find(|s| s.config.issuer == issuer)
+            .and_then(|s| {
+                s.cache
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys
+                    .clone()
+            })
     }
 
     /// Checks a bearer token: algorithm, issuer, signature, `exp`, `nbf`, `aud`, `sub`.
