@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod keyring;
 pub mod local;
 pub mod pki;
+pub mod replica;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -7,8 +7,8 @@
 
 use crate::auth::LocalIssuer;
 use crate::config::{
-    AuditSettings, AuthSettings, IssuerSettings, PartitionConfig, SealMode, SealSettings, TlsFiles,
-    default_audience,
+    AuditSettings, AuthSettings, IssuerSettings, PartitionConfig, PeerSettings, SealMode,
+    SealSettings, TlsFiles, default_audience,
 };
 use crate::pki;
 use anyhow::Context;
@@ -99,6 +99,23 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
 
     let mut configs = Vec::new();
     let mut endpoints = Vec::new();
+    // Ports and peer list of a new pool (a resumed pool keeps its configurations).
+    let ports: Vec<u16> = (0..opts.partitions)
+        .map(|_| free_port())
+        .collect::<anyhow::Result<_>>()?;
+    let peers: Vec<PeerSettings> = if opts.partitions > 1 {
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| PeerSettings {
+                id: i as u64 + 1,
+                name: format!("p{i}"),
+                url: format!("https://127.0.0.1:{port}"),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     for i in 0..opts.partitions {
         let pdir = dir.join(format!("p{i}"));
         std::fs::create_dir_all(&pdir)?;
@@ -106,7 +123,7 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
         let cfg = if cfg_path.exists() {
             PartitionConfig::load(&cfg_path)?
         } else {
-            let port = free_port()?;
+            let port = ports[i];
             let leaf = pki::issue_leaf(
                 &ca,
                 &format!("p{i}"),
@@ -154,10 +171,25 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
                     file: None,
                     stdout: false,
                 },
+                peers: peers.clone(),
+                peer_token_file: if peers.is_empty() {
+                    None
+                } else {
+                    Some(pdir.join("peer.token"))
+                },
             };
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
             cfg
         };
+        if let Some(f) = &cfg.peer_token_file {
+            // The partition's workload identity, renewed on every start.
+            let t = issuer.issue(
+                &format!("partition:{}", cfg.partition_id),
+                &default_audience(),
+                TOKEN_TTL,
+            )?;
+            write_private(f, t.as_bytes())?;
+        }
         endpoints.push(cfg.public_url.clone());
         configs.push(cfg_path);
     }
@@ -187,7 +219,7 @@ pub async fn wait_ready(pool: &PoolFile, deadline: Duration) -> anyhow::Result<(
     for ep in &pool.endpoints {
         loop {
             let ok = client
-                .get(format!("{ep}/healthz"))
+                .get(format!("{ep}/readyz"))
                 .send()
                 .await
                 .map(|r| r.status().is_success())

@@ -68,7 +68,7 @@ async fn main() -> std::process::ExitCode {
         Command::Local { dir, name } => {
             local::run(local::LocalOptions {
                 dir,
-                partitions: 1,
+                partitions: 3,
                 pool_name: name,
             })
             .await
@@ -88,7 +88,11 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    let app = App::open(cfg)?;
+    let app = if cfg.peers.is_empty() {
+        App::open(cfg)?
+    } else {
+        App::open_replicated(cfg).await?
+    };
     tracing::info!(listen = %app.cfg.listen, partition = %app.cfg.partition_id, "partition serving");
     server::serve(app, listener, shutdown_signal()).await
 }

@@ -226,7 +226,7 @@ fn new_attributes(a: Option<&KeyAttributes>, now: i64) -> Attributes {
     }
 }
 
-fn add_version(
+async fn add_version(
     ctx: &mut Ctx,
     name: &str,
     material: &KeyMaterial,
@@ -256,11 +256,11 @@ fn add_version(
         name: name.to_string(),
         version: Box::new(kv.clone()),
         must_be_new: false,
-    })?;
+    }).await?;
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &kv)))
 }
 
-pub fn create(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn create(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyCreate";
     ctx.key(name, None);
     validate_name(name)?;
@@ -286,10 +286,10 @@ pub fn create(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         None => default_ops(&kty),
     };
     let attrs = new_attributes(p.attributes.as_ref(), now());
-    add_version(ctx, name, &material, ops, attrs, p.tags.unwrap_or_default())
+    add_version(ctx, name, &material, ops, attrs, p.tags.unwrap_or_default()).await
 }
 
-pub fn import(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn import(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyImport";
     ctx.key(name, None);
     validate_name(name)?;
@@ -307,7 +307,7 @@ pub fn import(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         _ => default_ops(&kty),
     };
     let attrs = new_attributes(p.attributes.as_ref(), now());
-    add_version(ctx, name, &material, ops, attrs, p.tags.unwrap_or_default())
+    add_version(ctx, name, &material, ops, attrs, p.tags.unwrap_or_default()).await
 }
 
 pub fn get(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
@@ -320,7 +320,7 @@ pub fn get(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<Response,
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &v)))
 }
 
-pub fn update(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+pub async fn update(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyUpdate";
     ctx.key(name, version);
     ctx.authorize(DataAction::KeysWrite, &key_scope(name))?;
@@ -344,7 +344,7 @@ pub fn update(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<Respon
         tags: p.tags,
         release_policy: None,
         now: now(),
-    })?;
+    }).await?;
     let Outcome::Key(rec) = out else {
         return Err(ApiError::internal("unexpected outcome of an update"));
     };
@@ -474,7 +474,7 @@ pub fn list_versions(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ))
 }
 
-pub fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyDelete";
     ctx.key(name, None);
     ctx.authorize(DataAction::KeysDelete, &key_scope(name))?;
@@ -482,7 +482,7 @@ pub fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     let out = ctx.app.store.propose(Command::DeleteKey {
         name: name.to_string(),
         now: now(),
-    })?;
+    }).await?;
     ctx.app.keyring.evict(name);
     let Outcome::Deleted(d) = out else {
         return Err(ApiError::internal("unexpected outcome of a delete"));
@@ -548,14 +548,14 @@ pub fn list_deleted(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ))
 }
 
-pub fn recover(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn recover(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "DeletedKeyRecover";
     ctx.key(name, None);
     ctx.authorize(DataAction::DeletedKeysRecover, &key_scope(name))?;
     ctx.require_active()?;
     let out = ctx.app.store.propose(Command::RecoverKey {
         name: name.to_string(),
-    })?;
+    }).await?;
     let Outcome::Key(rec) = out else {
         return Err(ApiError::internal("unexpected outcome of a recover"));
     };
@@ -563,7 +563,7 @@ pub fn recover(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &v)))
 }
 
-pub fn purge(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn purge(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "DeletedKeyPurge";
     ctx.key(name, None);
     ctx.authorize(DataAction::DeletedKeysDelete, &key_scope(name))?;
@@ -571,7 +571,7 @@ pub fn purge(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.app.store.propose(Command::PurgeKey {
         name: name.to_string(),
         now: now(),
-    })?;
+    }).await?;
     ctx.app.keyring.evict(name);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -613,7 +613,7 @@ pub fn backup(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ))
 }
 
-pub fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
+pub async fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyRestore";
     ctx.authorize(DataAction::KeysRestore, "/keys")?;
     ctx.require_active()?;
@@ -659,7 +659,7 @@ pub fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
             .load(&rec.name, &v.version, &v.wrapped)
             .map_err(|e| ApiError::bad_request(format!("the backup could not be restored: {e}")))?;
     }
-    let out = ctx.app.store.propose(Command::RestoreKey { key: rec })?;
+    let out = ctx.app.store.propose(Command::RestoreKey { key: rec }).await?;
     let Outcome::Key(rec) = out else {
         return Err(ApiError::internal("unexpected outcome of a restore"));
     };
@@ -667,7 +667,7 @@ pub fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
     Ok(json_response(StatusCode::OK, &bundle(ctx, &rec.name, &v)))
 }
 
-pub fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyRotate";
     ctx.key(name, None);
     ctx.authorize(DataAction::KeysRotate, &key_scope(name))?;
@@ -699,7 +699,7 @@ pub fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         current.key_ops.clone(),
         attrs,
         current.tags.clone(),
-    )
+    ).await
 }
 
 /// Parse an ISO-8601 duration such as `P90D`, `P2Y`, `P1M`, `PT12H`, `P1Y2M3DT4H5M6S`
@@ -775,7 +775,7 @@ pub fn get_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, ApiErr
     Ok(json_response(StatusCode::OK, &body))
 }
 
-pub fn set_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn set_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeySetRotationPolicy";
     ctx.key(name, None);
     ctx.authorize(DataAction::KeysWrite, &key_scope(name))?;
@@ -826,7 +826,7 @@ pub fn set_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, ApiErr
         name: name.to_string(),
         policy: value,
         now: now(),
-    })?;
+    }).await?;
     get_rotation_policy(ctx, name)
 }
 

@@ -19,7 +19,7 @@ fn rbac_err(e: RbacError) -> ApiError {
     )
 }
 
-pub fn handle(
+pub async fn handle(
     ctx: &mut Ctx,
     scope: &str,
     kind: RbacKind,
@@ -63,7 +63,7 @@ pub fn handle(
                 scope: scope.to_string(),
                 name: n.to_string(),
                 params,
-            })?;
+            }).await?;
             let Outcome::RoleAssignment(a) = out else {
                 return Err(ApiError::internal("unexpected outcome"));
             };
@@ -75,7 +75,7 @@ pub fn handle(
             let out = ctx.app.store.propose(Command::DeleteRoleAssignment {
                 scope: scope.to_string(),
                 name: n.to_string(),
-            })?;
+            }).await?;
             let Outcome::RoleAssignment(a) = out else {
                 return Err(ApiError::internal("unexpected outcome"));
             };
@@ -115,7 +115,7 @@ pub fn handle(
                 scope: scope.to_string(),
                 name: n.to_string(),
                 params,
-            })?;
+            }).await?;
             let Outcome::RoleDefinition(d) = out else {
                 return Err(ApiError::internal("unexpected outcome"));
             };
@@ -127,7 +127,7 @@ pub fn handle(
             let out = ctx.app.store.propose(Command::DeleteRoleDefinition {
                 scope: scope.to_string(),
                 name: n.to_string(),
-            })?;
+            }).await?;
             let Outcome::RoleDefinition(d) = out else {
                 return Err(ApiError::internal("unexpected outcome"));
             };

@@ -101,7 +101,7 @@ pub async fn download(ctx: &mut Ctx) -> Result<Response, ApiError> {
             let fingerprint = secret.fingerprint();
             let file = sd::create_domain_file(&secret, &custodians, quorum).map_err(sd_err)?;
             verify_file(&file, &fingerprint, n)?;
-            ctx.app.activate(secret)?;
+            ctx.app.activate(secret).await?;
             tracing::info!(fingerprint = %fingerprint, wrapping_keys = n, quorum, "pool activated by security-domain download");
             Ok(accepted(
                 ctx,
@@ -166,7 +166,7 @@ pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
         ctx.app.store.propose(Command::BeginRecovery {
             exchange_thumbprint: key.thumbprint().to_string(),
             now: super::keys::now(),
-        })?;
+        }).await?;
         *slot = Some(key);
     }
     let key = slot
@@ -210,7 +210,7 @@ pub async fn upload(ctx: &mut Ctx) -> Result<Response, ApiError> {
         }
     };
     let fingerprint = secret.fingerprint();
-    ctx.app.activate(secret)?;
+    ctx.app.activate(secret).await?;
     // Single use: the exchange private key is dropped (and zeroized) now.
     *slot = None;
     *ctx.app.upload_status.lock().await =
@@ -272,6 +272,7 @@ pub fn admin_status(ctx: &mut Ctx) -> Result<Response, ApiError> {
         "appliedIndex": ctx.app.store.applied_index(),
         "softDeleteRetentionDays": st.settings.soft_delete_retention_days,
         "purgeProtection": st.settings.purge_protection,
+        "replication": ctx.app.store.replica().map(|r| r.status()),
     });
     Ok(json_response(StatusCode::OK, &body))
 }
