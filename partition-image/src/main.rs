@@ -37,7 +37,7 @@ enum Command {
 fn init_tracing() {
     // Operational logs go to stderr as JSON; audit records have their own sink.
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYSTEAD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -153,6 +153,7 @@ impl Replica {
         let client = Arc::new(peer::PeerClient::new(cfg)?);
         let factory = network::NetworkFactory {
             client: client.clone(),
+            urls: Arc::new(cfg.peers.iter().map(|p| (p.id, p.url.clone())).collect()),
         };
         let raft = openraft::Raft::new(
             me.id,
@@ -176,6 +177,15 @@ impl Replica {
             tokio::spawn(async move { r.initialize_when_ready().await });
         }
         Ok(replica)
+    }
+
+    /// Where to reach member `id`: the configured URL if any, else the membership's.
+    pub fn url_of(&self, id: u64, node: &Member) -> String {
+        self.peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.url.clone())
+            .unwrap_or_else(|| node.url.clone())
     }
 
     fn configured_members(&self) -> BTreeMap<u64, Member> {
@@ -259,14 +269,24 @@ impl Replica {
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            match self.raft.client_write(cmd.clone()).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let written =
+                match tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await {
+                    Ok(w) => w,
+                    Err(_) => {
+                        return Err(ProposeError::Uncertain(
+                            "this partition leads but could not reach a majority in time".into(),
+                        ));
+                    }
+                };
+            match written {
                 Ok(resp) => return self.outcome(resp.log_id.index).await,
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let Some(node) = f.leader_node {
+                    if let (Some(id), Some(node)) = (f.leader_id, f.leader_node) {
                         match self
                             .client
                             .post::<_, ForwardReply>(
-                                &node.url,
+                                &self.url_of(id, &node),
                                 "/internal/forward",
                                 &cmd,
                                 LEADER_WAIT,
@@ -315,24 +335,28 @@ impl Replica {
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let index = match self.raft.get_read_log_id().await {
-                Ok((read, _)) => Some(read.map(|l| l.index).unwrap_or(0)),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    match f.leader_node {
-                        Some(node) => self
+            let read =
+                tokio::time::timeout(Duration::from_secs(2), self.raft.get_read_log_id()).await;
+            let index = match read {
+                // Leadership not confirmed by a quorum in time.
+                Err(_) => None,
+                Ok(Ok((read, _))) => Some(read.map(|l| l.index).unwrap_or(0)),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    match (f.leader_id, f.leader_node) {
+                        (Some(id), Some(node)) => self
                             .client
                             .get::<ReadIndexReply>(
-                                &node.url,
+                                &self.url_of(id, &node),
                                 "/internal/read-index",
                                 Duration::from_secs(3),
                             )
                             .await
                             .ok()
                             .map(|r| r.index),
-                        None => None,
+                        _ => None,
                     }
                 }
-                Err(_) => None,
+                Ok(Err(_)) => None,
             };
             if let Some(index) = index {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -372,7 +396,7 @@ impl Replica {
                 MemberStatus {
                     node_id: *id,
                     name: node.name.clone(),
-                    url: node.url.clone(),
+                    url: self.url_of(*id, node),
                     voter: voters.contains(id),
                     matched_index: matched,
                     lag: matched.map(|mi| last.saturating_sub(mi)),

@@ -16,6 +16,9 @@ type NodeId = u64;
 
 pub struct NetworkFactory {
     pub client: Arc<PeerClient>,
+    /// URLs of members in this partition's configuration; they take precedence over the URL
+    /// recorded in the membership (a member may be reached through another address).
+    pub urls: Arc<std::collections::HashMap<NodeId, String>>,
 }
 
 pub struct Network {
@@ -28,10 +31,14 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Network;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
+        let mut node = node.clone();
+        if let Some(url) = self.urls.get(&target) {
+            node.url = url.clone();
+        }
         Network {
             client: self.client.clone(),
             target,
-            node: node.clone(),
+            node,
         }
     }
 }
