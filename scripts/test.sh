@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-tools.sh
 
+# Object stores for the backup tests (Azurite and an S3-compatible server, loopback only);
+# the tests also start them on demand. Stopped when this script ends.
+bash scripts/start-object-stores.sh >/dev/null
+trap 'bash scripts/start-object-stores.sh stop' EXIT
+
 echo "== Rust tests (unit, property, integration on real processes)"
 cargo nextest run --workspace --no-fail-fast --failure-output final
 

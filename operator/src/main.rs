@@ -21,9 +21,33 @@ enum Command {
         /// Address of the metrics and health endpoint.
         #[arg(long, default_value = "0.0.0.0:8080", env = "KEYSTEAD_METRICS_ADDR")]
         metrics_addr: String,
-        /// Namespace of the leader-election Lease.
+        /// Namespace of the leader-election Lease (and of the operator's ServiceAccount).
         #[arg(long, env = "POD_NAMESPACE", default_value = "keystead-system")]
         lease_namespace: String,
+        /// Name of the leader-election Lease.
+        #[arg(
+            long,
+            env = "KEYSTEAD_LEASE_NAME",
+            default_value = "keystead-operator-leader"
+        )]
+        lease_name: String,
+        /// Identity in the Lease (the pod name).
+        #[arg(long, env = "POD_NAME", default_value = "keystead-operator")]
+        pod_name: String,
+        /// The operator's own ServiceAccount: TokenRequest for the pools' audience, and the
+        /// principal added to every pool's initial administrators.
+        #[arg(long, env = "KEYSTEAD_SERVICE_ACCOUNT")]
+        service_account: Option<String>,
+        /// Cluster DNS domain.
+        #[arg(long, env = "KEYSTEAD_CLUSTER_DOMAIN", default_value = "cluster.local")]
+        cluster_domain: String,
+        /// Issuer of the cluster's service-account tokens (what the partitions trust).
+        #[arg(
+            long,
+            env = "KEYSTEAD_SERVICE_ACCOUNT_ISSUER",
+            default_value = "https://kubernetes.default.svc.cluster.local"
+        )]
+        service_account_issuer: String,
     },
     /// Write the CustomResourceDefinitions generated from the Rust types.
     Crdgen {
@@ -51,10 +75,34 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Run { .. } => {
-            anyhow::bail!(
-                "the controllers are not implemented yet (see issue 6); `keystead-operator crdgen` works"
-            )
+        Command::Run {
+            metrics_addr,
+            lease_namespace,
+            lease_name,
+            pod_name,
+            service_account,
+            cluster_domain,
+            service_account_issuer,
+        } => {
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(keystead_operator::run::run(
+                keystead_operator::run::RunOptions {
+                    metrics_addr,
+                    lease_namespace,
+                    lease_name,
+                    pod_name,
+                    service_account,
+                    cluster_domain,
+                    service_account_issuer,
+                },
+            ))
         }
     }
 }

@@ -247,6 +247,14 @@ pub enum Command {
     },
     #[serde(rename_all = "camelCase")]
     DeleteRoleDefinition { scope: String, name: String },
+    /// Replace every key, soft-deleted key and RBAC entry at once (a full restore, all or
+    /// nothing). The proposer has checked the backup's security domain is the pool's.
+    #[serde(rename_all = "camelCase")]
+    RestoreAll {
+        keys: Vec<KeyRecord>,
+        deleted: Vec<DeletedKey>,
+        rbac: Box<RbacState>,
+    },
     #[serde(rename_all = "camelCase")]
     BeginRecovery {
         exchange_thumbprint: String,
@@ -520,6 +528,15 @@ impl PoolState {
             Command::DeleteRoleDefinition { scope, name } => {
                 let d = self.rbac.delete_definition(scope, name)?;
                 Ok(Outcome::RoleDefinition(Box::new(d)))
+            }
+            Command::RestoreAll { keys, deleted, rbac } => {
+                self.keys = keys.iter().map(|k| (k.name.clone(), k.clone())).collect();
+                self.deleted = deleted
+                    .iter()
+                    .map(|d| (d.key.name.clone(), d.clone()))
+                    .collect();
+                self.rbac = (**rbac).clone();
+                Ok(Outcome::None)
             }
             Command::BeginRecovery {
                 exchange_thumbprint,

@@ -5,6 +5,7 @@
 //! handler authorises the data action against local RBAC; one audit record is written for
 //! every request, whatever its outcome.
 
+mod backup;
 pub mod error;
 mod keys;
 pub use keys::now as keys_now;
@@ -330,15 +331,12 @@ async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
         R::SdTransferKey => sd::transfer_key(ctx).await,
         R::SdUpload => sd::upload(ctx).await,
         R::SdUploadPending => sd::upload_pending(ctx),
-        R::FullBackup
-        | R::FullBackupPending { .. }
-        | R::FullRestore
-        | R::RestorePending { .. }
-        | R::SelectiveRestore { .. } => Err(not_supported(
-            ctx,
-            "FullBackup",
-            "full backup and restore are not available yet in this build; single-key backup and restore (POST /keys/{name}/backup, POST /keys/restore) work",
-        )),
+        R::FullBackup => backup::start_backup(ctx),
+        R::FullBackupPending { job } => backup::backup_status(ctx, &job),
+        R::FullRestore => backup::start_restore(ctx, false),
+        R::PreRestore => backup::start_restore(ctx, true),
+        R::RestorePending { job } => backup::restore_status(ctx, &job),
+        R::SelectiveRestore { name } => backup::start_selective_restore(ctx, &name),
         R::Rbac {
             scope,
             kind,

@@ -103,6 +103,8 @@ pub enum Route {
         job: String,
     },
     FullRestore,
+    /// `PUT /prerestore`: verify a backup against this pool without restoring.
+    PreRestore,
     RestorePending {
         job: String,
     },
@@ -251,6 +253,7 @@ pub fn parse(method: &Method, path: &str) -> Option<Route> {
             job: job.to_string(),
         },
         ["restore"] if m == Method::PUT => Route::FullRestore,
+        ["prerestore"] if m == Method::PUT => Route::PreRestore,
         ["restore", job, "pending"] if m == Method::GET => Route::RestorePending {
             job: job.to_string(),
         },

@@ -1,0 +1,578 @@
+//! The desired child objects of a ManagedHsm: pure functions of the spec, the operator's
+//! settings and the pool's TLS material. Nothing here talks to the API.
+
+use crate::crd::{AntiAffinity, ManagedHsm, SealMode};
+use crate::tls::TlsState;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// Field manager of every server-side apply of the operator.
+pub const FIELD_MANAGER: &str = "keystead-operator";
+/// Container port of the partitions' HTTPS listener.
+pub const PARTITION_PORT: i32 = 8443;
+/// Annotation on the pod template (and so on each pod) with the hash of the desired template.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "keystead.io/template-hash";
+/// Annotation set on retained PVCs and Secrets while a pool is soft-deleted (RFC 3339).
+pub const PURGE_AFTER_ANNOTATION: &str = "keystead.io/purge-after";
+/// Annotation recording whether the soft-deleted pool had purge protection.
+pub const PURGE_PROTECTED_ANNOTATION: &str = "keystead.io/purge-protection";
+/// Annotation a user sets on the retained CA Secret to ask for an early purge.
+pub const PURGE_REQUEST_ANNOTATION: &str = "keystead.io/purge-requested";
+/// Label set on retained objects of a soft-deleted pool (value: pool name).
+pub const SOFT_DELETED_LABEL: &str = "keystead.io/soft-deleted-pool";
+/// Finalizer guarding soft delete of a ManagedHsm.
+pub const HSM_FINALIZER: &str = "keystead.io/soft-delete";
+
+const CONFIG_DIR: &str = "/etc/keystead/config";
+const TLS_DIR: &str = "/etc/keystead/tls";
+const SEAL_DIR: &str = "/etc/keystead/seal";
+const DATA_DIR: &str = "/var/lib/keystead";
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// What the operator knows about its own environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The operator's own principal (`system:serviceaccount:<ns>:<sa>`), added to every
+    /// pool's initial administrators so it can run the security-domain ceremony.
+    pub operator_principal: Option<String>,
+    /// Cluster DNS domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// Issuer of this cluster's service-account tokens.
+    pub service_account_issuer: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            operator_principal: None,
+            cluster_domain: "cluster.local".into(),
+            service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("the ManagedHsm has no {0}; it must come from the API server")]
+    MissingMetadata(&'static str),
+    #[error("internal error building {what}: {reason}")]
+    Internal { what: &'static str, reason: String },
+}
+
+/// Names of a pool's children (a pure function of its name).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    pub pool: String,
+    pub namespace: String,
+    pub statefulset: String,
+    pub headless_service: String,
+    pub client_service: String,
+    pub service_account: String,
+    pub config_map: String,
+    pub ca_bundle: String,
+    pub ca_secret: String,
+    pub tls_secret: String,
+    pub pdb: String,
+    pub network_policy: String,
+}
+
+impl Names {
+    pub fn new(pool: &str, namespace: &str) -> Self {
+        Self {
+            pool: pool.into(),
+            namespace: namespace.into(),
+            statefulset: pool.into(),
+            headless_service: format!("{pool}-peers"),
+            client_service: pool.into(),
+            service_account: format!("{pool}-partition"),
+            config_map: format!("{pool}-config"),
+            ca_bundle: format!("{pool}-ca-bundle"),
+            ca_secret: format!("{pool}-ca"),
+            tls_secret: format!("{pool}-tls"),
+            pdb: pool.into(),
+            network_policy: pool.into(),
+        }
+    }
+
+    pub fn of(hsm: &ManagedHsm) -> Result<Self, BuildError> {
+        let name = hsm
+            .metadata
+            .name
+            .as_deref()
+            .ok_or(BuildError::MissingMetadata("name"))?;
+        let ns = hsm
+            .metadata
+            .namespace
+            .as_deref()
+            .ok_or(BuildError::MissingMetadata("namespace"))?;
+        Ok(Self::new(name, ns))
+    }
+
+    /// Pod names of the partitions (`<pool>-0` .. `<pool>-2`).
+    pub fn pods(&self, partitions: i32) -> Vec<String> {
+        (0..partitions.max(0))
+            .map(|i| format!("{}-{i}", self.statefulset))
+            .collect()
+    }
+
+    /// PVC name of a partition's data volume.
+    pub fn pvc(&self, pod: &str) -> String {
+        format!("data-{pod}")
+    }
+
+    /// DNS names of a partition's certificate.
+    pub fn partition_dns_names(
+        &self,
+        pod: &str,
+        cluster_domain: &str,
+        extra: &[String],
+    ) -> Vec<String> {
+        let (ns, peers, client) = (
+            &self.namespace,
+            &self.headless_service,
+            &self.client_service,
+        );
+        let mut v = vec![
+            pod.to_string(),
+            format!("{pod}.{peers}"),
+            format!("{pod}.{peers}.{ns}.svc"),
+            format!("{pod}.{peers}.{ns}.svc.{cluster_domain}"),
+            client.to_string(),
+            format!("{client}.{ns}"),
+            format!("{client}.{ns}.svc"),
+            format!("{client}.{ns}.svc.{cluster_domain}"),
+            "localhost".to_string(),
+        ];
+        v.extend(extra.iter().cloned());
+        v
+    }
+
+    /// The pool's client endpoint.
+    pub fn endpoint(&self, port: i32) -> String {
+        let host = format!("{}.{}.svc", self.client_service, self.namespace);
+        if port == 443 {
+            format!("https://{host}")
+        } else {
+            format!("https://{host}:{port}")
+        }
+    }
+
+    /// The admin endpoint of one partition (through the headless Service).
+    pub fn partition_url(&self, pod: &str) -> String {
+        format!(
+            "https://{pod}.{}.{}.svc:{PARTITION_PORT}",
+            self.headless_service, self.namespace
+        )
+    }
+}
+
+/// Labels of every child; the first two are the pods' selector.
+pub fn labels(pool: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "keystead-partition".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), pool.to_string()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "partition".to_string(),
+        ),
+        (
+            "app.kubernetes.io/part-of".to_string(),
+            "keystead".to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            FIELD_MANAGER.to_string(),
+        ),
+    ])
+}
+
+/// The pods' selector.
+pub fn selector(pool: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "keystead-partition".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), pool.to_string()),
+    ])
+}
+
+/// All children of one pool. Destructure it without `..` so no child can be forgotten.
+#[derive(Clone, Debug)]
+pub struct Children {
+    pub service_account: ServiceAccount,
+    pub headless_service: Service,
+    pub client_service: Service,
+    pub config_map: ConfigMap,
+    pub ca_bundle: ConfigMap,
+    pub ca_secret: Secret,
+    pub tls_secret: Secret,
+    pub statefulset: StatefulSet,
+    pub pdb: PodDisruptionBudget,
+    pub network_policy: NetworkPolicy,
+}
+
+fn owner_reference(hsm: &ManagedHsm) -> Result<OwnerReference, BuildError> {
+    hsm.controller_owner_ref(&())
+        .ok_or(BuildError::MissingMetadata("uid"))
+}
+
+fn meta(hsm: &ManagedHsm, names: &Names, name: &str) -> Result<ObjectMeta, BuildError> {
+    Ok(ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(names.namespace.clone()),
+        labels: Some(labels(&names.pool)),
+        owner_references: Some(vec![owner_reference(hsm)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+fn typed<T: serde::de::DeserializeOwned>(what: &'static str, v: Value) -> Result<T, BuildError> {
+    serde_json::from_value(v).map_err(|e| BuildError::Internal {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// The partition configuration (`PartitionConfig` of keystead-partition) of one pod.
+pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &Settings) -> Value {
+    let spec = &hsm.spec;
+    let mut issuers = Vec::new();
+    if spec.authentication.kubernetes_service_accounts {
+        issuers.push(json!({
+            "issuer": settings.service_account_issuer,
+            "audiences": [spec.authentication.audience],
+            "caFile": format!("{SA_DIR}/ca.crt"),
+            "bearerTokenFile": format!("{SA_DIR}/token"),
+        }));
+    }
+    for i in &spec.authentication.issuers {
+        let audiences = if i.audiences.is_empty() {
+            vec![spec.authentication.audience.clone()]
+        } else {
+            i.audiences.clone()
+        };
+        issuers.push(json!({"issuer": i.issuer, "audiences": audiences}));
+    }
+    let mut admins = spec.initial_administrators.clone();
+    if let Some(p) = &settings.operator_principal
+        && !admins.contains(p)
+    {
+        admins.push(p.clone());
+    }
+    let seal = match spec.seal.mode {
+        SealMode::MemoryOnly => json!({"mode": "memoryOnly"}),
+        SealMode::SealingKeySecret => {
+            json!({"mode": "sealingKeyFile", "keyFile": format!("{SEAL_DIR}/sealing-key")})
+        }
+    };
+    json!({
+        "poolName": names.pool,
+        "partitionId": pod,
+        "listen": format!("0.0.0.0:{PARTITION_PORT}"),
+        "publicUrl": names.endpoint(spec.service.port),
+        "dataDir": DATA_DIR,
+        "tls": {
+            "certFile": format!("{TLS_DIR}/{pod}.crt"),
+            "keyFile": format!("{TLS_DIR}/{pod}.key"),
+            "caFile": format!("{TLS_DIR}/ca.crt"),
+        },
+        "auth": {"audience": spec.authentication.audience, "issuers": issuers},
+        "initialAdministrators": admins,
+        "softDeleteRetentionDays": spec.soft_delete_retention_days,
+        "purgeProtection": spec.purge_protection,
+        "seal": seal,
+        "audit": {"stdout": true},
+    })
+}
+
+/// SHA-256 (hex) of the pod template, stamped on the template so the rolling upgrade can
+/// compare each pod with the desired state.
+pub fn template_hash(template: &Value) -> String {
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref())[..16]
+        .to_string()
+}
+
+fn pod_template(hsm: &ManagedHsm, names: &Names, config_hash: &str) -> Value {
+    let spec = &hsm.spec;
+    let sel = selector(&names.pool);
+    let affinity_term =
+        json!({"labelSelector": {"matchLabels": sel}, "topologyKey": spec.topology_key});
+    let pod_anti_affinity = match spec.anti_affinity {
+        AntiAffinity::Required => {
+            json!({"requiredDuringSchedulingIgnoredDuringExecution": [affinity_term]})
+        }
+        AntiAffinity::Preferred => {
+            json!({"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": affinity_term}]})
+        }
+    };
+    let mut volumes = vec![
+        json!({"name": "config", "configMap": {"name": names.config_map}}),
+        json!({"name": "tls", "projected": {"sources": [
+            {"secret": {"name": names.tls_secret}},
+            {"configMap": {"name": names.ca_bundle, "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
+        ], "defaultMode": 0o400}}),
+        json!({"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
+    ];
+    let mut mounts = vec![
+        json!({"name": "data", "mountPath": DATA_DIR}),
+        json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}),
+        json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}),
+        json!({"name": "tmp", "mountPath": "/tmp"}),
+    ];
+    if let (SealMode::SealingKeySecret, Some(s)) = (&spec.seal.mode, &spec.seal.secret) {
+        volumes.push(
+            json!({"name": "seal", "secret": {"secretName": s.name, "defaultMode": 0o400,
+            "items": [{"key": "sealing-key", "path": "sealing-key"}]}}),
+        );
+        mounts.push(json!({"name": "seal", "mountPath": SEAL_DIR, "readOnly": true}));
+    }
+    let probe = |path: &str, period: i32, failures: i32| {
+        json!({"httpGet": {"path": path, "port": "https", "scheme": "HTTPS"},
+               "periodSeconds": period, "timeoutSeconds": 3, "failureThreshold": failures})
+    };
+    let mut container = json!({
+        "name": "partition",
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["serve", "--config", format!("{CONFIG_DIR}/$(POD_NAME).json")],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ],
+        "ports": [{"name": "https", "containerPort": PARTITION_PORT, "protocol": "TCP"}],
+        "startupProbe": probe("/healthz", 2, 60),
+        "livenessProbe": probe("/healthz", 10, 3),
+        "readinessProbe": probe("/healthz", 5, 2),
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+    });
+    if let Some(r) = &spec.resources {
+        container["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
+    }
+    let mut template = json!({
+        "metadata": {
+            "labels": labels(&names.pool),
+            "annotations": {"keystead.io/config-hash": config_hash},
+        },
+        "spec": {
+            "serviceAccountName": names.service_account,
+            "automountServiceAccountToken": true,
+            "enableServiceLinks": false,
+            "terminationGracePeriodSeconds": 30,
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": 65532,
+                "runAsGroup": 65532,
+                "fsGroup": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "affinity": {"podAntiAffinity": pod_anti_affinity},
+            "topologySpreadConstraints": [{
+                "maxSkew": 1,
+                "topologyKey": spec.topology_key,
+                "whenUnsatisfiable": if spec.anti_affinity == AntiAffinity::Required { "DoNotSchedule" } else { "ScheduleAnyway" },
+                "labelSelector": {"matchLabels": sel},
+            }],
+            "containers": [container],
+            "volumes": volumes,
+        }
+    });
+    let hash = template_hash(&template);
+    template["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION] = Value::String(hash);
+    template
+}
+
+/// The desired template hash of a built StatefulSet.
+pub fn desired_template_hash(sts: &StatefulSet) -> Option<String> {
+    sts.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(TEMPLATE_HASH_ANNOTATION)
+        .cloned()
+}
+
+/// Build every child of a valid pool.
+pub fn build(
+    hsm: &ManagedHsm,
+    tls: &TlsState,
+    settings: &Settings,
+) -> Result<Children, BuildError> {
+    let names = Names::of(hsm)?;
+    let spec = &hsm.spec;
+    let pods = names.pods(spec.partitions);
+    let sel = selector(&names.pool);
+
+    let service_account = ServiceAccount {
+        metadata: meta(hsm, &names, &names.service_account)?,
+        automount_service_account_token: Some(true),
+        ..ServiceAccount::default()
+    };
+
+    let mut headless_service: Service = typed(
+        "headless Service",
+        json!({"spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": true,
+            "selector": sel,
+            "ports": [{"name": "https", "port": PARTITION_PORT, "targetPort": "https", "protocol": "TCP"}],
+        }}),
+    )?;
+    headless_service.metadata = meta(hsm, &names, &names.headless_service)?;
+
+    let mut client_service: Service = typed(
+        "client Service",
+        json!({"spec": {
+            "type": format!("{:?}", spec.service.r#type),
+            "selector": sel,
+            "ports": [{"name": "https", "port": spec.service.port, "targetPort": "https", "protocol": "TCP"}],
+        }}),
+    )?;
+    client_service.metadata = meta(hsm, &names, &names.client_service)?;
+
+    let mut config_data = BTreeMap::new();
+    for pod in &pods {
+        let text = serde_json::to_string_pretty(&partition_config(hsm, &names, pod, settings))
+            .map_err(|e| BuildError::Internal {
+                what: "partition config",
+                reason: e.to_string(),
+            })?;
+        config_data.insert(format!("{pod}.json"), text);
+    }
+    let config_hash = template_hash(&serde_json::to_value(&config_data).unwrap_or(Value::Null));
+    let config_map = ConfigMap {
+        metadata: meta(hsm, &names, &names.config_map)?,
+        data: Some(config_data),
+        ..ConfigMap::default()
+    };
+
+    let ca_bundle = ConfigMap {
+        metadata: meta(hsm, &names, &names.ca_bundle)?,
+        data: Some(BTreeMap::from([(
+            "ca.crt".to_string(),
+            tls.ca.cert_pem.clone(),
+        )])),
+        ..ConfigMap::default()
+    };
+    let ca_secret = Secret {
+        metadata: meta(hsm, &names, &names.ca_secret)?,
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            (
+                "tls.crt".to_string(),
+                ByteString(tls.ca.cert_pem.as_bytes().to_vec()),
+            ),
+            (
+                "tls.key".to_string(),
+                ByteString(tls.ca.key_pem.as_bytes().to_vec()),
+            ),
+        ])),
+        ..Secret::default()
+    };
+    let mut tls_data = BTreeMap::new();
+    for (pod, ck) in &tls.partitions {
+        tls_data.insert(
+            format!("{pod}.crt"),
+            ByteString(ck.cert_pem.as_bytes().to_vec()),
+        );
+        tls_data.insert(
+            format!("{pod}.key"),
+            ByteString(ck.key_pem.as_bytes().to_vec()),
+        );
+    }
+    let tls_secret = Secret {
+        metadata: meta(hsm, &names, &names.tls_secret)?,
+        type_: Some("Opaque".into()),
+        data: Some(tls_data),
+        ..Secret::default()
+    };
+
+    let mut pvc = json!({
+        "metadata": {"name": "data", "labels": labels(&names.pool)},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": spec.storage.size}}},
+    });
+    if let Some(sc) = &spec.storage.storage_class_name {
+        pvc["spec"]["storageClassName"] = Value::String(sc.clone());
+    }
+    let mut statefulset: StatefulSet = typed(
+        "StatefulSet",
+        json!({"spec": {
+            "replicas": spec.partitions,
+            "serviceName": names.headless_service,
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "OnDelete"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "selector": {"matchLabels": sel},
+            "template": pod_template(hsm, &names, &config_hash),
+            "volumeClaimTemplates": [pvc],
+        }}),
+    )?;
+    statefulset.metadata = meta(hsm, &names, &names.statefulset)?;
+
+    let mut pdb: PodDisruptionBudget = typed(
+        "PodDisruptionBudget",
+        json!({"spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": sel},
+        }}),
+    )?;
+    pdb.metadata = meta(hsm, &names, &names.pdb)?;
+
+    let mut network_policy: NetworkPolicy = typed(
+        "NetworkPolicy",
+        json!({"spec": {
+            "podSelector": {"matchLabels": sel},
+            "policyTypes": ["Ingress", "Egress"],
+            // Clients anywhere reach the data plane; nothing else is open.
+            "ingress": [{"ports": [{"port": PARTITION_PORT, "protocol": "TCP"}]}],
+            "egress": [
+                // Peers of the same pool (Raft, healing).
+                {"to": [{"podSelector": {"matchLabels": sel}}], "ports": [{"port": PARTITION_PORT, "protocol": "TCP"}]},
+                // Cluster DNS.
+                {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+                // Token issuers (the API server's OIDC discovery and JWKS, external issuers).
+                {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]},
+            ],
+        }}),
+    )?;
+    network_policy.metadata = meta(hsm, &names, &names.network_policy)?;
+
+    Ok(Children {
+        service_account,
+        headless_service,
+        client_service,
+        config_map,
+        ca_bundle,
+        ca_secret,
+        tls_secret,
+        statefulset,
+        pdb,
+        network_policy,
+    })
+}
+
+/// Metadata-only helper for tests and the API layer: the name of a built object.
+pub fn name_of<K: Resource>(k: &K) -> String {
+    k.name_any()
+}

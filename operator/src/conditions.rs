@@ -1,0 +1,192 @@
+//! Conditions of a ManagedHsm: typed condition types and reasons, derivation from what was
+//! observed, merging that keeps `lastTransitionTime`, and the phase derived from them.
+
+use crate::crd::HsmPhase;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+pub const READY: &str = "Ready";
+pub const PARTITIONS_HEALTHY: &str = "PartitionsHealthy";
+pub const SECURITY_DOMAIN_ACTIVATED: &str = "SecurityDomainActivated";
+pub const LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
+
+/// Every reason the operator writes into a ManagedHsm condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    // Ready
+    PoolReady,
+    InvalidSpec,
+    SoftDeletedPoolExists,
+    SoftDeleted,
+    Provisioning,
+    WaitingForSecurityDomain,
+    RecoveryPending,
+    QuorumLost,
+    // PartitionsHealthy
+    AllPartitionsHealthy,
+    PartitionsStarting,
+    PartitionUnhealthy,
+    Healing,
+    RollingUpgrade,
+    // SecurityDomainActivated
+    Activated,
+    PartitionsUnreachable,
+    // LastBackupSucceeded
+    NoBackupYet,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PoolReady => "PoolReady",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::SoftDeletedPoolExists => "SoftDeletedPoolExists",
+            Self::SoftDeleted => "SoftDeleted",
+            Self::Provisioning => "Provisioning",
+            Self::WaitingForSecurityDomain => "WaitingForSecurityDomain",
+            Self::RecoveryPending => "RecoveryPending",
+            Self::QuorumLost => "QuorumLost",
+            Self::AllPartitionsHealthy => "AllPartitionsHealthy",
+            Self::PartitionsStarting => "PartitionsStarting",
+            Self::PartitionUnhealthy => "PartitionUnhealthy",
+            Self::Healing => "Healing",
+            Self::RollingUpgrade => "RollingUpgrade",
+            Self::Activated => "Activated",
+            Self::PartitionsUnreachable => "PartitionsUnreachable",
+            Self::NoBackupYet => "NoBackupYet",
+        }
+    }
+}
+
+/// Condition status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+/// A condition before it gets its transition time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cond {
+    pub type_: &'static str,
+    pub status: Status,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Cond {
+    pub fn new(
+        type_: &'static str,
+        status: Status,
+        reason: Reason,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Merge freshly derived conditions into the existing ones: `lastTransitionTime` changes only
+/// when the status changes. Conditions of other types are kept. The result is sorted by type
+/// so that an unchanged state serialises identically (idle reconcile = no write).
+pub fn merge(
+    existing: &[Condition],
+    fresh: &[Cond],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
+    let mut out: Vec<Condition> = existing
+        .iter()
+        .filter(|c| !fresh.iter().any(|f| f.type_ == c.type_))
+        .cloned()
+        .collect();
+    for f in fresh {
+        let prev = existing.iter().find(|c| c.type_ == f.type_);
+        let last_transition_time = match prev {
+            Some(p) if p.status == f.status.as_str() => p.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+        out.push(Condition {
+            type_: f.type_.to_string(),
+            status: f.status.as_str().to_string(),
+            reason: f.reason.as_str().to_string(),
+            message: f.message.clone(),
+            observed_generation: generation,
+            last_transition_time,
+        });
+    }
+    out.sort_by(|a, b| a.type_.cmp(&b.type_));
+    out
+}
+
+/// Find a condition by type.
+pub fn find<'a>(conds: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conds.iter().find(|c| c.type_ == type_)
+}
+
+fn is(conds: &[Condition], type_: &str, status: &str, reason: Option<&str>) -> bool {
+    find(conds, type_).is_some_and(|c| c.status == status && reason.is_none_or(|r| c.reason == r))
+}
+
+/// The phase, derived from the conditions only.
+pub fn phase(conds: &[Condition]) -> HsmPhase {
+    if is(conds, READY, "False", Some(Reason::InvalidSpec.as_str()))
+        || is(
+            conds,
+            READY,
+            "False",
+            Some(Reason::SoftDeletedPoolExists.as_str()),
+        )
+    {
+        return HsmPhase::Failed;
+    }
+    if is(conds, READY, "False", Some(Reason::SoftDeleted.as_str())) {
+        return HsmPhase::SoftDeleted;
+    }
+    if is(
+        conds,
+        SECURITY_DOMAIN_ACTIVATED,
+        "False",
+        Some(Reason::RecoveryPending.as_str()),
+    ) {
+        return HsmPhase::RecoveryPending;
+    }
+    if is(conds, SECURITY_DOMAIN_ACTIVATED, "True", None) {
+        if is(conds, PARTITIONS_HEALTHY, "True", None) {
+            return HsmPhase::Activated;
+        }
+        if is(
+            conds,
+            PARTITIONS_HEALTHY,
+            "False",
+            Some(Reason::Healing.as_str()),
+        ) {
+            return HsmPhase::Healing;
+        }
+        return HsmPhase::Degraded;
+    }
+    if is(
+        conds,
+        SECURITY_DOMAIN_ACTIVATED,
+        "False",
+        Some(Reason::WaitingForSecurityDomain.as_str()),
+    ) && is(conds, PARTITIONS_HEALTHY, "True", None)
+    {
+        return HsmPhase::Provisioned;
+    }
+    HsmPhase::Provisioning
+}

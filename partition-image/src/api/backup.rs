@@ -1,0 +1,265 @@
+//! Full backup and restore over the Azure-shaped API (reference §4): `POST /backup`,
+//! `GET /backup/{jobId}/pending`, `PUT /restore`, `GET /restore/{jobId}/pending`,
+//! `PUT /keys/{name}/restore` (selective), and `PUT /prerestore` (check only). Jobs run
+//! as background tasks; their status lives in memory (see `backup::job`).
+
+use super::error::ApiError;
+use super::{Ctx, json_response};
+use crate::backup::{self, dest, job};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use keystead_core::rbac::DataAction;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RestoreParameters {
+    sas_token_parameters: dest::StorageParameters,
+    folder_to_restore: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SelectiveRestoreParameters {
+    sas_token_parameters: dest::StorageParameters,
+    folder: String,
+}
+
+fn pool_id(ctx: &Ctx) -> String {
+    ctx.app.store.read().settings.pool_id.clone()
+}
+
+fn job_error(e: &backup::BackupError) -> job::JobError {
+    job::JobError {
+        code: e.code().to_string(),
+        message: e.to_string(),
+        innererror: None,
+    }
+}
+
+fn accepted(ctx: &Ctx, st: &job::JobStatus, pending: &str) -> Response {
+    let mut r = json_response(StatusCode::ACCEPTED, st);
+    let url = format!("{}{pending}", ctx.base_url);
+    if let Ok(v) = HeaderValue::from_str(&url) {
+        r.headers_mut().insert("azure-asyncoperation", v);
+    }
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
+    r
+}
+
+fn bad_destination(msg: String) -> ApiError {
+    ApiError::bad_request(msg).with_inner(
+        "InvalidStorageDestination",
+        "the storage destination was rejected",
+    )
+}
+
+/// Open `<uri>/<folder>` as (destination, folder name).
+fn open_folder(
+    params: &dest::StorageParameters,
+    folder: &str,
+) -> Result<(dest::Destination, String), ApiError> {
+    let full = format!(
+        "{}/{}",
+        params.storage_resource_uri.trim().trim_end_matches('/'),
+        folder.trim().trim_matches('/')
+    );
+    let (parent, name) = dest::split_folder(&full).map_err(bad_destination)?;
+    dest::validate_folder(&name).map_err(bad_destination)?;
+    let p = dest::StorageParameters {
+        storage_resource_uri: parent,
+        ..params.clone()
+    };
+    Ok((dest::open(&p).map_err(bad_destination)?, name))
+}
+
+/// `POST /backup`
+pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
+    ctx.audit.operation = "FullBackup";
+    ctx.authorize(DataAction::BackupStart, "/")?;
+    ctx.require_active()?;
+    let params: dest::StorageParameters = ctx.json()?;
+    let d = dest::open(&params).map_err(bad_destination)?;
+    let pool = pool_id(ctx);
+    let st = job::create(
+        &pool,
+        job::Kind::Backup,
+        "Full backup is in progress",
+        super::keys_now(),
+    );
+    let app = ctx.app.clone();
+    let id = st.job_id.clone();
+    tokio::spawn(async move {
+        let lock = job::pool_lock(&pool);
+        let _g = lock.lock().await;
+        let r = backup::write_backup(&app, &d, false).await;
+        match r {
+            Ok(m) => {
+                let url = d.folder_url(&m.body.folder);
+                tracing::info!(job = %id, folder = %url, keys = m.body.key_count, "full backup succeeded");
+                job::update(&pool, &id, |s| {
+                    s.azure_storage_blob_container_uri = Some(url)
+                });
+                job::finish(
+                    &pool,
+                    &id,
+                    super::keys_now(),
+                    Ok("Full backup succeeded".into()),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "full backup failed");
+                job::finish(&pool, &id, super::keys_now(), Err(job_error(&e)));
+            }
+        }
+    });
+    Ok(accepted(
+        ctx,
+        &st,
+        &format!("/backup/{}/pending", st.job_id),
+    ))
+}
+
+fn status(ctx: &mut Ctx, job_id: &str, kinds: &[job::Kind]) -> Result<Response, ApiError> {
+    let pool = pool_id(ctx);
+    match job::get(&pool, job_id) {
+        Some(st) if st.kind.is_some_and(|k| kinds.contains(&k)) => {
+            let mut r = json_response(StatusCode::OK, &st);
+            if st.status == job::Status::InProgress {
+                r.headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
+            }
+            Ok(r)
+        }
+        _ => Err(ApiError::not_found(
+            "JobNotFound",
+            format!(
+                "no job '{job_id}' on this partition; job status is kept in memory and is lost when the partition restarts (the backup folder or the pool's keys tell the outcome)"
+            ),
+        )),
+    }
+}
+
+/// `GET /backup/{jobId}/pending`
+pub fn backup_status(ctx: &mut Ctx, job_id: &str) -> Result<Response, ApiError> {
+    ctx.audit.operation = "FullBackupStatus";
+    ctx.authorize(DataAction::BackupStatus, "/")?;
+    status(ctx, job_id, &[job::Kind::Backup])
+}
+
+/// `GET /restore/{jobId}/pending`
+pub fn restore_status(ctx: &mut Ctx, job_id: &str) -> Result<Response, ApiError> {
+    ctx.audit.operation = "FullRestoreStatus";
+    ctx.authorize(DataAction::RestoreStatus, "/")?;
+    status(
+        ctx,
+        job_id,
+        &[
+            job::Kind::Restore,
+            job::Kind::SelectiveRestore,
+            job::Kind::RestoreCheck,
+        ],
+    )
+}
+
+/// `PUT /restore` (full restore) and `PUT /prerestore` (`check_only`: verify, decrypt, no change).
+pub fn start_restore(ctx: &mut Ctx, check_only: bool) -> Result<Response, ApiError> {
+    ctx.audit.operation = if check_only {
+        "PreFullRestore"
+    } else {
+        "FullRestore"
+    };
+    ctx.authorize(DataAction::RestoreStart, "/")?;
+    ctx.require_active()?;
+    let p: RestoreParameters = ctx.json()?;
+    let (d, folder) = open_folder(&p.sas_token_parameters, &p.folder_to_restore)?;
+    let pool = pool_id(ctx);
+    let (kind, details) = if check_only {
+        (job::Kind::RestoreCheck, "Restore check is in progress")
+    } else {
+        (job::Kind::Restore, "Full restore is in progress")
+    };
+    let st = job::create(&pool, kind, details, super::keys_now());
+    let app = ctx.app.clone();
+    let id = st.job_id.clone();
+    tokio::spawn(async move {
+        let lock = job::pool_lock(&pool);
+        let _g = lock.lock().await;
+        let r = if check_only {
+            backup::check_backup(&app, &d, &folder).await.map(|m| {
+                format!(
+                    "The backup {} verifies and decrypts with this pool's security domain ({} keys, {} deleted keys)",
+                    d.folder_url(&folder),
+                    m.body.key_count,
+                    m.body.deleted_key_count
+                )
+            })
+        } else {
+            backup::restore_full(&app, &d, &folder).await.map(|r| {
+                format!(
+                    "Full restore succeeded: {} keys and {} deleted keys restored; restore point {}",
+                    r.keys, r.deleted, r.restore_point
+                )
+            })
+        };
+        match r {
+            Ok(msg) => {
+                tracing::info!(job = %id, "{msg}");
+                job::finish(&pool, &id, super::keys_now(), Ok(msg));
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "restore failed");
+                job::finish(&pool, &id, super::keys_now(), Err(job_error(&e)));
+            }
+        }
+    });
+    Ok(accepted(
+        ctx,
+        &st,
+        &format!("/restore/{}/pending", st.job_id),
+    ))
+}
+
+/// `PUT /keys/{name}/restore`
+pub fn start_selective_restore(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+    ctx.audit.operation = "SelectiveKeyRestore";
+    ctx.key(name, None);
+    ctx.authorize(DataAction::RestoreStart, "/")?;
+    ctx.require_active()?;
+    super::keys::validate_name(name)?;
+    let p: SelectiveRestoreParameters = ctx.json()?;
+    let (d, folder) = open_folder(&p.sas_token_parameters, &p.folder)?;
+    let pool = pool_id(ctx);
+    let st = job::create(
+        &pool,
+        job::Kind::SelectiveRestore,
+        "Selective key restore is in progress",
+        super::keys_now(),
+    );
+    let app = ctx.app.clone();
+    let id = st.job_id.clone();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let lock = job::pool_lock(&pool);
+        let _g = lock.lock().await;
+        match backup::restore_key(&app, &d, &folder, &name).await {
+            Ok(rec) => job::finish(
+                &pool,
+                &id,
+                super::keys_now(),
+                Ok(format!(
+                    "Key '{}' restored with {} versions",
+                    rec.name,
+                    rec.versions.len()
+                )),
+            ),
+            Err(e) => job::finish(&pool, &id, super::keys_now(), Err(job_error(&e))),
+        }
+    });
+    Ok(accepted(
+        ctx,
+        &st,
+        &format!("/restore/{}/pending", st.job_id),
+    ))
+}

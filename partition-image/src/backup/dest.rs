@@ -1,0 +1,327 @@
+//! Backup destinations: a URI (plus optional credentials) mapped onto an `object_store`.
+//!
+//! - `https://<account>.blob.core.windows.net/<container>[/<prefix>]`: Azure Blob, with the
+//!   SAS `token`, or (no token) the account key / workload identity from the environment
+//!   (`AZURE_STORAGE_ACCOUNT_KEY`, ... as read by `object_store`).
+//! - `http(s)://<host>[:port]/<account>/<container>[/<prefix>]` with a loopback or IP host:
+//!   path-style Azure (the Azurite emulator). Without a token and without a key, the
+//!   emulator's well-known development key is used for the account `devstoreaccount1`.
+//! - `s3://<bucket>[/<prefix>]`: S3 or S3-compatible; endpoint, region and credentials from
+//!   the `AWS_*` environment or from `storageOptions`.
+//! - `gs://<bucket>[/<prefix>]`: Google Cloud Storage; credentials from `GOOGLE_*`
+//!   environment or `storageOptions`.
+//! - `file:///<absolute path>`: a directory on the partition's filesystem.
+//!
+//! `storageOptions` are `object_store` configuration keys (`aws_endpoint`,
+//! `aws_access_key_id`, `aws_secret_access_key`, `aws_region`, `aws_allow_http`,
+//! `azure_storage_account_key`, `google_service_account_key`, ...).
+
+use object_store::ObjectStore;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The Azurite emulator's published development account key (not a secret).
+const AZURITE_DEV_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const AZURITE_DEV_ACCOUNT: &str = "devstoreaccount1";
+
+/// Where a backup goes or comes from, as the Azure API sends it (`sasTokenParameters`).
+#[derive(Deserialize, Clone, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageParameters {
+    pub storage_resource_uri: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub use_managed_identity: Option<bool>,
+    /// Keystead extension: `object_store` configuration keys for non-Azure stores.
+    #[serde(default)]
+    pub storage_options: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for StorageParameters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageParameters")
+            .field(
+                "storage_resource_uri",
+                &strip_query(&self.storage_resource_uri),
+            )
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("use_managed_identity", &self.use_managed_identity)
+            .field(
+                "storage_options",
+                &self.storage_options.keys().collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// An opened destination: the store and the prefix (folder parent) inside it.
+pub struct Destination {
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: Path,
+    /// The URI of the prefix, without any token (for results and messages).
+    pub base_url: String,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destination")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Destination {
+    /// Path of `file` in backup folder `folder`.
+    pub fn path(&self, folder: &str, file: &str) -> Path {
+        self.folder_path(folder).join(file)
+    }
+
+    pub fn folder_path(&self, folder: &str) -> Path {
+        self.prefix.clone().join(folder)
+    }
+
+    /// The URL of a backup folder as reported to clients.
+    pub fn folder_url(&self, folder: &str) -> String {
+        format!("{}/{folder}", self.base_url.trim_end_matches('/'))
+    }
+}
+
+fn strip_query(uri: &str) -> &str {
+    uri.split(['?', '#']).next().unwrap_or(uri)
+}
+
+fn prefix_of(segments: &[&str]) -> Result<Path, String> {
+    let joined = segments
+        .iter()
+        .filter(|s| !s.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("/");
+    Path::parse(&joined).map_err(|e| format!("the path '{joined}' is not a valid object path: {e}"))
+}
+
+fn is_loopback_or_ip(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Ipv4(_) | url::Host::Ipv6(_) => true,
+        url::Host::Domain(d) => *d == "localhost",
+    }
+}
+
+/// Open the destination named by `params` (the URI is the parent of backup folders).
+pub fn open(params: &StorageParameters) -> Result<Destination, String> {
+    let raw = params.storage_resource_uri.trim();
+    if raw.is_empty() {
+        return Err("storageResourceUri is empty; give the container URL (https://<account>.blob.core.windows.net/<container>), s3://bucket/prefix, gs://bucket/prefix or file:///path".into());
+    }
+    let url = url::Url::parse(raw).map_err(|e| {
+        format!(
+            "storageResourceUri '{}' is not a URL ({e}); give https://<account>.blob.core.windows.net/<container>, s3://bucket/prefix, gs://bucket/prefix or file:///path",
+            strip_query(raw)
+        )
+    })?;
+    let segments: Vec<&str> = url
+        .path_segments()
+        .map(|s| s.filter(|p| !p.is_empty()).collect())
+        .unwrap_or_default();
+    let base_url = strip_query(raw).trim_end_matches('/').to_string();
+    let opts = &params.storage_options;
+    let store: Arc<dyn ObjectStore>;
+    let prefix;
+    match url.scheme() {
+        "file" => {
+            let dir = url
+                .to_file_path()
+                .map_err(|_| format!("'{base_url}' is not an absolute file path"))?;
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                format!("cannot create the backup directory {}: {e}", dir.display())
+            })?;
+            store = Arc::new(
+                LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| format!("cannot open {}: {e}", dir.display()))?,
+            );
+            prefix = Path::default();
+        }
+        "s3" => {
+            let bucket = url
+                .host_str()
+                .ok_or("s3:// URI without a bucket: use s3://bucket/prefix")?;
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            for (k, v) in opts {
+                let key: AmazonS3ConfigKey = k
+                    .parse()
+                    .map_err(|_| format!("storageOptions: '{k}' is not an S3 option"))?;
+                b = b.with_config(key, v);
+            }
+            store = Arc::new(
+                b.build()
+                    .map_err(|e| format!("cannot open S3 bucket '{bucket}': {e}"))?,
+            );
+            prefix = prefix_of(&segments)?;
+        }
+        "gs" => {
+            let bucket = url
+                .host_str()
+                .ok_or("gs:// URI without a bucket: use gs://bucket/prefix")?;
+            let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+            for (k, v) in opts {
+                let key: GoogleConfigKey = k
+                    .parse()
+                    .map_err(|_| format!("storageOptions: '{k}' is not a GCS option"))?;
+                b = b.with_config(key, v);
+            }
+            store = Arc::new(
+                b.build()
+                    .map_err(|e| format!("cannot open GCS bucket '{bucket}': {e}"))?,
+            );
+            prefix = prefix_of(&segments)?;
+        }
+        "http" | "https" => {
+            let host = url.host().ok_or("the storage URL has no host")?;
+            let (account, container, rest, endpoint) = if is_loopback_or_ip(&host) {
+                // Path-style (emulator): /<account>/<container>/<prefix...>
+                if segments.len() < 2 {
+                    return Err(format!(
+                        "'{base_url}' is a path-style storage URL and needs /<account>/<container>"
+                    ));
+                }
+                let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                let endpoint = format!("{}://{}{port}/{}", url.scheme(), host, segments[0]);
+                (segments[0], segments[1], &segments[2..], endpoint)
+            } else {
+                let host_str = url.host_str().unwrap_or_default();
+                let account = host_str.split('.').next().unwrap_or_default();
+                if !host_str.contains(".blob.") || account.is_empty() {
+                    return Err(format!(
+                        "'{base_url}' is not an Azure Blob container URL (https://<account>.blob.core.windows.net/<container>)"
+                    ));
+                }
+                if segments.is_empty() {
+                    return Err(format!("'{base_url}' names no container"));
+                }
+                let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                let endpoint = format!("{}://{host_str}{port}", url.scheme());
+                (account, segments[0], &segments[1..], endpoint)
+            };
+            let mut b = MicrosoftAzureBuilder::from_env()
+                .with_account(account)
+                .with_container_name(container)
+                .with_endpoint(endpoint)
+                .with_allow_http(url.scheme() == "http");
+            for (k, v) in opts {
+                let key: AzureConfigKey = k
+                    .parse()
+                    .map_err(|_| format!("storageOptions: '{k}' is not an Azure option"))?;
+                b = b.with_config(key, v);
+            }
+            let token = params
+                .token
+                .as_deref()
+                .map(|t| t.trim().trim_start_matches('?'))
+                .filter(|t| !t.is_empty());
+            if let Some(sas) = token {
+                b = b.with_config(AzureConfigKey::SasKey, sas);
+            } else if is_loopback_or_ip(&host)
+                && account == AZURITE_DEV_ACCOUNT
+                && b.get_config_value(&AzureConfigKey::AccessKey).is_none()
+            {
+                b = b.with_access_key(AZURITE_DEV_KEY);
+            }
+            store = Arc::new(b.build().map_err(|e| {
+                format!("cannot open Azure container '{container}' of account '{account}': {e}")
+            })?);
+            prefix = prefix_of(rest)?;
+        }
+        other => {
+            return Err(format!(
+                "unsupported storage scheme '{other}': use https (Azure Blob), s3, gs or file"
+            ));
+        }
+    }
+    Ok(Destination {
+        store,
+        prefix,
+        base_url,
+    })
+}
+
+/// Split a folder URL into its parent and the folder name (the last path segment).
+pub fn split_folder(folder_url: &str) -> Result<(String, String), String> {
+    let clean = strip_query(folder_url.trim()).trim_end_matches('/');
+    match clean.rsplit_once('/') {
+        Some((parent, folder)) if !folder.is_empty() && !parent.ends_with('/') => {
+            Ok((parent.to_string(), folder.to_string()))
+        }
+        _ => Err(format!(
+            "'{clean}' is not a backup folder URL (<storage URI>/<folder>)"
+        )),
+    }
+}
+
+/// Validate a backup folder name (one path segment).
+pub fn validate_folder(folder: &str) -> Result<(), String> {
+    if folder.is_empty()
+        || folder.len() > 200
+        || folder == "."
+        || folder == ".."
+        || !folder
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "'{folder}' is not a backup folder name (letters, digits, '-', '_', '.'; as returned in azureStorageBlobContainerUri)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(uri: &str) -> StorageParameters {
+        StorageParameters {
+            storage_resource_uri: uri.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn parses_the_schemes() {
+        let d = tempfile::tempdir().unwrap();
+        let uri = format!("file://{}/b", d.path().display());
+        let dest = open(&p(&uri)).unwrap();
+        assert_eq!(dest.folder_url("f"), format!("{uri}/f"));
+        assert!(d.path().join("b").is_dir());
+        let dest = open(&p("http://127.0.0.1:10000/devstoreaccount1/c/x/y")).unwrap();
+        assert_eq!(dest.prefix.as_ref(), "x/y");
+        let mut sas = p("https://acct.blob.core.windows.net/c");
+        sas.token = Some("?sv=2021&sig=abc".into());
+        assert!(!format!("{sas:?}").contains("abc"));
+        let dest = open(&sas).unwrap();
+        assert_eq!(dest.prefix.as_ref(), "");
+        assert!(open(&p("ftp://x/y")).unwrap_err().contains("unsupported"));
+        assert!(open(&p("https://example.com/c")).is_err());
+        assert!(open(&p("not a url")).is_err());
+    }
+
+    #[test]
+    fn folders() {
+        assert_eq!(
+            split_folder("https://a.blob.core.windows.net/c/pool-1").unwrap(),
+            ("https://a.blob.core.windows.net/c".into(), "pool-1".into())
+        );
+        assert!(split_folder("nofolder").is_err());
+        assert!(validate_folder("pool-20260101T000000Z").is_ok());
+        for bad in ["", "..", "a/b", "a b"] {
+            assert!(validate_folder(bad).is_err(), "{bad}");
+        }
+    }
+}

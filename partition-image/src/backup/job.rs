@@ -1,0 +1,140 @@
+//! Background backup and restore jobs and their status, in memory.
+//!
+//! A partition restart loses job status (a poller then gets 404), never data: a backup
+//! folder without its manifest is incomplete and is never restored, and a restore commits
+//! as one command or not at all.
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Finished jobs kept per process before the oldest are forgotten.
+const MAX_FINISHED: usize = 1000;
+
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    InProgress,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Kind {
+    Backup,
+    Restore,
+    SelectiveRestore,
+    RestoreCheck,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub innererror: Option<serde_json::Value>,
+}
+
+/// The Azure operation body (`FullBackupOperation` / `RestoreOperation`).
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    pub status: Status,
+    pub status_details: Option<String>,
+    pub error: Option<JobError>,
+    pub job_id: String,
+    pub start_time: i64,
+    pub end_time: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub azure_storage_blob_container_uri: Option<String>,
+    #[serde(skip)]
+    pub kind: Option<Kind>,
+}
+
+type Registry = Mutex<HashMap<(String, String), (u64, JobStatus)>>;
+
+fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+fn seq() -> u64 {
+    static S: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    S.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Record a new job of `pool_id` and return its status.
+pub fn create(pool_id: &str, kind: Kind, details: &str, now: i64) -> JobStatus {
+    let job_id = uuid::Uuid::new_v4().simple().to_string();
+    let st = JobStatus {
+        status: Status::InProgress,
+        status_details: Some(details.to_string()),
+        error: None,
+        job_id: job_id.clone(),
+        start_time: now,
+        end_time: None,
+        azure_storage_blob_container_uri: None,
+        kind: Some(kind),
+    };
+    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
+    let finished = r
+        .values()
+        .filter(|(_, s)| s.status != Status::InProgress)
+        .count();
+    if finished >= MAX_FINISHED {
+        let mut old: Vec<_> = r
+            .iter()
+            .filter(|(_, (_, s))| s.status != Status::InProgress)
+            .map(|(k, (n, _))| (*n, k.clone()))
+            .collect();
+        old.sort();
+        for (_, k) in old.into_iter().take(finished + 1 - MAX_FINISHED) {
+            r.remove(&k);
+        }
+    }
+    r.insert((pool_id.to_string(), job_id), (seq(), st.clone()));
+    st
+}
+
+/// Change a job's status.
+pub fn update(pool_id: &str, job_id: &str, f: impl FnOnce(&mut JobStatus)) {
+    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, st)) = r.get_mut(&(pool_id.to_string(), job_id.to_string())) {
+        f(st);
+    }
+}
+
+/// Mark a job finished: succeeded, or failed with `error`.
+pub fn finish(pool_id: &str, job_id: &str, now: i64, result: Result<String, JobError>) {
+    update(pool_id, job_id, |st| {
+        st.end_time = Some(now);
+        match result {
+            Ok(details) => {
+                st.status = Status::Succeeded;
+                st.status_details = Some(details);
+            }
+            Err(e) => {
+                st.status = Status::Failed;
+                st.status_details = Some(e.message.clone());
+                st.error = Some(e);
+            }
+        }
+    });
+}
+
+/// The status of a job of `pool_id`.
+pub fn get(pool_id: &str, job_id: &str) -> Option<JobStatus> {
+    let r = registry().lock().unwrap_or_else(|p| p.into_inner());
+    r.get(&(pool_id.to_string(), job_id.to_string()))
+        .map(|(_, s)| s.clone())
+}
+
+/// One lock per pool: backups and restores of a pool run one at a time.
+pub fn pool_lock(pool_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static L: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    let mut m = L
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    m.entry(pool_id.to_string()).or_default().clone()
+}

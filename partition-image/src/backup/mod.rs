@@ -1,0 +1,465 @@
+//! Full backup and restore of a pool to an object store (filesystem, S3, Azure Blob, GCS).
+//!
+//! **Backup.** Under one read lock of the state, every record (settings, RBAC, keys,
+//! soft-deleted keys) is serialized `RECORDS_PER_CHUNK` at a time, sealed under the
+//! domain-derived backup key and written to an encrypted spool file in the partition's
+//! data directory; the lock is then released and the chunks are uploaded one by one,
+//! the manifest last. The backup is therefore an exact snapshot of the state at one
+//! applied command index (recorded in the manifest), memory holds one chunk at a time,
+//! reads keep being served during the snapshot, and writes wait only for the snapshot
+//! (not the upload).
+//!
+//! **Restore.** The manifest's domain fingerprint must be the pool's; its MAC, every
+//! chunk's size and SHA-256, and every chunk's AEAD are checked and the records decoded
+//! before anything changes; a restore point (a backup marked `restore-point`) is written
+//! to the same store; then one [`Command::RestoreAll`] replaces keys, soft-deleted keys
+//! and RBAC at once. Settings stay those of the target pool (its spec). See docs/backup.md.
+
+pub mod dest;
+pub mod format;
+pub mod job;
+
+use crate::app::App;
+use crate::keyring::Unsealed;
+use crate::state::{Command, DeletedKey, KeyRecord, Settings};
+use dest::Destination;
+use format::{ChunkInfo, FormatError, Manifest, ManifestBody, Record};
+use keystead_core::rbac::RbacState;
+use object_store::{ObjectStoreExt, PutPayload};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why a backup or restore failed. Messages never carry key material or tokens.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(
+        "this partition does not hold the security domain; activate the pool (or upload its security domain) first"
+    )]
+    Sealed,
+    #[error(
+        "the backup belongs to security domain {backup}, but this pool holds security domain {pool}; a backup restores only into a pool with the same security domain (upload that domain into a new pool to recover it); nothing was changed"
+    )]
+    DomainMismatch { backup: String, pool: String },
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("the storage operation on {what} failed: {reason}")]
+    Storage { what: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the backup folder {0} holds no key named '{1}'; nothing was restored")]
+    KeyNotInBackup(String, String),
+    #[error("the restore could not be committed: {0}; nothing was changed")]
+    Commit(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl BackupError {
+    /// Azure-style error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BackupError::Sealed => "PartitionSealed",
+            BackupError::DomainMismatch { .. } => "SecurityDomainMismatch",
+            BackupError::Format(_) => "BackupIntegrity",
+            BackupError::Storage { .. } => "StorageError",
+            BackupError::Invalid(_) => "BadParameter",
+            BackupError::KeyNotInBackup(..) => "KeyNotFound",
+            BackupError::Commit(_) => "Conflict",
+            BackupError::Internal(_) => "InternalError",
+        }
+    }
+}
+
+fn storage(what: impl Into<String>, e: impl std::fmt::Display) -> BackupError {
+    BackupError::Storage {
+        what: what.into(),
+        reason: e.to_string(),
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Folder name of a new backup: `<pool>-<UTC timestamp with ms>[-restore-point]`.
+pub fn folder_name(pool: &str, restore_point: bool) -> String {
+    let t = time::OffsetDateTime::now_utc();
+    let ts = format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    );
+    let pool: String = pool
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if restore_point {
+        format!("{pool}-restore-point-{ts}")
+    } else {
+        format!("{pool}-{ts}")
+    }
+}
+
+/// Removes the spool directory when the backup ends, however it ends.
+struct Spool(PathBuf);
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn unsealed(app: &App) -> Result<Arc<Unsealed>, BackupError> {
+    app.keyring.unsealed().ok_or(BackupError::Sealed)
+}
+
+/// Snapshot the state into sealed chunk files in `spool` (blocking; holds the read lock).
+fn snapshot_to_spool(
+    app: &App,
+    key: &[u8; 32],
+    fingerprint: &str,
+    folder: &str,
+    spool: &std::path::Path,
+    restore_point: bool,
+    records_per_chunk: usize,
+) -> Result<ManifestBody, BackupError> {
+    std::fs::create_dir_all(spool).map_err(|e| storage("the local spool directory", e))?;
+    let applied_index = app.store.applied_index();
+    let state = app.store.read();
+    let mut body = ManifestBody {
+        format: format::FORMAT.into(),
+        version: format::VERSION,
+        pool: state.settings.pool_name.clone(),
+        pool_id: state.settings.pool_id.clone(),
+        folder: folder.into(),
+        domain_fingerprint: fingerprint.into(),
+        created: now(),
+        applied_index,
+        key_count: state.keys.len() as u64,
+        deleted_key_count: state.deleted.len() as u64,
+        role_assignment_count: state.rbac.assignments.len() as u64,
+        role_definition_count: state.rbac.definitions.len() as u64,
+        restore_point,
+        chunks: vec![],
+    };
+    let mut batch: Vec<Record> = vec![
+        Record::Settings(state.settings.clone()),
+        Record::Rbac(state.rbac.clone()),
+    ];
+    let flush = |batch: &mut Vec<Record>, body: &mut ManifestBody| -> Result<(), BackupError> {
+        let index = body.chunks.len();
+        let sealed = format::seal_chunk(key, folder, index, batch)?;
+        let name = format::chunk_name(index);
+        let path = spool.join(&name);
+        let mut f =
+            crate::store::restricted_create(&path).map_err(|e| storage("the local spool", e))?;
+        f.write_all(&sealed)
+            .map_err(|e| storage("the local spool", e))?;
+        body.chunks.push(ChunkInfo {
+            name,
+            size: sealed.len() as u64,
+            sha256: format::sha256_hex(&sealed),
+            records: batch.len() as u64,
+        });
+        batch.clear();
+        Ok(())
+    };
+    let per = records_per_chunk.max(1);
+    for k in state.keys.values() {
+        batch.push(Record::Key(k.clone()));
+        if batch.len() >= per {
+            flush(&mut batch, &mut body)?;
+        }
+    }
+    for d in state.deleted.values() {
+        batch.push(Record::DeletedKey(d.clone()));
+        if batch.len() >= per {
+            flush(&mut batch, &mut body)?;
+        }
+    }
+    if !batch.is_empty() || body.chunks.is_empty() {
+        flush(&mut batch, &mut body)?;
+    }
+    Ok(body)
+}
+
+/// Write a full backup of `app`'s pool into a new folder of `dest`; returns the manifest.
+pub async fn write_backup(
+    app: &Arc<App>,
+    dest: &Destination,
+    restore_point: bool,
+) -> Result<Manifest, BackupError> {
+    write_backup_with(app, dest, restore_point, format::RECORDS_PER_CHUNK).await
+}
+
+/// [`write_backup`] with a chosen chunk size (tests use small chunks).
+pub async fn write_backup_with(
+    app: &Arc<App>,
+    dest: &Destination,
+    restore_point: bool,
+    records_per_chunk: usize,
+) -> Result<Manifest, BackupError> {
+    let u = unsealed(app)?;
+    let fingerprint = u.fingerprint();
+    let pool = app.store.read().settings.pool_name.clone();
+    let folder = folder_name(&pool, restore_point);
+    let spool = Spool(
+        app.cfg
+            .data_dir
+            .join("backup-spool")
+            .join(uuid::Uuid::new_v4().simple().to_string()),
+    );
+    let body = {
+        let app = app.clone();
+        let u = u.clone();
+        let folder = folder.clone();
+        let dir = spool.0.clone();
+        tokio::task::spawn_blocking(move || {
+            snapshot_to_spool(
+                &app,
+                u.backup_key(),
+                &fingerprint,
+                &folder,
+                &dir,
+                restore_point,
+                records_per_chunk,
+            )
+        })
+        .await
+        .map_err(|e| BackupError::Internal(e.to_string()))??
+    };
+    for c in &body.chunks {
+        let bytes = tokio::fs::read(spool.0.join(&c.name))
+            .await
+            .map_err(|e| storage("the local spool", e))?;
+        let path = dest.path(&folder, &c.name);
+        dest.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .map_err(|e| storage(dest.folder_url(&folder), e))?;
+    }
+    let manifest = format::sign_manifest(u.backup_key(), body);
+    let bytes =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| BackupError::Internal(e.to_string()))?;
+    dest.store
+        .put(
+            &dest.path(&folder, format::MANIFEST),
+            PutPayload::from(bytes),
+        )
+        .await
+        .map_err(|e| storage(dest.folder_url(&folder), e))?;
+    Ok(manifest)
+}
+
+async fn get_bytes(
+    dest: &Destination,
+    folder: &str,
+    file: &str,
+    limit: u64,
+) -> Result<bytes::Bytes, BackupError> {
+    let what = format!("{}/{file}", dest.folder_url(folder));
+    let r = dest
+        .store
+        .get(&dest.path(folder, file))
+        .await
+        .map_err(|e| match e {
+            object_store::Error::NotFound { .. } => BackupError::Storage {
+                what: what.clone(),
+                reason: "it does not exist (is the folder name right, and did the backup finish?)"
+                    .into(),
+            },
+            e => storage(&what, e),
+        })?;
+    if r.meta.size > limit {
+        return Err(BackupError::Invalid(format!(
+            "{what} is {} bytes, more than the {limit} bytes a backup file may have",
+            r.meta.size
+        )));
+    }
+    r.bytes().await.map_err(|e| storage(&what, e))
+}
+
+/// Read and parse the manifest of `folder` (no MAC check).
+pub async fn read_manifest(dest: &Destination, folder: &str) -> Result<Manifest, BackupError> {
+    dest::validate_folder(folder).map_err(BackupError::Invalid)?;
+    let bytes = get_bytes(dest, folder, format::MANIFEST, format::MAX_MANIFEST_BYTES).await?;
+    Ok(format::parse_manifest(&bytes)?)
+}
+
+/// Check the manifest and every chunk's size and digest, without the domain.
+pub async fn verify_digests(dest: &Destination, folder: &str) -> Result<Manifest, BackupError> {
+    let m = read_manifest(dest, folder).await?;
+    for c in &m.body.chunks {
+        let bytes = get_bytes(dest, folder, &c.name, format::MAX_CHUNK_BYTES).await?;
+        format::check_chunk_digest(c, &bytes)?;
+    }
+    Ok(m)
+}
+
+/// The decoded content of a backup.
+#[derive(Debug, Default)]
+pub struct Contents {
+    pub manifest: Option<Manifest>,
+    pub settings: Option<Settings>,
+    pub rbac: Option<RbacState>,
+    pub keys: Vec<KeyRecord>,
+    pub deleted: Vec<DeletedKey>,
+}
+
+/// Read a backup, checking domain, MAC, digests and AEAD; `only` keeps one key's records.
+async fn read_backup(
+    u: &Unsealed,
+    dest: &Destination,
+    folder: &str,
+    only: Option<&str>,
+) -> Result<Contents, BackupError> {
+    let m = read_manifest(dest, folder).await?;
+    let pool_fp = u.fingerprint();
+    if m.body.domain_fingerprint != pool_fp {
+        return Err(BackupError::DomainMismatch {
+            backup: m.body.domain_fingerprint.clone(),
+            pool: pool_fp,
+        });
+    }
+    format::verify_manifest(u.backup_key(), &m)?;
+    if m.body.folder != folder {
+        return Err(BackupError::Invalid(format!(
+            "the manifest was written for folder '{}', not '{folder}': backup folders cannot be renamed",
+            m.body.folder
+        )));
+    }
+    let mut out = Contents::default();
+    for (i, c) in m.body.chunks.iter().enumerate() {
+        let bytes = get_bytes(dest, folder, &c.name, format::MAX_CHUNK_BYTES).await?;
+        let records = format::open_chunk(u.backup_key(), folder, i, c, &bytes)?;
+        for r in records {
+            match r {
+                Record::Settings(s) => out.settings = Some(s),
+                Record::Rbac(r) => {
+                    if only.is_none() {
+                        out.rbac = Some(r)
+                    }
+                }
+                Record::Key(k) => {
+                    if only.is_none_or(|n| n == k.name) {
+                        out.keys.push(k)
+                    }
+                }
+                Record::DeletedKey(d) => {
+                    if only.is_none_or(|n| n == d.key.name) {
+                        out.deleted.push(d)
+                    }
+                }
+            }
+        }
+    }
+    if only.is_none()
+        && (out.keys.len() as u64 != m.body.key_count
+            || out.deleted.len() as u64 != m.body.deleted_key_count
+            || out.rbac.is_none())
+    {
+        return Err(FormatError::Chunk {
+            name: "(all)".into(),
+            reason: "the records do not match the manifest's counts".into(),
+        }
+        .into());
+    }
+    out.manifest = Some(m);
+    Ok(out)
+}
+
+/// Verify a backup against this pool's domain without changing anything.
+pub async fn check_backup(
+    app: &Arc<App>,
+    dest: &Destination,
+    folder: &str,
+) -> Result<Manifest, BackupError> {
+    let u = unsealed(app)?;
+    let c = read_backup(&u, dest, folder, None).await?;
+    c.manifest
+        .ok_or_else(|| BackupError::Internal("no manifest".into()))
+}
+
+/// What a full restore did.
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub restore_point: String,
+    pub keys: usize,
+    pub deleted: usize,
+}
+
+/// Restore `folder` of `dest` over the whole pool: all or nothing.
+pub async fn restore_full(
+    app: &Arc<App>,
+    dest: &Destination,
+    folder: &str,
+) -> Result<RestoreReport, BackupError> {
+    let u = unsealed(app)?;
+    let c = read_backup(&u, dest, folder, None).await?;
+    let rbac = c
+        .rbac
+        .ok_or_else(|| BackupError::Internal("no RBAC record".into()))?;
+    let rp = write_backup(app, dest, true).await.map_err(|e| {
+        BackupError::Invalid(format!(
+            "the restore point could not be written, so nothing was restored: {e}"
+        ))
+    })?;
+    let report = RestoreReport {
+        restore_point: dest.folder_url(&rp.body.folder),
+        keys: c.keys.len(),
+        deleted: c.deleted.len(),
+    };
+    let names: Vec<String> = app.store.read().keys.keys().cloned().collect();
+    let cmd = Command::RestoreAll {
+        keys: c.keys,
+        deleted: c.deleted,
+        rbac: Box::new(rbac),
+    };
+    app.store
+        .propose(cmd)
+        .await
+        .map_err(|e| BackupError::Commit(e.to_string()))?;
+    for n in names {
+        app.keyring.evict(&n);
+    }
+    Ok(report)
+}
+
+/// Restore one key (all its versions) from `folder`; the key must not exist in the pool.
+pub async fn restore_key(
+    app: &Arc<App>,
+    dest: &Destination,
+    folder: &str,
+    name: &str,
+) -> Result<KeyRecord, BackupError> {
+    let u = unsealed(app)?;
+    let c = read_backup(&u, dest, folder, Some(name)).await?;
+    let rec = c
+        .keys
+        .into_iter()
+        .next()
+        .or_else(|| c.deleted.into_iter().next().map(|d| d.key))
+        .ok_or_else(|| BackupError::KeyNotInBackup(dest.folder_url(folder), name.to_string()))?;
+    for v in &rec.versions {
+        app.keyring
+            .load(&rec.name, &v.version, &v.wrapped)
+            .map_err(|e| BackupError::Invalid(format!("{e}; nothing was restored")))?;
+    }
+    app.store
+        .propose(Command::RestoreKey { key: rec.clone() })
+        .await
+        .map_err(|e| BackupError::Commit(e.to_string()))?;
+    Ok(rec)
+}

@@ -1,0 +1,237 @@
+//! Helpers of the backup tests: the object stores, job polling, pool population, recovery.
+#![allow(dead_code)]
+
+use crate::common::{ADMIN, TestPool, custodians};
+use keystead_core::sd::{self, CustodianPrivateKey, ExchangeCertificate};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const CRYPTO_USER: &str = "21dbd100-6940-42c2-9190-5d6cb909625b";
+pub const BACKUP_ROLE: &str = "7b127d3c-77bd-4e3e-bbe0-dbb8971fa7f8";
+
+/// Start Azurite and the S3 server (idempotent, scripts/start-object-stores.sh) and return
+/// the variables it prints.
+pub fn object_stores() -> &'static BTreeMap<String, String> {
+    static S: OnceLock<BTreeMap<String, String>> = OnceLock::new();
+    S.get_or_init(|| {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts/start-object-stores.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .output()
+            .expect("run scripts/start-object-stores.sh");
+        assert!(
+            out.status.success(),
+            "scripts/start-object-stores.sh failed (run scripts/install-tools.sh first): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    })
+}
+
+/// A storage parameter object for each store: (label, sasTokenParameters), each under a
+/// fresh prefix.
+pub fn destinations(file_dir: &std::path::Path) -> Vec<(&'static str, Value)> {
+    let env = object_stores();
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    vec![
+        (
+            "file",
+            json!({"storageResourceUri": format!("file://{}/{unique}", file_dir.display())}),
+        ),
+        (
+            "azurite",
+            json!({"storageResourceUri": format!("{}/{unique}", env["KEYSTEAD_TEST_AZURITE_URL"]), "useManagedIdentity": true}),
+        ),
+        (
+            "s3",
+            json!({
+                "storageResourceUri": format!("s3://{}/{unique}", env["KEYSTEAD_TEST_S3_BUCKET"]),
+                "storageOptions": {
+                    "aws_endpoint": env["KEYSTEAD_TEST_S3_ENDPOINT"],
+                    "aws_allow_http": "true",
+                    "aws_access_key_id": "testing",
+                    "aws_secret_access_key": "testing",
+                    "aws_region": "us-east-1"
+                }
+            }),
+        ),
+    ]
+}
+
+/// Poll a job's status URL until it is no longer InProgress (deadline 120 s).
+pub async fn wait_job(pool: &TestPool, subject: &str, pending_path: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (s, v) = pool
+            .call(Some(subject), Method::GET, pending_path, None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        if v["status"] != "InProgress" {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {pending_path} still running: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn pending_path(h: &reqwest::header::HeaderMap) -> String {
+    let url = h["azure-asyncoperation"].to_str().unwrap();
+    let u = url::Url::parse(url).unwrap();
+    u.path().to_string()
+}
+
+/// Run a full backup to `params`; returns the final status.
+pub async fn backup(pool: &TestPool, subject: &str, params: &Value) -> Value {
+    let (s, h, v) = pool
+        .call_full(Some(subject), Method::POST, "/backup", Some(params.clone()))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["status"], "InProgress");
+    wait_job(pool, subject, &pending_path(&h)).await
+}
+
+/// Run a full restore (or a check with `/prerestore`) of `folder`; returns the final status.
+pub async fn restore(pool: &TestPool, path: &str, params: &Value, folder: &str) -> Value {
+    let (s, h, v) = pool
+        .call_full(
+            Some(ADMIN),
+            Method::PUT,
+            path,
+            Some(json!({"sasTokenParameters": params, "folderToRestore": folder})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    wait_job(pool, ADMIN, &pending_path(&h)).await
+}
+
+/// Selective restore of key `name` from `folder`.
+pub async fn restore_key(pool: &TestPool, name: &str, params: &Value, folder: &str) -> Value {
+    let (s, h, v) = pool
+        .call_full(
+            Some(ADMIN),
+            Method::PUT,
+            &format!("/keys/{name}/restore"),
+            Some(json!({"sasTokenParameters": params, "folder": folder})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    wait_job(pool, ADMIN, &pending_path(&h)).await
+}
+
+/// The folder name of a finished backup.
+pub fn folder_of(status: &Value) -> String {
+    assert_eq!(status["status"], "Succeeded", "{status}");
+    let url = status["azureStorageBlobContainerUri"].as_str().unwrap();
+    url.rsplit('/').next().unwrap().to_string()
+}
+
+pub async fn assign(pool: &TestPool, role: &str, principal: &str) -> String {
+    let name = uuid::Uuid::new_v4().to_string();
+    let (s, v) = pool
+        .call(
+            Some(ADMIN),
+            Method::PUT,
+            &format!("/providers/Microsoft.Authorization/roleAssignments/{name}"),
+            Some(json!({"properties": {"roleDefinitionId": role, "principalId": principal}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    name
+}
+
+pub async fn create_key(pool: &TestPool, name: &str, body: Value) -> Value {
+    let (s, v) = pool
+        .call(
+            Some("user"),
+            Method::POST,
+            &format!("/keys/{name}/create"),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v
+}
+
+pub fn digest(msg: &[u8]) -> String {
+    keystead_core::b64::encode_url(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, msg))
+}
+
+/// Sign `digest` with key `kid_path` (`/keys/{name}/{version}`) and algorithm `alg`.
+pub async fn sign(pool: &TestPool, kid_path: &str, alg: &str, digest: &str) -> String {
+    let (s, v) = pool
+        .call(
+            Some("user"),
+            Method::POST,
+            &format!("{kid_path}/sign"),
+            Some(json!({"alg": alg, "value": digest})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["value"].as_str().unwrap().to_string()
+}
+
+pub async fn verify(pool: &TestPool, kid_path: &str, alg: &str, digest: &str, sig: &str) -> bool {
+    let (s, v) = pool
+        .call(
+            Some("user"),
+            Method::POST,
+            &format!("{kid_path}/verify"),
+            Some(json!({"alg": alg, "digest": digest, "value": sig})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    v["value"] == true
+}
+
+/// Recover `pool` (fresh) with the security domain `file` and custodian keys 0 and 1.
+pub async fn recover(pool: &TestPool, file: &str) {
+    let (s, tk) = pool
+        .call(Some(ADMIN), Method::GET, "/securitydomain/upload", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{tk}");
+    let exchange =
+        ExchangeCertificate::from_transfer_key_json(tk["transfer_key"].as_str().unwrap()).unwrap();
+    let keys: Vec<CustodianPrivateKey> = [0usize, 1]
+        .iter()
+        .map(|&i| CustodianPrivateKey::from_pem(&custodians()[i].1, None).unwrap())
+        .collect();
+    let blob = sd::build_transfer_blob(file, &keys, &exchange).unwrap();
+    let (s, v) = pool
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/securitydomain/upload",
+            Some(json!({"value": blob})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, v) = pool
+            .call(
+                Some(ADMIN),
+                Method::GET,
+                "/securitydomain/upload/pending",
+                None,
+            )
+            .await;
+        if v["status"] == "Success" {
+            break;
+        }
+        assert_ne!(v["status"], "Failed", "{v}");
+        assert!(Instant::now() < deadline, "upload still pending: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pool.app.keyring.is_unsealed());
+}
