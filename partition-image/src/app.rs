@@ -125,8 +125,12 @@ impl App {
                 if !self.keyring.is_unsealed() {
                     match crate::replica::peer::fetch_domain(&self).await {
                         Ok(true) => {}
-                        Ok(false) => tracing::info!("no peer could hand over the security domain yet; retrying"),
-                        Err(e) => tracing::warn!(error = %e, "fetching the security domain failed; retrying"),
+                        Ok(false) => tracing::info!(
+                            "no peer could hand over the security domain yet; retrying"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "fetching the security domain failed; retrying")
+                        }
                     }
                 }
             }

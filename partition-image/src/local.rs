@@ -116,14 +116,13 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
     } else {
         Vec::new()
     };
-    for i in 0..opts.partitions {
+    for (i, &port) in ports.iter().enumerate() {
         let pdir = dir.join(format!("p{i}"));
         std::fs::create_dir_all(&pdir)?;
         let cfg_path = pdir.join("config.json");
         let cfg = if cfg_path.exists() {
             PartitionConfig::load(&cfg_path)?
         } else {
-            let port = ports[i];
             let leaf = pki::issue_leaf(
                 &ca,
                 &format!("p{i}"),

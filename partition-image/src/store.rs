@@ -42,7 +42,9 @@ pub struct SingleStore {
 
 impl std::fmt::Debug for SingleStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SingleStore").field("dir", &self.dir).finish()
+        f.debug_struct("SingleStore")
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -52,7 +54,7 @@ pub struct Store {
 }
 
 enum Backend {
-    Single(SingleStore),
+    Single(Box<SingleStore>),
     Raft(Arc<crate::replica::Replica>),
 }
 
@@ -69,7 +71,7 @@ impl Store {
     /// Open (or create) a single-partition store in `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Arc<Store>> {
         Ok(Arc::new(Store {
-            backend: Backend::Single(SingleStore::open(dir)?),
+            backend: Backend::Single(Box::new(SingleStore::open(dir)?)),
         }))
     }
 
@@ -142,7 +144,8 @@ impl Store {
         while !self.read().bootstrapped {
             if std::time::Instant::now() >= deadline {
                 return Err(ProposeError::Storage(
-                    "the pool is not bootstrapped yet; its partitions are still forming the group".into(),
+                    "the pool is not bootstrapped yet; its partitions are still forming the group"
+                        .into(),
                 ));
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;

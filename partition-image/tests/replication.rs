@@ -182,7 +182,13 @@ impl Cluster {
         &self.cfgs[i].public_url
     }
 
-    async fn call(&self, i: usize, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut req = self
             .http
@@ -195,9 +201,24 @@ impl Cluster {
             Ok(resp) => {
                 let s = resp.status();
                 let text = resp.text().await.unwrap_or_default();
-                (s, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+                (
+                    s,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
             }
             Err(e) => (StatusCode::BAD_GATEWAY, Value::String(e.to_string())),
+        }
+    }
+
+    async fn ready(&self, i: usize) -> bool {
+        match self
+            .http
+            .get(format!("{}/readyz", self.url(i)))
+            .send()
+            .await
+        {
+            Ok(r) => r.status() == StatusCode::OK,
+            Err(_) => false,
         }
     }
 
@@ -223,10 +244,10 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             for &i in among {
-                if let Some(v) = self.status(i).await {
-                    if v["replication"]["role"] == "leader" {
-                        return i;
-                    }
+                if let Some(v) = self.status(i).await
+                    && v["replication"]["role"] == "leader"
+                {
+                    return i;
                 }
             }
             assert!(Instant::now() < deadline, "no leader among {among:?}");
@@ -268,8 +289,10 @@ impl Cluster {
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         for i in 0..N {
-            self.until("every partition holds the domain", 60, || self.domain_loaded(i))
-                .await;
+            self.until("every partition holds the domain", 60, || {
+                self.domain_loaded(i)
+            })
+            .await;
         }
     }
 
@@ -282,13 +305,19 @@ impl Cluster {
                 Some(json!({"kty": "EC", "crv": "P-256"})),
             )
             .await;
-        if s == StatusCode::OK { Ok(v) } else { Err((s, v)) }
+        if s == StatusCode::OK {
+            Ok(v)
+        } else {
+            Err((s, v))
+        }
     }
 
     /// The replicated identity of a key as partition `i` serves it (kid path, public point,
     /// creation time), or None.
     async fn key_identity(&self, i: usize, name: &str) -> Option<(String, Value, Value, Value)> {
-        let (s, v) = self.call(i, Method::GET, &format!("/keys/{name}"), None).await;
+        let (s, v) = self
+            .call(i, Method::GET, &format!("/keys/{name}"), None)
+            .await;
         if s != StatusCode::OK {
             eprintln!("GET /keys/{name} on partition {i}: {s} {v}");
             return None;
@@ -304,7 +333,7 @@ impl Cluster {
     }
 
     async fn sign(&self, i: usize, name: &str) -> StatusCode {
-        let digest = keystead_core::b64::encode_url(&[7u8; 32]);
+        let digest = keystead_core::b64::encode_url([7u8; 32]);
         self.call(
             i,
             Method::POST,
@@ -398,7 +427,10 @@ async fn leader_sigkill_during_concurrent_creates_loses_no_acknowledged_key() {
     // Let some creates through, then SIGKILL the leader mid-stream.
     let t0 = Instant::now();
     while acked.lock().unwrap().len() < 12 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "creates do not go through");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "creates do not go through"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     c.kill(leader);
@@ -428,7 +460,10 @@ async fn follower_killed_then_wiped_pool_serves_and_the_partition_heals() {
     let leader = c.leader(&[0, 1, 2]).await;
     let follower = (leader + 1) % N;
     let other = (leader + 2) % N;
-    let first = c.create(follower, "before").await.expect("create before the fault");
+    let first = c
+        .create(follower, "before")
+        .await
+        .expect("create before the fault");
     let mut acked = BTreeMap::new();
     acked.insert("before".to_string(), kid_path(&first));
 
@@ -436,7 +471,10 @@ async fn follower_killed_then_wiped_pool_serves_and_the_partition_heals() {
     c.kill(follower);
     for i in [leader, other] {
         let name = format!("during-{i}");
-        let v = c.create(i, &name).await.expect("create with a follower down");
+        let v = c
+            .create(i, &name)
+            .await
+            .expect("create with a follower down");
         acked.insert(name.clone(), kid_path(&v));
         assert!(c.key_identity(i, "before").await.is_some());
         assert_eq!(c.sign(i, &name).await, StatusCode::OK);
@@ -446,9 +484,11 @@ async fn follower_killed_then_wiped_pool_serves_and_the_partition_heals() {
     c.wipe(follower);
     let t = Instant::now();
     c.spawn(follower);
-    c.until("the wiped partition receives the domain from a peer", 60, || {
-        c.domain_loaded(follower)
-    })
+    c.until(
+        "the wiped partition receives the domain from a peer",
+        60,
+        || c.domain_loaded(follower),
+    )
     .await;
     let healed_after = t.elapsed();
     c.until("the wiped partition serves keys again", 60, || async {
@@ -475,7 +515,10 @@ async fn cut_off_partition_cannot_commit_majority_continues_then_converges() {
     let cut = (leader + 1) % N;
     let rest: Vec<usize> = (0..N).filter(|i| *i != cut).collect();
     let mut acked = BTreeMap::new();
-    let v = c.create(cut, "before-cut").await.expect("create before the cut");
+    let v = c
+        .create(cut, "before-cut")
+        .await
+        .expect("create before the cut");
     acked.insert("before-cut".to_string(), kid_path(&v));
 
     c.isolate(cut, true);
@@ -503,4 +546,138 @@ async fn cut_off_partition_cannot_commit_majority_continues_then_converges() {
             "the write refused to the minority appeared on partition {i}"
         );
     }
+}
+
+/// xorshift64*: a reproducible pseudo-random sequence (the seed is printed).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The long randomized run: `KEYSTEAD_LONG_FAULTS=1` (count with
+/// `KEYSTEAD_LONG_FAULTS_COUNT`, default 1000). One fault at a time — SIGKILL + restart,
+/// cut off + reconnect, or SIGKILL + wiped disk + restart — on a random partition while
+/// three writers create keys on random partitions; at the end every acknowledged create
+/// must exist, identical, on all three partitions. Results: docs/reliability.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_randomized_faults() {
+    if std::env::var("KEYSTEAD_LONG_FAULTS").as_deref() != Ok("1") {
+        eprintln!("skipped: set KEYSTEAD_LONG_FAULTS=1 to run the long randomized fault run");
+        return;
+    }
+    let faults: u64 = std::env::var("KEYSTEAD_LONG_FAULTS_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let seed = std::env::var("KEYSTEAD_LONG_FAULTS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    eprintln!("long fault run: {faults} faults, seed {seed}");
+    let started = Instant::now();
+    let c = Arc::new(Cluster::start().await);
+    c.activate().await;
+    let acked = Arc::new(Mutex::new(BTreeMap::new()));
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3u64 {
+        let (c, acked, failed, stop) = (c.clone(), acked.clone(), failed.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut rng = Rng(seed.wrapping_add(w + 1) | 1);
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let name = format!("w{w}-k{n}");
+                n += 1;
+                match c.create(rng.below(N as u64) as usize, &name).await {
+                    Ok(v) => {
+                        acked.lock().unwrap().insert(name, kid_path(&v));
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    let mut rng = Rng(seed);
+    let mut kinds = [0u64; 3];
+    for f in 0..faults {
+        let i = rng.below(N as u64) as usize;
+        let kind = match rng.below(10) {
+            0 => 2,
+            1..=5 => 0,
+            _ => 1,
+        };
+        kinds[kind] += 1;
+        let hold = Duration::from_millis(50 + rng.below(400));
+        match kind {
+            0 => {
+                c.kill(i);
+                tokio::time::sleep(hold).await;
+                c.spawn(i);
+            }
+            1 => {
+                c.isolate(i, true);
+                tokio::time::sleep(hold).await;
+                c.isolate(i, false);
+            }
+            _ => {
+                c.kill(i);
+                c.wipe(i);
+                tokio::time::sleep(hold).await;
+                c.spawn(i);
+            }
+        }
+        // One fault at a time: the partition is back in the group before the next one.
+        c.until("the faulted partition is ready again", 60, || c.ready(i))
+            .await;
+        if kind == 2 {
+            c.until("the wiped partition holds the domain again", 60, || {
+                c.domain_loaded(i)
+            })
+            .await;
+        }
+        if f % 100 == 99 {
+            eprintln!(
+                "{} faults, {} acknowledged creates, {:?}",
+                f + 1,
+                acked.lock().unwrap().len(),
+                started.elapsed()
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    c.assert_converged(&acked).await;
+    eprintln!(
+        "LONG FAULT RUN PASSED: seed {seed}, {faults} faults (kill+restart {}, cut-off+reconnect {}, kill+wipe+restart {}), {} acknowledged creates all identical on 3 partitions, {} creates refused or failed during faults, {:?}",
+        kinds[0],
+        kinds[1],
+        kinds[2],
+        acked.len(),
+        failed.load(std::sync::atomic::Ordering::SeqCst),
+        started.elapsed()
+    );
 }

@@ -252,11 +252,14 @@ async fn add_version(
         release_policy: None,
     };
     ctx.key(name, Some(&version));
-    ctx.app.store.propose(Command::AddKeyVersion {
-        name: name.to_string(),
-        version: Box::new(kv.clone()),
-        must_be_new: false,
-    }).await?;
+    ctx.app
+        .store
+        .propose(Command::AddKeyVersion {
+            name: name.to_string(),
+            version: Box::new(kv.clone()),
+            must_be_new: false,
+        })
+        .await?;
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &kv)))
 }
 
@@ -320,7 +323,11 @@ pub fn get(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<Response,
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &v)))
 }
 
-pub async fn update(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+pub async fn update(
+    ctx: &mut Ctx,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyUpdate";
     ctx.key(name, version);
     ctx.authorize(DataAction::KeysWrite, &key_scope(name))?;
@@ -332,19 +339,23 @@ pub async fn update(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<
     check_exportable(p.attributes.as_ref())?;
     let rec = key_record(ctx, name)?;
     let current = key_version(&rec, version)?;
-    let out = ctx.app.store.propose(Command::UpdateKeyVersion {
-        name: name.to_string(),
-        version: Some(current.version.clone()),
-        key_ops: p.key_ops,
-        attributes: p.attributes.map(|a| AttributesPatch {
-            enabled: a.enabled,
-            nbf: a.nbf,
-            exp: a.exp,
-        }),
-        tags: p.tags,
-        release_policy: None,
-        now: now(),
-    }).await?;
+    let out = ctx
+        .app
+        .store
+        .propose(Command::UpdateKeyVersion {
+            name: name.to_string(),
+            version: Some(current.version.clone()),
+            key_ops: p.key_ops,
+            attributes: p.attributes.map(|a| AttributesPatch {
+                enabled: a.enabled,
+                nbf: a.nbf,
+                exp: a.exp,
+            }),
+            tags: p.tags,
+            release_policy: None,
+            now: now(),
+        })
+        .await?;
     let Outcome::Key(rec) = out else {
         return Err(ApiError::internal("unexpected outcome of an update"));
     };
@@ -479,10 +490,14 @@ pub async fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.key(name, None);
     ctx.authorize(DataAction::KeysDelete, &key_scope(name))?;
     ctx.require_active()?;
-    let out = ctx.app.store.propose(Command::DeleteKey {
-        name: name.to_string(),
-        now: now(),
-    }).await?;
+    let out = ctx
+        .app
+        .store
+        .propose(Command::DeleteKey {
+            name: name.to_string(),
+            now: now(),
+        })
+        .await?;
     ctx.app.keyring.evict(name);
     let Outcome::Deleted(d) = out else {
         return Err(ApiError::internal("unexpected outcome of a delete"));
@@ -553,9 +568,13 @@ pub async fn recover(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.key(name, None);
     ctx.authorize(DataAction::DeletedKeysRecover, &key_scope(name))?;
     ctx.require_active()?;
-    let out = ctx.app.store.propose(Command::RecoverKey {
-        name: name.to_string(),
-    }).await?;
+    let out = ctx
+        .app
+        .store
+        .propose(Command::RecoverKey {
+            name: name.to_string(),
+        })
+        .await?;
     let Outcome::Key(rec) = out else {
         return Err(ApiError::internal("unexpected outcome of a recover"));
     };
@@ -568,10 +587,13 @@ pub async fn purge(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.key(name, None);
     ctx.authorize(DataAction::DeletedKeysDelete, &key_scope(name))?;
     ctx.require_active()?;
-    ctx.app.store.propose(Command::PurgeKey {
-        name: name.to_string(),
-        now: now(),
-    }).await?;
+    ctx.app
+        .store
+        .propose(Command::PurgeKey {
+            name: name.to_string(),
+            now: now(),
+        })
+        .await?;
     ctx.app.keyring.evict(name);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -659,7 +681,11 @@ pub async fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
             .load(&rec.name, &v.version, &v.wrapped)
             .map_err(|e| ApiError::bad_request(format!("the backup could not be restored: {e}")))?;
     }
-    let out = ctx.app.store.propose(Command::RestoreKey { key: rec }).await?;
+    let out = ctx
+        .app
+        .store
+        .propose(Command::RestoreKey { key: rec })
+        .await?;
     let Outcome::Key(rec) = out else {
         return Err(ApiError::internal("unexpected outcome of a restore"));
     };
@@ -699,7 +725,8 @@ pub async fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         current.key_ops.clone(),
         attrs,
         current.tags.clone(),
-    ).await
+    )
+    .await
 }
 
 /// Parse an ISO-8601 duration such as `P90D`, `P2Y`, `P1M`, `PT12H`, `P1Y2M3DT4H5M6S`
@@ -822,11 +849,14 @@ pub async fn set_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, 
     }
     policy.id = None;
     let value = serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
-    ctx.app.store.propose(Command::SetRotationPolicy {
-        name: name.to_string(),
-        policy: value,
-        now: now(),
-    }).await?;
+    ctx.app
+        .store
+        .propose(Command::SetRotationPolicy {
+            name: name.to_string(),
+            policy: value,
+            now: now(),
+        })
+        .await?;
     get_rotation_policy(ctx, name)
 }
 

@@ -163,10 +163,13 @@ pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
         (Activation::RecoveryPending { exchange_thumbprint, .. }, Some(k)) if *exchange_thumbprint == k.thumbprint());
     if !reuse {
         let key = ExchangeKey::generate(&pool_id).map_err(sd_err)?;
-        ctx.app.store.propose(Command::BeginRecovery {
-            exchange_thumbprint: key.thumbprint().to_string(),
-            now: super::keys::now(),
-        }).await?;
+        ctx.app
+            .store
+            .propose(Command::BeginRecovery {
+                exchange_thumbprint: key.thumbprint().to_string(),
+                now: super::keys::now(),
+            })
+            .await?;
         *slot = Some(key);
     }
     let key = slot

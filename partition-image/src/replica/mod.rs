@@ -176,6 +176,20 @@ impl Replica {
             let r = replica.clone();
             tokio::spawn(async move { r.initialize_when_ready().await });
         }
+        // A Raft core that stopped on a fatal error (storage failure, broken invariant)
+        // cannot serve consistently: exit so the supervisor restarts the partition, which
+        // then recovers from its disk or heals from its peers.
+        let mut metrics = replica.raft.metrics();
+        tokio::spawn(async move {
+            while metrics.changed().await.is_ok() {
+                if let Err(e) = &metrics.borrow().running_state
+                    && !matches!(e, openraft::error::Fatal::Stopped)
+                {
+                    tracing::error!(error = %e, "the Raft member stopped on a fatal error; exiting so the partition is restarted");
+                    std::process::exit(70);
+                }
+            }
+        });
         Ok(replica)
     }
 

@@ -165,8 +165,8 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let bytes =
-            serde_json::to_vec(body).map_err(|e| PeerError::Transport(url.clone(), e.to_string()))?;
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| PeerError::Transport(url.clone(), e.to_string()))?;
         let req = self
             .http
             .post(&url)
@@ -199,7 +199,10 @@ fn json<T: Serialize>(v: &T) -> Response {
             Body::from(b),
         )
             .into_response(),
-        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the answer"),
+        Err(_) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the answer",
+        ),
     }
 }
 

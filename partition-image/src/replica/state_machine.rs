@@ -19,6 +19,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 type NodeId = u64;
+/// Last applied log id and the membership as of it.
+type Applied = (Option<LogId<NodeId>>, StoredMembership<NodeId, Member>);
 
 /// Outcomes kept for proposers to pick up.
 const OUTCOMES_KEPT: usize = 4096;
@@ -32,7 +34,7 @@ struct SnapshotFile {
 /// What the rest of the partition shares with the state machine.
 pub struct Shared {
     pub state: RwLock<PoolState>,
-    applied: Mutex<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)>,
+    applied: Mutex<Applied>,
     outcomes: Mutex<BTreeMap<u64, Result<Outcome, StateError>>>,
     /// Signalled whenever the activation state changes (the keyring fetches the domain).
     pub activation_changed: tokio::sync::Notify,
@@ -118,11 +120,7 @@ impl StateMachine {
             *n += 1;
             *n
         };
-        let snapshot_id = format!(
-            "{}-{}",
-            applied.0.map(|l| l.index).unwrap_or(0),
-            n
-        );
+        let snapshot_id = format!("{}-{}", applied.0.map(|l| l.index).unwrap_or(0), n);
         SnapshotFile {
             meta: SnapshotMeta {
                 last_log_id: applied.0,
@@ -182,11 +180,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         let mut activation_changed = false;
         {
-            let mut state = self
-                .shared
-                .state
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
             let mut applied = self
                 .shared
                 .applied
@@ -201,8 +195,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match &entry.payload {
                     EntryPayload::Blank => {}
                     EntryPayload::Normal(cmd) => {
-                        if matches!(cmd, Command::Activate { .. } | Command::BeginRecovery { .. })
-                        {
+                        if matches!(
+                            cmd,
+                            Command::Activate { .. } | Command::BeginRecovery { .. }
+                        ) {
                             activation_changed = true;
                         }
                         let r = state.apply(cmd);
@@ -252,11 +248,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         self.persist(&file).map_err(sm_err)?;
         {
-            let mut state = self
-                .shared
-                .state
-                .write()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
             *state = file.state;
             *self
                 .shared
