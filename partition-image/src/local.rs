@@ -238,6 +238,9 @@ pub async fn wait_ready(pool: &PoolFile, deadline: Duration) -> anyhow::Result<(
 
 /// Run the pool until Ctrl-C / SIGTERM.
 pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
+    // Signals are handled from the start: a stop while the partitions are starting is clean too.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let (configs, pool) = prepare(&opts)?;
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
@@ -251,7 +254,40 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
             .with_context(|| format!("cannot start a partition with {}", cfg.display()))?;
         children.push(child);
     }
-    wait_ready(&pool, Duration::from_secs(30)).await?;
+    let ready = tokio::select! {
+        r = wait_ready(&pool, Duration::from_secs(60)) => Some(r),
+        _ = sigint.recv() => None,
+        _ = sigterm.recv() => None,
+    };
+    match ready {
+        Some(Ok(())) => {
+            announce(&opts, &pool)?;
+            let mut exited = None;
+            tokio::select! {
+                _ = sigint.recv() => {},
+                _ = sigterm.recv() => {},
+                r = children[0].wait() => { exited = Some(r); },
+            }
+            if let Some(r) = exited {
+                eprintln!("a partition exited unexpectedly ({r:?}); stopping the pool");
+            }
+            stop_all(&mut children).await;
+            println!("Keystead local pool stopped.");
+            Ok(())
+        }
+        Some(Err(e)) => {
+            stop_all(&mut children).await;
+            Err(e)
+        }
+        None => {
+            stop_all(&mut children).await;
+            println!("Keystead local pool stopped.");
+            Ok(())
+        }
+    }
+}
+
+fn announce(opts: &LocalOptions, pool: &PoolFile) -> anyhow::Result<()> {
     let dir = std::path::absolute(&opts.dir)?;
     println!(
         "Keystead local pool '{}' is running with {} partition(s):",
@@ -282,17 +318,11 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
     );
     println!("Stop with Ctrl-C; run the same command again to resume this pool.");
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut exited = None;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = sigterm.recv() => {},
-        r = children[0].wait() => { exited = Some(r); },
-    }
-    if let Some(r) = exited {
-        eprintln!("a partition exited unexpectedly ({r:?}); stopping the pool");
-    }
-    for c in &mut children {
+    Ok(())
+}
+
+async fn stop_all(children: &mut [tokio::process::Child]) {
+    for c in children.iter_mut() {
         if let Some(pid) = c.id() {
             // Ask each partition to stop cleanly (it may already have the terminal's SIGINT).
             let _ = std::process::Command::new("kill")
@@ -300,7 +330,7 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
                 .status();
         }
     }
-    for c in &mut children {
+    for c in children.iter_mut() {
         match tokio::time::timeout(Duration::from_secs(10), c.wait()).await {
             Ok(_) => {}
             Err(_) => {
@@ -308,6 +338,4 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
             }
         }
     }
-    println!("Keystead local pool stopped.");
-    Ok(())
 }
