@@ -70,6 +70,11 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         );
         let _ = writeln!(
             out,
+            "# HELP keystead_raft_recovering 1 while catching up after an empty start (not voting)\n# TYPE keystead_raft_recovering gauge\nkeystead_raft_recovering {}",
+            u8::from(s.recovering)
+        );
+        let _ = writeln!(
+            out,
             "# HELP keystead_raft_member_lag Entries a member is behind the leader (leader only)\n# TYPE keystead_raft_member_lag gauge"
         );
         for m in &s.members {

@@ -71,6 +71,8 @@ pub struct ReplicationStatus {
     pub applied_index: u64,
     pub last_log_index: u64,
     pub snapshot_index: u64,
+    /// Started with an empty disk and not caught up yet (not voting).
+    pub recovering: bool,
     pub members: Vec<MemberStatus>,
 }
 
@@ -97,6 +99,10 @@ pub struct Replica {
     pub name: String,
     pub peers: Vec<PeerSettings>,
     pub client: Arc<peer::PeerClient>,
+    /// Set while a partition that started with an empty Raft directory (new or wiped) has
+    /// not yet caught up with the leader's commit index: it neither votes nor campaigns, so
+    /// it cannot help elect a leader that lacks a committed entry it has lost.
+    pub recovering: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -171,6 +177,7 @@ impl Replica {
             name: me.name,
             peers: cfg.peers.clone(),
             client,
+            recovering: std::sync::atomic::AtomicBool::new(false),
         });
         if pristine {
             let r = replica.clone();
@@ -224,22 +231,32 @@ impl Replica {
     async fn initialize_when_ready(self: Arc<Self>) {
         let lowest = self.peers.iter().map(|p| p.id).min() == Some(self.id);
         loop {
-            if self.raft.is_initialized().await.unwrap_or(true) {
-                return;
-            }
             let mut all_fresh = true;
+            let mut existing = false;
             for p in self.peers.iter().filter(|p| p.id != self.id) {
                 match self
                     .client
                     .get::<peer::PeerState>(&p.url, "/internal/state", Duration::from_secs(2))
                     .await
                 {
-                    Ok(s) if !s.initialized => {}
-                    _ => {
-                        all_fresh = false;
-                        break;
+                    Ok(s) => {
+                        all_fresh &= !s.initialized;
+                        // Beyond the initial membership entry: a group that has had a leader.
+                        existing |= s.last_log_index >= 1;
                     }
+                    Err(_) => all_fresh = false,
                 }
+            }
+            if existing {
+                // An empty disk in an existing pool (new or wiped): no voting, no campaigning
+                // until caught up.
+                self.recovering
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                self.raft.runtime_config().elect(false);
+                break;
+            }
+            if self.raft.is_initialized().await.unwrap_or(true) {
+                return;
             }
             if all_fresh && lowest {
                 match self.raft.initialize(self.configured_members()).await {
@@ -252,6 +269,23 @@ impl Replica {
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+        // Joined an existing group with an empty disk: catch up before voting again.
+        while self.read_barrier().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        self.finish_recovery();
+        tracing::info!("caught up with the leader's commit index; voting again");
+    }
+
+    fn finish_recovery(&self) {
+        self.recovering
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.raft.runtime_config().elect(true);
+    }
+
+    /// Whether this partition is still catching up after starting with an empty disk.
+    pub fn is_recovering(&self) -> bool {
+        self.recovering.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Wait until this partition has applied at least `index`.
@@ -451,6 +485,7 @@ impl Replica {
             applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
             last_log_index: last,
             snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            recovering: self.is_recovering(),
             members,
         }
     }

@@ -41,6 +41,9 @@ pub fn cert_common_name(der: &[u8]) -> Option<String> {
 #[derive(Serialize, Deserialize, Debug)]
 pub struct PeerState {
     pub initialized: bool,
+    /// Last log index (0: at most the initial membership entry).
+    #[serde(default)]
+    pub last_log_index: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -288,7 +291,17 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         (Method::POST, "/internal/raft/append") => {
             json(&replica.raft.append_entries(parse!(_)).await)
         }
-        (Method::POST, "/internal/raft/vote") => json(&replica.raft.vote(parse!(_)).await),
+        (Method::POST, "/internal/raft/vote") => {
+            if replica.is_recovering() {
+                // An empty (new or wiped) disk may lack committed entries: no vote until
+                // caught up (see docs/replication.md).
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "catching up after an empty start; not voting yet",
+                );
+            }
+            json(&replica.raft.vote(parse!(_)).await)
+        }
         (Method::POST, "/internal/raft/snapshot") => {
             json(&replica.raft.install_snapshot(parse!(_)).await)
         }
@@ -310,6 +323,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         },
         (Method::GET, "/internal/state") => json(&PeerState {
             initialized: replica.raft.is_initialized().await.unwrap_or(false),
+            last_log_index: replica.raft.metrics().borrow().last_log_index.unwrap_or(0),
         }),
         (Method::POST, "/internal/domain") => {
             let r: DomainRequest = parse!(_);
