@@ -26,7 +26,8 @@ ACCOUNT="devstoreaccount1"
 AZ_KEY="Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 AZURITE="$ROOT/.tools/azurite/node_modules/.bin/azurite-blob"
 MOTO="$ROOT/.venv/bin/moto_server"
-PY="$ROOT/.venv/bin/python"
+PY="$ROOT/.venv/bin/python" # only the standard library is used below
+[ -x "$PY" ] || PY="$(command -v python3)"
 
 log() { echo "object-stores: $*" >&2; }
 die() {

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod audit;
+mod backup;
 mod client;
 mod keys;
 mod role;
@@ -37,6 +38,9 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Full backup and restore (start, status, list, verify, restore).
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// Print a bearer token for a principal of a local pool (signed by its local issuer).
     Token {
         /// Principal (token subject).
@@ -58,6 +62,7 @@ async fn main() -> std::process::ExitCode {
         Command::Key(cmd) => keys::run(&cli.pool, cmd).await,
         Command::Role(cmd) => role::run(&cli.pool, cmd).await,
         Command::Audit(cmd) => audit::run(cmd, cli.pool.output).await,
+        Command::Backup(cmd) => backup::run(&cli.pool, cmd).await,
         Command::Token {
             subject,
             ttl_minutes,

@@ -670,14 +670,23 @@ async fn cleanup(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Err
     let pp = PatchParams::default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
     for s in [&names.ca_secret, &names.tls_secret] {
-        if secrets.get_opt(s).await?.is_some() {
+        // Data already retained from an earlier incarnation keeps its own purge date.
+        if secrets
+            .get_opt(s)
+            .await?
+            .is_some_and(|o| !o.annotations().contains_key(PURGE_AFTER_ANNOTATION))
+        {
             secrets.patch(s, &pp, &Patch::Merge(&patch)).await?;
         }
     }
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
     for pod in names.pods(hsm.spec.partitions) {
         let pvc = names.pvc(&pod);
-        if pvcs.get_opt(&pvc).await?.is_some() {
+        if pvcs
+            .get_opt(&pvc)
+            .await?
+            .is_some_and(|o| !o.annotations().contains_key(PURGE_AFTER_ANNOTATION))
+        {
             pvcs.patch(&pvc, &pp, &Patch::Merge(&patch)).await?;
         }
     }
@@ -693,4 +702,52 @@ async fn cleanup(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Err
     .await;
     ctx.metrics.forget_pool(&names.namespace, &names.pool);
     Ok(Requeue::await_change())
+}
+
+/// One pass of the purge sweeper: delete retained objects of soft-deleted pools whose
+/// retention is over (or whose early purge was asked without purge protection). Returns the
+/// number of objects deleted.
+pub async fn purge_sweep(client: &Client) -> Result<usize, Error> {
+    let lp = kube::api::ListParams::default().labels(SOFT_DELETED_LABEL);
+    let now = Timestamp::now();
+    let mut deleted = 0;
+    let secrets: Api<Secret> = Api::all(client.clone());
+    for s in secrets.list(&lp).await?.items {
+        deleted += usize::from(purge_one::<Secret>(client, &s, now).await?);
+    }
+    let pvcs: Api<PersistentVolumeClaim> = Api::all(client.clone());
+    for p in pvcs.list(&lp).await?.items {
+        deleted += usize::from(purge_one::<PersistentVolumeClaim>(client, &p, now).await?);
+    }
+    Ok(deleted)
+}
+
+async fn purge_one<K>(client: &Client, obj: &K, now: Timestamp) -> Result<bool, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let (Some(ns), name) = (obj.namespace(), obj.name_any()) else {
+        return Ok(false);
+    };
+    match decide::purge_decision(obj.annotations(), now) {
+        decide::PurgeDecision::Purge => {
+            tracing::info!(namespace = %ns, name = %name, kind = %K::kind(&()), "purging retained data of a soft-deleted pool");
+            Api::<K>::namespaced(client.clone(), &ns)
+                .delete(&name, &DeleteParams::default())
+                .await?;
+            Ok(true)
+        }
+        decide::PurgeDecision::EarlyPurgeRefused { until } => {
+            tracing::warn!(namespace = %ns, name = %name, %until, "early purge refused: the pool had purge protection");
+            Ok(false)
+        }
+        decide::PurgeDecision::Unreadable(why) => {
+            tracing::warn!(namespace = %ns, name = %name, %why, "retained object with an unreadable purge date kept");
+            Ok(false)
+        }
+        decide::PurgeDecision::Keep { .. } | decide::PurgeDecision::NotSoftDeleted => Ok(false),
+    }
 }

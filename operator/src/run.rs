@@ -223,12 +223,29 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
             }
         });
     let sd_ctl = Controller::new(Api::<SecurityDomain>::all(client.clone()), cfg)
-        .graceful_shutdown_on(stop_signal(stop))
+        .graceful_shutdown_on(stop_signal(stop.clone()))
         .run(sd_controller::reconcile, sd_controller::error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "securitydomain controller");
             }
         });
-    futures::join!(hsm_ctl, sd_ctl);
+    let sweeper = {
+        let mut stop = stop.clone();
+        let client = client.clone();
+        async move {
+            loop {
+                match controller::purge_sweep(&client).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "purge sweep"),
+                    Err(e) => tracing::warn!(error = %e, "purge sweep failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(600)) => {}
+                    _ = stop.wait_for(|v| *v) => break,
+                }
+            }
+        }
+    };
+    futures::join!(hsm_ctl, sd_ctl, sweeper);
 }

@@ -424,3 +424,94 @@ async fn soft_delete_detaches_and_marks_the_retained_data() {
         "{fin}"
     );
 }
+
+#[tokio::test]
+async fn purge_sweep_deletes_only_what_is_due() {
+    let world = Shared::default();
+    let client = mock_client(world.clone());
+    let secret = |name: &str, after: &str, protected: &str, requested: bool| {
+        let mut ann =
+            json!({"keystead.io/purge-after": after, "keystead.io/purge-protection": protected});
+        if requested {
+            ann["keystead.io/purge-requested"] = json!("true");
+        }
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": name, "namespace": "hsm", "labels": {"keystead.io/soft-deleted-pool": "pool"}, "annotations": ann}})
+    };
+    world.lock().unwrap().objects.insert(
+        "/api/v1/secrets".into(),
+        json!({"apiVersion": "v1", "kind": "SecretList", "metadata": {}, "items": [
+            secret("expired", "2020-01-01T00:00:00Z", "true", false),
+            secret("protected-early", "2999-01-01T00:00:00Z", "true", true),
+            secret("unprotected-early", "2999-01-01T00:00:00Z", "false", true),
+            secret("not-due", "2999-01-01T00:00:00Z", "false", false),
+        ]}),
+    );
+    world.lock().unwrap().objects.insert(
+        "/api/v1/persistentvolumeclaims".into(),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": []}),
+    );
+    let n = tokio::time::timeout(Duration::from_secs(30), controller::purge_sweep(&client))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 2);
+    let deletes: Vec<Call> = calls(&world)
+        .into_iter()
+        .filter(|c| c.method == "DELETE")
+        .collect();
+    assert_eq!(
+        deletes,
+        vec![
+            c("DELETE", "/api/v1/namespaces/hsm/secrets/expired"),
+            c("DELETE", "/api/v1/namespaces/hsm/secrets/unprotected-early")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_refused_pool_does_not_touch_the_retained_data() {
+    let world = Shared::default();
+    let ctx = context(mock_client(world.clone()));
+    let h = pool(true, "pool");
+    seed(&world, &h);
+    let retained = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pool-ca", "namespace": "hsm",
+        "annotations": {"keystead.io/purge-after": "2026-02-01T00:00:00Z", "keystead.io/purge-protection": "true"},
+        "labels": {"keystead.io/soft-deleted-pool": "pool"}}});
+    world.lock().unwrap().objects.insert(
+        "/api/v1/namespaces/hsm/secrets/pool-ca".into(),
+        retained.clone(),
+    );
+    // Re-created without recover: refused.
+    reconcile_with_deadline(h.clone(), ctx.clone())
+        .await
+        .unwrap();
+    let status: ManagedHsmStatus = {
+        let w = world.lock().unwrap();
+        serde_json::from_value(w.objects[HSM_PATH]["status"].clone()).unwrap()
+    };
+    assert_eq!(status.phase, Some(HsmPhase::Failed));
+    assert_eq!(status.conditions[0].reason, "SoftDeletedPoolExists");
+    assert!(
+        !calls(&world)
+            .iter()
+            .any(|c| c.path.contains("statefulsets"))
+    );
+    // Deleting the refused object leaves the retained Secret exactly as it was.
+    world.lock().unwrap().calls.clear();
+    let mut deleting = h.clone();
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-01-15T00:00:00Z".parse().unwrap(),
+        ));
+    reconcile_with_deadline(deleting, ctx).await.unwrap();
+    assert!(
+        !calls(&world)
+            .iter()
+            .any(|c| c.method == "PATCH" && c.path.contains("/secrets/"))
+    );
+    assert_eq!(
+        world.lock().unwrap().objects["/api/v1/namespaces/hsm/secrets/pool-ca"],
+        retained
+    );
+}

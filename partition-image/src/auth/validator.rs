@@ -138,7 +138,19 @@ struct IssuerState {
 pub struct TokenValidator {
     issuers: Arc<Vec<Arc<IssuerState>>>,
     leeway: u64,
+    /// Tokens already verified: SHA-256 of the token (never the token) -> principal and
+    /// the time until which the verdict may be reused.
+    verified: Arc<std::sync::Mutex<VerifiedTokens>>,
 }
+
+/// SHA-256 of a token -> its principal and the time until which the verdict holds.
+type VerifiedTokens = std::collections::HashMap<[u8; 32], (Principal, u64)>;
+
+/// How long a verified token is trusted without re-checking its signature (bounded by its
+/// own `exp`). A JWKS key removed by its issuer stops working after at most this long.
+const VERIFIED_TTL_SECS: u64 = 300;
+/// Cache bound: when full, the cache is cleared (tokens are simply verified again).
+const VERIFIED_MAX: usize = 10_000;
 
 impl std::fmt::Debug for TokenValidator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -485,11 +497,43 @@ impl TokenValidator {
         Self {
             issuers: Arc::new(issuers),
             leeway: config.leeway_secs,
+            verified: Default::default(),
         }
     }
 
-    /// Checks a bearer token: algorithm, issuer, signature, `exp`, `nbf`, `aud`, `sub`.
+    /// [`validate_uncached`](Self::validate_uncached), reusing the verdict for a token seen
+    /// in the last few minutes (a signature check costs about three times an ES256 sign).
     pub async fn validate(&self, token: &str) -> Result<Principal, AuthError> {
+        let digest: [u8; 32] =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+                .as_ref()
+                .try_into()
+                .unwrap_or([0u8; 32]);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if let Some((p, until)) = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+            && now < *until
+        {
+            return Ok(p.clone());
+        }
+        let principal = self.validate_uncached(token).await?;
+        let until = principal.expires_at.min(now + VERIFIED_TTL_SECS);
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_MAX {
+            cache.clear();
+        }
+        cache.insert(digest, (principal.clone(), until));
+        Ok(principal)
+    }
+
+    /// Checks a bearer token: algorithm, issuer, signature, `exp`, `nbf`, `aud`, `sub`.
+    pub async fn validate_uncached(&self, token: &str) -> Result<Principal, AuthError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::Malformed(format!(
                 "longer than {MAX_TOKEN_LEN} bytes"

@@ -240,27 +240,44 @@ pub async fn write_backup_with(
         .await
         .map_err(|e| BackupError::Internal(e.to_string()))??
     };
-    for c in &body.chunks {
-        let bytes = tokio::fs::read(spool.0.join(&c.name))
+    let manifest = format::sign_manifest(u.backup_key(), body);
+    let result = upload(dest, &folder, &spool.0, &manifest).await;
+    if result.is_err() {
+        // Best effort: do not leave a half-written folder behind (without its manifest it
+        // would never be restored anyway).
+        for c in &manifest.body.chunks {
+            let _ = dest.store.delete(&dest.path(&folder, &c.name)).await;
+        }
+    }
+    result.map(|()| manifest)
+}
+
+/// Upload the spooled chunks, then the manifest (last: its presence marks a complete backup).
+async fn upload(
+    dest: &Destination,
+    folder: &str,
+    spool: &std::path::Path,
+    manifest: &Manifest,
+) -> Result<(), BackupError> {
+    for c in &manifest.body.chunks {
+        let bytes = tokio::fs::read(spool.join(&c.name))
             .await
             .map_err(|e| storage("the local spool", e))?;
-        let path = dest.path(&folder, &c.name);
         dest.store
-            .put(&path, PutPayload::from(bytes))
+            .put(&dest.path(folder, &c.name), PutPayload::from(bytes))
             .await
-            .map_err(|e| storage(dest.folder_url(&folder), e))?;
+            .map_err(|e| storage(dest.folder_url(folder), e))?;
     }
-    let manifest = format::sign_manifest(u.backup_key(), body);
     let bytes =
-        serde_json::to_vec_pretty(&manifest).map_err(|e| BackupError::Internal(e.to_string()))?;
+        serde_json::to_vec_pretty(manifest).map_err(|e| BackupError::Internal(e.to_string()))?;
     dest.store
         .put(
-            &dest.path(&folder, format::MANIFEST),
+            &dest.path(folder, format::MANIFEST),
             PutPayload::from(bytes),
         )
         .await
-        .map_err(|e| storage(dest.folder_url(&folder), e))?;
-    Ok(manifest)
+        .map_err(|e| storage(dest.folder_url(folder), e))?;
+    Ok(())
 }
 
 async fn get_bytes(
@@ -462,4 +479,35 @@ pub async fn restore_key(
         .await
         .map_err(|e| BackupError::Commit(e.to_string()))?;
     Ok(rec)
+}
+
+/// One backup folder found under a destination.
+#[derive(Debug)]
+pub struct Listed {
+    pub folder: String,
+    /// The parsed manifest, or why it could not be read (e.g. an unfinished backup).
+    pub manifest: Result<Manifest, BackupError>,
+}
+
+/// List the backup folders under `dest` with their manifests (no MAC check).
+pub async fn list_backups(dest: &Destination) -> Result<Vec<Listed>, BackupError> {
+    let prefix = (!dest.prefix.as_ref().is_empty()).then_some(&dest.prefix);
+    let listing = dest
+        .store
+        .list_with_delimiter(prefix)
+        .await
+        .map_err(|e| storage(&dest.base_url, e))?;
+    let mut out = vec![];
+    for p in listing.common_prefixes {
+        let Some(folder) = p.filename().map(str::to_string) else {
+            continue;
+        };
+        if dest::validate_folder(&folder).is_err() {
+            continue;
+        }
+        let manifest = read_manifest(dest, &folder).await;
+        out.push(Listed { folder, manifest });
+    }
+    out.sort_by(|a, b| a.folder.cmp(&b.folder));
+    Ok(out)
 }

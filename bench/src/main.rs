@@ -1,0 +1,220 @@
+//! `keystead-bench`: benchmarks of the keys data plane (not tests).
+//!
+//! - `load`: RS256/ES256 sign, RSA-OAEP-256 wrap and encrypt over HTTPS against a local
+//!   pool, with N concurrent keep-alive clients;
+//! - `raw`: the same operations with aws-lc-rs in process (the ceiling);
+//! - `softhsm`: the same operations through PKCS#11 on SoftHSM2 (the usual baseline);
+//! - `report`: a Markdown table with ratios from the JSON lines the others wrote.
+//!
+//! `scripts/bench.sh` runs them all; `docs/benchmarks.md` has the numbers.
+
+mod load;
+mod raw;
+mod report;
+mod runner;
+mod softhsm;
+mod stats;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use runner::Window;
+use stats::{OpResult, parse_duration};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "keystead-bench",
+    about = "Benchmarks of the Keystead keys data plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// HTTPS load against a local pool (started here with --start, or already running).
+    Load(LoadArgs),
+    /// aws-lc-rs in process: the ceiling for the same operations.
+    Raw(BaselineArgs),
+    /// SoftHSM2 through PKCS#11 (a temporary token is made when SOFTHSM2_CONF is unset).
+    Softhsm(SofthsmArgs),
+    /// Print a Markdown table with ratios from result files (JSON lines).
+    Report {
+        /// Result files written with --json.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct Timing {
+    /// Warm-up per operation, not measured.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Measured time per operation.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Append the results as JSON lines to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// The pool directory (holds pool.json).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Start `BIN local --dir DIR` (BIN = target/release/keystead-partition) and stop it at the end.
+    #[arg(long, value_name = "BIN")]
+    start: Option<PathBuf>,
+    /// Pin the started pool to these CPUs (`taskset -c LIST`), e.g. `1`.
+    #[arg(long, value_name = "LIST", requires = "start")]
+    server_cpus: Option<String>,
+    /// Concurrent keep-alive HTTPS clients (one connection each).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Worker threads of the load generator (it shares the machine with the pool).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// A label for this run's setup, kept in the results (e.g. "server pinned to CPU 1").
+    #[arg(long)]
+    label: Option<String>,
+    /// Operations, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',', default_values_t = load::OPS.map(String::from))]
+    ops: Vec<String>,
+    #[command(flatten)]
+    timing: Timing,
+}
+
+#[derive(Args, Debug)]
+struct BaselineArgs {
+    /// Thread counts to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
+    threads: Vec<usize>,
+    #[command(flatten)]
+    timing: Timing,
+}
+
+#[derive(Args, Debug)]
+struct SofthsmArgs {
+    /// The SoftHSM2 PKCS#11 module.
+    #[arg(long, default_value = softhsm::DEFAULT_MODULE)]
+    module: PathBuf,
+    #[command(flatten)]
+    base: BaselineArgs,
+}
+
+fn write_json(path: Option<&PathBuf>, rows: &[OpResult]) -> anyhow::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    for r in rows {
+        writeln!(f, "{}", serde_json::to_string(r)?)?;
+    }
+    Ok(())
+}
+
+fn check_errors(rows: &[OpResult]) -> anyhow::Result<()> {
+    let bad: Vec<String> = rows
+        .iter()
+        .filter(|r| r.errors > 0 || r.ops == 0)
+        .map(|r| format!("{} {} ({} errors, {} ops)", r.source, r.op, r.errors, r.ops))
+        .collect();
+    anyhow::ensure!(
+        bad.is_empty(),
+        "these runs are not valid (errors or no operation): {}",
+        bad.join("; ")
+    );
+    Ok(())
+}
+
+fn window(t: &Timing) -> Window {
+    Window {
+        warmup: t.warmup,
+        measure: t.duration,
+    }
+}
+
+/// SoftHSM2 reads its configuration path from the environment when the module is loaded.
+/// Setting the environment of this process needs `unsafe` in Rust 2024, so without
+/// `SOFTHSM2_CONF` this runs itself again with a temporary token directory.
+fn softhsm(a: &SofthsmArgs) -> anyhow::Result<Vec<OpResult>> {
+    if std::env::var_os(softhsm::CONF_ENV).is_none() {
+        let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let conf = softhsm::write_config(tmp.path())?;
+        let exe = std::env::current_exe().context("cannot find this program's path")?;
+        let status = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env(softhsm::CONF_ENV, &conf)
+            .status()
+            .context("cannot run the SoftHSM2 benchmark")?;
+        anyhow::ensure!(status.success(), "the SoftHSM2 benchmark failed ({status})");
+        // The child printed and wrote its results.
+        return Ok(Vec::new());
+    }
+    let rows = softhsm::run(&a.module, &a.base.threads, window(&a.base.timing))?;
+    write_json(a.base.timing.json.as_ref(), &rows)?;
+    Ok(rows)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Raw(a) => {
+            let rows = raw::run(&a.threads, window(&a.timing))?;
+            write_json(a.timing.json.as_ref(), &rows)?;
+            check_errors(&rows)
+        }
+        Cmd::Softhsm(a) => {
+            let rows = softhsm(&a)?;
+            check_errors_if_any(&rows)
+        }
+        Cmd::Load(a) => {
+            anyhow::ensure!(a.threads > 0, "--threads must be at least 1");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(a.threads)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let opts = load::LoadOptions {
+                dir: std::path::absolute(&a.dir)?,
+                start_with: a.start.clone(),
+                server_cpus: a.server_cpus.clone(),
+                clients: a.clients,
+                threads: a.threads,
+                warmup: a.timing.warmup,
+                measure: a.timing.duration,
+                ops: a.ops.clone(),
+            };
+            let mut rows = rt.block_on(load::run(&opts))?;
+            for r in &mut rows {
+                r.label.clone_from(&a.label);
+            }
+            write_json(a.timing.json.as_ref(), &rows)?;
+            check_errors(&rows)
+        }
+        Cmd::Report { files } => {
+            let mut rows = Vec::new();
+            for f in &files {
+                rows.extend(report::read_rows(f)?);
+            }
+            print!("{}", report::markdown(&rows));
+            Ok(())
+        }
+    }
+}
+
+fn check_errors_if_any(rows: &[OpResult]) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    check_errors(rows)
+}
