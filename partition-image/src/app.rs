@@ -57,23 +57,91 @@ fn auth_config(cfg: &PartitionConfig) -> AuthConfig {
     }
 }
 
+fn bootstrap_command(cfg: &PartitionConfig) -> Command {
+    Command::Bootstrap {
+        settings: Settings {
+            pool_name: cfg.pool_name.clone(),
+            pool_id: uuid::Uuid::new_v4().to_string(),
+            soft_delete_retention_days: cfg.soft_delete_retention_days,
+            purge_protection: cfg.purge_protection,
+        },
+        administrators: cfg.initial_administrators.clone(),
+    }
+}
+
 impl App {
     /// Open the partition's data directory, bootstrap a new pool, unseal a sealed domain.
     pub fn open(cfg: PartitionConfig) -> anyhow::Result<Arc<App>> {
+        anyhow::ensure!(
+            cfg.peers.is_empty(),
+            "this partition has peers: open it with App::open_replicated"
+        );
         let store = Store::open(&cfg.data_dir.join("state"))?;
         if !store.read().bootstrapped {
             store
-                .propose(Command::Bootstrap {
-                    settings: Settings {
-                        pool_name: cfg.pool_name.clone(),
-                        pool_id: uuid::Uuid::new_v4().to_string(),
-                        soft_delete_retention_days: cfg.soft_delete_retention_days,
-                        purge_protection: cfg.purge_protection,
-                    },
-                    administrators: cfg.initial_administrators.clone(),
-                })
+                .propose_single(bootstrap_command(&cfg))
                 .map_err(|e| anyhow::anyhow!("cannot bootstrap the pool: {e}"))?;
         }
+        let app = Self::with_store(cfg, store)?;
+        app.unseal_from_disk()?;
+        Ok(app)
+    }
+
+    /// Open a partition of a replicated pool: start its Raft member, then (in the
+    /// background) form or join the group, bootstrap a new pool, and obtain the domain from
+    /// the sealed copy on disk or from a healthy peer. Serve the router right after this.
+    pub async fn open_replicated(cfg: PartitionConfig) -> anyhow::Result<Arc<App>> {
+        let replica = crate::replica::Replica::start(&cfg).await?;
+        let app = Self::with_store(cfg, Store::replicated(replica))?;
+        let a = app.clone();
+        tokio::spawn(async move { a.replication_tasks().await });
+        Ok(app)
+    }
+
+    async fn replication_tasks(self: Arc<Self>) {
+        // Bootstrap a new pool once the group has a leader (duplicates are refused).
+        loop {
+            if self.store.read_barrier_raw().await.is_ok() {
+                if self.store.read().bootstrapped {
+                    break;
+                }
+                match self.store.propose(bootstrap_command(&self.cfg)).await {
+                    Ok(_) | Err(crate::store::ProposeError::Refused(_)) => break,
+                    Err(e) => tracing::debug!(error = %e, "bootstrap not committed yet"),
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        // Obtain the domain whenever the pool is activated and this partition lacks it.
+        let Some(replica) = self.store.replica().cloned() else {
+            return;
+        };
+        loop {
+            let notified = replica.sm.activation_changed.notified();
+            if self.store.read().is_activated() && !self.keyring.is_unsealed() {
+                if let Err(e) = self.unseal_from_disk() {
+                    tracing::warn!(error = %e, "the sealed domain on disk is unusable");
+                }
+                if !self.keyring.is_unsealed() {
+                    match crate::replica::peer::fetch_domain(&self).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::info!(
+                            "no peer could hand over the security domain yet; retrying"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "fetching the security domain failed; retrying")
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = notified => {},
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {},
+            }
+        }
+    }
+
+    fn with_store(cfg: PartitionConfig, store: Arc<Store>) -> anyhow::Result<Arc<App>> {
         let audit = AuditSink::open(&AuditSinkConfig {
             path: cfg.audit_file(),
             stdout: cfg.audit.stdout,
@@ -89,7 +157,6 @@ impl App {
             upload_status: Default::default(),
             cfg,
         });
-        app.unseal_from_disk()?;
         Ok(app)
     }
 
@@ -153,10 +220,16 @@ impl App {
         Ok(())
     }
 
-    /// Commit activation by `secret`: seal it to disk first (if configured), then commit,
-    /// then hold it in memory.
-    pub fn activate(&self, secret: DomainSecret) -> Result<(), ApiError> {
-        let fingerprint = secret.fingerprint();
+    /// Hold a domain received from a peer: seal it to disk (if configured), then keep it in
+    /// memory.
+    pub fn install_domain(&self, secret: DomainSecret) -> anyhow::Result<()> {
+        self.seal_to_disk(&secret)
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        self.keyring.install(secret);
+        Ok(())
+    }
+
+    fn seal_to_disk(&self, secret: &DomainSecret) -> Result<(), ApiError> {
         if let Some(key) = self
             .sealing_key()
             .map_err(|e| ApiError::internal(e.to_string()))?
@@ -173,11 +246,21 @@ impl App {
             })()
             .map_err(|e| ApiError::internal(format!("cannot seal the domain to disk: {e}")))?;
         }
-        self.store.propose(Command::Activate {
-            domain_id: secret.metadata().domain_id.clone(),
-            fingerprint,
-            now: crate::api::keys_now(),
-        })?;
+        Ok(())
+    }
+
+    /// Commit activation by `secret`: seal it to disk first (if configured), then commit,
+    /// then hold it in memory.
+    pub async fn activate(&self, secret: DomainSecret) -> Result<(), ApiError> {
+        let fingerprint = secret.fingerprint();
+        self.seal_to_disk(&secret)?;
+        self.store
+            .propose(Command::Activate {
+                domain_id: secret.metadata().domain_id.clone(),
+                fingerprint,
+                now: crate::api::keys_now(),
+            })
+            .await?;
         self.keyring.install(secret);
         Ok(())
     }

@@ -33,6 +33,27 @@ pub struct PartitionConfig {
     pub seal: SealSettings,
     #[serde(default)]
     pub audit: AuditSettings,
+    /// Members of the pool's Raft group, this partition included (empty: a pool of one
+    /// partition without replication). See docs/replication.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerSettings>,
+    /// This partition's workload-identity token (subject `partition:<partitionId>`),
+    /// presented to peers with its pool-CA client certificate; re-read on every call so a
+    /// rotated (projected) token is picked up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_token_file: Option<PathBuf>,
+}
+
+/// One member of the Raft group.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PeerSettings {
+    /// Raft node id (distinct per member, never reused for another identity).
+    pub id: u64,
+    /// Partition id: the common name of its pool-CA certificate.
+    pub name: String,
+    /// Base URL of its HTTPS port (`https://127.0.0.1:8443`, a StatefulSet DNS name).
+    pub url: String,
 }
 
 fn default_retention() -> i64 {
@@ -158,6 +179,17 @@ impl PartitionConfig {
             "publicUrl must be an https URL (bearer tokens are only sent over TLS), got {}",
             self.public_url
         );
+        if !self.peers.is_empty() {
+            anyhow::ensure!(
+                self.peers.iter().any(|p| p.name == self.partition_id),
+                "peers does not list this partition ('{}'); list every member, this one included",
+                self.partition_id
+            );
+            anyhow::ensure!(
+                self.peer_token_file.is_some(),
+                "peers is set but peerTokenFile is not: partitions authenticate each other with a workload token"
+            );
+        }
         if self.seal.mode == SealMode::SealingKeyFile {
             anyhow::ensure!(
                 self.seal.key_file.is_some(),

@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod keyring;
 pub mod local;
 pub mod pki;
+pub mod replica;
 pub mod server;
 pub mod state;
 pub mod store;

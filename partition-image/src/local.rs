@@ -7,8 +7,8 @@
 
 use crate::auth::LocalIssuer;
 use crate::config::{
-    AuditSettings, AuthSettings, IssuerSettings, PartitionConfig, SealMode, SealSettings, TlsFiles,
-    default_audience,
+    AuditSettings, AuthSettings, IssuerSettings, PartitionConfig, PeerSettings, SealMode,
+    SealSettings, TlsFiles, default_audience,
 };
 use crate::pki;
 use anyhow::Context;
@@ -99,14 +99,30 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
 
     let mut configs = Vec::new();
     let mut endpoints = Vec::new();
-    for i in 0..opts.partitions {
+    // Ports and peer list of a new pool (a resumed pool keeps its configurations).
+    let ports: Vec<u16> = (0..opts.partitions)
+        .map(|_| free_port())
+        .collect::<anyhow::Result<_>>()?;
+    let peers: Vec<PeerSettings> = if opts.partitions > 1 {
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| PeerSettings {
+                id: i as u64 + 1,
+                name: format!("p{i}"),
+                url: format!("https://127.0.0.1:{port}"),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (i, &port) in ports.iter().enumerate() {
         let pdir = dir.join(format!("p{i}"));
         std::fs::create_dir_all(&pdir)?;
         let cfg_path = pdir.join("config.json");
         let cfg = if cfg_path.exists() {
             PartitionConfig::load(&cfg_path)?
         } else {
-            let port = free_port()?;
             let leaf = pki::issue_leaf(
                 &ca,
                 &format!("p{i}"),
@@ -154,10 +170,25 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
                     file: None,
                     stdout: false,
                 },
+                peers: peers.clone(),
+                peer_token_file: if peers.is_empty() {
+                    None
+                } else {
+                    Some(pdir.join("peer.token"))
+                },
             };
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
             cfg
         };
+        if let Some(f) = &cfg.peer_token_file {
+            // The partition's workload identity, renewed on every start.
+            let t = issuer.issue(
+                &format!("partition:{}", cfg.partition_id),
+                &default_audience(),
+                TOKEN_TTL,
+            )?;
+            write_private(f, t.as_bytes())?;
+        }
         endpoints.push(cfg.public_url.clone());
         configs.push(cfg_path);
     }
@@ -187,7 +218,7 @@ pub async fn wait_ready(pool: &PoolFile, deadline: Duration) -> anyhow::Result<(
     for ep in &pool.endpoints {
         loop {
             let ok = client
-                .get(format!("{ep}/healthz"))
+                .get(format!("{ep}/readyz"))
                 .send()
                 .await
                 .map(|r| r.status().is_success())
@@ -207,6 +238,9 @@ pub async fn wait_ready(pool: &PoolFile, deadline: Duration) -> anyhow::Result<(
 
 /// Run the pool until Ctrl-C / SIGTERM.
 pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
+    // Signals are handled from the start: a stop while the partitions are starting is clean too.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let (configs, pool) = prepare(&opts)?;
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
@@ -220,7 +254,40 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
             .with_context(|| format!("cannot start a partition with {}", cfg.display()))?;
         children.push(child);
     }
-    wait_ready(&pool, Duration::from_secs(30)).await?;
+    let ready = tokio::select! {
+        r = wait_ready(&pool, Duration::from_secs(60)) => Some(r),
+        _ = sigint.recv() => None,
+        _ = sigterm.recv() => None,
+    };
+    match ready {
+        Some(Ok(())) => {
+            announce(&opts, &pool)?;
+            let mut exited = None;
+            tokio::select! {
+                _ = sigint.recv() => {},
+                _ = sigterm.recv() => {},
+                r = children[0].wait() => { exited = Some(r); },
+            }
+            if let Some(r) = exited {
+                eprintln!("a partition exited unexpectedly ({r:?}); stopping the pool");
+            }
+            stop_all(&mut children).await;
+            println!("Keystead local pool stopped.");
+            Ok(())
+        }
+        Some(Err(e)) => {
+            stop_all(&mut children).await;
+            Err(e)
+        }
+        None => {
+            stop_all(&mut children).await;
+            println!("Keystead local pool stopped.");
+            Ok(())
+        }
+    }
+}
+
+fn announce(opts: &LocalOptions, pool: &PoolFile) -> anyhow::Result<()> {
     let dir = std::path::absolute(&opts.dir)?;
     println!(
         "Keystead local pool '{}' is running with {} partition(s):",
@@ -251,17 +318,11 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
     );
     println!("Stop with Ctrl-C; run the same command again to resume this pool.");
 
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut exited = None;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = sigterm.recv() => {},
-        r = children[0].wait() => { exited = Some(r); },
-    }
-    if let Some(r) = exited {
-        eprintln!("a partition exited unexpectedly ({r:?}); stopping the pool");
-    }
-    for c in &mut children {
+    Ok(())
+}
+
+async fn stop_all(children: &mut [tokio::process::Child]) {
+    for c in children.iter_mut() {
         if let Some(pid) = c.id() {
             // Ask each partition to stop cleanly (it may already have the terminal's SIGINT).
             let _ = std::process::Command::new("kill")
@@ -269,7 +330,7 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
                 .status();
         }
     }
-    for c in &mut children {
+    for c in children.iter_mut() {
         match tokio::time::timeout(Duration::from_secs(10), c.wait()).await {
             Ok(_) => {}
             Err(_) => {
@@ -277,6 +338,4 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
             }
         }
     }
-    println!("Keystead local pool stopped.");
-    Ok(())
 }

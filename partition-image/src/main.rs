@@ -37,7 +37,7 @@ enum Command {
 fn init_tracing() {
     // Operational logs go to stderr as JSON; audit records have their own sink.
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYSTEAD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -68,7 +68,7 @@ async fn main() -> std::process::ExitCode {
         Command::Local { dir, name } => {
             local::run(local::LocalOptions {
                 dir,
-                partitions: 1,
+                partitions: 3,
                 pool_name: name,
             })
             .await
@@ -88,7 +88,11 @@ async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
-    let app = App::open(cfg)?;
+    let app = if cfg.peers.is_empty() {
+        App::open(cfg)?
+    } else {
+        App::open_replicated(cfg).await?
+    };
     tracing::info!(listen = %app.cfg.listen, partition = %app.cfg.partition_id, "partition serving");
     server::serve(app, listener, shutdown_signal()).await
 }

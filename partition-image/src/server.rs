@@ -17,6 +17,8 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(crate::replica::metrics::metrics))
+        .route("/internal/{*rest}", any(crate::replica::peer::handle))
         .fallback(any(api::handle))
         .with_state(app)
 }
@@ -57,8 +59,16 @@ pub async fn serve(
                     return;
                 }
             };
+            let cert_name = crate::replica::peer::PeerCertName(
+                tls.get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| crate::replica::peer::cert_common_name(c)),
+            );
             let svc = router.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ClientAddr(peer));
+                req.extensions_mut().insert(cert_name.clone());
                 req
             });
             let svc = TowerToHyperService::new(svc);

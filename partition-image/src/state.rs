@@ -529,7 +529,11 @@ impl PoolState {
                 let d = self.rbac.delete_definition(scope, name)?;
                 Ok(Outcome::RoleDefinition(Box::new(d)))
             }
-            Command::RestoreAll { keys, deleted, rbac } => {
+            Command::RestoreAll {
+                keys,
+                deleted,
+                rbac,
+            } => {
                 self.keys = keys.iter().map(|k| (k.name.clone(), k.clone())).collect();
                 self.deleted = deleted
                     .iter()

@@ -1,8 +1,9 @@
 //! Durable application of commands: an fsync'd command log plus snapshots in the partition's
 //! data directory. Holds only what [`PoolState`] holds: wrapped key material and metadata.
 //!
-//! This is the single-partition store; the replicated pool commits the same [`Command`]s
-//! through Raft before they reach [`PoolState::apply`].
+//! [`Store`] is what handlers use: either this single-partition log (a pool of one partition,
+//! no peers configured) or the Raft group of a replicated pool (`crate::replica`), which
+//! commits the same [`Command`]s through Raft before they reach [`PoolState::apply`].
 
 use crate::state::{Command, Outcome, PoolState, StateError};
 use anyhow::Context;
@@ -32,16 +33,125 @@ struct Log {
     since_snapshot: u64,
 }
 
-/// The partition's state and its durable log.
-pub struct Store {
+/// The single-partition state and its durable log.
+pub struct SingleStore {
     dir: PathBuf,
     state: RwLock<PoolState>,
     log: Mutex<Log>,
 }
 
+impl std::fmt::Debug for SingleStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SingleStore")
+            .field("dir", &self.dir)
+            .finish()
+    }
+}
+
+/// The partition's state: a single-partition log or the pool's Raft group.
+pub struct Store {
+    backend: Backend,
+}
+
+enum Backend {
+    Single(Box<SingleStore>),
+    Raft(Arc<crate::replica::Replica>),
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish()
+        match &self.backend {
+            Backend::Single(s) => s.fmt(f),
+            Backend::Raft(r) => r.fmt(f),
+        }
+    }
+}
+
+impl Store {
+    /// Open (or create) a single-partition store in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Arc<Store>> {
+        Ok(Arc::new(Store {
+            backend: Backend::Single(Box::new(SingleStore::open(dir)?)),
+        }))
+    }
+
+    /// A store backed by the pool's Raft group.
+    pub fn replicated(replica: Arc<crate::replica::Replica>) -> Arc<Store> {
+        Arc::new(Store {
+            backend: Backend::Raft(replica),
+        })
+    }
+
+    /// The Raft member, in a replicated pool.
+    pub fn replica(&self) -> Option<&Arc<crate::replica::Replica>> {
+        match &self.backend {
+            Backend::Single(_) => None,
+            Backend::Raft(r) => Some(r),
+        }
+    }
+
+    /// Read the current state (call [`Store::read_barrier`] first to see every committed
+    /// change in a replicated pool).
+    pub fn read(&self) -> RwLockReadGuard<'_, PoolState> {
+        match &self.backend {
+            Backend::Single(s) => s.read(),
+            Backend::Raft(r) => r.sm.state.read().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Index of the last applied command.
+    pub fn applied_index(&self) -> u64 {
+        match &self.backend {
+            Backend::Single(s) => s.applied_index(),
+            Backend::Raft(r) => r.sm.applied().map(|l| l.index).unwrap_or(0),
+        }
+    }
+
+    /// Commit a command (through the leader in a replicated pool) and apply it.
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        match &self.backend {
+            Backend::Single(s) => s.propose(cmd),
+            Backend::Raft(r) => r.propose(cmd).await,
+        }
+    }
+
+    /// Commit a command on a single-partition store (synchronous; used at bootstrap).
+    pub fn propose_single(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        match &self.backend {
+            Backend::Single(s) => s.propose(cmd),
+            Backend::Raft(_) => Err(ProposeError::Storage(
+                "a replicated store commits asynchronously".into(),
+            )),
+        }
+    }
+
+    /// The read-index barrier alone (without waiting for the pool to be bootstrapped).
+    pub async fn read_barrier_raw(&self) -> Result<(), ProposeError> {
+        match &self.backend {
+            Backend::Single(_) => Ok(()),
+            Backend::Raft(r) => r.read_barrier().await,
+        }
+    }
+
+    /// Wait until this partition's state includes every change committed before the call
+    /// (read-index through the leader), and until the pool is bootstrapped.
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        let Backend::Raft(r) = &self.backend else {
+            return Ok(());
+        };
+        r.read_barrier().await?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.read().bootstrapped {
+            if std::time::Instant::now() >= deadline {
+                return Err(ProposeError::Storage(
+                    "the pool is not bootstrapped yet; its partitions are still forming the group"
+                        .into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            r.read_barrier().await?;
+        }
+        Ok(())
     }
 }
 
@@ -52,6 +162,9 @@ pub enum ProposeError {
     Refused(#[from] StateError),
     #[error("the change could not be made durable: {0}")]
     Storage(String),
+    /// The change may or may not have been committed (the leader was lost mid-way).
+    #[error("the outcome of the change is unknown: {0}")]
+    Uncertain(String),
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -91,9 +204,9 @@ fn open_log(path: &Path) -> std::io::Result<File> {
     o.open(path)
 }
 
-impl Store {
+impl SingleStore {
     /// Open (or create) the store in `dir`, replaying the snapshot and the log.
-    pub fn open(dir: &Path) -> anyhow::Result<Arc<Store>> {
+    pub fn open(dir: &Path) -> anyhow::Result<SingleStore> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         let snap_path = dir.join("snapshot.json");
@@ -134,7 +247,7 @@ impl Store {
             }
         }
         let file = open_log(&log_path)?;
-        Ok(Arc::new(Store {
+        Ok(SingleStore {
             dir: dir.to_path_buf(),
             state: RwLock::new(state),
             log: Mutex::new(Log {
@@ -142,7 +255,7 @@ impl Store {
                 index,
                 since_snapshot,
             }),
-        }))
+        })
     }
 
     /// Read the current state.

@@ -68,6 +68,7 @@ async fn backup_and_restore_many_keys() {
             deleted: vec![],
             rbac: Box::new(rbac),
         })
+        .await
         .unwrap();
     let rss_loaded = vm("VmRSS:");
     let root = tempfile::tempdir().unwrap();

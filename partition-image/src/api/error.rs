@@ -80,6 +80,13 @@ impl From<crate::store::ProposeError> for ApiError {
                 "ServiceUnavailable",
                 format!("the change was not committed ({m}); it is safe to retry"),
             ),
+            P::Uncertain(m) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!(
+                    "the change may or may not have been committed ({m}); read the resource back before retrying"
+                ),
+            ),
             P::Refused(s) => {
                 let msg = s.to_string();
                 match s {

@@ -226,7 +226,7 @@ fn new_attributes(a: Option<&KeyAttributes>, now: i64) -> Attributes {
     }
 }
 
-fn add_version(
+async fn add_version(
     ctx: &mut Ctx,
     name: &str,
     material: &KeyMaterial,
@@ -252,15 +252,18 @@ fn add_version(
         release_policy: None,
     };
     ctx.key(name, Some(&version));
-    ctx.app.store.propose(Command::AddKeyVersion {
-        name: name.to_string(),
-        version: Box::new(kv.clone()),
-        must_be_new: false,
-    })?;
+    ctx.app
+        .store
+        .propose(Command::AddKeyVersion {
+            name: name.to_string(),
+            version: Box::new(kv.clone()),
+            must_be_new: false,
+        })
+        .await?;
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &kv)))
 }
 
-pub fn create(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn create(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyCreate";
     ctx.key(name, None);
     validate_name(name)?;
@@ -286,10 +289,10 @@ pub fn create(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         None => default_ops(&kty),
     };
     let attrs = new_attributes(p.attributes.as_ref(), now());
-    add_version(ctx, name, &material, ops, attrs, p.tags.unwrap_or_default())
+    add_version(ctx, name, &material, ops, attrs, p.tags.unwrap_or_default()).await
 }
 
-pub fn import(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn import(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyImport";
     ctx.key(name, None);
     validate_name(name)?;
@@ -307,7 +310,7 @@ pub fn import(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         _ => default_ops(&kty),
     };
     let attrs = new_attributes(p.attributes.as_ref(), now());
-    add_version(ctx, name, &material, ops, attrs, p.tags.unwrap_or_default())
+    add_version(ctx, name, &material, ops, attrs, p.tags.unwrap_or_default()).await
 }
 
 pub fn get(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
@@ -320,7 +323,11 @@ pub fn get(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<Response,
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &v)))
 }
 
-pub fn update(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<Response, ApiError> {
+pub async fn update(
+    ctx: &mut Ctx,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyUpdate";
     ctx.key(name, version);
     ctx.authorize(DataAction::KeysWrite, &key_scope(name))?;
@@ -332,19 +339,23 @@ pub fn update(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<Respon
     check_exportable(p.attributes.as_ref())?;
     let rec = key_record(ctx, name)?;
     let current = key_version(&rec, version)?;
-    let out = ctx.app.store.propose(Command::UpdateKeyVersion {
-        name: name.to_string(),
-        version: Some(current.version.clone()),
-        key_ops: p.key_ops,
-        attributes: p.attributes.map(|a| AttributesPatch {
-            enabled: a.enabled,
-            nbf: a.nbf,
-            exp: a.exp,
-        }),
-        tags: p.tags,
-        release_policy: None,
-        now: now(),
-    })?;
+    let out = ctx
+        .app
+        .store
+        .propose(Command::UpdateKeyVersion {
+            name: name.to_string(),
+            version: Some(current.version.clone()),
+            key_ops: p.key_ops,
+            attributes: p.attributes.map(|a| AttributesPatch {
+                enabled: a.enabled,
+                nbf: a.nbf,
+                exp: a.exp,
+            }),
+            tags: p.tags,
+            release_policy: None,
+            now: now(),
+        })
+        .await?;
     let Outcome::Key(rec) = out else {
         return Err(ApiError::internal("unexpected outcome of an update"));
     };
@@ -474,15 +485,19 @@ pub fn list_versions(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ))
 }
 
-pub fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyDelete";
     ctx.key(name, None);
     ctx.authorize(DataAction::KeysDelete, &key_scope(name))?;
     ctx.require_active()?;
-    let out = ctx.app.store.propose(Command::DeleteKey {
-        name: name.to_string(),
-        now: now(),
-    })?;
+    let out = ctx
+        .app
+        .store
+        .propose(Command::DeleteKey {
+            name: name.to_string(),
+            now: now(),
+        })
+        .await?;
     ctx.app.keyring.evict(name);
     let Outcome::Deleted(d) = out else {
         return Err(ApiError::internal("unexpected outcome of a delete"));
@@ -548,14 +563,18 @@ pub fn list_deleted(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ))
 }
 
-pub fn recover(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn recover(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "DeletedKeyRecover";
     ctx.key(name, None);
     ctx.authorize(DataAction::DeletedKeysRecover, &key_scope(name))?;
     ctx.require_active()?;
-    let out = ctx.app.store.propose(Command::RecoverKey {
-        name: name.to_string(),
-    })?;
+    let out = ctx
+        .app
+        .store
+        .propose(Command::RecoverKey {
+            name: name.to_string(),
+        })
+        .await?;
     let Outcome::Key(rec) = out else {
         return Err(ApiError::internal("unexpected outcome of a recover"));
     };
@@ -563,15 +582,18 @@ pub fn recover(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &v)))
 }
 
-pub fn purge(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn purge(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "DeletedKeyPurge";
     ctx.key(name, None);
     ctx.authorize(DataAction::DeletedKeysDelete, &key_scope(name))?;
     ctx.require_active()?;
-    ctx.app.store.propose(Command::PurgeKey {
-        name: name.to_string(),
-        now: now(),
-    })?;
+    ctx.app
+        .store
+        .propose(Command::PurgeKey {
+            name: name.to_string(),
+            now: now(),
+        })
+        .await?;
     ctx.app.keyring.evict(name);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -613,7 +635,7 @@ pub fn backup(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ))
 }
 
-pub fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
+pub async fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyRestore";
     ctx.authorize(DataAction::KeysRestore, "/keys")?;
     ctx.require_active()?;
@@ -659,7 +681,11 @@ pub fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
             .load(&rec.name, &v.version, &v.wrapped)
             .map_err(|e| ApiError::bad_request(format!("the backup could not be restored: {e}")))?;
     }
-    let out = ctx.app.store.propose(Command::RestoreKey { key: rec })?;
+    let out = ctx
+        .app
+        .store
+        .propose(Command::RestoreKey { key: rec })
+        .await?;
     let Outcome::Key(rec) = out else {
         return Err(ApiError::internal("unexpected outcome of a restore"));
     };
@@ -667,7 +693,7 @@ pub fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
     Ok(json_response(StatusCode::OK, &bundle(ctx, &rec.name, &v)))
 }
 
-pub fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyRotate";
     ctx.key(name, None);
     ctx.authorize(DataAction::KeysRotate, &key_scope(name))?;
@@ -700,6 +726,7 @@ pub fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         attrs,
         current.tags.clone(),
     )
+    .await
 }
 
 /// Parse an ISO-8601 duration such as `P90D`, `P2Y`, `P1M`, `PT12H`, `P1Y2M3DT4H5M6S`
@@ -775,7 +802,7 @@ pub fn get_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, ApiErr
     Ok(json_response(StatusCode::OK, &body))
 }
 
-pub fn set_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
+pub async fn set_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeySetRotationPolicy";
     ctx.key(name, None);
     ctx.authorize(DataAction::KeysWrite, &key_scope(name))?;
@@ -822,11 +849,14 @@ pub fn set_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, ApiErr
     }
     policy.id = None;
     let value = serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
-    ctx.app.store.propose(Command::SetRotationPolicy {
-        name: name.to_string(),
-        policy: value,
-        now: now(),
-    })?;
+    ctx.app
+        .store
+        .propose(Command::SetRotationPolicy {
+            name: name.to_string(),
+            policy: value,
+            now: now(),
+        })
+        .await?;
     get_rotation_policy(ctx, name)
 }
 

@@ -239,7 +239,16 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                                 body,
                                 audit: AuditInfo::default(),
                             };
-                            let r = dispatch(route, &mut ctx).await;
+                            // Status answers even without a majority (it says so).
+                            let barrier = if matches!(route, Route::AdminStatus) {
+                                Ok(())
+                            } else {
+                                app.store.read_barrier().await
+                            };
+                            let r = match barrier {
+                                Ok(()) => dispatch(route, &mut ctx).await,
+                                Err(e) => Err(ApiError::from(e)),
+                            };
                             info = std::mem::take(&mut ctx.audit);
                             match r {
                                 Ok(r) => r,
@@ -292,22 +301,22 @@ pub struct ErrorCodeTag(pub String);
 async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
     use Route as R;
     match route {
-        R::CreateKey { name } => keys::create(ctx, &name),
-        R::ImportKey { name } => keys::import(ctx, &name),
+        R::CreateKey { name } => keys::create(ctx, &name).await,
+        R::ImportKey { name } => keys::import(ctx, &name).await,
         R::GetKey { name, version } => keys::get(ctx, &name, version.as_deref()),
-        R::UpdateKey { name, version } => keys::update(ctx, &name, version.as_deref()),
+        R::UpdateKey { name, version } => keys::update(ctx, &name, version.as_deref()).await,
         R::ListKeys => keys::list(ctx),
         R::ListVersions { name } => keys::list_versions(ctx, &name),
-        R::DeleteKey { name } => keys::delete(ctx, &name),
+        R::DeleteKey { name } => keys::delete(ctx, &name).await,
         R::GetDeletedKey { name } => keys::get_deleted(ctx, &name),
         R::ListDeletedKeys => keys::list_deleted(ctx),
-        R::RecoverDeletedKey { name } => keys::recover(ctx, &name),
-        R::PurgeDeletedKey { name } => keys::purge(ctx, &name),
+        R::RecoverDeletedKey { name } => keys::recover(ctx, &name).await,
+        R::PurgeDeletedKey { name } => keys::purge(ctx, &name).await,
         R::BackupKey { name } => keys::backup(ctx, &name),
-        R::RestoreKey => keys::restore(ctx),
-        R::RotateKey { name } => keys::rotate(ctx, &name),
+        R::RestoreKey => keys::restore(ctx).await,
+        R::RotateKey { name } => keys::rotate(ctx, &name).await,
         R::GetRotationPolicy { name } => keys::get_rotation_policy(ctx, &name),
-        R::SetRotationPolicy { name } => keys::set_rotation_policy(ctx, &name),
+        R::SetRotationPolicy { name } => keys::set_rotation_policy(ctx, &name).await,
         R::KeyOperation { name, version, op } => {
             keys::operation(ctx, &name, version.as_deref(), op)
         }
@@ -333,7 +342,7 @@ async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
             kind,
             name,
             method,
-        } => rbac::handle(ctx, &scope, kind, name.as_deref(), &method),
+        } => rbac::handle(ctx, &scope, kind, name.as_deref(), &method).await,
         R::AdminStatus => sd::admin_status(ctx),
     }
 }
@@ -349,7 +358,17 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
-    // Ready to take traffic: serving. Activation is reported by /admin/status.
-    let _ = &app;
+    // Ready to take traffic: serving, and (replicated) part of a group with a leader and a
+    // bootstrapped pool. Activation is reported by /admin/status.
+    if let Some(r) = app.store.replica() {
+        let has_leader = r.raft.metrics().borrow().current_leader.is_some();
+        if !has_leader || !app.store.read().bootstrapped {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Body::from("not ready: no leader or the pool is not bootstrapped yet"),
+            )
+                .into_response();
+        }
+    }
     (StatusCode::OK, Body::from("ready")).into_response()
 }

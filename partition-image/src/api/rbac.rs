@@ -19,7 +19,7 @@ fn rbac_err(e: RbacError) -> ApiError {
     )
 }
 
-pub fn handle(
+pub async fn handle(
     ctx: &mut Ctx,
     scope: &str,
     kind: RbacKind,
@@ -59,11 +59,15 @@ pub fn handle(
             ctx.audit.operation = "RoleAssignmentCreate";
             ctx.authorize(DataAction::RoleAssignmentsWrite, scope)?;
             let params: RoleAssignmentCreateParameters = ctx.json()?;
-            let out = ctx.app.store.propose(Command::PutRoleAssignment {
-                scope: scope.to_string(),
-                name: n.to_string(),
-                params,
-            })?;
+            let out = ctx
+                .app
+                .store
+                .propose(Command::PutRoleAssignment {
+                    scope: scope.to_string(),
+                    name: n.to_string(),
+                    params,
+                })
+                .await?;
             let Outcome::RoleAssignment(a) = out else {
                 return Err(ApiError::internal("unexpected outcome"));
             };
@@ -72,10 +76,14 @@ pub fn handle(
         (RbacKind::Assignments, Method::DELETE, Some(n)) => {
             ctx.audit.operation = "RoleAssignmentDelete";
             ctx.authorize(DataAction::RoleAssignmentsDelete, scope)?;
-            let out = ctx.app.store.propose(Command::DeleteRoleAssignment {
-                scope: scope.to_string(),
-                name: n.to_string(),
-            })?;
+            let out = ctx
+                .app
+                .store
+                .propose(Command::DeleteRoleAssignment {
+                    scope: scope.to_string(),
+                    name: n.to_string(),
+                })
+                .await?;
             let Outcome::RoleAssignment(a) = out else {
                 return Err(ApiError::internal("unexpected outcome"));
             };
@@ -111,11 +119,15 @@ pub fn handle(
             ctx.audit.operation = "RoleDefinitionCreate";
             ctx.authorize(DataAction::RoleDefinitionsWrite, scope)?;
             let params: RoleDefinitionCreateParameters = ctx.json()?;
-            let out = ctx.app.store.propose(Command::PutRoleDefinition {
-                scope: scope.to_string(),
-                name: n.to_string(),
-                params,
-            })?;
+            let out = ctx
+                .app
+                .store
+                .propose(Command::PutRoleDefinition {
+                    scope: scope.to_string(),
+                    name: n.to_string(),
+                    params,
+                })
+                .await?;
             let Outcome::RoleDefinition(d) = out else {
                 return Err(ApiError::internal("unexpected outcome"));
             };
@@ -124,10 +136,14 @@ pub fn handle(
         (RbacKind::Definitions, Method::DELETE, Some(n)) => {
             ctx.audit.operation = "RoleDefinitionDelete";
             ctx.authorize(DataAction::RoleDefinitionsDelete, scope)?;
-            let out = ctx.app.store.propose(Command::DeleteRoleDefinition {
-                scope: scope.to_string(),
-                name: n.to_string(),
-            })?;
+            let out = ctx
+                .app
+                .store
+                .propose(Command::DeleteRoleDefinition {
+                    scope: scope.to_string(),
+                    name: n.to_string(),
+                })
+                .await?;
             let Outcome::RoleDefinition(d) = out else {
                 return Err(ApiError::internal("unexpected outcome"));
             };

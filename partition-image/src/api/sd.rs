@@ -101,7 +101,7 @@ pub async fn download(ctx: &mut Ctx) -> Result<Response, ApiError> {
             let fingerprint = secret.fingerprint();
             let file = sd::create_domain_file(&secret, &custodians, quorum).map_err(sd_err)?;
             verify_file(&file, &fingerprint, n)?;
-            ctx.app.activate(secret)?;
+            ctx.app.activate(secret).await?;
             tracing::info!(fingerprint = %fingerprint, wrapping_keys = n, quorum, "pool activated by security-domain download");
             Ok(accepted(
                 ctx,
@@ -163,10 +163,13 @@ pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
         (Activation::RecoveryPending { exchange_thumbprint, .. }, Some(k)) if *exchange_thumbprint == k.thumbprint());
     if !reuse {
         let key = ExchangeKey::generate(&pool_id).map_err(sd_err)?;
-        ctx.app.store.propose(Command::BeginRecovery {
-            exchange_thumbprint: key.thumbprint().to_string(),
-            now: super::keys::now(),
-        })?;
+        ctx.app
+            .store
+            .propose(Command::BeginRecovery {
+                exchange_thumbprint: key.thumbprint().to_string(),
+                now: super::keys::now(),
+            })
+            .await?;
         *slot = Some(key);
     }
     let key = slot
@@ -210,7 +213,7 @@ pub async fn upload(ctx: &mut Ctx) -> Result<Response, ApiError> {
         }
     };
     let fingerprint = secret.fingerprint();
-    ctx.app.activate(secret)?;
+    ctx.app.activate(secret).await?;
     // Single use: the exchange private key is dropped (and zeroized) now.
     *slot = None;
     *ctx.app.upload_status.lock().await =
@@ -272,6 +275,7 @@ pub fn admin_status(ctx: &mut Ctx) -> Result<Response, ApiError> {
         "appliedIndex": ctx.app.store.applied_index(),
         "softDeleteRetentionDays": st.settings.soft_delete_retention_days,
         "purgeProtection": st.settings.purge_protection,
+        "replication": ctx.app.store.replica().map(|r| r.status()),
     });
     Ok(json_response(StatusCode::OK, &body))
 }

@@ -444,10 +444,9 @@ pub async fn restore_full(
         deleted: c.deleted,
         rbac: Box::new(rbac),
     };
-    let store = app.store.clone();
-    tokio::task::spawn_blocking(move || store.propose(cmd))
+    app.store
+        .propose(cmd)
         .await
-        .map_err(|e| BackupError::Internal(e.to_string()))?
         .map_err(|e| BackupError::Commit(e.to_string()))?;
     for n in names {
         app.keyring.evict(&n);
@@ -477,6 +476,7 @@ pub async fn restore_key(
     }
     app.store
         .propose(Command::RestoreKey { key: rec.clone() })
+        .await
         .map_err(|e| BackupError::Commit(e.to_string()))?;
     Ok(rec)
 }

@@ -129,6 +129,8 @@ impl TestPool {
                 file: None,
                 stdout: false,
             },
+            peers: vec![],
+            peer_token_file: None,
         };
         let app = App::open(cfg).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

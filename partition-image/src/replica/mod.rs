@@ -1,0 +1,504 @@
+//! Replication: the partitions of a pool form one Raft group (openraft 0.9, storage v2).
+//!
+//! Every state change is a [`Command`] committed through the group before it reaches
+//! [`PoolState::apply`](crate::state::PoolState::apply) on each partition. Any partition
+//! accepts any request: writes are forwarded to the leader over the peer API
+//! (`/internal/forward`); reads and cryptographic operations are served locally after a
+//! read-index barrier (the leader confirms its leadership with a quorum and names its commit
+//! index; the partition waits until it has applied at least that much). See
+//! `docs/replication.md`.
+
+pub mod log_store;
+pub mod metrics;
+pub mod network;
+pub mod peer;
+pub mod state_machine;
+
+use crate::config::{PartitionConfig, PeerSettings};
+use crate::state::{Command, Outcome};
+use crate::store::ProposeError;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A member of the group as Raft stores it: its partition name (the name in its pool-CA
+/// certificate and its workload identity `partition:<name>`) and its peer URL.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub url: String,
+}
+
+openraft::declare_raft_types!(
+    /// Raft types of a Keystead pool.
+    pub TypeConfig:
+        D = Command,
+        R = (),
+        Node = Member,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// How long a write or a read barrier waits for a leader before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// Answer of the leader to a forwarded write.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ForwardReply {
+    pub index: u64,
+}
+
+/// Answer of the leader to a read-index request.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ReadIndexReply {
+    pub index: u64,
+}
+
+/// One partition's view of the group (for `/admin/status` and `/metrics`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationStatus {
+    pub node_id: u64,
+    pub name: String,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<String>,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_log_index: u64,
+    pub snapshot_index: u64,
+    /// Started with an empty disk and not caught up yet (not voting).
+    pub recovering: bool,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    pub node_id: u64,
+    pub name: String,
+    pub url: String,
+    pub voter: bool,
+    /// Replicated log index (known on the leader only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched_index: Option<u64>,
+    /// Entries behind the leader's last log index (known on the leader only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+}
+
+/// The running Raft member of this partition.
+pub struct Replica {
+    pub raft: Raft,
+    pub sm: Arc<state_machine::Shared>,
+    pub id: u64,
+    pub name: String,
+    pub peers: Vec<PeerSettings>,
+    pub client: Arc<peer::PeerClient>,
+    /// Set while a partition that started with an empty Raft directory (new or wiped) has
+    /// not yet caught up with the leader's commit index: it neither votes nor campaigns, so
+    /// it cannot help elect a leader that lacks a committed entry it has lost.
+    pub recovering: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn raft_config(cluster: &str) -> anyhow::Result<openraft::Config> {
+    let cfg = openraft::Config {
+        cluster_name: cluster.to_string(),
+        heartbeat_interval: 150,
+        election_timeout_min: 600,
+        election_timeout_max: 1200,
+        install_snapshot_timeout: 5000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
+        max_in_snapshot_log_to_keep: 200,
+        purge_batch_size: 100,
+        ..Default::default()
+    };
+    Ok(cfg.validate()?)
+}
+
+impl Replica {
+    /// Open the log and state machine in `dataDir/raft` and start the Raft member.
+    pub async fn start(cfg: &PartitionConfig) -> anyhow::Result<Arc<Replica>> {
+        let me = cfg
+            .peers
+            .iter()
+            .find(|p| p.name == cfg.partition_id)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "partition '{}' is not in its own peer list; add it to `peers` (every member, this one included)",
+                    cfg.partition_id
+                )
+            })?
+            .clone();
+        let mut ids = BTreeSet::new();
+        for p in &cfg.peers {
+            anyhow::ensure!(
+                ids.insert(p.id),
+                "peer id {} appears twice in `peers`; give every member a distinct id",
+                p.id
+            );
+        }
+        let dir = cfg.data_dir.join("raft");
+        let log = log_store::LogStore::open(&dir)?;
+        let pristine = log.is_pristine();
+        let sm = state_machine::StateMachine::open(dir)?;
+        let shared = sm.shared.clone();
+        let client = Arc::new(peer::PeerClient::new(cfg)?);
+        let factory = network::NetworkFactory {
+            client: client.clone(),
+            urls: Arc::new(cfg.peers.iter().map(|p| (p.id, p.url.clone())).collect()),
+        };
+        let raft = openraft::Raft::new(
+            me.id,
+            Arc::new(raft_config(&cfg.pool_name)?),
+            factory,
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the Raft member: {e}"))?;
+        let replica = Arc::new(Replica {
+            raft,
+            sm: shared,
+            id: me.id,
+            name: me.name,
+            peers: cfg.peers.clone(),
+            client,
+            recovering: std::sync::atomic::AtomicBool::new(false),
+        });
+        if pristine {
+            let r = replica.clone();
+            tokio::spawn(async move { r.initialize_when_ready().await });
+        }
+        // A Raft core that stopped on a fatal error (storage failure, broken invariant)
+        // cannot serve consistently: exit so the supervisor restarts the partition, which
+        // then recovers from its disk or heals from its peers.
+        let mut metrics = replica.raft.metrics();
+        tokio::spawn(async move {
+            while metrics.changed().await.is_ok() {
+                if let Err(e) = &metrics.borrow().running_state
+                    && !matches!(e, openraft::error::Fatal::Stopped)
+                {
+                    tracing::error!(error = %e, "the Raft member stopped on a fatal error; exiting so the partition is restarted");
+                    std::process::exit(70);
+                }
+            }
+        });
+        Ok(replica)
+    }
+
+    /// Where to reach member `id`: the configured URL if any, else the membership's.
+    pub fn url_of(&self, id: u64, node: &Member) -> String {
+        self.peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.url.clone())
+            .unwrap_or_else(|| node.url.clone())
+    }
+
+    fn configured_members(&self) -> BTreeMap<u64, Member> {
+        self.peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    Member {
+                        name: p.name.clone(),
+                        url: p.url.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// A fresh partition initializes the group only when every configured peer answers and
+    /// none of them is part of a group yet, and only the member with the lowest id does it.
+    /// A wiped partition of an existing pool therefore never starts a second group: it waits
+    /// to be replicated to (or added back) by the current leader.
+    async fn initialize_when_ready(self: Arc<Self>) {
+        let lowest = self.peers.iter().map(|p| p.id).min() == Some(self.id);
+        loop {
+            let mut all_fresh = true;
+            let mut existing = false;
+            for p in self.peers.iter().filter(|p| p.id != self.id) {
+                match self
+                    .client
+                    .get::<peer::PeerState>(&p.url, "/internal/state", Duration::from_secs(2))
+                    .await
+                {
+                    Ok(s) => {
+                        all_fresh &= !s.initialized;
+                        // Beyond the initial membership entry: a group that has had a leader.
+                        existing |= s.last_log_index >= 1;
+                    }
+                    Err(_) => all_fresh = false,
+                }
+            }
+            if existing {
+                // An empty disk in an existing pool (new or wiped): no voting, no campaigning
+                // until caught up.
+                self.recovering
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                self.raft.runtime_config().elect(false);
+                break;
+            }
+            if self.raft.is_initialized().await.unwrap_or(true) {
+                return;
+            }
+            if all_fresh && lowest {
+                match self.raft.initialize(self.configured_members()).await {
+                    Ok(()) => {
+                        tracing::info!(members = self.peers.len(), "initialized a new Raft group");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not initialize the Raft group"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // Joined an existing group with an empty disk: catch up before voting again.
+        while self.read_barrier().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        self.finish_recovery();
+        tracing::info!("caught up with the leader's commit index; voting again");
+    }
+
+    fn finish_recovery(&self) {
+        self.recovering
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.raft.runtime_config().elect(true);
+    }
+
+    /// Whether this partition is still catching up after starting with an empty disk.
+    pub fn is_recovering(&self) -> bool {
+        self.recovering.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Wait until this partition has applied at least `index`.
+    async fn wait_applied(&self, index: u64, timeout: Duration) -> Result<(), ProposeError> {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(index), "replica")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                ProposeError::Uncertain(format!(
+                    "this partition has not applied index {index} yet: {e}"
+                ))
+            })
+    }
+
+    async fn outcome(&self, index: u64) -> Result<Outcome, ProposeError> {
+        self.wait_applied(index, LEADER_WAIT).await?;
+        match self.sm.take_outcome(index) {
+            Some(r) => r.map_err(ProposeError::Refused),
+            None => Err(ProposeError::Uncertain(format!(
+                "the change was committed at index {index} but this partition caught up from a snapshot and has not kept its result; read the resource to see it"
+            ))),
+        }
+    }
+
+    /// Commit `cmd` through the group (forwarded to the leader if needed) and return what
+    /// the state machine produced.
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let written =
+                match tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await {
+                    Ok(w) => w,
+                    Err(_) => {
+                        return Err(ProposeError::Uncertain(
+                            "this partition leads but could not reach a majority in time".into(),
+                        ));
+                    }
+                };
+            match written {
+                Ok(resp) => return self.outcome(resp.log_id.index).await,
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    if let (Some(id), Some(node)) = (f.leader_id, f.leader_node) {
+                        match self
+                            .client
+                            .post::<_, ForwardReply>(
+                                &self.url_of(id, &node),
+                                "/internal/forward",
+                                &cmd,
+                                LEADER_WAIT,
+                            )
+                            .await
+                        {
+                            Ok(r) => return self.outcome(r.index).await,
+                            Err(e) if e.not_sent() => {
+                                tracing::debug!(error = %e, "forward to the leader failed; retrying");
+                            }
+                            Err(e) => {
+                                return Err(ProposeError::Uncertain(format!(
+                                    "the leader {} did not confirm the change: {e}",
+                                    node.name
+                                )));
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    return Err(ProposeError::Storage(format!(
+                        "the Raft member refused the change: {e}"
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ProposeError::Storage(
+                    "no leader could be reached: a majority of the pool's partitions must be up and connected".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The leader's side of a read-index request: confirm leadership with a quorum and
+    /// return the index every read must wait for.
+    pub async fn leader_read_index(&self) -> Result<u64, String> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Read barrier: after it returns, this partition's state includes every change that
+    /// was committed before it was called.
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let read =
+                tokio::time::timeout(Duration::from_secs(2), self.raft.get_read_log_id()).await;
+            let index = match read {
+                // Leadership not confirmed by a quorum in time.
+                Err(_) => None,
+                Ok(Ok((read, _))) => Some(read.map(|l| l.index).unwrap_or(0)),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    match (f.leader_id, f.leader_node) {
+                        (Some(id), Some(node)) => self
+                            .client
+                            .get::<ReadIndexReply>(
+                                &self.url_of(id, &node),
+                                "/internal/read-index",
+                                Duration::from_secs(3),
+                            )
+                            .await
+                            .ok()
+                            .map(|r| r.index),
+                        _ => None,
+                    }
+                }
+                Ok(Err(_)) => None,
+            };
+            if let Some(index) = index {
+                let left = deadline.saturating_duration_since(Instant::now());
+                return self
+                    .wait_applied(index, left.max(Duration::from_millis(100)))
+                    .await
+                    .map_err(|_| {
+                        ProposeError::Storage(format!(
+                            "this partition could not catch up to the leader's commit index {index} in time"
+                        ))
+                    });
+            }
+            if Instant::now() >= deadline {
+                return Err(ProposeError::Storage(
+                    "this partition cannot reach a leader: a majority of the pool's partitions must be up and connected to serve consistent reads".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// This partition's view of the group.
+    pub fn status(&self) -> ReplicationStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let role = format!("{:?}", m.state).to_lowercase();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let last = m.last_log_index.unwrap_or(0);
+        let members = membership
+            .nodes()
+            .map(|(id, node)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|l| l.map(|l| l.index).unwrap_or(0));
+                MemberStatus {
+                    node_id: *id,
+                    name: node.name.clone(),
+                    url: self.url_of(*id, node),
+                    voter: voters.contains(id),
+                    matched_index: matched,
+                    lag: matched.map(|mi| last.saturating_sub(mi)),
+                }
+            })
+            .collect();
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        // On the leader: the highest index a majority of voters has (the commit index);
+        // elsewhere the applied index (a lower bound of it).
+        let commit_index = match &m.replication {
+            Some(rep) => {
+                let mut v: Vec<u64> = voters
+                    .iter()
+                    .map(|id| match rep.get(id) {
+                        Some(l) => l.map(|l| l.index).unwrap_or(0),
+                        None if *id == self.id => last,
+                        None => 0,
+                    })
+                    .collect();
+                v.sort_unstable_by(|a, b| b.cmp(a));
+                v.get(v.len() / 2).copied().unwrap_or(applied).max(applied)
+            }
+            None => applied,
+        };
+        let leader = m.current_leader.and_then(|l| {
+            membership
+                .nodes()
+                .find(|(id, _)| **id == l)
+                .map(|(_, n)| n.name.clone())
+        });
+        ReplicationStatus {
+            node_id: self.id,
+            name: self.name.clone(),
+            role,
+            term: m.current_term,
+            leader,
+            commit_index,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index: last,
+            snapshot_index: m.snapshot.map(|l| l.index).unwrap_or(0),
+            recovering: self.is_recovering(),
+            members,
+        }
+    }
+
+    /// Names of the members of the current membership (and the configured peers).
+    pub fn is_member_name(&self, name: &str) -> bool {
+        if self.peers.iter().any(|p| p.name == name) {
+            return true;
+        }
+        let m = self.raft.metrics().borrow().clone();
+        m.membership_config
+            .membership()
+            .nodes()
+            .any(|(_, n)| n.name == name)
+    }
+}

@@ -1,0 +1,419 @@
+//! The peer API (`/internal/...`): Raft RPCs, forwarded writes, read-index, group state and
+//! the domain handover — and the client that calls it.
+//!
+//! Every `/internal` request must present BOTH a client certificate issued by the pool CA
+//! whose common name is a member of the pool, AND a bearer token of a configured issuer
+//! whose subject is `partition:<that name>` (the workload identity: a Kubernetes
+//! service-account token in a cluster, the local issuer locally). Anything else is refused
+//! before the body is read.
+
+use super::ForwardReply;
+use crate::app::App;
+use crate::config::PartitionConfig;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keystead_core::sd::{ExchangeCertificate, ExchangeKey, seal_to_exchange_key};
+use openraft::error::{ClientWriteError, RaftError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest peer request (snapshot chunks are 3 MiB by default).
+const PEER_BODY_LIMIT: usize = 32 * 1024 * 1024;
+
+/// The pool-CA client certificate's common name, set by the TLS acceptor (None: no
+/// certificate was presented).
+#[derive(Clone, Debug)]
+pub struct PeerCertName(pub Option<String>);
+
+/// Common name of a DER certificate (already verified against the pool CA by rustls).
+pub fn cert_common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
+/// `GET /internal/state`: whether this partition is part of a group.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct PeerState {
+    pub initialized: bool,
+    /// Last log index (0: at most the initial membership entry).
+    #[serde(default)]
+    pub last_log_index: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainRequest {
+    /// PEM of the requester's one-time exchange certificate.
+    pub exchange_certificate: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct DomainReply {
+    /// The domain sealed to that exchange key (a transfer blob).
+    pub blob: String,
+}
+
+/// Errors calling a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("cannot connect to {0}")]
+    Connect(String),
+    #[error("{0} is not the leader")]
+    NotLeader(String),
+    #[error("{0} answered {1}: {2}")]
+    Status(String, u16, String),
+    #[error("request to {0} failed: {1}")]
+    Transport(String, String),
+    #[error("the answer of {0} does not parse: {1}")]
+    Decode(String, String),
+    #[error("cannot read this partition's peer token: {0}")]
+    Token(String),
+}
+
+impl PeerError {
+    /// True when the request certainly had no effect (safe to retry elsewhere).
+    pub fn not_sent(&self) -> bool {
+        matches!(
+            self,
+            PeerError::Connect(_) | PeerError::NotLeader(_) | PeerError::Token(_)
+        )
+    }
+}
+
+/// HTTPS client for the peer API: presents this partition's certificate and token.
+pub struct PeerClient {
+    http: reqwest::Client,
+    token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for PeerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerClient")
+    }
+}
+
+impl PeerClient {
+    pub fn new(cfg: &PartitionConfig) -> anyhow::Result<PeerClient> {
+        let ca = std::fs::read_to_string(&cfg.tls.ca_file)?;
+        let cert = std::fs::read_to_string(&cfg.tls.cert_file)?;
+        let key = zeroize::Zeroizing::new(std::fs::read_to_string(&cfg.tls.key_file)?);
+        let tls = crate::tls::client_config(&ca, Some((&cert, &key)))?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(PeerClient {
+            http,
+            token_file: cfg.peer_token_file.clone(),
+        })
+    }
+
+    fn token(&self) -> Result<String, PeerError> {
+        let Some(f) = &self.token_file else {
+            return Err(PeerError::Token(
+                "peerTokenFile is not configured".to_string(),
+            ));
+        };
+        std::fs::read_to_string(f)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| PeerError::Token(format!("{}: {e}", f.display())))
+    }
+
+    async fn send<Resp: DeserializeOwned>(
+        &self,
+        url: String,
+        req: reqwest::RequestBuilder,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let token = self.token()?;
+        let resp = req
+            .bearer_auth(token)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    PeerError::Connect(url.clone())
+                } else {
+                    PeerError::Transport(url.clone(), e.to_string())
+                }
+            })?;
+        let status = resp.status();
+        if status == StatusCode::CONFLICT {
+            return Err(PeerError::NotLeader(url));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| PeerError::Transport(url.clone(), e.to_string()))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).to_string();
+            return Err(PeerError::Status(url, status.as_u16(), text));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| PeerError::Decode(url, e.to_string()))
+    }
+
+    pub async fn post<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| PeerError::Transport(url.clone(), e.to_string()))?;
+        let req = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(bytes);
+        self.send(url, req, timeout).await
+    }
+
+    pub async fn get<Resp: DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let req = self.http.get(&url);
+        self.send(url, req, timeout).await
+    }
+}
+
+fn refuse(status: StatusCode, msg: &str) -> Response {
+    (status, msg.to_string()).into_response()
+}
+
+fn json<T: Serialize>(v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(b) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            Body::from(b),
+        )
+            .into_response(),
+        Err(_) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "cannot encode the answer",
+        ),
+    }
+}
+
+/// Authenticate a peer: pool-CA certificate of a member AND its workload token.
+async fn authenticate(
+    app: &App,
+    cert_name: Option<String>,
+    token: Option<String>,
+) -> Result<String, Response> {
+    let Some(replica) = app.store.replica() else {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            "this partition is not replicated (no peers configured)",
+        ));
+    };
+    let Some(name) = cert_name else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "the peer API requires a client certificate issued by the pool CA",
+        ));
+    };
+    if !replica.is_member_name(&name) {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "the client certificate does not name a member of this pool",
+        ));
+    }
+    let Some(token) = token else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "the peer API requires the partition's workload-identity bearer token",
+        ));
+    };
+    let principal = app.validator.validate(&token).await.map_err(|e| {
+        refuse(
+            StatusCode::UNAUTHORIZED,
+            &format!("the peer's bearer token was rejected: {e}"),
+        )
+    })?;
+    if principal.subject != format!("partition:{name}") {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            "the bearer token's subject is not the workload identity of the certificate's partition",
+        ));
+    }
+    Ok(name)
+}
+
+/// Entry point of `/internal/...`.
+pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    let cert_name = req
+        .extensions()
+        .get::<PeerCertName>()
+        .and_then(|p| p.0.clone());
+    let token = crate::auth::bearer_token(req.headers()).map(str::to_string);
+    let peer = match authenticate(&app, cert_name, token).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(replica) = app.store.replica().cloned() else {
+        return refuse(StatusCode::NOT_FOUND, "not replicated");
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let body = match axum::body::to_bytes(req.into_body(), PEER_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "peer request too large"),
+    };
+    macro_rules! parse {
+        ($t:ty) => {
+            match serde_json::from_slice::<$t>(&body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        &format!("the peer request does not parse: {e}"),
+                    );
+                }
+            }
+        };
+    }
+    match (method, path.as_str()) {
+        (Method::POST, "/internal/raft/append") => {
+            json(&replica.raft.append_entries(parse!(_)).await)
+        }
+        (Method::POST, "/internal/raft/vote") => {
+            if replica.is_recovering() {
+                // An empty (new or wiped) disk may lack committed entries: no vote until
+                // caught up (see docs/replication.md).
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "catching up after an empty start; not voting yet",
+                );
+            }
+            json(&replica.raft.vote(parse!(_)).await)
+        }
+        (Method::POST, "/internal/raft/snapshot") => {
+            json(&replica.raft.install_snapshot(parse!(_)).await)
+        }
+        (Method::POST, "/internal/forward") => {
+            let cmd: crate::state::Command = parse!(_);
+            match replica.raft.client_write(cmd).await {
+                Ok(r) => json(&ForwardReply {
+                    index: r.log_id.index,
+                }),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    refuse(StatusCode::CONFLICT, "not the leader")
+                }
+                Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            }
+        }
+        (Method::GET, "/internal/read-index") => match replica.leader_read_index().await {
+            Ok(index) => json(&super::ReadIndexReply { index }),
+            Err(_) => refuse(StatusCode::CONFLICT, "not the leader"),
+        },
+        (Method::GET, "/internal/state") => json(&PeerState {
+            initialized: replica.raft.is_initialized().await.unwrap_or(false),
+            last_log_index: replica.raft.metrics().borrow().last_log_index.unwrap_or(0),
+        }),
+        (Method::POST, "/internal/domain") => {
+            let r: DomainRequest = parse!(_);
+            hand_over_domain(&app, &peer, &r)
+        }
+        _ => refuse(StatusCode::NOT_FOUND, "no such peer operation"),
+    }
+}
+
+/// Seal the domain to a member's one-time exchange key.
+fn hand_over_domain(app: &App, peer: &str, r: &DomainRequest) -> Response {
+    let Some(unsealed) = app.keyring.unsealed() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this partition does not hold the security domain",
+        );
+    };
+    let pool_id = app.store.read().settings.pool_id.clone();
+    let cert = match ExchangeCertificate::from_pem(&r.exchange_certificate) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("the exchange certificate does not parse: {e}"),
+            );
+        }
+    };
+    if cert.pool_id() != pool_id {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the exchange certificate names another pool",
+        );
+    }
+    match seal_to_exchange_key(&unsealed.secret, &cert) {
+        Ok(blob) => {
+            tracing::info!(peer = %peer, thumbprint = %cert.thumbprint(), "security domain handed over to a member");
+            json(&DomainReply { blob })
+        }
+        Err(e) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot seal the domain to the exchange key: {e}"),
+        ),
+    }
+}
+
+/// Ask the members for the domain, wrapped to a fresh one-time exchange key of this
+/// partition; install it if it is the pool's domain. Returns true once installed.
+pub async fn fetch_domain(app: &Arc<App>) -> anyhow::Result<bool> {
+    let Some(replica) = app.store.replica().cloned() else {
+        return Ok(false);
+    };
+    let (pool_id, fingerprint) = {
+        let s = app.store.read();
+        match s.fingerprint() {
+            Some(f) => (s.settings.pool_id.clone(), f.to_string()),
+            None => return Ok(false),
+        }
+    };
+    let pid = pool_id.clone();
+    let ek = tokio::task::spawn_blocking(move || ExchangeKey::generate(&pid)).await??;
+    let req = DomainRequest {
+        exchange_certificate: ek.certificate_pem(),
+    };
+    let members = replica.status().members;
+    for m in members.iter().filter(|m| m.name != replica.name) {
+        let reply: DomainReply = match replica
+            .client
+            .post(&m.url, "/internal/domain", &req, Duration::from_secs(5))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(peer = %m.name, error = %e, "peer could not hand over the domain");
+                continue;
+            }
+        };
+        let secret = match ek.open_transfer_blob(&reply.blob, &pool_id) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(peer = %m.name, error = %e, "the domain handed over does not open");
+                continue;
+            }
+        };
+        if secret.fingerprint() != fingerprint {
+            tracing::warn!(peer = %m.name, "a peer handed over a domain that is not the pool's");
+            continue;
+        }
+        app.install_domain(secret)?;
+        tracing::info!(peer = %m.name, fingerprint = %fingerprint, "received the security domain from a peer");
+        return Ok(true);
+    }
+    Ok(false)
+}
