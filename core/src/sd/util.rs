@@ -1,6 +1,6 @@
 //! Small shared helpers of the security-domain format: hashing, AEAD, canonical AAD.
 
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::aead::NONCE_LEN;
 use aws_lc_rs::digest::{SHA256, digest};
 use zeroize::Zeroizing;
 
@@ -65,28 +65,23 @@ impl Canon {
     }
 }
 
-/// AES-256-GCM seal: returns `(nonce, ciphertext || tag)`.
+/// AES-256-GCM seal ([`crate::aead::seal`]), split as `(nonce, ciphertext || tag)` for the
+/// document fields.
 pub(crate) fn aead_seal(
     key: &[u8; 32],
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<([u8; NONCE_LEN], Vec<u8>), SdError> {
-    let nonce_bytes = *random::<NONCE_LEN>();
-    let key = LessSafeKey::new(
-        UnboundKey::new(&AES_256_GCM, key).map_err(|_| SdError::Crypto("AES-256-GCM key setup"))?,
-    );
-    let mut in_out = plaintext.to_vec();
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce_bytes),
-        Aad::from(aad),
-        &mut in_out,
-    )
-    .map_err(|_| SdError::Crypto("AES-256-GCM encryption"))?;
-    Ok((nonce_bytes, in_out))
+    let sealed = crate::aead::seal(key, aad, plaintext)
+        .map_err(|_| SdError::Crypto("AES-256-GCM encryption"))?;
+    let (nonce, body) = sealed.split_at(NONCE_LEN);
+    let mut n = [0u8; NONCE_LEN];
+    n.copy_from_slice(nonce);
+    Ok((n, body.to_vec()))
 }
 
-/// AES-256-GCM open. Any failure (wrong key, altered ciphertext or associated data) is an
-/// integrity error described by `what`.
+/// AES-256-GCM open ([`crate::aead::open`]). Any failure (wrong key, altered ciphertext or
+/// associated data) is an integrity error described by `what`.
 pub(crate) fn aead_open(
     key: &[u8; 32],
     nonce: &[u8],
@@ -94,18 +89,13 @@ pub(crate) fn aead_open(
     ciphertext: &[u8],
     what: &str,
 ) -> Result<Zeroizing<Vec<u8>>, SdError> {
-    let nonce =
-        Nonce::try_assume_unique_for_key(nonce).map_err(|_| SdError::Integrity(what.to_owned()))?;
-    let key = LessSafeKey::new(
-        UnboundKey::new(&AES_256_GCM, key).map_err(|_| SdError::Crypto("AES-256-GCM key setup"))?,
-    );
-    let mut in_out = Zeroizing::new(ciphertext.to_vec());
-    let len = key
-        .open_in_place(nonce, Aad::from(aad), &mut in_out)
-        .map_err(|_| SdError::Integrity(what.to_owned()))?
-        .len();
-    in_out.truncate(len);
-    Ok(in_out)
+    if nonce.len() != NONCE_LEN {
+        return Err(SdError::Integrity(what.to_owned()));
+    }
+    let mut sealed = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+    sealed.extend_from_slice(nonce);
+    sealed.extend_from_slice(ciphertext);
+    crate::aead::open(key, aad, &sealed).map_err(|_| SdError::Integrity(what.to_owned()))
 }
 
 /// Decode a base64url field of a parsed document, naming the field on error.
