@@ -148,6 +148,20 @@ fn deleted_bundle(ctx: &Ctx, d: &DeletedKey) -> Result<DeletedKeyBundle, ApiErro
     })
 }
 
+/// A list entry for key `name` (its `kid` with `version`, or without for key lists).
+fn item(ctx: &Ctx, name: &str, version: Option<&str>, v: &KeyVersion) -> KeyItem {
+    KeyItem {
+        kid: Some(kid(ctx, name, version)),
+        attributes: Some(attributes(ctx, &v.attributes)),
+        tags: if v.tags.is_empty() {
+            None
+        } else {
+            Some(v.tags.clone())
+        },
+        managed: None,
+    }
+}
+
 fn recovery_id(ctx: &Ctx, d: &DeletedKey) -> String {
     format!("{}/deletedkeys/{}", ctx.base_url, d.key.name)
 }
@@ -426,21 +440,8 @@ pub fn list(ctx: &mut Ctx) -> Result<Response, ApiError> {
         st.keys
             .values()
             .filter_map(|rec| {
-                rec.latest().map(|v| {
-                    (
-                        rec.name.clone(),
-                        KeyItem {
-                            kid: Some(kid(ctx, &rec.name, None)),
-                            attributes: Some(attributes(ctx, &v.attributes)),
-                            tags: if v.tags.is_empty() {
-                                None
-                            } else {
-                                Some(v.tags.clone())
-                            },
-                            managed: None,
-                        },
-                    )
-                })
+                rec.latest()
+                    .map(|v| (rec.name.clone(), item(ctx, &rec.name, None, v)))
             })
             .collect()
     };
@@ -462,21 +463,7 @@ pub fn list_versions(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         .versions
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            (
-                format!("{i:010}"),
-                KeyItem {
-                    kid: Some(kid(ctx, name, Some(&v.version))),
-                    attributes: Some(attributes(ctx, &v.attributes)),
-                    tags: if v.tags.is_empty() {
-                        None
-                    } else {
-                        Some(v.tags.clone())
-                    },
-                    managed: None,
-                },
-            )
-        })
+        .map(|(i, v)| (format!("{i:010}"), item(ctx, name, Some(&v.version), v)))
         .collect();
     let (value, next_link) = paginate(ctx, &format!("/keys/{name}/versions"), items)?;
     Ok(json_response(
@@ -537,16 +524,7 @@ pub fn list_deleted(ctx: &mut Ctx) -> Result<Response, ApiError> {
                     (
                         d.key.name.clone(),
                         DeletedKeyItem {
-                            item: KeyItem {
-                                kid: Some(kid(ctx, &d.key.name, None)),
-                                attributes: Some(attributes(ctx, &v.attributes)),
-                                tags: if v.tags.is_empty() {
-                                    None
-                                } else {
-                                    Some(v.tags.clone())
-                                },
-                                managed: None,
-                            },
+                            item: item(ctx, &d.key.name, None, v),
                             recovery_id: Some(recovery_id(ctx, d)),
                             scheduled_purge_date: Some(d.scheduled_purge_date),
                             deleted_date: Some(d.deleted_date),
