@@ -82,7 +82,8 @@ async fn a_pool_that_is_not_activated_refuses_key_operations_and_says_how_to_act
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["activation"], "Provisioned");
-    assign(&pool, "user1", "21dbd100-6940-42c2-9190-5d6cb909625b", "/").await;
+    pool.assign("user1", "21dbd100-6940-42c2-9190-5d6cb909625b", "/")
+        .await;
     let (s, v) = pool
         .call(
             Some("user1"),
@@ -96,32 +97,14 @@ async fn a_pool_that_is_not_activated_refuses_key_operations_and_says_how_to_act
     assert!(v["error"]["message"].as_str().unwrap().contains("download"));
 }
 
-async fn assign(pool: &TestPool, principal: &str, role_guid: &str, scope: &str) {
-    let name = uuid::Uuid::new_v4();
-    let prefix = if scope == "/" {
-        String::new()
-    } else {
-        scope.to_string()
-    };
-    let (s, v) = pool
-        .call(
-            Some(ADMIN),
-            Method::PUT,
-            &format!("{prefix}/providers/Microsoft.Authorization/roleAssignments/{name}"),
-            Some(json!({"properties": {"roleDefinitionId": format!("Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"), "principalId": principal}})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-}
-
 const CRYPTO_USER: &str = "21dbd100-6940-42c2-9190-5d6cb909625b";
 const CRYPTO_OFFICER: &str = "515eb02d-2335-4d2d-92f2-b1cbdf9c3778";
 
 async fn active_pool() -> TestPool {
     let pool = TestPool::start().await;
     pool.activate().await;
-    assign(&pool, "user", CRYPTO_USER, "/").await;
-    assign(&pool, "officer", CRYPTO_OFFICER, "/").await;
+    pool.assign("user", CRYPTO_USER, "/").await;
+    pool.assign("officer", CRYPTO_OFFICER, "/").await;
     pool
 }
 
@@ -611,7 +594,7 @@ async fn rbac_api_and_key_scoped_assignments() {
         Some(json!({"kty": "EC-HSM", "crv": "P-256"})),
     )
     .await;
-    assign(&pool, "scoped", CRYPTO_USER, "/keys/mine").await;
+    pool.assign("scoped", CRYPTO_USER, "/keys/mine").await;
     let (s, _) = pool
         .call(Some("scoped"), Method::GET, "/keys/mine/", None)
         .await;
@@ -682,8 +665,8 @@ async fn purge_protection_refuses_purge_before_the_date() {
     })
     .await;
     pool.activate().await;
-    assign(&pool, "user", CRYPTO_USER, "/").await;
-    assign(&pool, "officer", CRYPTO_OFFICER, "/").await;
+    pool.assign("user", CRYPTO_USER, "/").await;
+    pool.assign("officer", CRYPTO_OFFICER, "/").await;
     pool.call(
         Some("user"),
         Method::POST,
@@ -762,7 +745,7 @@ async fn memory_only_seal_needs_the_domain_again_after_a_restart() {
     })
     .await;
     pool.activate().await;
-    assign(&pool, "user", CRYPTO_USER, "/").await;
+    pool.assign("user", CRYPTO_USER, "/").await;
     let dir = pool.stop().await;
     let pool = TestPool::start_in(
         dir,

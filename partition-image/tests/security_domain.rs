@@ -16,21 +16,6 @@ fn keys(idx: &[usize]) -> Vec<CustodianPrivateKey> {
         .collect()
 }
 
-async fn assign_user(pool: &TestPool) {
-    let (s, v) = pool
-        .call(
-            Some(ADMIN),
-            Method::PUT,
-            &format!(
-                "/providers/Microsoft.Authorization/roleAssignments/{}",
-                uuid::Uuid::new_v4()
-            ),
-            Some(json!({"properties": {"roleDefinitionId": CRYPTO_USER, "principalId": "user"}})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-}
-
 #[tokio::test]
 async fn download_validates_its_input_and_is_administrator_only() {
     let pool = TestPool::start().await;
@@ -160,7 +145,7 @@ async fn recovery_by_upload_into_a_fresh_partition_keeps_the_domain_and_its_keys
     // Pool A: activate, create a key, back it up.
     let a = TestPool::start().await;
     let file = a.activate().await;
-    assign_user(&a).await;
+    a.assign("user", CRYPTO_USER, "/").await;
     let (s, created) = a
         .call(
             Some("user"),
@@ -295,7 +280,7 @@ async fn recovery_by_upload_into_a_fresh_partition_keeps_the_domain_and_its_keys
     );
 
     // A's key backup restores into B and signs; the signature verifies against A's public key.
-    assign_user(&b).await;
+    b.assign("user", CRYPTO_USER, "/").await;
     let (s, v) = b
         .call(
             Some("user"),

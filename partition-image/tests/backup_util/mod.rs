@@ -137,17 +137,7 @@ pub fn folder_of(status: &Value) -> String {
 }
 
 pub async fn assign(pool: &TestPool, role: &str, principal: &str) -> String {
-    let name = uuid::Uuid::new_v4().to_string();
-    let (s, v) = pool
-        .call(
-            Some(ADMIN),
-            Method::PUT,
-            &format!("/providers/Microsoft.Authorization/roleAssignments/{name}"),
-            Some(json!({"properties": {"roleDefinitionId": role, "principalId": principal}})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    name
+    pool.assign(principal, role, "/").await
 }
 
 pub async fn create_key(pool: &TestPool, name: &str, body: Value) -> Value {

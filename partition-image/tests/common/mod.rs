@@ -219,6 +219,30 @@ impl TestPool {
         (status, headers, v)
     }
 
+    /// Assign `role` (a GUID, or a full role definition id) to `principal` at `scope`
+    /// (`/`, `/keys`, `/keys/{name}`) as the administrator; returns the assignment name.
+    pub async fn assign(&self, principal: &str, role: &str, scope: &str) -> String {
+        let name = uuid::Uuid::new_v4().to_string();
+        let prefix = if scope == "/" { "" } else { scope };
+        let role_id = if role.contains('/') {
+            role.to_string()
+        } else {
+            format!("Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/{role}")
+        };
+        let (s, v) = self
+            .call(
+                Some(ADMIN),
+                Method::PUT,
+                &format!("{prefix}/providers/Microsoft.Authorization/roleAssignments/{name}"),
+                Some(
+                    json!({"properties": {"roleDefinitionId": role_id, "principalId": principal}}),
+                ),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        name
+    }
+
     pub fn certificate_jwks(&self, n: usize) -> Vec<Value> {
         custodians()[..n]
             .iter()
