@@ -423,29 +423,54 @@ fn paginate<T: Clone>(
         .collect();
     let more = rest.len() > max;
     let page: Vec<(String, T)> = rest.into_iter().take(max).collect();
-    let link = if more {
+    let link = link_after(ctx, path, &page, more, max);
+    Ok((page.into_iter().map(|(_, t)| t).collect(), link))
+}
+
+/// One page of a name-ordered map after the skip token: at most `max` entries, cloned out so
+/// the state lock is not held while the page is rendered, and whether more follow.
+fn page_of<V: Clone>(
+    map: &std::collections::BTreeMap<String, V>,
+    skip: Option<&String>,
+    max: usize,
+) -> (Vec<(String, V)>, bool) {
+    use std::ops::Bound;
+    let start = skip.map_or(Bound::Unbounded, Bound::Excluded);
+    let mut page: Vec<(String, V)> = map
+        .range::<String, _>((start, Bound::Unbounded))
+        .take(max + 1)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let more = page.len() > max;
+    page.truncate(max);
+    (page, more)
+}
+
+fn link_after<T>(
+    ctx: &Ctx,
+    path: &str,
+    page: &[(String, T)],
+    more: bool,
+    max: usize,
+) -> Option<String> {
+    if more {
         page.last().map(|(k, _)| next_link(ctx, path, k, max))
     } else {
         None
-    };
-    Ok((page.into_iter().map(|(_, t)| t).collect(), link))
+    }
 }
 
 pub fn list(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyList";
     ctx.authorize(DataAction::KeysRead, "/keys")?;
     ctx.require_active()?;
-    let items: Vec<(String, KeyItem)> = {
-        let st = ctx.app.store.read();
-        st.keys
-            .values()
-            .filter_map(|rec| {
-                rec.latest()
-                    .map(|v| (rec.name.clone(), item(ctx, &rec.name, None, v)))
-            })
-            .collect()
-    };
-    let (value, next_link) = paginate(ctx, "/keys", items)?;
+    let (max, skip) = page_params(ctx)?;
+    let (page, more) = page_of(&ctx.app.store.read().keys, skip.as_ref(), max);
+    let next_link = link_after(ctx, "/keys", &page, more, max);
+    let value: Vec<KeyItem> = page
+        .iter()
+        .filter_map(|(name, rec)| rec.latest().map(|v| item(ctx, name, None, v)))
+        .collect();
     Ok(json_response(
         StatusCode::OK,
         &KeyListResult { value, next_link },
@@ -515,26 +540,20 @@ pub fn list_deleted(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.operation = "DeletedKeyList";
     ctx.authorize(DataAction::DeletedKeysRead, "/keys")?;
     ctx.require_active()?;
-    let items: Vec<(String, DeletedKeyItem)> = {
-        let st = ctx.app.store.read();
-        st.deleted
-            .values()
-            .filter_map(|d| {
-                d.key.latest().map(|v| {
-                    (
-                        d.key.name.clone(),
-                        DeletedKeyItem {
-                            item: item(ctx, &d.key.name, None, v),
-                            recovery_id: Some(recovery_id(ctx, d)),
-                            scheduled_purge_date: Some(d.scheduled_purge_date),
-                            deleted_date: Some(d.deleted_date),
-                        },
-                    )
-                })
+    let (max, skip) = page_params(ctx)?;
+    let (page, more) = page_of(&ctx.app.store.read().deleted, skip.as_ref(), max);
+    let next_link = link_after(ctx, "/deletedkeys", &page, more, max);
+    let value: Vec<DeletedKeyItem> = page
+        .iter()
+        .filter_map(|(name, d)| {
+            d.key.latest().map(|v| DeletedKeyItem {
+                item: item(ctx, name, None, v),
+                recovery_id: Some(recovery_id(ctx, d)),
+                scheduled_purge_date: Some(d.scheduled_purge_date),
+                deleted_date: Some(d.deleted_date),
             })
-            .collect()
-    };
-    let (value, next_link) = paginate(ctx, "/deletedkeys", items)?;
+        })
+        .collect();
     Ok(json_response(
         StatusCode::OK,
         &KeyListResult { value, next_link },
