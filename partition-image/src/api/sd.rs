@@ -10,7 +10,7 @@ use keystead_core::sd::wire::{
     CertificateInfo, OperationStatus, SecurityDomainObject, SecurityDomainOperationStatus,
     TransferKey,
 };
-use keystead_core::sd::{self, CustodianKey, DomainSecret, ExchangeKey};
+use keystead_core::sd::{self, DomainSecret, ExchangeKey};
 use serde_json::json;
 
 fn sd_err(e: sd::SdError) -> ApiError {
@@ -46,24 +46,9 @@ pub async fn download(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.operation = "SecurityDomainDownload";
     ctx.authorize(DataAction::SecurityDomainDownload, "/")?;
     let req: CertificateInfo = ctx.json()?;
-    let n = req.certificates.len();
-    if !(3..=10).contains(&n) {
-        return Err(ApiError::bad_request(format!(
-            "a security domain needs 3 to 10 wrapping keys (custodian certificates), got {n}"
-        )));
-    }
-    let quorum = req.required;
-    if quorum < 2 || quorum as usize > n {
-        return Err(ApiError::bad_request(format!(
-            "the quorum ('required') must be between 2 and the number of wrapping keys ({n}), got {quorum}"
-        )));
-    }
-    let custodians = req
-        .certificates
-        .iter()
-        .map(CustodianKey::from_jwk)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(sd_err)?;
+    // 3..=10 distinct RSA >= 2048 keys, 2 <= quorum <= n: the format library's own check.
+    let (custodians, quorum) = sd::custodians_from_download_request(&req).map_err(sd_err)?;
+    let n = custodians.len();
     let activation = ctx.app.store.read().activation.clone();
     let app = ctx.app.clone();
     let _guard = app.sd_lock.lock().await;
