@@ -71,6 +71,22 @@ impl Pool {
         )
     }
 
+    /// Retry `kubectl hsm ARGS` until it succeeds, within a deadline.
+    fn wait_ok(&self, args: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (ok, out, err) = self.hsm(args);
+            if ok {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kubectl hsm {args:?} kept failing: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.hsm(args);
         assert!(ok, "kubectl hsm {args:?} failed: {err}");
@@ -225,6 +241,9 @@ fn local_pool_ceremony_keys_and_resume() {
     // Stop cleanly, start again: same pool, same domain, same key.
     pool.stop();
     let pool = Pool::start(&dir);
+    // `status` answers without a read barrier (even without a majority); wait until the
+    // restarted group serves a linearizable read, after which status reflects the log.
+    pool.wait_ok(&["key", "show", "k1"]);
     let status: serde_json::Value =
         serde_json::from_str(&pool.ok(&["-o", "json", "status"])).unwrap();
     assert_eq!(status["activation"], "Activated");
