@@ -8,7 +8,10 @@
 #        a) pool and generator share both cores, generator on 1 thread
 #        b) the same with the generator on 2 threads
 #        c) pool pinned to CPU 1, generator pinned to CPU 0 (one core each)
-#   4. keystead-bench report   Markdown tables with ratios
+#   4. keystead-bench replication  three partition processes: replicated creates (to the
+#        leader / spread), sign on 1 vs 3 partitions, time to heal a wiped partition
+#        (BENCH_HEAL_KEYS keys in the pool, default 5000)
+#   5. keystead-bench report   Markdown tables with ratios
 #
 # Environment: BENCH_OUT (results folder, default target/bench/<UTC time>), BENCH_DURATION
 # (measured time per operation, default 10s), BENCH_WARMUP (default 2s), BENCH_CLIENTS
@@ -92,6 +95,11 @@ if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
     --server-cpus 1 --clients "$CLIENTS" --threads 1 --label "pool on CPU 1, generator on CPU 0" \
     "${COMMON[@]}" | tee "$OUT/load-pinned.txt"
 fi
+
+echo "== replicated pool: creates, sign on 1 vs 3 partitions, healing of a wiped partition"
+"$BIN/keystead-bench" replication --dir "$POOL_TMP/replication" --bin "$BIN/keystead-partition" \
+  --clients "$CLIENTS" --threads 1 --heal-keys "${BENCH_HEAL_KEYS:-5000}" \
+  --heal-json "$OUT/heal.json" "${COMMON[@]}" | tee "$OUT/replication.txt"
 
 "$BIN/keystead-bench" report "$RESULTS" | tee "$OUT/report.md"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/machine.txt"

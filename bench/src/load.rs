@@ -115,7 +115,7 @@ impl Drop for Runner {
 }
 
 /// One HTTPS client with its own connection pool (one keep-alive connection in use).
-fn https_client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn https_client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .http1_only()
         .pool_max_idle_per_host(1)
@@ -130,15 +130,17 @@ fn https_client(ca_pem: &[u8]) -> anyhow::Result<reqwest::Client> {
 }
 
 /// The pool as seen by the administrator token.
-struct Pool {
-    endpoint: String,
-    token: String,
-    ca_pem: Vec<u8>,
+pub(crate) struct Pool {
+    pub endpoint: String,
+    /// Every partition's endpoint, from `pool.json` (`endpoint` is the first).
+    pub endpoints: Vec<String>,
+    pub token: String,
+    pub ca_pem: Vec<u8>,
     admin: reqwest::Client,
 }
 
 impl Pool {
-    fn load(dir: &Path) -> anyhow::Result<Pool> {
+    pub(crate) fn load(dir: &Path) -> anyhow::Result<Pool> {
         let pf = PoolFile::load(&dir.join("pool.json"))?;
         let endpoint = pf
             .endpoints
@@ -154,6 +156,11 @@ impl Pool {
             .with_context(|| format!("cannot read {}", pf.ca_file.display()))?;
         let admin = https_client(&ca_pem)?;
         Ok(Pool {
+            endpoints: pf
+                .endpoints
+                .iter()
+                .map(|e| e.trim_end_matches('/').to_string())
+                .collect(),
             endpoint,
             token,
             ca_pem,
@@ -161,11 +168,22 @@ impl Pool {
         })
     }
 
-    fn url(&self, path: &str) -> String {
+    /// The same pool, addressed through another partition's endpoint.
+    pub(crate) fn via(&self, endpoint: &str) -> Pool {
+        Pool {
+            endpoint: endpoint.to_string(),
+            endpoints: self.endpoints.clone(),
+            token: self.token.clone(),
+            ca_pem: self.ca_pem.clone(),
+            admin: self.admin.clone(),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}?api-version={API_VERSION}", self.endpoint)
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -194,7 +212,12 @@ impl Pool {
         Ok((status, v))
     }
 
-    async fn ok(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn ok(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         let (s, v) = self.call(method.clone(), path, body).await?;
         anyhow::ensure!(
             s.is_success(),
@@ -205,7 +228,7 @@ impl Pool {
     }
 }
 
-fn error_message(v: &Value) -> String {
+pub(crate) fn error_message(v: &Value) -> String {
     v["error"]["message"]
         .as_str()
         .map(str::to_string)
@@ -249,7 +272,7 @@ async fn wait_ready(dir: &Path, runner: &mut Option<Runner>) -> anyhow::Result<P
 /// Activate the pool if it is not: a security-domain download with three custodian
 /// certificates made here and thrown away (a benchmark pool; the local pool unseals itself
 /// from its sealing-key file across restarts).
-async fn ensure_active(pool: &Pool) -> anyhow::Result<()> {
+pub(crate) async fn ensure_active(pool: &Pool) -> anyhow::Result<()> {
     let status = pool.ok(Method::GET, "/admin/status", None).await?;
     if status["activation"] == "Activated" {
         return Ok(());
@@ -291,7 +314,7 @@ async fn ensure_active(pool: &Pool) -> anyhow::Result<()> {
 }
 
 /// Give the administrator the Crypto User role at `/` (a duplicate is harmless).
-async fn ensure_crypto_user(pool: &Pool) -> anyhow::Result<()> {
+pub(crate) async fn ensure_crypto_user(pool: &Pool) -> anyhow::Result<()> {
     let path = format!(
         "/providers/Microsoft.Authorization/roleAssignments/{}",
         uuid::Uuid::new_v4()
@@ -308,12 +331,12 @@ async fn ensure_crypto_user(pool: &Pool) -> anyhow::Result<()> {
 }
 
 /// A created key: its versioned path (`/keys/NAME/VERSION`) and public JWK.
-struct BenchKey {
-    path: String,
-    jwk: Value,
+pub(crate) struct BenchKey {
+    pub path: String,
+    pub jwk: Value,
 }
 
-async fn create_key(pool: &Pool, name: &str, body: Value) -> anyhow::Result<BenchKey> {
+pub(crate) async fn create_key(pool: &Pool, name: &str, body: Value) -> anyhow::Result<BenchKey> {
     let v = pool
         .ok(Method::POST, &format!("/keys/{name}/create"), Some(&body))
         .await?;
@@ -498,36 +521,39 @@ async fn client_loop(
     r
 }
 
-async fn run_op(
-    pool: &Pool,
-    clients: &[reqwest::Client],
-    op: &str,
-    path: &str,
-    body: &[u8],
-    opts: &LoadOptions,
-) -> anyhow::Result<OpResult> {
-    let url: Arc<str> = Arc::from(pool.url(path));
-    let auth: Arc<str> = Arc::from(format!("Bearer {}", pool.token));
-    let body = bytes::Bytes::copy_from_slice(body);
+/// What one measured window runs: each client posts `body` to its URL (clients take the
+/// URLs in turn) in a closed loop for `warmup + measure`; CPU is sampled for `pids`.
+pub(crate) struct Window<'a> {
+    pub clients: &'a [reqwest::Client],
+    pub urls: Vec<Arc<str>>,
+    pub auth: Arc<str>,
+    pub body: bytes::Bytes,
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub pids: Vec<u32>,
+    pub threads: usize,
+}
+
+pub(crate) async fn measure(op: &str, w: Window<'_>) -> anyhow::Result<OpResult> {
+    anyhow::ensure!(!w.urls.is_empty(), "no URL to measure {op} against");
     let start = Instant::now();
-    let measure_from = start + opts.warmup;
-    let end = measure_from + opts.measure;
-    let mut tasks = Vec::with_capacity(clients.len());
-    for c in clients {
+    let measure_from = start + w.warmup;
+    let end = measure_from + w.measure;
+    let mut tasks = Vec::with_capacity(w.clients.len());
+    for (i, c) in w.clients.iter().enumerate() {
         tasks.push(tokio::spawn(client_loop(
             c.clone(),
-            url.clone(),
-            auth.clone(),
-            body.clone(),
+            w.urls[i % w.urls.len()].clone(),
+            w.auth.clone(),
+            w.body.clone(),
             measure_from,
             end,
         )));
     }
-    let pids = server_pids(&opts.dir.to_string_lossy());
     tokio::time::sleep_until(measure_from.into()).await;
-    let cpu0 = CpuSample::now(&pids);
+    let cpu0 = CpuSample::now(&w.pids);
     tokio::time::sleep_until(end.into()).await;
-    let cpu1 = CpuSample::now(&pids);
+    let cpu1 = CpuSample::now(&w.pids);
     let mut lat = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
@@ -539,11 +565,35 @@ async fn run_op(
             first_error = r.first_error;
         }
     }
-    let mut res = OpResult::new(SOURCE, op, opts.threads, lat, errors, opts.measure);
-    res.clients = Some(clients.len());
+    let mut res = OpResult::new(SOURCE, op, w.threads, lat, errors, w.measure);
+    res.clients = Some(w.clients.len());
     res.cpu = cpu0.split(&cpu1, machine_cores());
     res.first_error = first_error;
     Ok(res)
+}
+
+async fn run_op(
+    pool: &Pool,
+    clients: &[reqwest::Client],
+    op: &str,
+    path: &str,
+    body: &[u8],
+    opts: &LoadOptions,
+) -> anyhow::Result<OpResult> {
+    measure(
+        op,
+        Window {
+            clients,
+            urls: vec![Arc::from(pool.url(path))],
+            auth: Arc::from(format!("Bearer {}", pool.token)),
+            body: bytes::Bytes::copy_from_slice(body),
+            warmup: opts.warmup,
+            measure: opts.measure,
+            pids: server_pids(&opts.dir.to_string_lossy()),
+            threads: opts.threads,
+        },
+    )
+    .await
 }
 
 /// Set up the pool and keys, then measure each requested operation.

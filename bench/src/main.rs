@@ -4,12 +4,15 @@
 //!   pool, with N concurrent keep-alive clients;
 //! - `raw`: the same operations with aws-lc-rs in process (the ceiling);
 //! - `softhsm`: the same operations through PKCS#11 on SoftHSM2 (the usual baseline);
+//! - `replication`: replicated creates, sign on one partition vs three, and the healing
+//!   time of a wiped partition, on three partition processes run here;
 //! - `report`: a Markdown table with ratios from the JSON lines the others wrote.
 //!
 //! `scripts/bench.sh` runs them all; `docs/benchmarks.md` has the numbers.
 
 mod load;
 mod raw;
+mod replication;
 mod report;
 mod runner;
 mod softhsm;
@@ -39,6 +42,8 @@ enum Cmd {
     Load(LoadArgs),
     /// aws-lc-rs in process: the ceiling for the same operations.
     Raw(BaselineArgs),
+    /// The replicated pool: creates, sign on 1 vs 3 partitions, healing of a wiped partition.
+    Replication(ReplicationArgs),
     /// SoftHSM2 through PKCS#11 (a temporary token is made when SOFTHSM2_CONF is unset).
     Softhsm(SofthsmArgs),
     /// Print a Markdown table with ratios from result files (JSON lines).
@@ -85,6 +90,30 @@ struct LoadArgs {
     /// Operations, comma-separated (default: all).
     #[arg(long, value_delimiter = ',', default_values_t = load::OPS.map(String::from))]
     ops: Vec<String>,
+    #[command(flatten)]
+    timing: Timing,
+}
+
+#[derive(Args, Debug)]
+struct ReplicationArgs {
+    /// A scratch directory for the pool (a previous run's pool in it is removed).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The partition binary (default: keystead-partition next to this program).
+    #[arg(long, value_name = "BIN")]
+    bin: Option<PathBuf>,
+    /// Concurrent keep-alive HTTPS clients (one connection each).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Worker threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Keys in the pool when a partition is wiped for the healing measurement.
+    #[arg(long, default_value_t = 5000)]
+    heal_keys: usize,
+    /// Write the healing figures (JSON) to this file.
+    #[arg(long, value_name = "FILE")]
+    heal_json: Option<PathBuf>,
     #[command(flatten)]
     timing: Timing,
 }
@@ -199,6 +228,30 @@ fn main() -> anyhow::Result<()> {
                 r.label.clone_from(&a.label);
             }
             write_json(a.timing.json.as_ref(), &rows)?;
+            check_errors(&rows)
+        }
+        Cmd::Replication(a) => {
+            anyhow::ensure!(a.threads > 0, "--threads must be at least 1");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(a.threads)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let opts = replication::Options {
+                bin: a.bin.clone().unwrap_or_else(replication::default_bin),
+                dir: std::path::absolute(&a.dir)?,
+                clients: a.clients,
+                threads: a.threads,
+                warmup: a.timing.warmup,
+                measure: a.timing.duration,
+                heal_keys: a.heal_keys,
+            };
+            let (rows, heal) = rt.block_on(replication::run(&opts))?;
+            write_json(a.timing.json.as_ref(), &rows)?;
+            if let Some(p) = &a.heal_json {
+                std::fs::write(p, serde_json::to_vec_pretty(&heal)?)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+            }
             check_errors(&rows)
         }
         Cmd::Report { files } => {
