@@ -266,3 +266,167 @@ fn local_pool_ceremony_keys_and_resume() {
     assert!(!out.is_empty());
     pool.stop();
 }
+
+/// A client behind a load-balanced Service reaches any partition: a backup job started on
+/// one partition is reported by the others, and a recovery whose exchange key was made on
+/// one partition is served and completed through the others.
+#[test]
+fn any_partition_answers_for_jobs_and_the_pending_exchange_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Pool::start(&tmp.path().join("a"));
+    let endpoints = |dir: &Path| -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("pool.json")).unwrap()).unwrap();
+        v["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap().to_string())
+            .collect()
+    };
+    let ea = endpoints(&a.dir);
+    assert_eq!(ea.len(), 3);
+    for n in ["c1", "c2", "c3"] {
+        a.ok(&[
+            "sd",
+            "keygen",
+            "--name",
+            n,
+            "--out-dir",
+            "custodians",
+            "--bits",
+            "2048",
+        ]);
+    }
+    let out = a.ok(&[
+        "--endpoint",
+        &ea[0],
+        "sd",
+        "download",
+        "--cert",
+        "custodians/c1.cer",
+        "--cert",
+        "custodians/c2.cer",
+        "--cert",
+        "custodians/c3.cer",
+        "--quorum",
+        "2",
+        "--out",
+        "sd.json",
+    ]);
+    assert!(out.contains("Success"), "{out}");
+    let status: serde_json::Value = serde_json::from_str(&a.ok(&["-o", "json", "status"])).unwrap();
+    let fingerprint = status["securityDomainFingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A backup started on partition 0, polled on partitions 1 and 2.
+    let store = tmp.path().join("store");
+    let to = format!("file://{}", store.display());
+    let job: serde_json::Value = serde_json::from_str(&a.ok(&[
+        "--endpoint",
+        &ea[0],
+        "-o",
+        "json",
+        "backup",
+        "start",
+        "--to",
+        &to,
+    ]))
+    .unwrap();
+    let job_id = job["jobId"]
+        .as_str()
+        .expect("the job has an id")
+        .to_string();
+    for ep in &ea[1..] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (ok, out, err) =
+                a.hsm(&["--endpoint", ep, "-o", "json", "backup", "status", &job_id]);
+            assert!(ok, "partition {ep} does not report job {job_id}: {err}");
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["jobId"], job_id.as_str());
+            if v["status"] == "Succeeded" {
+                break;
+            }
+            assert_eq!(v["status"], "InProgress", "{out}");
+            assert!(
+                Instant::now() < deadline,
+                "the backup did not finish: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let (ok, _, err) = a.hsm(&["--endpoint", &ea[2], "backup", "status", "0123456789abcdef"]);
+    assert!(!ok, "an unknown job must not be found");
+    assert!(err.contains("no job"), "{err}");
+
+    // Recovery into a new pool B: the exchange key made on partition 0 is what partition 1
+    // hands out too, and partition 2 completes the upload.
+    let b = Pool::start(&tmp.path().join("b"));
+    let eb = endpoints(&b.dir);
+    b.ok(&[
+        "--endpoint",
+        &eb[0],
+        "sd",
+        "exchange-key",
+        "--out",
+        "ek0.pem",
+    ]);
+    b.ok(&[
+        "--endpoint",
+        &eb[1],
+        "sd",
+        "exchange-key",
+        "--out",
+        "ek1.pem",
+    ]);
+    let ek0 = std::fs::read_to_string(b.dir.join("ek0.pem")).unwrap();
+    let ek1 = std::fs::read_to_string(b.dir.join("ek1.pem")).unwrap();
+    assert_eq!(
+        ek0, ek1,
+        "partition 1 must hand out the pending exchange key, not a new one"
+    );
+    let domain = a.dir.join("sd.json");
+    let c1 = a.dir.join("custodians/c1.key");
+    let c3 = a.dir.join("custodians/c3.key");
+    b.ok(&[
+        "sd",
+        "transfer",
+        "--domain",
+        domain.to_str().unwrap(),
+        "--key",
+        c1.to_str().unwrap(),
+        "--key",
+        c3.to_str().unwrap(),
+        "--exchange-key",
+        "ek0.pem",
+        "--out",
+        "blob.json",
+    ]);
+    let out = b.ok(&["--endpoint", &eb[2], "sd", "upload", "--blob", "blob.json"]);
+    assert!(
+        out.contains("Success") || out.contains("Activated"),
+        "{out}"
+    );
+    for ep in &eb {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v: serde_json::Value =
+                serde_json::from_str(&b.ok(&["--endpoint", ep, "-o", "json", "status"])).unwrap();
+            if v["activation"] == "Activated" && v["domainLoaded"] == true {
+                assert_eq!(v["securityDomainFingerprint"], fingerprint.as_str());
+                break;
+            }
+            assert!(Instant::now() < deadline, "{ep} did not activate: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    // The exchange key was single use: a second upload finds none anywhere.
+    let (ok, _, err) = b.hsm(&["--endpoint", &eb[1], "sd", "upload", "--blob", "blob.json"]);
+    assert!(!ok);
+    assert!(err.contains("already activated"), "{err}");
+    b.stop();
+    a.stop();
+}

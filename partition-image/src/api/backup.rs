@@ -121,9 +121,15 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ))
 }
 
-fn status(ctx: &mut Ctx, job_id: &str, kinds: &[job::Kind]) -> Result<Response, ApiError> {
+async fn status(ctx: &mut Ctx, job_id: &str, kinds: &[job::Kind]) -> Result<Response, ApiError> {
     let pool = pool_id(ctx);
-    match job::get(&pool, job_id) {
+    let found = match job::get(&pool, job_id) {
+        Some(st) => Some(st),
+        // The job may run on another partition (a load-balanced client polls any of them).
+        None if job::valid_id(job_id) => crate::replica::peer::find_job(&ctx.app, job_id).await,
+        None => None,
+    };
+    match found {
         Some(st) if st.kind.is_some_and(|k| kinds.contains(&k)) => {
             let mut r = json_response(StatusCode::OK, &st);
             if st.status == job::Status::InProgress {
@@ -135,21 +141,21 @@ fn status(ctx: &mut Ctx, job_id: &str, kinds: &[job::Kind]) -> Result<Response, 
         _ => Err(ApiError::not_found(
             "JobNotFound",
             format!(
-                "no job '{job_id}' on this partition; job status is kept in memory and is lost when the partition restarts (the backup folder or the pool's keys tell the outcome)"
+                "no job '{job_id}' in this pool; job status is kept in the memory of the partition that runs the job and is lost when it restarts (the backup folder or the pool's keys tell the outcome)"
             ),
         )),
     }
 }
 
 /// `GET /backup/{jobId}/pending`
-pub fn backup_status(ctx: &mut Ctx, job_id: &str) -> Result<Response, ApiError> {
+pub async fn backup_status(ctx: &mut Ctx, job_id: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "FullBackupStatus";
     ctx.authorize(DataAction::BackupStatus, "/")?;
-    status(ctx, job_id, &[job::Kind::Backup])
+    status(ctx, job_id, &[job::Kind::Backup]).await
 }
 
 /// `GET /restore/{jobId}/pending`
-pub fn restore_status(ctx: &mut Ctx, job_id: &str) -> Result<Response, ApiError> {
+pub async fn restore_status(ctx: &mut Ctx, job_id: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "FullRestoreStatus";
     ctx.authorize(DataAction::RestoreStatus, "/")?;
     status(
@@ -161,6 +167,7 @@ pub fn restore_status(ctx: &mut Ctx, job_id: &str) -> Result<Response, ApiError>
             job::Kind::RestoreCheck,
         ],
     )
+    .await
 }
 
 /// `PUT /restore` (full restore) and `PUT /prerestore` (`check_only`: verify, decrypt, no change).

@@ -11,7 +11,7 @@ mod keys;
 pub use keys::now as keys_now;
 mod rbac;
 pub mod route;
-mod sd;
+pub(crate) mod sd;
 
 use crate::app::App;
 use axum::body::Body;
@@ -332,10 +332,10 @@ async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
         R::SdUpload => sd::upload(ctx).await,
         R::SdUploadPending => sd::upload_pending(ctx),
         R::FullBackup => backup::start_backup(ctx),
-        R::FullBackupPending { job } => backup::backup_status(ctx, &job),
+        R::FullBackupPending { job } => backup::backup_status(ctx, &job).await,
         R::FullRestore => backup::start_restore(ctx, false),
         R::PreRestore => backup::start_restore(ctx, true),
-        R::RestorePending { job } => backup::restore_status(ctx, &job),
+        R::RestorePending { job } => backup::restore_status(ctx, &job).await,
         R::SelectiveRestore { name } => backup::start_selective_restore(ctx, &name),
         R::Rbac {
             scope,

@@ -146,6 +146,19 @@ pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
     let mut slot = ctx.app.exchange.lock().await;
     let reuse = matches!((&activation, slot.as_ref()),
         (Activation::RecoveryPending { exchange_thumbprint, .. }, Some(k)) if *exchange_thumbprint == k.thumbprint());
+    if !reuse
+        && let Activation::RecoveryPending {
+            exchange_thumbprint,
+            ..
+        } = &activation
+    {
+        // Another partition may hold the pending exchange key (a client behind a
+        // load-balanced Service reaches any partition): hand out that one rather than
+        // replacing it.
+        if let Some(k) = crate::replica::peer::find_transfer_key(&app, exchange_thumbprint).await {
+            return Ok(json_response(StatusCode::OK, &k));
+        }
+    }
     if !reuse {
         let key = ExchangeKey::generate(&pool_id).map_err(sd_err)?;
         ctx.app
@@ -169,9 +182,48 @@ pub async fn upload(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.authorize(DataAction::SecurityDomainUpload, "/")?;
     let req: SecurityDomainObject = ctx.json()?;
     let app = ctx.app.clone();
+    match upload_here(&app, &req.value).await? {
+        Some(fingerprint) => {
+            tracing::info!(fingerprint = %fingerprint, "pool activated by security-domain upload");
+        }
+        None => {
+            // The exchange key may be on another partition (the client reached this one
+            // through a load-balanced Service): the blob is sealed to that key, so it can
+            // travel to it over the authenticated peer channel.
+            match crate::replica::peer::forward_upload(&app, &req.value).await {
+                Some(Ok(())) => {
+                    tracing::info!(
+                        "pool activated by a security-domain upload forwarded to the partition holding the exchange key"
+                    );
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    return Err(ApiError::conflict(
+                        "Conflict",
+                        "no partition of this pool holds an exchange key: start recovery with GET /securitydomain/upload (`kubectl hsm sd exchange-key`), build the transfer blob for that key, then upload it",
+                    ));
+                }
+            }
+        }
+    }
+    *ctx.app.upload_status.lock().await =
+        Some(("Success".into(), "The resource is active.".into()));
+    Ok(accepted(
+        ctx,
+        &status("Success", "The resource is active."),
+        "/securitydomain/upload/pending",
+    ))
+}
+
+/// Open `blob` with this partition's pending exchange key and activate the pool.
+/// `Ok(None)`: this partition holds no exchange key (nothing was done).
+pub async fn upload_here(
+    app: &std::sync::Arc<crate::app::App>,
+    blob: &str,
+) -> Result<Option<String>, ApiError> {
     let _guard = app.sd_lock.lock().await;
     let (activation, pool_id) = {
-        let st = ctx.app.store.read();
+        let st = app.store.read();
         (st.activation.clone(), st.settings.pool_id.clone())
     };
     if let Activation::Activated { fingerprint, .. } = &activation {
@@ -182,33 +234,39 @@ pub async fn upload(ctx: &mut Ctx) -> Result<Response, ApiError> {
             ),
         ));
     }
-    let mut slot = ctx.app.exchange.lock().await;
+    let mut slot = app.exchange.lock().await;
     let Some(key) = slot.as_ref() else {
-        return Err(ApiError::conflict(
-            "Conflict",
-            "this partition holds no exchange key: start recovery with GET /securitydomain/upload (`kubectl hsm sd exchange-key`), build the transfer blob for that key, then upload it",
-        ));
+        return Ok(None);
     };
-    let result = key.open_transfer_blob(&req.value, &pool_id);
-    let secret = match result {
+    let secret = match key.open_transfer_blob(blob, &pool_id) {
         Ok(s) => s,
         Err(e) => {
-            *ctx.app.upload_status.lock().await = Some(("Failed".into(), e.to_string()));
+            *app.upload_status.lock().await = Some(("Failed".into(), e.to_string()));
             return Err(sd_err(e));
         }
     };
     let fingerprint = secret.fingerprint();
-    ctx.app.activate(secret).await?;
+    app.activate(secret).await?;
     // Single use: the exchange private key is dropped (and zeroized) now.
     *slot = None;
-    *ctx.app.upload_status.lock().await =
-        Some(("Success".into(), "The resource is active.".into()));
-    tracing::info!(fingerprint = %fingerprint, "pool activated by security-domain upload");
-    Ok(accepted(
-        ctx,
-        &status("Success", "The resource is active."),
-        "/securitydomain/upload/pending",
-    ))
+    *app.upload_status.lock().await = Some(("Success".into(), "The resource is active.".into()));
+    Ok(Some(fingerprint))
+}
+
+/// This partition's pending exchange key as a transfer key, if it holds the one the pool's
+/// state names.
+pub async fn local_transfer_key(app: &crate::app::App) -> Option<TransferKey> {
+    let thumbprint = match &app.store.read().activation {
+        Activation::RecoveryPending {
+            exchange_thumbprint,
+            ..
+        } => exchange_thumbprint.clone(),
+        _ => return None,
+    };
+    let slot = app.exchange.lock().await;
+    slot.as_ref()
+        .filter(|k| k.thumbprint() == thumbprint)
+        .map(|k| k.transfer_key())
 }
 
 pub fn upload_pending(ctx: &mut Ctx) -> Result<Response, ApiError> {

@@ -1,24 +1,27 @@
 //! Background backup and restore jobs and their status, in memory.
 //!
+//! A job runs on the partition that accepted it; the other partitions of the pool answer
+//! status requests for it by asking their peers (`GET /internal/jobs/{jobId}`), so a client
+//! behind a load-balanced Service can poll any partition.
 //! A partition restart loses job status (a poller then gets 404), never data: a backup
 //! folder without its manifest is incomplete and is never restored, and a restore commits
 //! as one command or not at all.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Finished jobs kept per process before the oldest are forgotten.
 const MAX_FINISHED: usize = 1000;
 
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
     InProgress,
     Succeeded,
     Failed,
 }
 
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum Kind {
     Backup,
@@ -27,7 +30,7 @@ pub enum Kind {
     RestoreCheck,
 }
 
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct JobError {
     pub code: String,
     pub message: String,
@@ -36,7 +39,7 @@ pub struct JobError {
 }
 
 /// The Azure operation body (`FullBackupOperation` / `RestoreOperation`).
-#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatus {
     pub status: Status,
@@ -49,6 +52,28 @@ pub struct JobStatus {
     pub azure_storage_blob_container_uri: Option<String>,
     #[serde(skip)]
     pub kind: Option<Kind>,
+}
+
+/// A job as one partition reports it to another (the Azure body does not carry the kind).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PeerJob {
+    pub kind: Kind,
+    pub status: JobStatus,
+}
+
+impl PeerJob {
+    /// The job's status with its kind restored.
+    pub fn into_status(self) -> JobStatus {
+        JobStatus {
+            kind: Some(self.kind),
+            ..self.status
+        }
+    }
+}
+
+/// `jobId` as it may appear in a peer path: the ids this module makes are hex.
+pub fn valid_id(job_id: &str) -> bool {
+    !job_id.is_empty() && job_id.len() <= 64 && job_id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 type Registry = Mutex<HashMap<(String, String), (u64, JobStatus)>>;
@@ -127,6 +152,15 @@ pub fn get(pool_id: &str, job_id: &str) -> Option<JobStatus> {
     let r = registry().lock().unwrap_or_else(|p| p.into_inner());
     r.get(&(pool_id.to_string(), job_id.to_string()))
         .map(|(_, s)| s.clone())
+}
+
+/// This partition's job, for a peer.
+pub fn get_for_peer(pool_id: &str, job_id: &str) -> Option<PeerJob> {
+    let st = get(pool_id, job_id)?;
+    Some(PeerJob {
+        kind: st.kind?,
+        status: st,
+    })
 }
 
 /// One lock per pool: backups and restores of a pool run one at a time.

@@ -329,8 +329,155 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             let r: DomainRequest = parse!(_);
             hand_over_domain(&app, &peer, &r)
         }
+        (Method::GET, "/internal/sd/transfer-key") => {
+            match crate::api::sd::local_transfer_key(&app).await {
+                Some(k) => json(&k),
+                None => refuse(StatusCode::NOT_FOUND, "no pending exchange key here"),
+            }
+        }
+        (Method::POST, "/internal/sd/upload") => {
+            let r: UploadRequest = parse!(_);
+            match crate::api::sd::upload_here(&app, &r.value).await {
+                Ok(Some(fingerprint)) => {
+                    tracing::info!(peer = %peer, fingerprint = %fingerprint, "pool activated by a security-domain upload forwarded by a peer");
+                    json(&UploadReply { error: None })
+                }
+                Ok(None) => refuse(StatusCode::NOT_FOUND, "no pending exchange key here"),
+                Err(e) => json(&UploadReply {
+                    error: Some(UploadError {
+                        status: e.status.as_u16(),
+                        code: e.code,
+                        message: e.message,
+                    }),
+                }),
+            }
+        }
+        (Method::GET, p) if p.starts_with(JOBS_PATH) => {
+            let id = &p[JOBS_PATH.len()..];
+            let pool_id = app.store.read().settings.pool_id.clone();
+            match crate::backup::job::get_for_peer(&pool_id, id) {
+                Some(j) => json(&j),
+                None => refuse(StatusCode::NOT_FOUND, "no such job on this partition"),
+            }
+        }
         _ => refuse(StatusCode::NOT_FOUND, "no such peer operation"),
     }
+}
+
+/// `POST /internal/sd/upload`: a transfer blob for the partition holding the exchange key.
+#[derive(Serialize, Deserialize)]
+struct UploadRequest {
+    value: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct UploadReply {
+    error: Option<UploadError>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct UploadError {
+    status: u16,
+    code: String,
+    message: String,
+}
+
+/// The pending exchange key (its thumbprint must be `thumbprint`) from the member that holds it.
+pub async fn find_transfer_key(
+    app: &Arc<App>,
+    thumbprint: &str,
+) -> Option<keystead_core::sd::wire::TransferKey> {
+    let replica = app.store.replica()?.clone();
+    for m in replica
+        .status()
+        .members
+        .iter()
+        .filter(|m| m.name != replica.name)
+    {
+        match replica
+            .client
+            .get::<keystead_core::sd::wire::TransferKey>(
+                &m.url,
+                "/internal/sd/transfer-key",
+                Duration::from_secs(3),
+            )
+            .await
+        {
+            Ok(k) if transfer_key_thumbprint(&k).as_deref() == Some(thumbprint) => return Some(k),
+            Ok(_) => {
+                tracing::warn!(peer = %m.name, "a peer holds an exchange key the pool does not expect")
+            }
+            Err(e) => tracing::debug!(peer = %m.name, error = %e, "peer holds no exchange key"),
+        }
+    }
+    None
+}
+
+fn transfer_key_thumbprint(k: &keystead_core::sd::wire::TransferKey) -> Option<String> {
+    let json = serde_json::to_string(k).ok()?;
+    ExchangeCertificate::from_transfer_key_json(&json)
+        .ok()
+        .map(|c| c.thumbprint().to_string())
+}
+
+/// Hand a transfer blob to the member holding the exchange key. `None`: no member holds one.
+pub async fn forward_upload(
+    app: &Arc<App>,
+    blob: &str,
+) -> Option<Result<(), crate::api::error::ApiError>> {
+    let replica = app.store.replica()?.clone();
+    let req = UploadRequest {
+        value: blob.to_string(),
+    };
+    for m in replica
+        .status()
+        .members
+        .iter()
+        .filter(|m| m.name != replica.name)
+    {
+        match replica
+            .client
+            .post::<_, UploadReply>(&m.url, "/internal/sd/upload", &req, Duration::from_secs(60))
+            .await
+        {
+            Ok(UploadReply { error: None }) => return Some(Ok(())),
+            Ok(UploadReply { error: Some(e) }) => {
+                let status =
+                    StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                return Some(Err(crate::api::error::ApiError::new(
+                    status, &e.code, e.message,
+                )));
+            }
+            Err(e) => tracing::debug!(peer = %m.name, error = %e, "peer did not take the upload"),
+        }
+    }
+    None
+}
+
+/// `GET /internal/jobs/{jobId}`: a backup or restore job running (or finished) on a peer.
+const JOBS_PATH: &str = "/internal/jobs/";
+
+/// Ask the other members for a job this partition does not know (jobs live in the memory
+/// of the partition that runs them). `job_id` must satisfy `job::valid_id`.
+pub async fn find_job(app: &Arc<App>, job_id: &str) -> Option<crate::backup::job::JobStatus> {
+    let replica = app.store.replica()?.clone();
+    let path = format!("{JOBS_PATH}{job_id}");
+    for m in replica
+        .status()
+        .members
+        .iter()
+        .filter(|m| m.name != replica.name)
+    {
+        match replica
+            .client
+            .get::<crate::backup::job::PeerJob>(&m.url, &path, Duration::from_secs(3))
+            .await
+        {
+            Ok(j) => return Some(j.into_status()),
+            Err(e) => tracing::debug!(peer = %m.name, error = %e, "peer does not report the job"),
+        }
+    }
+    None
 }
 
 /// Seal the domain to a member's one-time exchange key.
