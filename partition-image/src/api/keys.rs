@@ -167,14 +167,30 @@ fn recovery_id(ctx: &Ctx, d: &DeletedKey) -> String {
 }
 
 fn key_record(ctx: &Ctx, name: &str) -> Result<KeyRecord, ApiError> {
-    ctx.app.store.read().keys.get(name).cloned().ok_or_else(|| {
-        ApiError::not_found(
-            "KeyNotFound",
-            format!(
-                "A key with (name/id) {name} was not found in this pool; list keys with GET /keys"
-            ),
-        )
-    })
+    ctx.app
+        .store
+        .read()
+        .keys
+        .get(name)
+        .cloned()
+        .ok_or_else(|| key_not_found(name))
+}
+
+/// One version of a key (the latest when `version` is None), copied out under the state's
+/// read lock without copying the key's other versions (the hot path of every key operation).
+fn one_version(ctx: &Ctx, name: &str, version: Option<&str>) -> Result<KeyVersion, ApiError> {
+    let st = ctx.app.store.read();
+    match st.keys.get(name) {
+        Some(rec) => key_version(rec, version),
+        None => Err(key_not_found(name)),
+    }
+}
+
+fn key_not_found(name: &str) -> ApiError {
+    ApiError::not_found(
+        "KeyNotFound",
+        format!("A key with (name/id) {name} was not found in this pool; list keys with GET /keys"),
+    )
 }
 
 fn key_version(rec: &KeyRecord, version: Option<&str>) -> Result<KeyVersion, ApiError> {
@@ -332,8 +348,7 @@ pub fn get(ctx: &mut Ctx, name: &str, version: Option<&str>) -> Result<Response,
     ctx.key(name, version);
     ctx.authorize(DataAction::KeysRead, &key_scope(name))?;
     ctx.require_active()?;
-    let rec = key_record(ctx, name)?;
-    let v = key_version(&rec, version)?;
+    let v = one_version(ctx, name, version)?;
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &v)))
 }
 
@@ -922,8 +937,7 @@ pub fn operation(
         ));
     }
     ctx.require_active()?;
-    let rec = key_record(ctx, name)?;
-    let v = key_version(&rec, version)?;
+    let v = one_version(ctx, name, version)?;
     ctx.key(name, Some(&v.version));
     check_usable(name, &v, op_name)?;
     let key = ctx
