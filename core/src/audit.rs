@@ -42,6 +42,12 @@ pub struct AuditRecord {
     pub key_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_version: Option<String>,
+    /// The pool member (partition name) a membership change or a domain handover concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// That member's Raft node id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<u64>,
     /// HTTP status code of the response.
     pub status: u16,
     /// Key Vault error code of a failed request.

@@ -3,6 +3,7 @@
 //!
 //! - [`b64`]: base64url (no padding) helpers used by every JSON field of the Key Vault API.
 //! - [`error`]: the Key Vault error body.
+//! - [`members`]: the membership admin API of a replicated pool.
 
 pub mod aead;
 pub mod audit;
@@ -10,5 +11,6 @@ pub mod b64;
 pub mod error;
 pub mod kdf;
 pub mod keys;
+pub mod members;
 pub mod rbac;
 pub mod sd;

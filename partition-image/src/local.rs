@@ -62,7 +62,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A free loopback TCP port (for a new partition).
+pub fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
@@ -71,32 +72,152 @@ fn issuer_url(pool: &str) -> String {
     format!("https://issuer.keystead.local/{pool}")
 }
 
+/// The pool-wide material of a local pool directory: its CA, its token issuer (and the
+/// issuer's JWKS file the partitions trust) and the secrets directory.
+pub struct LocalPki {
+    pub dir: PathBuf,
+    pub pool_name: String,
+    ca: pki::CaMaterial,
+    pub ca_file: PathBuf,
+    pub issuer: LocalIssuer,
+    jwks_file: PathBuf,
+    secrets: PathBuf,
+}
+
+impl std::fmt::Debug for LocalPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalPki")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalPki {
+    /// Load the pool directory's CA and issuer, creating them the first time.
+    pub fn open_or_create(dir: &Path, pool_name: &str) -> anyhow::Result<LocalPki> {
+        let dir = std::path::absolute(dir)?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the pool directory {}", dir.display()))?;
+        let ca_file = dir.join("ca.pem");
+        let ca_key = dir.join("ca-key.pem");
+        let ca = if ca_file.exists() {
+            pki::CaMaterial {
+                cert_pem: std::fs::read_to_string(&ca_file)?,
+                key_pem: std::fs::read_to_string(&ca_key)?,
+            }
+        } else {
+            let ca = pki::generate_ca(&format!("Keystead local pool {pool_name}"), 3650)?;
+            write_private(&ca_key, ca.key_pem.as_bytes())?;
+            std::fs::write(&ca_file, &ca.cert_pem)?;
+            ca
+        };
+        let issuer_dir = dir.join("issuer");
+        std::fs::create_dir_all(&issuer_dir)?;
+        let issuer = LocalIssuer::load_or_create(&issuer_dir, &issuer_url(pool_name))?;
+        let jwks_file = issuer_dir.join("jwks.json");
+        std::fs::write(&jwks_file, serde_json::to_vec_pretty(&issuer.jwks())?)?;
+        let secrets = dir.join("secrets");
+        std::fs::create_dir_all(&secrets)?;
+        Ok(LocalPki {
+            dir,
+            pool_name: pool_name.to_string(),
+            ca,
+            ca_file,
+            issuer,
+            jwks_file,
+            secrets,
+        })
+    }
+
+    /// The configuration of partition `name` (`DIR/<name>/config.json`): loaded if it
+    /// exists, otherwise created with a new certificate of the pool CA (common name
+    /// `name`), a new sealing key, HTTPS on `127.0.0.1:port` and the given `peers`. Its
+    /// workload token (`partition:<name>`) is renewed either way.
+    pub fn partition(
+        &self,
+        name: &str,
+        port: u16,
+        peers: &[PeerSettings],
+    ) -> anyhow::Result<(PathBuf, PartitionConfig)> {
+        let pdir = self.dir.join(name);
+        std::fs::create_dir_all(&pdir)?;
+        let cfg_path = pdir.join("config.json");
+        let cfg = if cfg_path.exists() {
+            PartitionConfig::load(&cfg_path)?
+        } else {
+            let leaf = pki::issue_leaf(
+                &self.ca,
+                name,
+                &["localhost".to_string()],
+                &["127.0.0.1".parse()?],
+                3650,
+            )?;
+            std::fs::write(pdir.join("tls.crt"), &leaf.cert_pem)?;
+            write_private(&pdir.join("tls.key"), leaf.key_pem.as_bytes())?;
+            let sealing = self.secrets.join(format!("sealing-{name}.key"));
+            let mut key = zeroize::Zeroizing::new([0u8; 32]);
+            aws_lc_rs::rand::fill(key.as_mut_slice())
+                .map_err(|_| anyhow::anyhow!("no randomness"))?;
+            write_private(&sealing, key.as_slice())?;
+            let cfg = PartitionConfig {
+                pool_name: self.pool_name.clone(),
+                partition_id: name.to_string(),
+                listen: format!("127.0.0.1:{port}"),
+                public_url: format!("https://127.0.0.1:{port}"),
+                data_dir: pdir.join("data"),
+                tls: TlsFiles {
+                    cert_file: pdir.join("tls.crt"),
+                    key_file: pdir.join("tls.key"),
+                    ca_file: self.ca_file.clone(),
+                },
+                auth: AuthSettings {
+                    audience: default_audience(),
+                    authority: "https://login.keystead.local/keystead".into(),
+                    issuers: vec![IssuerSettings {
+                        issuer: issuer_url(&self.pool_name),
+                        audiences: vec![],
+                        jwks_file: Some(self.jwks_file.clone()),
+                        ca_file: None,
+                        bearer_token_file: None,
+                    }],
+                },
+                initial_administrators: vec![ADMIN_SUBJECT.to_string()],
+                soft_delete_retention_days: 90,
+                purge_protection: false,
+                seal: SealSettings {
+                    mode: SealMode::SealingKeyFile,
+                    key_file: Some(sealing),
+                },
+                audit: AuditSettings {
+                    file: None,
+                    stdout: false,
+                },
+                peers: peers.to_vec(),
+                peer_token_file: if peers.is_empty() {
+                    None
+                } else {
+                    Some(pdir.join("peer.token"))
+                },
+            };
+            std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
+            cfg
+        };
+        if let Some(f) = &cfg.peer_token_file {
+            // The partition's workload identity, renewed on every start.
+            let t = self.issuer.issue(
+                &format!("partition:{}", cfg.partition_id),
+                &default_audience(),
+                TOKEN_TTL,
+            )?;
+            write_private(f, t.as_bytes())?;
+        }
+        Ok((cfg_path, cfg))
+    }
+}
+
 /// Create or load the pool's files; returns the configuration path of each partition.
 pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> {
-    let dir = std::path::absolute(&opts.dir)?;
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the pool directory {}", dir.display()))?;
-    let ca_cert = dir.join("ca.pem");
-    let ca_key = dir.join("ca-key.pem");
-    let ca = if ca_cert.exists() {
-        pki::CaMaterial {
-            cert_pem: std::fs::read_to_string(&ca_cert)?,
-            key_pem: std::fs::read_to_string(&ca_key)?,
-        }
-    } else {
-        let ca = pki::generate_ca(&format!("Keystead local pool {}", opts.pool_name), 3650)?;
-        write_private(&ca_key, ca.key_pem.as_bytes())?;
-        std::fs::write(&ca_cert, &ca.cert_pem)?;
-        ca
-    };
-    let issuer_dir = dir.join("issuer");
-    std::fs::create_dir_all(&issuer_dir)?;
-    let issuer = LocalIssuer::load_or_create(&issuer_dir, &issuer_url(&opts.pool_name))?;
-    let jwks_file = issuer_dir.join("jwks.json");
-    std::fs::write(&jwks_file, serde_json::to_vec_pretty(&issuer.jwks())?)?;
-    let secrets = dir.join("secrets");
-    std::fs::create_dir_all(&secrets)?;
-
+    let pki = LocalPki::open_or_create(&opts.dir, &opts.pool_name)?;
     let mut configs = Vec::new();
     let mut endpoints = Vec::new();
     // Ports and peer list of a new pool (a resumed pool keeps its configurations).
@@ -117,93 +238,24 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
         Vec::new()
     };
     for (i, &port) in ports.iter().enumerate() {
-        let pdir = dir.join(format!("p{i}"));
-        std::fs::create_dir_all(&pdir)?;
-        let cfg_path = pdir.join("config.json");
-        let cfg = if cfg_path.exists() {
-            PartitionConfig::load(&cfg_path)?
-        } else {
-            let leaf = pki::issue_leaf(
-                &ca,
-                &format!("p{i}"),
-                &["localhost".to_string()],
-                &["127.0.0.1".parse()?],
-                3650,
-            )?;
-            std::fs::write(pdir.join("tls.crt"), &leaf.cert_pem)?;
-            write_private(&pdir.join("tls.key"), leaf.key_pem.as_bytes())?;
-            let sealing = secrets.join(format!("sealing-p{i}.key"));
-            let mut key = zeroize::Zeroizing::new([0u8; 32]);
-            aws_lc_rs::rand::fill(key.as_mut_slice())
-                .map_err(|_| anyhow::anyhow!("no randomness"))?;
-            write_private(&sealing, key.as_slice())?;
-            let cfg = PartitionConfig {
-                pool_name: opts.pool_name.clone(),
-                partition_id: format!("p{i}"),
-                listen: format!("127.0.0.1:{port}"),
-                public_url: format!("https://127.0.0.1:{port}"),
-                data_dir: pdir.join("data"),
-                tls: TlsFiles {
-                    cert_file: pdir.join("tls.crt"),
-                    key_file: pdir.join("tls.key"),
-                    ca_file: ca_cert.clone(),
-                },
-                auth: AuthSettings {
-                    audience: default_audience(),
-                    authority: "https://login.keystead.local/keystead".into(),
-                    issuers: vec![IssuerSettings {
-                        issuer: issuer_url(&opts.pool_name),
-                        audiences: vec![],
-                        jwks_file: Some(jwks_file.clone()),
-                        ca_file: None,
-                        bearer_token_file: None,
-                    }],
-                },
-                initial_administrators: vec![ADMIN_SUBJECT.to_string()],
-                soft_delete_retention_days: 90,
-                purge_protection: false,
-                seal: SealSettings {
-                    mode: SealMode::SealingKeyFile,
-                    key_file: Some(sealing),
-                },
-                audit: AuditSettings {
-                    file: None,
-                    stdout: false,
-                },
-                peers: peers.clone(),
-                peer_token_file: if peers.is_empty() {
-                    None
-                } else {
-                    Some(pdir.join("peer.token"))
-                },
-            };
-            std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
-            cfg
-        };
-        if let Some(f) = &cfg.peer_token_file {
-            // The partition's workload identity, renewed on every start.
-            let t = issuer.issue(
-                &format!("partition:{}", cfg.partition_id),
-                &default_audience(),
-                TOKEN_TTL,
-            )?;
-            write_private(f, t.as_bytes())?;
-        }
+        let (cfg_path, cfg) = pki.partition(&format!("p{i}"), port, &peers)?;
         endpoints.push(cfg.public_url.clone());
         configs.push(cfg_path);
     }
-    let token_file = dir.join("admin.token");
-    let token = issuer.issue(ADMIN_SUBJECT, &default_audience(), TOKEN_TTL)?;
+    let token_file = pki.dir.join("admin.token");
+    let token = pki
+        .issuer
+        .issue(ADMIN_SUBJECT, &default_audience(), TOKEN_TTL)?;
     write_private(&token_file, token.as_bytes())?;
     let pool = PoolFile {
         endpoints,
-        ca_file: ca_cert,
+        ca_file: pki.ca_file.clone(),
         admin_token_file: token_file,
         issuer: issuer_url(&opts.pool_name),
-        issuer_dir,
+        issuer_dir: pki.dir.join("issuer"),
         audience: default_audience(),
     };
-    std::fs::write(dir.join("pool.json"), serde_json::to_vec_pretty(&pool)?)?;
+    std::fs::write(pki.dir.join("pool.json"), serde_json::to_vec_pretty(&pool)?)?;
     Ok((configs, pool))
 }
 

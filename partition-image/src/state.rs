@@ -181,6 +181,11 @@ pub struct PoolState {
     pub keys: BTreeMap<String, KeyRecord>,
     pub deleted: BTreeMap<String, DeletedKey>,
     pub rbac: RbacState,
+    /// Members removed from the pool's Raft group (node id → partition name), derived by the
+    /// replicated state machine from committed membership changes. Node ids are never
+    /// reused, and a removed partition's peer requests are refused (docs/replication.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retired_members: BTreeMap<u64, String>,
 }
 
 /// A state change. Proposed by the partition that received the request, applied by all.

@@ -9,6 +9,7 @@ mod backup;
 pub mod error;
 mod keys;
 pub use keys::now as keys_now;
+mod members;
 mod rbac;
 pub mod route;
 pub(crate) mod sd;
@@ -41,6 +42,8 @@ pub struct AuditInfo {
     pub data_action: Option<DataAction>,
     pub key_name: Option<String>,
     pub key_version: Option<String>,
+    pub member: Option<String>,
+    pub member_id: Option<u64>,
 }
 
 /// One authenticated request.
@@ -239,12 +242,14 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                                 body,
                                 audit: AuditInfo::default(),
                             };
-                            // Status answers even without a majority (it says so).
-                            let barrier = if matches!(route, Route::AdminStatus) {
-                                Ok(())
-                            } else {
-                                app.store.read_barrier().await
-                            };
+                            // Status and the member list answer even without a majority
+                            // (they say so).
+                            let barrier =
+                                if matches!(route, Route::AdminStatus | Route::ListMembers) {
+                                    Ok(())
+                                } else {
+                                    app.store.read_barrier().await
+                                };
                             let r = match barrier {
                                 Ok(()) => dispatch(route, &mut ctx).await,
                                 Err(e) => Err(ApiError::from(e)),
@@ -281,6 +286,8 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         data_action: info.data_action.map(|a| a.as_str().to_string()),
         key_name: info.key_name,
         key_version: info.key_version,
+        member: info.member,
+        member_id: info.member_id,
         status,
         error_code,
         latency_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -344,6 +351,10 @@ async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
             method,
         } => rbac::handle(ctx, &scope, kind, name.as_deref(), &method).await,
         R::AdminStatus => sd::admin_status(ctx),
+        R::ListMembers => members::list(ctx).await,
+        R::AddMember => members::add(ctx).await,
+        R::RemoveMember { id } => members::remove(ctx, &id).await,
+        R::ReplaceMember { id } => members::replace(ctx, &id).await,
     }
 }
 

@@ -118,6 +118,18 @@ pub enum Route {
         method: Method,
     },
     AdminStatus,
+    /// `GET /admin/members`
+    ListMembers,
+    /// `POST /admin/members`
+    AddMember,
+    /// `DELETE /admin/members/{id}`
+    RemoveMember {
+        id: String,
+    },
+    /// `PUT /admin/members/{id}`
+    ReplaceMember {
+        id: String,
+    },
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -258,6 +270,14 @@ pub fn parse(method: &Method, path: &str) -> Option<Route> {
             job: job.to_string(),
         },
         ["admin", "status"] if m == Method::GET => Route::AdminStatus,
+        ["admin", "members"] | ["admin", "members", ""] if m == Method::GET => Route::ListMembers,
+        ["admin", "members"] | ["admin", "members", ""] if m == Method::POST => Route::AddMember,
+        ["admin", "members", id] if m == Method::DELETE && !id.is_empty() => {
+            Route::RemoveMember { id: id.to_string() }
+        }
+        ["admin", "members", id] if m == Method::PUT && !id.is_empty() => {
+            Route::ReplaceMember { id: id.to_string() }
+        }
         _ => return None,
     };
     Some(r)
@@ -324,6 +344,17 @@ mod tests {
             p(Method::DELETE, "/deletedkeys/k1"),
             Some(Route::PurgeDeletedKey { name: "k1".into() })
         );
+        assert_eq!(p(Method::GET, "/admin/members"), Some(Route::ListMembers));
+        assert_eq!(p(Method::POST, "/admin/members/"), Some(Route::AddMember));
+        assert_eq!(
+            p(Method::DELETE, "/admin/members/3"),
+            Some(Route::RemoveMember { id: "3".into() })
+        );
+        assert_eq!(
+            p(Method::PUT, "/admin/members/3"),
+            Some(Route::ReplaceMember { id: "3".into() })
+        );
+        assert_eq!(p(Method::DELETE, "/admin/members/"), None);
         assert_eq!(p(Method::GET, "/nothing"), None);
         assert_eq!(p(Method::POST, "/keys/k1/v1/frobnicate"), None);
     }

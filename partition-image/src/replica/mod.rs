@@ -9,6 +9,7 @@
 //! `docs/replication.md`.
 
 pub mod log_store;
+pub mod membership;
 pub mod metrics;
 pub mod network;
 pub mod peer;
@@ -43,7 +44,7 @@ openraft::declare_raft_types!(
 pub type Raft = openraft::Raft<TypeConfig>;
 
 /// How long a write or a read barrier waits for a leader before giving up.
-const LEADER_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const LEADER_WAIT: Duration = Duration::from_secs(10);
 
 /// Answer of the leader to a forwarded write.
 #[derive(Serialize, Deserialize, Debug)]
@@ -103,6 +104,8 @@ pub struct Replica {
     /// not yet caught up with the leader's commit index: it neither votes nor campaigns, so
     /// it cannot help elect a leader that lacks a committed entry it has lost.
     pub recovering: std::sync::atomic::AtomicBool,
+    /// Serialises membership changes on the leader.
+    pub membership_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -178,6 +181,7 @@ impl Replica {
             peers: cfg.peers.clone(),
             client,
             recovering: std::sync::atomic::AtomicBool::new(false),
+            membership_lock: tokio::sync::Mutex::new(()),
         });
         if pristine {
             let r = replica.clone();
@@ -490,15 +494,43 @@ impl Replica {
         }
     }
 
-    /// Names of the members of the current membership (and the configured peers).
-    pub fn is_member_name(&self, name: &str) -> bool {
-        if self.peers.iter().any(|p| p.name == name) {
-            return true;
-        }
+    /// How this partition regards a peer named `name` (an authenticated pool partition).
+    pub fn standing(&self, name: &str) -> Standing {
         let m = self.raft.metrics().borrow().clone();
-        m.membership_config
+        if m.membership_config
             .membership()
             .nodes()
             .any(|(_, n)| n.name == name)
+        {
+            return Standing::Member;
+        }
+        let retired = self
+            .sm
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .retired_members
+            .values()
+            .any(|n| n == name);
+        if retired {
+            Standing::Retired
+        } else {
+            Standing::Other
+        }
     }
+}
+
+/// How a partition regards an authenticated peer (pool-CA certificate and workload token of
+/// the same name). See docs/replication.md (Peer authentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// In this partition's current membership (voter or learner): may do everything,
+    /// including forwarding writes and receiving the domain.
+    Member,
+    /// Not (yet) in this partition's membership and never removed: a configured peer at
+    /// bootstrap, a partition waiting to be added, or a member this partition has not heard
+    /// of yet. May take part in Raft (elections, replication) and read the group's state.
+    Other,
+    /// Removed from the pool: refused.
+    Retired,
 }

@@ -1,14 +1,20 @@
 //! The peer API (`/internal/...`): Raft RPCs, forwarded writes, read-index, group state and
 //! the domain handover — and the client that calls it.
 //!
-//! Every `/internal` request must present BOTH a client certificate issued by the pool CA
-//! whose common name is a member of the pool, AND a bearer token of a configured issuer
-//! whose subject is `partition:<that name>` (the workload identity: a Kubernetes
-//! service-account token in a cluster, the local issuer locally). Anything else is refused
-//! before the body is read.
+//! Every `/internal` request must present BOTH a client certificate issued by the pool CA,
+//! AND a bearer token of a configured issuer whose subject is `partition:<the certificate's
+//! common name>` (the workload identity: a Kubernetes service-account token in a cluster,
+//! the local issuer locally). Then the partition's [`Standing`] decides: a partition removed
+//! from the pool is refused everything; forwarded writes, the domain handover and
+//! membership requests need a current member (voter or learner); Raft traffic and the group
+//! state are open to any other pool partition (a configured peer at bootstrap, a member
+//! this partition has not learned of yet). Refusals happen before the body is read. The
+//! domain handover and membership requests are audited.
 
-use super::ForwardReply;
+use super::membership::{MembershipRequest, execute, local_state};
+use super::{ForwardReply, Standing};
 use crate::app::App;
+use crate::audit::AuditRecord;
 use crate::config::PartitionConfig;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -44,6 +50,14 @@ pub struct PeerState {
     /// Last log index (0: at most the initial membership entry).
     #[serde(default)]
     pub last_log_index: u64,
+    #[serde(default)]
+    pub applied_index: u64,
+    /// Started with an empty disk and not caught up yet.
+    #[serde(default)]
+    pub recovering: bool,
+    /// Holds the security domain.
+    #[serde(default)]
+    pub domain_loaded: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -209,30 +223,25 @@ fn json<T: Serialize>(v: &T) -> Response {
     }
 }
 
-/// Authenticate a peer: pool-CA certificate of a member AND its workload token.
+/// Authenticate a peer: a pool-CA client certificate AND the workload token of the same
+/// partition. Returns its name.
 async fn authenticate(
     app: &App,
     cert_name: Option<String>,
     token: Option<String>,
 ) -> Result<String, Response> {
-    let Some(replica) = app.store.replica() else {
+    if app.store.replica().is_none() {
         return Err(refuse(
             StatusCode::NOT_FOUND,
             "this partition is not replicated (no peers configured)",
         ));
-    };
+    }
     let Some(name) = cert_name else {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
             "the peer API requires a client certificate issued by the pool CA",
         ));
     };
-    if !replica.is_member_name(&name) {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "the client certificate does not name a member of this pool",
-        ));
-    }
     let Some(token) = token else {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
@@ -254,40 +263,141 @@ async fn authenticate(
     Ok(name)
 }
 
+/// Peer operations only a current member may call: they write to the pool, hand out the
+/// domain or change the membership.
+fn members_only(path: &str) -> bool {
+    matches!(
+        path,
+        "/internal/forward" | "/internal/domain" | "/internal/members"
+    )
+}
+
+/// Peer operations with an audit record (rare and security-relevant; the Raft traffic is
+/// not audited).
+fn audited(path: &str) -> bool {
+    matches!(path, "/internal/domain" | "/internal/members")
+}
+
 /// Entry point of `/internal/...`.
 pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    if !audited(&path) {
+        return serve(&app, req).await.0;
+    }
+    let started = std::time::Instant::now();
+    let method = req.method().to_string();
+    let client = req
+        .extensions()
+        .get::<crate::api::ClientAddr>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let (response, peer, what) = serve(&app, req).await;
+    let status = response.status().as_u16();
+    app.audit.record(AuditRecord {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        partition: app.cfg.partition_id.clone(),
+        caller: peer
+            .as_ref()
+            .map(|p| format!("partition:{p}"))
+            .unwrap_or_else(|| "anonymous".into()),
+        client_address: client,
+        method,
+        path,
+        operation: what.operation.to_string(),
+        member: what.member,
+        member_id: what.member_id,
+        status,
+        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+        ..AuditRecord::default()
+    });
+    response
+}
+
+/// What an audited peer request was about.
+#[derive(Default)]
+struct PeerAudit {
+    operation: &'static str,
+    member: Option<String>,
+    member_id: Option<u64>,
+}
+
+/// Authenticate, check the peer's standing, and serve. Returns the response, the
+/// authenticated peer's name and what to audit.
+async fn serve(app: &Arc<App>, req: Request) -> (Response, Option<String>, PeerAudit) {
+    let path = req.uri().path().to_string();
+    let mut what = PeerAudit {
+        operation: match path.as_str() {
+            "/internal/domain" => "SecurityDomainHandover",
+            _ => "MembershipForwarded",
+        },
+        ..PeerAudit::default()
+    };
     let cert_name = req
         .extensions()
         .get::<PeerCertName>()
         .and_then(|p| p.0.clone());
     let token = crate::auth::bearer_token(req.headers()).map(str::to_string);
-    let peer = match authenticate(&app, cert_name, token).await {
+    let peer = match authenticate(app, cert_name, token).await {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return (r, None, what),
     };
     let Some(replica) = app.store.replica().cloned() else {
-        return refuse(StatusCode::NOT_FOUND, "not replicated");
+        return (
+            refuse(StatusCode::NOT_FOUND, "not replicated"),
+            Some(peer),
+            what,
+        );
     };
+    let refused = match replica.standing(&peer) {
+        Standing::Retired => Some(format!(
+            "partition '{peer}' was removed from the pool; its peer requests are refused (add a new partition under a new node id with POST /admin/members)"
+        )),
+        Standing::Other if members_only(&path) => Some(format!(
+            "partition '{peer}' is not a member of this pool's Raft group (yet): an administrator adds it with POST /admin/members before it may forward writes or receive the security domain"
+        )),
+        Standing::Member | Standing::Other => None,
+    };
+    if let Some(msg) = refused {
+        return (refuse(StatusCode::FORBIDDEN, &msg), Some(peer), what);
+    }
+    if path == "/internal/domain" {
+        what.member = Some(peer.clone());
+        what.member_id = replica
+            .group()
+            .nodes
+            .iter()
+            .find(|(_, n)| n.name == peer)
+            .map(|(id, _)| *id);
+    }
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
     let body = match axum::body::to_bytes(req.into_body(), PEER_BODY_LIMIT).await {
         Ok(b) => b,
-        Err(_) => return refuse(StatusCode::PAYLOAD_TOO_LARGE, "peer request too large"),
+        Err(_) => {
+            return (
+                refuse(StatusCode::PAYLOAD_TOO_LARGE, "peer request too large"),
+                Some(peer),
+                what,
+            );
+        }
     };
     macro_rules! parse {
         ($t:ty) => {
             match serde_json::from_slice::<$t>(&body) {
                 Ok(v) => v,
                 Err(e) => {
-                    return refuse(
-                        StatusCode::BAD_REQUEST,
-                        &format!("the peer request does not parse: {e}"),
+                    return (
+                        refuse(
+                            StatusCode::BAD_REQUEST,
+                            &format!("the peer request does not parse: {e}"),
+                        ),
+                        Some(peer),
+                        what,
                     );
                 }
             }
         };
     }
-    match (method, path.as_str()) {
+    let response = match (method, path.as_str()) {
         (Method::POST, "/internal/raft/append") => {
             json(&replica.raft.append_entries(parse!(_)).await)
         }
@@ -295,12 +405,13 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             if replica.is_recovering() {
                 // An empty (new or wiped) disk may lack committed entries: no vote until
                 // caught up (see docs/replication.md).
-                return refuse(
+                refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "catching up after an empty start; not voting yet",
-                );
+                )
+            } else {
+                json(&replica.raft.vote(parse!(_)).await)
             }
-            json(&replica.raft.vote(parse!(_)).await)
         }
         (Method::POST, "/internal/raft/snapshot") => {
             json(&replica.raft.install_snapshot(parse!(_)).await)
@@ -321,13 +432,21 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             Ok(index) => json(&super::ReadIndexReply { index }),
             Err(_) => refuse(StatusCode::CONFLICT, "not the leader"),
         },
-        (Method::GET, "/internal/state") => json(&PeerState {
-            initialized: replica.raft.is_initialized().await.unwrap_or(false),
-            last_log_index: replica.raft.metrics().borrow().last_log_index.unwrap_or(0),
-        }),
+        (Method::GET, "/internal/state") => json(&local_state(app, &replica).await),
         (Method::POST, "/internal/domain") => {
             let r: DomainRequest = parse!(_);
-            hand_over_domain(&app, &peer, &r)
+            hand_over_domain(app, &peer, &r)
+        }
+        (Method::POST, "/internal/members") => {
+            let r: MembershipRequest = parse!(_);
+            what.operation = r.audit_operation();
+            (what.member, what.member_id) = r.audit_member();
+            if matches!(r, MembershipRequest::List) || replica.is_leader() {
+                json(&execute(app, &replica, r).await)
+            } else {
+                // The forwarding partition retries at the current leader.
+                refuse(StatusCode::CONFLICT, "not the leader")
+            }
         }
         (Method::GET, "/internal/sd/transfer-key") => {
             match crate::api::sd::local_transfer_key(&app).await {
@@ -361,7 +480,8 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
             }
         }
         _ => refuse(StatusCode::NOT_FOUND, "no such peer operation"),
-    }
+    };
+    (response, Some(peer), what)
 }
 
 /// `POST /internal/sd/upload`: a transfer blob for the partition holding the exchange key.

@@ -208,6 +208,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                     }
                     EntryPayload::Membership(m) => {
+                        // Members in the previous configuration and not in this one were
+                        // removed: remember them (their ids are never reused, their peer
+                        // requests are refused).
+                        for (id, node) in applied.1.membership().nodes() {
+                            if !m.nodes().any(|(n, _)| n == id) {
+                                state.retired_members.insert(*id, node.name.clone());
+                            }
+                        }
                         applied.1 = StoredMembership::new(Some(entry.log_id), m.clone());
                     }
                 }

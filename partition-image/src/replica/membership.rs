@@ -1,0 +1,916 @@
+//! Membership of the pool's Raft group: the leader's side of `/admin/members`.
+//!
+//! Any partition accepts a membership request (authorised by the API layer) and forwards it
+//! to the leader over the peer API (`POST /internal/members`), like a write. The leader plans
+//! the change with the pure functions below (what to do, or why it is refused), then
+//! carries it out with openraft's joint-consensus membership changes:
+//!
+//! - **add**: the new member joins as a learner, the leader waits (bounded) until it has
+//!   applied the pool's state and holds the domain of an activated pool, then promotes it to
+//!   voter (unless a learner was asked for);
+//! - **remove**: a learner is dropped; a voter is dropped only if at least [`MIN_VOTERS`]
+//!   voters remain (or `force`, never the last voter) and the remaining voters have a
+//!   reachable majority;
+//! - **replace**: add the new member as above, then swap it for the old voter in one joint
+//!   change.
+//!
+//! Every request is idempotent: repeating it after a timeout (202, leader change) continues
+//! where it stopped. See `docs/replication.md` (Membership).
+
+use super::peer::PeerState;
+use super::{LEADER_WAIT, Member, Replica};
+use crate::app::App;
+use keystead_core::members::{MemberHealth, MemberInfo, MemberRole, MemberSpec, MembersView};
+use openraft::ChangeMembers;
+use openraft::error::{ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Voters a pool keeps unless a removal is forced: with three, it survives the loss of any
+/// one partition.
+pub const MIN_VOTERS: usize = 3;
+/// How long the leader waits for a new member to catch up before answering 202.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+/// Timeout of one health probe of a member.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A member this many entries behind is catching up rather than healthy.
+const HEALTHY_LAG: u64 = 100;
+/// Timeout of a membership request forwarded to the leader (longer than the catch-up wait).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(100);
+
+/// A membership operation, as the receiving partition forwards it to the leader.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum MembershipRequest {
+    List,
+    Add { member: MemberSpec },
+    Remove { id: u64, force: bool },
+    Replace { old: u64, member: MemberSpec },
+}
+
+impl MembershipRequest {
+    /// Operation name in the audit log.
+    pub fn audit_operation(&self) -> &'static str {
+        match self {
+            MembershipRequest::List => "MemberList",
+            MembershipRequest::Add { .. } => "MemberAdd",
+            MembershipRequest::Remove { .. } => "MemberRemove",
+            MembershipRequest::Replace { .. } => "MemberReplace",
+        }
+    }
+
+    /// The member the request concerns (name and node id, as far as the request says).
+    pub fn audit_member(&self) -> (Option<String>, Option<u64>) {
+        match self {
+            MembershipRequest::List => (None, None),
+            MembershipRequest::Add { member } | MembershipRequest::Replace { member, .. } => {
+                (Some(member.name.clone()), Some(member.id))
+            }
+            MembershipRequest::Remove { id, .. } => (None, Some(*id)),
+        }
+    }
+}
+
+/// A refused (or failed) membership request: HTTP status, error code, message.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(status: u16, code: &str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            code: code.to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn conflict(code: &str, message: impl Into<String>) -> Refusal {
+        Refusal::new(409, code, message)
+    }
+
+    fn not_member(id: u64) -> Refusal {
+        Refusal::new(
+            404,
+            "MemberNotFound",
+            format!(
+                "node id {id} is not a member of the pool; list the members with GET /admin/members"
+            ),
+        )
+    }
+
+    fn unavailable(message: impl Into<String>) -> Refusal {
+        Refusal::new(503, "ServiceUnavailable", message)
+    }
+}
+
+/// The leader's answer: the membership after the request, and whether the request is done
+/// (false: accepted, still catching up — repeat it to finish).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MembershipReply {
+    pub view: MembersView,
+    pub complete: bool,
+}
+
+pub type MembershipResult = Result<MembershipReply, Refusal>;
+
+/// The group as a plan sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Group {
+    /// Voters (of every configuration while a joint change is in progress).
+    pub voters: BTreeSet<u64>,
+    /// Every member, voters and learners.
+    pub nodes: BTreeMap<u64, Member>,
+    /// Removed members (node id → name).
+    pub retired: BTreeMap<u64, String>,
+}
+
+impl Group {
+    fn is_voter(&self, id: u64) -> bool {
+        self.voters.contains(&id)
+    }
+
+    fn describe(&self, id: u64) -> String {
+        match self.nodes.get(&id) {
+            Some(n) => format!("{id} ('{}' at {})", n.name, n.url),
+            None => id.to_string(),
+        }
+    }
+}
+
+fn member_of(spec: &MemberSpec) -> Member {
+    Member {
+        name: spec.name.clone(),
+        url: spec.normalized_url(),
+    }
+}
+
+/// Checks of a member about to join: valid, id never used by another member, name and
+/// address not used by another member (`replacing` may share the name: a rebuilt partition
+/// under a new id).
+fn check_newcomer(g: &Group, spec: &MemberSpec, replacing: Option<u64>) -> Result<(), Refusal> {
+    spec.validate()
+        .map_err(|e| Refusal::new(400, "BadParameter", e.0))?;
+    if let Some(name) = g.retired.get(&spec.id)
+        && !g.nodes.contains_key(&spec.id)
+    {
+        return Err(Refusal::conflict(
+            "MemberIdRetired",
+            format!(
+                "node id {} belonged to member '{name}', which was removed from the pool; Raft node ids are never reused: choose a new id",
+                spec.id
+            ),
+        ));
+    }
+    let wanted = member_of(spec);
+    if let Some(node) = g.nodes.get(&spec.id)
+        && *node != wanted
+    {
+        return Err(Refusal::conflict(
+            "MemberIdInUse",
+            format!(
+                "node id {} is already member {}; choose a new id for the new partition",
+                spec.id,
+                g.describe(spec.id)
+            ),
+        ));
+    }
+    for (id, node) in &g.nodes {
+        if *id == spec.id {
+            continue;
+        }
+        if node.name == wanted.name && Some(*id) != replacing {
+            return Err(Refusal::conflict(
+                "MemberNameInUse",
+                format!(
+                    "the name '{}' belongs to member {}; a name identifies one partition (its certificate's common name)",
+                    wanted.name,
+                    g.describe(*id)
+                ),
+            ));
+        }
+        if node.url == wanted.url {
+            return Err(Refusal::conflict(
+                "MemberUrlInUse",
+                format!(
+                    "{} is the address of member {}; a new partition at a member's address is that member healing (same id and name), or remove the member first",
+                    wanted.url,
+                    g.describe(*id)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuse a voter set that would have no reachable majority (its changes could not commit:
+/// the pool would stop).
+pub fn check_majority(voters: &BTreeSet<u64>, reachable: &BTreeSet<u64>) -> Result<(), Refusal> {
+    let up = voters.intersection(reachable).count();
+    let need = voters.len() / 2 + 1;
+    if up < need {
+        return Err(Refusal::conflict(
+            "NoReachableMajority",
+            format!(
+                "after this change the voters would be {voters:?}, of which only {up} answer (a majority is {need}); the change could not commit and the pool would stop. Bring the members back (GET /admin/members shows which are unreachable) or replace them first"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What adding a member takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddPlan {
+    /// Not a member yet: add it as a learner, wait for it, then promote it if asked.
+    AddLearner,
+    /// Already a learner (an earlier request timed out): wait, then promote if asked.
+    CatchUp,
+    /// Already what was asked for.
+    Done,
+}
+
+pub fn plan_add(g: &Group, spec: &MemberSpec) -> Result<AddPlan, Refusal> {
+    check_newcomer(g, spec, None)?;
+    if !g.nodes.contains_key(&spec.id) {
+        return Ok(AddPlan::AddLearner);
+    }
+    match (g.is_voter(spec.id), spec.role) {
+        (true, MemberRole::Voter) => Ok(AddPlan::Done),
+        (true, MemberRole::Learner) => Err(Refusal::conflict(
+            "MemberIsVoter",
+            format!(
+                "member {} is already a voter; to make it a learner, remove it and add a new partition as a learner",
+                g.describe(spec.id)
+            ),
+        )),
+        (false, _) => Ok(AddPlan::CatchUp),
+    }
+}
+
+/// What removing a member takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovePlan {
+    Learner,
+    Voter,
+    /// Removed earlier (the request is repeated).
+    AlreadyRemoved,
+}
+
+pub fn plan_remove(
+    g: &Group,
+    id: u64,
+    reachable: &BTreeSet<u64>,
+    force: bool,
+) -> Result<RemovePlan, Refusal> {
+    if !g.nodes.contains_key(&id) {
+        if g.retired.contains_key(&id) {
+            return Ok(RemovePlan::AlreadyRemoved);
+        }
+        return Err(Refusal::not_member(id));
+    }
+    if !g.is_voter(id) {
+        return Ok(RemovePlan::Learner);
+    }
+    let remaining: BTreeSet<u64> = g.voters.iter().copied().filter(|v| *v != id).collect();
+    if remaining.is_empty() {
+        return Err(Refusal::conflict(
+            "LastVoter",
+            format!(
+                "member {} is the last voter; removing it would leave no one to commit anything",
+                g.describe(id)
+            ),
+        ));
+    }
+    if remaining.len() < MIN_VOTERS && !force {
+        return Err(Refusal::conflict(
+            "BelowQuorumSafeSize",
+            format!(
+                "removing member {} would leave {} voter(s); a pool needs {MIN_VOTERS} to survive the loss of one partition. Replace it instead (PUT /admin/members/{id} with the new partition), add a voter first, or repeat with ?force=true to shrink the pool anyway",
+                g.describe(id),
+                remaining.len()
+            ),
+        ));
+    }
+    check_majority(&remaining, reachable)?;
+    Ok(RemovePlan::Voter)
+}
+
+/// What replacing voter `old` by a new member takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplacePlan {
+    /// Add the new member as a learner, wait for it, then swap.
+    AddLearner,
+    /// The new member is already a learner: wait for it, then swap.
+    CatchUp,
+    /// The new member is already a voter: remove the old one.
+    RemoveOld,
+    /// Done earlier (the request is repeated).
+    Done,
+}
+
+pub fn plan_replace(g: &Group, old: u64, spec: &MemberSpec) -> Result<ReplacePlan, Refusal> {
+    if spec.id == old {
+        return Err(Refusal::new(
+            400,
+            "BadParameter",
+            format!(
+                "a replacement needs a new node id (the body has id {old}, the member being replaced): Raft node ids are never reused for another partition. To bring back member {old} on a new disk, just start it with its id and name (it heals)"
+            ),
+        ));
+    }
+    if spec.role != MemberRole::Voter {
+        return Err(Refusal::new(
+            400,
+            "BadParameter",
+            "a replacement takes the old member's vote: its role must be voter (or omitted)",
+        ));
+    }
+    if !g.nodes.contains_key(&old) {
+        if g.retired.contains_key(&old)
+            && g.is_voter(spec.id)
+            && g.nodes.get(&spec.id) == Some(&member_of(spec))
+        {
+            return Ok(ReplacePlan::Done);
+        }
+        return Err(Refusal::not_member(old));
+    }
+    if !g.is_voter(old) {
+        return Err(Refusal::conflict(
+            "MemberIsLearner",
+            format!(
+                "member {} is a learner; replace applies to voters: remove the learner (DELETE /admin/members/{old}) and add the new partition",
+                g.describe(old)
+            ),
+        ));
+    }
+    check_newcomer(g, spec, Some(old))?;
+    Ok(match g.nodes.get(&spec.id) {
+        None => ReplacePlan::AddLearner,
+        Some(_) if g.is_voter(spec.id) => ReplacePlan::RemoveOld,
+        Some(_) => ReplacePlan::CatchUp,
+    })
+}
+
+// ---- carrying the plans out (on the leader) ----
+
+impl Replica {
+    /// The group as this partition sees it (effective membership, retired members).
+    pub fn group(&self) -> Group {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        Group {
+            voters: membership.voter_ids().collect(),
+            nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            retired: self
+                .sm
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .retired_members
+                .clone(),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+}
+
+/// What this partition answers to `GET /internal/state` (and to its own probe).
+pub async fn local_state(app: &App, replica: &Replica) -> PeerState {
+    let m = replica.raft.metrics().borrow().clone();
+    PeerState {
+        initialized: replica.raft.is_initialized().await.unwrap_or(false),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        recovering: replica.is_recovering(),
+        domain_loaded: app.keyring.is_unsealed(),
+    }
+}
+
+type Probes = BTreeMap<u64, Result<PeerState, String>>;
+
+/// Ask every member (and `extra`) for its state, concurrently, with a short timeout.
+async fn probe(app: &App, replica: &Replica, extra: Option<(u64, Member)>) -> Probes {
+    let mut nodes = replica.group().nodes;
+    if let Some((id, n)) = extra {
+        nodes.entry(id).or_insert(n);
+    }
+    let calls = nodes.iter().map(|(id, node)| async move {
+        if *id == replica.id {
+            return (*id, Ok(local_state(app, replica).await));
+        }
+        let url = replica.url_of(*id, node);
+        let r = replica
+            .client
+            .get::<PeerState>(&url, "/internal/state", PROBE_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string());
+        (*id, r)
+    });
+    futures::future::join_all(calls).await.into_iter().collect()
+}
+
+fn reachable(p: &Probes) -> BTreeSet<u64> {
+    p.iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// The membership view from this partition's metrics and the probes.
+fn view(app: &App, replica: &Replica, probes: &Probes) -> MembersView {
+    let s = replica.status();
+    let activated = app.store.read().is_activated();
+    let members = s
+        .members
+        .iter()
+        .map(|m| {
+            let probe = probes.get(&m.node_id);
+            let (health, state, error) = match probe {
+                None => (
+                    MemberHealth::Unreachable,
+                    None,
+                    Some("not probed".to_string()),
+                ),
+                Some(Err(e)) => (MemberHealth::Unreachable, None, Some(e.clone())),
+                Some(Ok(st)) => {
+                    let behind = m.lag.unwrap_or(0) > HEALTHY_LAG
+                        || s.commit_index.saturating_sub(st.applied_index) > HEALTHY_LAG;
+                    let health = if st.recovering || behind || (activated && !st.domain_loaded) {
+                        MemberHealth::CatchingUp
+                    } else {
+                        MemberHealth::Healthy
+                    };
+                    (health, Some(st), None)
+                }
+            };
+            MemberInfo {
+                id: m.node_id,
+                name: m.name.clone(),
+                url: m.url.clone(),
+                role: if m.voter {
+                    MemberRole::Voter
+                } else {
+                    MemberRole::Learner
+                },
+                health,
+                matched_index: m.matched_index,
+                lag: m.lag,
+                applied_index: state.map(|s| s.applied_index),
+                domain_loaded: state.map(|s| s.domain_loaded),
+                recovering: state.map(|s| s.recovering),
+                error,
+            }
+        })
+        .collect();
+    MembersView {
+        observed_by: s.name,
+        leader: s.leader,
+        term: s.term,
+        commit_index: s.commit_index,
+        members,
+        pending: None,
+    }
+}
+
+async fn reply(app: &App, replica: &Replica, pending: Option<String>) -> MembershipResult {
+    let probes = probe(app, replica, None).await;
+    let mut v = view(app, replica, &probes);
+    let complete = pending.is_none();
+    v.pending = pending;
+    Ok(MembershipReply { view: v, complete })
+}
+
+fn raft_refusal(e: RaftError<u64, ClientWriteError<u64, Member>>) -> Refusal {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Refusal::unavailable(
+            "this partition stopped leading during the change; repeat the request (membership requests are idempotent) and check GET /admin/members",
+        ),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Refusal::conflict(
+            "MembershipChangeRefused",
+            format!("the Raft group refused the change: {e}; check GET /admin/members and repeat"),
+        ),
+        RaftError::Fatal(e) => Refusal::unavailable(format!("the Raft member stopped: {e}")),
+    }
+}
+
+/// Wait (bounded) until member `id` has applied `target` and, in an activated pool, holds
+/// the domain. Ok(None) when it has; Ok(Some(what is missing)) at the deadline.
+async fn wait_caught_up(
+    app: &App,
+    replica: &Replica,
+    id: u64,
+    node: &Member,
+    target: u64,
+) -> Result<Option<String>, Refusal> {
+    let deadline = Instant::now() + CATCH_UP_WAIT;
+    let url = replica.url_of(id, node);
+    loop {
+        if !replica.is_leader() {
+            return Err(Refusal::unavailable(
+                "this partition stopped leading while the new member caught up; repeat the request (membership requests are idempotent)",
+            ));
+        }
+        let activated = app.store.read().is_activated();
+        let missing = match replica
+            .client
+            .get::<PeerState>(&url, "/internal/state", PROBE_TIMEOUT)
+            .await
+        {
+            Err(e) => format!("it does not answer ({e})"),
+            Ok(s) if s.applied_index < target => format!(
+                "it has applied index {} of {target}",
+                s.applied_index
+            ),
+            Ok(s) if s.recovering => "it is still recovering".to_string(),
+            Ok(s) if activated && !s.domain_loaded => {
+                "it has not received the security domain yet (it must present its pool-CA certificate and workload identity)".to_string()
+            }
+            Ok(_) => return Ok(None),
+        };
+        if Instant::now() >= deadline {
+            return Ok(Some(missing));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn still_catching_up(spec: &MemberSpec, missing: &str) -> String {
+    format!(
+        "member {} ('{}') is a learner and not caught up after {}s: {missing}. Repeat the same request to continue (it is idempotent)",
+        spec.id,
+        spec.name,
+        CATCH_UP_WAIT.as_secs()
+    )
+}
+
+/// Add `spec` as a learner if needed and wait for it; Some(pending message) if it did not
+/// catch up in time.
+async fn join_as_learner(
+    app: &App,
+    replica: &Replica,
+    spec: &MemberSpec,
+    add: bool,
+) -> Result<Option<String>, Refusal> {
+    let node = member_of(spec);
+    if add {
+        replica
+            .raft
+            .add_learner(spec.id, node.clone(), false)
+            .await
+            .map_err(raft_refusal)?;
+        tracing::info!(id = spec.id, name = %spec.name, url = %node.url, "added a learner");
+    }
+    let target = replica
+        .raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .map(|l| l.index)
+        .unwrap_or(0);
+    Ok(wait_caught_up(app, replica, spec.id, &node, target)
+        .await?
+        .map(|missing| still_catching_up(spec, &missing)))
+}
+
+/// The voters with caught-up member `new` added (and `old` removed), checked to have a
+/// reachable majority.
+async fn voters_with(
+    app: &App,
+    replica: &Replica,
+    new: u64,
+    old: Option<u64>,
+) -> Result<BTreeSet<u64>, Refusal> {
+    let mut voters = replica.group().voters;
+    if let Some(old) = old {
+        voters.remove(&old);
+    }
+    voters.insert(new);
+    let mut up = reachable(&probe(app, replica, None).await);
+    up.insert(new);
+    check_majority(&voters, &up)?;
+    Ok(voters)
+}
+
+/// Carry out `req` on this partition, which must be the leader (List works anywhere).
+pub async fn execute(app: &App, replica: &Replica, req: MembershipRequest) -> MembershipResult {
+    if matches!(req, MembershipRequest::List) {
+        return reply(app, replica, None).await;
+    }
+    let _serial = replica.membership_lock.lock().await;
+    if !replica.is_leader() {
+        return Err(Refusal::unavailable(
+            "this partition is not the leader; repeat the request",
+        ));
+    }
+    match req {
+        MembershipRequest::List => reply(app, replica, None).await,
+        MembershipRequest::Add { member } => {
+            let plan = plan_add(&replica.group(), &member)?;
+            if plan == AddPlan::Done {
+                return reply(app, replica, None).await;
+            }
+            if let Some(pending) =
+                join_as_learner(app, replica, &member, plan == AddPlan::AddLearner).await?
+            {
+                return reply(app, replica, Some(pending)).await;
+            }
+            if member.role == MemberRole::Voter {
+                voters_with(app, replica, member.id, None).await?;
+                replica
+                    .raft
+                    .change_membership(
+                        ChangeMembers::AddVoterIds(BTreeSet::from([member.id])),
+                        true,
+                    )
+                    .await
+                    .map_err(raft_refusal)?;
+                tracing::info!(id = member.id, name = %member.name, "promoted a member to voter");
+            }
+            reply(app, replica, None).await
+        }
+        MembershipRequest::Remove { id, force } => {
+            let up = reachable(&probe(app, replica, None).await);
+            let g = replica.group();
+            let change = match plan_remove(&g, id, &up, force)? {
+                RemovePlan::AlreadyRemoved => return reply(app, replica, None).await,
+                RemovePlan::Learner => ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                RemovePlan::Voter => ChangeMembers::RemoveVoters(BTreeSet::from([id])),
+            };
+            replica
+                .raft
+                .change_membership(change, false)
+                .await
+                .map_err(raft_refusal)?;
+            tracing::info!(id, member = %g.describe(id), "removed a member");
+            reply(app, replica, None).await
+        }
+        MembershipRequest::Replace { old, member } => {
+            let plan = plan_replace(&replica.group(), old, &member)?;
+            match plan {
+                ReplacePlan::Done => return reply(app, replica, None).await,
+                ReplacePlan::AddLearner | ReplacePlan::CatchUp => {
+                    if let Some(pending) =
+                        join_as_learner(app, replica, &member, plan == ReplacePlan::AddLearner)
+                            .await?
+                    {
+                        return reply(app, replica, Some(pending)).await;
+                    }
+                }
+                ReplacePlan::RemoveOld => {}
+            }
+            let g = replica.group();
+            let voters = voters_with(app, replica, member.id, Some(old)).await?;
+            replica
+                .raft
+                .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+                .await
+                .map_err(raft_refusal)?;
+            tracing::info!(old = %g.describe(old), new = member.id, name = %member.name, "replaced a member");
+            reply(app, replica, None).await
+        }
+    }
+}
+
+/// A membership request on any partition: carried out here if this partition leads,
+/// otherwise forwarded to the leader. A list falls back to this partition's own view when
+/// no leader can be reached.
+pub async fn request(app: &Arc<App>, req: MembershipRequest) -> MembershipResult {
+    let Some(replica) = app.store.replica().cloned() else {
+        return Err(Refusal::new(
+            400,
+            "NotReplicated",
+            "this partition runs without peers (a pool of one); membership applies to replicated pools",
+        ));
+    };
+    let list = matches!(req, MembershipRequest::List);
+    let wait = if list {
+        Duration::from_secs(3)
+    } else {
+        LEADER_WAIT
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        let leader = {
+            let m = replica.raft.metrics().borrow().clone();
+            m.current_leader.and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| (l, n.clone()))
+            })
+        };
+        match leader {
+            Some((l, _)) if l == replica.id => return execute(app, &replica, req).await,
+            Some((l, node)) => {
+                match replica
+                    .client
+                    .post::<_, MembershipResult>(
+                        &replica.url_of(l, &node),
+                        "/internal/members",
+                        &req,
+                        FORWARD_TIMEOUT,
+                    )
+                    .await
+                {
+                    Ok(r) => return r,
+                    Err(e) if e.not_sent() => {
+                        tracing::debug!(error = %e, "membership request not taken by the leader; retrying");
+                    }
+                    Err(e) if list => {
+                        tracing::debug!(error = %e, "the leader did not list the members");
+                    }
+                    Err(e) => {
+                        return Err(Refusal::unavailable(format!(
+                            "the leader {} did not answer the membership request ({e}); requests are idempotent: check GET /admin/members and repeat it",
+                            node.name
+                        )));
+                    }
+                }
+            }
+            None => {}
+        }
+        if Instant::now() >= deadline {
+            if list {
+                return execute(app, &replica, req).await;
+            }
+            return Err(Refusal::unavailable(
+                "no leader could be reached: a majority of the voters must be up and connected to change the membership",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, port: u16) -> Member {
+        Member {
+            name: name.into(),
+            url: format!("https://127.0.0.1:{port}"),
+        }
+    }
+
+    /// Voters 1..=3 (p0..p2), learner 5 (p5), retired 9 (p9).
+    fn group() -> Group {
+        Group {
+            voters: BTreeSet::from([1, 2, 3]),
+            nodes: BTreeMap::from([
+                (1, node("p0", 1001)),
+                (2, node("p1", 1002)),
+                (3, node("p2", 1003)),
+                (5, node("p5", 1005)),
+            ]),
+            retired: BTreeMap::from([(9, "p9".to_string())]),
+        }
+    }
+
+    fn spec(id: u64, name: &str, port: u16) -> MemberSpec {
+        MemberSpec {
+            id,
+            name: name.into(),
+            url: format!("https://127.0.0.1:{port}/"),
+            role: MemberRole::Voter,
+        }
+    }
+
+    fn all() -> BTreeSet<u64> {
+        BTreeSet::from([1, 2, 3, 4, 5])
+    }
+
+    fn code<T: std::fmt::Debug>(r: Result<T, Refusal>) -> String {
+        r.unwrap_err().code
+    }
+
+    #[test]
+    fn add_plans() {
+        let g = group();
+        assert_eq!(plan_add(&g, &spec(4, "p3", 1004)), Ok(AddPlan::AddLearner));
+        // Repeated after a timeout: continue.
+        assert_eq!(plan_add(&g, &spec(5, "p5", 1005)), Ok(AddPlan::CatchUp));
+        assert_eq!(plan_add(&g, &spec(3, "p2", 1003)), Ok(AddPlan::Done));
+        let mut learner = spec(3, "p2", 1003);
+        learner.role = MemberRole::Learner;
+        assert_eq!(code(plan_add(&g, &learner)), "MemberIsVoter");
+        assert_eq!(code(plan_add(&g, &spec(9, "p9", 1009))), "MemberIdRetired");
+        assert_eq!(code(plan_add(&g, &spec(3, "p3", 1004))), "MemberIdInUse");
+        assert_eq!(code(plan_add(&g, &spec(4, "p1", 1004))), "MemberNameInUse");
+        assert_eq!(code(plan_add(&g, &spec(4, "p3", 1002))), "MemberUrlInUse");
+        assert_eq!(code(plan_add(&g, &spec(4, "p 3", 1004))), "BadParameter");
+        // A retired name may come back under a new id.
+        assert_eq!(plan_add(&g, &spec(10, "p9", 1010)), Ok(AddPlan::AddLearner));
+    }
+
+    #[test]
+    fn remove_plans() {
+        let g = group();
+        assert_eq!(plan_remove(&g, 5, &all(), false), Ok(RemovePlan::Learner));
+        assert_eq!(
+            plan_remove(&g, 9, &all(), false),
+            Ok(RemovePlan::AlreadyRemoved)
+        );
+        assert_eq!(code(plan_remove(&g, 7, &all(), false)), "MemberNotFound");
+        // Three voters: removing one leaves two.
+        let r = plan_remove(&g, 2, &all(), false).unwrap_err();
+        assert_eq!(r.code, "BelowQuorumSafeSize");
+        assert!(r.message.contains("PUT /admin/members/2"), "{}", r.message);
+        assert_eq!(plan_remove(&g, 2, &all(), true), Ok(RemovePlan::Voter));
+        // Forced, but the remaining two would have only one reachable voter.
+        assert_eq!(
+            code(plan_remove(&g, 2, &BTreeSet::from([1]), true)),
+            "NoReachableMajority"
+        );
+        // Four voters, one down: removing a healthy one leaves 2 of 3 reachable.
+        let mut four = group();
+        four.voters.insert(5);
+        assert_eq!(
+            plan_remove(&four, 2, &BTreeSet::from([1, 3, 5]), false),
+            Ok(RemovePlan::Voter)
+        );
+        assert_eq!(
+            code(plan_remove(&four, 2, &BTreeSet::from([1, 2]), false)),
+            "NoReachableMajority"
+        );
+        // The last voter, even forced.
+        let one = Group {
+            voters: BTreeSet::from([1]),
+            nodes: BTreeMap::from([(1, node("p0", 1001))]),
+            retired: BTreeMap::new(),
+        };
+        assert_eq!(code(plan_remove(&one, 1, &all(), true)), "LastVoter");
+    }
+
+    #[test]
+    fn replace_plans() {
+        let g = group();
+        assert_eq!(
+            plan_replace(&g, 3, &spec(4, "p3", 1004)),
+            Ok(ReplacePlan::AddLearner)
+        );
+        // The rebuilt partition may keep the old one's name (not its address or id).
+        assert_eq!(
+            plan_replace(&g, 3, &spec(4, "p2", 1004)),
+            Ok(ReplacePlan::AddLearner)
+        );
+        let refused = [
+            // Not at the address of a member (that is the member healing).
+            (3, spec(4, "p2", 1003), "MemberUrlInUse"),
+            // Never under the old id.
+            (3, spec(3, "p2", 1004), "BadParameter"),
+            (5, spec(4, "p3", 1004), "MemberIsLearner"),
+            (7, spec(4, "p3", 1004), "MemberNotFound"),
+            (3, spec(9, "p3", 1004), "MemberIdRetired"),
+        ];
+        for (old, s, want) in refused {
+            assert_eq!(code(plan_replace(&g, old, &s)), want, "{old} -> {s:?}");
+        }
+        assert_eq!(
+            plan_replace(&g, 3, &spec(5, "p5", 1005)),
+            Ok(ReplacePlan::CatchUp)
+        );
+        let mut learner = spec(4, "p3", 1004);
+        learner.role = MemberRole::Learner;
+        assert_eq!(code(plan_replace(&g, 3, &learner)), "BadParameter");
+        // Finished earlier: 3 retired, 4 a voter.
+        let mut done = group();
+        done.voters = BTreeSet::from([1, 2, 4]);
+        done.nodes.remove(&3);
+        done.nodes.insert(4, node("p3", 1004));
+        done.retired.insert(3, "p2".into());
+        assert_eq!(
+            plan_replace(&done, 3, &spec(4, "p3", 1004)),
+            Ok(ReplacePlan::Done)
+        );
+    }
+
+    #[test]
+    fn majority() {
+        let v = BTreeSet::from([1, 2, 3]);
+        assert!(check_majority(&v, &BTreeSet::from([1, 2])).is_ok());
+        assert!(check_majority(&v, &BTreeSet::from([3, 7])).is_err());
+        let v4 = BTreeSet::from([1, 2, 3, 4]);
+        assert!(check_majority(&v4, &BTreeSet::from([1, 2])).is_err());
+        assert!(check_majority(&v4, &BTreeSet::from([1, 2, 4])).is_ok());
+    }
+
+    #[test]
+    fn request_wire_form() {
+        let r = MembershipRequest::Remove {
+            id: 3,
+            force: false,
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["op"], "remove");
+        assert_eq!(serde_json::from_value::<MembershipRequest>(j).unwrap(), r);
+    }
+}
