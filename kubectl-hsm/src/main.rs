@@ -6,6 +6,7 @@ mod audit;
 mod backup;
 mod client;
 mod keys;
+mod members;
 mod role;
 mod sd;
 mod sd_online;
@@ -15,7 +16,7 @@ mod sd_online;
     name = "kubectl-hsm",
     bin_name = "kubectl hsm",
     version,
-    about = "Keystead kubectl plugin: security-domain ceremony, keys, roles, audit"
+    about = "Keystead kubectl plugin: security-domain ceremony, keys, roles, audit, membership"
 )]
 struct Cli {
     #[command(flatten)]
@@ -52,6 +53,9 @@ enum Command {
     },
     /// Show the pool's status (activation, domain fingerprint, keys, applied index).
     Status,
+    /// Raft membership of a replicated pool: list, add, remove, replace partitions.
+    #[command(subcommand)]
+    Members(members::MembersCommand),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -68,6 +72,7 @@ async fn main() -> std::process::ExitCode {
             ttl_minutes,
         } => token(&cli.pool, &subject, ttl_minutes),
         Command::Status => status(&cli.pool).await,
+        Command::Members(cmd) => members::run(&cli.pool, cmd).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
