@@ -186,6 +186,10 @@ impl PartitionConfig {
                 self.partition_id
             );
             anyhow::ensure!(
+                self.peers.len() > 1,
+                "peers lists only this partition: list the pool's current members too (a new member must find the existing group, or it would start a group of its own); a pool of one runs without peers"
+            );
+            anyhow::ensure!(
                 self.peer_token_file.is_some(),
                 "peers is set but peerTokenFile is not: partitions authenticate each other with a workload token"
             );
@@ -204,5 +208,43 @@ impl PartitionConfig {
             .file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("audit.log"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_peers(peers: serde_json::Value) -> PartitionConfig {
+        serde_json::from_value(serde_json::json!({
+            "poolName": "pool", "partitionId": "p3", "listen": "127.0.0.1:1",
+            "publicUrl": "https://127.0.0.1:1", "dataDir": "/tmp/x",
+            "tls": {"certFile": "c", "keyFile": "k", "caFile": "ca"},
+            "auth": {"issuers": []}, "initialAdministrators": ["admin"],
+            "peers": peers, "peerTokenFile": "t",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn peers_must_list_this_partition_and_the_pool() {
+        let me = serde_json::json!({"id": 4, "name": "p3", "url": "https://127.0.0.1:1"});
+        let other = serde_json::json!({"id": 1, "name": "p0", "url": "https://127.0.0.1:2"});
+        assert!(
+            with_peers(serde_json::json!([me.clone(), other.clone()]))
+                .validate()
+                .is_ok()
+        );
+        let e = with_peers(serde_json::json!([other]))
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("does not list this partition"),
+            "{e}"
+        );
+        // Alone, a new member would start a group of its own instead of joining the pool.
+        let e = with_peers(serde_json::json!([me])).validate().unwrap_err();
+        assert!(e.to_string().contains("only this partition"), "{e}");
+        assert!(with_peers(serde_json::json!([])).validate().is_ok());
     }
 }

@@ -496,12 +496,15 @@ impl Replica {
 
     /// How this partition regards a peer named `name` (an authenticated pool partition).
     pub fn standing(&self, name: &str) -> Standing {
-        let m = self.raft.metrics().borrow().clone();
-        if m.membership_config
+        let member = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
             .membership()
             .nodes()
-            .any(|(_, n)| n.name == name)
-        {
+            .any(|(_, n)| n.name == name);
+        if member {
             return Standing::Member;
         }
         let retired = self
