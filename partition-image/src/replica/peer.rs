@@ -263,19 +263,27 @@ async fn authenticate(
     Ok(name)
 }
 
-/// Peer operations only a current member may call: they write to the pool, hand out the
-/// domain or change the membership.
-fn members_only(path: &str) -> bool {
+/// Peer operations open to pool partitions that are not (yet) members: Raft traffic and the
+/// group's state. Everything else — forwarded writes and uploads, the domain handover,
+/// membership, jobs — needs a current member.
+fn open_to_non_members(path: &str) -> bool {
     matches!(
         path,
-        "/internal/forward" | "/internal/domain" | "/internal/members"
+        "/internal/raft/append"
+            | "/internal/raft/vote"
+            | "/internal/raft/snapshot"
+            | "/internal/state"
+            | "/internal/read-index"
     )
 }
 
 /// Peer operations with an audit record (rare and security-relevant; the Raft traffic is
 /// not audited).
 fn audited(path: &str) -> bool {
-    matches!(path, "/internal/domain" | "/internal/members")
+    matches!(
+        path,
+        "/internal/domain" | "/internal/members" | "/internal/sd/upload"
+    )
 }
 
 /// Entry point of `/internal/...`.
@@ -328,6 +336,7 @@ async fn serve(app: &Arc<App>, req: Request) -> (Response, Option<String>, PeerA
     let mut what = PeerAudit {
         operation: match path.as_str() {
             "/internal/domain" => "SecurityDomainHandover",
+            "/internal/sd/upload" => "SecurityDomainUploadForwarded",
             _ => "MembershipForwarded",
         },
         ..PeerAudit::default()
@@ -352,7 +361,7 @@ async fn serve(app: &Arc<App>, req: Request) -> (Response, Option<String>, PeerA
         Standing::Retired => Some(format!(
             "partition '{peer}' was removed from the pool; its peer requests are refused (add a new partition under a new node id with POST /admin/members)"
         )),
-        Standing::Other if members_only(&path) => Some(format!(
+        Standing::Other if !open_to_non_members(&path) => Some(format!(
             "partition '{peer}' is not a member of this pool's Raft group (yet): an administrator adds it with POST /admin/members before it may forward writes or receive the security domain"
         )),
         Standing::Member | Standing::Other => None,
@@ -449,14 +458,14 @@ async fn serve(app: &Arc<App>, req: Request) -> (Response, Option<String>, PeerA
             }
         }
         (Method::GET, "/internal/sd/transfer-key") => {
-            match crate::api::sd::local_transfer_key(&app).await {
+            match crate::api::sd::local_transfer_key(app).await {
                 Some(k) => json(&k),
                 None => refuse(StatusCode::NOT_FOUND, "no pending exchange key here"),
             }
         }
         (Method::POST, "/internal/sd/upload") => {
             let r: UploadRequest = parse!(_);
-            match crate::api::sd::upload_here(&app, &r.value).await {
+            match crate::api::sd::upload_here(app, &r.value).await {
                 Ok(Some(fingerprint)) => {
                     tracing::info!(peer = %peer, fingerprint = %fingerprint, "pool activated by a security-domain upload forwarded by a peer");
                     json(&UploadReply { error: None })
