@@ -371,4 +371,29 @@ async fn learner_joins_and_leaves_and_unsafe_removals_are_refused() {
         removals, 2,
         "both removal requests are audited on partition 0"
     );
+
+    // With two of three partitions gone the pool cannot commit, but the list still answers
+    // and says which members are unreachable.
+    c.kill(1);
+    c.kill(2);
+    let (s, view) = c.members(0).await;
+    assert_eq!(s, StatusCode::OK, "{view}");
+    for m in view["members"].as_array().unwrap() {
+        let id = m["id"].as_u64().unwrap();
+        let want = if id == c.node_id(0) {
+            "healthy"
+        } else {
+            "unreachable"
+        };
+        assert_eq!(m["health"], want, "member {id}: {view}");
+    }
+    let (s, e) = c
+        .call(
+            0,
+            Method::DELETE,
+            &format!("/admin/members/{}", c.node_id(1)),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{e}");
 }
