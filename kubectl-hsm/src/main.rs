@@ -60,6 +60,7 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
+    quiet_broken_pipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Sd(cmd) => sd::run(&cli.pool, cmd).await,
@@ -117,4 +118,22 @@ async fn status(pool: &client::PoolArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `kubectl hsm ... | head` closes stdout early; Rust ignores SIGPIPE, so `println!` then
+/// panics. Exit quietly with the shell's SIGPIPE status (141) instead, like other CLIs.
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
