@@ -192,6 +192,77 @@ impl Rng {
 /// cut off + reconnect, or SIGKILL + wiped disk + restart — on a random partition while
 /// three writers create keys on random partitions; at the end every acknowledged create
 /// must exist, identical, on all three partitions. Results: docs/reliability.md.
+/// The failure the long run found: an entry committed by the leader and one follower; that
+/// follower's disk is wiped, it restarts cut off, and restarts again before catching up (its
+/// disk is no longer empty then). The leader dies and the lagging third partition comes
+/// back: the twice-restarted partition must still refuse to vote, or the lagging one would
+/// be elected without the committed entry and it would be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_restarted_before_catching_up_still_does_not_vote() {
+    let c = Cluster::start().await;
+    c.activate().await;
+    let l = c.leader(&[0, 1, 2]).await;
+    let (f, w) = ((l + 1) % N, (l + 2) % N);
+    c.isolate(f, true);
+    let v = c
+        .create(l, "only-on-leader-and-w")
+        .await
+        .expect("the leader and w commit without f");
+    let mut acked = BTreeMap::new();
+    acked.insert("only-on-leader-and-w".to_string(), kid_path(&v));
+
+    // w loses its disk and restarts twice while cut off from its peers.
+    c.kill(w);
+    c.wipe(w);
+    c.isolate(w, true);
+    c.spawn(w);
+    c.until("the wiped partition answers", 60, || async {
+        c.status(w).await.is_some()
+    })
+    .await;
+    c.kill(w);
+    c.spawn(w);
+    c.until("the restarted partition answers", 60, || async {
+        c.status(w).await.is_some()
+    })
+    .await;
+    let sw = c.status(w).await.unwrap();
+    assert_eq!(
+        sw["replication"]["recovering"], true,
+        "a partition that has not caught up since its disk was wiped must stay recovering across restarts: {sw}"
+    );
+
+    // The leader dies; f (which lacks the entry) and w can talk again.
+    c.kill(l);
+    c.isolate(f, false);
+    c.isolate(w, false);
+    let term = |v: &serde_json::Value| v["replication"]["term"].as_u64().unwrap_or(0);
+    let t0 = term(&c.status(f).await.expect("f answers"));
+    c.until("f has campaigned at least twice", 60, || async {
+        c.status(f).await.is_some_and(|v| term(&v) >= t0 + 2)
+    })
+    .await;
+    let sf = c.status(f).await.unwrap();
+    assert_ne!(
+        sf["replication"]["role"], "leader",
+        "f was elected without the committed entry: {sf}"
+    );
+    assert_eq!(
+        c.status(w).await.unwrap()["replication"]["recovering"],
+        true
+    );
+
+    // The old leader returns: it and f elect a leader that has the entry, w catches up.
+    c.spawn(l);
+    c.until("w has caught up and votes again", 120, || async {
+        c.status(w)
+            .await
+            .is_some_and(|v| v["replication"]["recovering"] == false)
+    })
+    .await;
+    c.assert_converged(&acked).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_randomized_faults() {
     if std::env::var("KEYSTEAD_LONG_FAULTS").as_deref() != Ok("1") {

@@ -104,6 +104,9 @@ pub struct Replica {
     /// not yet caught up with the leader's commit index: it neither votes nor campaigns, so
     /// it cannot help elect a leader that lacks a committed entry it has lost.
     pub recovering: std::sync::atomic::AtomicBool,
+    /// `dataDir/raft/recovering`: present while recovering, so that a restart before the
+    /// partition has caught up (its disk is no longer empty then) keeps it from voting.
+    recovering_marker: std::path::PathBuf,
     /// Serialises membership changes on the leader.
     pub membership_lock: tokio::sync::Mutex<()>,
 }
@@ -115,6 +118,29 @@ impl std::fmt::Debug for Replica {
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
+}
+
+/// Create `path` durably (the file and its directory entry).
+fn write_marker(path: &std::path::Path) -> std::io::Result<()> {
+    let f = std::fs::File::create(path)?;
+    f.sync_all()?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Remove `path` durably (a missing file is fine).
+fn remove_marker(path: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn raft_config(cluster: &str) -> anyhow::Result<openraft::Config> {
@@ -157,6 +183,14 @@ impl Replica {
         let dir = cfg.data_dir.join("raft");
         let log = log_store::LogStore::open(&dir)?;
         let pristine = log.is_pristine();
+        // An empty disk may have lost committed entries (a wiped partition of a live pool):
+        // it must not vote until it has caught up, and that must survive a restart in the
+        // middle of catching up — hence the marker, written before the Raft core starts.
+        let recovering_marker = dir.join("recovering");
+        if pristine {
+            write_marker(&recovering_marker)?;
+        }
+        let recovering = pristine || recovering_marker.exists();
         let sm = state_machine::StateMachine::open(dir)?;
         let shared = sm.shared.clone();
         let client = Arc::new(peer::PeerClient::new(cfg)?);
@@ -180,10 +214,12 @@ impl Replica {
             name: me.name,
             peers: cfg.peers.clone(),
             client,
-            recovering: std::sync::atomic::AtomicBool::new(false),
+            recovering: std::sync::atomic::AtomicBool::new(recovering),
+            recovering_marker,
             membership_lock: tokio::sync::Mutex::new(()),
         });
-        if pristine {
+        if recovering {
+            replica.raft.runtime_config().elect(false);
             let r = replica.clone();
             tokio::spawn(async move { r.initialize_when_ready().await });
         }
@@ -228,14 +264,19 @@ impl Replica {
             .collect()
     }
 
-    /// A fresh partition initializes the group only when every configured peer answers and
-    /// none of them is part of a group yet, and only the member with the lowest id does it.
-    /// A wiped partition of an existing pool therefore never starts a second group: it waits
-    /// to be replicated to (or added back) by the current leader.
+    /// Runs while recovering (an empty disk, or a restart before catching up). A partition
+    /// votes again only once it has caught up with the leader's commit index — unless no
+    /// peer holds anything beyond the initial membership entry (a new pool: nothing was ever
+    /// committed, so nothing can have been lost, and the new members' votes elect the first
+    /// leader). The member with the lowest id initializes a new group, only when every
+    /// configured peer answers and none of them is part of a group yet; a wiped partition of
+    /// an existing pool therefore never starts a second group: it waits to be replicated to
+    /// (or added back) by the current leader.
     async fn initialize_when_ready(self: Arc<Self>) {
         let lowest = self.peers.iter().map(|p| p.id).min() == Some(self.id);
         loop {
             let mut all_fresh = true;
+            let mut all_answered = true;
             let mut existing = false;
             for p in self.peers.iter().filter(|p| p.id != self.id) {
                 match self
@@ -248,32 +289,38 @@ impl Replica {
                         // Beyond the initial membership entry: a group that has had a leader.
                         existing |= s.last_log_index >= 1;
                     }
-                    Err(_) => all_fresh = false,
+                    Err(_) => {
+                        all_fresh = false;
+                        all_answered = false;
+                    }
                 }
             }
             if existing {
-                // An empty disk in an existing pool (new or wiped): no voting, no campaigning
-                // until caught up.
-                self.recovering
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
-                self.raft.runtime_config().elect(false);
                 break;
             }
-            if self.raft.is_initialized().await.unwrap_or(true) {
-                return;
-            }
-            if all_fresh && lowest {
-                match self.raft.initialize(self.configured_members()).await {
-                    Ok(()) => {
-                        tracing::info!(members = self.peers.len(), "initialized a new Raft group");
-                        return;
+            if all_answered {
+                // A new pool: nothing was committed anywhere, nothing can have been lost.
+                if all_fresh && lowest && !self.raft.is_initialized().await.unwrap_or(true) {
+                    match self.raft.initialize(self.configured_members()).await {
+                        Ok(()) => {
+                            tracing::info!(
+                                members = self.peers.len(),
+                                "initialized a new Raft group"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not initialize the Raft group");
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            continue;
+                        }
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not initialize the Raft group"),
                 }
+                self.finish_recovery();
+                return;
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        // Joined an existing group with an empty disk: catch up before voting again.
+        // An existing group: catch up before voting again.
         while self.read_barrier().await.is_err() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -282,6 +329,11 @@ impl Replica {
     }
 
     fn finish_recovery(&self) {
+        if let Err(e) = remove_marker(&self.recovering_marker) {
+            // Still recovering on disk: a restart would catch up again first (safe).
+            tracing::warn!(error = %e, "cannot remove the recovering marker; not voting until it can be removed");
+            return;
+        }
         self.recovering
             .store(false, std::sync::atomic::Ordering::SeqCst);
         self.raft.runtime_config().elect(true);

@@ -99,18 +99,19 @@ impl StateMachine {
     }
 
     fn current_snapshot_file(&self) -> SnapshotFile {
-        let applied = self
-            .shared
-            .applied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let state = self
-            .shared
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        // The state's read lock first, held while reading the applied id: `apply` holds the
+        // write lock while it advances both, so the two always match (a snapshot whose state
+        // is ahead of its log id would have entries applied twice after a restart).
+        let (applied, state) = {
+            let state = self.shared.state.read().unwrap_or_else(|p| p.into_inner());
+            let applied = self
+                .shared
+                .applied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            (applied, state.clone())
+        };
         let n = {
             let mut n = self
                 .shared
