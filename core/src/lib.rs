@@ -8,9 +8,12 @@
 pub mod aead;
 pub mod audit;
 pub mod b64;
+pub mod backup_job;
 pub mod error;
 pub mod kdf;
 pub mod keys;
 pub mod members;
 pub mod rbac;
 pub mod sd;
+#[cfg(feature = "store")]
+pub mod store;

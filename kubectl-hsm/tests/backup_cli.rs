@@ -38,6 +38,7 @@ fn write_folder(root: &std::path::Path, folder: &str) -> std::path::PathBuf {
                 sha256: format::sha256_hex(&sealed),
                 records: 1,
             }],
+            key_name: None,
         },
     );
     std::fs::write(dir.join(format::MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();

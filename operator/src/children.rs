@@ -46,6 +46,8 @@ pub struct Settings {
     pub cluster_domain: String,
     /// Issuer of this cluster's service-account tokens.
     pub service_account_issuer: String,
+    /// Where `filesystem` backup claims are mounted (`<root>/<claimName>`).
+    pub backup_filesystem_root: String,
 }
 
 impl Default for Settings {
@@ -54,6 +56,7 @@ impl Default for Settings {
             operator_principal: None,
             cluster_domain: "cluster.local".into(),
             service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
+            backup_filesystem_root: crate::backup_plan::DEFAULT_FILESYSTEM_ROOT.into(),
         }
     }
 }

@@ -32,6 +32,8 @@ pub enum Reason {
     PartitionsUnreachable,
     // LastBackupSucceeded
     NoBackupYet,
+    BackupSucceeded,
+    BackupFailed,
 }
 
 impl Reason {
@@ -53,6 +55,8 @@ impl Reason {
             Self::Activated => "Activated",
             Self::PartitionsUnreachable => "PartitionsUnreachable",
             Self::NoBackupYet => "NoBackupYet",
+            Self::BackupSucceeded => "BackupSucceeded",
+            Self::BackupFailed => "BackupFailed",
         }
     }
 }
@@ -109,22 +113,36 @@ pub fn merge(
     generation: Option<i64>,
     now: &Time,
 ) -> Vec<Condition> {
+    let fresh: Vec<(&str, Status, &str, &str)> = fresh
+        .iter()
+        .map(|f| (f.type_, f.status, f.reason.as_str(), f.message.as_str()))
+        .collect();
+    merge_raw(existing, &fresh, generation, now)
+}
+
+/// [`merge`] for any kind's conditions: `(type, status, reason, message)`.
+pub fn merge_raw(
+    existing: &[Condition],
+    fresh: &[(&str, Status, &str, &str)],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
     let mut out: Vec<Condition> = existing
         .iter()
-        .filter(|c| !fresh.iter().any(|f| f.type_ == c.type_))
+        .filter(|c| !fresh.iter().any(|f| f.0 == c.type_))
         .cloned()
         .collect();
-    for f in fresh {
-        let prev = existing.iter().find(|c| c.type_ == f.type_);
+    for (type_, status, reason, message) in fresh {
+        let prev = existing.iter().find(|c| c.type_ == *type_);
         let last_transition_time = match prev {
-            Some(p) if p.status == f.status.as_str() => p.last_transition_time.clone(),
+            Some(p) if p.status == status.as_str() => p.last_transition_time.clone(),
             _ => now.clone(),
         };
         out.push(Condition {
-            type_: f.type_.to_string(),
-            status: f.status.as_str().to_string(),
-            reason: f.reason.as_str().to_string(),
-            message: f.message.clone(),
+            type_: type_.to_string(),
+            status: status.as_str().to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
             observed_generation: generation,
             last_transition_time,
         });

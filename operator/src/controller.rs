@@ -129,6 +129,18 @@ async fn publish(
     action: &str,
     note: String,
 ) {
+    publish_on(ctx, &hsm.object_ref(&()), type_, reason, action, note).await;
+}
+
+/// Publish an Event about any object (a failure to publish is logged, not returned).
+pub async fn publish_on(
+    ctx: &Context,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -136,7 +148,7 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &hsm.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&ev, object).await {
         tracing::warn!(error = %e, "cannot publish an Event");
     }
 }
@@ -381,7 +393,7 @@ async fn write_status(
     Ok(true)
 }
 
-fn now_time() -> Time {
+pub fn now_time() -> Time {
     // Second precision: conditions serialise without fractions, so compare like for like.
     Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()))
 }
@@ -533,7 +545,23 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
 
     // Observe and derive the status.
     let observed = observe(&ctx, &hsm, &names, &ca_pem).await?;
-    let derived = decide::derive_status(&hsm.spec, &observed, &desired, Some(&previous), &now);
+    let mut derived = decide::derive_status(&hsm.spec, &observed, &desired, Some(&previous), &now);
+    // LastBackupSucceeded and lastBackup from the pool's Backups; nextBackupTime from its
+    // schedules.
+    let backups = crate::backup_controller::pool_backups(&ctx, &ns, &names.pool).await?;
+    let (backup_cond, last_backup) = crate::backup_plan::last_backup(&backups);
+    derived
+        .conditions
+        .retain(|c| c.type_ != c::LAST_BACKUP_SUCCEEDED);
+    derived.conditions.push(backup_cond);
+    let next_backup_time = Api::<crate::crd::BackupSchedule>::namespaced(ctx.client.clone(), &ns)
+        .list(&kube::api::ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|s| s.spec.hsm_ref.name == names.pool)
+        .filter_map(|s| s.status.and_then(|st| st.next_schedule_time))
+        .min_by_key(|t| t.0);
     let conds = c::merge(&previous.conditions, &derived.conditions, generation, &now);
     let ready = c::find(&conds, c::READY).is_some_and(|r| r.status == "True");
     ctx.metrics.pool_health(
@@ -555,6 +583,8 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
             .clone()
             .or(previous.security_domain_fingerprint.clone()),
         scheduled_purge_time: None,
+        last_backup,
+        next_backup_time,
         ..previous.clone()
     };
     phase_event(&ctx, &hsm, &status).await;

@@ -708,11 +708,20 @@ pub struct BackupStatus {
     /// Job id of the pool's backup operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+    /// The partition (pod) that runs the job: job status lives in that partition's memory,
+    /// so it is polled there (and lost if that partition restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_partition: Option<String>,
     /// URL of the backup folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// Keys in the backup (soft-deleted keys not counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_count: Option<i64>,
+    /// Soft-deleted keys in the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_key_count: Option<i64>,
+    /// Bytes of the backup folder (chunks and manifest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<i64>,
     /// SHA-256 of the backup manifest.
@@ -729,11 +738,12 @@ pub struct BackupStatus {
     pub error: Option<String>,
 }
 
+/// Derived from the `Succeeded` condition (see docs/operator.md).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub enum BackupPhase {
     Pending,
     Running,
-    Completed,
+    Succeeded,
     Failed,
 }
 
@@ -788,11 +798,13 @@ pub struct BackupScheduleSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionSpec {
-    /// Keep at most this many completed backups (the newest ones).
+    /// Keep at most this many successful backups (the newest ones); failed ones older than
+    /// the newest success are deleted too.
     #[serde(default = "default_keep_count")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_count: i32,
-    /// Delete completed backups older than this many days (never the newest one).
+    /// Delete backups older than this many days (never the newest successful one, never a
+    /// running one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3650))]
     pub max_age_days: Option<i32>,
@@ -814,6 +826,7 @@ fn default_keep_count() -> i32 {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupScheduleStatus {
+    /// `Ready` (the schedule is valid and active, or suspended) and `LastBackupSucceeded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -822,8 +835,12 @@ pub struct BackupScheduleStatus {
     pub last_schedule_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_schedule_time: Option<Time>,
+    /// Name of the newest successful Backup of this schedule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_backup: Option<String>,
+    /// Backups of this schedule that exist now (any phase).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<i32>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -886,11 +903,18 @@ pub struct RestoreStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The Backup taken as a restore point before restoring.
+    /// Folder URL of the restore point (a full backup of the pool as it was) that the pool
+    /// wrote before a full restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_point: Option<String>,
+    /// Folder URL of the backup that was restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+    /// The partition (pod) that runs the job (its status is polled there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_partition: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -899,11 +923,11 @@ pub struct RestoreStatus {
     pub error: Option<String>,
 }
 
+/// Derived from the `Succeeded` condition (see docs/operator.md).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub enum RestorePhase {
     Pending,
-    TakingRestorePoint,
     Running,
-    Completed,
+    Succeeded,
     Failed,
 }

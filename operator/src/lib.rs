@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backup_controller;
+pub mod backup_plan;
 pub mod children;
 pub mod conditions;
 pub mod controller;

@@ -6,6 +6,7 @@
 use crate::decide::AdminStatus;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
+use keystead_core::backup_job::JobStatus;
 use kube::Api;
 use kube::api::PostParams;
 use serde::Deserialize;
@@ -133,6 +134,31 @@ impl std::fmt::Debug for PoolClient {
     }
 }
 
+/// Which job family a job id belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobPath {
+    Backup,
+    Restore,
+}
+
+impl JobPath {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Backup => "backup",
+            Self::Restore => "restore",
+        }
+    }
+}
+
+impl PoolError {
+    /// The pool answered and refused the request for good (a 4xx other than 404/408/429);
+    /// other errors are worth retrying.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Refused { status, .. }
+            if (400..500).contains(status) && ![404, 408, 429].contains(status))
+    }
+}
+
 /// The exchange key a pool publishes for an upload.
 #[derive(Clone, Debug, Deserialize)]
 pub struct ExchangeKey {
@@ -237,6 +263,43 @@ impl PoolClient {
             url,
             reason: e.to_string(),
         })
+    }
+
+    /// Start a job (`POST /backup`, `PUT /restore`, `PUT /keys/{name}/restore`): the 202 body.
+    pub async fn start_job(
+        &self,
+        base: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<JobStatus, PoolError> {
+        let url = format!("{base}{path}");
+        let v = self.call(method, &url, Some(body)).await?;
+        serde_json::from_value(v).map_err(|e| PoolError::BadAnswer {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    /// A job's status (`GET /backup/{id}/pending` or `/restore/{id}/pending`); `None` when
+    /// the partition does not know the job (404: it restarted since).
+    pub async fn job(
+        &self,
+        base: &str,
+        kind: JobPath,
+        job_id: &str,
+    ) -> Result<Option<JobStatus>, PoolError> {
+        let url = format!("{base}/{}/{job_id}/pending", kind.as_str());
+        match self.call(reqwest::Method::GET, &url, None).await {
+            Ok(v) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| PoolError::BadAnswer {
+                    url,
+                    reason: e.to_string(),
+                }),
+            Err(PoolError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `POST /securitydomain/upload` with the transfer blob.

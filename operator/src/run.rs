@@ -1,9 +1,10 @@
 //! `keystead-operator run`: the controllers behind a leader Lease, the metrics and health
 //! endpoint, JSON logs and graceful shutdown.
 
+use crate::backup_controller;
 use crate::children::Settings;
 use crate::controller::{self, Context};
-use crate::crd::{ManagedHsm, SecurityDomain};
+use crate::crd::{Backup, BackupSchedule, ManagedHsm, Restore, SecurityDomain};
 use crate::leader;
 use crate::metrics::Metrics;
 use crate::pool_client::{Identity, TokenSource};
@@ -17,6 +18,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use std::sync::Arc;
@@ -33,6 +35,7 @@ pub struct RunOptions {
     pub service_account: Option<String>,
     pub cluster_domain: String,
     pub service_account_issuer: String,
+    pub backup_filesystem_root: String,
 }
 
 #[derive(Clone)]
@@ -142,6 +145,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }),
         cluster_domain: opts.cluster_domain.clone(),
         service_account_issuer: opts.service_account_issuer.clone(),
+        backup_filesystem_root: opts.backup_filesystem_root.clone(),
     };
     let reporter = Reporter {
         controller: "keystead-operator".into(),
@@ -212,6 +216,11 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
     };
     let hsm_ctl = Controller::new(hsms, cfg.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        // A Backup that finishes changes its pool's LastBackupSucceeded.
+        .watches(Api::<Backup>::all(client.clone()), cfg.clone(), |b| {
+            let ns = b.metadata.namespace.clone()?;
+            Some(ObjectRef::<ManagedHsm>::new(&b.spec.hsm_ref.name).within(&ns))
+        })
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
         .owns(Api::<Secret>::all(client.clone()), owned.clone())
@@ -222,12 +231,53 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
                 tracing::debug!(error = %e, "managedhsm controller");
             }
         });
-    let sd_ctl = Controller::new(Api::<SecurityDomain>::all(client.clone()), cfg)
+    let sd_ctl = Controller::new(Api::<SecurityDomain>::all(client.clone()), cfg.clone())
         .graceful_shutdown_on(stop_signal(stop.clone()))
-        .run(sd_controller::reconcile, sd_controller::error_policy, ctx)
+        .run(
+            sd_controller::reconcile,
+            sd_controller::error_policy,
+            ctx.clone(),
+        )
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "securitydomain controller");
+            }
+        });
+    let backup_ctl = Controller::new(Api::<Backup>::all(client.clone()), cfg.clone())
+        .graceful_shutdown_on(stop_signal(stop.clone()))
+        .run(
+            backup_controller::reconcile_backup,
+            backup_controller::error_policy(backup_controller::BACKUP_CONTROLLER),
+            ctx.clone(),
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "backup controller");
+            }
+        });
+    let restore_ctl = Controller::new(Api::<Restore>::all(client.clone()), cfg.clone())
+        .graceful_shutdown_on(stop_signal(stop.clone()))
+        .run(
+            backup_controller::reconcile_restore,
+            backup_controller::error_policy(backup_controller::RESTORE_CONTROLLER),
+            ctx.clone(),
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "restore controller");
+            }
+        });
+    let schedule_ctl = Controller::new(Api::<BackupSchedule>::all(client.clone()), cfg.clone())
+        .owns(Api::<Backup>::all(client.clone()), cfg)
+        .graceful_shutdown_on(stop_signal(stop.clone()))
+        .run(
+            backup_controller::reconcile_schedule,
+            backup_controller::error_policy(backup_controller::SCHEDULE_CONTROLLER),
+            ctx,
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "backupschedule controller");
             }
         });
     let sweeper = {
@@ -247,5 +297,12 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
             }
         }
     };
-    futures::join!(hsm_ctl, sd_ctl, sweeper);
+    futures::join!(
+        hsm_ctl,
+        sd_ctl,
+        backup_ctl,
+        restore_ctl,
+        schedule_ctl,
+        sweeper
+    );
 }

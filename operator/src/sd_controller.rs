@@ -4,7 +4,7 @@
 
 use crate::children::{FIELD_MANAGER, Names};
 use crate::conditions::{self as c};
-use crate::controller::{Context, Error};
+use crate::controller::{Context, Error, now_time};
 use crate::crd::{
     ManagedHsm, SecurityDomain, SecurityDomainMode, SecurityDomainPhase, SecurityDomainStatus,
 };
@@ -12,7 +12,6 @@ use crate::pool_client::PoolClient;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
-use k8s_openapi::jiff::Timestamp;
 use keystead_core::sd::CustodianKey;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
@@ -178,10 +177,6 @@ async fn write(
         tracing::warn!(error = %e, "cannot publish an Event");
     }
     Ok(true)
-}
-
-fn now_time() -> Time {
-    Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()))
 }
 
 pub fn error_policy(sd: Arc<SecurityDomain>, error: &Error, ctx: Arc<Context>) -> Requeue {

@@ -72,6 +72,22 @@ async fn handle(
     let resp = match method {
         Method::GET => match w.objects.get(&path) {
             Some(v) => respond(StatusCode::OK, v),
+            None if is_collection(&path) => {
+                // A list: the stored objects one segment below (label selectors ignored).
+                let items: Vec<Value> = w
+                    .objects
+                    .iter()
+                    .filter(|(k, _)| {
+                        k.strip_prefix(&format!("{path}/"))
+                            .is_some_and(|rest| !rest.contains('/'))
+                    })
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                respond(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
             None => respond(StatusCode::NOT_FOUND, &status_404()),
         },
         Method::PATCH => {
@@ -84,15 +100,37 @@ async fn handle(
                 let mut obj = body.clone();
                 if obj.get("metadata").is_none() {
                     obj = w.objects.get(&path).cloned().unwrap_or(json!({}));
+                } else if obj.get("apiVersion").is_none()
+                    && let Some(existing) = w.objects.get(&path)
+                {
+                    // A merge patch (not an apply): merged into the stored object.
+                    let mut merged = existing.clone();
+                    merge(&mut merged, body.clone());
+                    obj = merged;
                 }
                 w.objects.insert(path.clone(), obj.clone());
                 respond(StatusCode::OK, &obj)
             }
         }
-        Method::POST | Method::DELETE => respond(StatusCode::CREATED, &body),
+        Method::POST => respond(StatusCode::CREATED, &body),
+        // A deletion answers with the object (as while finalizers run) or a success Status.
+        Method::DELETE => match w.objects.get(&path) {
+            Some(v) => respond(StatusCode::OK, v),
+            None => respond(
+                StatusCode::OK,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+            ),
+        },
         _ => respond(StatusCode::METHOD_NOT_ALLOWED, &status_404()),
     };
     Ok(resp)
+}
+
+/// A namespaced collection path (`/api/v1/namespaces/ns/plural`,
+/// `/apis/group/version/namespaces/ns/plural`).
+fn is_collection(path: &str) -> bool {
+    let n = path.split('/').filter(|s| !s.is_empty()).count();
+    (path.starts_with("/apis/") && n == 6) || (path.starts_with("/api/") && n == 5)
 }
 
 fn mock_client(world: Shared) -> kube::Client {
@@ -101,6 +139,10 @@ fn mock_client(world: Shared) -> kube::Client {
 }
 
 fn context(client: kube::Client) -> Arc<Context> {
+    context_with(client, Settings::default())
+}
+
+fn context_with(client: kube::Client, settings: Settings) -> Arc<Context> {
     let reporter = Reporter {
         controller: "keystead-operator".into(),
         instance: Some("test".into()),
@@ -108,7 +150,7 @@ fn context(client: kube::Client) -> Arc<Context> {
     Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         metrics: Metrics::default(),
-        settings: Settings::default(),
+        settings,
         tokens: TokenSource::new(client.clone(), None),
         read_partitions: false,
         client,
@@ -514,4 +556,470 @@ async fn deleting_a_refused_pool_does_not_touch_the_retained_data() {
         world.lock().unwrap().objects["/api/v1/namespaces/hsm/secrets/pool-ca"],
         retained
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Backup, Restore, BackupSchedule
+// ---------------------------------------------------------------------------------------
+
+const KS: &str = "/apis/keystead.io/v1alpha1/namespaces/hsm";
+
+fn backup_obj(name: &str, extra: Value) -> keystead_operator::crd::Backup {
+    let mut v = json!({
+        "apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
+        "metadata": {"name": name, "namespace": "hsm", "uid": format!("uid-{name}"), "generation": 1,
+                     "resourceVersion": "1", "creationTimestamp": "2026-03-01T00:00:00Z"},
+        "spec": {"hsmRef": {"name": "pool"},
+                 "destination": {"s3": {"bucket": "bk", "credentials": {"name": "s3-creds"}}}},
+    });
+    merge(&mut v, extra);
+    serde_json::from_value(v).unwrap()
+}
+
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b,
+    }
+}
+
+fn put(world: &Shared, path: &str, v: Value) {
+    world.lock().unwrap().objects.insert(path.into(), v);
+}
+
+fn writes(world: &Shared) -> Vec<Call> {
+    calls(world).into_iter().filter(Call::is_write).collect()
+}
+
+fn stored_status(world: &Shared, path: &str) -> Value {
+    world.lock().unwrap().objects[path]["status"].clone()
+}
+
+async fn deadline<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .expect("reconcile finished within its deadline")
+}
+
+#[tokio::test]
+async fn a_backup_waits_with_typed_reasons_and_writes_only_on_change() {
+    use keystead_operator::backup_controller::reconcile_backup;
+    let world = Shared::default();
+    let ctx = context(mock_client(world.clone()));
+    let path = format!("{KS}/backups/b1");
+    let b = backup_obj("b1", json!({}));
+    put(&world, &path, serde_json::to_value(&b).unwrap());
+
+    // 1. No credentials Secret: Pending/CredentialsNotFound, one status write + one Event.
+    deadline(reconcile_backup(Arc::new(b.clone()), ctx.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        writes(&world),
+        vec![
+            c("PATCH", &format!("{path}/status")),
+            c("POST", "/apis/events.k8s.io/v1/namespaces/hsm/events"),
+        ]
+    );
+    let st = stored_status(&world, &path);
+    assert_eq!(st["phase"], "Pending");
+    assert_eq!(st["conditions"][0]["type"], "Succeeded");
+    assert_eq!(st["conditions"][0]["status"], "Unknown");
+    assert_eq!(st["conditions"][0]["reason"], "CredentialsNotFound");
+    assert!(st.get("jobId").is_none());
+
+    // 2. The same state again: reads only.
+    world.lock().unwrap().calls.clear();
+    let mut again = b.clone();
+    again.status = serde_json::from_value(st).unwrap();
+    deadline(reconcile_backup(Arc::new(again.clone()), ctx.clone()))
+        .await
+        .unwrap();
+    assert_eq!(writes(&world), vec![], "an unchanged wait writes nothing");
+
+    // 3. Credentials exist (values never reach status or events), the pool does not.
+    put(
+        &world,
+        "/api/v1/namespaces/hsm/secrets/s3-creds",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": "hsm"},
+               "data": {"AWS_ACCESS_KEY_ID": "QUtJQQ==", "AWS_SECRET_ACCESS_KEY": "dG9wLXNlY3JldA=="}}),
+    );
+    world.lock().unwrap().calls.clear();
+    deadline(reconcile_backup(Arc::new(again.clone()), ctx.clone()))
+        .await
+        .unwrap();
+    let st = stored_status(&world, &path);
+    assert_eq!(st["conditions"][0]["reason"], "PoolNotFound");
+
+    // 4. The pool exists but is not activated.
+    let mut h = pool(true, "pool");
+    seed(&world, &h);
+    again.status = serde_json::from_value(st).unwrap();
+    deadline(reconcile_backup(Arc::new(again.clone()), ctx.clone()))
+        .await
+        .unwrap();
+    let st = stored_status(&world, &path);
+    assert_eq!(st["conditions"][0]["reason"], "PoolNotReady");
+
+    // 5. Activated with a Ready partition: the operator needs its own token; without an
+    //    identity it cannot get one → PoolUnreachable, retried, no job started.
+    h.status = Some(serde_json::from_value(json!({
+        "conditions": [{"type": "SecurityDomainActivated", "status": "True", "reason": "Activated",
+                        "message": "", "lastTransitionTime": "2026-03-01T00:00:00Z"}],
+        "partitions": [{"name": "pool-0", "ready": true}],
+    })).unwrap());
+    seed(&world, &h);
+    put(
+        &world,
+        "/api/v1/namespaces/hsm/configmaps/pool-ca-bundle",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pool-ca-bundle", "namespace": "hsm"},
+               "data": {"ca.crt": "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"}}),
+    );
+    again.status = serde_json::from_value(st).unwrap();
+    world.lock().unwrap().calls.clear();
+    deadline(reconcile_backup(Arc::new(again.clone()), ctx.clone()))
+        .await
+        .unwrap();
+    let st = stored_status(&world, &path);
+    assert_eq!(st["conditions"][0]["reason"], "PoolUnreachable", "{st}");
+    assert_eq!(st["phase"], "Pending");
+    let w = world.lock().unwrap();
+    let everything: String = w.calls.iter().map(|(_, b)| b.to_string()).collect();
+    assert!(
+        !everything.contains("top-secret"),
+        "credentials never appear in a status or an Event"
+    );
+}
+
+#[tokio::test]
+async fn a_restore_follows_its_backup_and_fails_cleanly_when_it_failed() {
+    use keystead_operator::backup_controller::reconcile_restore;
+    let world = Shared::default();
+    let ctx = context(mock_client(world.clone()));
+    let path = format!("{KS}/restores/r1");
+    let r: keystead_operator::crd::Restore = serde_json::from_value(json!({
+        "apiVersion": "keystead.io/v1alpha1", "kind": "Restore",
+        "metadata": {"name": "r1", "namespace": "hsm", "uid": "uid-r1", "generation": 1, "resourceVersion": "1"},
+        "spec": {"hsmRef": {"name": "pool"}, "backupName": "b1"},
+    }))
+    .unwrap();
+    put(&world, &path, serde_json::to_value(&r).unwrap());
+
+    deadline(reconcile_restore(Arc::new(r.clone()), ctx.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_status(&world, &path)["conditions"][0]["reason"],
+        "BackupNotFound"
+    );
+
+    let running = backup_obj("b1", json!({"status": {"phase": "Running"}}));
+    put(
+        &world,
+        &format!("{KS}/backups/b1"),
+        serde_json::to_value(&running).unwrap(),
+    );
+    deadline(reconcile_restore(Arc::new(r.clone()), ctx.clone()))
+        .await
+        .unwrap();
+    let st = stored_status(&world, &path);
+    assert_eq!(st["conditions"][0]["reason"], "BackupNotReady");
+    assert_eq!(st["phase"], "Pending");
+
+    let failed = backup_obj(
+        "b1",
+        json!({"status": {"phase": "Failed", "error": "StorageError: gone"}}),
+    );
+    put(
+        &world,
+        &format!("{KS}/backups/b1"),
+        serde_json::to_value(&failed).unwrap(),
+    );
+    world.lock().unwrap().calls.clear();
+    let mut again = r.clone();
+    again.status = serde_json::from_value(st).unwrap();
+    deadline(reconcile_restore(Arc::new(again), ctx.clone()))
+        .await
+        .unwrap();
+    let st = stored_status(&world, &path);
+    assert_eq!(st["phase"], "Failed");
+    assert_eq!(st["conditions"][0]["status"], "False");
+    assert_eq!(st["conditions"][0]["reason"], "SourceBackupFailed");
+    let w = world.lock().unwrap();
+    let (_, ev) = w
+        .calls
+        .iter()
+        .find(|(c, _)| c.path.ends_with("/events"))
+        .expect("an Event");
+    assert_eq!(ev["type"], "Warning");
+    assert_eq!(ev["reason"], "SourceBackupFailed");
+}
+
+fn schedule_obj(extra: Value) -> keystead_operator::crd::BackupSchedule {
+    let mut v = json!({
+        "apiVersion": "keystead.io/v1alpha1", "kind": "BackupSchedule",
+        "metadata": {"name": "nightly", "namespace": "hsm", "uid": "uid-sched", "generation": 1,
+                     "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"hsmRef": {"name": "pool"}, "schedule": "*/5 * * * *",
+                 "destination": {"filesystem": {"claimName": "hsm-backups"}},
+                 "retention": {"maxCount": 2}},
+    });
+    merge(&mut v, extra);
+    serde_json::from_value(v).unwrap()
+}
+
+fn owned_backup(name: &str, phase: &str, at: &str) -> Value {
+    json!({
+        "apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
+        "metadata": {"name": name, "namespace": "hsm", "uid": format!("uid-{name}"),
+                     "creationTimestamp": at,
+                     "labels": {"keystead.io/backup-schedule": "nightly"},
+                     "annotations": {"keystead.io/scheduled-time": at},
+                     "ownerReferences": [{"apiVersion": "keystead.io/v1alpha1", "kind": "BackupSchedule",
+                                          "name": "nightly", "uid": "uid-sched", "controller": true}],
+                     "finalizers": ["keystead.io/backup-folder"]},
+        "spec": {"hsmRef": {"name": "pool"}, "destination": {"filesystem": {"claimName": "hsm-backups"}}},
+        "status": {"phase": phase, "completionTime": at},
+    })
+}
+
+#[tokio::test]
+async fn a_schedule_expires_old_backups_then_creates_an_owned_one_with_the_finalizer() {
+    use keystead_operator::backup_controller::reconcile_schedule;
+    let world = Shared::default();
+    let ctx = context(mock_client(world.clone()));
+    let s = schedule_obj(json!({}));
+    let spath = format!("{KS}/backupschedules/nightly");
+    put(&world, &spath, serde_json::to_value(&s).unwrap());
+    for (n, at) in [
+        ("nightly-a", "2026-01-01T00:05:00Z"),
+        ("nightly-b", "2026-01-01T00:10:00Z"),
+        ("nightly-c", "2026-01-01T00:15:00Z"),
+    ] {
+        put(
+            &world,
+            &format!("{KS}/backups/{n}"),
+            owned_backup(n, "Succeeded", at),
+        );
+    }
+    // Someone else's Backup of the same pool is never touched by retention.
+    put(
+        &world,
+        &format!("{KS}/backups/manual"),
+        serde_json::to_value(backup_obj(
+            "manual",
+            json!({"status": {"phase": "Succeeded", "completionTime": "2020-01-01T00:00:00Z"}}),
+        ))
+        .unwrap(),
+    );
+    deadline(reconcile_schedule(Arc::new(s.clone()), ctx.clone()))
+        .await
+        .unwrap();
+    let all = writes(&world);
+    let ev = c("POST", "/apis/events.k8s.io/v1/namespaces/hsm/events");
+    assert_eq!(
+        all,
+        vec![
+            c("DELETE", &format!("{KS}/backups/nightly-a")),
+            ev.clone(),
+            c("POST", &format!("{KS}/backups")),
+            ev,
+            c("PATCH", &format!("{spath}/status")),
+        ]
+    );
+    let w = world.lock().unwrap();
+    let (_, created) = w
+        .calls
+        .iter()
+        .find(|(c, _)| c.method == "POST" && c.path.ends_with("/backups"))
+        .unwrap();
+    let name = created["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("nightly-2026"), "{name}");
+    assert_eq!(
+        created["metadata"]["finalizers"][0],
+        "keystead.io/backup-folder"
+    );
+    assert_eq!(
+        created["metadata"]["ownerReferences"][0]["kind"],
+        "BackupSchedule"
+    );
+    assert_eq!(
+        created["metadata"]["ownerReferences"][0]["controller"],
+        true
+    );
+    assert_eq!(
+        created["metadata"]["labels"]["keystead.io/backup-schedule"],
+        "nightly"
+    );
+    assert_eq!(created["metadata"]["labels"]["keystead.io/pool"], "pool");
+    assert!(created["metadata"]["annotations"]["keystead.io/scheduled-time"].is_string());
+    assert_eq!(
+        created["spec"]["destination"]["filesystem"]["claimName"],
+        "hsm-backups"
+    );
+    let st = &w.objects[&spath]["status"];
+    assert_eq!(st["lastSuccessfulBackup"], "nightly-c");
+    assert_eq!(st["backups"], 3);
+    assert!(st["nextScheduleTime"].is_string());
+    let ready = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["reason"], "Scheduled");
+    let last = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "LastBackupSucceeded")
+        .unwrap();
+    assert_eq!(last["status"], "True");
+}
+
+#[tokio::test]
+async fn an_invalid_schedule_is_reported_once_and_suspend_creates_nothing() {
+    use keystead_operator::backup_controller::reconcile_schedule;
+    let world = Shared::default();
+    let ctx = context(mock_client(world.clone()));
+    let spath = format!("{KS}/backupschedules/nightly");
+    let bad = schedule_obj(json!({"spec": {"schedule": "0 0 2 * * *"}}));
+    put(&world, &spath, serde_json::to_value(&bad).unwrap());
+    deadline(reconcile_schedule(Arc::new(bad.clone()), ctx.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        writes(&world),
+        vec![
+            c("PATCH", &format!("{spath}/status")),
+            c("POST", "/apis/events.k8s.io/v1/namespaces/hsm/events"),
+        ]
+    );
+    let st = stored_status(&world, &spath);
+    assert_eq!(st["conditions"][0]["reason"], "InvalidSchedule");
+    assert!(
+        st["conditions"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("five fields")
+    );
+    world.lock().unwrap().calls.clear();
+    let mut again = bad.clone();
+    again.status = serde_json::from_value(st).unwrap();
+    deadline(reconcile_schedule(Arc::new(again), ctx.clone()))
+        .await
+        .unwrap();
+    assert_eq!(writes(&world), vec![]);
+
+    let suspended = schedule_obj(json!({"spec": {"suspend": true, "immediate": true}}));
+    put(&world, &spath, serde_json::to_value(&suspended).unwrap());
+    world.lock().unwrap().calls.clear();
+    deadline(reconcile_schedule(Arc::new(suspended), ctx.clone()))
+        .await
+        .unwrap();
+    assert_eq!(writes(&world), vec![c("PATCH", &format!("{spath}/status"))]);
+    let st = stored_status(&world, &spath);
+    assert!(st.get("nextScheduleTime").is_none());
+    let ready = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["reason"], "Suspended");
+}
+
+#[tokio::test]
+async fn the_finalizer_deletes_the_folder_from_the_store_then_lets_the_backup_go() {
+    use keystead_operator::backup_controller::reconcile_backup;
+    let root = tempfile::tempdir().unwrap();
+    let folder = root.path().join("hsm-backups/pool-20260101T000500000Z");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("chunk-00000.bin"), b"x").unwrap();
+    std::fs::write(folder.join("manifest.json"), b"{}").unwrap();
+    let keep = root.path().join("hsm-backups/pool-20260101T001000000Z");
+    std::fs::create_dir_all(&keep).unwrap();
+    std::fs::write(keep.join("manifest.json"), b"{}").unwrap();
+
+    let world = Shared::default();
+    let settings = Settings {
+        backup_filesystem_root: root.path().display().to_string(),
+        ..Settings::default()
+    };
+    let ctx = context_with(mock_client(world.clone()), settings);
+    let mut v = owned_backup("nightly-a", "Succeeded", "2026-01-01T00:05:00Z");
+    v["status"]["location"] = json!(format!("file://{}", folder.display()));
+    v["metadata"]["deletionTimestamp"] = json!("2026-03-01T00:00:00Z");
+    put(&world, &format!("{KS}/backups/nightly-a"), v.clone());
+    let b: keystead_operator::crd::Backup = serde_json::from_value(v).unwrap();
+    deadline(reconcile_backup(Arc::new(b.clone()), ctx.clone()))
+        .await
+        .unwrap();
+    assert!(!folder.exists(), "the folder is gone from the store");
+    assert!(keep.join("manifest.json").exists(), "other backups stay");
+    {
+        let w = world.lock().unwrap();
+        let wr: Vec<&(Call, Value)> = w.calls.iter().filter(|(c, _)| c.is_write()).collect();
+        assert_eq!(wr.len(), 2, "{wr:?}");
+        assert_eq!(wr[0].1["reason"], "FolderDeleted");
+        assert_eq!(wr[1].0, c("PATCH", &format!("{KS}/backups/nightly-a")));
+        assert_eq!(wr[1].1["metadata"]["finalizers"], json!([]));
+    }
+
+    // Annotated to keep its folder: the finalizer lets go without touching the store.
+    let mut v = owned_backup("nightly-b", "Succeeded", "2026-01-01T00:10:00Z");
+    v["status"]["location"] = json!(format!("file://{}", keep.display()));
+    v["metadata"]["deletionTimestamp"] = json!("2026-03-01T00:00:00Z");
+    v["metadata"]["annotations"]["keystead.io/keep-backup-folder"] = json!("true");
+    put(&world, &format!("{KS}/backups/nightly-b"), v.clone());
+    let b: keystead_operator::crd::Backup = serde_json::from_value(v).unwrap();
+    deadline(reconcile_backup(Arc::new(b), ctx.clone()))
+        .await
+        .unwrap();
+    assert!(keep.join("manifest.json").exists());
+}
+
+#[tokio::test]
+async fn the_pool_reports_its_newest_finished_backup() {
+    let world = Shared::default();
+    let ctx = context(mock_client(world.clone()));
+    let h = pool(true, "pool");
+    seed(&world, &h);
+    put(
+        &world,
+        &format!("{KS}/backups/b1"),
+        serde_json::to_value(backup_obj(
+            "b1",
+            json!({"status": {"phase": "Succeeded", "completionTime": "2026-03-01T00:10:00Z",
+                              "location": "s3://bk/pool-1", "keyCount": 4}}),
+        ))
+        .unwrap(),
+    );
+    put(
+        &world,
+        &format!("{KS}/backups/other-pool"),
+        serde_json::to_value(backup_obj(
+            "other-pool",
+            json!({"spec": {"hsmRef": {"name": "another"}},
+                   "status": {"phase": "Failed", "completionTime": "2026-03-02T00:00:00Z"}}),
+        ))
+        .unwrap(),
+    );
+    reconcile_with_deadline(h, ctx).await.unwrap();
+    let st = stored_status(&world, HSM_PATH);
+    let cond = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "LastBackupSucceeded")
+        .unwrap()
+        .clone();
+    assert_eq!(cond["status"], "True", "{cond}");
+    assert_eq!(cond["reason"], "BackupSucceeded");
+    assert_eq!(st["lastBackup"]["name"], "b1");
+    assert_eq!(st["lastBackup"]["location"], "s3://bk/pool-1");
 }

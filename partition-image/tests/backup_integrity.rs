@@ -40,7 +40,7 @@ async fn small_chunk_backup(a: &TestPool, root: &std::path::Path) -> (serde_json
         ..Default::default()
     })
     .unwrap();
-    let m = backup::write_backup_with(&a.app, &d, false, 2)
+    let m = backup::write_backup_with(&a.app, &d, false, 2, None)
         .await
         .unwrap();
     assert!(m.body.chunks.len() >= 3, "{}", m.body.chunks.len());
@@ -207,4 +207,70 @@ async fn selective_restore_brings_back_one_key_with_all_versions() {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_key_backup_restores_only_selectively_and_reports_its_figures() {
+    let a = populated().await;
+    let root = tempfile::tempdir().unwrap();
+    let params = json!({"storageResourceUri": format!("file://{}", root.path().display())});
+
+    // A full backup's job body carries the folder's figures (Keystead extension).
+    let st = backup(&a, common::ADMIN, &params).await;
+    let full = folder_of(&st);
+    assert_eq!(st["backup"]["folder"], full.as_str(), "{st}");
+    assert_eq!(st["backup"]["keyCount"], 5);
+    let manifest = std::fs::read(root.path().join(&full).join("manifest.json")).unwrap();
+    assert_eq!(
+        st["backup"]["manifestSha256"],
+        backup::format::sha256_hex(&manifest)
+    );
+    let on_disk: u64 = std::fs::read_dir(root.path().join(&full))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert_eq!(st["backup"]["sizeBytes"], on_disk);
+    assert!(st["backup"].get("keyName").is_none(), "{st}");
+
+    // One key, by name.
+    let mut one = params.clone();
+    one["keyName"] = json!("k0");
+    let st = backup(&a, common::ADMIN, &one).await;
+    let folder = folder_of(&st);
+    assert!(folder.contains("-key-k0-"), "{folder}");
+    assert_eq!(st["backup"]["keyCount"], 1);
+    assert_eq!(st["backup"]["keyName"], "k0");
+
+    // A key the pool does not have: the job fails with KeyNotFound.
+    let mut missing = params.clone();
+    missing["keyName"] = json!("nope");
+    let st = backup(&a, common::ADMIN, &missing).await;
+    assert_eq!(st["status"], "Failed", "{st}");
+    assert_eq!(st["error"]["code"], "KeyNotFound", "{st}");
+
+    // A full restore of a single-key backup is refused and changes nothing.
+    let before = a.app.store.read().clone();
+    let st = restore(&a, "/restore", &params, &folder).await;
+    assert_eq!(st["status"], "Failed", "{st}");
+    assert!(
+        st["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("selective restore"),
+        "{st}"
+    );
+    assert_eq!(a.app.store.read().keys, before.keys);
+
+    // It restores selectively once the key is gone.
+    let k0 = before.keys["k0"].clone();
+    let (s, _) = a.call(Some("user"), Method::DELETE, "/keys/k0", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assign(&a, "515eb02d-2335-4d2d-92f2-b1cbdf9c3778", "officer").await;
+    let (s, v) = a
+        .call(Some("officer"), Method::DELETE, "/deletedkeys/k0", None)
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+    let st = restore_key(&a, "k0", &params, &folder).await;
+    assert_eq!(st["status"], "Succeeded", "{st}");
+    assert_eq!(a.app.store.read().keys["k0"], k0);
 }

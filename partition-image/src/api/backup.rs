@@ -11,6 +11,17 @@ use axum::response::Response;
 use keystead_core::rbac::DataAction;
 use serde::Deserialize;
 
+/// `POST /backup`: the Azure `sasTokenParameters`, plus the Keystead extension `keyName`
+/// (back up one key with all its versions; it restores only selectively).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BackupParameters {
+    #[serde(flatten)]
+    storage: dest::StorageParameters,
+    #[serde(default)]
+    key_name: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RestoreParameters {
@@ -79,13 +90,20 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.operation = "FullBackup";
     ctx.authorize(DataAction::BackupStart, "/")?;
     ctx.require_active()?;
-    let params: dest::StorageParameters = ctx.json()?;
-    let d = dest::open(&params).map_err(bad_destination)?;
+    let params: BackupParameters = ctx.json()?;
+    if let Some(k) = &params.key_name {
+        super::keys::validate_name(k)?;
+    }
+    let d = dest::open(&params.storage).map_err(bad_destination)?;
     let pool = pool_id(ctx);
+    let what = match &params.key_name {
+        Some(k) => format!("Backup of key '{k}'"),
+        None => "Full backup".to_string(),
+    };
     let st = job::create(
         &pool,
         job::Kind::Backup,
-        "Full backup is in progress",
+        &format!("{what} is in progress"),
         super::keys_now(),
     );
     let app = ctx.app.clone();
@@ -93,23 +111,28 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
     tokio::spawn(async move {
         let lock = job::pool_lock(&pool);
         let _g = lock.lock().await;
-        let r = backup::write_backup(&app, &d, false).await;
+        let r = match &params.key_name {
+            Some(k) => backup::write_key_backup(&app, &d, k).await,
+            None => backup::write_backup(&app, &d, false).await,
+        }
+        .and_then(|m| backup::summary(&m).map(|s| (m, s)));
         match r {
-            Ok(m) => {
+            Ok((m, summary)) => {
                 let url = d.folder_url(&m.body.folder);
-                tracing::info!(job = %id, folder = %url, keys = m.body.key_count, "full backup succeeded");
+                tracing::info!(job = %id, folder = %url, keys = m.body.key_count, "{what} succeeded");
                 job::update(&pool, &id, |s| {
-                    s.azure_storage_blob_container_uri = Some(url)
+                    s.azure_storage_blob_container_uri = Some(url);
+                    s.backup = Some(summary);
                 });
                 job::finish(
                     &pool,
                     &id,
                     super::keys_now(),
-                    Ok("Full backup succeeded".into()),
+                    Ok(format!("{what} succeeded")),
                 );
             }
             Err(e) => {
-                tracing::warn!(job = %id, error = %e, "full backup failed");
+                tracing::warn!(job = %id, error = %e, "{what} failed");
                 job::finish(&pool, &id, super::keys_now(), Err(job_error(&e)));
             }
         }
@@ -204,6 +227,8 @@ pub fn start_restore(ctx: &mut Ctx, check_only: bool) -> Result<Response, ApiErr
             })
         } else {
             backup::restore_full(&app, &d, &folder).await.map(|r| {
+                let rp = r.restore_point.clone();
+                job::update(&pool, &id, |s| s.restore_point = Some(rp));
                 format!(
                     "Full restore succeeded: {} keys and {} deleted keys restored; restore point {}",
                     r.keys, r.deleted, r.restore_point

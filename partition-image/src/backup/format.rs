@@ -72,6 +72,10 @@ pub struct ManifestBody {
     pub role_definition_count: u64,
     pub restore_point: bool,
     pub chunks: Vec<ChunkInfo>,
+    /// Set on a single-key backup: the one key it holds (with all its versions). Absent on
+    /// full backups, so manifests written before this field existed keep their MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
 }
 
 /// The manifest file: the body plus its MAC.
@@ -247,6 +251,7 @@ mod tests {
             role_assignment_count: 0,
             role_definition_count: 0,
             restore_point: false,
+            key_name: None,
             chunks: vec![],
         }
     }

@@ -14,45 +14,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// Finished jobs kept per process before the oldest are forgotten.
 const MAX_FINISHED: usize = 1000;
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    InProgress,
-    Succeeded,
-    Failed,
-}
-
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum Kind {
-    Backup,
-    Restore,
-    SelectiveRestore,
-    RestoreCheck,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct JobError {
-    pub code: String,
-    pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub innererror: Option<serde_json::Value>,
-}
-
-/// The Azure operation body (`FullBackupOperation` / `RestoreOperation`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct JobStatus {
-    pub status: Status,
-    pub status_details: Option<String>,
-    pub error: Option<JobError>,
-    pub job_id: String,
-    pub start_time: i64,
-    pub end_time: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub azure_storage_blob_container_uri: Option<String>,
-    #[serde(skip)]
-    pub kind: Option<Kind>,
-}
+pub use keystead_core::backup_job::{
+    BackupSummary, JobError, JobKind as Kind, JobState as Status, JobStatus,
+};
 
 /// A job as one partition reports it to another (the Azure body does not carry the kind).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -99,6 +63,8 @@ pub fn create(pool_id: &str, kind: Kind, details: &str, now: i64) -> JobStatus {
         start_time: now,
         end_time: None,
         azure_storage_blob_container_uri: None,
+        backup: None,
+        restore_point: None,
         kind: Some(kind),
     };
     let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());

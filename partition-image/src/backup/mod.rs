@@ -15,7 +15,8 @@
 //! to the same store; then one [`Command::RestoreAll`] replaces keys, soft-deleted keys
 //! and RBAC at once. Settings stay those of the target pool (its spec). See docs/backup.md.
 
-pub mod dest;
+/// Backup stores: shared with the operator and `kubectl hsm` through keystead-core.
+pub use keystead_core::store as dest;
 pub mod format;
 pub mod job;
 
@@ -49,6 +50,8 @@ pub enum BackupError {
     Invalid(String),
     #[error("the backup folder {0} holds no key named '{1}'; nothing was restored")]
     KeyNotInBackup(String, String),
+    #[error("the pool has no key named '{0}' (active or soft-deleted); nothing was backed up")]
+    KeyNotInPool(String),
     #[error("the restore could not be committed: {0}; nothing was changed")]
     Commit(String),
     #[error("internal error: {0}")]
@@ -64,7 +67,7 @@ impl BackupError {
             BackupError::Format(_) => "BackupIntegrity",
             BackupError::Storage { .. } => "StorageError",
             BackupError::Invalid(_) => "BadParameter",
-            BackupError::KeyNotInBackup(..) => "KeyNotFound",
+            BackupError::KeyNotInBackup(..) | BackupError::KeyNotInPool(_) => "KeyNotFound",
             BackupError::Commit(_) => "Conflict",
             BackupError::Internal(_) => "InternalError",
         }
@@ -82,8 +85,9 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// Folder name of a new backup: `<pool>-<UTC timestamp with ms>[-restore-point]`.
-pub fn folder_name(pool: &str, restore_point: bool) -> String {
+/// Folder name of a new backup: `<pool>-<UTC timestamp with ms>Z`,
+/// `<pool>-restore-point-<…>Z` or, for a single-key backup, `<pool>-key-<name>-<…>Z`.
+pub fn folder_name(pool: &str, restore_point: bool, key: Option<&str>) -> String {
     let t = time::OffsetDateTime::now_utc();
     let ts = format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}{:03}Z",
@@ -105,10 +109,10 @@ pub fn folder_name(pool: &str, restore_point: bool) -> String {
             }
         })
         .collect();
-    if restore_point {
-        format!("{pool}-restore-point-{ts}")
-    } else {
-        format!("{pool}-{ts}")
+    match (restore_point, key) {
+        (true, _) => format!("{pool}-restore-point-{ts}"),
+        (false, Some(k)) => format!("{pool}-key-{k}-{ts}"),
+        (false, None) => format!("{pool}-{ts}"),
     }
 }
 
@@ -153,28 +157,14 @@ fn snapshot_to_spool(
         role_definition_count: state.rbac.definitions.len() as u64,
         restore_point,
         chunks: vec![],
+        key_name: None,
     };
     let mut batch: Vec<Record> = vec![
         Record::Settings(state.settings.clone()),
         Record::Rbac(state.rbac.clone()),
     ];
-    let flush = |batch: &mut Vec<Record>, body: &mut ManifestBody| -> Result<(), BackupError> {
-        let index = body.chunks.len();
-        let sealed = format::seal_chunk(key, folder, index, batch)?;
-        let name = format::chunk_name(index);
-        let path = spool.join(&name);
-        let mut f =
-            crate::store::restricted_create(&path).map_err(|e| storage("the local spool", e))?;
-        f.write_all(&sealed)
-            .map_err(|e| storage("the local spool", e))?;
-        body.chunks.push(ChunkInfo {
-            name,
-            size: sealed.len() as u64,
-            sha256: format::sha256_hex(&sealed),
-            records: batch.len() as u64,
-        });
-        batch.clear();
-        Ok(())
+    let flush = |batch: &mut Vec<Record>, body: &mut ManifestBody| {
+        spool_chunk(key, folder, spool, batch, body)
     };
     let per = records_per_chunk.max(1);
     for k in state.keys.values() {
@@ -195,26 +185,105 @@ fn snapshot_to_spool(
     Ok(body)
 }
 
+/// Seal `batch` as the next chunk of `body` into the spool directory, and empty it.
+fn spool_chunk(
+    key: &[u8; 32],
+    folder: &str,
+    spool: &std::path::Path,
+    batch: &mut Vec<Record>,
+    body: &mut ManifestBody,
+) -> Result<(), BackupError> {
+    let index = body.chunks.len();
+    let sealed = format::seal_chunk(key, folder, index, batch)?;
+    let name = format::chunk_name(index);
+    let path = spool.join(&name);
+    let mut f =
+        crate::store::restricted_create(&path).map_err(|e| storage("the local spool", e))?;
+    f.write_all(&sealed)
+        .map_err(|e| storage("the local spool", e))?;
+    body.chunks.push(ChunkInfo {
+        name,
+        size: sealed.len() as u64,
+        sha256: format::sha256_hex(&sealed),
+        records: batch.len() as u64,
+    });
+    batch.clear();
+    Ok(())
+}
+
+/// The snapshot of a single-key backup: one chunk with the settings and the key (active,
+/// else soft-deleted) with all its versions; no RBAC, so it can only be restored selectively.
+fn snapshot_key(
+    app: &App,
+    key: &[u8; 32],
+    fingerprint: &str,
+    folder: &str,
+    spool: &std::path::Path,
+    name: &str,
+) -> Result<ManifestBody, BackupError> {
+    std::fs::create_dir_all(spool).map_err(|e| storage("the local spool directory", e))?;
+    let applied_index = app.store.applied_index();
+    let state = app.store.read();
+    let record = match (state.keys.get(name), state.deleted.get(name)) {
+        (Some(k), _) => Record::Key(k.clone()),
+        (None, Some(d)) => Record::DeletedKey(d.clone()),
+        (None, None) => return Err(BackupError::KeyNotInPool(name.to_string())),
+    };
+    let mut body = ManifestBody {
+        format: format::FORMAT.into(),
+        version: format::VERSION,
+        pool: state.settings.pool_name.clone(),
+        pool_id: state.settings.pool_id.clone(),
+        folder: folder.into(),
+        domain_fingerprint: fingerprint.into(),
+        created: now(),
+        applied_index,
+        key_count: u64::from(matches!(record, Record::Key(_))),
+        deleted_key_count: u64::from(matches!(record, Record::DeletedKey(_))),
+        role_assignment_count: 0,
+        role_definition_count: 0,
+        restore_point: false,
+        chunks: vec![],
+        key_name: Some(name.to_string()),
+    };
+    let mut batch = vec![Record::Settings(state.settings.clone()), record];
+    spool_chunk(key, folder, spool, &mut batch, &mut body)?;
+    Ok(body)
+}
+
 /// Write a full backup of `app`'s pool into a new folder of `dest`; returns the manifest.
 pub async fn write_backup(
     app: &Arc<App>,
     dest: &Destination,
     restore_point: bool,
 ) -> Result<Manifest, BackupError> {
-    write_backup_with(app, dest, restore_point, format::RECORDS_PER_CHUNK).await
+    write_backup_with(app, dest, restore_point, format::RECORDS_PER_CHUNK, None).await
 }
 
-/// [`write_backup`] with a chosen chunk size (tests use small chunks).
+/// Write a backup of one key (all its versions, active or soft-deleted) into a new folder of
+/// `dest`; it restores only selectively (`PUT /keys/{name}/restore`).
+pub async fn write_key_backup(
+    app: &Arc<App>,
+    dest: &Destination,
+    name: &str,
+) -> Result<Manifest, BackupError> {
+    write_backup_with(app, dest, false, format::RECORDS_PER_CHUNK, Some(name)).await
+}
+
+/// [`write_backup`] with a chosen chunk size (tests use small chunks), of the whole pool or
+/// of the key `only`.
 pub async fn write_backup_with(
     app: &Arc<App>,
     dest: &Destination,
     restore_point: bool,
     records_per_chunk: usize,
+    only: Option<&str>,
 ) -> Result<Manifest, BackupError> {
     let u = unsealed(app)?;
     let fingerprint = u.fingerprint();
     let pool = app.store.read().settings.pool_name.clone();
-    let folder = folder_name(&pool, restore_point);
+    let folder = folder_name(&pool, restore_point, only);
+    let only = only.map(str::to_string);
     let spool = Spool(
         app.cfg
             .data_dir
@@ -226,8 +295,9 @@ pub async fn write_backup_with(
         let u = u.clone();
         let folder = folder.clone();
         let dir = spool.0.clone();
-        tokio::task::spawn_blocking(move || {
-            snapshot_to_spool(
+        tokio::task::spawn_blocking(move || match only.as_deref() {
+            Some(name) => snapshot_key(&app, u.backup_key(), &fingerprint, &folder, &dir, name),
+            None => snapshot_to_spool(
                 &app,
                 u.backup_key(),
                 &fingerprint,
@@ -235,7 +305,7 @@ pub async fn write_backup_with(
                 &dir,
                 restore_point,
                 records_per_chunk,
-            )
+            ),
         })
         .await
         .map_err(|e| BackupError::Internal(e.to_string()))??
@@ -250,6 +320,26 @@ pub async fn write_backup_with(
         }
     }
     result.map(|()| manifest)
+}
+
+/// `manifest.json` as written to the store.
+pub fn manifest_bytes(manifest: &Manifest) -> Result<Vec<u8>, BackupError> {
+    serde_json::to_vec_pretty(manifest).map_err(|e| BackupError::Internal(e.to_string()))
+}
+
+/// The figures of a written backup reported in its job body.
+pub fn summary(manifest: &Manifest) -> Result<job::BackupSummary, BackupError> {
+    let bytes = manifest_bytes(manifest)?;
+    let b = &manifest.body;
+    Ok(job::BackupSummary {
+        folder: b.folder.clone(),
+        key_count: b.key_count,
+        deleted_key_count: b.deleted_key_count,
+        size_bytes: b.chunks.iter().map(|c| c.size).sum::<u64>() + bytes.len() as u64,
+        manifest_sha256: format::sha256_hex(&bytes),
+        domain_fingerprint: b.domain_fingerprint.clone(),
+        key_name: b.key_name.clone(),
+    })
 }
 
 /// Upload the spooled chunks, then the manifest (last: its presence marks a complete backup).
@@ -268,8 +358,7 @@ async fn upload(
             .await
             .map_err(|e| storage(dest.folder_url(folder), e))?;
     }
-    let bytes =
-        serde_json::to_vec_pretty(manifest).map_err(|e| BackupError::Internal(e.to_string()))?;
+    let bytes = manifest_bytes(manifest)?;
     dest.store
         .put(
             &dest.path(folder, format::MANIFEST),
@@ -351,6 +440,12 @@ async fn read_backup(
         });
     }
     format::verify_manifest(u.backup_key(), &m)?;
+    if let (None, Some(k)) = (only, &m.body.key_name) {
+        return Err(BackupError::Invalid(format!(
+            "the backup {} holds only the key '{k}'; restore it with a selective restore (PUT /keys/{k}/restore); nothing was changed",
+            dest.folder_url(folder)
+        )));
+    }
     if m.body.folder != folder {
         return Err(BackupError::Invalid(format!(
             "the manifest was written for folder '{}', not '{folder}': backup folders cannot be renamed",

@@ -1,4 +1,6 @@
-//! Backup destinations: a URI (plus optional credentials) mapped onto an `object_store`.
+//! Backup stores (feature `store`): a URI (plus optional credentials) mapped onto an
+//! `object_store`. The partition writes and reads backups through it; the operator deletes
+//! expired backup folders and `kubectl hsm` lists and verifies them through the same code.
 //!
 //! - `https://<account>.blob.core.windows.net/<container>[/<prefix>]`: Azure Blob, with the
 //!   SAS `token`, or (no token) the account key / workload identity from the environment
@@ -22,7 +24,7 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -32,16 +34,17 @@ const AZURITE_DEV_KEY: &str =
 const AZURITE_DEV_ACCOUNT: &str = "devstoreaccount1";
 
 /// Where a backup goes or comes from, as the Azure API sends it (`sasTokenParameters`).
-#[derive(Deserialize, Clone, Default)]
+/// `Debug` redacts the token and the option values (credentials).
+#[derive(Serialize, Deserialize, Clone, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageParameters {
     pub storage_resource_uri: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_managed_identity: Option<bool>,
     /// Keystead extension: `object_store` configuration keys for non-Azure stores.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub storage_options: BTreeMap<String, String>,
 }
 
@@ -145,7 +148,9 @@ pub fn open(params: &StorageParameters) -> Result<Destination, String> {
             })?;
             store = Arc::new(
                 LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| format!("cannot open {}: {e}", dir.display()))?,
+                    .map_err(|e| format!("cannot open {}: {e}", dir.display()))?
+                    // A deleted backup folder leaves no empty directory behind.
+                    .with_automatic_cleanup(true),
             );
             prefix = Path::default();
         }
@@ -265,6 +270,30 @@ pub fn split_folder(folder_url: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Delete every object of backup folder `folder` of `dest`; returns how many were deleted.
+/// A folder that does not exist (or is already empty) is not an error.
+pub async fn delete_folder(dest: &Destination, folder: &str) -> Result<usize, String> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    validate_folder(folder)?;
+    let prefix = dest.folder_path(folder);
+    let what = dest.folder_url(folder);
+    let objects: Vec<_> = dest
+        .store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| format!("cannot list {what}: {e}"))?;
+    let mut n = 0;
+    for o in objects {
+        match dest.store.delete(&o.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => n += 1,
+            Err(e) => return Err(format!("cannot delete {} of {what}: {e}", o.location)),
+        }
+    }
+    Ok(n)
+}
+
 /// Validate a backup folder name (one path segment).
 pub fn validate_folder(folder: &str) -> Result<(), String> {
     if folder.is_empty()
@@ -310,6 +339,32 @@ mod tests {
         assert!(open(&p("ftp://x/y")).unwrap_err().contains("unsupported"));
         assert!(open(&p("https://example.com/c")).is_err());
         assert!(open(&p("not a url")).is_err());
+    }
+
+    #[tokio::test]
+    async fn delete_folder_removes_every_object_and_the_directory() {
+        use object_store::{ObjectStoreExt, PutPayload};
+        let d = tempfile::tempdir().unwrap();
+        let dest = open(&p(&format!("file://{}/b", d.path().display()))).unwrap();
+        for f in ["chunk-00000.bin", "manifest.json"] {
+            dest.store
+                .put(&dest.path("pool-1", f), PutPayload::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        dest.store
+            .put(
+                &dest.path("pool-2", "manifest.json"),
+                PutPayload::from_static(b"y"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(delete_folder(&dest, "pool-1").await.unwrap(), 2);
+        assert!(!d.path().join("b/pool-1").exists());
+        assert!(d.path().join("b/pool-2/manifest.json").exists());
+        // Gone already: not an error.
+        assert_eq!(delete_folder(&dest, "pool-1").await.unwrap(), 0);
+        assert!(delete_folder(&dest, "../x").await.is_err());
     }
 
     #[test]
