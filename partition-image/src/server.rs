@@ -12,6 +12,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+/// How often the TLS files are checked for a rotation.
+const TLS_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The router of one partition.
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -29,12 +32,25 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let cfg = &app.cfg;
-    let cert = std::fs::read_to_string(&cfg.tls.cert_file)?;
-    let key = zeroize::Zeroizing::new(std::fs::read_to_string(&cfg.tls.key_file)?);
-    let ca = std::fs::read_to_string(&cfg.tls.ca_file)?;
-    let tls = crate::tls::server_config(&cert, &key, Some(&ca))?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let tls = Arc::new(crate::tls::ReloadingAcceptor::load(&app.cfg.tls)?);
+    // Rotated certificates (a renewed Secret) are picked up without a restart.
+    let watcher = {
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TLS_RELOAD_INTERVAL);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match tls.reload_if_changed() {
+                    Ok(true) => {
+                        tracing::info!("TLS certificate files changed; new connections use them")
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "TLS files not reloaded"),
+                }
+            }
+        })
+    };
     let router = router(app.clone());
     tokio::pin!(shutdown);
     loop {
@@ -49,7 +65,7 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor: TlsAcceptor = tls.acceptor();
         let router = router.clone();
         tokio::spawn(async move {
             let tls = match acceptor.accept(tcp).await {
@@ -80,5 +96,6 @@ pub async fn serve(
             }
         });
     }
+    watcher.abort();
     Ok(())
 }

@@ -73,3 +73,149 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     })
 }
+
+/// The partition's TLS server side, re-read when its files change: the operator (or
+/// cert-manager) rotates certificates before they expire and the kubelet swaps the mounted
+/// Secret's files; new connections get the new certificate, open ones keep theirs.
+pub struct ReloadingAcceptor {
+    files: crate::config::TlsFiles,
+    current: std::sync::RwLock<(tokio_rustls::TlsAcceptor, [u8; 32])>,
+}
+
+impl ReloadingAcceptor {
+    pub fn load(files: &crate::config::TlsFiles) -> anyhow::Result<ReloadingAcceptor> {
+        let (acceptor, digest) = Self::build(files)?;
+        Ok(ReloadingAcceptor {
+            files: files.clone(),
+            current: std::sync::RwLock::new((acceptor, digest)),
+        })
+    }
+
+    fn read(
+        files: &crate::config::TlsFiles,
+    ) -> anyhow::Result<(String, zeroize::Zeroizing<String>, String)> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        Ok((
+            read(&files.cert_file)?,
+            zeroize::Zeroizing::new(read(&files.key_file)?),
+            read(&files.ca_file)?,
+        ))
+    }
+
+    fn digest(cert: &str, key: &str, ca: &str) -> [u8; 32] {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for part in [cert, key, ca] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part.as_bytes());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    fn build(
+        files: &crate::config::TlsFiles,
+    ) -> anyhow::Result<(tokio_rustls::TlsAcceptor, [u8; 32])> {
+        let (cert, key, ca) = Self::read(files)?;
+        let cfg = server_config(&cert, &key, Some(&ca))?;
+        Ok((
+            tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+            Self::digest(&cert, &key, &ca),
+        ))
+    }
+
+    /// The acceptor for the next connection.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
+    }
+
+    /// Re-read the files; switch to them if their contents changed and they form a valid
+    /// configuration. `Ok(true)`: switched. On an error the current configuration stays.
+    pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
+        let (cert, key, ca) = Self::read(&self.files)?;
+        let digest = Self::digest(&cert, &key, &ca);
+        if digest == self.current.read().unwrap_or_else(|p| p.into_inner()).1 {
+            return Ok(false);
+        }
+        let cfg = server_config(&cert, &key, Some(&ca)).context(
+            "the changed TLS files do not form a valid configuration; still serving the previous certificate",
+        )?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+            (tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), digest);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsFiles;
+
+    async fn served_cert(acceptor: tokio_rustls::TlsAcceptor, ca_pem: &str) -> Vec<u8> {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move { acceptor.accept(server_io).await.map(|_| ()) });
+        let connector =
+            tokio_rustls::TlsConnector::from(Arc::new(client_config(ca_pem, None).unwrap()));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, client_io).await.unwrap();
+        let der = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+        server.await.unwrap().unwrap();
+        der
+    }
+
+    fn der_of(pem: &str) -> Vec<u8> {
+        certs(pem).unwrap()[0].to_vec()
+    }
+
+    #[tokio::test]
+    async fn rotated_files_are_served_to_new_connections_and_bad_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::pki::generate_ca("test CA", 30).unwrap();
+        let files = TlsFiles {
+            cert_file: dir.path().join("tls.crt"),
+            key_file: dir.path().join("tls.key"),
+            ca_file: dir.path().join("ca.crt"),
+        };
+        let issue = |files: &TlsFiles| {
+            let leaf =
+                crate::pki::issue_leaf(&ca, "p0", &["localhost".to_string()], &[], 30).unwrap();
+            std::fs::write(&files.cert_file, &leaf.cert_pem).unwrap();
+            std::fs::write(&files.key_file, &leaf.key_pem).unwrap();
+            leaf.cert_pem
+        };
+        std::fs::write(&files.ca_file, &ca.cert_pem).unwrap();
+        let first = issue(&files);
+        let r = ReloadingAcceptor::load(&files).unwrap();
+        assert_eq!(
+            served_cert(r.acceptor(), &ca.cert_pem).await,
+            der_of(&first)
+        );
+        assert!(!r.reload_if_changed().unwrap(), "nothing changed yet");
+
+        let second = issue(&files);
+        assert!(r.reload_if_changed().unwrap());
+        assert_eq!(
+            served_cert(r.acceptor(), &ca.cert_pem).await,
+            der_of(&second)
+        );
+
+        // A half-written rotation (certificate without its key) is refused; the last good
+        // configuration keeps serving.
+        std::fs::write(&files.key_file, "not a key").unwrap();
+        let e = r.reload_if_changed().unwrap_err();
+        assert!(
+            format!("{e:#}").contains("still serving the previous certificate"),
+            "{e:#}"
+        );
+        assert_eq!(
+            served_cert(r.acceptor(), &ca.cert_pem).await,
+            der_of(&second)
+        );
+    }
+}
