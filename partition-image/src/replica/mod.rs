@@ -13,12 +13,13 @@ pub mod membership;
 pub mod metrics;
 pub mod network;
 pub mod peer;
+pub mod read_index;
 pub mod state_machine;
 
 use crate::config::{PartitionConfig, PeerSettings};
 use crate::state::{Command, Outcome};
 use crate::store::ProposeError;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -107,6 +108,10 @@ pub struct Replica {
     /// `dataDir/raft/recovering`: present while recovering, so that a restart before the
     /// partition has caught up (its disk is no longer empty then) keeps it from voting.
     recovering_marker: std::path::PathBuf,
+    /// Read-index rounds shared by concurrent reads (here or via the leader).
+    reads: read_index::Batcher,
+    /// The same, as the leader only (for followers' `/internal/read-index`).
+    leader_reads: read_index::Batcher,
     /// Serialises membership changes on the leader.
     pub membership_lock: tokio::sync::Mutex<()>,
 }
@@ -118,6 +123,15 @@ impl std::fmt::Debug for Replica {
             .field("name", &self.name)
             .finish_non_exhaustive()
     }
+}
+
+/// Where to reach member `id`: the configured URL if any, else the membership's.
+pub(crate) fn member_url(peers: &[PeerSettings], id: u64, node: &Member) -> String {
+    peers
+        .iter()
+        .find(|p| p.id == id)
+        .map(|p| p.url.clone())
+        .unwrap_or_else(|| node.url.clone())
 }
 
 /// Create `path` durably (the file and its directory entry).
@@ -207,6 +221,18 @@ impl Replica {
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the Raft member: {e}"))?;
+        let reads = read_index::Batcher::new(
+            read_index::Mode::Any,
+            raft.clone(),
+            client.clone(),
+            cfg.peers.clone(),
+        );
+        let leader_reads = read_index::Batcher::new(
+            read_index::Mode::LeaderOnly,
+            raft.clone(),
+            client.clone(),
+            cfg.peers.clone(),
+        );
         let replica = Arc::new(Replica {
             raft,
             sm: shared,
@@ -216,6 +242,8 @@ impl Replica {
             client,
             recovering: std::sync::atomic::AtomicBool::new(recovering),
             recovering_marker,
+            reads,
+            leader_reads,
             membership_lock: tokio::sync::Mutex::new(()),
         });
         if recovering {
@@ -242,11 +270,7 @@ impl Replica {
 
     /// Where to reach member `id`: the configured URL if any, else the membership's.
     pub fn url_of(&self, id: u64, node: &Member) -> String {
-        self.peers
-            .iter()
-            .find(|p| p.id == id)
-            .map(|p| p.url.clone())
-            .unwrap_or_else(|| node.url.clone())
+        member_url(&self.peers, id, node)
     }
 
     fn configured_members(&self) -> BTreeMap<u64, Member> {
@@ -428,10 +452,7 @@ impl Replica {
     /// The leader's side of a read-index request: confirm leadership with a quorum and
     /// return the index every read must wait for.
     pub async fn leader_read_index(&self) -> Result<u64, String> {
-        match self.raft.get_read_log_id().await {
-            Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
-            Err(e) => Err(e.to_string()),
-        }
+        self.leader_reads.read_index().await
     }
 
     /// Read barrier: after it returns, this partition's state includes every change that
@@ -439,29 +460,7 @@ impl Replica {
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
-            let read =
-                tokio::time::timeout(Duration::from_secs(2), self.raft.get_read_log_id()).await;
-            let index = match read {
-                // Leadership not confirmed by a quorum in time.
-                Err(_) => None,
-                Ok(Ok((read, _))) => Some(read.map(|l| l.index).unwrap_or(0)),
-                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                    match (f.leader_id, f.leader_node) {
-                        (Some(id), Some(node)) => self
-                            .client
-                            .get::<ReadIndexReply>(
-                                &self.url_of(id, &node),
-                                "/internal/read-index",
-                                Duration::from_secs(3),
-                            )
-                            .await
-                            .ok()
-                            .map(|r| r.index),
-                        _ => None,
-                    }
-                }
-                Ok(Err(_)) => None,
-            };
+            let index = self.reads.read_index().await.ok();
             if let Some(index) = index {
                 let left = deadline.saturating_duration_since(Instant::now());
                 return self

@@ -271,6 +271,11 @@ impl Cluster {
         matches!(self.status(i).await, Some(v) if v["domainLoaded"] == true)
     }
 
+    /// Partition `i` has caught up since its disk was last emptied (it votes again).
+    pub async fn caught_up(&self, i: usize) -> bool {
+        matches!(self.status(i).await, Some(v) if v["replication"]["recovering"] == false)
+    }
+
     /// Form the group, activate through partition 0, wait until every partition holds the domain.
     pub async fn activate(&self) {
         self.leader(&[0, 1, 2]).await;
