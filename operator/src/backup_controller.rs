@@ -22,7 +22,7 @@ use crate::crd::{
 };
 use crate::pool_client::{JobPath, PoolClient};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use keystead_core::backup_job::JobStatus;
@@ -123,8 +123,13 @@ async fn target(
             format!("the CA bundle {} does not exist yet", names.ca_bundle),
         )));
     };
+    // The partition's pod IP (TLS still verifies its DNS name; see docs/operator.md).
+    let pod = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&partition)
+        .await?;
+    let addresses = crate::controller::partition_addresses(&names, &[pod]);
     let client = match ctx.tokens.token(&hsm.spec.authentication.audience).await {
-        Ok(t) => PoolClient::new(&ca, t).map_err(|e| e.to_string()),
+        Ok(t) => PoolClient::new(&ca, t, &addresses).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
     match client {

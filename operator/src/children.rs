@@ -35,6 +35,12 @@ const TLS_DIR: &str = "/etc/keystead/tls";
 const SEAL_DIR: &str = "/etc/keystead/seal";
 const DATA_DIR: &str = "/var/lib/keystead";
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Where the projected peer token (pod-bound, audience [`PEER_AUDIENCE`]) is mounted.
+const PEER_TOKEN_DIR: &str = "/var/run/secrets/keystead/peer";
+/// Audience of the partitions' peer tokens: a token for the pool's clients is no peer token.
+pub const PEER_AUDIENCE: &str = "keystead.io/peer";
+/// Lifetime the kubelet is asked for on a projected peer token (it renews at 80%).
+const PEER_TOKEN_SECONDS: i64 = 3600;
 
 /// What the operator knows about its own environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,11 +173,21 @@ impl Names {
         }
     }
 
+    /// The DNS name of one partition (its record in the headless Service).
+    pub fn partition_host(&self, pod: &str) -> String {
+        format!("{pod}.{}.{}.svc", self.headless_service, self.namespace)
+    }
+
     /// The admin endpoint of one partition (through the headless Service).
     pub fn partition_url(&self, pod: &str) -> String {
+        format!("https://{}:{PARTITION_PORT}", self.partition_host(pod))
+    }
+
+    /// The pool's ServiceAccount as a principal (the partitions' workload identity).
+    pub fn service_account_principal(&self) -> String {
         format!(
-            "https://{pod}.{}.{}.svc:{PARTITION_PORT}",
-            self.headless_service, self.namespace
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.service_account
         )
     }
 }
@@ -250,15 +266,20 @@ fn typed<T: serde::de::DeserializeOwned>(what: &'static str, v: Value) -> Result
 /// The partition configuration (`PartitionConfig` of keystead-partition) of one pod.
 pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &Settings) -> Value {
     let spec = &hsm.spec;
-    let mut issuers = Vec::new();
+    // The cluster's service-account issuer is always trusted for the peer audience (the
+    // partitions' workload identity); for the pool audience only when clients may use
+    // service-account tokens.
+    let mut sa_audiences = Vec::new();
     if spec.authentication.kubernetes_service_accounts {
-        issuers.push(json!({
-            "issuer": settings.service_account_issuer,
-            "audiences": [spec.authentication.audience],
-            "caFile": format!("{SA_DIR}/ca.crt"),
-            "bearerTokenFile": format!("{SA_DIR}/token"),
-        }));
+        sa_audiences.push(spec.authentication.audience.clone());
     }
+    sa_audiences.push(PEER_AUDIENCE.to_string());
+    let mut issuers = vec![json!({
+        "issuer": settings.service_account_issuer,
+        "audiences": sa_audiences,
+        "caFile": format!("{SA_DIR}/ca.crt"),
+        "bearerTokenFile": format!("{SA_DIR}/token"),
+    })];
     for i in &spec.authentication.issuers {
         let audiences = if i.audiences.is_empty() {
             vec![spec.authentication.audience.clone()]
@@ -296,7 +317,24 @@ pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &S
         "purgeProtection": spec.purge_protection,
         "seal": seal,
         "audit": {"stdout": true},
+        "peers": peers(hsm, names),
+        "peerTokenFile": format!("{PEER_TOKEN_DIR}/token"),
+        "peerServiceAccount": names.service_account_principal(),
     })
+}
+
+/// The Raft members of a pool: node id = ordinal + 1 (stable: a StatefulSet ordinal is never
+/// reused for another identity), name = pod name (the certificate's common name), URL =
+/// the pod's record in the headless Service.
+pub fn peers(hsm: &ManagedHsm, names: &Names) -> Value {
+    Value::Array(
+        names
+            .pods(hsm.spec.partitions)
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| json!({"id": i + 1, "name": pod, "url": names.partition_url(pod)}))
+            .collect(),
+    )
 }
 
 /// SHA-256 (hex) of the pod template, stamped on the template so the rolling upgrade can
@@ -327,12 +365,17 @@ fn pod_template(hsm: &ManagedHsm, names: &Names, config_hash: &str) -> Value {
             {"configMap": {"name": names.ca_bundle, "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
         ], "defaultMode": 0o400}}),
         json!({"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}}),
+        // The partition's workload identity towards its peers: a token bound to this pod.
+        json!({"name": "peer-token", "projected": {"sources": [
+            {"serviceAccountToken": {"audience": PEER_AUDIENCE, "expirationSeconds": PEER_TOKEN_SECONDS, "path": "token"}}
+        ], "defaultMode": 0o400}}),
     ];
     let mut mounts = vec![
         json!({"name": "data", "mountPath": DATA_DIR}),
         json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true}),
         json!({"name": "tls", "mountPath": TLS_DIR, "readOnly": true}),
         json!({"name": "tmp", "mountPath": "/tmp"}),
+        json!({"name": "peer-token", "mountPath": PEER_TOKEN_DIR, "readOnly": true}),
     ];
     if let (SealMode::SealingKeySecret, Some(s)) = (&spec.seal.mode, &spec.seal.secret) {
         volumes.push(

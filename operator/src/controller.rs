@@ -297,7 +297,7 @@ async fn apply_children(client: &Client, ns: &str, ch: Children) -> Result<usize
     Ok(n)
 }
 
-fn pod_ready(pod: &Pod) -> bool {
+pub fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -324,6 +324,20 @@ fn data_lost(pvc: Option<&PersistentVolumeClaim>, pod: Option<&Pod>) -> bool {
     lost || unschedulable
 }
 
+/// A pod's IP (`status.podIP`).
+pub fn pod_ip(pod: &Pod) -> Option<std::net::IpAddr> {
+    pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+/// Host name → IP of the pool's pods that have an address: how the operator reaches a
+/// partition without depending on cluster DNS (TLS still verifies the host name).
+pub fn partition_addresses(names: &Names, pods: &[Option<Pod>]) -> Vec<(String, std::net::IpAddr)> {
+    pods.iter()
+        .flatten()
+        .filter_map(|p| Some((names.partition_host(&p.name_any()), pod_ip(p)?)))
+        .collect()
+}
+
 async fn observe(
     ctx: &Context,
     hsm: &ManagedHsm,
@@ -332,18 +346,24 @@ async fn observe(
 ) -> Result<Vec<ObservedPartition>, Error> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let mut found = Vec::new();
+    for name in names.pods(hsm.spec.partitions) {
+        let pod = pods.get_opt(&name).await?;
+        let pvc = pvcs.get_opt(&names.pvc(&name)).await?;
+        found.push((name, pod, pvc));
+    }
+    let live: Vec<Option<Pod>> = found.iter().map(|(_, p, _)| p.clone()).collect();
     let pool_client = if ctx.read_partitions {
         match ctx.tokens.token(&hsm.spec.authentication.audience).await {
-            Ok(t) => PoolClient::new(ca_pem, t).map_err(|e| e.to_string()),
+            Ok(t) => PoolClient::new(ca_pem, t, &partition_addresses(names, &live))
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         }
     } else {
         Err("partition admin API reads are disabled".into())
     };
     let mut out = Vec::new();
-    for name in names.pods(hsm.spec.partitions) {
-        let pod = pods.get_opt(&name).await?;
-        let pvc = pvcs.get_opt(&names.pvc(&name)).await?;
+    for (name, pod, pvc) in found {
         let ready = pod.as_ref().is_some_and(pod_ready);
         let (admin, admin_error) = match (&pool_client, ready) {
             (Ok(pc), true) => match pc.admin_status(&names.partition_url(&name)).await {
@@ -363,11 +383,15 @@ async fn observe(
             template_hash: pod
                 .as_ref()
                 .and_then(|p| p.annotations().get(TEMPLATE_HASH_ANNOTATION).cloned()),
+            pod_created: pod
+                .as_ref()
+                .and_then(|p| p.metadata.creation_timestamp.clone()),
             data_lost: data_lost(pvc.as_ref(), pod.as_ref()),
             admin,
             admin_error,
         });
     }
+    decide::fill_replication(&mut out);
     Ok(out)
 }
 

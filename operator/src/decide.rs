@@ -42,6 +42,61 @@ pub struct AdminStatus {
     pub term: Option<i64>,
     #[serde(default)]
     pub lag: Option<i64>,
+    /// The partition's Raft view (replicated pools): role, term, and on the leader each
+    /// member's lag. [`fill_replication`] copies it into `role`, `term` and `lag`.
+    #[serde(default)]
+    pub replication: Option<ReplicationView>,
+}
+
+/// `replication` of `GET /admin/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationView {
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub term: Option<i64>,
+    #[serde(default)]
+    pub members: Vec<MemberView>,
+}
+
+/// One member in the Raft view of a partition (`lag` is known on the leader only).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberView {
+    pub name: String,
+    #[serde(default)]
+    pub lag: Option<i64>,
+}
+
+fn is_leader(a: &AdminStatus) -> bool {
+    a.role
+        .as_deref()
+        .is_some_and(|r| r.eq_ignore_ascii_case("leader"))
+}
+
+/// Fill each partition's `role` and `term` from its own Raft view and its `lag` from the
+/// leader's view of the members (a follower does not know its own lag).
+pub fn fill_replication(observed: &mut [ObservedPartition]) {
+    for a in observed.iter_mut().filter_map(|p| p.admin.as_mut()) {
+        if let Some(r) = &a.replication {
+            a.role = a.role.clone().or(r.role.clone());
+            a.term = a.term.or(r.term);
+        }
+    }
+    let lags: BTreeMap<String, i64> = observed
+        .iter()
+        .filter_map(|p| p.admin.as_ref())
+        .filter(|a| is_leader(a))
+        .filter_map(|a| a.replication.as_ref())
+        .flat_map(|r| r.members.iter())
+        .filter_map(|m| Some((m.name.clone(), m.lag?)))
+        .collect();
+    for p in observed.iter_mut() {
+        if let Some(a) = p.admin.as_mut() {
+            a.lag = a.lag.or(lags.get(&p.name).copied());
+        }
+    }
 }
 
 /// One partition as observed (pod, volume, admin API).
@@ -53,6 +108,8 @@ pub struct ObservedPartition {
     pub pod_terminating: bool,
     pub pod_ready: bool,
     pub template_hash: Option<String>,
+    /// The pod's `creationTimestamp`.
+    pub pod_created: Option<Time>,
     /// The partition's volume is gone (PVC phase `Lost`, or its node no longer exists).
     pub data_lost: bool,
     pub admin: Option<AdminStatus>,
@@ -134,12 +191,16 @@ pub fn derive_status(
             let unhealthy_since = if p.healthy() {
                 None
             } else {
-                Some(
-                    prev_parts
-                        .get(p.name.as_str())
-                        .and_then(|q| q.unhealthy_since.clone())
-                        .unwrap_or_else(|| now.clone()),
-                )
+                let since_t = prev_parts
+                    .get(p.name.as_str())
+                    .and_then(|q| q.unhealthy_since.clone())
+                    .unwrap_or_else(|| now.clone());
+                // A replaced pod gets its own time to start: the clock never runs from
+                // before the pod was created (else healing deletes it again at once).
+                Some(match &p.pod_created {
+                    Some(c) if ts(c) > ts(&since_t) => c.clone(),
+                    _ => since_t,
+                })
             };
             if let Some(s) = &unhealthy_since {
                 let left = threshold - since(ts(s), ts(now));
@@ -412,9 +473,7 @@ pub fn next_action(
         .collect();
     // Followers first (highest ordinal first), the Raft leader last.
     stale.sort_by(|a, b| {
-        let leader = |p: &ObservedPartition| {
-            p.admin.as_ref().and_then(|a| a.role.as_deref()) == Some("Leader")
-        };
+        let leader = |p: &ObservedPartition| p.admin.as_ref().is_some_and(is_leader);
         leader(a).cmp(&leader(b)).then_with(|| b.name.cmp(&a.name))
     });
     match stale.first() {

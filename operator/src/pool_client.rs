@@ -12,6 +12,7 @@ use kube::api::PostParams;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
@@ -167,12 +168,25 @@ pub struct ExchangeKey {
 }
 
 impl PoolClient {
-    pub fn new(ca_pem: &str, token: Zeroizing<String>) -> Result<Self, PoolError> {
+    /// `addresses`: partition host names (as in the URLs called) → the pod's IP, taken from
+    /// `status.podIP`. The connection goes to that address while TLS still verifies the host
+    /// name, so the operator does not depend on cluster DNS (or its lag after a pod change).
+    /// Hosts not listed are resolved normally.
+    pub fn new(
+        ca_pem: &str,
+        token: Zeroizing<String>,
+        addresses: &[(String, IpAddr)],
+    ) -> Result<Self, PoolError> {
         let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
             .map_err(|e| PoolError::BadCa(e.to_string()))?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
-            .tls_certs_only([ca])
+            .tls_certs_only([ca]);
+        for (host, ip) in addresses {
+            // Port 0: the URL's port is used.
+            builder = builder.resolve(host, SocketAddr::new(*ip, 0));
+        }
+        let http = builder
             .build()
             .map_err(|e| PoolError::BadCa(e.to_string()))?;
         Ok(Self { http, token })

@@ -16,11 +16,11 @@ use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::watch;
@@ -206,6 +206,12 @@ async fn finish(
     Ok(())
 }
 
+/// The ManagedHsm a partition pod belongs to (label `app.kubernetes.io/instance`).
+fn pool_of_pod(pod: Pod) -> Option<ObjectRef<ManagedHsm>> {
+    let pool = pod.labels().get("app.kubernetes.io/instance")?;
+    Some(ObjectRef::new(pool).within(&pod.namespace()?))
+}
+
 /// Both controllers, until `stop` fires (graceful: in-flight reconciles finish).
 pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Receiver<bool>) {
     let hsms: Api<ManagedHsm> = Api::all(client.clone());
@@ -224,6 +230,17 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
         .owns(Api::<Secret>::all(client.clone()), owned.clone())
+        // Partition pods belong to the StatefulSet, not to the ManagedHsm: map them to their
+        // pool by label, so readiness changes and deletions are seen at once.
+        .watches(Api::<Pod>::all(client.clone()), owned.clone(), pool_of_pod)
+        // A ceremony's progress (activation, recovery) changes what the partitions report.
+        .watches(
+            Api::<SecurityDomain>::all(client.clone()),
+            cfg.clone(),
+            |sd: SecurityDomain| {
+                Some(ObjectRef::<ManagedHsm>::new(&sd.spec.hsm_ref.name).within(&sd.namespace()?))
+            },
+        )
         .graceful_shutdown_on(stop_signal(stop.clone()))
         .run(controller::reconcile, controller::error_policy, ctx.clone())
         .for_each(|r| async move {
@@ -231,7 +248,25 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
                 tracing::debug!(error = %e, "managedhsm controller");
             }
         });
-    let sd_ctl = Controller::new(Api::<SecurityDomain>::all(client.clone()), cfg.clone())
+    let sd_ctl = Controller::new(Api::<SecurityDomain>::all(client.clone()), cfg.clone());
+    // A pool's status change (partitions ready, recovery pending) wakes its ceremonies.
+    let ceremonies = sd_ctl.store();
+    let sd_ctl = sd_ctl
+        .watches(
+            Api::<ManagedHsm>::all(client.clone()),
+            cfg.clone(),
+            move |hsm| {
+                ceremonies
+                    .state()
+                    .into_iter()
+                    .filter(|sd| {
+                        sd.namespace() == hsm.namespace()
+                            && Some(&sd.spec.hsm_ref.name) == hsm.metadata.name.as_ref()
+                    })
+                    .map(|sd| ObjectRef::from_obj(&*sd))
+                    .collect::<Vec<_>>()
+            },
+        )
         .graceful_shutdown_on(stop_signal(stop.clone()))
         .run(
             sd_controller::reconcile,

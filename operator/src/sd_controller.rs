@@ -4,13 +4,13 @@
 
 use crate::children::{FIELD_MANAGER, Names};
 use crate::conditions::{self as c};
-use crate::controller::{Context, Error, now_time};
+use crate::controller::{Context, Error, now_time, partition_addresses, pod_ready};
 use crate::crd::{
     ManagedHsm, SecurityDomain, SecurityDomainMode, SecurityDomainPhase, SecurityDomainStatus,
 };
 use crate::pool_client::PoolClient;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use keystead_core::sd::CustodianKey;
 use kube::api::{Patch, PatchParams};
@@ -267,14 +267,28 @@ async fn reconcile_inner(sd: &SecurityDomain, ctx: &Context) -> Result<Requeue, 
         .await?;
         return Ok(Requeue::requeue(Duration::from_secs(15)));
     };
-    let endpoint = names.partition_url(&format!("{}-0", names.statefulset));
+    // The first Ready partition (any partition forwards writes to the Raft leader), reached
+    // at its pod IP.
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut live = Vec::new();
+    for p in names.pods(hsm.spec.partitions) {
+        live.push(pods.get_opt(&p).await?);
+    }
+    let target = live
+        .iter()
+        .flatten()
+        .find(|p| pod_ready(p) && p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
+        .unwrap_or_else(|| format!("{}-0", names.statefulset));
+    let endpoint = names.partition_url(&target);
+    let addresses = partition_addresses(&names, &live);
     let connect = || async {
         let token = ctx
             .tokens
             .token(&hsm.spec.authentication.audience)
             .await
             .map_err(|e| e.to_string())?;
-        PoolClient::new(&ca_pem, token).map_err(|e| e.to_string())
+        PoolClient::new(&ca_pem, token, &addresses).map_err(|e| e.to_string())
     };
 
     match sd.spec.mode {

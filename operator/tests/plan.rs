@@ -254,7 +254,23 @@ fn statefulset_of_three_with_required_anti_affinity_and_on_delete() {
         .iter()
         .map(|v| v.name.as_str())
         .collect();
-    assert_eq!(volumes, vec!["config", "tls", "tmp"]);
+    assert_eq!(volumes, vec!["config", "tls", "tmp", "peer-token"]);
+    // The peer token: projected, bound to the pod, for the peer audience only.
+    let peer = &pod.volumes.as_ref().unwrap()[3];
+    let sat = peer.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+        .service_account_token
+        .as_ref()
+        .unwrap();
+    assert_eq!(sat.audience.as_deref(), Some(children::PEER_AUDIENCE));
+    assert_eq!(sat.path, "token");
+    let mount = ctr
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "peer-token")
+        .unwrap();
+    assert_eq!(mount.mount_path, "/var/run/secrets/keystead/peer");
     assert!(children::desired_template_hash(&ch.statefulset).is_some());
 }
 
@@ -388,8 +404,25 @@ fn partition_configs_follow_the_partition_contract() {
     assert_eq!(cfg["auth"]["audience"], "https://hsm.example.com");
     let issuers = cfg["auth"]["issuers"].as_array().unwrap();
     assert_eq!(issuers.len(), 2);
-    assert_eq!(issuers[0]["audiences"][0], "https://hsm.example.com");
+    assert_eq!(
+        issuers[0]["audiences"],
+        serde_json::json!(["https://hsm.example.com", children::PEER_AUDIENCE])
+    );
     assert_eq!(issuers[1]["issuer"], "https://login.example.com");
+    // One Raft group: every member by its headless-Service name, node ids from the ordinals.
+    assert_eq!(
+        cfg["peers"],
+        serde_json::json!([
+            {"id": 1, "name": "payments-0", "url": "https://payments-0.payments-peers.team-a.svc:8443"},
+            {"id": 2, "name": "payments-1", "url": "https://payments-1.payments-peers.team-a.svc:8443"},
+            {"id": 3, "name": "payments-2", "url": "https://payments-2.payments-peers.team-a.svc:8443"},
+        ])
+    );
+    assert_eq!(cfg["peerTokenFile"], "/var/run/secrets/keystead/peer/token");
+    assert_eq!(
+        cfg["peerServiceAccount"],
+        "system:serviceaccount:team-a:payments-partition"
+    );
     // The operator's principal is added for the ceremony calls.
     assert_eq!(
         cfg["initialAdministrators"],
@@ -408,12 +441,24 @@ fn partition_configs_follow_the_partition_contract() {
         let parsed: Result<keystead_partition::config::PartitionConfig, _> =
             serde_json::from_str(text);
         assert!(parsed.is_ok(), "{key}: {:?}", parsed.err());
+        // ... and its own validation (peers include itself, a peer token is configured).
+        parsed.unwrap().validate().unwrap();
     }
     let basic = hsm("managedhsm-basic.yaml");
     let cfg =
         children::partition_config(&basic, &Names::of(&basic).unwrap(), "pool-0", &settings());
     let parsed: keystead_partition::config::PartitionConfig = serde_json::from_value(cfg).unwrap();
     assert_eq!(parsed.seal, Default::default());
+
+    // Without service-account client tokens the cluster issuer stays trusted for peers only.
+    let mut no_sa = basic.clone();
+    no_sa.spec.authentication.kubernetes_service_accounts = false;
+    let cfg =
+        children::partition_config(&no_sa, &Names::of(&no_sa).unwrap(), "pool-0", &settings());
+    assert_eq!(
+        cfg["auth"]["issuers"][0]["audiences"],
+        serde_json::json!([children::PEER_AUDIENCE])
+    );
 }
 
 #[test]
@@ -879,4 +924,43 @@ fn recovery_decisions() {
         decide::recovery_decision(true, None),
         RecoveryDecision::NothingToRecover
     );
+}
+
+#[test]
+fn raft_role_term_and_lag_come_from_the_partitions_replication_view() {
+    use keystead_operator::decide::{ObservedPartition, fill_replication};
+    // The shape of `GET /admin/status` of a replicated partition (role lowercase, nested).
+    let admin = |role: &str, members: serde_json::Value| {
+        serde_json::from_value(serde_json::json!({
+            "activation": "Activated", "domainLoaded": true, "appliedIndex": 7,
+            "replication": {"nodeId": 1, "name": "x", "role": role, "term": 3,
+                            "leader": "pool-1", "members": members},
+        }))
+        .unwrap()
+    };
+    let leader_view = serde_json::json!([
+        {"nodeId": 1, "name": "pool-0", "voter": true, "matchedIndex": 7, "lag": 0},
+        {"nodeId": 2, "name": "pool-1", "voter": true, "matchedIndex": 7, "lag": 0},
+        {"nodeId": 3, "name": "pool-2", "voter": true, "matchedIndex": 2, "lag": 5},
+    ]);
+    let follower_view = serde_json::json!([{"nodeId": 1, "name": "pool-0", "voter": true}]);
+    let mut observed: Vec<ObservedPartition> = ["pool-0", "pool-1", "pool-2"]
+        .iter()
+        .map(|n| ObservedPartition {
+            name: n.to_string(),
+            admin: Some(if *n == "pool-1" {
+                admin("leader", leader_view.clone())
+            } else {
+                admin("follower", follower_view.clone())
+            }),
+            ..Default::default()
+        })
+        .collect();
+    fill_replication(&mut observed);
+    let a = |i: usize| observed[i].admin.clone().unwrap();
+    assert_eq!(a(1).role.as_deref(), Some("leader"));
+    assert_eq!(a(0).role.as_deref(), Some("follower"));
+    assert_eq!(a(0).term, Some(3));
+    assert_eq!(a(2).lag, Some(5));
+    assert_eq!(a(0).lag, Some(0));
 }

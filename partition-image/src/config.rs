@@ -5,6 +5,8 @@
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -42,6 +44,19 @@ pub struct PartitionConfig {
     /// rotated (projected) token is picked up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_token_file: Option<PathBuf>,
+    /// Kubernetes workload identity of the peers: the pool's ServiceAccount principal
+    /// (`system:serviceaccount:<ns>:<name>`). When set, a peer's token must have this
+    /// subject and be bound to a pod whose name is the peer's partition id (the
+    /// `kubernetes.io.pod.name` claim of a projected service-account token) instead of
+    /// carrying the subject `partition:<partitionId>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_service_account: Option<String>,
+    /// Static host name → IP address overrides for outgoing peer connections (like
+    /// `curl --resolve`): a peer URL's host found here is connected to at that address (the
+    /// URL's port is kept) and its certificate is still verified for the host name. For
+    /// hosts without cluster DNS, or DNS that lags behind new pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_addresses: BTreeMap<String, IpAddr>,
 }
 
 /// One member of the Raft group.
@@ -192,6 +207,12 @@ impl PartitionConfig {
             anyhow::ensure!(
                 self.peer_token_file.is_some(),
                 "peers is set but peerTokenFile is not: partitions authenticate each other with a workload token"
+            );
+        }
+        if let Some(sa) = &self.peer_service_account {
+            anyhow::ensure!(
+                sa.starts_with("system:serviceaccount:") && sa.split(':').count() == 4,
+                "peerServiceAccount must be a service-account principal `system:serviceaccount:<namespace>:<name>`, got {sa:?}"
             );
         }
         if self.seal.mode == SealMode::SealingKeyFile {

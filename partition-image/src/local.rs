@@ -198,6 +198,8 @@ impl LocalPki {
                 } else {
                     Some(pdir.join("peer.token"))
                 },
+                peer_service_account: None,
+                host_addresses: Default::default(),
             };
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
             cfg

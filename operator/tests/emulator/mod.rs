@@ -4,7 +4,7 @@
 //! create (uid, resourceVersion, generation, creationTimestamp), merge / JSON / apply patches
 //! (apply = merge upsert; no field ownership), the status subresource of custom resources,
 //! resourceVersion preconditions (409), finalizer-aware deletion and ownerReference garbage
-//! collection, TokenRequest.
+//! collection, TokenRequest (signed by a pluggable service-account issuer).
 //!
 //! Not emulated: server-side-apply field ownership and conflicts, admission, defaulting,
 //! schema validation, other API groups' semantics (no controllers: no pods appear).
@@ -38,10 +38,16 @@ pub struct Store {
     pub writes: Vec<(String, String)>,
 }
 
+/// Mints the token of a TokenRequest: (namespace, service account, request spec) → token.
+pub type TokenMinter = Arc<dyn Fn(&str, &str, &Value) -> Result<String, String> + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Emulator {
     pub store: Arc<Mutex<Store>>,
     tx: broadcast::Sender<WatchEvent>,
+    /// Signs TokenRequest answers (the API server's service-account issuer); without one,
+    /// TokenRequest answers a fixed placeholder.
+    minter: Arc<Mutex<Option<TokenMinter>>>,
 }
 
 /// Resources whose `status` is a subresource (main-resource writes ignore it).
@@ -203,6 +209,15 @@ impl Emulator {
         Self {
             store: Arc::new(Mutex::new(Store::default())),
             tx,
+            minter: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Answer TokenRequests with tokens of this minter (a real service-account issuer).
+    #[allow(dead_code)]
+    pub fn set_token_minter(&self, minter: TokenMinter) {
+        if let Ok(mut m) = self.minter.lock() {
+            *m = Some(minter);
         }
     }
 
@@ -446,11 +461,21 @@ async fn handle(
             Some(o) => reply(StatusCode::OK, o),
             None => err(404, "NotFound", &format!("{} {name} not found", t.plural)),
         },
-        (Method::POST, Some(_), Some("token")) => reply(
-            StatusCode::CREATED,
-            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "metadata": {},
-                "spec": body["spec"], "status": {"token": "emulated-token", "expirationTimestamp": "2999-01-01T00:00:00Z"}}),
-        ),
+        (Method::POST, Some(sa), Some("token")) => {
+            let minter = emu.minter.lock().ok().and_then(|m| m.clone());
+            let token = match minter {
+                Some(mint) => match mint(ns.unwrap_or_default(), sa, &body["spec"]) {
+                    Ok(t) => t,
+                    Err(e) => return err(422, "Invalid", &e),
+                },
+                None => "emulated-token".to_string(),
+            };
+            reply(
+                StatusCode::CREATED,
+                &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "metadata": {},
+                    "spec": body["spec"], "status": {"token": token, "expirationTimestamp": "2999-01-01T00:00:00Z"}}),
+            )
+        }
         (Method::POST, None, _) => {
             let name = body["metadata"]["name"]
                 .as_str()

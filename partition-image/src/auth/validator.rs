@@ -68,6 +68,9 @@ pub struct Principal {
     pub issuer: String,
     /// The token's `exp` (Unix seconds).
     pub expires_at: u64,
+    /// The pod a Kubernetes service-account token is bound to (its `kubernetes.io.pod.name`
+    /// claim; projected tokens carry it): how partitions tell their peers apart.
+    pub kubernetes_pod: Option<String>,
 }
 
 /// Why a token was refused. Messages never contain the token.
@@ -673,6 +676,10 @@ fn principal_from(claims: &Value, issuer: &str) -> Result<Principal, AuthError> 
         subject: non_empty("oid").unwrap_or(sub),
         issuer: issuer.to_owned(),
         expires_at,
+        kubernetes_pod: claims
+            .pointer("/kubernetes.io/pod/name")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     })
 }
 
@@ -686,6 +693,25 @@ mod tests {
         assert_eq!(clip("a\r\nb"), "ab");
         let long = "x".repeat(500);
         assert_eq!(clip(&long).len(), 203);
+    }
+
+    #[test]
+    fn a_pod_bound_service_account_token_names_its_pod() {
+        let bound = serde_json::json!({
+            "sub": "system:serviceaccount:hsm:pool-partition", "exp": 10,
+            "kubernetes.io": {"namespace": "hsm", "pod": {"name": "pool-1", "uid": "u"},
+                              "serviceaccount": {"name": "pool-partition", "uid": "v"}},
+        });
+        let p = principal_from(&bound, "https://issuer").unwrap();
+        assert_eq!(p.subject, "system:serviceaccount:hsm:pool-partition");
+        assert_eq!(p.kubernetes_pod.as_deref(), Some("pool-1"));
+        let plain = serde_json::json!({"sub": "alice", "exp": 10});
+        assert_eq!(
+            principal_from(&plain, "https://issuer")
+                .unwrap()
+                .kubernetes_pod,
+            None
+        );
     }
 
     #[test]

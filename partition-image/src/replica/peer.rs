@@ -3,8 +3,9 @@
 //!
 //! Every `/internal` request must present BOTH a client certificate issued by the pool CA,
 //! AND a bearer token of a configured issuer whose subject is `partition:<the certificate's
-//! common name>` (the workload identity: a Kubernetes service-account token in a cluster,
-//! the local issuer locally). Then the partition's [`Standing`] decides: a partition removed
+//! common name>` (the local issuer's workload identity) — or, with `peerServiceAccount` set
+//! (Kubernetes), a projected service-account token of the pool's ServiceAccount bound to the
+//! pod of that name. Then the partition's [`Standing`] decides: a partition removed
 //! from the pool is refused everything; forwarded writes, the domain handover and
 //! membership requests need a current member (voter or learner); Raft traffic and the group
 //! state are open to any other pool partition (a configured peer at bootstrap, a member
@@ -118,11 +119,15 @@ impl PeerClient {
         let cert = std::fs::read_to_string(&cfg.tls.cert_file)?;
         let key = zeroize::Zeroizing::new(std::fs::read_to_string(&cfg.tls.key_file)?);
         let tls = crate::tls::client_config(&ca, Some((&cert, &key)))?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(2))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()?;
+            .pool_idle_timeout(Duration::from_secs(30));
+        for (host, ip) in &cfg.host_addresses {
+            // Port 0: the peer URL's own port is used.
+            builder = builder.resolve(host, std::net::SocketAddr::new(*ip, 0));
+        }
+        let http = builder.build()?;
         Ok(PeerClient {
             http,
             token_file: cfg.peer_token_file.clone(),
@@ -254,7 +259,14 @@ async fn authenticate(
             &format!("the peer's bearer token was rejected: {e}"),
         )
     })?;
-    if principal.subject != format!("partition:{name}") {
+    let is_that_partition = match &app.cfg.peer_service_account {
+        // Kubernetes: a pod-bound token of the pool's ServiceAccount, for that pod.
+        Some(sa) => {
+            principal.subject == *sa && principal.kubernetes_pod.as_deref() == Some(name.as_str())
+        }
+        None => principal.subject == format!("partition:{name}"),
+    };
+    if !is_that_partition {
         return Err(refuse(
             StatusCode::FORBIDDEN,
             "the bearer token's subject is not the workload identity of the certificate's partition",

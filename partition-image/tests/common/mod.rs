@@ -131,6 +131,8 @@ impl TestPool {
             },
             peers: vec![],
             peer_token_file: None,
+            peer_service_account: None,
+            host_addresses: Default::default(),
         };
         let app = App::open(cfg).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
