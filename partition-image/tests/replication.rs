@@ -380,3 +380,112 @@ async fn long_randomized_faults() {
         started.elapsed()
     );
 }
+
+/// Every partition restarted without the domain (`seal.mode: memoryOnly`): the pool stays
+/// activated but cannot use a key; the custodians supply the same domain again through the
+/// upload ceremony (on any partition: the blob travels to the one holding the exchange key),
+/// and the other partitions then fetch it from that one. A blob of another domain is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_partitions_all_lost_the_domain_takes_it_again_by_upload() {
+    use keystead_core::sd::{self, CustodianPrivateKey, ExchangeCertificate};
+    use keystead_partition::config::{SealMode, SealSettings};
+    use reqwest::Method;
+    use serde_json::json;
+
+    let mut c = Cluster::start().await;
+    c.activate().await;
+    // The same domain under the same custodians again (re-protection), to keep the file.
+    let (s, v) = c
+        .call(
+            0,
+            Method::POST,
+            "/securitydomain/download",
+            Some(json!({"certificates": cluster::custodian_jwks(), "required": 2})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let file = v["value"].as_str().expect("the domain file").to_string();
+    let k = c.create(0, "kept").await.expect("create");
+
+    // All three restart with memory-only sealing: the domain is gone from every partition.
+    for i in 0..N {
+        c.kill(i);
+        c.cfgs[i].seal = SealSettings {
+            mode: SealMode::MemoryOnly,
+            key_file: None,
+        };
+        std::fs::write(
+            &c.configs[i],
+            serde_json::to_vec_pretty(&c.cfgs[i]).unwrap(),
+        )
+        .unwrap();
+        let _ = std::fs::remove_file(c.cfgs[i].data_dir.join("domain.sealed"));
+    }
+    for i in 0..N {
+        c.spawn(i);
+    }
+    for i in 0..N {
+        c.until(
+            "the partition answers, activated but without the domain",
+            60,
+            || async {
+                c.status(i)
+                    .await
+                    .is_some_and(|v| v["activation"] == "Activated" && v["domainLoaded"] == false)
+            },
+        )
+        .await;
+    }
+    assert_ne!(c.sign(0, "kept").await, StatusCode::OK);
+
+    // The ceremony: exchange key from partition 1, blob built offline, uploaded to partition 2.
+    let (s, tk) = c.call(1, Method::GET, "/securitydomain/upload", None).await;
+    assert_eq!(s, StatusCode::OK, "{tk}");
+    let exchange =
+        ExchangeCertificate::from_transfer_key_json(&tk.to_string()).expect("a transfer key");
+    let keys: Vec<CustodianPrivateKey> = [0usize, 2]
+        .iter()
+        .map(|&i| CustodianPrivateKey::from_pem(&common::custodians()[i].1, None).unwrap())
+        .collect();
+    // Another domain is refused, and changes nothing.
+    let other_file = sd::create_domain_file(
+        &sd::DomainSecret::generate("another-pool"),
+        &common::custodians()
+            .iter()
+            .map(|(cert, _)| sd::CustodianKey::from_pem(cert).unwrap())
+            .collect::<Vec<_>>(),
+        2,
+    )
+    .unwrap();
+    let wrong = sd::build_transfer_blob(&other_file, &keys, &exchange).unwrap();
+    let (s, v) = c
+        .call(
+            1,
+            Method::POST,
+            "/securitydomain/upload",
+            Some(json!({"value": wrong})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("was activated with"), "{v}");
+    let blob = sd::build_transfer_blob(&file, &keys, &exchange).unwrap();
+    let (s, v) = c
+        .call(
+            2,
+            Method::POST,
+            "/securitydomain/upload",
+            Some(json!({"value": blob})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    for i in 0..N {
+        c.until("every partition holds the domain again", 60, || {
+            c.domain_loaded(i)
+        })
+        .await;
+        assert_eq!(c.sign(i, "kept").await, StatusCode::OK);
+    }
+    let mut acked = BTreeMap::new();
+    acked.insert("kept".to_string(), kid_path(&k));
+    c.assert_converged(&acked).await;
+}

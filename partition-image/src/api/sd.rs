@@ -136,12 +136,30 @@ pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
         (st.activation.clone(), st.settings.pool_id.clone())
     };
     if let Activation::Activated { fingerprint, .. } = &activation {
-        return Err(ApiError::conflict(
-            "Conflict",
-            format!(
-                "the pool is already activated with security domain {fingerprint}; recovery is only possible into a pool that is not activated"
-            ),
-        ));
+        if ctx.app.keyring.is_unsealed() {
+            return Err(ApiError::conflict(
+                "Conflict",
+                format!(
+                    "the pool is already activated with security domain {fingerprint} and this partition holds it; recovery is only possible into a pool that is not activated, or one whose partitions all lost the domain"
+                ),
+            ));
+        }
+        // Activated, but this partition lacks the domain and could not get it from a peer
+        // (every partition restarted with `seal.mode: memoryOnly`): the custodians supply it
+        // again. The exchange key stays local; the pool's state does not change.
+        let mut slot = ctx.app.exchange.lock().await;
+        if slot.is_none() {
+            let pid = pool_id.clone();
+            let key = tokio::task::spawn_blocking(move || ExchangeKey::generate(&pid))
+                .await
+                .map_err(|e| ApiError::internal(format!("exchange key generation failed: {e}")))?
+                .map_err(sd_err)?;
+            *slot = Some(key);
+        }
+        let key = slot
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("no exchange key"))?;
+        return Ok(json_response(StatusCode::OK, &key.transfer_key()));
     }
     let mut slot = ctx.app.exchange.lock().await;
     let reuse = matches!((&activation, slot.as_ref()),
@@ -226,18 +244,38 @@ pub async fn upload_here(
         let st = app.store.read();
         (st.activation.clone(), st.settings.pool_id.clone())
     };
-    if let Activation::Activated { fingerprint, .. } = &activation {
-        return Err(ApiError::conflict(
-            "Conflict",
-            format!(
-                "the pool is already activated with security domain {fingerprint}; an upload is only possible into a pool that is not activated"
-            ),
-        ));
-    }
+    let committed = match &activation {
+        Activation::Activated { fingerprint, .. } if app.keyring.is_unsealed() => {
+            return Err(ApiError::conflict(
+                "Conflict",
+                format!(
+                    "the pool is already activated with security domain {fingerprint}; an upload is only possible into a pool that is not activated (or whose partitions all lost the domain)"
+                ),
+            ));
+        }
+        Activation::Activated { fingerprint, .. } => Some(fingerprint.clone()),
+        _ => None,
+    };
     let mut slot = app.exchange.lock().await;
     let Some(key) = slot.as_ref() else {
         return Ok(None);
     };
+    if let Some(committed) = committed {
+        // Re-supplying the domain of an activated pool: it must be that very domain.
+        let secret = key.open_transfer_blob(blob, &pool_id).map_err(sd_err)?;
+        let fingerprint = secret.fingerprint();
+        if fingerprint != committed {
+            return Err(ApiError::bad_request(format!(
+                "the transfer blob holds security domain {fingerprint}, but this pool was activated with {committed}; build the blob from this pool's domain file"
+            ))
+            .with_inner("SecurityDomainMismatch", "the domain is not this pool's"));
+        }
+        app.install_domain(secret)
+            .map_err(|e| ApiError::internal(format!("cannot install the domain: {e}")))?;
+        *slot = None;
+        tracing::info!(fingerprint = %fingerprint, "security domain supplied again to an activated pool; peers fetch it from this partition");
+        return Ok(Some(fingerprint));
+    }
     let secret = match key.open_transfer_blob(blob, &pool_id) {
         Ok(s) => s,
         Err(e) => {
