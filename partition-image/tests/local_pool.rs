@@ -87,6 +87,43 @@ impl Pool {
         }
     }
 
+    /// The ceremony: three custodian keys (c1..c3 in DIR/custodians), a download with
+    /// quorum 2 through `endpoint` (default: pool.json's), the file in DIR/sd.json.
+    fn ceremony(&self, endpoint: Option<&str>) {
+        for n in ["c1", "c2", "c3"] {
+            self.ok(&[
+                "sd",
+                "keygen",
+                "--name",
+                n,
+                "--out-dir",
+                "custodians",
+                "--bits",
+                "2048",
+            ]);
+        }
+        let mut args = Vec::new();
+        if let Some(e) = endpoint {
+            args.extend(["--endpoint", e]);
+        }
+        args.extend([
+            "sd",
+            "download",
+            "--cert",
+            "custodians/c1.cer",
+            "--cert",
+            "custodians/c2.cer",
+            "--cert",
+            "custodians/c3.cer",
+            "--quorum",
+            "2",
+            "--out",
+            "sd.json",
+        ]);
+        let out = self.ok(&args);
+        assert!(out.contains("Success"), "{out}");
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let (ok, out, err) = self.hsm(args);
         assert!(ok, "kubectl hsm {args:?} failed: {err}");
@@ -137,33 +174,7 @@ fn local_pool_ceremony_keys_and_resume() {
     assert!(pool.ok(&["sd", "status"]).contains("Provisioned"));
 
     // The ceremony: three custodians, download with quorum 2.
-    for n in ["c1", "c2", "c3"] {
-        pool.ok(&[
-            "sd",
-            "keygen",
-            "--name",
-            n,
-            "--out-dir",
-            "custodians",
-            "--bits",
-            "2048",
-        ]);
-    }
-    let out = pool.ok(&[
-        "sd",
-        "download",
-        "--cert",
-        "custodians/c1.cer",
-        "--cert",
-        "custodians/c2.cer",
-        "--cert",
-        "custodians/c3.cer",
-        "--quorum",
-        "2",
-        "--out",
-        "sd.json",
-    ]);
-    assert!(out.contains("Success"), "{out}");
+    pool.ceremony(None);
     let rehearse = pool.ok(&[
         "sd",
         "rehearse",
@@ -286,35 +297,7 @@ fn any_partition_answers_for_jobs_and_the_pending_exchange_key() {
     };
     let ea = endpoints(&a.dir);
     assert_eq!(ea.len(), 3);
-    for n in ["c1", "c2", "c3"] {
-        a.ok(&[
-            "sd",
-            "keygen",
-            "--name",
-            n,
-            "--out-dir",
-            "custodians",
-            "--bits",
-            "2048",
-        ]);
-    }
-    let out = a.ok(&[
-        "--endpoint",
-        &ea[0],
-        "sd",
-        "download",
-        "--cert",
-        "custodians/c1.cer",
-        "--cert",
-        "custodians/c2.cer",
-        "--cert",
-        "custodians/c3.cer",
-        "--quorum",
-        "2",
-        "--out",
-        "sd.json",
-    ]);
-    assert!(out.contains("Success"), "{out}");
+    a.ceremony(Some(&ea[0]));
     let status: serde_json::Value = serde_json::from_str(&a.ok(&["-o", "json", "status"])).unwrap();
     let fingerprint = status["securityDomainFingerprint"]
         .as_str()

@@ -268,6 +268,13 @@ impl Replica {
         Ok(replica)
     }
 
+    /// The members other than this partition, as the group's status lists them.
+    pub fn other_members(&self) -> Vec<MemberStatus> {
+        let mut m = self.status().members;
+        m.retain(|m| m.name != self.name);
+        m
+    }
+
     /// Where to reach member `id`: the configured URL if any, else the membership's.
     pub fn url_of(&self, id: u64, node: &Member) -> String {
         member_url(&self.peers, id, node)

@@ -529,12 +529,7 @@ pub async fn find_transfer_key(
     thumbprint: &str,
 ) -> Option<keystead_core::sd::wire::TransferKey> {
     let replica = app.store.replica()?.clone();
-    for m in replica
-        .status()
-        .members
-        .iter()
-        .filter(|m| m.name != replica.name)
-    {
+    for m in replica.other_members() {
         match replica
             .client
             .get::<keystead_core::sd::wire::TransferKey>(
@@ -570,12 +565,7 @@ pub async fn forward_upload(
     let req = UploadRequest {
         value: blob.to_string(),
     };
-    for m in replica
-        .status()
-        .members
-        .iter()
-        .filter(|m| m.name != replica.name)
-    {
+    for m in replica.other_members() {
         match replica
             .client
             .post::<_, UploadReply>(&m.url, "/internal/sd/upload", &req, Duration::from_secs(60))
@@ -603,12 +593,7 @@ const JOBS_PATH: &str = "/internal/jobs/";
 pub async fn find_job(app: &Arc<App>, job_id: &str) -> Option<crate::backup::job::JobStatus> {
     let replica = app.store.replica()?.clone();
     let path = format!("{JOBS_PATH}{job_id}");
-    for m in replica
-        .status()
-        .members
-        .iter()
-        .filter(|m| m.name != replica.name)
-    {
+    for m in replica.other_members() {
         match replica
             .client
             .get::<crate::backup::job::PeerJob>(&m.url, &path, Duration::from_secs(3))
@@ -675,8 +660,7 @@ pub async fn fetch_domain(app: &Arc<App>) -> anyhow::Result<bool> {
     let req = DomainRequest {
         exchange_certificate: ek.certificate_pem(),
     };
-    let members = replica.status().members;
-    for m in members.iter().filter(|m| m.name != replica.name) {
+    for m in replica.other_members() {
         let reply: DomainReply = match replica
             .client
             .post(&m.url, "/internal/domain", &req, Duration::from_secs(5))
