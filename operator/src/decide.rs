@@ -129,6 +129,11 @@ impl ObservedPartition {
             })
     }
 
+    /// The pod serves and its admin API answers (whatever the domain's state).
+    fn serving(&self) -> bool {
+        self.pod_exists && !self.pod_terminating && self.pod_ready && self.admin.is_some()
+    }
+
     fn problem(&self) -> Option<String> {
         if !self.pod_exists {
             Some("pod does not exist".into())
@@ -167,6 +172,18 @@ fn since(a: Timestamp, b: Timestamp) -> SignedDuration {
     b.duration_since(a)
 }
 
+/// Every answering partition (at least a quorum) is activated without the domain key: the
+/// pool lost the domain everywhere (memory-only seal, all partitions restarted). No partition
+/// can fetch it from a peer and replacing pods does not bring it back: the custodians upload
+/// it again (SecurityDomain mode Upload).
+pub fn domain_lost_everywhere(observed: &[ObservedPartition]) -> bool {
+    let answering: Vec<&AdminStatus> = observed.iter().filter_map(|p| p.admin.as_ref()).collect();
+    answering.len() >= QUORUM
+        && answering
+            .iter()
+            .all(|a| a.activation == Activation::Activated && a.domain_loaded == Some(false))
+}
+
 /// Derive the conditions and per-partition status of a valid pool.
 pub fn derive_status(
     spec: &ManagedHsmSpec,
@@ -176,7 +193,11 @@ pub fn derive_status(
     now: &Time,
 ) -> Derived {
     let n = observed.len();
-    let healthy = observed.iter().filter(|p| p.healthy()).count();
+    // With the domain lost everywhere, a partition that serves is as healthy as it can be:
+    // no healing (it would not help); the pool waits for the upload.
+    let lost = domain_lost_everywhere(observed);
+    let ok = |p: &ObservedPartition| if lost { p.serving() } else { p.healthy() };
+    let healthy = observed.iter().filter(|p| ok(p)).count();
     let prev_parts: BTreeMap<&str, &PartitionStatus> = previous
         .map(|s| s.partitions.iter().map(|p| (p.name.as_str(), p)).collect())
         .unwrap_or_default();
@@ -188,7 +209,7 @@ pub fn derive_status(
     let partitions: Vec<PartitionStatus> = observed
         .iter()
         .map(|p| {
-            let unhealthy_since = if p.healthy() {
+            let unhealthy_since = if ok(p) {
                 None
             } else {
                 let since_t = prev_parts
@@ -214,7 +235,7 @@ pub fn derive_status(
             let a = p.admin.as_ref();
             PartitionStatus {
                 name: p.name.clone(),
-                ready: p.healthy(),
+                ready: ok(p),
                 role: a.and_then(|a| a.role.clone()),
                 term: a.and_then(|a| a.term),
                 applied_index: a.and_then(|a| a.applied_index),
@@ -232,7 +253,14 @@ pub fn derive_status(
         .find(|a| a.activation == Activation::Activated);
     let fingerprint = activated.and_then(|a| a.security_domain_fingerprint.clone());
     let prev_sd = previous.and_then(|s| c::find(&s.conditions, c::SECURITY_DOMAIN_ACTIVATED));
-    let sd = if activated.is_some() {
+    let sd = if lost {
+        Cond::new(
+            c::SECURITY_DOMAIN_ACTIVATED,
+            Status::False,
+            Reason::RecoveryPending,
+            "every partition lost the domain key (memory-only seal, all restarted); upload the security domain (SecurityDomain mode Upload) to bring it back",
+        )
+    } else if activated.is_some() {
         Cond::new(
             c::SECURITY_DOMAIN_ACTIVATED,
             Status::True,
@@ -279,7 +307,7 @@ pub fn derive_status(
     let replacing = observed.iter().any(|p| !p.pod_exists || p.pod_terminating);
     let unhealthy_names: Vec<&str> = observed
         .iter()
-        .filter(|p| !p.healthy())
+        .filter(|p| !ok(p))
         .map(|p| p.name.as_str())
         .collect();
     let ph = if healthy == n && n > 0 {
