@@ -74,6 +74,32 @@ pub fn client_config(
     })
 }
 
+/// The certificate, key and CA of `files` (the key zeroized when dropped).
+pub(crate) fn read_files(
+    files: &crate::config::TlsFiles,
+) -> anyhow::Result<(String, zeroize::Zeroizing<String>, String)> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    Ok((
+        read(&files.cert_file)?,
+        zeroize::Zeroizing::new(read(&files.key_file)?),
+        read(&files.ca_file)?,
+    ))
+}
+
+/// One digest of the three files' contents (to notice a rotation).
+pub(crate) fn files_digest(cert: &str, key: &str, ca: &str) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [cert, key, ca] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// The partition's TLS server side, re-read when its files change: the operator (or
 /// cert-manager) rotates certificates before they expire and the kubelet swaps the mounted
 /// Secret's files; new connections get the new certificate, open ones keep theirs.
@@ -91,38 +117,14 @@ impl ReloadingAcceptor {
         })
     }
 
-    fn read(
-        files: &crate::config::TlsFiles,
-    ) -> anyhow::Result<(String, zeroize::Zeroizing<String>, String)> {
-        let read = |p: &std::path::Path| {
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
-        };
-        Ok((
-            read(&files.cert_file)?,
-            zeroize::Zeroizing::new(read(&files.key_file)?),
-            read(&files.ca_file)?,
-        ))
-    }
-
-    fn digest(cert: &str, key: &str, ca: &str) -> [u8; 32] {
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        for part in [cert, key, ca] {
-            ctx.update(&(part.len() as u64).to_be_bytes());
-            ctx.update(part.as_bytes());
-        }
-        let mut out = [0u8; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
-        out
-    }
-
     fn build(
         files: &crate::config::TlsFiles,
     ) -> anyhow::Result<(tokio_rustls::TlsAcceptor, [u8; 32])> {
-        let (cert, key, ca) = Self::read(files)?;
+        let (cert, key, ca) = read_files(files)?;
         let cfg = server_config(&cert, &key, Some(&ca))?;
         Ok((
             tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
-            Self::digest(&cert, &key, &ca),
+            files_digest(&cert, &key, &ca),
         ))
     }
 
@@ -138,8 +140,8 @@ impl ReloadingAcceptor {
     /// Re-read the files; switch to them if their contents changed and they form a valid
     /// configuration. `Ok(true)`: switched. On an error the current configuration stays.
     pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
-        let (cert, key, ca) = Self::read(&self.files)?;
-        let digest = Self::digest(&cert, &key, &ca);
+        let (cert, key, ca) = read_files(&self.files)?;
+        let digest = files_digest(&cert, &key, &ca);
         if digest == self.current.read().unwrap_or_else(|p| p.into_inner()).1 {
             return Ok(false);
         }

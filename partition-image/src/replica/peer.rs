@@ -103,7 +103,11 @@ impl PeerError {
 
 /// HTTPS client for the peer API: presents this partition's certificate and token.
 pub struct PeerClient {
-    http: reqwest::Client,
+    tls: crate::config::TlsFiles,
+    host_addresses: Vec<(String, std::net::IpAddr)>,
+    /// The client, the digest of the TLS files it was built from, and when they were last
+    /// checked: a rotated certificate is used for new peer connections within 30 s.
+    http: std::sync::RwLock<(reqwest::Client, [u8; 32], std::time::Instant)>,
     token_file: Option<PathBuf>,
 }
 
@@ -113,25 +117,84 @@ impl std::fmt::Debug for PeerClient {
     }
 }
 
+/// How often the TLS files behind the peer client are checked for a rotation.
+const PEER_TLS_RECHECK: Duration = Duration::from_secs(30);
+
 impl PeerClient {
     pub fn new(cfg: &PartitionConfig) -> anyhow::Result<PeerClient> {
-        let ca = std::fs::read_to_string(&cfg.tls.ca_file)?;
-        let cert = std::fs::read_to_string(&cfg.tls.cert_file)?;
-        let key = zeroize::Zeroizing::new(std::fs::read_to_string(&cfg.tls.key_file)?);
-        let tls = crate::tls::client_config(&ca, Some((&cert, &key)))?;
+        let host_addresses: Vec<(String, std::net::IpAddr)> = cfg
+            .host_addresses
+            .iter()
+            .map(|(h, ip)| (h.clone(), *ip))
+            .collect();
+        let (cert, key, ca) = crate::tls::read_files(&cfg.tls)?;
+        let http = Self::build(&cert, &key, &ca, &host_addresses)?;
+        Ok(PeerClient {
+            tls: cfg.tls.clone(),
+            host_addresses,
+            http: std::sync::RwLock::new((
+                http,
+                crate::tls::files_digest(&cert, &key, &ca),
+                std::time::Instant::now(),
+            )),
+            token_file: cfg.peer_token_file.clone(),
+        })
+    }
+
+    fn build(
+        cert: &str,
+        key: &str,
+        ca: &str,
+        host_addresses: &[(String, std::net::IpAddr)],
+    ) -> anyhow::Result<reqwest::Client> {
+        let tls = crate::tls::client_config(ca, Some((cert, key)))?;
         let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30));
-        for (host, ip) in &cfg.host_addresses {
+        for (host, ip) in host_addresses {
             // Port 0: the peer URL's own port is used.
             builder = builder.resolve(host, std::net::SocketAddr::new(*ip, 0));
         }
-        let http = builder.build()?;
-        Ok(PeerClient {
-            http,
-            token_file: cfg.peer_token_file.clone(),
-        })
+        Ok(builder.build()?)
+    }
+
+    /// The HTTP client, rebuilt when the TLS files changed (checked every 30 s; a broken
+    /// rotation keeps the previous client).
+    fn http(&self) -> reqwest::Client {
+        {
+            let g = self.http.read().unwrap_or_else(|p| p.into_inner());
+            if g.2.elapsed() < PEER_TLS_RECHECK {
+                return g.0.clone();
+            }
+        }
+        let mut g = self.http.write().unwrap_or_else(|p| p.into_inner());
+        if g.2.elapsed() >= PEER_TLS_RECHECK {
+            g.2 = std::time::Instant::now();
+            let current = g.1;
+            let rebuilt = crate::tls::read_files(&self.tls).and_then(|(cert, key, ca)| {
+                let digest = crate::tls::files_digest(&cert, &key, &ca);
+                if digest == current {
+                    return Ok(None);
+                }
+                Ok(Some((
+                    Self::build(&cert, &key, &ca, &self.host_addresses)?,
+                    digest,
+                )))
+            });
+            match rebuilt {
+                Ok(Some((client, digest))) => {
+                    tracing::info!("TLS files changed; peer connections use them from now on");
+                    g.0 = client;
+                    g.1 = digest;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "TLS files not reloaded for peer connections")
+                }
+            }
+        }
+        g.0.clone()
     }
 
     fn token(&self) -> Result<String, PeerError> {
@@ -190,7 +253,7 @@ impl PeerClient {
         let bytes = serde_json::to_vec(body)
             .map_err(|e| PeerError::Transport(url.clone(), e.to_string()))?;
         let req = self
-            .http
+            .http()
             .post(&url)
             .header("content-type", "application/json")
             .body(bytes);
@@ -204,7 +267,7 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let req = self.http.get(&url);
+        let req = self.http().get(&url);
         self.send(url, req, timeout).await
     }
 }
