@@ -539,3 +539,117 @@ fn base64_std(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// The Upload ceremony against real partitions: a memory-only pool (the default seal) is
+/// soft-deleted and recovered; its partitions come back without the domain key, the pool
+/// reports RecoveryPending (no healing), a SecurityDomain in Upload mode publishes the
+/// exchange certificate, the custodians' transfer blob (two of three keys, built offline
+/// here) goes into a Secret, and the pool is activated again with the same domain and keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_only_pool_gets_its_domain_back_through_the_upload_ceremony() {
+    let c = Cluster::start().await;
+    let mut operator = c.start_operator();
+    let (app, custodians) = activated_pool_with_a_key(&c, pool_spec(json!({}))).await;
+    let fingerprint = hsm_status(&c)["securityDomainFingerprint"].clone();
+    let secret: Secret = serde_json::from_value(
+        c.emu
+            .get("v1/secrets", Some(NS), "pool-sd-domain")
+            .expect("the domain Secret"),
+    )
+    .unwrap();
+    let file = String::from_utf8(secret.data.unwrap()["security-domain.json"].0.clone()).unwrap();
+
+    // Soft delete and recovery: the partitions restart with memory-only sealing.
+    let hsms: Api<ManagedHsm> = Api::namespaced(c.client.clone(), NS);
+    hsms.delete("pool", &DeleteParams::default()).await.unwrap();
+    wait(&c, "ManagedHsm gone", Duration::from_secs(60), || {
+        c.emu.get(HSM, Some(NS), "pool").is_none()
+            && ["pool-0", "pool-1", "pool-2"]
+                .iter()
+                .all(|p| c.emu.get("v1/pods", Some(NS), p).is_none())
+    })
+    .await;
+    hsms.create(&PostParams::default(), &pool_spec(json!({"recover": true})))
+        .await
+        .unwrap();
+    wait(
+        &c,
+        "recovered pool RecoveryPending with 3/3 partitions serving",
+        Duration::from_secs(120),
+        || phase(&c) == "RecoveryPending" && hsm_status(&c)["readyPartitions"] == "3/3",
+    )
+    .await;
+    assert_eq!(condition_reason(&c, "Ready"), "RecoveryPending");
+
+    // The Upload ceremony.
+    let sds: Api<SecurityDomain> = Api::namespaced(c.client.clone(), NS);
+    let sd: SecurityDomain = serde_json::from_value(json!({
+        "apiVersion": "keystead.io/v1alpha1", "kind": "SecurityDomain",
+        "metadata": {"name": "pool-upload", "namespace": NS},
+        "spec": {"hsmRef": {"name": "pool"}, "mode": "Upload",
+                 "upload": {"transferBlobSecret": {"name": "pool-blob"}}},
+    }))
+    .unwrap();
+    sds.create(&PostParams::default(), &sd).await.unwrap();
+    wait(
+        &c,
+        "the exchange certificate is published",
+        Duration::from_secs(60),
+        || {
+            c.emu
+                .get("v1/configmaps", Some(NS), "pool-upload-exchange")
+                .is_some()
+        },
+    )
+    .await;
+    let cm = c
+        .emu
+        .get("v1/configmaps", Some(NS), "pool-upload-exchange")
+        .unwrap();
+    let exchange = keystead_core::sd::ExchangeCertificate::from_pem(
+        cm["data"]["exchange.pem"].as_str().expect("exchange.pem"),
+    )
+    .unwrap();
+    let keys: Vec<CustodianPrivateKey> = [0usize, 2]
+        .iter()
+        .map(|&i| CustodianPrivateKey::from_pkcs8_der(&custodians[i].1).unwrap())
+        .collect();
+    let blob = keystead_core::sd::build_transfer_blob(&file, &keys, &exchange).unwrap();
+    let secrets: Api<Secret> = Api::namespaced(c.client.clone(), NS);
+    let blob_secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "pool-blob", "namespace": NS},
+        "data": {"transfer.json": base64_std(blob.as_bytes())},
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &blob_secret)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !(c
+        .emu
+        .get(SDS, Some(NS), "pool-upload")
+        .is_some_and(|s| s["status"]["phase"] == "Activated")
+        && phase(&c) == "Activated"
+        && hsm_status(&c)["readyPartitions"] == "3/3")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the upload did not activate the pool again within 120 s\nSecurityDomain status: {}\nManagedHsm status: {}",
+            c.emu
+                .get(SDS, Some(NS), "pool-upload")
+                .map(|s| s["status"].clone())
+                .unwrap_or_default(),
+            hsm_status(&c)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(hsm_status(&c)["securityDomainFingerprint"], fingerprint);
+    for pod in ["pool-0", "pool-1", "pool-2"] {
+        usable_on(&c, pod, &app, "k1").await;
+    }
+
+    let _ = operator.start_kill();
+    let _ = operator.wait().await;
+}
