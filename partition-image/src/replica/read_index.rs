@@ -5,8 +5,8 @@
 //! arrived, confirmed by a quorum (openraft's `get_read_log_id`: a round of heartbeats).
 //! Done per request, every signature costs the leader two peer round trips and the
 //! followers two requests each. Here concurrent reads share rounds: a read joins the *next*
-//! round (never one already in flight, which may have started before it arrived), and a
-//! round starts as soon as the previous one ends. Under load this is one confirmation per
+//! round (never one already in flight, which may have started before it arrived); up to
+//! `MAX_ROUNDS` rounds overlap, each taking every read that waits when it starts. Under load this is one confirmation per
 //! round trip instead of one per request; alone, a read waits for exactly one round, as
 //! before.
 
@@ -31,9 +31,15 @@ pub enum Mode {
 /// not the leader).
 pub type RoundResult = Result<u64, String>;
 
+/// Rounds in flight at once. One suffices while rounds are quick (cheap reads under load
+/// share it); when a round is slow — a follower busy appending and syncing a burst of writes
+/// answers the leadership heartbeat late — a few overlapping rounds keep readers and writers
+/// (every request passes the barrier) from queueing behind it.
+const MAX_ROUNDS: usize = 4;
+
 #[derive(Default)]
 struct Queue {
-    running: bool,
+    running: usize,
     next: Vec<oneshot::Sender<RoundResult>>,
 }
 
@@ -63,7 +69,11 @@ impl Batcher {
         let start = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             q.next.push(tx);
-            !std::mem::replace(&mut q.running, true)
+            let start = q.running < MAX_ROUNDS;
+            if start {
+                q.running += 1;
+            }
+            start
         };
         if start {
             let (mode, raft, client, peers, queue) = (
@@ -78,7 +88,7 @@ impl Batcher {
                     let waiters = {
                         let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
                         if q.next.is_empty() {
-                            q.running = false;
+                            q.running -= 1;
                             return;
                         }
                         std::mem::take(&mut q.next)
