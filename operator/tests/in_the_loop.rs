@@ -184,6 +184,52 @@ async fn operator_binary_provisions_follows_changes_soft_deletes_and_shuts_down(
     );
     assert!(ca["metadata"].get("ownerReferences").is_none());
 
+    // An invalid spec (a principal listed twice: the schema cannot say it) gets a clear
+    // condition and an Event, and the operator keeps running.
+    let bad: ManagedHsm = serde_json::from_value(json!({
+        "apiVersion": "keystead.io/v1alpha1", "kind": "ManagedHsm",
+        "metadata": {"name": "bad", "namespace": "hsm"},
+        "spec": {"initialAdministrators": ["bob", "bob"]},
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &bad).await.unwrap();
+    wait_until(&emu, "InvalidSpec condition on the invalid pool", |e| {
+        e.get(HSM, Some("hsm"), "bad").is_some_and(|h| {
+            h["status"]["conditions"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["reason"] == "InvalidSpec"))
+        })
+    })
+    .await;
+    let h = emu.get(HSM, Some("hsm"), "bad").unwrap();
+    let cond = h["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["reason"] == "InvalidSpec")
+        .unwrap()
+        .clone();
+    assert!(
+        cond["message"].as_str().unwrap().contains("bob"),
+        "the condition says what is wrong: {cond}"
+    );
+    wait_until(&emu, "an Event for the invalid spec", |e| {
+        e.store.lock().unwrap().objects.iter().any(|(k, v)| {
+            k.starts_with("events.k8s.io/v1/events|hsm|")
+                && v["reason"] == "InvalidSpec"
+                && v["regarding"]["name"] == "bad"
+        })
+    })
+    .await;
+    assert!(
+        emu.get(STS, Some("hsm"), "bad").is_none(),
+        "no children for an invalid pool"
+    );
+    assert!(
+        operator.try_wait().unwrap().is_none(),
+        "the operator keeps running"
+    );
+
     // Graceful shutdown on SIGTERM releases the Lease.
     let pid = operator.id().expect("running").to_string();
     let status = std::process::Command::new("kill")
