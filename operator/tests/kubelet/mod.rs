@@ -29,6 +29,8 @@
 
 #![allow(dead_code)]
 
+pub mod pool;
+
 use crate::emulator::Emulator;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use keystead_partition::auth::{AuthConfig, LocalIssuer, TokenValidator};
@@ -383,6 +385,13 @@ impl Cluster {
         ip_of(&self.state, self.net, ns, pod)
     }
 
+    /// Where `filesystem` backup destinations are (the operator's
+    /// `--backup-filesystem-root`): every partition runs on this machine, so a claim is a
+    /// directory under it (`<root>/<claimName>`), shared by all of them.
+    pub fn backup_root(&self) -> PathBuf {
+        self.dir.path().join("backups")
+    }
+
     /// The `keystead-operator run` process against this cluster.
     pub fn start_operator(&self) -> tokio::process::Child {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_keystead-operator"))
@@ -392,6 +401,7 @@ impl Cluster {
             .env("POD_NAME", "operator-0")
             .env("KEYSTEAD_SERVICE_ACCOUNT", "keystead-operator")
             .env("KEYSTEAD_SERVICE_ACCOUNT_ISSUER", &self.issuer.url)
+            .env("KEYSTEAD_BACKUP_FILESYSTEM_ROOT", self.backup_root())
             .env("RUST_LOG", "warn")
             .kill_on_drop(true)
             .spawn()
@@ -508,7 +518,8 @@ struct Kubelet {
     probe: reqwest::Client,
 }
 
-fn objects(emu: &Emulator, collection: &str) -> Vec<Value> {
+/// Every object of `collection` (all namespaces).
+pub fn objects(emu: &Emulator, collection: &str) -> Vec<Value> {
     let prefix = format!("{collection}|");
     emu.store
         .lock()
