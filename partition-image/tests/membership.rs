@@ -32,13 +32,22 @@ async fn change(
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let (s, v) = c.call(i, method.clone(), path, body.clone()).await;
-        if s != StatusCode::ACCEPTED {
+        if s == StatusCode::BAD_GATEWAY {
+            // The request did not reach the partition (the harness's transport error): a
+            // crash is a failure, a dropped connection is retried (the change is idempotent).
+            if let Some(e) = c.exited(i) {
+                panic!("{method} {path}: partition {i} {e}");
+            }
+        } else if s != StatusCode::ACCEPTED {
             return (s, v);
         }
         assert!(
             Instant::now() < deadline,
             "{method} {path} still pending: {v}"
         );
+        if s == StatusCode::BAD_GATEWAY {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 

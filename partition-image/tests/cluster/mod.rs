@@ -157,6 +157,24 @@ impl Cluster {
         self.children.lock().unwrap()[i] = Some(child);
     }
 
+    /// If partition `i`'s process has exited: its status and the end of its stderr.
+    pub fn exited(&self, i: usize) -> Option<String> {
+        let mut children = self.children.lock().unwrap();
+        let status = children[i].as_mut()?.try_wait().ok()??;
+        let log = std::fs::read_to_string(self.configs[i].with_file_name("stderr.log"))
+            .unwrap_or_default();
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        Some(format!("exited with {status}; stderr tail:\n{tail}"))
+    }
+
     pub fn kill(&self, i: usize) {
         let child = self.children.lock().unwrap()[i].take();
         if let Some(mut c) = child {
