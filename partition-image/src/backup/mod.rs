@@ -22,7 +22,7 @@ pub mod job;
 
 use crate::app::App;
 use crate::keyring::Unsealed;
-use crate::state::{Command, DeletedKey, KeyRecord, Settings};
+use crate::state::{Command, DeletedKey, KeyRecord, PoolState, Settings};
 use dest::Destination;
 use format::{ChunkInfo, FormatError, Manifest, ManifestBody, Record};
 use keystead_core::rbac::RbacState;
@@ -143,21 +143,12 @@ fn snapshot_to_spool(
     let applied_index = app.store.applied_index();
     let state = app.store.read();
     let mut body = ManifestBody {
-        format: format::FORMAT.into(),
-        version: format::VERSION,
-        pool: state.settings.pool_name.clone(),
-        pool_id: state.settings.pool_id.clone(),
-        folder: folder.into(),
-        domain_fingerprint: fingerprint.into(),
-        created: now(),
-        applied_index,
         key_count: state.keys.len() as u64,
         deleted_key_count: state.deleted.len() as u64,
         role_assignment_count: state.rbac.assignments.len() as u64,
         role_definition_count: state.rbac.definitions.len() as u64,
         restore_point,
-        chunks: vec![],
-        key_name: None,
+        ..manifest_header(&state, folder, fingerprint, applied_index)
     };
     let mut batch: Vec<Record> = vec![
         Record::Settings(state.settings.clone()),
@@ -230,6 +221,25 @@ fn snapshot_key(
         (None, None) => return Err(BackupError::KeyNotInPool(name.to_string())),
     };
     let mut body = ManifestBody {
+        key_count: u64::from(matches!(record, Record::Key(_))),
+        deleted_key_count: u64::from(matches!(record, Record::DeletedKey(_))),
+        key_name: Some(name.to_string()),
+        ..manifest_header(&state, folder, fingerprint, applied_index)
+    };
+    let mut batch = vec![Record::Settings(state.settings.clone()), record];
+    spool_chunk(key, folder, spool, &mut batch, &mut body)?;
+    Ok(body)
+}
+
+/// A manifest of the pool as `state` is, with nothing counted yet (no chunk, not a restore
+/// point, every key): the full and the single-key backup fill in what they hold.
+fn manifest_header(
+    state: &PoolState,
+    folder: &str,
+    fingerprint: &str,
+    applied_index: u64,
+) -> ManifestBody {
+    ManifestBody {
         format: format::FORMAT.into(),
         version: format::VERSION,
         pool: state.settings.pool_name.clone(),
@@ -238,17 +248,14 @@ fn snapshot_key(
         domain_fingerprint: fingerprint.into(),
         created: now(),
         applied_index,
-        key_count: u64::from(matches!(record, Record::Key(_))),
-        deleted_key_count: u64::from(matches!(record, Record::DeletedKey(_))),
+        key_count: 0,
+        deleted_key_count: 0,
         role_assignment_count: 0,
         role_definition_count: 0,
         restore_point: false,
         chunks: vec![],
-        key_name: Some(name.to_string()),
-    };
-    let mut batch = vec![Record::Settings(state.settings.clone()), record];
-    spool_chunk(key, folder, spool, &mut batch, &mut body)?;
-    Ok(body)
+        key_name: None,
+    }
 }
 
 /// Write a full backup of `app`'s pool into a new folder of `dest`; returns the manifest.
