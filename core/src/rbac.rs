@@ -89,6 +89,8 @@ data_actions! {
     RoleDefinitionsDelete => "roleDefinitions/delete/action",
     BackupStart => "backup/start/action",
     BackupStatus => "backup/status/action",
+    // Keystead: delete a backup folder of the pool (retention of scheduled backups).
+    BackupDelete => "backup/delete/action",
     RestoreStart => "restore/start/action",
     RestoreStatus => "restore/status/action",
     Rng => "rng/action",
@@ -327,7 +329,13 @@ pub fn builtin_role_table() -> Vec<(&'static str, &'static str, &'static str, Ve
         SecurityDomainTransferKeyRead,
     ];
     admin.extend(role_management);
-    admin.extend([BackupStart, BackupStatus, RestoreStart, RestoreStatus]);
+    admin.extend([
+        BackupStart,
+        BackupStatus,
+        BackupDelete,
+        RestoreStart,
+        RestoreStatus,
+    ]);
     let mut officer = vec![
         DeletedKeysRead,
         DeletedKeysRecover,
@@ -401,7 +409,7 @@ pub fn builtin_role_table() -> Vec<(&'static str, &'static str, &'static str, Ve
             BACKUP_ROLE_ID,
             "Managed HSM Backup",
             "Single-key or full HSM backup.",
-            vec![KeysBackup, BackupStart, BackupStatus],
+            vec![KeysBackup, BackupStart, BackupStatus, BackupDelete],
         ),
         (
             RESTORE_ROLE_ID,

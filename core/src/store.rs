@@ -12,7 +12,11 @@
 //!   the `AWS_*` environment or from `storageOptions`.
 //! - `gs://<bucket>[/<prefix>]`: Google Cloud Storage; credentials from `GOOGLE_*`
 //!   environment or `storageOptions`.
-//! - `file:///<absolute path>`: a directory on the partition's filesystem.
+//! - `file:///<absolute path>`: a directory on the partition's filesystem, only under the
+//!   root the opener allows ([`LocalPaths::file_root`]; a local pool allows its user's
+//!   files, a partition in Kubernetes none).
+//! - `pvc://<claimName>[/<prefix>]`: a PersistentVolumeClaim mounted into the partition
+//!   (Kubernetes; [`LocalPaths::claims`] says where each claim is mounted).
 //!
 //! `storageOptions` are `object_store` configuration keys (`aws_endpoint`,
 //! `aws_access_key_id`, `aws_secret_access_key`, `aws_region`, `aws_allow_http`,
@@ -26,6 +30,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The Azurite emulator's published development account key (not a secret).
@@ -118,8 +123,54 @@ fn is_loopback_or_ip(host: &url::Host<&str>) -> bool {
     }
 }
 
-/// Open the destination named by `params` (the URI is the parent of backup folders).
-pub fn open(params: &StorageParameters) -> Result<Destination, String> {
+/// Which local directories `file://` and `pvc://` URIs may name.
+#[derive(Clone, Debug, Default)]
+pub struct LocalPaths {
+    /// `file://` URIs must lie in this directory (`/`: anywhere the process may write);
+    /// `None` refuses `file://` altogether.
+    pub file_root: Option<PathBuf>,
+    /// `pvc://<claim>/...`: where each mounted claim is (claim name → directory).
+    pub claims: BTreeMap<String, PathBuf>,
+}
+
+impl LocalPaths {
+    /// Any directory the process may write (a command-line tool, a local pool).
+    pub fn anywhere() -> Self {
+        Self {
+            file_root: Some(PathBuf::from("/")),
+            claims: BTreeMap::new(),
+        }
+    }
+}
+
+/// A local directory store rooted at `dir` (created if missing).
+fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the backup directory {}: {e}", dir.display()))?;
+    Ok(Arc::new(
+        LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| format!("cannot open {}: {e}", dir.display()))?
+            // A deleted backup folder leaves no empty directory behind.
+            .with_automatic_cleanup(true),
+    ))
+}
+
+/// Refuse a local URI whose path could leave its root ('.', '..', percent escapes, which
+/// the URL parser would resolve).
+fn plain_local_path(raw: &str, base_url: &str) -> Result<(), String> {
+    let path = strip_query(raw);
+    let path = path.split_once("://").map_or(path, |(_, rest)| rest);
+    if path.split('/').any(|s| s == "." || s == "..") || path.contains(['%', '\\']) {
+        return Err(format!(
+            "'{base_url}' is not a plain path; give one without '.', '..' or escapes"
+        ));
+    }
+    Ok(())
+}
+
+/// Open the destination named by `params` (the URI is the parent of backup folders);
+/// `local` says which `file://` and `pvc://` locations this process may use.
+pub fn open(params: &StorageParameters, local: &LocalPaths) -> Result<Destination, String> {
     let raw = params.storage_resource_uri.trim();
     if raw.is_empty() {
         return Err("storageResourceUri is empty; give the container URL (https://<account>.blob.core.windows.net/<container>), s3://bucket/prefix, gs://bucket/prefix or file:///path".into());
@@ -140,18 +191,44 @@ pub fn open(params: &StorageParameters) -> Result<Destination, String> {
     let prefix;
     match url.scheme() {
         "file" => {
+            let Some(root) = &local.file_root else {
+                return Err(format!(
+                    "'{base_url}': this partition takes no file:// destinations; in Kubernetes back up to a PersistentVolumeClaim listed in the ManagedHsm's spec.backupVolumes (pvc://<claimName>/<path>) or to an object store"
+                ));
+            };
+            plain_local_path(raw, &base_url)?;
             let dir = url
                 .to_file_path()
                 .map_err(|_| format!("'{base_url}' is not an absolute file path"))?;
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                format!("cannot create the backup directory {}: {e}", dir.display())
-            })?;
-            store = Arc::new(
-                LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| format!("cannot open {}: {e}", dir.display()))?
-                    // A deleted backup folder leaves no empty directory behind.
-                    .with_automatic_cleanup(true),
-            );
+            if !dir.starts_with(root) {
+                return Err(format!(
+                    "'{base_url}' is outside {}, the only directory this partition writes backups to",
+                    root.display()
+                ));
+            }
+            store = local_store(&dir)?;
+            prefix = Path::default();
+        }
+        "pvc" => {
+            let claim = url
+                .host_str()
+                .filter(|h| !h.is_empty())
+                .ok_or("pvc:// URI without a claim name: use pvc://<claimName>/<path>")?;
+            let Some(mount) = local.claims.get(claim) else {
+                let mounted: Vec<&str> = local.claims.keys().map(String::as_str).collect();
+                return Err(format!(
+                    "the PersistentVolumeClaim '{claim}' is not mounted in this partition (mounted: {}); add it to the ManagedHsm's spec.backupVolumes",
+                    if mounted.is_empty() {
+                        "none".to_string()
+                    } else {
+                        mounted.join(", ")
+                    }
+                ));
+            };
+            plain_local_path(raw, &base_url)?;
+            let mut dir = mount.clone();
+            dir.extend(&segments);
+            store = local_store(&dir)?;
             prefix = Path::default();
         }
         "s3" => {
@@ -246,7 +323,7 @@ pub fn open(params: &StorageParameters) -> Result<Destination, String> {
         }
         other => {
             return Err(format!(
-                "unsupported storage scheme '{other}': use https (Azure Blob), s3, gs or file"
+                "unsupported storage scheme '{other}': use https (Azure Blob), s3, gs, pvc or file"
             ));
         }
     }
@@ -324,28 +401,37 @@ mod tests {
 
     #[test]
     fn parses_the_schemes() {
+        let none = LocalPaths::default();
         let d = tempfile::tempdir().unwrap();
         let uri = format!("file://{}/b", d.path().display());
-        let dest = open(&p(&uri)).unwrap();
+        let dest = open(&p(&uri), &LocalPaths::anywhere()).unwrap();
         assert_eq!(dest.folder_url("f"), format!("{uri}/f"));
         assert!(d.path().join("b").is_dir());
-        let dest = open(&p("http://127.0.0.1:10000/devstoreaccount1/c/x/y")).unwrap();
+        let dest = open(&p("http://127.0.0.1:10000/devstoreaccount1/c/x/y"), &none).unwrap();
         assert_eq!(dest.prefix.as_ref(), "x/y");
         let mut sas = p("https://acct.blob.core.windows.net/c");
         sas.token = Some("?sv=2021&sig=abc".into());
         assert!(!format!("{sas:?}").contains("abc"));
-        let dest = open(&sas).unwrap();
+        let dest = open(&sas, &none).unwrap();
         assert_eq!(dest.prefix.as_ref(), "");
-        assert!(open(&p("ftp://x/y")).unwrap_err().contains("unsupported"));
-        assert!(open(&p("https://example.com/c")).is_err());
-        assert!(open(&p("not a url")).is_err());
+        assert!(
+            open(&p("ftp://x/y"), &none)
+                .unwrap_err()
+                .contains("unsupported")
+        );
+        assert!(open(&p("https://example.com/c"), &none).is_err());
+        assert!(open(&p("not a url"), &none).is_err());
     }
 
     #[tokio::test]
     async fn delete_folder_removes_every_object_and_the_directory() {
         use object_store::{ObjectStoreExt, PutPayload};
         let d = tempfile::tempdir().unwrap();
-        let dest = open(&p(&format!("file://{}/b", d.path().display()))).unwrap();
+        let dest = open(
+            &p(&format!("file://{}/b", d.path().display())),
+            &LocalPaths::anywhere(),
+        )
+        .unwrap();
         for f in ["chunk-00000.bin", "manifest.json"] {
             dest.store
                 .put(&dest.path("pool-1", f), PutPayload::from_static(b"x"))
@@ -365,6 +451,84 @@ mod tests {
         // Gone already: not an error.
         assert_eq!(delete_folder(&dest, "pool-1").await.unwrap(), 0);
         assert!(delete_folder(&dest, "../x").await.is_err());
+    }
+
+    #[test]
+    fn gcs_uris_and_options() {
+        let none = LocalPaths::default();
+        let mut g = p("gs://hsm-bucket/nightly/eu");
+        g.storage_options.insert(
+            "google_service_account_key".into(),
+            r#"{"private_key": "", "private_key_id": "", "client_email": "", "disable_oauth": true}"#.into(),
+        );
+        let dest = open(&g, &none).unwrap();
+        assert_eq!(dest.prefix.as_ref(), "nightly/eu");
+        assert_eq!(dest.folder_url("f"), "gs://hsm-bucket/nightly/eu/f");
+        assert!(
+            !format!("{g:?}").contains("disable_oauth"),
+            "option values are redacted"
+        );
+        let mut bad = p("gs://hsm-bucket");
+        bad.storage_options.insert("aws_region".into(), "x".into());
+        let e = open(&bad, &none).unwrap_err();
+        assert!(e.contains("'aws_region' is not a GCS option"), "{e}");
+        let mut broken = p("gs://hsm-bucket");
+        broken
+            .storage_options
+            .insert("google_service_account_key".into(), "not json".into());
+        let e = open(&broken, &none).unwrap_err();
+        assert!(e.contains("cannot open GCS bucket 'hsm-bucket'"), "{e}");
+        assert!(!e.contains("not json"), "no credential in the message: {e}");
+        assert!(
+            open(&p("gs:///x"), &none)
+                .unwrap_err()
+                .contains("without a bucket")
+        );
+    }
+
+    #[test]
+    fn local_paths_stay_where_they_are_allowed() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let claim = d.path().join("mnt-claim");
+        let local = LocalPaths {
+            file_root: Some(root.clone()),
+            claims: BTreeMap::from([("backups".to_string(), claim.clone())]),
+        };
+        // Inside the root, and a mounted claim (with a prefix).
+        let inside = format!("file://{}/x", root.display());
+        assert_eq!(
+            open(&p(&inside), &local).unwrap().folder_url("f"),
+            format!("{inside}/f")
+        );
+        let dest = open(&p("pvc://backups/hsm/prod"), &local).unwrap();
+        assert_eq!(dest.folder_url("f"), "pvc://backups/hsm/prod/f");
+        assert!(claim.join("hsm/prod").is_dir());
+        // Outside the root, escapes, unknown claims, no file root at all.
+        for (uri, want) in [
+            (format!("file://{}/other", d.path().display()), "outside"),
+            (
+                format!("file://{}/../x", root.display()),
+                "not a plain path",
+            ),
+            (
+                format!("file://{}/%2e%2e/x", root.display()),
+                "not a plain path",
+            ),
+            (
+                "pvc://other/x".to_string(),
+                "add it to the ManagedHsm's spec.backupVolumes",
+            ),
+            ("pvc://backups/a/%2e%2e/b".to_string(), "not a plain path"),
+            ("pvc://backups/a/../../b".to_string(), "not a plain path"),
+            ("pvc:///x".to_string(), "without a claim"),
+        ] {
+            let e = open(&p(&uri), &local).unwrap_err();
+            assert!(e.contains(want), "{uri}: {e}");
+        }
+        assert!(!d.path().join("other").exists() && !d.path().join("x").exists());
+        let e = open(&p(&inside), &LocalPaths::default()).unwrap_err();
+        assert!(e.contains("spec.backupVolumes"), "{e}");
     }
 
     #[test]

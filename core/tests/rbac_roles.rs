@@ -35,6 +35,7 @@ fn expected(role_guid: &str) -> BTreeSet<&'static str> {
             "securitydomain/transferkey/read",
             "backup/start/action",
             "backup/status/action",
+            "backup/delete/action",
             "restore/start/action",
             "restore/status/action",
         ]),
@@ -78,6 +79,7 @@ fn expected(role_guid: &str) -> BTreeSet<&'static str> {
             "keys/backup/action",
             "backup/start/action",
             "backup/status/action",
+            "backup/delete/action",
         ]),
         RESTORE_ROLE_ID => p(&[
             "keys/restore/action",
@@ -202,7 +204,8 @@ fn crypto_auditor_cannot_purge_deleted_keys() {
 
 #[test]
 fn data_action_strings_round_trip() {
-    assert_eq!(DataAction::ALL.len(), 35);
+    // 35 Azure data actions and Keystead's backup/delete/action.
+    assert_eq!(DataAction::ALL.len(), 36);
     let mut seen = BTreeSet::new();
     for a in DataAction::ALL {
         assert!(a.as_str().starts_with(DATA_ACTION_PREFIX));

@@ -121,6 +121,21 @@ pub enum BackupCommand {
     },
 }
 
+/// Open a store from this machine (`list`, `verify` without the pool).
+fn open_here(params: &dest::StorageParameters) -> anyhow::Result<dest::Destination> {
+    if params
+        .storage_resource_uri
+        .trim_start()
+        .starts_with("pvc://")
+    {
+        anyhow::bail!(
+            "{} is a PersistentVolumeClaim inside the cluster, not readable from here; verify it through the pool (`kubectl hsm backup verify URL --with-pool`) or mount the claim and give its file:// path",
+            params.storage_resource_uri.trim()
+        );
+    }
+    dest::open(params, &dest::LocalPaths::anywhere()).map_err(anyhow::Error::msg)
+}
+
 async fn wait_job(c: &Client, pending: &str) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(3600);
     loop {
@@ -204,7 +219,7 @@ pub async fn run(pool: &PoolArgs, cmd: BackupCommand) -> anyhow::Result<()> {
             report(pool.output, &v)
         }
         BackupCommand::List { from, store } => {
-            let d = dest::open(&store.params(&from)?).map_err(anyhow::Error::msg)?;
+            let d = open_here(&store.params(&from)?)?;
             let listed = backup::list_backups(&d).await?;
             if pool.output == Output::Json {
                 let v: Vec<Value> = listed
@@ -250,7 +265,13 @@ pub async fn run(pool: &PoolArgs, cmd: BackupCommand) -> anyhow::Result<()> {
             with_pool,
         } => {
             let (parent, folder) = dest::split_folder(&folder_url).map_err(anyhow::Error::msg)?;
-            let d = dest::open(&store.params(&parent)?).map_err(anyhow::Error::msg)?;
+            if with_pool && parent.trim_start().starts_with("pvc://") {
+                // Only the pool reaches the claim; it checks the digests too.
+                let body =
+                    json!({"sasTokenParameters": store.json(&parent)?, "folderToRestore": folder});
+                return submit(pool, Method::PUT, "/prerestore", body, true, "/restore").await;
+            }
+            let d = open_here(&store.params(&parent)?)?;
             let m = backup::verify_digests(&d, &folder).await?;
             let total: u64 = m.body.chunks.iter().map(|c| c.size).sum();
             if pool.output == Output::Text {

@@ -81,11 +81,14 @@ struct Target {
 type Wait = (JobReason, String);
 
 /// Dereference the pool and connect to `partition` (or, when `None`, its first Ready one).
+/// `storage_uri`, when given, is the store the job will use: a claim the pool does not
+/// mount makes it wait.
 async fn target(
     ctx: &Context,
     ns: &str,
     pool: &str,
     partition: Option<&str>,
+    storage_uri: Option<&str>,
 ) -> Result<Result<Target, Wait>, Error> {
     let hsms: Api<ManagedHsm> = Api::namespaced(ctx.client.clone(), ns);
     let Some(hsm) = hsms.get_opt(pool).await? else {
@@ -94,6 +97,11 @@ async fn target(
             format!("the ManagedHsm {pool} does not exist in this namespace"),
         )));
     };
+    if let Some(msg) =
+        storage_uri.and_then(|u| plan::claim_not_mounted(u, pool, &hsm.spec.backup_volumes))
+    {
+        return Ok(Err((JobReason::PoolNotReady, msg)));
+    }
     let status = hsm.status.clone().unwrap_or_default();
     let activated = c::find(&status.conditions, c::SECURITY_DOMAIN_ACTIVATED)
         .is_some_and(|c| c.status == "True");
@@ -165,7 +173,7 @@ async fn poll_job(
         JobPath::Backup => "backup",
         JobPath::Restore => "restore",
     };
-    let t = match target(ctx, ns, pool, Some(partition)).await? {
+    let t = match target(ctx, ns, pool, Some(partition), None).await? {
         Ok(t) => t,
         Err((JobReason::PoolNotFound, msg)) => {
             let msg = format!("{msg}; the {what} job {job_id} cannot be followed");
@@ -202,16 +210,18 @@ async fn poll_job(
     })
 }
 
-/// Start a job on a Ready partition of `pool`: the job and the partition, or why not now.
+/// Start a job on a Ready partition of `pool` with the store at `storage_uri`: the job and
+/// the partition, or why not now.
 async fn start_job(
     ctx: &Context,
     ns: &str,
     pool: &str,
+    storage_uri: &str,
     method: reqwest::Method,
     path: &str,
     body: &serde_json::Value,
 ) -> Result<Result<(JobStatus, String), Wait>, Error> {
-    let t = match target(ctx, ns, pool, None).await? {
+    let t = match target(ctx, ns, pool, None, Some(storage_uri)).await? {
         Ok(t) => t,
         Err(w) => return Ok(Err(w)),
     };
@@ -243,10 +253,7 @@ async fn destination_parameters(
             }
         },
     };
-    Ok(
-        plan::storage_parameters(d, data.as_ref(), &ctx.settings.backup_filesystem_root)
-            .map_err(|e| (JobReason::InvalidSpec, e)),
-    )
+    Ok(plan::storage_parameters(d, data.as_ref()).map_err(|e| (JobReason::InvalidSpec, e)))
 }
 
 /// Requeue delay while waiting with `reason`.
@@ -449,7 +456,8 @@ async fn backup_apply(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
     if let Some(k) = &b.spec.key_name {
         body["keyName"] = json!(k);
     }
-    match start_job(ctx, &ns, pool, reqwest::Method::POST, "/backup", &body).await? {
+    let uri = &params.storage_resource_uri;
+    match start_job(ctx, &ns, pool, uri, reqwest::Method::POST, "/backup", &body).await? {
         Ok((job, partition)) => {
             let mut st = prev.clone();
             st.job_id = Some(job.job_id.clone());
@@ -524,7 +532,11 @@ async fn backup_cleanup(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
                 Ok(p) => p,
                 Err((_, msg)) => return Ok::<_, Error>(Err(msg)),
             };
-            Ok(delete_folder(params, location).await)
+            Ok(if plan::claim_of(location).is_some() {
+                delete_folder_by_pool(ctx, &ns, &b.spec.hsm_ref.name, params, location).await?
+            } else {
+                delete_folder(params, location).await
+            })
         }
         .await?;
         match outcome {
@@ -558,12 +570,42 @@ async fn backup_cleanup(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
     Ok(Requeue::await_change())
 }
 
-/// Delete the backup folder at `location` (a folder URL) with `params`' credentials.
+/// Delete the backup folder at `location` (a folder URL of an object store) with `params`'
+/// credentials.
 async fn delete_folder(mut params: StorageParameters, location: &str) -> Result<usize, String> {
     let (parent, folder) = store::split_folder(location)?;
     params.storage_resource_uri = parent;
-    let dest = store::open(&params)?;
+    // Object stores only: claims (pvc://) are mounted in the partitions, not here.
+    let dest = store::open(&params, &store::LocalPaths::default())?;
     store::delete_folder(&dest, &folder).await
+}
+
+/// Delete the backup folder at `location` on a claim through the pool (`POST
+/// /backup/delete`): only the partitions mount the claim, and a pool deletes only its own
+/// backups.
+async fn delete_folder_by_pool(
+    ctx: &Context,
+    ns: &str,
+    pool: &str,
+    params: StorageParameters,
+    location: &str,
+) -> Result<Result<usize, String>, Error> {
+    let (parent, folder) = match store::split_folder(location) {
+        Ok(x) => x,
+        Err(e) => return Ok(Err(e)),
+    };
+    let t = match target(ctx, ns, pool, None, Some(&parent)).await? {
+        Ok(t) => t,
+        Err((_, msg)) => return Ok(Err(format!("the pool cannot delete {location} now: {msg}"))),
+    };
+    let sas = StorageParameters {
+        storage_resource_uri: parent,
+        ..params
+    };
+    Ok(t.client
+        .delete_backup(&t.url, &sas, &folder)
+        .await
+        .map_err(|e| e.to_string()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -746,7 +788,8 @@ async fn restore_apply(r: &Restore, ctx: &Context) -> Result<Requeue, Error> {
             json!({"sasTokenParameters": sas, "folderToRestore": folder}),
         ),
     };
-    match start_job(ctx, &ns, pool, reqwest::Method::PUT, &path, &body).await? {
+    let uri = &params.storage_resource_uri;
+    match start_job(ctx, &ns, pool, uri, reqwest::Method::PUT, &path, &body).await? {
         Ok((job, partition)) => {
             let mut st = prev.clone();
             st.job_id = Some(job.job_id.clone());

@@ -5,8 +5,8 @@
 
 use crate::conditions::{self as c, Status};
 use crate::crd::{
-    BackupDestination, BackupPhase, BackupReference, BackupScheduleSpec, RestorePhase,
-    RetentionSpec,
+    BackupDestination, BackupPhase, BackupReference, BackupScheduleSpec, BackupVolume,
+    RestorePhase, RetentionSpec,
 };
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
@@ -30,9 +30,6 @@ pub const POOL_LABEL: &str = "keystead.io/pool";
 pub const SCHEDULED_TIME_ANNOTATION: &str = "keystead.io/scheduled-time";
 /// Annotation a user sets on a Backup to keep its folder when the object is deleted.
 pub const KEEP_FOLDER_ANNOTATION: &str = "keystead.io/keep-backup-folder";
-/// Where a `filesystem` destination's claim is mounted in the partitions (and, to delete
-/// expired folders, in the operator): `<root>/<claimName>`.
-pub const DEFAULT_FILESYSTEM_ROOT: &str = "/var/lib/keystead-backups";
 
 /// The condition of a Backup or Restore (its phase is derived from it).
 pub const SUCCEEDED: &str = "Succeeded";
@@ -86,12 +83,12 @@ fn secret_value(
 }
 
 /// The store parameters the partition (and the operator, to delete folders) opens for a
-/// destination. `secret` is the data of [`credentials_secret`]; `fs_root` is where claims
-/// are mounted. Errors say what is wrong with the spec or the Secret; values never appear.
+/// destination. `secret` is the data of [`credentials_secret`]. A `filesystem` destination
+/// is `pvc://<claimName>/<path>`, which the partitions resolve to where they mount the claim.
+/// Errors say what is wrong with the spec or the Secret; values never appear.
 pub fn storage_parameters(
     d: &BackupDestination,
     secret: Option<&BTreeMap<String, ByteString>>,
-    fs_root: &str,
 ) -> Result<StorageParameters, String> {
     let mut p = StorageParameters::default();
     let need = |key: &str, name: &str| -> Result<String, String> {
@@ -108,10 +105,7 @@ pub fn storage_parameters(
             ));
         }
         let path = clean_prefix(f.path.as_deref())?;
-        p.storage_resource_uri = join(
-            &format!("file://{}/{claim}", fs_root.trim_end_matches('/')),
-            &path,
-        );
+        p.storage_resource_uri = join(&format!("pvc://{claim}"), &path);
     } else if let Some(s3) = &d.s3 {
         let name = &s3.credentials.name;
         p.storage_resource_uri = join(
@@ -173,6 +167,23 @@ pub fn storage_parameters(
         );
     }
     Ok(p)
+}
+
+/// The claim a `pvc://<claim>/...` storage URI names.
+pub fn claim_of(uri: &str) -> Option<&str> {
+    let rest = uri.trim().strip_prefix("pvc://")?;
+    rest.split(['/', '?']).next().filter(|c| !c.is_empty())
+}
+
+/// Why a job on `uri` cannot start on pool `pool` (spec `backup_volumes`) now: its claim is
+/// not one the pool mounts.
+pub fn claim_not_mounted(uri: &str, pool: &str, backup_volumes: &[BackupVolume]) -> Option<String> {
+    let claim = claim_of(uri)?;
+    (!backup_volumes.iter().any(|v| v.claim_name == claim)).then(|| {
+        format!(
+            "the PersistentVolumeClaim {claim} is not mounted in the partitions of {pool}: add {{claimName: {claim}}} to the ManagedHsm's spec.backupVolumes (the partitions roll one at a time); waiting"
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ const CONFIG_DIR: &str = "/etc/keystead/config";
 const TLS_DIR: &str = "/etc/keystead/tls";
 const SEAL_DIR: &str = "/etc/keystead/seal";
 const DATA_DIR: &str = "/var/lib/keystead";
+/// Where the claims of `spec.backupVolumes` are mounted: `<dir>/<claimName>`.
+const BACKUP_DIR: &str = "/var/lib/keystead-backups";
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Where the projected peer token (pod-bound, audience [`PEER_AUDIENCE`]) is mounted.
 const PEER_TOKEN_DIR: &str = "/var/run/secrets/keystead/peer";
@@ -52,8 +54,6 @@ pub struct Settings {
     pub cluster_domain: String,
     /// Issuer of this cluster's service-account tokens.
     pub service_account_issuer: String,
-    /// Where `filesystem` backup claims are mounted (`<root>/<claimName>`).
-    pub backup_filesystem_root: String,
 }
 
 impl Default for Settings {
@@ -62,7 +62,6 @@ impl Default for Settings {
             operator_principal: None,
             cluster_domain: "cluster.local".into(),
             service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
-            backup_filesystem_root: crate::backup_plan::DEFAULT_FILESYSTEM_ROOT.into(),
         }
     }
 }
@@ -320,7 +319,15 @@ pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &S
         "peers": peers(hsm, names),
         "peerTokenFile": format!("{PEER_TOKEN_DIR}/token"),
         "peerServiceAccount": names.service_account_principal(),
+        "backupClaims": spec.backup_volumes.iter()
+            .map(|v| (v.claim_name.clone(), json!(backup_mount(&v.claim_name))))
+            .collect::<serde_json::Map<_, _>>(),
     })
+}
+
+/// Where a backup claim is mounted in the partitions.
+pub fn backup_mount(claim: &str) -> String {
+    format!("{BACKUP_DIR}/{claim}")
 }
 
 /// The Raft members of a pool: node id = ordinal + 1 (stable: a StatefulSet ordinal is never
@@ -383,6 +390,11 @@ fn pod_template(hsm: &ManagedHsm, names: &Names, config_hash: &str) -> Value {
             "items": [{"key": "sealing-key", "path": "sealing-key"}]}}),
         );
         mounts.push(json!({"name": "seal", "mountPath": SEAL_DIR, "readOnly": true}));
+    }
+    for (i, v) in spec.backup_volumes.iter().enumerate() {
+        let name = format!("backup-{i}");
+        volumes.push(json!({"name": name, "persistentVolumeClaim": {"claimName": v.claim_name}}));
+        mounts.push(json!({"name": name, "mountPath": backup_mount(&v.claim_name)}));
     }
     let probe = |path: &str, period: i32, failures: i32| {
         json!({"httpGet": {"path": path, "port": "https", "scheme": "HTTPS"},

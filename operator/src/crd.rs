@@ -152,6 +152,26 @@ pub struct ManagedHsmSpec {
     /// provisioning a new one.
     #[serde(default)]
     pub recover: bool,
+
+    /// PersistentVolumeClaims that `filesystem` backup destinations may name. Each is
+    /// mounted into every partition (`/var/lib/keystead-backups/<claimName>`); the
+    /// partitions run on different nodes, so a claim must be ReadWriteMany. Changing the
+    /// list rolls the partitions one at a time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["claimName"]))]
+    pub backup_volumes: Vec<BackupVolume>,
+}
+
+/// A PersistentVolumeClaim of the pool's namespace mounted into the partitions for backups.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupVolume {
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub claim_name: String,
 }
 
 fn default_image() -> String {
@@ -609,11 +629,15 @@ pub struct BackupDestination {
     pub gcs: Option<GcsDestination>,
 }
 
-/// A PersistentVolumeClaim mounted into the partitions.
+/// A PersistentVolumeClaim mounted into the partitions: one listed in the pool's
+/// `spec.backupVolumes`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FilesystemDestination {
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub claim_name: String,
     /// Folder inside the volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -48,14 +48,6 @@ enum Command {
             default_value = "https://kubernetes.default.svc.cluster.local"
         )]
         service_account_issuer: String,
-        /// Where the PersistentVolumeClaims of `filesystem` backup destinations are mounted
-        /// (`<dir>/<claimName>`), in the partitions and, to delete expired folders, here.
-        #[arg(
-            long,
-            env = "KEYSTEAD_BACKUP_FILESYSTEM_ROOT",
-            default_value = keystead_operator::backup_plan::DEFAULT_FILESYSTEM_ROOT
-        )]
-        backup_filesystem_root: String,
     },
     /// Write the CustomResourceDefinitions generated from the Rust types.
     Crdgen {
@@ -91,7 +83,6 @@ fn main() -> anyhow::Result<()> {
             service_account,
             cluster_domain,
             service_account_issuer,
-            backup_filesystem_root,
         } => {
             tracing_subscriber::fmt()
                 .json()
@@ -110,7 +101,6 @@ fn main() -> anyhow::Result<()> {
                     service_account,
                     cluster_domain,
                     service_account_issuer,
-                    backup_filesystem_root,
                 },
             ))
         }

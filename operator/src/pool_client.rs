@@ -316,6 +316,25 @@ impl PoolClient {
         }
     }
 
+    /// `POST /backup/delete`: delete a backup folder of this pool; how many objects went.
+    pub async fn delete_backup(
+        &self,
+        base: &str,
+        storage: &keystead_core::store::StorageParameters,
+        folder: &str,
+    ) -> Result<usize, PoolError> {
+        let url = format!("{base}/backup/delete");
+        let body = json!({"sasTokenParameters": storage, "folder": folder});
+        let v = self.call(reqwest::Method::POST, &url, Some(&body)).await?;
+        v["deletedObjects"]
+            .as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| PoolError::BadAnswer {
+                url,
+                reason: "no deletedObjects".into(),
+            })
+    }
+
     /// `POST /securitydomain/upload` with the transfer blob.
     pub async fn upload(&self, base: &str, transfer_blob: &str) -> Result<(), PoolError> {
         let url = format!("{base}/securitydomain/upload");

@@ -35,7 +35,6 @@ pub struct RunOptions {
     pub service_account: Option<String>,
     pub cluster_domain: String,
     pub service_account_issuer: String,
-    pub backup_filesystem_root: String,
 }
 
 #[derive(Clone)]
@@ -145,7 +144,6 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }),
         cluster_domain: opts.cluster_domain.clone(),
         service_account_issuer: opts.service_account_issuer.clone(),
-        backup_filesystem_root: opts.backup_filesystem_root.clone(),
     };
     let reporter = Reporter {
         controller: "keystead-operator".into(),

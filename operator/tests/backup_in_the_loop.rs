@@ -8,6 +8,7 @@
 mod emulator;
 mod kubelet;
 
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use keystead_operator::crd::{Backup, BackupSchedule, Restore};
 use kube::Api;
 use kube::api::PostParams;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 const BACKUPS: &str = "keystead.io/v1alpha1/backups";
 const RESTORES: &str = "keystead.io/v1alpha1/restores";
 const SCHEDULES: &str = "keystead.io/v1alpha1/backupschedules";
-/// The claim (directory under the backup root) every destination of this test names.
+/// The claim every destination of this test names.
 const CLAIM: &str = "backups";
 const CRYPTO_OFFICER: &str = "Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/515eb02d-2335-4d2d-92f2-b1cbdf9c3778";
 
@@ -47,13 +48,12 @@ async fn succeeded(c: &Cluster, collection: &str, name: &str, limit: Duration) -
     status(c, collection, name)
 }
 
-/// The directory of a `file://` folder URL.
-fn folder_path(location: &str) -> PathBuf {
-    PathBuf::from(
-        location
-            .strip_prefix("file://")
-            .unwrap_or_else(|| panic!("a filesystem backup location is a file:// URL: {location}")),
-    )
+/// The directory of a `pvc://<CLAIM>/...` folder URL: where the claim's data is.
+fn folder_path(claim_dir: &Path, location: &str) -> PathBuf {
+    let rest = location
+        .strip_prefix(&format!("pvc://{CLAIM}/"))
+        .unwrap_or_else(|| panic!("a filesystem backup location is pvc://{CLAIM}/...: {location}"));
+    claim_dir.join(rest)
 }
 
 /// A backup folder as written: a manifest and at least one chunk.
@@ -102,14 +102,57 @@ async fn public_key(pool: &PoolHttp, app: &str, key: &str) -> Value {
 async fn backup_restore_and_schedule_with_real_partitions() {
     let c = Cluster::start().await;
     let mut operator = c.start_operator();
-    let (app, _custodians) = activated_pool_with_a_key(&c, pool_spec(json!({}))).await;
+    // The claim for backups (ReadWriteMany: the three partitions mount it).
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": CLAIM, "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    Api::<PersistentVolumeClaim>::namespaced(c.client.clone(), NS)
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap();
+    let spec = pool_spec(json!({"backupVolumes": [{"claimName": CLAIM}]}));
+    let (app, _custodians) = activated_pool_with_a_key(&c, spec).await;
     let fingerprint = hsm_status(&c)["securityDomainFingerprint"].clone();
-    // The volume is mounted (in a cluster the claim's directory exists).
-    let claim = c.backup_root().join(CLAIM);
-    std::fs::create_dir_all(&claim).unwrap();
+    let claim = c.claim_dir(NS, CLAIM).expect("the claim exists");
+    let folder_path = |location: &str| folder_path(&claim, location);
+
+    // 0. A claim the pool does not mount: the Backup waits and says what to do.
+    let backups: Api<Backup> = Api::namespaced(c.client.clone(), NS);
+    let b: Backup = serde_json::from_value(json!({
+        "apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
+        "metadata": {"name": "unmounted", "namespace": NS},
+        "spec": {"hsmRef": {"name": "pool"},
+                 "destination": {"filesystem": {"claimName": "not-mounted"}}},
+    }))
+    .unwrap();
+    backups.create(&PostParams::default(), &b).await.unwrap();
+    wait(
+        &c,
+        "the Backup to an unmounted claim waits with a message",
+        Duration::from_secs(60),
+        || {
+            let st = status(&c, BACKUPS, "unmounted");
+            st["phase"] == "Pending"
+                && st["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter().any(|x| {
+                        x["reason"] == "PoolNotReady"
+                            && x["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("spec.backupVolumes"))
+                    })
+                })
+        },
+    )
+    .await;
+    backups
+        .delete("unmounted", &Default::default())
+        .await
+        .unwrap();
 
     // 1. A Backup of the pool to the filesystem destination.
-    let backups: Api<Backup> = Api::namespaced(c.client.clone(), NS);
     let b: Backup = serde_json::from_value(json!({
         "apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
         "metadata": {"name": "manual", "namespace": NS},
@@ -163,7 +206,7 @@ async fn backup_restore_and_schedule_with_real_partitions() {
     restores.create(&PostParams::default(), &r).await.unwrap();
     let st = succeeded(&c, RESTORES, "back", Duration::from_secs(120)).await;
     assert_eq!(
-        st["source"].as_str().map(folder_path),
+        st["source"].as_str().map(&folder_path),
         Some(manual.clone()),
         "{st:#}"
     );

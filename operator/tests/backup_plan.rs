@@ -360,15 +360,26 @@ fn secret(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
 fn destinations_map_to_store_parameters_without_leaking_credentials() {
     let fs = dest(json!({"filesystem": {"claimName": "hsm-backups", "path": "/pool-a/"}}));
     assert_eq!(plan::credentials_secret(&fs), None);
-    let p = plan::storage_parameters(&fs, None, "/var/lib/keystead-backups").unwrap();
+    let p = plan::storage_parameters(&fs, None).unwrap();
+    assert_eq!(p.storage_resource_uri, "pvc://hsm-backups/pool-a");
+    assert_eq!(plan::claim_of(&p.storage_resource_uri), Some("hsm-backups"));
+    assert_eq!(plan::claim_of("s3://bk/x"), None);
+    let mounted: Vec<keystead_operator::crd::BackupVolume> =
+        serde_json::from_value(json!([{"claimName": "hsm-backups"}])).unwrap();
     assert_eq!(
-        p.storage_resource_uri,
-        "file:///var/lib/keystead-backups/hsm-backups/pool-a"
+        plan::claim_not_mounted(&p.storage_resource_uri, "pool", &mounted),
+        None
     );
+    let why = plan::claim_not_mounted("pvc://other/x", "pool", &mounted).unwrap();
+    assert!(
+        why.contains("other") && why.contains("spec.backupVolumes"),
+        "{why}"
+    );
+    assert_eq!(plan::claim_not_mounted("s3://bk", "pool", &[]), None);
     assert!(p.storage_options.is_empty() && p.token.is_none());
     let escape = dest(json!({"filesystem": {"claimName": "b", "path": "../etc"}}));
     assert!(
-        plan::storage_parameters(&escape, None, "/r")
+        plan::storage_parameters(&escape, None)
             .unwrap_err()
             .contains("..")
     );
@@ -381,15 +392,15 @@ fn destinations_map_to_store_parameters_without_leaking_credentials() {
         ("AWS_ACCESS_KEY_ID", "AKIA"),
         ("AWS_SECRET_ACCESS_KEY", "very-secret"),
     ]);
-    let p = plan::storage_parameters(&s3, Some(&data), "/r").unwrap();
+    let p = plan::storage_parameters(&s3, Some(&data)).unwrap();
     assert_eq!(p.storage_resource_uri, "s3://bk/nightly");
     assert_eq!(p.storage_options["aws_endpoint"], "http://127.0.0.1:9000");
     assert_eq!(p.storage_options["aws_allow_http"], "true");
     assert_eq!(p.storage_options["aws_region"], "us-east-1");
     assert_eq!(p.storage_options["aws_secret_access_key"], "very-secret");
     assert!(!format!("{p:?}").contains("very-secret"), "Debug redacts");
-    let e = plan::storage_parameters(&s3, Some(&secret(&[("AWS_ACCESS_KEY_ID", "AKIA")])), "/r")
-        .unwrap_err();
+    let e =
+        plan::storage_parameters(&s3, Some(&secret(&[("AWS_ACCESS_KEY_ID", "AKIA")]))).unwrap_err();
     assert!(
         e.contains("s3-creds") && e.contains("AWS_SECRET_ACCESS_KEY"),
         "{e}"
@@ -399,24 +410,23 @@ fn destinations_map_to_store_parameters_without_leaking_credentials() {
     let az = dest(
         json!({"azureBlob": {"containerUri": "https://acct.blob.core.windows.net/hsm", "prefix": "p", "credentials": {"name": "az"}}}),
     );
-    let p =
-        plan::storage_parameters(&az, Some(&secret(&[("sasToken", "?sv=1&sig=x")])), "/r").unwrap();
+    let p = plan::storage_parameters(&az, Some(&secret(&[("sasToken", "?sv=1&sig=x")]))).unwrap();
     assert_eq!(
         p.storage_resource_uri,
         "https://acct.blob.core.windows.net/hsm/p"
     );
     assert_eq!(p.token.as_deref(), Some("?sv=1&sig=x"));
-    let p = plan::storage_parameters(&az, Some(&secret(&[("accountKey", "k==")])), "/r").unwrap();
+    let p = plan::storage_parameters(&az, Some(&secret(&[("accountKey", "k==")]))).unwrap();
     assert_eq!(p.storage_options["azure_storage_account_key"], "k==");
     assert!(
-        plan::storage_parameters(&az, Some(&secret(&[])), "/r")
+        plan::storage_parameters(&az, Some(&secret(&[])))
             .unwrap_err()
             .contains("neither sasToken nor accountKey")
     );
 
     let gcs = dest(json!({"gcs": {"bucket": "g-bucket", "credentials": {"name": "g"}}}));
-    let p = plan::storage_parameters(&gcs, Some(&secret(&[("service-account.json", "{}")])), "/r")
-        .unwrap();
+    let p =
+        plan::storage_parameters(&gcs, Some(&secret(&[("service-account.json", "{}")]))).unwrap();
     assert_eq!(p.storage_resource_uri, "gs://g-bucket");
     assert_eq!(p.storage_options["google_service_account_key"], "{}");
     // What is sent to the partition: the Azure field names.

@@ -964,3 +964,68 @@ fn raft_role_term_and_lag_come_from_the_partitions_replication_view() {
     assert_eq!(a(2).lag, Some(5));
     assert_eq!(a(0).lag, Some(0));
 }
+
+#[test]
+fn backup_volumes_are_mounted_in_every_partition_and_named_in_its_config() {
+    let mut h = hsm("managedhsm-basic.yaml");
+    let names = Names::of(&h).unwrap();
+    let without = children::build(&h, &test_tls(&names.pods(3)), &settings()).unwrap();
+    h.spec.backup_volumes = serde_json::from_value(
+        serde_json::json!([{"claimName": "hsm-backups"}, {"claimName": "dr"}]),
+    )
+    .unwrap();
+    let ch = children::build(&h, &test_tls(&names.pods(3)), &settings()).unwrap();
+    let pod = ch
+        .statefulset
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .clone()
+        .unwrap();
+    let claims: Vec<(String, String)> = pod
+        .volumes
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| {
+            let c = v.persistent_volume_claim.as_ref()?;
+            Some((v.name.clone(), c.claim_name.clone()))
+        })
+        .collect();
+    assert_eq!(
+        claims,
+        vec![
+            ("backup-0".to_string(), "hsm-backups".to_string()),
+            ("backup-1".to_string(), "dr".to_string())
+        ]
+    );
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
+    for (volume, path) in [
+        ("backup-0", "/var/lib/keystead-backups/hsm-backups"),
+        ("backup-1", "/var/lib/keystead-backups/dr"),
+    ] {
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.name == volume && m.mount_path == path && m.read_only != Some(true)),
+            "{volume} at {path}: {mounts:?}"
+        );
+    }
+    // The partition resolves pvc://<claim>/... to the mount; it takes no file:// at all.
+    let cfg = children::partition_config(&h, &names, "pool-0", &settings());
+    let parsed: keystead_partition::config::PartitionConfig = serde_json::from_value(cfg).unwrap();
+    assert_eq!(parsed.backup_filesystem_root, None);
+    assert_eq!(
+        parsed
+            .backup_claims
+            .get("hsm-backups")
+            .map(|p| p.display().to_string()),
+        Some("/var/lib/keystead-backups/hsm-backups".to_string())
+    );
+    // Adding a claim changes the pod template: the partitions roll to mount it.
+    assert_ne!(
+        children::desired_template_hash(&without.statefulset),
+        children::desired_template_hash(&ch.statefulset)
+    );
+}

@@ -934,45 +934,36 @@ async fn an_invalid_schedule_is_reported_once_and_suspend_creates_nothing() {
 }
 
 #[tokio::test]
-async fn the_finalizer_deletes_the_folder_from_the_store_then_lets_the_backup_go() {
+async fn the_finalizer_keeps_a_claim_folder_it_cannot_delete_and_lets_go_when_told_to() {
     use keystead_operator::backup_controller::reconcile_backup;
-    let root = tempfile::tempdir().unwrap();
-    let folder = root.path().join("hsm-backups/pool-20260101T000500000Z");
-    std::fs::create_dir_all(&folder).unwrap();
-    std::fs::write(folder.join("chunk-00000.bin"), b"x").unwrap();
-    std::fs::write(folder.join("manifest.json"), b"{}").unwrap();
-    let keep = root.path().join("hsm-backups/pool-20260101T001000000Z");
-    std::fs::create_dir_all(&keep).unwrap();
-    std::fs::write(keep.join("manifest.json"), b"{}").unwrap();
-
     let world = Shared::default();
-    let settings = Settings {
-        backup_filesystem_root: root.path().display().to_string(),
-        ..Settings::default()
-    };
-    let ctx = context_with(mock_client(world.clone()), settings);
+    let ctx = context(mock_client(world.clone()));
+    // A folder on a claim is deleted through the pool (only the partitions mount it); the
+    // pool does not exist here, so the folder cannot go: a Warning, the finalizer stays.
     let mut v = owned_backup("nightly-a", "Succeeded", "2026-01-01T00:05:00Z");
-    v["status"]["location"] = json!(format!("file://{}", folder.display()));
+    v["status"]["location"] = json!("pvc://hsm-backups/pool-20260101T000500000Z");
     v["metadata"]["deletionTimestamp"] = json!("2026-03-01T00:00:00Z");
     put(&world, &format!("{KS}/backups/nightly-a"), v.clone());
     let b: keystead_operator::crd::Backup = serde_json::from_value(v).unwrap();
     deadline(reconcile_backup(Arc::new(b.clone()), ctx.clone()))
         .await
         .unwrap();
-    assert!(!folder.exists(), "the folder is gone from the store");
-    assert!(keep.join("manifest.json").exists(), "other backups stay");
     {
         let w = world.lock().unwrap();
         let wr: Vec<&(Call, Value)> = w.calls.iter().filter(|(c, _)| c.is_write()).collect();
-        assert_eq!(wr.len(), 2, "{wr:?}");
-        assert_eq!(wr[0].1["reason"], "FolderDeleted");
-        assert_eq!(wr[1].0, c("PATCH", &format!("{KS}/backups/nightly-a")));
-        assert_eq!(wr[1].1["metadata"]["finalizers"], json!([]));
+        assert_eq!(wr.len(), 1, "only an Event: {wr:?}");
+        assert_eq!(wr[0].1["reason"], "FolderDeleteFailed");
+        let note = wr[0].1["note"].as_str().unwrap_or_default();
+        assert!(
+            note.contains("pool cannot delete") && note.contains("keep-backup-folder"),
+            "{note}"
+        );
     }
 
     // Annotated to keep its folder: the finalizer lets go without touching the store.
+    world.lock().unwrap().calls.clear();
     let mut v = owned_backup("nightly-b", "Succeeded", "2026-01-01T00:10:00Z");
-    v["status"]["location"] = json!(format!("file://{}", keep.display()));
+    v["status"]["location"] = json!("pvc://hsm-backups/pool-20260101T001000000Z");
     v["metadata"]["deletionTimestamp"] = json!("2026-03-01T00:00:00Z");
     v["metadata"]["annotations"]["keystead.io/keep-backup-folder"] = json!("true");
     put(&world, &format!("{KS}/backups/nightly-b"), v.clone());
@@ -980,7 +971,11 @@ async fn the_finalizer_deletes_the_folder_from_the_store_then_lets_the_backup_go
     deadline(reconcile_backup(Arc::new(b), ctx.clone()))
         .await
         .unwrap();
-    assert!(keep.join("manifest.json").exists());
+    let w = world.lock().unwrap();
+    let wr: Vec<&(Call, Value)> = w.calls.iter().filter(|(c, _)| c.is_write()).collect();
+    assert_eq!(wr.len(), 1, "{wr:?}");
+    assert_eq!(wr[0].0, c("PATCH", &format!("{KS}/backups/nightly-b")));
+    assert_eq!(wr[0].1["metadata"]["finalizers"], json!([]));
 }
 
 #[tokio::test]

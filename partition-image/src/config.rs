@@ -57,6 +57,16 @@ pub struct PartitionConfig {
     /// hosts without cluster DNS, or DNS that lags behind new pods.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub host_addresses: BTreeMap<String, IpAddr>,
+    /// The directory `file://` backup destinations must lie in (`/`: anywhere this process
+    /// may write, what a local pool uses). Unset: `file://` destinations are refused — a
+    /// partition in Kubernetes writes backups to mounted claims (`backupClaims`) or object
+    /// stores. See docs/backup.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_filesystem_root: Option<PathBuf>,
+    /// PersistentVolumeClaims mounted for backups: claim name → mount directory; a
+    /// `pvc://<claimName>/<path>` destination is `<path>` in that directory.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backup_claims: BTreeMap<String, PathBuf>,
 }
 
 /// One member of the Raft group.
@@ -222,6 +232,14 @@ impl PartitionConfig {
             );
         }
         Ok(())
+    }
+
+    /// Where this partition may write and read `file://` and `pvc://` backups.
+    pub fn backup_paths(&self) -> keystead_core::store::LocalPaths {
+        keystead_core::store::LocalPaths {
+            file_root: self.backup_filesystem_root.clone(),
+            claims: self.backup_claims.clone(),
+        }
     }
 
     pub fn audit_file(&self) -> PathBuf {

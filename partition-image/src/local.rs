@@ -200,6 +200,9 @@ impl LocalPki {
                 },
                 peer_service_account: None,
                 host_addresses: Default::default(),
+                // A local pool runs as its user: backups may go wherever the user may write.
+                backup_filesystem_root: Some("/".into()),
+                backup_claims: Default::default(),
             };
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
             cfg

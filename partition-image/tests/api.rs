@@ -661,7 +661,7 @@ async fn purge_protection_refuses_purge_before_the_date() {
     let pool = TestPool::start_with(common::Options {
         purge_protection: true,
         retention_days: 7,
-        seal: true,
+        ..Default::default()
     })
     .await;
     pool.activate().await;

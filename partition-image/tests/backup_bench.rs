@@ -72,10 +72,13 @@ async fn backup_and_restore_many_keys() {
         .unwrap();
     let rss_loaded = vm("VmRSS:");
     let root = tempfile::tempdir().unwrap();
-    let d = dest::open(&dest::StorageParameters {
-        storage_resource_uri: format!("file://{}", root.path().display()),
-        ..Default::default()
-    })
+    let d = dest::open(
+        &dest::StorageParameters {
+            storage_resource_uri: format!("file://{}", root.path().display()),
+            ..Default::default()
+        },
+        &dest::LocalPaths::anywhere(),
+    )
     .unwrap();
 
     let t = Instant::now();

@@ -35,10 +35,13 @@ async fn populated() -> TestPool {
 /// A multi-chunk backup (2 records per chunk) into `root`; returns (params, folder).
 async fn small_chunk_backup(a: &TestPool, root: &std::path::Path) -> (serde_json::Value, String) {
     let uri = format!("file://{}", root.display());
-    let d = dest::open(&dest::StorageParameters {
-        storage_resource_uri: uri.clone(),
-        ..Default::default()
-    })
+    let d = dest::open(
+        &dest::StorageParameters {
+            storage_resource_uri: uri.clone(),
+            ..Default::default()
+        },
+        &dest::LocalPaths::anywhere(),
+    )
     .unwrap();
     let m = backup::write_backup_with(&a.app, &d, false, 2, None)
         .await
@@ -55,10 +58,13 @@ async fn corruption_is_detected_and_nothing_changes() {
     let (params, folder) = small_chunk_backup(&a, root.path()).await;
     let dir = root.path().join(&folder);
     // What `kubectl hsm backup list` and `verify` (without the pool) see.
-    let d = dest::open(&dest::StorageParameters {
-        storage_resource_uri: params["storageResourceUri"].as_str().unwrap().into(),
-        ..Default::default()
-    })
+    let d = dest::open(
+        &dest::StorageParameters {
+            storage_resource_uri: params["storageResourceUri"].as_str().unwrap().into(),
+            ..Default::default()
+        },
+        &dest::LocalPaths::anywhere(),
+    )
     .unwrap();
     let listed = backup::list_backups(&d).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -273,4 +279,143 @@ async fn single_key_backup_restores_only_selectively_and_reports_its_figures() {
     let st = restore_key(&a, "k0", &params, &folder).await;
     assert_eq!(st["status"], "Succeeded", "{st}");
     assert_eq!(a.app.store.read().keys["k0"], k0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_stay_where_the_partition_allows_and_a_pool_deletes_only_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, claim) = (tmp.path().join("root"), tmp.path().join("claim"));
+    let claims = std::collections::BTreeMap::from([("hsm-backups".to_string(), claim.clone())]);
+    let opts = || common::Options {
+        backup_root: Some(root.clone()),
+        backup_claims: claims.clone(),
+        ..Default::default()
+    };
+    let a = TestPool::start_with(opts()).await;
+    a.activate().await;
+    assign(&a, CRYPTO_USER, "user").await;
+    assign(&a, BACKUP_ROLE, "backup-operator").await;
+    create_key(&a, "k0", json!({"kty": "EC-HSM", "crv": "P-256"})).await;
+    let start = |uri: String| {
+        let a = &a;
+        async move {
+            a.call(
+                Some(common::ADMIN),
+                Method::POST,
+                "/backup",
+                Some(json!({"storageResourceUri": uri})),
+            )
+            .await
+        }
+    };
+
+    // file:// only inside the configured root; claims only if mounted.
+    let outside = tmp.path().join("outside");
+    let (s, v) = start(format!("file://{}", outside.display())).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("outside"),
+        "{v}"
+    );
+    let (s, v) = start(format!("file://{}/../outside", root.display())).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(!outside.exists(), "nothing written outside the root");
+    let (s, v) = start("pvc://other-claim/x".into()).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["error"]["code"], "ClaimNotMounted", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.backupVolumes"),
+        "{v}"
+    );
+
+    // A backup to the mounted claim lands in its directory, named by a pvc:// URL.
+    let params = json!({"storageResourceUri": "pvc://hsm-backups/nightly"});
+    let st = backup(&a, common::ADMIN, &params).await;
+    let folder = folder_of(&st);
+    assert_eq!(
+        st["azureStorageBlobContainerUri"],
+        format!("pvc://hsm-backups/nightly/{folder}"),
+        "{st}"
+    );
+    let dir = claim.join("nightly").join(&folder);
+    assert!(dir.join("manifest.json").is_file());
+    let files = std::fs::read_dir(&dir).unwrap().count();
+
+    let delete = |subject: &'static str, folder: String| {
+        let a = &a;
+        let params = params.clone();
+        async move {
+            a.call(
+                Some(subject),
+                Method::POST,
+                "/backup/delete",
+                Some(json!({"sasTokenParameters": params, "folder": folder})),
+            )
+            .await
+        }
+    };
+    // Deleting takes backup/delete/action: a Crypto User may not.
+    let (s, v) = delete("user", folder.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(dir.join("manifest.json").is_file());
+
+    // Another pool's backup (another domain) in the same store is not this pool's to delete.
+    let b = TestPool::start_with(opts()).await;
+    b.activate().await;
+    let theirs = folder_of(&backup(&b, common::ADMIN, &params).await);
+    let (s, v) = delete("backup-operator", theirs.clone()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a pool deletes only its own backups"),
+        "{v}"
+    );
+    assert!(
+        claim
+            .join("nightly")
+            .join(&theirs)
+            .join("manifest.json")
+            .is_file()
+    );
+
+    // A folder holding something no backup has is left alone.
+    let odd = claim.join("nightly/pool-odd");
+    std::fs::create_dir_all(&odd).unwrap();
+    std::fs::write(odd.join("notes.txt"), b"keep me").unwrap();
+    let (s, v) = delete("backup-operator", "pool-odd".into()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(odd.join("notes.txt").is_file());
+
+    // An unfinished backup (chunks, no manifest) can go.
+    let unfinished = claim.join("nightly/pool-unfinished");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    std::fs::write(unfinished.join("chunk-00000.bin"), b"sealed").unwrap();
+    let (s, v) = delete("backup-operator", "pool-unfinished".into()).await;
+    assert_eq!(
+        (s, v["deletedObjects"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{v}"
+    );
+    assert!(!unfinished.exists());
+
+    // Its own backup: every file goes, the directory too; again is not an error.
+    let (s, v) = delete("backup-operator", folder.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["deletedObjects"].as_u64(), Some(files as u64), "{v}");
+    assert_eq!(v["folder"], format!("pvc://hsm-backups/nightly/{folder}"));
+    assert!(!dir.exists());
+    let (s, v) = delete("backup-operator", folder.clone()).await;
+    assert_eq!(
+        (s, v["deletedObjects"].as_u64()),
+        (StatusCode::OK, Some(0)),
+        "{v}"
+    );
+    // Bad folder names are refused before the store is touched.
+    let (s, v) = delete("backup-operator", "../claim".into()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 }

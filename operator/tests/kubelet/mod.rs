@@ -385,11 +385,13 @@ impl Cluster {
         ip_of(&self.state, self.net, ns, pod)
     }
 
-    /// Where `filesystem` backup destinations are (the operator's
-    /// `--backup-filesystem-root`): every partition runs on this machine, so a claim is a
-    /// directory under it (`<root>/<claimName>`), shared by all of them.
-    pub fn backup_root(&self) -> PathBuf {
-        self.dir.path().join("backups")
+    /// The directory that holds the data of PersistentVolumeClaim `claim` (every pod that
+    /// mounts it sees the same directory, like a ReadWriteMany volume); `None` until the
+    /// claim exists.
+    pub fn claim_dir(&self, ns: &str, claim: &str) -> Option<PathBuf> {
+        let pvc = self.emu.get(PVCS, Some(ns), claim)?;
+        let uid = pvc["metadata"]["uid"].as_str()?.to_string();
+        Some(self.dir.path().join("volumes").join(uid))
     }
 
     /// The `keystead-operator run` process against this cluster.
@@ -401,7 +403,6 @@ impl Cluster {
             .env("POD_NAME", "operator-0")
             .env("KEYSTEAD_SERVICE_ACCOUNT", "keystead-operator")
             .env("KEYSTEAD_SERVICE_ACCOUNT_ISSUER", &self.issuer.url)
-            .env("KEYSTEAD_BACKUP_FILESYSTEM_ROOT", self.backup_root())
             .env("RUST_LOG", "warn")
             .kill_on_drop(true)
             .spawn()

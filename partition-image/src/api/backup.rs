@@ -66,8 +66,30 @@ fn bad_destination(msg: String) -> ApiError {
     )
 }
 
+/// Open the destination of `params` with what this partition may use locally.
+fn open(ctx: &Ctx, params: &dest::StorageParameters) -> Result<dest::Destination, ApiError> {
+    let local = ctx.app.cfg.backup_paths();
+    // A claim this partition does not mount (yet: partitions roll one at a time after the
+    // pool's backupVolumes change) is worth retrying, here or on another partition.
+    if let Some(rest) = params.storage_resource_uri.trim().strip_prefix("pvc://") {
+        let claim = rest.split(['/', '?']).next().unwrap_or_default();
+        if !claim.is_empty() && !local.claims.contains_key(claim) {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ClaimNotMounted",
+                format!(
+                    "partition {} does not mount the PersistentVolumeClaim '{claim}'; list it in the ManagedHsm's spec.backupVolumes and retry when the partitions have rolled",
+                    ctx.app.cfg.partition_id
+                ),
+            ));
+        }
+    }
+    dest::open(params, &local).map_err(bad_destination)
+}
+
 /// Open `<uri>/<folder>` as (destination, folder name).
 fn open_folder(
+    ctx: &Ctx,
     params: &dest::StorageParameters,
     folder: &str,
 ) -> Result<(dest::Destination, String), ApiError> {
@@ -82,7 +104,7 @@ fn open_folder(
         storage_resource_uri: parent,
         ..params.clone()
     };
-    Ok((dest::open(&p).map_err(bad_destination)?, name))
+    Ok((open(ctx, &p)?, name))
 }
 
 /// `POST /backup`
@@ -94,7 +116,7 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
     if let Some(k) = &params.key_name {
         super::keys::validate_name(k)?;
     }
-    let d = dest::open(&params.storage).map_err(bad_destination)?;
+    let d = open(ctx, &params.storage)?;
     let pool = pool_id(ctx);
     let what = match &params.key_name {
         Some(k) => format!("Backup of key '{k}'"),
@@ -203,7 +225,7 @@ pub fn start_restore(ctx: &mut Ctx, check_only: bool) -> Result<Response, ApiErr
     ctx.authorize(DataAction::RestoreStart, "/")?;
     ctx.require_active()?;
     let p: RestoreParameters = ctx.json()?;
-    let (d, folder) = open_folder(&p.sas_token_parameters, &p.folder_to_restore)?;
+    let (d, folder) = open_folder(ctx, &p.sas_token_parameters, &p.folder_to_restore)?;
     let pool = pool_id(ctx);
     let (kind, details) = if check_only {
         (job::Kind::RestoreCheck, "Restore check is in progress")
@@ -253,6 +275,38 @@ pub fn start_restore(ctx: &mut Ctx, check_only: bool) -> Result<Response, ApiErr
     ))
 }
 
+/// `POST /backup/delete` (Keystead extension): delete one backup folder of this pool, as
+/// retention does (`{"sasTokenParameters": {…}, "folder": "<folder>"}`). Synchronous.
+pub async fn delete_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
+    ctx.audit.operation = "DeleteBackup";
+    ctx.authorize(DataAction::BackupDelete, "/")?;
+    ctx.require_active()?;
+    let p: SelectiveRestoreParameters = ctx.json()?;
+    let (d, folder) = open_folder(ctx, &p.sas_token_parameters, &p.folder)?;
+    let pool = pool_id(ctx);
+    // Not while a backup or restore of this pool runs here (it may be writing this folder).
+    let lock = job::pool_lock(&pool);
+    let _g = lock.lock().await;
+    let url = d.folder_url(&folder);
+    match backup::delete_backup(&ctx.app, &d, &folder).await {
+        Ok(n) => {
+            tracing::info!(folder = %url, objects = n, "deleted a backup folder");
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"folder": url, "deletedObjects": n}),
+            ))
+        }
+        Err(e) => {
+            let status = match e {
+                backup::BackupError::Storage { .. } => StatusCode::BAD_GATEWAY,
+                backup::BackupError::Sealed => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::CONFLICT,
+            };
+            Err(ApiError::new(status, e.code(), e.to_string()))
+        }
+    }
+}
+
 /// `PUT /keys/{name}/restore`
 pub fn start_selective_restore(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "SelectiveKeyRestore";
@@ -261,7 +315,7 @@ pub fn start_selective_restore(ctx: &mut Ctx, name: &str) -> Result<Response, Ap
     ctx.require_active()?;
     super::keys::validate_name(name)?;
     let p: SelectiveRestoreParameters = ctx.json()?;
-    let (d, folder) = open_folder(&p.sas_token_parameters, &p.folder)?;
+    let (d, folder) = open_folder(ctx, &p.sas_token_parameters, &p.folder)?;
     let pool = pool_id(ctx);
     let st = job::create(
         &pool,

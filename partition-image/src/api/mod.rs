@@ -342,6 +342,7 @@ async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
         R::FullBackupPending { job } => backup::backup_status(ctx, &job).await,
         R::FullRestore => backup::start_restore(ctx, false),
         R::PreRestore => backup::start_restore(ctx, true),
+        R::DeleteBackup => backup::delete_backup(ctx).await,
         R::RestorePending { job } => backup::restore_status(ctx, &job).await,
         R::SelectiveRestore { name } => backup::start_selective_restore(ctx, &name),
         R::Rbac {

@@ -105,6 +105,8 @@ pub enum Route {
     FullRestore,
     /// `PUT /prerestore`: verify a backup against this pool without restoring.
     PreRestore,
+    /// `POST /backup/delete` (Keystead): delete a backup folder of this pool.
+    DeleteBackup,
     RestorePending {
         job: String,
     },
@@ -261,6 +263,7 @@ pub fn parse(method: &Method, path: &str) -> Option<Route> {
         ["securitydomain", "upload"] if m == Method::POST => Route::SdUpload,
         ["securitydomain", "upload", "pending"] if m == Method::GET => Route::SdUploadPending,
         ["backup"] if m == Method::POST => Route::FullBackup,
+        ["backup", "delete"] if m == Method::POST => Route::DeleteBackup,
         ["backup", job, "pending"] if m == Method::GET => Route::FullBackupPending {
             job: job.to_string(),
         },

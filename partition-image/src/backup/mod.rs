@@ -421,6 +421,61 @@ pub async fn verify_digests(dest: &Destination, folder: &str) -> Result<Manifest
     Ok(m)
 }
 
+/// Delete backup folder `folder` of `dest` — only a backup of this pool's security domain
+/// (its manifest's MAC verifies under the domain), or an unfinished one (chunk files, no
+/// manifest). Anything else in the folder makes it refuse and delete nothing. Returns how
+/// many objects were deleted (0: the folder does not exist).
+pub async fn delete_backup(
+    app: &App,
+    dest: &Destination,
+    folder: &str,
+) -> Result<usize, BackupError> {
+    use futures::TryStreamExt;
+    dest::validate_folder(folder).map_err(BackupError::Invalid)?;
+    let u = unsealed(app)?;
+    let what = dest.folder_url(folder);
+    let objects: Vec<_> = dest
+        .store
+        .list(Some(&dest.folder_path(folder)))
+        .try_collect()
+        .await
+        .map_err(|e| storage(&what, e))?;
+    let names: Vec<&str> = objects
+        .iter()
+        .filter_map(|o| o.location.filename())
+        .collect();
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let is_chunk = |n: &str| {
+        n.strip_prefix("chunk-")
+            .and_then(|r| r.strip_suffix(".bin"))
+            .is_some_and(|d| d.len() == 5 && d.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if let Some(other) = names
+        .iter()
+        .find(|n| **n != format::MANIFEST && !is_chunk(n))
+    {
+        return Err(BackupError::Invalid(format!(
+            "{what} holds '{other}', which no Keystead backup has; it is not deleted (delete it in the store yourself if it is not needed)"
+        )));
+    }
+    if names.contains(&format::MANIFEST) {
+        let m = read_manifest(dest, folder).await?;
+        let pool_fp = u.fingerprint();
+        if m.body.domain_fingerprint != pool_fp {
+            return Err(BackupError::Invalid(format!(
+                "{what} is a backup of security domain {}, not of this pool's ({pool_fp}); a pool deletes only its own backups; nothing was deleted",
+                m.body.domain_fingerprint
+            )));
+        }
+        format::verify_manifest(u.backup_key(), &m)?;
+    }
+    dest::delete_folder(dest, folder)
+        .await
+        .map_err(|e| storage(&what, e))
+}
+
 /// The decoded content of a backup.
 #[derive(Debug, Default)]
 pub struct Contents {

@@ -41,6 +41,10 @@ pub struct Options {
     pub purge_protection: bool,
     pub retention_days: i64,
     pub seal: bool,
+    /// `backupFilesystemRoot` (default `/`, as a local pool).
+    pub backup_root: Option<std::path::PathBuf>,
+    /// `backupClaims`: claim name → directory.
+    pub backup_claims: std::collections::BTreeMap<String, std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -49,6 +53,8 @@ impl Default for Options {
             purge_protection: false,
             retention_days: 90,
             seal: true,
+            backup_root: Some("/".into()),
+            backup_claims: Default::default(),
         }
     }
 }
@@ -133,6 +139,8 @@ impl TestPool {
             peer_token_file: None,
             peer_service_account: None,
             host_addresses: Default::default(),
+            backup_filesystem_root: opts.backup_root.clone(),
+            backup_claims: opts.backup_claims.clone(),
         };
         let app = App::open(cfg).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
