@@ -169,6 +169,94 @@ pub fn storage_parameters(
     Ok(p)
 }
 
+/// What the operator sees of a claim listed in `spec.backupVolumes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimState {
+    pub name: String,
+    /// `None`: the claim does not exist.
+    pub found: Option<ClaimFound>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClaimFound {
+    /// `status.phase` (`Pending`, `Bound`, `Lost`).
+    pub phase: Option<String>,
+    /// `spec.accessModes`.
+    pub access_modes: Vec<String>,
+}
+
+/// `BackupVolumesReady` of a pool listing `claims` in `spec.backupVolumes` (`None` when it
+/// lists none: no condition). Every partition mounts every claim, on different nodes, so a
+/// claim must exist, be Bound and be ReadWriteMany.
+pub fn backup_volumes_condition(claims: &[ClaimState]) -> Option<c::Cond> {
+    if claims.is_empty() {
+        return None;
+    }
+    let missing: Vec<&str> = claims
+        .iter()
+        .filter(|c| c.found.is_none())
+        .map(|c| c.name.as_str())
+        .collect();
+    let found = || {
+        claims
+            .iter()
+            .filter_map(|c| Some((c.name.as_str(), c.found.as_ref()?)))
+    };
+    let not_shared: Vec<&str> = found()
+        .filter(|(_, f)| !f.access_modes.iter().any(|m| m == "ReadWriteMany"))
+        .map(|(n, _)| n)
+        .collect();
+    let not_bound: Vec<&str> = found()
+        .filter(|(_, f)| f.phase.as_deref() != Some("Bound"))
+        .map(|(n, _)| n)
+        .collect();
+    let cond = |reason, msg: String| {
+        Some(c::Cond::new(
+            c::BACKUP_VOLUMES_READY,
+            Status::False,
+            reason,
+            msg,
+        ))
+    };
+    if !missing.is_empty() {
+        return cond(
+            c::Reason::VolumeMissing,
+            format!(
+                "the PersistentVolumeClaim(s) {} of spec.backupVolumes do not exist in this namespace; partitions that mount them cannot start: create them (ReadWriteMany) or remove them from spec.backupVolumes",
+                missing.join(", ")
+            ),
+        );
+    }
+    if !not_shared.is_empty() {
+        return cond(
+            c::Reason::VolumeNotShared,
+            format!(
+                "the PersistentVolumeClaim(s) {} are not ReadWriteMany; the three partitions run on different nodes and all mount them, so partitions may not start: use ReadWriteMany claims",
+                not_shared.join(", ")
+            ),
+        );
+    }
+    if !not_bound.is_empty() {
+        return cond(
+            c::Reason::VolumeNotBound,
+            format!(
+                "the PersistentVolumeClaim(s) {} are not Bound yet",
+                not_bound.join(", ")
+            ),
+        );
+    }
+    let names: Vec<&str> = claims.iter().map(|c| c.name.as_str()).collect();
+    Some(c::Cond::new(
+        c::BACKUP_VOLUMES_READY,
+        Status::True,
+        c::Reason::VolumesBound,
+        format!(
+            "{} mounted in every partition for filesystem backups",
+            names.join(", ")
+        ),
+    ))
+}
+
 /// The claim a `pvc://<claim>/...` storage URI names.
 pub fn claim_of(uri: &str) -> Option<&str> {
     let rest = uri.trim().strip_prefix("pvc://")?;

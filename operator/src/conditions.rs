@@ -8,6 +8,8 @@ pub const READY: &str = "Ready";
 pub const PARTITIONS_HEALTHY: &str = "PartitionsHealthy";
 pub const SECURITY_DOMAIN_ACTIVATED: &str = "SecurityDomainActivated";
 pub const LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
+/// Only while `spec.backupVolumes` lists claims.
+pub const BACKUP_VOLUMES_READY: &str = "BackupVolumesReady";
 
 /// Every reason the operator writes into a ManagedHsm condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +36,11 @@ pub enum Reason {
     NoBackupYet,
     BackupSucceeded,
     BackupFailed,
+    // BackupVolumesReady
+    VolumesBound,
+    VolumeMissing,
+    VolumeNotShared,
+    VolumeNotBound,
 }
 
 impl Reason {
@@ -57,6 +64,10 @@ impl Reason {
             Self::NoBackupYet => "NoBackupYet",
             Self::BackupSucceeded => "BackupSucceeded",
             Self::BackupFailed => "BackupFailed",
+            Self::VolumesBound => "VolumesBound",
+            Self::VolumeMissing => "VolumeMissing",
+            Self::VolumeNotShared => "VolumeNotShared",
+            Self::VolumeNotBound => "VolumeNotBound",
         }
     }
 }

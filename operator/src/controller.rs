@@ -578,6 +578,16 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
         .conditions
         .retain(|c| c.type_ != c::LAST_BACKUP_SUCCEEDED);
     derived.conditions.push(backup_cond);
+    derived
+        .conditions
+        .retain(|c| c.type_ != c::BACKUP_VOLUMES_READY);
+    let claims = backup_claims(&ctx, &ns, &hsm).await?;
+    let volumes_cond = crate::backup_plan::backup_volumes_condition(&claims);
+    let mut previous_conditions = previous.conditions.clone();
+    if volumes_cond.is_none() {
+        previous_conditions.retain(|c| c.type_ != c::BACKUP_VOLUMES_READY);
+    }
+    derived.conditions.extend(volumes_cond);
     let next_backup_time = Api::<crate::crd::BackupSchedule>::namespaced(ctx.client.clone(), &ns)
         .list(&kube::api::ListParams::default())
         .await?
@@ -586,7 +596,7 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
         .filter(|s| s.spec.hsm_ref.name == names.pool)
         .filter_map(|s| s.status.and_then(|st| st.next_schedule_time))
         .min_by_key(|t| t.0);
-    let conds = c::merge(&previous.conditions, &derived.conditions, generation, &now);
+    let conds = c::merge(&previous_conditions, &derived.conditions, generation, &now);
     let ready = c::find(&conds, c::READY).is_some_and(|r| r.status == "True");
     ctx.metrics.pool_health(
         &ns,
@@ -698,6 +708,30 @@ async fn unmark_retained(ctx: &Context, names: &Names, partitions: i32) -> Resul
         }
     }
     Ok(())
+}
+
+/// What the claims of `spec.backupVolumes` look like.
+async fn backup_claims(
+    ctx: &Context,
+    ns: &str,
+    hsm: &ManagedHsm,
+) -> Result<Vec<crate::backup_plan::ClaimState>, Error> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let mut out = Vec::new();
+    for v in &hsm.spec.backup_volumes {
+        let found = pvcs
+            .get_opt(&v.claim_name)
+            .await?
+            .map(|p| crate::backup_plan::ClaimFound {
+                phase: p.status.and_then(|s| s.phase),
+                access_modes: p.spec.and_then(|s| s.access_modes).unwrap_or_default(),
+            });
+        out.push(crate::backup_plan::ClaimState {
+            name: v.claim_name.clone(),
+            found,
+        });
+    }
+    Ok(out)
 }
 
 /// Soft delete: keep the encrypted data (PVCs) and the pool's CA and TLS Secrets with a

@@ -109,14 +109,35 @@ async fn backup_restore_and_schedule_with_real_partitions() {
         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
     }))
     .unwrap();
-    Api::<PersistentVolumeClaim>::namespaced(c.client.clone(), NS)
-        .create(&PostParams::default(), &pvc)
-        .await
-        .unwrap();
+    let pvcs = Api::<PersistentVolumeClaim>::namespaced(c.client.clone(), NS);
+    pvcs.create(&PostParams::default(), &pvc).await.unwrap();
+    // The provisioner binds it.
+    pvcs.patch_status(
+        CLAIM,
+        &Default::default(),
+        &kube::api::Patch::Merge(json!({"status": {"phase": "Bound"}})),
+    )
+    .await
+    .unwrap();
     let spec = pool_spec(json!({"backupVolumes": [{"claimName": CLAIM}]}));
     let (app, _custodians) = activated_pool_with_a_key(&c, spec).await;
     let fingerprint = hsm_status(&c)["securityDomainFingerprint"].clone();
     let claim = c.claim_dir(NS, CLAIM).expect("the claim exists");
+    wait(
+        &c,
+        "BackupVolumesReady True",
+        Duration::from_secs(30),
+        || {
+            hsm_status(&c)["conditions"].as_array().is_some_and(|cs| {
+                cs.iter().any(|x| {
+                    x["type"] == "BackupVolumesReady"
+                        && x["status"] == "True"
+                        && x["reason"] == "VolumesBound"
+                })
+            })
+        },
+    )
+    .await;
     let folder_path = |location: &str| folder_path(&claim, location);
 
     // 0. A claim the pool does not mount: the Backup waits and says what to do.

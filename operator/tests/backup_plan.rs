@@ -613,3 +613,52 @@ fn the_pools_last_backup_condition_follows_the_newest_finished_backup() {
     );
     assert_eq!(last.unwrap().location.as_deref(), Some("file:///b/d"));
 }
+
+#[test]
+fn backup_volumes_must_exist_be_shared_and_bound() {
+    use plan::{ClaimFound, ClaimState, backup_volumes_condition};
+    let claim = |name: &str, modes: &[&str], phase: Option<&str>| ClaimState {
+        name: name.into(),
+        found: Some(ClaimFound {
+            phase: phase.map(String::from),
+            access_modes: modes.iter().map(|m| m.to_string()).collect(),
+        }),
+    };
+    assert!(
+        backup_volumes_condition(&[]).is_none(),
+        "no claims, no condition"
+    );
+    let ok = backup_volumes_condition(&[claim("a", &["ReadWriteMany"], Some("Bound"))]).unwrap();
+    assert_eq!(
+        (ok.status, ok.reason.as_str()),
+        (Status::True, "VolumesBound")
+    );
+    let cases = [
+        (
+            vec![
+                claim("a", &["ReadWriteMany"], Some("Bound")),
+                ClaimState {
+                    name: "gone".into(),
+                    found: None,
+                },
+            ],
+            "VolumeMissing",
+            "gone",
+        ),
+        (
+            vec![claim("rwo", &["ReadWriteOnce"], Some("Bound"))],
+            "VolumeNotShared",
+            "ReadWriteMany",
+        ),
+        (
+            vec![claim("slow", &["ReadWriteMany"], Some("Pending"))],
+            "VolumeNotBound",
+            "slow",
+        ),
+    ];
+    for (claims, reason, text) in cases {
+        let c = backup_volumes_condition(&claims).unwrap();
+        assert_eq!((c.status, c.reason.as_str()), (Status::False, reason));
+        assert!(c.message.contains(text), "{}", c.message);
+    }
+}
