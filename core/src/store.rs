@@ -193,7 +193,7 @@ pub fn open(params: &StorageParameters, local: &LocalPaths) -> Result<Destinatio
         "file" => {
             let Some(root) = &local.file_root else {
                 return Err(format!(
-                    "'{base_url}': this partition takes no file:// destinations; in Kubernetes back up to a PersistentVolumeClaim listed in the ManagedHsm's spec.backupVolumes (pvc://<claimName>/<path>) or to an object store"
+                    "'{base_url}': this partition takes no file:// destinations (its configuration sets no backupFilesystemRoot); in Kubernetes back up to a PersistentVolumeClaim listed in the ManagedHsm's spec.backupVolumes (pvc://<claimName>/<path>) or to an object store"
                 ));
             };
             plain_local_path(raw, &base_url)?;
