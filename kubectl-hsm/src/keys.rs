@@ -49,7 +49,7 @@ pub enum KeyCommand {
         alg: String,
         #[arg(long, conflicts_with = "digest")]
         data_file: Option<PathBuf>,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         digest: Option<String>,
         #[arg(long)]
         version: Option<String>,
@@ -61,9 +61,9 @@ pub enum KeyCommand {
         alg: String,
         #[arg(long, conflicts_with = "digest")]
         data_file: Option<PathBuf>,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         digest: Option<String>,
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         signature: String,
         #[arg(long)]
         version: Option<String>,
@@ -103,13 +103,13 @@ pub struct CipherArgs {
     #[arg(long)]
     pub alg: String,
     /// The input, base64url.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub value: String,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub iv: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub aad: Option<String>,
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub tag: Option<String>,
     #[arg(long)]
     pub version: Option<String>,

@@ -137,3 +137,65 @@ fn quiet_broken_pipe() {
         default(info);
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url_values_may_start_with_a_hyphen() {
+        // 1 in 64 signatures, digests or ciphertexts starts with '-'.
+        let cli = Cli::try_parse_from([
+            "kubectl-hsm",
+            "key",
+            "verify",
+            "k1",
+            "--alg",
+            "ES256",
+            "--digest",
+            "-d1g",
+            "--signature",
+            "-hCl2yPF",
+        ])
+        .unwrap();
+        let Command::Key(keys::KeyCommand::Verify {
+            signature, digest, ..
+        }) = cli.command
+        else {
+            panic!("not a verify: {:?}", cli.command);
+        };
+        assert_eq!(
+            (signature.as_str(), digest.as_deref()),
+            ("-hCl2yPF", Some("-d1g"))
+        );
+        let cli = Cli::try_parse_from([
+            "kubectl-hsm",
+            "key",
+            "decrypt",
+            "k1",
+            "--alg",
+            "A256GCM",
+            "--value",
+            "-v",
+            "--iv",
+            "-i",
+            "--tag",
+            "-t",
+            "--aad",
+            "-a",
+        ])
+        .unwrap();
+        let Command::Key(keys::KeyCommand::Decrypt(a)) = cli.command else {
+            panic!("not a decrypt");
+        };
+        assert_eq!(
+            (
+                a.value.as_str(),
+                a.iv.as_deref(),
+                a.tag.as_deref(),
+                a.aad.as_deref()
+            ),
+            ("-v", Some("-i"), Some("-t"), Some("-a"))
+        );
+    }
+}

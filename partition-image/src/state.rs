@@ -186,6 +186,21 @@ pub struct PoolState {
     /// reused, and a removed partition's peer requests are refused (docs/replication.md).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub retired_members: BTreeMap<u64, String>,
+    /// A full restore being replicated in pieces (`RestoreBegin`, `RestoreStage`…,
+    /// `RestoreCommit`): invisible until its commit replaces keys, soft-deleted keys and
+    /// RBAC at once; dropped by `RestoreAbort` or the next `RestoreBegin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_staging: Option<Box<RestoreStaging>>,
+}
+
+/// What a staged full restore has received so far.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStaging {
+    pub id: String,
+    pub keys: Vec<KeyRecord>,
+    pub deleted: Vec<DeletedKey>,
+    pub rbac: Option<RbacState>,
 }
 
 /// A state change. Proposed by the partition that received the request, applied by all.
@@ -260,6 +275,30 @@ pub enum Command {
         deleted: Vec<DeletedKey>,
         rbac: Box<RbacState>,
     },
+    /// Start staging full restore `id` (drops any other staged restore).
+    #[serde(rename_all = "camelCase")]
+    RestoreBegin { id: String },
+    /// Add records to staged restore `id` (each command stays far below a peer request's
+    /// size limit, however large the backup).
+    #[serde(rename_all = "camelCase")]
+    RestoreStage {
+        id: String,
+        keys: Vec<KeyRecord>,
+        deleted: Vec<DeletedKey>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rbac: Option<Box<RbacState>>,
+    },
+    /// Replace keys, soft-deleted keys and RBAC with staged restore `id` at once, if it holds
+    /// exactly these counts and the RBAC state; otherwise nothing changes.
+    #[serde(rename_all = "camelCase")]
+    RestoreCommit {
+        id: String,
+        key_count: u64,
+        deleted_count: u64,
+    },
+    /// Drop staged restore `id` (a restore that failed midway).
+    #[serde(rename_all = "camelCase")]
+    RestoreAbort { id: String },
     #[serde(rename_all = "camelCase")]
     BeginRecovery {
         exchange_thumbprint: String,
@@ -317,6 +356,19 @@ pub enum StateError {
     AlreadyActivated(String),
     #[error("the pool was already bootstrapped")]
     AlreadyBootstrapped,
+    #[error("restore {0} is not being staged (another restore started since); nothing was changed")]
+    RestoreNotStaged(String),
+    #[error(
+        "restore {id} staged {keys} keys, {deleted} deleted keys and {rbac} RBAC state, not the {want_keys} keys, {want_deleted} deleted keys and RBAC state of its backup; nothing was changed"
+    )]
+    RestoreIncomplete {
+        id: String,
+        keys: u64,
+        deleted: u64,
+        rbac: &'static str,
+        want_keys: u64,
+        want_deleted: u64,
+    },
 }
 
 impl From<RbacError> for StateError {
@@ -547,6 +599,73 @@ impl PoolState {
                 self.rbac = (**rbac).clone();
                 Ok(Outcome::None)
             }
+            Command::RestoreBegin { id } => {
+                self.restore_staging = Some(Box::new(RestoreStaging {
+                    id: id.clone(),
+                    ..Default::default()
+                }));
+                Ok(Outcome::None)
+            }
+            Command::RestoreStage {
+                id,
+                keys,
+                deleted,
+                rbac,
+            } => {
+                let st = self
+                    .restore_staging
+                    .as_mut()
+                    .filter(|st| st.id == *id)
+                    .ok_or_else(|| StateError::RestoreNotStaged(id.clone()))?;
+                st.keys.extend(keys.iter().cloned());
+                st.deleted.extend(deleted.iter().cloned());
+                if let Some(r) = rbac {
+                    st.rbac = Some((**r).clone());
+                }
+                Ok(Outcome::None)
+            }
+            Command::RestoreCommit {
+                id,
+                key_count,
+                deleted_count,
+            } => {
+                let st = self
+                    .restore_staging
+                    .as_ref()
+                    .filter(|st| st.id == *id)
+                    .ok_or_else(|| StateError::RestoreNotStaged(id.clone()))?;
+                if st.keys.len() as u64 != *key_count
+                    || st.deleted.len() as u64 != *deleted_count
+                    || st.rbac.is_none()
+                {
+                    return Err(StateError::RestoreIncomplete {
+                        id: id.clone(),
+                        keys: st.keys.len() as u64,
+                        deleted: st.deleted.len() as u64,
+                        rbac: if st.rbac.is_some() { "the" } else { "no" },
+                        want_keys: *key_count,
+                        want_deleted: *deleted_count,
+                    });
+                }
+                let Some(st) = self.restore_staging.take() else {
+                    return Err(StateError::RestoreNotStaged(id.clone()));
+                };
+                let st = *st;
+                self.keys = st.keys.into_iter().map(|k| (k.name.clone(), k)).collect();
+                self.deleted = st
+                    .deleted
+                    .into_iter()
+                    .map(|d| (d.key.name.clone(), d))
+                    .collect();
+                self.rbac = st.rbac.unwrap_or_default();
+                Ok(Outcome::None)
+            }
+            Command::RestoreAbort { id } => {
+                if self.restore_staging.as_ref().is_some_and(|st| st.id == *id) {
+                    self.restore_staging = None;
+                }
+                Ok(Outcome::None)
+            }
             Command::BeginRecovery {
                 exchange_thumbprint,
                 now,
@@ -581,5 +700,101 @@ impl PoolState {
                 Ok(Outcome::None)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> KeyRecord {
+        KeyRecord {
+            name: name.into(),
+            versions: vec![],
+            rotation_policy: None,
+        }
+    }
+
+    fn stage(id: &str, keys: &[&str], rbac: bool) -> Command {
+        Command::RestoreStage {
+            id: id.into(),
+            keys: keys.iter().map(|k| key(k)).collect(),
+            deleted: vec![],
+            rbac: rbac.then(|| Box::new(RbacState::default())),
+        }
+    }
+
+    fn commit(id: &str, keys: u64) -> Command {
+        Command::RestoreCommit {
+            id: id.into(),
+            key_count: keys,
+            deleted_count: 0,
+        }
+    }
+
+    #[test]
+    fn a_staged_restore_is_invisible_until_its_commit_and_all_or_nothing() {
+        let mut s = PoolState::default();
+        s.keys.insert("old".into(), key("old"));
+        let before = s.clone();
+        s.apply(&Command::RestoreBegin { id: "r1".into() }).unwrap();
+        s.apply(&stage("r1", &["a", "b"], true)).unwrap();
+        s.apply(&stage("r1", &["c"], false)).unwrap();
+        assert_eq!(s.keys, before.keys, "staged records are not visible");
+        // Counts that do not match the staged records: refused, nothing changes.
+        let e = s.apply(&commit("r1", 4)).unwrap_err();
+        assert!(
+            matches!(e, StateError::RestoreIncomplete { keys: 3, .. }),
+            "{e}"
+        );
+        assert_eq!(s.keys, before.keys);
+        s.apply(&commit("r1", 3)).unwrap();
+        assert_eq!(s.keys.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(s.restore_staging.is_none());
+        // Committed once: a second commit finds nothing staged.
+        assert!(matches!(
+            s.apply(&commit("r1", 3)),
+            Err(StateError::RestoreNotStaged(_))
+        ));
+    }
+
+    #[test]
+    fn a_newer_restore_or_an_abort_drops_the_staged_one() {
+        let mut s = PoolState::default();
+        s.keys.insert("old".into(), key("old"));
+        s.apply(&Command::RestoreBegin { id: "r1".into() }).unwrap();
+        s.apply(&stage("r1", &["a"], true)).unwrap();
+        s.apply(&Command::RestoreBegin { id: "r2".into() }).unwrap();
+        assert!(matches!(
+            s.apply(&stage("r1", &["b"], false)),
+            Err(StateError::RestoreNotStaged(_))
+        ));
+        assert!(matches!(
+            s.apply(&commit("r1", 1)),
+            Err(StateError::RestoreNotStaged(_))
+        ));
+        // Without the RBAC state a restore does not commit.
+        s.apply(&stage("r2", &["x"], false)).unwrap();
+        assert!(matches!(
+            s.apply(&commit("r2", 1)),
+            Err(StateError::RestoreIncomplete { .. })
+        ));
+        // An abort of another id changes nothing; its own drops it.
+        s.apply(&Command::RestoreAbort { id: "r1".into() }).unwrap();
+        assert!(s.restore_staging.is_some());
+        s.apply(&Command::RestoreAbort { id: "r2".into() }).unwrap();
+        assert!(s.restore_staging.is_none());
+        assert_eq!(s.keys.keys().collect::<Vec<_>>(), ["old"]);
+        // The staging travels in snapshots (serialized state), and is absent when empty.
+        s.apply(&Command::RestoreBegin { id: "r3".into() }).unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        let back: PoolState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        s.apply(&Command::RestoreAbort { id: "r3".into() }).unwrap();
+        assert!(
+            !serde_json::to_string(&s)
+                .unwrap()
+                .contains("restoreStaging")
+        );
     }
 }

@@ -108,6 +108,9 @@ impl From<crate::store::ProposeError> for ApiError {
                     ),
                     S::AlreadyActivated(_) => ApiError::conflict("Conflict", msg),
                     S::AlreadyBootstrapped => ApiError::conflict("Conflict", msg),
+                    S::RestoreNotStaged(_) | S::RestoreIncomplete { .. } => {
+                        ApiError::conflict("Conflict", msg)
+                    }
                 }
             }
         }

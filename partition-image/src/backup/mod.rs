@@ -54,6 +54,10 @@ pub enum BackupError {
     KeyNotInPool(String),
     #[error("the restore could not be committed: {0}; nothing was changed")]
     Commit(String),
+    #[error(
+        "the restore's final commit has an unknown outcome ({0}): the pool holds either its previous keys or the backup's; list its keys to see which, and restore again if needed"
+    )]
+    CommitUncertain(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -69,8 +73,15 @@ impl BackupError {
             BackupError::Invalid(_) => "BadParameter",
             BackupError::KeyNotInBackup(..) | BackupError::KeyNotInPool(_) => "KeyNotFound",
             BackupError::Commit(_) => "Conflict",
+            BackupError::CommitUncertain(_) => "OutcomeUnknown",
             BackupError::Internal(_) => "InternalError",
         }
+    }
+}
+
+impl From<crate::store::ProposeError> for BackupError {
+    fn from(e: crate::store::ProposeError) -> Self {
+        BackupError::Commit(e.to_string())
     }
 }
 
@@ -596,19 +607,106 @@ pub async fn restore_full(
         deleted: c.deleted.len(),
     };
     let names: Vec<String> = app.store.read().keys.keys().cloned().collect();
-    let cmd = Command::RestoreAll {
-        keys: c.keys,
-        deleted: c.deleted,
-        rbac: Box::new(rbac),
-    };
-    app.store
-        .propose(cmd)
-        .await
-        .map_err(|e| BackupError::Commit(e.to_string()))?;
+    propose_restore(app, c.keys, c.deleted, rbac).await?;
     for n in names {
         app.keyring.evict(&n);
     }
     Ok(report)
+}
+
+/// The most serialized record bytes one replicated restore command carries: commands stay
+/// far below a peer request's size limit however large the backup (docs/backup.md).
+const STAGE_BYTES: usize = 256 * 1024;
+
+/// Split `items` into runs of at most [`STAGE_BYTES`] of JSON (a larger item goes alone).
+fn stages<T: serde::Serialize>(items: Vec<T>) -> Result<Vec<Vec<T>>, BackupError> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let n = serde_json::to_vec(&item)
+            .map_err(|e| BackupError::Internal(e.to_string()))?
+            .len();
+        match out.last_mut() {
+            Some(run) if size + n <= STAGE_BYTES => {
+                run.push(item);
+                size += n;
+            }
+            _ => {
+                out.push(vec![item]);
+                size = n;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Replace the pool's keys, soft-deleted keys and RBAC with these, all or nothing: staged
+/// in bounded commands (`RestoreBegin`, `RestoreStage`…), then one `RestoreCommit`. A
+/// failure before the commit drops the staged records (`RestoreAbort`) and changes nothing.
+async fn propose_restore(
+    app: &App,
+    keys: Vec<KeyRecord>,
+    deleted: Vec<DeletedKey>,
+    rbac: RbacState,
+) -> Result<(), BackupError> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (key_count, deleted_count) = (keys.len() as u64, deleted.len() as u64);
+    let staged = async {
+        app.store
+            .propose(Command::RestoreBegin { id: id.clone() })
+            .await?;
+        app.store
+            .propose(Command::RestoreStage {
+                id: id.clone(),
+                keys: vec![],
+                deleted: vec![],
+                rbac: Some(Box::new(rbac)),
+            })
+            .await?;
+        for run in stages(keys)? {
+            app.store
+                .propose(Command::RestoreStage {
+                    id: id.clone(),
+                    keys: run,
+                    deleted: vec![],
+                    rbac: None,
+                })
+                .await?;
+        }
+        for run in stages(deleted)? {
+            app.store
+                .propose(Command::RestoreStage {
+                    id: id.clone(),
+                    keys: vec![],
+                    deleted: run,
+                    rbac: None,
+                })
+                .await?;
+        }
+        Ok::<_, BackupError>(())
+    }
+    .await;
+    if let Err(e) = staged {
+        // Best effort: a staged restore left behind is dropped by the next one anyway.
+        let _ = app.store.propose(Command::RestoreAbort { id }).await;
+        return Err(e);
+    }
+    match app
+        .store
+        .propose(Command::RestoreCommit {
+            id: id.clone(),
+            key_count,
+            deleted_count,
+        })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(crate::store::ProposeError::Uncertain(m)) => Err(BackupError::CommitUncertain(m)),
+        Err(e) => {
+            let _ = app.store.propose(Command::RestoreAbort { id }).await;
+            Err(BackupError::Commit(e.to_string()))
+        }
+    }
 }
 
 /// Restore one key (all its versions) from `folder`; the key must not exist in the pool.
@@ -667,4 +765,25 @@ pub async fn list_backups(dest: &Destination) -> Result<Vec<Listed>, BackupError
     }
     out.sort_by(|a, b| a.folder.cmp(&b.folder));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restore_stages_stay_within_their_byte_budget() {
+        // ~100 KiB items: two fit in a stage, the third starts the next.
+        let item = "x".repeat(100 * 1024);
+        let runs = stages(vec![item.clone(); 5]).unwrap();
+        assert_eq!(runs.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+        // An item larger than a stage goes alone; nothing is lost or reordered.
+        let big = "y".repeat(STAGE_BYTES + 1);
+        let runs = stages(vec!["a".to_string(), big.clone(), "b".to_string()]).unwrap();
+        assert_eq!(
+            runs,
+            vec![vec!["a".to_string()], vec![big], vec!["b".to_string()]]
+        );
+        assert!(stages(Vec::<String>::new()).unwrap().is_empty());
+    }
 }

@@ -1,0 +1,159 @@
+//! A full restore into a replicated pool of three partition processes, of a backup larger
+//! than what one peer request may carry (`PEER_BODY_LIMIT`): the restore is replicated in
+//! bounded pieces and committed at once, every partition serves the restored keys, and the
+//! pool keeps taking writes afterwards.
+
+mod backup_util;
+mod cluster;
+mod common;
+
+use cluster::Cluster;
+use common::TestPool;
+use keystead_partition::backup::{self, dest};
+use keystead_partition::state::{Attributes, Command, KeyRecord, KeyVersion, WrappedBytes};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Keys in the backup, and the size of each record's tags: ~4 KiB a key, ~40 MiB in all.
+const KEYS: usize = 10_000;
+
+fn big_record(i: usize, jwk: &keystead_core::keys::JsonWebKey) -> KeyRecord {
+    let tags = (0..15)
+        .map(|t| (format!("tag-{t:02}"), format!("{i:07}-{}", "v".repeat(240))))
+        .collect();
+    KeyRecord {
+        name: format!("key-{i:07}"),
+        versions: vec![KeyVersion {
+            version: format!("{:032x}", i as u128 * 7919 + 1),
+            kty: "EC-HSM".into(),
+            key_ops: vec!["sign".into(), "verify".into()],
+            public_jwk: jwk.clone(),
+            wrapped: WrappedBytes(vec![7u8; 180]),
+            attributes: Attributes {
+                enabled: true,
+                nbf: None,
+                exp: None,
+                created: 1_700_000_000,
+                updated: 1_700_000_000,
+                exportable: false,
+            },
+            tags,
+            release_policy: None,
+        }],
+        rotation_policy: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restore_larger_than_a_peer_request_replicates_and_commits_at_once() {
+    let c = Cluster::start().await;
+    c.activate().await;
+    // The pool's security domain file, to build a backup of this domain elsewhere.
+    let (s, v) = c
+        .call(
+            0,
+            Method::POST,
+            "/securitydomain/download",
+            Some(json!({"certificates": cluster::custodian_jwks(), "required": 2})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let file = v["value"].as_str().expect("the domain file").to_string();
+
+    // A one-partition pool recovered with that domain holds many large keys and makes the
+    // backup; its RBAC lets the cluster's administrator in after the restore.
+    let src = TestPool::start().await;
+    backup_util::recover(&src, &file).await;
+    let admin = keystead_partition::local::ADMIN_SUBJECT;
+    src.assign(admin, keystead_core::rbac::ADMINISTRATOR_ROLE_ID, "/")
+        .await;
+    src.assign(admin, keystead_core::rbac::CRYPTO_USER_ROLE_ID, "/")
+        .await;
+    let jwk: keystead_core::keys::JsonWebKey = serde_json::from_value(json!({
+        "kty": "EC-HSM", "crv": "P-256",
+        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"
+    }))
+    .unwrap();
+    let rbac = src.app.store.read().rbac.clone();
+    src.app
+        .store
+        .propose(Command::RestoreAll {
+            keys: (0..KEYS).map(|i| big_record(i, &jwk)).collect(),
+            deleted: vec![],
+            rbac: Box::new(rbac),
+        })
+        .await
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let uri = format!("file://{}", root.path().display());
+    let d = dest::open(
+        &dest::StorageParameters {
+            storage_resource_uri: uri.clone(),
+            ..Default::default()
+        },
+        &dest::LocalPaths::anywhere(),
+    )
+    .unwrap();
+    let m = backup::write_backup(&src.app, &d, false).await.unwrap();
+    let size: u64 = m.body.chunks.iter().map(|c| c.size).sum();
+    assert!(
+        size > 40 * 1024 * 1024,
+        "the backup is larger than one peer request may be ({size} bytes)"
+    );
+    drop(src);
+
+    // Restore it through a follower (the command goes to the leader in pieces).
+    let leader = c.leader(&[0, 1, 2]).await;
+    let via = (leader + 1) % cluster::N;
+    let started = Instant::now();
+    let (s, v) = c
+        .call(
+            via,
+            Method::PUT,
+            "/restore",
+            Some(json!({"sasTokenParameters": {"storageResourceUri": uri},
+                        "folderToRestore": m.body.folder})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let job = v["jobId"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let st: Value = loop {
+        let (s, v) = c
+            .call(via, Method::GET, &format!("/restore/{job}/pending"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        if v["status"] != "InProgress" {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restore is still running: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(st["status"], "Succeeded", "{st}");
+    eprintln!(
+        "restored {KEYS} keys ({size} bytes of backup) into 3 partitions in {:?}",
+        started.elapsed()
+    );
+    // Every partition serves the restored keys, with their tags.
+    let last = format!("/keys/key-{:07}", KEYS - 1);
+    for i in 0..cluster::N {
+        c.until("the last restored key on every partition", 120, || async {
+            c.call(i, Method::GET, &last, None).await.0 == StatusCode::OK
+        })
+        .await;
+        let (s, v) = c.call(i, Method::GET, &last, None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["tags"].as_object().map(|t| t.len()), Some(15), "{v}");
+    }
+    // The pool still takes writes (its log is not stuck behind the restore).
+    for i in 0..cluster::N {
+        c.create(i, &format!("after-restore-{i}"))
+            .await
+            .unwrap_or_else(|e| panic!("a create on {i} after the restore: {e:?}"));
+    }
+}
