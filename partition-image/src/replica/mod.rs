@@ -167,9 +167,10 @@ fn raft_config(cluster: &str) -> anyhow::Result<openraft::Config> {
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
         max_in_snapshot_log_to_keep: 200,
         purge_batch_size: 100,
-        // Entries per append request: with a full restore's stage commands (<= 256 KiB of
-        // records each, backup::STAGE_BYTES) a request stays <= ~16 MiB, below
-        // PEER_BODY_LIMIT (32 MiB).
+        // Entries per append request. openraft gives an append request one heartbeat
+        // interval (150 ms) to be sent, parsed and made durable, so requests must stay
+        // small: with a full restore's stage commands (<= 16 KiB of records each,
+        // backup::STAGE_BYTES) one is <= ~1 MiB (and far below PEER_BODY_LIMIT).
         max_payload_entries: 64,
         ..Default::default()
     };
