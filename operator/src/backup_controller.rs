@@ -160,14 +160,15 @@ enum Poll {
     Failed(JobReason, String, Option<Time>),
 }
 
-/// Poll job `job_id` on the partition that took it.
+/// Poll job `job_id` on the partition that took it; `lost` is the message if that partition
+/// no longer knows the job.
 async fn poll_job(
     ctx: &Context,
     ns: &str,
     pool: &str,
     kind: JobPath,
-    job_id: &str,
-    partition: &str,
+    (job_id, partition): (&str, &str),
+    lost: String,
 ) -> Result<Poll, Error> {
     let what = match kind {
         JobPath::Backup => "backup",
@@ -188,11 +189,7 @@ async fn poll_job(
         }
     };
     Ok(match t.client.job(&t.url, kind, job_id).await {
-        Ok(None) => Poll::Failed(
-            JobReason::JobLost,
-            plan::job_lost_message(what, job_id, partition),
-            None,
-        ),
+        Ok(None) => Poll::Failed(JobReason::JobLost, lost, None),
         Ok(Some(job)) => match plan::job_outcome(&job) {
             JobOutcome::Running => Poll::Running(
                 format!("{what} job {job_id} is running on {partition}"),
@@ -403,7 +400,17 @@ async fn backup_apply(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
 
     // Resume: a job was started; poll the partition that took it.
     if let (Some(job_id), Some(partition)) = (prev.job_id.clone(), prev.job_partition.clone()) {
-        return match poll_job(ctx, &ns, pool, JobPath::Backup, &job_id, &partition).await? {
+        let destination = plan::destination_uri(&b.spec.destination).ok();
+        let lost = plan::job_lost_message(
+            plan::LostJob::Backup {
+                destination: destination.as_deref(),
+            },
+            &job_id,
+            &partition,
+            prev.start_time.as_ref(),
+        );
+        let job = (job_id.as_str(), partition.as_str());
+        return match poll_job(ctx, &ns, pool, JobPath::Backup, job, lost).await? {
             Poll::Running(msg, requeue) => {
                 write(
                     set(JobReason::JobRunning, &msg, &prev),
@@ -722,7 +729,14 @@ async fn restore_apply(r: &Restore, ctx: &Context) -> Result<Requeue, Error> {
     };
 
     if let (Some(job_id), Some(partition)) = (prev.job_id.clone(), prev.job_partition.clone()) {
-        return match poll_job(ctx, &ns, pool, JobPath::Restore, &job_id, &partition).await? {
+        let lost = plan::job_lost_message(
+            plan::LostJob::Restore,
+            &job_id,
+            &partition,
+            prev.start_time.as_ref(),
+        );
+        let job = (job_id.as_str(), partition.as_str());
+        return match poll_job(ctx, &ns, pool, JobPath::Restore, job, lost).await? {
             Poll::Running(msg, requeue) => {
                 write(
                     set(JobReason::JobRunning, &msg, &prev),

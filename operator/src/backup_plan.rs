@@ -82,20 +82,10 @@ fn secret_value(
     }
 }
 
-/// The store parameters the partition (and the operator, to delete folders) opens for a
-/// destination. `secret` is the data of [`credentials_secret`]. A `filesystem` destination
-/// is `pvc://<claimName>/<path>`, which the partitions resolve to where they mount the claim.
-/// Errors say what is wrong with the spec or the Secret; values never appear.
-pub fn storage_parameters(
-    d: &BackupDestination,
-    secret: Option<&BTreeMap<String, ByteString>>,
-) -> Result<StorageParameters, String> {
-    let mut p = StorageParameters::default();
-    let need = |key: &str, name: &str| -> Result<String, String> {
-        secret_value(secret, key)?
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| format!("the Secret {name} has no key {key}"))
-    };
+/// The store URI of a destination: the parent of its backup folders, as the partition is
+/// given it. A `filesystem` destination is `pvc://<claimName>/<path>`, which the partitions
+/// resolve to where they mount the claim. It holds no credential.
+pub fn destination_uri(d: &BackupDestination) -> Result<String, String> {
     if let Some(f) = &d.filesystem {
         let claim = clean_prefix(Some(&f.claim_name))?;
         if claim.is_empty() || claim.contains('/') {
@@ -105,13 +95,43 @@ pub fn storage_parameters(
             ));
         }
         let path = clean_prefix(f.path.as_deref())?;
-        p.storage_resource_uri = join(&format!("pvc://{claim}"), &path);
+        Ok(join(&format!("pvc://{claim}"), &path))
     } else if let Some(s3) = &d.s3 {
-        let name = &s3.credentials.name;
-        p.storage_resource_uri = join(
+        Ok(join(
             &format!("s3://{}", s3.bucket),
             &clean_prefix(s3.prefix.as_deref())?,
-        );
+        ))
+    } else if let Some(a) = &d.azure_blob {
+        Ok(join(&a.container_uri, &clean_prefix(a.prefix.as_deref())?))
+    } else if let Some(g) = &d.gcs {
+        Ok(join(
+            &format!("gs://{}", g.bucket),
+            &clean_prefix(g.prefix.as_deref())?,
+        ))
+    } else {
+        Err("the destination names no store; set one of filesystem, s3, azureBlob, gcs".into())
+    }
+}
+
+/// The store parameters the partition (and the operator, to delete folders) opens for a
+/// destination: [`destination_uri`] and the credentials from `secret`, the data of
+/// [`credentials_secret`]. Errors say what is wrong with the spec or the Secret; values
+/// never appear.
+pub fn storage_parameters(
+    d: &BackupDestination,
+    secret: Option<&BTreeMap<String, ByteString>>,
+) -> Result<StorageParameters, String> {
+    let mut p = StorageParameters {
+        storage_resource_uri: destination_uri(d)?,
+        ..StorageParameters::default()
+    };
+    let need = |key: &str, name: &str| -> Result<String, String> {
+        secret_value(secret, key)?
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("the Secret {name} has no key {key}"))
+    };
+    if let Some(s3) = &d.s3 {
+        let name = &s3.credentials.name;
         let o = &mut p.storage_options;
         o.insert("aws_access_key_id".into(), need("AWS_ACCESS_KEY_ID", name)?);
         o.insert(
@@ -136,7 +156,6 @@ pub fn storage_parameters(
         );
     } else if let Some(a) = &d.azure_blob {
         let name = &a.credentials.name;
-        p.storage_resource_uri = join(&a.container_uri, &clean_prefix(a.prefix.as_deref())?);
         match (
             secret_value(secret, "sasToken")?.filter(|v| !v.is_empty()),
             secret_value(secret, "accountKey")?.filter(|v| !v.is_empty()),
@@ -153,17 +172,9 @@ pub fn storage_parameters(
             }
         }
     } else if let Some(g) = &d.gcs {
-        p.storage_resource_uri = join(
-            &format!("gs://{}", g.bucket),
-            &clean_prefix(g.prefix.as_deref())?,
-        );
         p.storage_options.insert(
             "google_service_account_key".into(),
             need("service-account.json", &g.credentials.name)?,
-        );
-    } else {
-        return Err(
-            "the destination names no store; set one of filesystem, s3, azureBlob, gcs".into(),
         );
     }
     Ok(p)
@@ -415,11 +426,53 @@ pub fn job_outcome(job: &JobStatus) -> JobOutcome {
     }
 }
 
-/// Message of a job whose status the partition no longer has (it restarted).
-pub fn job_lost_message(kind: &str, job_id: &str, partition: &str) -> String {
-    format!(
-        "partition {partition} no longer knows {kind} job {job_id} (it restarted: job status lives in the memory of the partition that ran it). The outcome is unknown; a backup folder without its manifest is never restored and a restore commits all or nothing. Create a new object to run it again."
-    )
+/// A job whose status its partition no longer has (it restarted), for [`job_lost_message`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostJob<'a> {
+    /// A backup to the store URI `destination` (when the spec still yields it).
+    Backup {
+        destination: Option<&'a str>,
+    },
+    Restore,
+}
+
+/// The message of a `JobLost` Backup or Restore: what happened and what to do. `started`
+/// is the job's start time as recorded in the status.
+pub fn job_lost_message(
+    job: LostJob,
+    job_id: &str,
+    partition: &str,
+    started: Option<&Time>,
+) -> String {
+    let kind = match job {
+        LostJob::Backup { .. } => "backup",
+        LostJob::Restore => "restore",
+    };
+    let head = format!(
+        "partition {partition} restarted and no longer knows {kind} job {job_id} (job status lives only in the memory of the partition that ran it), so the outcome is unknown; this object is final."
+    );
+    let since = started
+        .map(|t| format!(" started at or after {}", t.0))
+        .unwrap_or_default();
+    match job {
+        LostJob::Backup { destination } => {
+            let look = match destination {
+                // A claim is read where it is mounted (`kubectl hsm backup list` reads stores
+                // from the machine it runs on).
+                Some(d) if d.starts_with("pvc://") => {
+                    format!("look at the folders under {d} (the claim as the partitions mount it)")
+                }
+                Some(d) => format!("`kubectl hsm backup list {d}` shows it"),
+                None => "`kubectl hsm backup list <destination>` shows it".into(),
+            };
+            format!(
+                "{head} The job may have written its backup: {look}. A folder of this pool{since} with manifest.json is complete and can be restored by a Restore naming it in spec.source; one without manifest.json is incomplete, never restored, and can be deleted. To back up again, create a new Backup."
+            )
+        }
+        LostJob::Restore => format!(
+            "{head} A restore commits all at once or not at all: check the pool's keys to see whether it took effect (a full restore that committed also wrote a restore point{since} next to the backup). To run it again, create a new Restore."
+        ),
+    }
 }
 
 /// Second-precision `Time` of Unix seconds.

@@ -435,6 +435,40 @@ fn destinations_map_to_store_parameters_without_leaking_credentials() {
     assert!(v.get("token").is_none());
 }
 
+#[test]
+fn a_destinations_uri_needs_no_secret() {
+    // What the JobLost message names: the same URI the partition gets, without credentials.
+    for (d, uri) in [
+        (
+            json!({"s3": {"bucket": "bk", "prefix": "/nightly/", "credentials": {"name": "gone"}}}),
+            "s3://bk/nightly",
+        ),
+        (
+            json!({"azureBlob": {"containerUri": "https://a.blob.core.windows.net/c/", "credentials": {"name": "gone"}}}),
+            "https://a.blob.core.windows.net/c",
+        ),
+        (
+            json!({"gcs": {"bucket": "g", "prefix": "x", "credentials": {"name": "gone"}}}),
+            "gs://g/x",
+        ),
+        (
+            json!({"filesystem": {"claimName": "c", "path": "p/"}}),
+            "pvc://c/p",
+        ),
+    ] {
+        assert_eq!(plan::destination_uri(&dest(d)).as_deref(), Ok(uri));
+    }
+    let none = dest(json!({}));
+    assert!(
+        plan::destination_uri(&none)
+            .unwrap_err()
+            .contains("names no store")
+    );
+    assert!(plan::storage_parameters(&none, None).is_err());
+    let bad_claim = dest(json!({"filesystem": {"claimName": "a/b"}}));
+    assert!(plan::destination_uri(&bad_claim).is_err());
+}
+
 // ---------------------------------------------------------------------------------------
 // Jobs, reasons, phases
 // ---------------------------------------------------------------------------------------
@@ -557,11 +591,58 @@ fn job_bodies_map_to_typed_reasons_and_phases() {
     assert_eq!(c2[0].last_transition_time, t1);
     assert_eq!(c2[0].status, "True");
 
-    let lost = plan::job_lost_message("backup", "j1", "pool-1");
+    // A lost job: what happened and what to do.
+    let started = Time("2026-01-02T03:04:05Z".parse().unwrap());
+    let lost = plan::job_lost_message(
+        plan::LostJob::Backup {
+            destination: Some("s3://bk/nightly"),
+        },
+        "j1",
+        "pool-1",
+        Some(&started),
+    );
+    for part in [
+        "pool-1",
+        "j1",
+        "restarted",
+        "kubectl hsm backup list s3://bk/nightly",
+        "2026-01-02T03:04:05Z",
+        "manifest.json",
+        "spec.source",
+        "create a new Backup",
+    ] {
+        assert!(lost.contains(part), "{part:?} in {lost}");
+    }
+    let lost = plan::job_lost_message(
+        plan::LostJob::Backup { destination: None },
+        "j1",
+        "pool-1",
+        None,
+    );
     assert!(
-        lost.contains("pool-1") && lost.contains("j1") && lost.contains("restarted"),
+        lost.contains("kubectl hsm backup list <destination>"),
         "{lost}"
     );
+    let lost = plan::job_lost_message(
+        plan::LostJob::Backup {
+            destination: Some("pvc://claim/hsm"),
+        },
+        "j1",
+        "pool-1",
+        None,
+    );
+    assert!(lost.contains("folders under pvc://claim/hsm"), "{lost}");
+    assert!(!lost.contains("backup list"), "{lost}");
+    let lost = plan::job_lost_message(plan::LostJob::Restore, "j2", "pool-2", None);
+    for part in [
+        "pool-2",
+        "j2",
+        "all at once or not at all",
+        "create a new Restore",
+    ] {
+        assert!(lost.contains(part), "{part:?} in {lost}");
+    }
+    assert!(!lost.contains("backup list"), "{lost}");
 }
 
 #[test]

@@ -396,17 +396,24 @@ impl Cluster {
 
     /// The `keystead-operator run` process against this cluster.
     pub fn start_operator(&self) -> tokio::process::Child {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_keystead-operator"))
-            .args(["run", "--metrics-addr", "127.0.0.1:0"])
+        self.operator_command()
+            .spawn()
+            .expect("the operator binary starts")
+    }
+
+    /// The command of [`Cluster::start_operator`], for a test to change (pod name, log
+    /// level, where its output goes) before spawning it.
+    pub fn operator_command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_keystead-operator"));
+        cmd.args(["run", "--metrics-addr", "127.0.0.1:0"])
             .env("KUBECONFIG", &self.kubeconfig)
             .env("POD_NAMESPACE", "keystead-system")
             .env("POD_NAME", "operator-0")
             .env("KEYSTEAD_SERVICE_ACCOUNT", "keystead-operator")
             .env("KEYSTEAD_SERVICE_ACCOUNT_ISSUER", &self.issuer.url)
             .env("RUST_LOG", "warn")
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the operator binary starts")
+            .kill_on_drop(true);
+        cmd
     }
 
     /// SIGKILL a pod's container; it is restarted after a back-off (restartPolicy Always).
@@ -472,13 +479,18 @@ impl Cluster {
 
     /// The last lines of a pod's container log (for failure messages).
     pub fn log_tail(&self, ns: &str, pod: &str) -> String {
-        let st = self.state.lock().unwrap();
-        let Some(run) = st.runs.get(&key(ns, pod)) else {
+        let Some(text) = self.container_log(ns, pod) else {
             return format!("{ns}/{pod}: not running");
         };
-        let text = std::fs::read_to_string(run.dir.join("container.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// A pod's whole container log (stderr of every run of its container), when it ran.
+    pub fn container_log(&self, ns: &str, pod: &str) -> Option<String> {
+        let st = self.state.lock().unwrap();
+        let run = st.runs.get(&key(ns, pod))?;
+        Some(std::fs::read_to_string(run.dir.join("container.log")).unwrap_or_default())
     }
 
     /// Everything useful when a test fails: history, pod states, log tails.

@@ -17,6 +17,7 @@ pub const NS: &str = "hsm";
 pub const AUD: &str = "https://hsm.keystead.test";
 pub const HSM: &str = "keystead.io/v1alpha1/managedhsms";
 pub const SDS: &str = "keystead.io/v1alpha1/securitydomains";
+pub const BACKUPS: &str = "keystead.io/v1alpha1/backups";
 pub const ADMIN_SA: &str = "hsm-admin";
 pub const APP_SA: &str = "hsm-app";
 pub const CRYPTO_USER: &str = "Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/21dbd100-6940-42c2-9190-5d6cb909625b";
@@ -34,6 +35,18 @@ pub async fn wait(c: &Cluster, what: &str, limit: Duration, mut pred: impl FnMut
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The names of the Backups schedule `schedule` made (label `keystead.io/backup-schedule`),
+/// sorted (their names end with the scheduled time).
+pub fn scheduled_backups(c: &Cluster, schedule: &str) -> Vec<String> {
+    let mut names: Vec<String> = super::objects(&c.emu, BACKUPS)
+        .iter()
+        .filter(|b| b["metadata"]["labels"]["keystead.io/backup-schedule"] == schedule)
+        .filter_map(|b| b["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    names.sort();
+    names
 }
 
 pub fn hsm_status(c: &Cluster) -> Value {

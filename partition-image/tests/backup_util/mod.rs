@@ -5,36 +5,14 @@ use crate::common::{ADMIN, TestPool, custodians};
 use keystead_core::sd::{self, CustodianPrivateKey, ExchangeCertificate};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const CRYPTO_USER: &str = "21dbd100-6940-42c2-9190-5d6cb909625b";
 pub const BACKUP_ROLE: &str = "7b127d3c-77bd-4e3e-bbe0-dbb8971fa7f8";
 
-/// Start Azurite and the S3 server (idempotent, scripts/start-object-stores.sh) and return
-/// the variables it prints.
-pub fn object_stores() -> &'static BTreeMap<String, String> {
-    static S: OnceLock<BTreeMap<String, String>> = OnceLock::new();
-    S.get_or_init(|| {
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../scripts/start-object-stores.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .output()
-            .expect("run scripts/start-object-stores.sh");
-        assert!(
-            out.status.success(),
-            "scripts/start-object-stores.sh failed (run scripts/install-tools.sh first): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    })
-}
+#[path = "../../../tests/support/object_stores.rs"]
+mod object_stores;
+pub use object_stores::object_stores;
 
 /// A storage parameter object for each store: (label, sasTokenParameters), each under a
 /// fresh prefix.
