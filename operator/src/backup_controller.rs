@@ -409,6 +409,10 @@ async fn backup_apply(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
             &partition,
             prev.start_time.as_ref(),
         );
+        let lost = match &prev.location {
+            Some(folder) => format!("{lost} This job's folder is {folder}."),
+            None => lost,
+        };
         let job = (job_id.as_str(), partition.as_str());
         return match poll_job(ctx, &ns, pool, JobPath::Backup, job, lost).await? {
             Poll::Running(msg, requeue) => {
@@ -470,6 +474,9 @@ async fn backup_apply(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
             st.job_id = Some(job.job_id.clone());
             st.job_partition = Some(partition.clone());
             st.start_time = job_start_time(&job).or(Some(now.clone()));
+            // Where the backup goes, as the partition named it at the start: a lost job's
+            // folder can still be found, and a scheduled one's deleted by its finalizer.
+            st.location = job.azure_storage_blob_container_uri.clone();
             let msg = format!("backup job {} started on {partition}", job.job_id);
             write(
                 set(JobReason::JobRunning, &msg, &st),

@@ -736,7 +736,8 @@ pub struct BackupStatus {
     /// so it is polled there (and lost if that partition restarts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_partition: Option<String>,
-    /// URL of the backup folder.
+    /// URL of the backup folder, known from the job's start (the folder is complete only
+    /// when the Backup has Succeeded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     /// Keys in the backup (soft-deleted keys not counted).

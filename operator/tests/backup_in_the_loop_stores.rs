@@ -670,6 +670,15 @@ async fn jobs_lost_to_a_partition_restart_fail_and_the_schedule_goes_on() {
     create_backup(&c, "unseen", &through_gate("unseen")).await;
     let st = job_recorded(&c, "unseen").await;
     let partition = st["jobPartition"].as_str().unwrap().to_string();
+    // The partition names the folder when the job starts; the status records it at once.
+    let location = st["location"]
+        .as_str()
+        .unwrap_or_else(|| panic!("status.location while Running: {st:#}"))
+        .to_string();
+    assert!(
+        location.starts_with(&format!("s3://{}/{prefix}/unseen/pool-", stores.s3_bucket)),
+        "{location}"
+    );
     stop(operator).await;
     gate.release();
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -688,7 +697,14 @@ async fn jobs_lost_to_a_partition_restart_fail_and_the_schedule_goes_on() {
     assert_eq!(reason, "JobLost", "{st:#}");
     // The message says what happened and what to do.
     let uri = format!("s3://{}/{prefix}/unseen", stores.s3_bucket);
+    let folders = listed(&direct("unseen"), &keys).await;
+    let written = complete(&folders);
+    assert!(
+        location.ends_with(&format!("/{}", written[0].folder)),
+        "{location}"
+    );
     for part in [
+        location.as_str(),
         partition.as_str(),
         "restarted",
         &uri,

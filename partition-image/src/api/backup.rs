@@ -122,22 +122,30 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
         Some(k) => format!("Backup of key '{k}'"),
         None => "Full backup".to_string(),
     };
-    let st = job::create(
+    let mut st = job::create(
         &pool,
         job::Kind::Backup,
         &format!("{what} is in progress"),
         super::keys_now(),
     );
+    // The folder is named now and reported from the start, so a job lost to a restart
+    // still says where its (possibly partial) backup went.
+    let folder = backup::new_folder(&ctx.app, false, params.key_name.as_deref());
+    let url = d.folder_url(&folder);
+    job::update(&pool, &st.job_id, |s| {
+        s.azure_storage_blob_container_uri = Some(url.clone())
+    });
+    st.azure_storage_blob_container_uri = Some(url);
     let app = ctx.app.clone();
     let id = st.job_id.clone();
     tokio::spawn(async move {
         let lock = job::pool_lock(&pool);
         let _g = lock.lock().await;
-        let r = match &params.key_name {
-            Some(k) => backup::write_key_backup(&app, &d, k).await,
-            None => backup::write_backup(&app, &d, false).await,
-        }
-        .and_then(|m| backup::summary(&m).map(|s| (m, s)));
+        let chunk = backup::format::RECORDS_PER_CHUNK;
+        let key = params.key_name.as_deref();
+        let r = backup::write_backup_to(&app, &d, &folder, false, chunk, key)
+            .await
+            .and_then(|m| backup::summary(&m).map(|s| (m, s)));
         match r {
             Ok((m, summary)) => {
                 let url = d.folder_url(&m.body.folder);

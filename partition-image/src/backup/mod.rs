@@ -297,10 +297,30 @@ pub async fn write_backup_with(
     records_per_chunk: usize,
     only: Option<&str>,
 ) -> Result<Manifest, BackupError> {
+    let folder = new_folder(app, restore_point, only);
+    write_backup_to(app, dest, &folder, restore_point, records_per_chunk, only).await
+}
+
+/// The name of a new backup folder of `app`'s pool ([`folder_name`]).
+pub fn new_folder(app: &App, restore_point: bool, only: Option<&str>) -> String {
+    let pool = app.store.read().settings.pool_name.clone();
+    folder_name(&pool, restore_point, only)
+}
+
+/// [`write_backup_with`] into the folder `folder`, named beforehand ([`new_folder`]) so a
+/// job can report where its backup goes from its start.
+pub async fn write_backup_to(
+    app: &Arc<App>,
+    dest: &Destination,
+    folder: &str,
+    restore_point: bool,
+    records_per_chunk: usize,
+    only: Option<&str>,
+) -> Result<Manifest, BackupError> {
+    dest::validate_folder(folder).map_err(BackupError::Invalid)?;
     let u = unsealed(app)?;
     let fingerprint = u.fingerprint();
-    let pool = app.store.read().settings.pool_name.clone();
-    let folder = folder_name(&pool, restore_point, only);
+    let folder = folder.to_string();
     let only = only.map(str::to_string);
     let spool = Spool(
         app.cfg

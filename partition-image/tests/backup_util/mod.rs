@@ -76,7 +76,15 @@ pub async fn backup(pool: &TestPool, subject: &str, params: &Value) -> Value {
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     assert_eq!(v["status"], "InProgress");
-    wait_job(pool, subject, &pending_path(&h)).await
+    let st = wait_job(pool, subject, &pending_path(&h)).await;
+    // The folder is named from the start (a lost job still says where it wrote).
+    if st["status"] == "Succeeded" {
+        assert_eq!(
+            v["azureStorageBlobContainerUri"], st["azureStorageBlobContainerUri"],
+            "the 202 answer names the final folder"
+        );
+    }
+    st
 }
 
 /// Run a full restore (or a check with `/prerestore`) of `folder`; returns the final status.
