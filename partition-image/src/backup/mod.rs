@@ -22,10 +22,9 @@ pub mod job;
 
 use crate::app::App;
 use crate::keyring::Unsealed;
-use crate::state::{Command, DeletedKey, KeyRecord, PoolState, Settings};
+use crate::state::{Command, DeletedKey, KeyRecord, PoolState};
 use dest::Destination;
 use format::{ChunkInfo, FormatError, Manifest, ManifestBody, Record};
-use keystead_core::rbac::RbacState;
 use object_store::{ObjectStoreExt, PutPayload};
 use std::io::Write;
 use std::path::PathBuf;
@@ -507,23 +506,21 @@ pub async fn delete_backup(
         .map_err(|e| storage(&what, e))
 }
 
-/// The decoded content of a backup.
+/// The records of one key read from a backup (a selective restore).
 #[derive(Debug, Default)]
-pub struct Contents {
-    pub manifest: Option<Manifest>,
-    pub settings: Option<Settings>,
-    pub rbac: Option<RbacState>,
-    pub keys: Vec<KeyRecord>,
-    pub deleted: Vec<DeletedKey>,
+struct Contents {
+    keys: Vec<KeyRecord>,
+    deleted: Vec<DeletedKey>,
 }
 
-/// Read a backup, checking domain, MAC, digests and AEAD; `only` keeps one key's records.
-async fn read_backup(
+/// The manifest of `folder`, checked against this pool: its domain, its MAC, its folder
+/// name, and (`full`) that it is a full backup.
+async fn checked_manifest(
     u: &Unsealed,
     dest: &Destination,
     folder: &str,
-    only: Option<&str>,
-) -> Result<Contents, BackupError> {
+    full: bool,
+) -> Result<Manifest, BackupError> {
     let m = read_manifest(dest, folder).await?;
     let pool_fp = u.fingerprint();
     if m.body.domain_fingerprint != pool_fp {
@@ -533,7 +530,7 @@ async fn read_backup(
         });
     }
     format::verify_manifest(u.backup_key(), &m)?;
-    if let (None, Some(k)) = (only, &m.body.key_name) {
+    if let (true, Some(k)) = (full, &m.body.key_name) {
         return Err(BackupError::Invalid(format!(
             "the backup {} holds only the key '{k}'; restore it with a selective restore (PUT /keys/{k}/restore); nothing was changed",
             dest.folder_url(folder)
@@ -545,56 +542,99 @@ async fn read_backup(
             m.body.folder
         )));
     }
+    Ok(m)
+}
+
+/// Chunk `i` of a checked manifest, verified (size, digest, AEAD bound to folder and
+/// position) and decoded.
+async fn read_chunk(
+    u: &Unsealed,
+    dest: &Destination,
+    m: &Manifest,
+    i: usize,
+) -> Result<Vec<Record>, BackupError> {
+    let c = &m.body.chunks[i];
+    let bytes = get_bytes(dest, &m.body.folder, &c.name, format::MAX_CHUNK_BYTES).await?;
+    Ok(format::open_chunk(
+        u.backup_key(),
+        &m.body.folder,
+        i,
+        c,
+        &bytes,
+    )?)
+}
+
+/// Records counted while reading a backup.
+#[derive(Default)]
+struct Counts {
+    keys: u64,
+    deleted: u64,
+    rbac: bool,
+}
+
+impl Counts {
+    fn add(&mut self, r: &Record) {
+        match r {
+            Record::Settings(_) => {}
+            Record::Rbac(_) => self.rbac = true,
+            Record::Key(_) => self.keys += 1,
+            Record::DeletedKey(_) => self.deleted += 1,
+        }
+    }
+
+    /// The totals a full backup's manifest promises.
+    fn check(&self, m: &Manifest) -> Result<(), BackupError> {
+        if self.keys != m.body.key_count || self.deleted != m.body.deleted_key_count || !self.rbac {
+            return Err(FormatError::Chunk {
+                name: "(all)".into(),
+                reason: "the records do not match the manifest's counts".into(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// Read a backup, checking domain, MAC, digests and AEAD, keeping only the records of the
+/// key `only` (a selective restore).
+async fn read_backup(
+    u: &Unsealed,
+    dest: &Destination,
+    folder: &str,
+    only: &str,
+) -> Result<Contents, BackupError> {
+    let m = checked_manifest(u, dest, folder, false).await?;
     let mut out = Contents::default();
-    for (i, c) in m.body.chunks.iter().enumerate() {
-        let bytes = get_bytes(dest, folder, &c.name, format::MAX_CHUNK_BYTES).await?;
-        let records = format::open_chunk(u.backup_key(), folder, i, c, &bytes)?;
-        for r in records {
+    for i in 0..m.body.chunks.len() {
+        for r in read_chunk(u, dest, &m, i).await? {
             match r {
-                Record::Settings(s) => out.settings = Some(s),
-                Record::Rbac(r) => {
-                    if only.is_none() {
-                        out.rbac = Some(r)
-                    }
-                }
-                Record::Key(k) => {
-                    if only.is_none_or(|n| n == k.name) {
-                        out.keys.push(k)
-                    }
-                }
-                Record::DeletedKey(d) => {
-                    if only.is_none_or(|n| n == d.key.name) {
-                        out.deleted.push(d)
-                    }
-                }
+                Record::Key(k) if k.name == only => out.keys.push(k),
+                Record::DeletedKey(d) if d.key.name == only => out.deleted.push(d),
+                _ => {}
             }
         }
     }
-    if only.is_none()
-        && (out.keys.len() as u64 != m.body.key_count
-            || out.deleted.len() as u64 != m.body.deleted_key_count
-            || out.rbac.is_none())
-    {
-        return Err(FormatError::Chunk {
-            name: "(all)".into(),
-            reason: "the records do not match the manifest's counts".into(),
-        }
-        .into());
-    }
-    out.manifest = Some(m);
     Ok(out)
 }
 
-/// Verify a backup against this pool's domain without changing anything.
+/// Verify a full backup against this pool's domain without changing anything: manifest,
+/// every chunk and the totals, one chunk in memory at a time.
 pub async fn check_backup(
     app: &Arc<App>,
     dest: &Destination,
     folder: &str,
 ) -> Result<Manifest, BackupError> {
     let u = unsealed(app)?;
-    let c = read_backup(&u, dest, folder, None).await?;
-    c.manifest
-        .ok_or_else(|| BackupError::Internal("no manifest".into()))
+    let m = checked_manifest(&u, dest, folder, true).await?;
+    let mut counts = Counts::default();
+    for i in 0..m.body.chunks.len() {
+        read_chunk(&u, dest, &m, i)
+            .await?
+            .iter()
+            .for_each(|r| counts.add(r));
+    }
+    counts.check(&m)?;
+    Ok(m)
 }
 
 /// What a full restore did.
@@ -611,27 +651,26 @@ pub async fn restore_full(
     dest: &Destination,
     folder: &str,
 ) -> Result<RestoreReport, BackupError> {
-    let u = unsealed(app)?;
-    let c = read_backup(&u, dest, folder, None).await?;
-    let rbac = c
-        .rbac
-        .ok_or_else(|| BackupError::Internal("no RBAC record".into()))?;
+    // 1. The whole backup verifies before anything is written (one chunk at a time).
+    let m = check_backup(app, dest, folder).await?;
+    // 2. The restore point.
     let rp = write_backup(app, dest, true).await.map_err(|e| {
         BackupError::Invalid(format!(
             "the restore point could not be written, so nothing was restored: {e}"
         ))
     })?;
-    let report = RestoreReport {
-        restore_point: dest.folder_url(&rp.body.folder),
-        keys: c.keys.len(),
-        deleted: c.deleted.len(),
-    };
+    // 3. Staged from a second read, chunk by chunk (each verified again: the store may
+    // have changed), committed at once.
     let names: Vec<String> = app.store.read().keys.keys().cloned().collect();
-    propose_restore(app, c.keys, c.deleted, rbac).await?;
+    propose_restore(app, dest, &m).await?;
     for n in names {
         app.keyring.evict(&n);
     }
-    Ok(report)
+    Ok(RestoreReport {
+        restore_point: dest.folder_url(&rp.body.folder),
+        keys: m.body.key_count as usize,
+        deleted: m.body.deleted_key_count as usize,
+    })
 }
 
 /// The most serialized record bytes one replicated restore command carries, however large
@@ -665,48 +704,56 @@ fn stages<T: serde::Serialize>(items: Vec<T>) -> Result<Vec<Vec<T>>, BackupError
     Ok(out)
 }
 
-/// Replace the pool's keys, soft-deleted keys and RBAC with these, all or nothing: staged
-/// in bounded commands (`RestoreBegin`, `RestoreStage`…), then one `RestoreCommit`. A
-/// failure before the commit drops the staged records (`RestoreAbort`) and changes nothing.
-async fn propose_restore(
-    app: &App,
-    keys: Vec<KeyRecord>,
-    deleted: Vec<DeletedKey>,
-    rbac: RbacState,
-) -> Result<(), BackupError> {
+/// Replace the pool's keys, soft-deleted keys and RBAC with the backup of manifest `m`
+/// (checked), all or nothing: its records are read again chunk by chunk and staged in
+/// bounded commands (`RestoreBegin`, `RestoreStage`…), then one `RestoreCommit` holding the
+/// manifest's counts. A failure before the commit drops the staged records
+/// (`RestoreAbort`) and changes nothing.
+async fn propose_restore(app: &App, dest: &Destination, m: &Manifest) -> Result<(), BackupError> {
+    use futures::{StreamExt, TryStreamExt};
+    let u = unsealed(app)?;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let (key_count, deleted_count) = (keys.len() as u64, deleted.len() as u64);
     let staged = async {
         app.store
             .propose(Command::RestoreBegin { id: id.clone() })
             .await?;
-        app.store
-            .propose(Command::RestoreStage {
+        let mut counts = Counts::default();
+        for i in 0..m.body.chunks.len() {
+            let (mut keys, mut deleted, mut rbac) = (Vec::new(), Vec::new(), None);
+            for r in read_chunk(&u, dest, m, i).await? {
+                counts.add(&r);
+                match r {
+                    Record::Settings(_) => {}
+                    Record::Rbac(x) => rbac = Some(Box::new(x)),
+                    Record::Key(k) => keys.push(k),
+                    Record::DeletedKey(d) => deleted.push(d),
+                }
+            }
+            let first = rbac.map(|rbac| Command::RestoreStage {
                 id: id.clone(),
                 keys: vec![],
                 deleted: vec![],
-                rbac: Some(Box::new(rbac)),
-            })
-            .await?;
-        // Stages commute (the commit builds maps from them): several in flight at once let
-        // the Raft group batch them into fewer appends and fsyncs.
-        use futures::{StreamExt, TryStreamExt};
-        let commands = stages(keys)?
-            .into_iter()
-            .map(|run| (run, vec![]))
-            .chain(stages(deleted)?.into_iter().map(|run| (vec![], run)))
-            .map(|(keys, deleted)| Command::RestoreStage {
-                id: id.clone(),
-                keys,
-                deleted,
-                rbac: None,
+                rbac: Some(rbac),
             });
-        futures::stream::iter(commands)
-            .map(|cmd| app.store.propose(cmd))
-            .buffer_unordered(STAGES_IN_FLIGHT)
-            .try_for_each(|_| async { Ok(()) })
-            .await?;
-        Ok::<_, BackupError>(())
+            // Stages commute (the commit builds maps from them): several in flight at
+            // once let the Raft group batch them into fewer appends and fsyncs.
+            let commands = stages(keys)?
+                .into_iter()
+                .map(|run| (run, vec![]))
+                .chain(stages(deleted)?.into_iter().map(|run| (vec![], run)))
+                .map(|(keys, deleted)| Command::RestoreStage {
+                    id: id.clone(),
+                    keys,
+                    deleted,
+                    rbac: None,
+                });
+            futures::stream::iter(first.into_iter().chain(commands))
+                .map(|cmd| app.store.propose(cmd))
+                .buffer_unordered(STAGES_IN_FLIGHT)
+                .try_for_each(|_| async { Ok(()) })
+                .await?;
+        }
+        counts.check(m)
     }
     .await;
     if let Err(e) = staged {
@@ -718,13 +765,13 @@ async fn propose_restore(
         .store
         .propose(Command::RestoreCommit {
             id: id.clone(),
-            key_count,
-            deleted_count,
+            key_count: m.body.key_count,
+            deleted_count: m.body.deleted_key_count,
         })
         .await
     {
         Ok(_) => Ok(()),
-        Err(crate::store::ProposeError::Uncertain(m)) => Err(BackupError::CommitUncertain(m)),
+        Err(crate::store::ProposeError::Uncertain(msg)) => Err(BackupError::CommitUncertain(msg)),
         Err(e) => {
             let _ = app.store.propose(Command::RestoreAbort { id }).await;
             Err(BackupError::Commit(e.to_string()))
@@ -740,7 +787,7 @@ pub async fn restore_key(
     name: &str,
 ) -> Result<KeyRecord, BackupError> {
     let u = unsealed(app)?;
-    let c = read_backup(&u, dest, folder, Some(name)).await?;
+    let c = read_backup(&u, dest, folder, name).await?;
     let rec = c
         .keys
         .into_iter()
