@@ -2,11 +2,12 @@
 //! `KEYSTEAD_BENCH_KEYS`) to the filesystem store. Prints time and peak RSS.
 //! Run: `cargo test -p keystead-partition --test backup_bench -- --ignored --nocapture`.
 
+mod backup_util;
 mod common;
 
 use common::TestPool;
-use keystead_partition::backup::{self, dest};
-use keystead_partition::state::{Attributes, Command, KeyRecord, KeyVersion, WrappedBytes};
+use keystead_partition::backup;
+use keystead_partition::state::{Command, KeyRecord};
 use std::time::Instant;
 
 fn vm(field: &str) -> u64 {
@@ -31,34 +32,8 @@ async fn backup_and_restore_many_keys() {
     let pool = TestPool::start().await;
     pool.activate().await;
     // Records shaped like real EC P-256 keys (wrapped material is opaque to backup/restore).
-    let jwk: keystead_core::keys::JsonWebKey = serde_json::from_value(serde_json::json!({
-        "kty": "EC-HSM", "crv": "P-256",
-        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
-        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"
-    }))
-    .unwrap();
     let keys: Vec<KeyRecord> = (0..n)
-        .map(|i| KeyRecord {
-            name: format!("key-{i:07}"),
-            versions: vec![KeyVersion {
-                version: format!("{:032x}", i as u128 * 7919),
-                kty: "EC-HSM".into(),
-                key_ops: vec!["sign".into(), "verify".into()],
-                public_jwk: jwk.clone(),
-                wrapped: WrappedBytes(vec![7u8; 180]),
-                attributes: Attributes {
-                    enabled: true,
-                    nbf: None,
-                    exp: None,
-                    created: 1_700_000_000,
-                    updated: 1_700_000_000,
-                    exportable: false,
-                },
-                tags: [("team".to_string(), "bench".to_string())].into(),
-                release_policy: None,
-            }],
-            rotation_policy: None,
-        })
+        .map(|i| backup_util::ec_record(i, [("team".to_string(), "bench".to_string())].into()))
         .collect();
     let rbac = pool.app.store.read().rbac.clone();
     pool.app
@@ -72,14 +47,7 @@ async fn backup_and_restore_many_keys() {
         .unwrap();
     let rss_loaded = vm("VmRSS:");
     let root = tempfile::tempdir().unwrap();
-    let d = dest::open(
-        &dest::StorageParameters {
-            storage_resource_uri: format!("file://{}", root.path().display()),
-            ..Default::default()
-        },
-        &dest::LocalPaths::anywhere(),
-    )
-    .unwrap();
+    let d = backup_util::file_store(&format!("file://{}", root.path().display()));
 
     let t = Instant::now();
     let m = backup::write_backup(&pool.app, &d, false).await.unwrap();

@@ -7,7 +7,7 @@ mod common;
 
 use backup_util::*;
 use common::TestPool;
-use keystead_partition::backup::{self, dest};
+use keystead_partition::backup;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -35,14 +35,7 @@ async fn populated() -> TestPool {
 /// A multi-chunk backup (2 records per chunk) into `root`; returns (params, folder).
 async fn small_chunk_backup(a: &TestPool, root: &std::path::Path) -> (serde_json::Value, String) {
     let uri = format!("file://{}", root.display());
-    let d = dest::open(
-        &dest::StorageParameters {
-            storage_resource_uri: uri.clone(),
-            ..Default::default()
-        },
-        &dest::LocalPaths::anywhere(),
-    )
-    .unwrap();
+    let d = file_store(&uri);
     let m = backup::write_backup_with(&a.app, &d, false, 2, None)
         .await
         .unwrap();
@@ -58,14 +51,7 @@ async fn corruption_is_detected_and_nothing_changes() {
     let (params, folder) = small_chunk_backup(&a, root.path()).await;
     let dir = root.path().join(&folder);
     // What `kubectl hsm backup list` and `verify` (without the pool) see.
-    let d = dest::open(
-        &dest::StorageParameters {
-            storage_resource_uri: params["storageResourceUri"].as_str().unwrap().into(),
-            ..Default::default()
-        },
-        &dest::LocalPaths::anywhere(),
-    )
-    .unwrap();
+    let d = file_store(params["storageResourceUri"].as_str().unwrap());
     let listed = backup::list_backups(&d).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].folder, folder);

@@ -9,8 +9,8 @@ mod common;
 
 use cluster::Cluster;
 use common::TestPool;
-use keystead_partition::backup::{self, dest};
-use keystead_partition::state::{Attributes, Command, KeyRecord, KeyVersion, WrappedBytes};
+use keystead_partition::backup;
+use keystead_partition::state::Command;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -18,31 +18,11 @@ use std::time::{Duration, Instant};
 /// Keys in the backup, and the size of each record's tags: ~4 KiB a key, ~40 MiB in all.
 const KEYS: usize = 10_000;
 
-fn big_record(i: usize, jwk: &keystead_core::keys::JsonWebKey) -> KeyRecord {
+fn big_record(i: usize) -> keystead_partition::state::KeyRecord {
     let tags = (0..15)
         .map(|t| (format!("tag-{t:02}"), format!("{i:07}-{}", "v".repeat(240))))
         .collect();
-    KeyRecord {
-        name: format!("key-{i:07}"),
-        versions: vec![KeyVersion {
-            version: format!("{:032x}", i as u128 * 7919 + 1),
-            kty: "EC-HSM".into(),
-            key_ops: vec!["sign".into(), "verify".into()],
-            public_jwk: jwk.clone(),
-            wrapped: WrappedBytes(vec![7u8; 180]),
-            attributes: Attributes {
-                enabled: true,
-                nbf: None,
-                exp: None,
-                created: 1_700_000_000,
-                updated: 1_700_000_000,
-                exportable: false,
-            },
-            tags,
-            release_policy: None,
-        }],
-        rotation_policy: None,
-    }
+    backup_util::ec_record(i, tags)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -50,16 +30,7 @@ async fn a_restore_larger_than_a_peer_request_replicates_and_commits_at_once() {
     let c = Cluster::start().await;
     c.activate().await;
     // The pool's security domain file, to build a backup of this domain elsewhere.
-    let (s, v) = c
-        .call(
-            0,
-            Method::POST,
-            "/securitydomain/download",
-            Some(json!({"certificates": cluster::custodian_jwks(), "required": 2})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    let file = v["value"].as_str().expect("the domain file").to_string();
+    let file = c.domain_file().await;
 
     // A one-partition pool recovered with that domain holds many large keys and makes the
     // backup; its RBAC lets the cluster's administrator in after the restore.
@@ -70,17 +41,11 @@ async fn a_restore_larger_than_a_peer_request_replicates_and_commits_at_once() {
         .await;
     src.assign(admin, keystead_core::rbac::CRYPTO_USER_ROLE_ID, "/")
         .await;
-    let jwk: keystead_core::keys::JsonWebKey = serde_json::from_value(json!({
-        "kty": "EC-HSM", "crv": "P-256",
-        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
-        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"
-    }))
-    .unwrap();
     let rbac = src.app.store.read().rbac.clone();
     src.app
         .store
         .propose(Command::RestoreAll {
-            keys: (0..KEYS).map(|i| big_record(i, &jwk)).collect(),
+            keys: (0..KEYS).map(big_record).collect(),
             deleted: vec![],
             rbac: Box::new(rbac),
         })
@@ -88,14 +53,7 @@ async fn a_restore_larger_than_a_peer_request_replicates_and_commits_at_once() {
         .unwrap();
     let root = tempfile::tempdir().unwrap();
     let uri = format!("file://{}", root.path().display());
-    let d = dest::open(
-        &dest::StorageParameters {
-            storage_resource_uri: uri.clone(),
-            ..Default::default()
-        },
-        &dest::LocalPaths::anywhere(),
-    )
-    .unwrap();
+    let d = backup_util::file_store(&uri);
     let m = backup::write_backup(&src.app, &d, false).await.unwrap();
     let size: u64 = m.body.chunks.iter().map(|c| c.size).sum();
     assert!(

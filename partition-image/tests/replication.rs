@@ -395,16 +395,7 @@ async fn a_pool_whose_partitions_all_lost_the_domain_takes_it_again_by_upload() 
     let mut c = Cluster::start().await;
     c.activate().await;
     // The same domain under the same custodians again (re-protection), to keep the file.
-    let (s, v) = c
-        .call(
-            0,
-            Method::POST,
-            "/securitydomain/download",
-            Some(json!({"certificates": cluster::custodian_jwks(), "required": 2})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    let file = v["value"].as_str().expect("the domain file").to_string();
+    let file = c.domain_file().await;
     let k = c.create(0, "kept").await.expect("create");
 
     // All three restart with memory-only sealing: the domain is gone from every partition.

@@ -211,3 +211,52 @@ pub async fn recover(pool: &TestPool, file: &str) {
     }
     assert!(pool.app.keyring.is_unsealed());
 }
+
+/// Open the filesystem store at `uri` (`file://…`) from the test.
+pub fn file_store(uri: &str) -> keystead_partition::backup::dest::Destination {
+    use keystead_partition::backup::dest;
+    dest::open(
+        &dest::StorageParameters {
+            storage_resource_uri: uri.into(),
+            ..Default::default()
+        },
+        &dest::LocalPaths::anywhere(),
+    )
+    .unwrap()
+}
+
+/// A key record shaped like a real EC P-256 key (key `i`, one version, `tags`); its wrapped
+/// material is opaque bytes (backup and full restore never unwrap it).
+pub fn ec_record(
+    i: usize,
+    tags: std::collections::BTreeMap<String, String>,
+) -> keystead_partition::state::KeyRecord {
+    use keystead_partition::state::{Attributes, KeyRecord, KeyVersion, WrappedBytes};
+    let jwk: keystead_core::keys::JsonWebKey = serde_json::from_value(json!({
+        "kty": "EC-HSM", "crv": "P-256",
+        "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+        "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"
+    }))
+    .unwrap();
+    KeyRecord {
+        name: format!("key-{i:07}"),
+        versions: vec![KeyVersion {
+            version: format!("{:032x}", i as u128 * 7919 + 1),
+            kty: "EC-HSM".into(),
+            key_ops: vec!["sign".into(), "verify".into()],
+            public_jwk: jwk,
+            wrapped: WrappedBytes(vec![7u8; 180]),
+            attributes: Attributes {
+                enabled: true,
+                nbf: None,
+                exp: None,
+                created: 1_700_000_000,
+                updated: 1_700_000_000,
+                exportable: false,
+            },
+            tags,
+            release_policy: None,
+        }],
+        rotation_policy: None,
+    }
+}

@@ -331,6 +331,21 @@ impl Cluster {
         }
     }
 
+    /// The pool's security-domain file (downloaded again: same domain, new protection under
+    /// the same custodians), e.g. to recover another pool with it.
+    pub async fn domain_file(&self) -> String {
+        let (s, v) = self
+            .call(
+                0,
+                Method::POST,
+                "/securitydomain/download",
+                Some(json!({"certificates": custodian_jwks(), "required": 2})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        v["value"].as_str().expect("the domain file").to_string()
+    }
+
     pub async fn create(&self, i: usize, name: &str) -> Result<Value, (StatusCode, Value)> {
         let (s, v) = self
             .call(
