@@ -394,6 +394,42 @@ impl PoolState {
     }
 
     /// Apply one command. Pure and deterministic; on error the state is unchanged.
+    /// For commands whose refusal can be decided without applying them (the staged-restore
+    /// commands, which touch only the staging), that decision; `None` for the others. Lets a
+    /// single-partition store skip its trial copy of the whole state for them.
+    pub fn precheck(&self, cmd: &Command) -> Option<Result<(), StateError>> {
+        let staged = |id: &String| self.restore_staging.as_ref().filter(|st| st.id == *id);
+        Some(match cmd {
+            Command::RestoreBegin { .. } | Command::RestoreAbort { .. } => Ok(()),
+            Command::RestoreStage { id, .. } => staged(id)
+                .map(|_| ())
+                .ok_or_else(|| StateError::RestoreNotStaged(id.clone())),
+            Command::RestoreCommit {
+                id,
+                key_count,
+                deleted_count,
+            } => match staged(id) {
+                None => Err(StateError::RestoreNotStaged(id.clone())),
+                Some(st)
+                    if st.keys.len() as u64 != *key_count
+                        || st.deleted.len() as u64 != *deleted_count
+                        || st.rbac.is_none() =>
+                {
+                    Err(StateError::RestoreIncomplete {
+                        id: id.clone(),
+                        keys: st.keys.len() as u64,
+                        deleted: st.deleted.len() as u64,
+                        rbac: if st.rbac.is_some() { "the" } else { "no" },
+                        want_keys: *key_count,
+                        want_deleted: *deleted_count,
+                    })
+                }
+                Some(_) => Ok(()),
+            },
+            _ => return None,
+        })
+    }
+
     pub fn apply(&mut self, cmd: &Command) -> Result<Outcome, StateError> {
         match cmd {
             Command::Bootstrap {
@@ -624,28 +660,9 @@ impl PoolState {
                 }
                 Ok(Outcome::None)
             }
-            Command::RestoreCommit {
-                id,
-                key_count,
-                deleted_count,
-            } => {
-                let st = self
-                    .restore_staging
-                    .as_ref()
-                    .filter(|st| st.id == *id)
-                    .ok_or_else(|| StateError::RestoreNotStaged(id.clone()))?;
-                if st.keys.len() as u64 != *key_count
-                    || st.deleted.len() as u64 != *deleted_count
-                    || st.rbac.is_none()
-                {
-                    return Err(StateError::RestoreIncomplete {
-                        id: id.clone(),
-                        keys: st.keys.len() as u64,
-                        deleted: st.deleted.len() as u64,
-                        rbac: if st.rbac.is_some() { "the" } else { "no" },
-                        want_keys: *key_count,
-                        want_deleted: *deleted_count,
-                    });
+            Command::RestoreCommit { id, .. } => {
+                if let Some(Err(e)) = self.precheck(cmd) {
+                    return Err(e);
                 }
                 let Some(st) = self.restore_staging.take() else {
                     return Err(StateError::RestoreNotStaged(id.clone()));

@@ -273,8 +273,25 @@ impl SingleStore {
     pub fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        let mut trial = state.clone();
-        let outcome = trial.apply(&cmd)?;
+        // Validate against a copy of the state, unless the command's refusal is decided
+        // without applying it (a copy per staged-restore command would make a restore
+        // quadratic in the pool's size).
+        let prechecked = match state.precheck(&cmd) {
+            Some(r) => {
+                r?;
+                true
+            }
+            None => false,
+        };
+        let mut trial = if prechecked {
+            None
+        } else {
+            Some(state.clone())
+        };
+        let outcome = match trial.as_mut() {
+            Some(t) => t.apply(&cmd)?,
+            None => Outcome::None,
+        };
         let entry = LogEntry {
             index: log.index + 1,
             cmd,
@@ -288,7 +305,16 @@ impl SingleStore {
             .map_err(|e| ProposeError::Storage(e.to_string()))?;
         log.index = entry.index;
         log.since_snapshot += 1;
-        *state = trial;
+        let outcome = match trial {
+            Some(t) => {
+                *state = t;
+                outcome
+            }
+            // Prechecked: applying cannot be refused.
+            None => state
+                .apply(&entry.cmd)
+                .map_err(|e| ProposeError::Storage(format!("a prechecked command failed: {e}")))?,
+        };
         if log.since_snapshot >= SNAPSHOT_EVERY {
             let snap = Snapshot {
                 index: log.index,

@@ -682,8 +682,19 @@ const STAGE_BYTES: usize = 16 * 1024;
 /// Stage commands proposed at once during a full restore.
 const STAGES_IN_FLIGHT: usize = 32;
 
-/// Split `items` into runs of at most [`STAGE_BYTES`] of JSON (a larger item goes alone).
-fn stages<T: serde::Serialize>(items: Vec<T>) -> Result<Vec<Vec<T>>, BackupError> {
+/// Split `items` into runs of at most `budget` bytes of JSON (a larger item goes alone;
+/// `None`: one run).
+fn stages<T: serde::Serialize>(
+    items: Vec<T>,
+    budget: Option<usize>,
+) -> Result<Vec<Vec<T>>, BackupError> {
+    let Some(budget) = budget else {
+        return Ok(if items.is_empty() {
+            vec![]
+        } else {
+            vec![items]
+        });
+    };
     let mut out: Vec<Vec<T>> = Vec::new();
     let mut size = 0;
     for item in items {
@@ -691,7 +702,7 @@ fn stages<T: serde::Serialize>(items: Vec<T>) -> Result<Vec<Vec<T>>, BackupError
             .map_err(|e| BackupError::Internal(e.to_string()))?
             .len();
         match out.last_mut() {
-            Some(run) if size + n <= STAGE_BYTES => {
+            Some(run) if size + n <= budget => {
                 run.push(item);
                 size += n;
             }
@@ -713,6 +724,9 @@ async fn propose_restore(app: &App, dest: &Destination, m: &Manifest) -> Result<
     use futures::{StreamExt, TryStreamExt};
     let u = unsealed(app)?;
     let id = uuid::Uuid::new_v4().simple().to_string();
+    // Bounded stages only where commands travel between partitions; a pool of one stages
+    // a chunk at a time (each command costs an fsync).
+    let budget = app.store.replica().is_some().then_some(STAGE_BYTES);
     let staged = async {
         app.store
             .propose(Command::RestoreBegin { id: id.clone() })
@@ -737,10 +751,14 @@ async fn propose_restore(app: &App, dest: &Destination, m: &Manifest) -> Result<
             });
             // Stages commute (the commit builds maps from them): several in flight at
             // once let the Raft group batch them into fewer appends and fsyncs.
-            let commands = stages(keys)?
+            let commands = stages(keys, budget)?
                 .into_iter()
                 .map(|run| (run, vec![]))
-                .chain(stages(deleted)?.into_iter().map(|run| (vec![], run)))
+                .chain(
+                    stages(deleted, budget)?
+                        .into_iter()
+                        .map(|run| (vec![], run)),
+                )
                 .map(|(keys, deleted)| Command::RestoreStage {
                     id: id.clone(),
                     keys,
@@ -845,15 +863,25 @@ mod tests {
     fn restore_stages_stay_within_their_byte_budget() {
         // Items of half a stage: two fit in a stage, the third starts the next.
         let item = "x".repeat(STAGE_BYTES / 2 - 100);
-        let runs = stages(vec![item.clone(); 5]).unwrap();
+        let runs = stages(vec![item.clone(); 5], Some(STAGE_BYTES)).unwrap();
         assert_eq!(runs.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
         // An item larger than a stage goes alone; nothing is lost or reordered.
         let big = "y".repeat(STAGE_BYTES + 1);
-        let runs = stages(vec!["a".to_string(), big.clone(), "b".to_string()]).unwrap();
+        let runs = stages(
+            vec!["a".to_string(), big.clone(), "b".to_string()],
+            Some(STAGE_BYTES),
+        )
+        .unwrap();
         assert_eq!(
             runs,
             vec![vec!["a".to_string()], vec![big], vec!["b".to_string()]]
         );
-        assert!(stages(Vec::<String>::new()).unwrap().is_empty());
+        assert!(
+            stages(Vec::<String>::new(), Some(STAGE_BYTES))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(stages(vec![1, 2, 3], None).unwrap(), vec![vec![1, 2, 3]]);
+        assert!(stages(Vec::<u8>::new(), None).unwrap().is_empty());
     }
 }
