@@ -404,15 +404,12 @@ async fn backup_apply(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
         let lost = plan::job_lost_message(
             plan::LostJob::Backup {
                 destination: destination.as_deref(),
+                folder: prev.location.as_deref(),
             },
             &job_id,
             &partition,
             prev.start_time.as_ref(),
         );
-        let lost = match &prev.location {
-            Some(folder) => format!("{lost} This job's folder is {folder}."),
-            None => lost,
-        };
         let job = (job_id.as_str(), partition.as_str());
         return match poll_job(ctx, &ns, pool, JobPath::Backup, job, lost).await? {
             Poll::Running(msg, requeue) => {

@@ -429,9 +429,11 @@ pub fn job_outcome(job: &JobStatus) -> JobOutcome {
 /// A job whose status its partition no longer has (it restarted), for [`job_lost_message`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LostJob<'a> {
-    /// A backup to the store URI `destination` (when the spec still yields it).
+    /// A backup to the store URI `destination` (when the spec still yields it), into
+    /// `folder` (the folder URL the partition named when the job started, if recorded).
     Backup {
         destination: Option<&'a str>,
+        folder: Option<&'a str>,
     },
     Restore,
 }
@@ -455,7 +457,10 @@ pub fn job_lost_message(
         .map(|t| format!(" started at or after {}", t.0))
         .unwrap_or_default();
     match job {
-        LostJob::Backup { destination } => {
+        LostJob::Backup {
+            destination,
+            folder,
+        } => {
             let look = match destination {
                 // A claim is read where it is mounted (`kubectl hsm backup list` reads stores
                 // from the machine it runs on).
@@ -465,8 +470,11 @@ pub fn job_lost_message(
                 Some(d) => format!("`kubectl hsm backup list {d}` shows it"),
                 None => "`kubectl hsm backup list <destination>` shows it".into(),
             };
+            let folder = folder
+                .map(|f| format!(" This job's folder is {f}."))
+                .unwrap_or_default();
             format!(
-                "{head} The job may have written its backup: {look}. A folder of this pool{since} with manifest.json is complete and can be restored by a Restore naming it in spec.source; one without manifest.json is incomplete, never restored, and can be deleted. To back up again, create a new Backup."
+                "{head} The job may have written its backup: {look}. A folder of this pool{since} with manifest.json is complete and can be restored by a Restore naming it in spec.source; one without manifest.json is incomplete, never restored, and can be deleted. To back up again, create a new Backup.{folder}"
             )
         }
         LostJob::Restore => format!(

@@ -596,6 +596,7 @@ fn job_bodies_map_to_typed_reasons_and_phases() {
     let lost = plan::job_lost_message(
         plan::LostJob::Backup {
             destination: Some("s3://bk/nightly"),
+            folder: Some("s3://bk/nightly/pool-20260102T030405000Z"),
         },
         "j1",
         "pool-1",
@@ -610,11 +611,15 @@ fn job_bodies_map_to_typed_reasons_and_phases() {
         "manifest.json",
         "spec.source",
         "create a new Backup",
+        "This job's folder is s3://bk/nightly/pool-20260102T030405000Z.",
     ] {
         assert!(lost.contains(part), "{part:?} in {lost}");
     }
     let lost = plan::job_lost_message(
-        plan::LostJob::Backup { destination: None },
+        plan::LostJob::Backup {
+            destination: None,
+            folder: None,
+        },
         "j1",
         "pool-1",
         None,
@@ -626,6 +631,7 @@ fn job_bodies_map_to_typed_reasons_and_phases() {
     let lost = plan::job_lost_message(
         plan::LostJob::Backup {
             destination: Some("pvc://claim/hsm"),
+            folder: None,
         },
         "j1",
         "pool-1",
@@ -633,6 +639,7 @@ fn job_bodies_map_to_typed_reasons_and_phases() {
     );
     assert!(lost.contains("folders under pvc://claim/hsm"), "{lost}");
     assert!(!lost.contains("backup list"), "{lost}");
+    assert!(!lost.contains("This job's folder"), "{lost}");
     let lost = plan::job_lost_message(plan::LostJob::Restore, "j2", "pool-2", None);
     for part in [
         "pool-2",
