@@ -155,6 +155,12 @@ fn local_store(dir: &std::path::Path) -> Result<Arc<dyn ObjectStore>, String> {
     ))
 }
 
+/// The claim a `pvc://<claim>/...` storage URI names (`None`: not a claim URI, or no name).
+pub fn claim_of(uri: &str) -> Option<&str> {
+    let rest = uri.trim().strip_prefix("pvc://")?;
+    rest.split(['/', '?']).next().filter(|c| !c.is_empty())
+}
+
 /// Refuse a local URI whose path could leave its root ('.', '..', percent escapes, which
 /// the URL parser would resolve).
 fn plain_local_path(raw: &str, base_url: &str) -> Result<(), String> {

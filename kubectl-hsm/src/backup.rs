@@ -123,11 +123,7 @@ pub enum BackupCommand {
 
 /// Open a store from this machine (`list`, `verify` without the pool).
 fn open_here(params: &dest::StorageParameters) -> anyhow::Result<dest::Destination> {
-    if params
-        .storage_resource_uri
-        .trim_start()
-        .starts_with("pvc://")
-    {
+    if dest::claim_of(&params.storage_resource_uri).is_some() {
         anyhow::bail!(
             "{} is a PersistentVolumeClaim inside the cluster, not readable from here; verify it through the pool (`kubectl hsm backup verify URL --with-pool`) or mount the claim and give its file:// path",
             params.storage_resource_uri.trim()
@@ -265,7 +261,7 @@ pub async fn run(pool: &PoolArgs, cmd: BackupCommand) -> anyhow::Result<()> {
             with_pool,
         } => {
             let (parent, folder) = dest::split_folder(&folder_url).map_err(anyhow::Error::msg)?;
-            if with_pool && parent.trim_start().starts_with("pvc://") {
+            if with_pool && dest::claim_of(&parent).is_some() {
                 // Only the pool reaches the claim; it checks the digests too.
                 let body =
                     json!({"sasTokenParameters": store.json(&parent)?, "folderToRestore": folder});

@@ -543,7 +543,7 @@ async fn backup_cleanup(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
                 Ok(p) => p,
                 Err((_, msg)) => return Ok::<_, Error>(Err(msg)),
             };
-            Ok(if plan::claim_of(location).is_some() {
+            Ok(if store::claim_of(location).is_some() {
                 delete_folder_by_pool(ctx, &ns, &b.spec.hsm_ref.name, params, location).await?
             } else {
                 delete_folder(params, location).await

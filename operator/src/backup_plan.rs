@@ -268,16 +268,10 @@ pub fn backup_volumes_condition(claims: &[ClaimState]) -> Option<c::Cond> {
     ))
 }
 
-/// The claim a `pvc://<claim>/...` storage URI names.
-pub fn claim_of(uri: &str) -> Option<&str> {
-    let rest = uri.trim().strip_prefix("pvc://")?;
-    rest.split(['/', '?']).next().filter(|c| !c.is_empty())
-}
-
 /// Why a job on `uri` cannot start on pool `pool` (spec `backup_volumes`) now: its claim is
 /// not one the pool mounts.
 pub fn claim_not_mounted(uri: &str, pool: &str, backup_volumes: &[BackupVolume]) -> Option<String> {
-    let claim = claim_of(uri)?;
+    let claim = keystead_core::store::claim_of(uri)?;
     (!backup_volumes.iter().any(|v| v.claim_name == claim)).then(|| {
         format!(
             "the PersistentVolumeClaim {claim} is not mounted in the partitions of {pool}: add {{claimName: {claim}}} to the ManagedHsm's spec.backupVolumes (the partitions roll one at a time); waiting"

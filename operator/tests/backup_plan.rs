@@ -362,8 +362,11 @@ fn destinations_map_to_store_parameters_without_leaking_credentials() {
     assert_eq!(plan::credentials_secret(&fs), None);
     let p = plan::storage_parameters(&fs, None).unwrap();
     assert_eq!(p.storage_resource_uri, "pvc://hsm-backups/pool-a");
-    assert_eq!(plan::claim_of(&p.storage_resource_uri), Some("hsm-backups"));
-    assert_eq!(plan::claim_of("s3://bk/x"), None);
+    assert_eq!(
+        keystead_core::store::claim_of(&p.storage_resource_uri),
+        Some("hsm-backups")
+    );
+    assert_eq!(keystead_core::store::claim_of("s3://bk/x"), None);
     let mounted: Vec<keystead_operator::crd::BackupVolume> =
         serde_json::from_value(json!([{"claimName": "hsm-backups"}])).unwrap();
     assert_eq!(

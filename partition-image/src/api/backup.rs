@@ -71,18 +71,17 @@ fn open(ctx: &Ctx, params: &dest::StorageParameters) -> Result<dest::Destination
     let local = ctx.app.cfg.backup_paths();
     // A claim this partition does not mount (yet: partitions roll one at a time after the
     // pool's backupVolumes change) is worth retrying, here or on another partition.
-    if let Some(rest) = params.storage_resource_uri.trim().strip_prefix("pvc://") {
-        let claim = rest.split(['/', '?']).next().unwrap_or_default();
-        if !claim.is_empty() && !local.claims.contains_key(claim) {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ClaimNotMounted",
-                format!(
-                    "partition {} does not mount the PersistentVolumeClaim '{claim}'; list it in the ManagedHsm's spec.backupVolumes and retry when the partitions have rolled",
-                    ctx.app.cfg.partition_id
-                ),
-            ));
-        }
+    if let Some(claim) = dest::claim_of(&params.storage_resource_uri)
+        && !local.claims.contains_key(claim)
+    {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ClaimNotMounted",
+            format!(
+                "partition {} does not mount the PersistentVolumeClaim '{claim}'; list it in the ManagedHsm's spec.backupVolumes and retry when the partitions have rolled",
+                ctx.app.cfg.partition_id
+            ),
+        ));
     }
     dest::open(params, &local).map_err(bad_destination)
 }

@@ -277,18 +277,9 @@ pub async fn write_backup(
     write_backup_with(app, dest, restore_point, format::RECORDS_PER_CHUNK, None).await
 }
 
-/// Write a backup of one key (all its versions, active or soft-deleted) into a new folder of
-/// `dest`; it restores only selectively (`PUT /keys/{name}/restore`).
-pub async fn write_key_backup(
-    app: &Arc<App>,
-    dest: &Destination,
-    name: &str,
-) -> Result<Manifest, BackupError> {
-    write_backup_with(app, dest, false, format::RECORDS_PER_CHUNK, Some(name)).await
-}
-
 /// [`write_backup`] with a chosen chunk size (tests use small chunks), of the whole pool or
-/// of the key `only`.
+/// of the key `only` (all its versions, active or soft-deleted; such a backup restores only
+/// selectively, `PUT /keys/{name}/restore`).
 pub async fn write_backup_with(
     app: &Arc<App>,
     dest: &Destination,
