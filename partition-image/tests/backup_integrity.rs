@@ -32,6 +32,24 @@ async fn populated() -> TestPool {
     a
 }
 
+/// Delete key `name` (as the Crypto User "user") and purge it (as a Crypto Officer).
+async fn delete_and_purge(a: &TestPool, name: &str) {
+    let (s, v) = a
+        .call(Some("user"), Method::DELETE, &format!("/keys/{name}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assign(a, "515eb02d-2335-4d2d-92f2-b1cbdf9c3778", "officer").await;
+    let (s, v) = a
+        .call(
+            Some("officer"),
+            Method::DELETE,
+            &format!("/deletedkeys/{name}"),
+            None,
+        )
+        .await;
+    assert!(s.is_success(), "{s} {v}");
+}
+
 /// A multi-chunk backup (2 records per chunk) into `root`; returns (params, folder).
 async fn small_chunk_backup(a: &TestPool, root: &std::path::Path) -> (serde_json::Value, String) {
     let uri = format!("file://{}", root.display());
@@ -160,13 +178,7 @@ async fn selective_restore_brings_back_one_key_with_all_versions() {
             .contains("already exists")
     );
 
-    let (s, _) = a.call(Some("user"), Method::DELETE, "/keys/k0", None).await;
-    assert_eq!(s, StatusCode::OK);
-    assign(&a, "515eb02d-2335-4d2d-92f2-b1cbdf9c3778", "officer").await;
-    let (s, v) = a
-        .call(Some("officer"), Method::DELETE, "/deletedkeys/k0", None)
-        .await;
-    assert!(s.is_success(), "{s} {v}");
+    delete_and_purge(&a, "k0").await;
     let others = a.app.store.read().keys.clone();
 
     let st = restore_key(&a, "k0", &params, &folder).await;
@@ -255,13 +267,7 @@ async fn single_key_backup_restores_only_selectively_and_reports_its_figures() {
 
     // It restores selectively once the key is gone.
     let k0 = before.keys["k0"].clone();
-    let (s, _) = a.call(Some("user"), Method::DELETE, "/keys/k0", None).await;
-    assert_eq!(s, StatusCode::OK);
-    assign(&a, "515eb02d-2335-4d2d-92f2-b1cbdf9c3778", "officer").await;
-    let (s, v) = a
-        .call(Some("officer"), Method::DELETE, "/deletedkeys/k0", None)
-        .await;
-    assert!(s.is_success(), "{s} {v}");
+    delete_and_purge(&a, "k0").await;
     let st = restore_key(&a, "k0", &params, &folder).await;
     assert_eq!(st["status"], "Succeeded", "{st}");
     assert_eq!(a.app.store.read().keys["k0"], k0);
