@@ -276,21 +276,16 @@ impl SingleStore {
         // Validate against a copy of the state, unless the command's refusal is decided
         // without applying it (a copy per staged-restore command would make a restore
         // quadratic in the pool's size).
-        let prechecked = match state.precheck(&cmd) {
+        let trial = match state.precheck(&cmd) {
             Some(r) => {
                 r?;
-                true
+                None
             }
-            None => false,
-        };
-        let mut trial = if prechecked {
-            None
-        } else {
-            Some(state.clone())
-        };
-        let outcome = match trial.as_mut() {
-            Some(t) => t.apply(&cmd)?,
-            None => Outcome::None,
+            None => {
+                let mut t = state.clone();
+                let outcome = t.apply(&cmd)?;
+                Some((t, outcome))
+            }
         };
         let entry = LogEntry {
             index: log.index + 1,
@@ -306,7 +301,7 @@ impl SingleStore {
         log.index = entry.index;
         log.since_snapshot += 1;
         let outcome = match trial {
-            Some(t) => {
+            Some((t, outcome)) => {
                 *state = t;
                 outcome
             }
