@@ -546,7 +546,7 @@ async fn backup_cleanup(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
             Ok(if store::claim_of(location).is_some() {
                 delete_folder_by_pool(ctx, &ns, &b.spec.hsm_ref.name, params, location).await?
             } else {
-                delete_folder(params, location).await
+                delete_folder(params, location, ctx.settings.loopback_storage_endpoints).await
             })
         }
         .await?;
@@ -583,11 +583,19 @@ async fn backup_cleanup(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
 
 /// Delete the backup folder at `location` (a folder URL of an object store) with `params`'
 /// credentials.
-async fn delete_folder(mut params: StorageParameters, location: &str) -> Result<usize, String> {
+async fn delete_folder(
+    mut params: StorageParameters,
+    location: &str,
+    loopback_endpoints: bool,
+) -> Result<usize, String> {
     let (parent, folder) = store::split_folder(location)?;
     params.storage_resource_uri = parent;
     // Object stores only: claims (pvc://) are mounted in the partitions, not here.
-    let dest = store::open(&params, &store::LocalPaths::default())?;
+    let local = store::LocalPaths {
+        loopback_endpoints,
+        ..Default::default()
+    };
+    let dest = store::open(&params, &local)?;
     store::delete_folder(&dest, &folder).await
 }
 

@@ -54,6 +54,9 @@ pub struct Settings {
     pub cluster_domain: String,
     /// Issuer of this cluster's service-account tokens.
     pub service_account_issuer: String,
+    /// Backup destinations may name loopback object stores (`--allow-loopback-storage-endpoints`;
+    /// development and tests only), in the partitions and in the operator's own deletes.
+    pub loopback_storage_endpoints: bool,
 }
 
 impl Default for Settings {
@@ -62,6 +65,7 @@ impl Default for Settings {
             operator_principal: None,
             cluster_domain: "cluster.local".into(),
             service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
+            loopback_storage_endpoints: false,
         }
     }
 }
@@ -322,6 +326,7 @@ pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &S
         "backupClaims": spec.backup_volumes.iter()
             .map(|v| (v.claim_name.clone(), json!(backup_mount(&v.claim_name))))
             .collect::<serde_json::Map<_, _>>(),
+        "backupLoopbackEndpoints": settings.loopback_storage_endpoints,
     })
 }
 

@@ -48,6 +48,11 @@ enum Command {
             default_value = "https://kubernetes.default.svc.cluster.local"
         )]
         service_account_issuer: String,
+        /// Let Backup and Restore destinations name loopback object stores (development
+        /// and tests with local emulators). Never in a real cluster: there a loopback
+        /// address reaches the partition's own services. Link-local is refused always.
+        #[arg(long, env = "KEYSTEAD_ALLOW_LOOPBACK_STORAGE_ENDPOINTS")]
+        allow_loopback_storage_endpoints: bool,
     },
     /// Write the CustomResourceDefinitions generated from the Rust types.
     Crdgen {
@@ -83,6 +88,7 @@ fn main() -> anyhow::Result<()> {
             service_account,
             cluster_domain,
             service_account_issuer,
+            allow_loopback_storage_endpoints,
         } => {
             tracing_subscriber::fmt()
                 .json()
@@ -101,6 +107,7 @@ fn main() -> anyhow::Result<()> {
                     service_account,
                     cluster_domain,
                     service_account_issuer,
+                    allow_loopback_storage_endpoints,
                 },
             ))
         }

@@ -35,6 +35,7 @@ pub struct RunOptions {
     pub service_account: Option<String>,
     pub cluster_domain: String,
     pub service_account_issuer: String,
+    pub allow_loopback_storage_endpoints: bool,
 }
 
 #[derive(Clone)]
@@ -144,6 +145,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         }),
         cluster_domain: opts.cluster_domain.clone(),
         service_account_issuer: opts.service_account_issuer.clone(),
+        loopback_storage_endpoints: opts.allow_loopback_storage_endpoints,
     };
     let reporter = Reporter {
         controller: "keystead-operator".into(),

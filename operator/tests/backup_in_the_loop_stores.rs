@@ -159,7 +159,7 @@ fn container_sas(permissions: &str) -> (String, String) {
 async fn listed(destination: &Value, secret: &BTreeMap<String, ByteString>) -> Vec<Listed> {
     let d: BackupDestination = serde_json::from_value(destination.clone()).unwrap();
     let params = backup_plan::storage_parameters(&d, Some(secret)).unwrap();
-    let dest = store::open(&params, &store::LocalPaths::default()).unwrap();
+    let dest = store::open(&params, &store::LocalPaths::anywhere()).unwrap();
     list_backups(&dest).await.unwrap()
 }
 
@@ -537,6 +537,31 @@ async fn backups_to_s3_and_azure_blob_with_credentials_from_secrets() {
         st["location"].as_str(),
         Some(format!("{}/{prefix}/sas/{}", stores.azurite, folders[0].folder).as_str())
     );
+
+    // 3b. A Backup naming a link-local endpoint (a cloud metadata service) is rejected by
+    // the partition before it connects anywhere, with a message saying why; the operator
+    // reports it as JobRejected (issue 11: the backup-options path to the partition's own
+    // credentials).
+    let meta = s3_destination(
+        "http://169.254.169.254",
+        &format!("{prefix}/meta"),
+        "meta-creds",
+    );
+    create_secret(&c, "meta-creds", &s3_keys).await;
+    create_backup(&c, "to-metadata", &meta).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while backup_status(&c, "to-metadata")["phase"] != "Failed" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Backup to-metadata is not Failed: {:#}",
+            backup_status(&c, "to-metadata")
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let st = backup_status(&c, "to-metadata");
+    let (reason, message) = condition(&st);
+    assert_eq!(reason, "JobRejected", "{st:#}");
+    assert!(message.contains("link-local"), "{st:#}");
 
     // 4. No credential anywhere but in the Secrets: not in any other object (Backups'
     // status, Events, the pool), not in the operator's log, not in the partitions' logs.

@@ -69,6 +69,7 @@ async fn operator_binary_provisions_follows_changes_soft_deletes_and_shuts_down(
         .env("POD_NAMESPACE", "keystead-system")
         .env("POD_NAME", "operator-0")
         .env("KEYSTEAD_SERVICE_ACCOUNT", "keystead-operator")
+        .env("KEYSTEAD_ALLOW_LOOPBACK_STORAGE_ENDPOINTS", "true")
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
         .spawn()

@@ -67,6 +67,12 @@ pub struct PartitionConfig {
     /// `pvc://<claimName>/<path>` destination is `<path>` in that directory.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub backup_claims: BTreeMap<String, PathBuf>,
+    /// Backup and restore requests may name a loopback host as their object store (the
+    /// emulators of a development pool). Off by default: in a cluster a loopback address
+    /// reaches the partition's own services. Link-local hosts are refused always. See
+    /// docs/threat-model.md.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup_loopback_endpoints: bool,
 }
 
 /// One member of the Raft group.
@@ -239,6 +245,7 @@ impl PartitionConfig {
         keystead_core::store::LocalPaths {
             file_root: self.backup_filesystem_root.clone(),
             claims: self.backup_claims.clone(),
+            loopback_endpoints: self.backup_loopback_endpoints,
         }
     }
 

@@ -410,6 +410,7 @@ impl Cluster {
             .env("POD_NAMESPACE", "keystead-system")
             .env("POD_NAME", "operator-0")
             .env("KEYSTEAD_SERVICE_ACCOUNT", "keystead-operator")
+            .env("KEYSTEAD_ALLOW_LOOPBACK_STORAGE_ENDPOINTS", "true")
             .env("KEYSTEAD_SERVICE_ACCOUNT_ISSUER", &self.issuer.url)
             .env("RUST_LOG", "warn")
             .kill_on_drop(true);

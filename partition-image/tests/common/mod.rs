@@ -141,6 +141,8 @@ impl TestPool {
             host_addresses: Default::default(),
             backup_filesystem_root: opts.backup_root.clone(),
             backup_claims: opts.backup_claims.clone(),
+            // The backup tests use emulators on loopback.
+            backup_loopback_endpoints: true,
         };
         let app = App::open(cfg).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
