@@ -1,19 +1,30 @@
 //! The Raft log, vote and committed marker on disk under `dataDir/raft/`.
 //!
-//! `log.jsonl` is an append-only file of operations (append an entry, truncate from an index,
-//! purge up to a log id), each line fsync'd before it is acknowledged; `vote.json` is
-//! replaced atomically. Entries carry [`Command`](crate::state::Command)s, which hold only
-//! wrapped key material. On open the operations are replayed into memory; after a purge the
-//! file is rewritten with the remaining entries.
+//! `log.jsonl` is an append-only file of operations, one JSON record per line: append an
+//! entry, truncate from an index, purge up to a log id (each batch fsync'd before it is
+//! acknowledged), and the committed marker (written without an fsync of its own: it becomes
+//! durable with the next fsync'd batch, and a lost marker only means fewer entries are
+//! re-applied at start). `vote.json` is replaced atomically. Entries carry
+//! [`Command`](crate::state::Command)s, which hold only wrapped key material. On open the
+//! operations are replayed into memory; after a purge the file is rewritten with the
+//! remaining entries.
+//!
+//! A record is complete once its line, newline included, is on disk. A crash in the middle of
+//! a write leaves an incomplete last record, which was never acknowledged: open cuts the file
+//! back to the end of the last complete record (and fsyncs it) before anything is appended.
+//! A damaged record with complete records after it is not a cut-off write: open refuses it.
+//! After a failed write or fsync the file's content is unknown, so the store refuses every
+//! later write until the partition restarts (openraft stops on the error anyway).
 
 use super::TypeConfig;
+use anyhow::Context;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -28,6 +39,8 @@ enum Op {
     Truncate(u64),
     #[serde(rename = "p")]
     Purge(LogId<NodeId>),
+    #[serde(rename = "c")]
+    Commit(LogId<NodeId>),
 }
 
 struct Inner {
@@ -35,7 +48,10 @@ struct Inner {
     file: File,
     entries: BTreeMap<u64, Entry<TypeConfig>>,
     last_purged: Option<LogId<NodeId>>,
+    committed: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
+    /// Set when a write to `log.jsonl` failed: what is on disk is unknown from then on.
+    failed: Option<String>,
 }
 
 /// The log store (cheap to clone; clones share the same log).
@@ -65,58 +81,150 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     o.open(path)
 }
 
-impl LogStore {
-    /// Open (or create) the log in `dir` (`dataDir/raft`).
-    pub fn open(dir: &Path) -> anyhow::Result<LogStore> {
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join("log.jsonl");
-        let mut entries = BTreeMap::new();
-        let mut last_purged = None;
-        if path.exists() {
-            let lines: Vec<String> = BufReader::new(File::open(&path)?)
-                .lines()
-                .collect::<Result<_, _>>()?;
-            let n = lines.len();
-            for (i, line) in lines.into_iter().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
+/// Fsync a directory, so that the entries created, renamed or removed in it are durable.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Create `dir` if needed, durably: its own entry is fsync'd in its parent.
+pub(super) fn create_dir_durably(dir: &Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the Raft directory {}", dir.display()))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)
+            .with_context(|| format!("cannot fsync the directory {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// What replaying `log.jsonl` found.
+#[derive(Default)]
+struct Replayed {
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    last_purged: Option<LogId<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    /// Bytes of complete records: everything after them is a write cut off by a crash.
+    complete_len: usize,
+}
+
+/// Replay the operations of `log.jsonl` (`bytes`, read from `path`).
+///
+/// The last line may be incomplete (no newline, or not a whole record): it is left out of
+/// `complete_len`. A record that cannot be read anywhere before it is an error.
+fn replay(path: &Path, bytes: &[u8]) -> anyhow::Result<Replayed> {
+    let mut r = Replayed::default();
+    let mut start = 0;
+    let mut line = 0;
+    while start < bytes.len() {
+        line += 1;
+        let Some(end) = bytes[start..].iter().position(|&b| b == b'\n') else {
+            // No newline: the write of this record was cut off.
+            break;
+        };
+        let end = start + end;
+        let record = &bytes[start..end];
+        let next = end + 1;
+        if !record.iter().all(u8::is_ascii_whitespace) {
+            let op: Op = match serde_json::from_slice(record) {
+                Ok(op) => op,
+                // The last line, damaged: a cut-off write too.
+                Err(_) if next == bytes.len() => break,
+                Err(e) => anyhow::bail!(
+                    "the Raft log {} is damaged at byte {start} (line {line}): {e}. Complete \
+                     records follow it, so it is not a write cut off by a crash, and skipping it \
+                     could lose acknowledged entries: the partition will not start on it. Keep a \
+                     copy of the file for diagnosis, then move the partition's data directory \
+                     away: the partition starts empty and copies the log from its peers (while \
+                     the other partitions of the pool form a majority)",
+                    path.display()
+                ),
+            };
+            match op {
+                Op::Append(e) => {
+                    r.entries.insert(e.log_id.index, e);
                 }
-                let op: Op = match serde_json::from_str(&line) {
-                    Ok(op) => op,
-                    // A torn last line was never acknowledged.
-                    Err(_) if i + 1 == n => break,
-                    Err(e) => anyhow::bail!(
-                        "the Raft log {} is corrupt at line {}: {e}; move the partition's data directory away to let it heal from its peers",
-                        path.display(),
-                        i + 1
-                    ),
-                };
-                match op {
-                    Op::Append(e) => {
-                        entries.insert(e.log_id.index, e);
-                    }
-                    Op::Truncate(since) => {
-                        entries.split_off(&since);
-                    }
-                    Op::Purge(id) => {
-                        entries = entries.split_off(&(id.index + 1));
-                        last_purged = Some(id);
-                    }
+                Op::Truncate(since) => {
+                    r.entries.split_off(&since);
                 }
+                Op::Purge(id) => {
+                    r.entries = r.entries.split_off(&(id.index + 1));
+                    r.last_purged = Some(id);
+                }
+                Op::Commit(id) => r.committed = Some(id),
             }
         }
+        start = next;
+        r.complete_len = next;
+    }
+    Ok(r)
+}
+
+impl LogStore {
+    /// Open (or create) the log in `dir` (`dataDir/raft`).
+    ///
+    /// An incomplete last record (a write cut off by a crash) is cut off the file, durably,
+    /// before anything is appended.
+    pub fn open(dir: &Path) -> anyhow::Result<LogStore> {
+        create_dir_durably(dir)?;
+        let path = dir.join("log.jsonl");
+        let (bytes, existed) = match std::fs::read(&path) {
+            Ok(b) => (b, true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), false),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read the Raft log {}", path.display()));
+            }
+        };
+        let replayed = replay(&path, &bytes)?;
+        let file = open_append(&path)
+            .with_context(|| format!("cannot open the Raft log {}", path.display()))?;
+        if replayed.complete_len < bytes.len() {
+            tracing::warn!(
+                file = %path.display(),
+                at = replayed.complete_len,
+                bytes = bytes.len() - replayed.complete_len,
+                "the Raft log ends with an incomplete record (a write cut off by a crash, never acknowledged); removing it"
+            );
+            // `complete_len` is at most the file's length, which fits in u64.
+            let len = u64::try_from(replayed.complete_len).unwrap_or(u64::MAX);
+            file.set_len(len)
+                .and_then(|()| file.sync_all())
+                .with_context(|| {
+                    format!(
+                        "cannot cut the incomplete last record off the Raft log {} at byte {len}",
+                        path.display()
+                    )
+                })?;
+        }
+        if !existed {
+            sync_dir(dir)
+                .with_context(|| format!("cannot fsync the directory {}", dir.display()))?;
+        }
         let vote_path = dir.join("vote.json");
-        let vote = if vote_path.exists() {
-            Some(serde_json::from_slice(&std::fs::read(&vote_path)?)?)
-        } else {
-            None
+        let vote = match std::fs::read(&vote_path) {
+            Ok(b) => Some(serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "the Raft vote {} is damaged; move the partition's data directory away: the partition starts empty and copies the log from its peers",
+                    vote_path.display()
+                )
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read the Raft vote {}", vote_path.display()))
+            }
         };
         let inner = Inner {
             dir: dir.to_path_buf(),
-            file: open_append(&path)?,
-            entries,
-            last_purged,
+            file,
+            entries: replayed.entries,
+            last_purged: replayed.last_purged,
+            committed: replayed.committed,
             vote,
+            failed: None,
         };
         Ok(LogStore {
             inner: Arc::new(Mutex::new(inner)),
@@ -135,23 +243,56 @@ impl LogStore {
 }
 
 impl Inner {
-    fn write_ops(&mut self, ops: &[Op]) -> std::io::Result<()> {
+    /// Refuse writes once one failed (what is on disk is unknown then).
+    fn usable(&self) -> std::io::Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(f) => Err(std::io::Error::other(format!(
+                "an earlier write to the Raft log {} failed ({f}); restart the partition to reopen the log",
+                self.dir.join("log.jsonl").display()
+            ))),
+        }
+    }
+
+    /// Append `ops` to `log.jsonl`, fsync'd when `sync`. A failure poisons the store.
+    fn write_ops(&mut self, ops: &[Op], sync: bool) -> std::io::Result<()> {
+        self.usable()?;
         let mut buf = Vec::new();
         for op in ops {
             serde_json::to_writer(&mut buf, op)?;
             buf.push(b'\n');
         }
-        self.file.write_all(&buf)?;
-        self.file.sync_data()
+        let res = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
+        if let Err(e) = &res {
+            self.failed = Some(e.to_string());
+        }
+        res
     }
 
-    /// Rewrite the file with what remains (after a purge).
+    /// Rewrite the file with what remains (after a purge). A failure poisons the store: the
+    /// file handle may no longer be the file at `log.jsonl`.
     fn compact(&mut self) -> std::io::Result<()> {
+        self.usable()?;
+        let res = self.rewrite();
+        if let Err(e) = &res {
+            self.failed = Some(e.to_string());
+        }
+        res
+    }
+
+    fn rewrite(&mut self) -> std::io::Result<()> {
         let path = self.dir.join("log.jsonl");
         let tmp = self.dir.join("log.jsonl.tmp");
         let mut buf = Vec::new();
-        if let Some(p) = self.last_purged {
-            serde_json::to_writer(&mut buf, &Op::Purge(p))?;
+        let head = [
+            self.last_purged.map(Op::Purge),
+            self.committed.map(Op::Commit),
+        ];
+        for op in head.iter().flatten() {
+            serde_json::to_writer(&mut buf, op)?;
             buf.push(b'\n');
         }
         for e in self.entries.values() {
@@ -164,7 +305,7 @@ impl Inner {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &path)?;
-        File::open(&self.dir)?.sync_all()?;
+        sync_dir(&self.dir)?;
         self.file = open_append(&path)?;
         Ok(())
     }
@@ -211,7 +352,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             f.write_all(&bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)?;
-            File::open(&i.dir)?.sync_all()
+            sync_dir(&i.dir)
         })()
         .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::new(&e))))?;
         i.vote = Some(*vote);
@@ -220,6 +361,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
         Ok(self.lock().vote)
+    }
+
+    /// Record the committed log id. Not fsync'd here: the entries it covers are already
+    /// durable, and the marker becomes durable with the next fsync'd write.
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let mut i = self.lock();
+        if committed == i.committed {
+            return Ok(());
+        }
+        if let Some(c) = committed {
+            i.write_ops(&[Op::Commit(c)], false).map_err(io_err)?;
+        }
+        i.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.lock().committed)
     }
 
     async fn append<I>(
@@ -234,7 +396,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut i = self.lock();
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let ops: Vec<Op> = entries.iter().cloned().map(Op::Append).collect();
-        let res = i.write_ops(&ops);
+        let res = i.write_ops(&ops, true);
         if res.is_ok() {
             for e in entries {
                 i.entries.insert(e.log_id.index, e);
@@ -250,7 +412,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut i = self.lock();
-        i.write_ops(&[Op::Truncate(log_id.index)]).map_err(io_err)?;
+        i.write_ops(&[Op::Truncate(log_id.index)], true)
+            .map_err(io_err)?;
         i.entries.split_off(&log_id.index);
         Ok(())
     }
@@ -261,5 +424,184 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         i.last_purged = Some(log_id);
         i.compact().map_err(io_err)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Command;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// A normal entry whose command names a key with non-ASCII characters, so that some cuts
+    /// fall inside a multi-byte character.
+    fn entry(term: u64, index: u64, name: &str) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(Command::DeleteKey {
+                name: name.into(),
+                now: index as i64,
+            }),
+        }
+    }
+
+    async fn all_entries(log: &mut LogStore) -> Vec<Entry<TypeConfig>> {
+        log.try_get_log_entries(..).await.expect("read the log")
+    }
+
+    /// Reopen the log in `dir`, append `new` (fsync'd) and reopen again: the log must hold
+    /// `kept` followed by `new`.
+    async fn append_across_restarts(
+        dir: &Path,
+        kept: &[Entry<TypeConfig>],
+        new: &Entry<TypeConfig>,
+    ) -> Result<(), String> {
+        let mut log = LogStore::open(dir).map_err(|e| format!("the first reopen failed: {e:#}"))?;
+        log.blocking_append([new.clone()])
+            .await
+            .map_err(|e| format!("appending after the first reopen failed: {e}"))?;
+        drop(log);
+        let mut log =
+            LogStore::open(dir).map_err(|e| format!("the second reopen failed: {e:#}"))?;
+        let got = all_entries(&mut log).await;
+        let mut want = kept.to_vec();
+        want.push(new.clone());
+        if got != want {
+            let ids = |v: &[Entry<TypeConfig>]| {
+                v.iter().map(|e| e.log_id.to_string()).collect::<Vec<_>>()
+            };
+            return Err(format!(
+                "after the second reopen the log holds {:?}, expected {:?}",
+                ids(&got),
+                ids(&want)
+            ));
+        }
+        Ok(())
+    }
+
+    async fn write_log(dir: &Path, entries: &[Entry<TypeConfig>]) -> Vec<u8> {
+        let mut log = LogStore::open(dir).expect("open a new log");
+        for e in entries {
+            log.blocking_append([e.clone()]).await.expect("append");
+        }
+        std::fs::read(dir.join("log.jsonl")).expect("read log.jsonl")
+    }
+
+    #[tokio::test]
+    async fn a_damaged_record_before_the_last_is_refused_naming_the_file_and_offset() {
+        let written: Vec<_> = (1..=4).map(|i| entry(1, i, &format!("key-{i}"))).collect();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("raft");
+        let intact = write_log(&dir, &written).await;
+        let second = intact
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("a first line")
+            + 1;
+        let path = dir.join("log.jsonl");
+        // A byte of the second record overwritten; the same record cut short.
+        let mut garbled = intact.clone();
+        garbled[second + 5] = 0;
+        let third = second
+            + intact[second..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .expect("a second line");
+        let cut = [&intact[..second + 10], &intact[third..]].concat();
+        for damaged in [garbled, cut] {
+            std::fs::write(&path, &damaged).expect("damage log.jsonl");
+            let err = format!(
+                "{:#}",
+                LogStore::open(&dir).expect_err("a damaged record in the middle is refused")
+            );
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains(&format!("at byte {second} (line 2)")), "{err}");
+            assert!(
+                err.contains("move the partition's data directory away"),
+                "{err}"
+            );
+            assert_eq!(
+                std::fs::read(&path).expect("read log.jsonl"),
+                damaged,
+                "a refused log is left as it is"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_last_line_is_a_cut_off_write_and_is_removed() {
+        let written: Vec<_> = (1..=3).map(|i| entry(1, i, &format!("key-{i}"))).collect();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("raft");
+        let intact = write_log(&dir, &written).await;
+        let path = dir.join("log.jsonl");
+        // Zeros where the last write was not persisted, but its newline was.
+        let mut damaged = intact.clone();
+        damaged.extend_from_slice(&[0; 40]);
+        damaged.push(b'\n');
+        std::fs::write(&path, &damaged).expect("damage log.jsonl");
+        let mut log = LogStore::open(&dir).expect("open");
+        assert_eq!(all_entries(&mut log).await, written);
+        assert_eq!(
+            std::fs::read(&path).expect("read log.jsonl"),
+            intact,
+            "the file is cut back to its complete records"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_after_a_failed_write_is_refused() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("raft");
+        let mut log = LogStore::open(&dir).expect("open");
+        log.lock().failed = Some("No space left on device".into());
+        let err = log
+            .blocking_append([entry(1, 1, "k")])
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("restart the partition"), "{err}");
+        assert!(all_entries(&mut log).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_entry_appended_after_a_torn_last_record_survives_the_next_restart() {
+        const N: u64 = 4;
+        let written: Vec<_> = (1..=N)
+            .map(|i| entry(1, i, &format!("clé-{i}-€")))
+            .collect();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("raft");
+        {
+            let mut log = LogStore::open(&dir).expect("open a new log");
+            for e in &written {
+                log.blocking_append([e.clone()]).await.expect("append");
+            }
+        }
+        let path = dir.join("log.jsonl");
+        let intact = std::fs::read(&path).expect("read log.jsonl");
+        let last_start = intact[..intact.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
+        // The leader's entry at the torn index (a new term, as after an election).
+        let replacement = entry(2, N, "après-la-coupure");
+        let kept = &written[..written.len() - 1];
+        let mut failures = Vec::new();
+        for cut in last_start..intact.len() {
+            std::fs::write(&path, &intact[..cut]).expect("tear log.jsonl");
+            if let Err(e) = append_across_restarts(&dir, kept, &replacement).await {
+                failures.push(format!("cut at byte {cut}: {e}"));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} cuts inside the last record (bytes {last_start}..{}) lost data:\n{}",
+            failures.len(),
+            intact.len() - last_start,
+            intact.len(),
+            failures.join("\n")
+        );
     }
 }

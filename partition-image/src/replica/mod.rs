@@ -15,6 +15,8 @@ pub mod network;
 pub mod peer;
 pub mod read_index;
 pub mod state_machine;
+#[cfg(test)]
+mod storage_tests;
 
 use crate::config::{PartitionConfig, PeerSettings};
 use crate::state::{Command, Outcome};

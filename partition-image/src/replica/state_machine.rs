@@ -1,12 +1,15 @@
 //! The replicated state machine: [`PoolState`] plus the last applied log id and membership.
 //!
 //! Snapshots are the serialized state (wrapped key material only), written atomically to
-//! `dataDir/raft/snapshot.json`. The outcome of each applied command is kept in memory for a
+//! `dataDir/raft/snapshot.json` (temp file, fsync, rename, directory fsync), one writer at a
+//! time: a snapshot built here never replaces a newer one installed from the leader meanwhile
+//! (openraft builds snapshots in a task of their own). The outcome of each applied command is kept in memory for a
 //! while so that the partition that proposed it (possibly a follower, via the leader) can
 //! answer its client with exactly what the state machine produced.
 
 use super::{Member, TypeConfig};
 use crate::state::{Command, Outcome, PoolState, StateError};
+use anyhow::Context;
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     AnyError, Entry, EntryPayload, LogId, RaftSnapshotBuilder, StorageError, StorageIOError,
@@ -40,6 +43,9 @@ pub struct Shared {
     pub activation_changed: tokio::sync::Notify,
     dir: PathBuf,
     snapshots_built: Mutex<u64>,
+    /// The last log id of `snapshot.json` (`None`: no snapshot, or one of an empty log),
+    /// locked while the file is replaced.
+    on_disk: Mutex<Option<LogId<NodeId>>>,
 }
 
 impl Shared {
@@ -74,18 +80,30 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 impl StateMachine {
     /// Open the state machine from the last snapshot in `dir` (`dataDir/raft`), if any.
     pub fn open(dir: PathBuf) -> anyhow::Result<StateMachine> {
-        std::fs::create_dir_all(&dir)?;
+        super::log_store::create_dir_durably(&dir)?;
         let path = dir.join("snapshot.json");
-        let (state, applied) = if path.exists() {
-            let snap: SnapshotFile = serde_json::from_slice(&std::fs::read(&path)?)
-                .map_err(|e| anyhow::anyhow!("the snapshot {} is corrupt: {e}; move the partition's data directory away to let it heal from its peers", path.display()))?;
-            (
-                snap.state,
-                (snap.meta.last_log_id, snap.meta.last_membership),
-            )
-        } else {
-            (PoolState::default(), (None, StoredMembership::default()))
+        let (state, applied) = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let snap: SnapshotFile = serde_json::from_slice(&bytes).with_context(|| {
+                    format!(
+                        "the snapshot {} is damaged; move the partition's data directory away: the partition starts empty and copies the state from its peers",
+                        path.display()
+                    )
+                })?;
+                (
+                    snap.state,
+                    (snap.meta.last_log_id, snap.meta.last_membership),
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (PoolState::default(), (None, StoredMembership::default()))
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read the snapshot {}", path.display()));
+            }
         };
+        let on_disk = applied.0;
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 state: RwLock::new(state),
@@ -94,6 +112,7 @@ impl StateMachine {
                 activation_changed: tokio::sync::Notify::new(),
                 dir,
                 snapshots_built: Mutex::new(0),
+                on_disk: Mutex::new(on_disk),
             }),
         })
     }
@@ -132,8 +151,19 @@ impl StateMachine {
         }
     }
 
-    fn persist(&self, snap: &SnapshotFile) -> std::io::Result<Vec<u8>> {
+    /// Replace `snapshot.json` with `snap` and return its bytes. A built snapshot
+    /// (`installed` false) older than the one on disk is not written: a newer one was
+    /// installed while it was being built.
+    fn persist(&self, snap: &SnapshotFile, installed: bool) -> std::io::Result<Vec<u8>> {
         let bytes = serde_json::to_vec(snap)?;
+        let mut on_disk = self
+            .shared
+            .on_disk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !installed && snap.meta.last_log_id < *on_disk {
+            return Ok(bytes);
+        }
         let path = self.shared.dir.join("snapshot.json");
         let tmp = self.shared.dir.join("snapshot.json.tmp");
         {
@@ -142,7 +172,8 @@ impl StateMachine {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.shared.dir)?.sync_all()?;
+        super::log_store::sync_dir(&self.shared.dir)?;
+        *on_disk = snap.meta.last_log_id;
         Ok(bytes)
     }
 }
@@ -150,7 +181,7 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let snap = self.current_snapshot_file();
-        let bytes = self.persist(&snap).map_err(sm_err)?;
+        let bytes = self.persist(&snap, false).map_err(sm_err)?;
         Ok(Snapshot {
             meta: snap.meta,
             snapshot: Box::new(Cursor::new(bytes)),
@@ -255,7 +286,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             state: file.state,
         };
-        self.persist(&file).map_err(sm_err)?;
+        self.persist(&file, true).map_err(sm_err)?;
         {
             let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
             *state = file.state;
@@ -283,5 +314,56 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: file.meta,
             snapshot: Box::new(Cursor::new(bytes)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replica::storage_tests::{entries, key_names, log_id, open_both};
+
+    #[tokio::test]
+    async fn a_snapshot_built_before_an_install_never_replaces_it() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("raft");
+        let (_, mut sm) = open_both(&dir);
+        sm.apply(entries(1, 3)).await.expect("apply 1..=3");
+        // openraft builds a snapshot in a task of its own: this one took the state at 3...
+        let stale = sm.current_snapshot_file();
+        // ...and a newer snapshot from the leader was installed before it was written.
+        let leader_tmp = tempfile::tempdir().expect("temp dir");
+        let (_, mut leader) = open_both(&leader_tmp.path().join("raft"));
+        leader
+            .apply(entries(2, 6))
+            .await
+            .expect("apply on the leader");
+        let newer = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build on the leader");
+        sm.install_snapshot(&newer.meta, newer.snapshot)
+            .await
+            .expect("install");
+        sm.persist(&stale, false).expect("write the stale snapshot");
+        drop(sm);
+
+        let (_, mut reopened) = open_both(&dir);
+        assert_eq!(
+            reopened.applied_state().await.expect("applied").0,
+            Some(log_id(2, 6)),
+            "the installed snapshot is still the one on disk"
+        );
+        assert_eq!(
+            key_names(&reopened),
+            ["key-2", "key-3", "key-4", "key-5", "key-6"]
+        );
+        let current = reopened
+            .get_current_snapshot()
+            .await
+            .expect("read the snapshot")
+            .expect("a snapshot");
+        assert_eq!(current.meta, newer.meta);
     }
 }
