@@ -327,6 +327,10 @@ pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &S
             .map(|v| (v.claim_name.clone(), json!(backup_mount(&v.claim_name))))
             .collect::<serde_json::Map<_, _>>(),
         "backupLoopbackEndpoints": settings.loopback_storage_endpoints,
+        "securityDomainRedownload": match spec.security_domain_redownload {
+            crate::crd::RedownloadPolicy::Allowed => "allowed",
+            crate::crd::RedownloadPolicy::Refused => "refused",
+        },
     })
 }
 

@@ -621,6 +621,22 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
         next_backup_time,
         ..previous.clone()
     };
+    let mut status = status;
+    // A re-download of the security domain is loud: a Warning Event naming who, once per
+    // download, and the count in the status.
+    let reported = previous.security_domain_redownloads.unwrap_or(0);
+    if let Some((count, note)) = decide::redownload_note(&observed, reported) {
+        publish(
+            &ctx,
+            &hsm,
+            EventType::Warning,
+            "SecurityDomainDownloaded",
+            "SecurityDomain",
+            note,
+        )
+        .await;
+        status.security_domain_redownloads = Some(count);
+    }
     phase_event(&ctx, &hsm, &status).await;
     write_status(&ctx, &hsm, status).await?;
 

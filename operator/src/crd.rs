@@ -153,6 +153,13 @@ pub struct ManagedHsmSpec {
     #[serde(default)]
     pub recover: bool,
 
+    /// Whether an Administrator may download the activated security domain again, to
+    /// custodian certificates of its choosing. `Refused` (opt-in): the domain leaves the
+    /// pool only as the file made at activation. Either way every re-download raises a
+    /// Warning Event `SecurityDomainDownloaded` naming who did it.
+    #[serde(default)]
+    pub security_domain_redownload: RedownloadPolicy,
+
     /// PersistentVolumeClaims that `filesystem` backup destinations may name. Each is
     /// mounted into every partition (`/var/lib/keystead-backups/<claimName>`); the
     /// partitions run on different nodes, so a claim must be ReadWriteMany. Changing the
@@ -320,6 +327,13 @@ pub struct SealSpec {
     pub secret: Option<SecretRef>,
 }
 
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RedownloadPolicy {
+    #[default]
+    Allowed,
+    Refused,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum SealMode {
     #[default]
@@ -429,6 +443,10 @@ pub struct ManagedHsmStatus {
     /// SHA-256 fingerprint of the activated security domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_domain_fingerprint: Option<String>,
+    /// How many times the activated security domain was downloaded again (each raised a
+    /// Warning Event `SecurityDomainDownloaded`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_domain_redownloads: Option<i64>,
     /// Last completed backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<BackupReference>,

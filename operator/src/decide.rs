@@ -25,6 +25,51 @@ pub enum Activation {
     Activated,
 }
 
+/// `lastSecurityDomainRedownload` of `GET /admin/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainRedownload {
+    pub principal: String,
+    pub time: i64,
+    #[serde(default)]
+    pub wrapping_keys: Option<i64>,
+    #[serde(default)]
+    pub quorum: Option<i64>,
+}
+
+/// A Warning Event's note for re-downloads of the security domain the operator has not
+/// reported yet: the highest count any partition reports against `reported` (the count
+/// in the pool's status). `None`: nothing new.
+pub fn redownload_note(observed: &[ObservedPartition], reported: i64) -> Option<(i64, String)> {
+    let newest = observed
+        .iter()
+        .filter_map(|p| p.admin.as_ref())
+        .filter(|a| a.security_domain_redownloads.unwrap_or(0) > reported)
+        .max_by_key(|a| a.security_domain_redownloads.unwrap_or(0))?;
+    let count = newest.security_domain_redownloads.unwrap_or(0);
+    let who = newest
+        .last_security_domain_redownload
+        .as_ref()
+        .map(|d| {
+            let when = k8s_openapi::jiff::Timestamp::from_second(d.time)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| d.time.to_string());
+            format!(
+                "by {} at {when} (to {} custodian keys, quorum {})",
+                d.principal,
+                d.wrapping_keys.unwrap_or(0),
+                d.quorum.unwrap_or(0)
+            )
+        })
+        .unwrap_or_default();
+    Some((
+        count,
+        format!(
+            "the security domain was downloaded again {who}; re-downloads so far: {count}. Whoever holds a quorum of the new custodian keys holds every key of this pool: if this was not a planned custodian change, treat the domain as exposed (docs/threat-model.md)"
+        ),
+    ))
+}
+
 /// The part of `GET /admin/status` the operator uses (unknown fields are ignored).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -34,6 +79,11 @@ pub struct AdminStatus {
     pub security_domain_fingerprint: Option<String>,
     #[serde(default)]
     pub domain_loaded: Option<bool>,
+    /// Re-downloads of the activated domain recorded by the pool, and the last one.
+    #[serde(default)]
+    pub security_domain_redownloads: Option<i64>,
+    #[serde(default)]
+    pub last_security_domain_redownload: Option<DomainRedownload>,
     #[serde(default)]
     pub applied_index: Option<i64>,
     #[serde(default)]

@@ -1029,3 +1029,60 @@ fn backup_volumes_are_mounted_in_every_partition_and_named_in_its_config() {
         children::desired_template_hash(&ch.statefulset)
     );
 }
+
+/// A re-download of the security domain the pool reports and the status has not counted
+/// yet gives one Warning Event note naming who and when; once counted, none.
+#[test]
+fn a_security_domain_redownload_is_reported_once_naming_who() {
+    let admin = |n: i64| -> decide::AdminStatus {
+        serde_json::from_value(serde_json::json!({
+            "activation": "Activated", "securityDomainRedownloads": n,
+            "lastSecurityDomainRedownload": {"principal": "system:serviceaccount:ops:mallory",
+                "time": 1_796_000_000, "wrappingKeys": 3, "quorum": 2},
+        }))
+        .unwrap()
+    };
+    let observed: Vec<ObservedPartition> = [(0, 1), (1, 2), (2, 1)]
+        .iter()
+        .map(|(i, n)| ObservedPartition {
+            name: format!("pool-{i}"),
+            admin: Some(admin(*n)),
+            ..Default::default()
+        })
+        .collect();
+    let (count, note) = decide::redownload_note(&observed, 0).expect("a new re-download");
+    assert_eq!(count, 2, "the highest count any partition reports");
+    assert!(note.contains("system:serviceaccount:ops:mallory"), "{note}");
+    assert!(note.contains("2026-"), "a readable time: {note}");
+    assert!(note.contains("quorum 2"), "{note}");
+    assert!(
+        decide::redownload_note(&observed, 2).is_none(),
+        "already reported"
+    );
+    let silent: Vec<ObservedPartition> = vec![ObservedPartition {
+        name: "pool-0".into(),
+        admin: Some(
+            serde_json::from_value(serde_json::json!({"activation": "Activated"})).unwrap(),
+        ),
+        ..Default::default()
+    }];
+    assert!(decide::redownload_note(&silent, 0).is_none());
+}
+
+#[test]
+fn the_redownload_policy_reaches_the_partition_config() {
+    let mut h = hsm("managedhsm-basic.yaml");
+    let names = Names::of(&h).unwrap();
+    let pod = names.pods(3)[0].clone();
+    let cfg = children::partition_config(&h, &names, &pod, &settings());
+    assert_eq!(cfg["securityDomainRedownload"], "allowed");
+    h.spec.security_domain_redownload = keystead_operator::crd::RedownloadPolicy::Refused;
+    let cfg = children::partition_config(&h, &names, &pod, &settings());
+    assert_eq!(cfg["securityDomainRedownload"], "refused");
+    // The partition takes what the operator writes.
+    let parsed: keystead_partition::config::PartitionConfig = serde_json::from_value(cfg).unwrap();
+    assert_eq!(
+        parsed.security_domain_redownload,
+        keystead_partition::config::RedownloadPolicy::Refused
+    );
+}

@@ -73,6 +73,28 @@ pub struct PartitionConfig {
     /// docs/threat-model.md.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub backup_loopback_endpoints: bool,
+    /// Whether an Administrator may download the activated security domain again (to
+    /// custodian certificates of its choosing). `refused` (opt-in): once activated, the
+    /// domain leaves the pool only as the file made at activation; custodians are changed by
+    /// recovering into a pool configured to allow it. Every re-download is recorded
+    /// pool-wide and raises a Warning Event (docs/threat-model.md).
+    #[serde(default, skip_serializing_if = "RedownloadPolicy::is_default")]
+    pub security_domain_redownload: RedownloadPolicy,
+}
+
+/// `securityDomainRedownload` of the partition configuration.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RedownloadPolicy {
+    #[default]
+    Allowed,
+    Refused,
+}
+
+impl RedownloadPolicy {
+    fn is_default(&self) -> bool {
+        *self == Self::Allowed
+    }
 }
 
 /// One member of the Raft group.

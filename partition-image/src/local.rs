@@ -205,6 +205,7 @@ impl LocalPki {
                 backup_claims: Default::default(),
                 // Development pool: backups may go to emulators on loopback.
                 backup_loopback_endpoints: true,
+                security_domain_redownload: Default::default(),
             };
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
             cfg

@@ -191,6 +191,30 @@ pub struct PoolState {
     /// RBAC at once; dropped by `RestoreAbort` or the next `RestoreBegin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_staging: Option<Box<RestoreStaging>>,
+    /// How many times the activated domain was handed out again (re-protected under new
+    /// custodian keys) and the last of them: reported by `/admin/status` so the operator can
+    /// raise an Event (docs/threat-model.md).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub domain_redownloads: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_domain_redownload: Option<DomainRedownload>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// One re-download of the activated security domain.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainRedownload {
+    /// Who downloaded it (an Administrator).
+    pub principal: String,
+    /// Unix seconds.
+    pub time: i64,
+    /// Custodian keys the new file is protected under, and the quorum.
+    pub wrapping_keys: u32,
+    pub quorum: u32,
 }
 
 /// What a staged full restore has received so far.
@@ -310,6 +334,9 @@ pub enum Command {
         fingerprint: String,
         now: i64,
     },
+    /// The activated domain is being handed out again: recorded before the file is.
+    #[serde(rename_all = "camelCase")]
+    RecordDomainRedownload { download: DomainRedownload },
 }
 
 /// What applying a command produced (the request handler turns it into a response).
@@ -714,6 +741,11 @@ impl PoolState {
                     fingerprint: fingerprint.clone(),
                     since: *now,
                 };
+                Ok(Outcome::None)
+            }
+            Command::RecordDomainRedownload { download } => {
+                self.domain_redownloads += 1;
+                self.last_domain_redownload = Some(download.clone());
                 Ok(Outcome::None)
             }
         }

@@ -138,6 +138,62 @@ async fn download_activates_and_redownload_reprotects_the_same_domain() {
     assert_eq!(sd::recover_domain(&file2, &all).unwrap().fingerprint(), fp);
     // The old custodian 0 no longer matches a share of the new file.
     assert!(sd::recover_domain(&file2, &keys(&[0, 1, 2])).is_err());
+    // The re-download is recorded pool-wide (who, when, under how many keys) and reported
+    // by /admin/status, from which the operator raises a Warning Event; the activating
+    // download is not counted.
+    let (s, st) = pool
+        .call(Some(ADMIN), Method::GET, "/admin/status", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{st}");
+    assert_eq!(st["securityDomainRedownloads"], 1, "{st}");
+    let last = &st["lastSecurityDomainRedownload"];
+    assert_eq!(last["principal"], ADMIN, "{st}");
+    assert_eq!(last["wrappingKeys"], 3, "{st}");
+    assert_eq!(last["quorum"], 3, "{st}");
+    assert!(last["time"].as_i64().unwrap() > 1_700_000_000, "{st}");
+}
+
+/// `securityDomainRedownload: refused` (opt-in): the activating download works, any later
+/// download is refused with 403 saying why, and nothing is recorded as handed out.
+#[tokio::test]
+async fn a_pool_that_refuses_redownload_hands_out_its_domain_once() {
+    let pool = TestPool::start_with(common::Options {
+        security_domain_redownload: keystead_partition::config::RedownloadPolicy::Refused,
+        ..Default::default()
+    })
+    .await;
+    let body = json!({"certificates": pool.certificate_jwks(3), "required": 2});
+    let (s, v) = pool
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/securitydomain/download",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    let (s, v) = pool
+        .call(
+            Some(ADMIN),
+            Method::POST,
+            "/securitydomain/download",
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(v["error"]["code"], "RedownloadRefused", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("securityDomainRedownload"),
+        "{v}"
+    );
+    assert!(v.get("value").is_none(), "no domain file in a refusal: {v}");
+    let (_, st) = pool
+        .call(Some(ADMIN), Method::GET, "/admin/status", None)
+        .await;
+    assert_eq!(st["securityDomainRedownloads"], 0, "{st}");
 }
 
 #[tokio::test]

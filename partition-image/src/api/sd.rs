@@ -55,6 +55,13 @@ pub async fn download(ctx: &mut Ctx) -> Result<Response, ApiError> {
     match activation {
         Activation::Activated { fingerprint, .. } => {
             // Re-protection: the same domain under new wrapping keys.
+            if ctx.app.cfg.security_domain_redownload == crate::config::RedownloadPolicy::Refused {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "RedownloadRefused",
+                    "this pool refuses to download its activated security domain again (securityDomainRedownload: refused); keep the file made at activation, and to change custodians recover into a pool that allows it",
+                ));
+            }
             let u = ctx.app.keyring.unsealed().ok_or_else(|| {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -69,7 +76,19 @@ pub async fn download(ctx: &mut Ctx) -> Result<Response, ApiError> {
             }
             let file = sd::create_domain_file(&u.secret, &custodians, quorum).map_err(sd_err)?;
             verify_file(&file, &fingerprint, n)?;
-            tracing::info!(fingerprint = %fingerprint, wrapping_keys = n, quorum, "security domain re-protected with new wrapping keys");
+            // Recorded pool-wide before the file leaves: a re-download that cannot be
+            // recorded is not made (the operator turns the record into a Warning Event).
+            let download = crate::state::DomainRedownload {
+                principal: ctx.principal.clone(),
+                time: crate::api::keys::now(),
+                wrapping_keys: n as u32,
+                quorum: quorum as u32,
+            };
+            ctx.app
+                .store
+                .propose(Command::RecordDomainRedownload { download })
+                .await?;
+            tracing::warn!(fingerprint = %fingerprint, principal = %ctx.principal, wrapping_keys = n, quorum, "security domain downloaded again (re-protected under new custodian keys)");
             Ok(accepted(
                 ctx,
                 &SecurityDomainObject { value: file },
@@ -356,6 +375,8 @@ pub fn admin_status(ctx: &mut Ctx) -> Result<Response, ApiError> {
         "appliedIndex": ctx.app.store.applied_index(),
         "softDeleteRetentionDays": st.settings.soft_delete_retention_days,
         "purgeProtection": st.settings.purge_protection,
+        "securityDomainRedownloads": st.domain_redownloads,
+        "lastSecurityDomainRedownload": st.last_domain_redownload,
         "replication": ctx.app.store.replica().map(|r| r.status()),
     });
     Ok(json_response(StatusCode::OK, &body))

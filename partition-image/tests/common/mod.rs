@@ -45,6 +45,8 @@ pub struct Options {
     pub backup_root: Option<std::path::PathBuf>,
     /// `backupClaims`: claim name → directory.
     pub backup_claims: std::collections::BTreeMap<String, std::path::PathBuf>,
+    /// `securityDomainRedownload`.
+    pub security_domain_redownload: keystead_partition::config::RedownloadPolicy,
 }
 
 impl Default for Options {
@@ -55,6 +57,7 @@ impl Default for Options {
             seal: true,
             backup_root: Some("/".into()),
             backup_claims: Default::default(),
+            security_domain_redownload: Default::default(),
         }
     }
 }
@@ -143,6 +146,7 @@ impl TestPool {
             backup_claims: opts.backup_claims.clone(),
             // The backup tests use emulators on loopback.
             backup_loopback_endpoints: true,
+            security_domain_redownload: opts.security_domain_redownload,
         };
         let app = App::open(cfg).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
