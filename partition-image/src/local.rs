@@ -203,6 +203,7 @@ impl LocalPki {
                 // A local pool runs as its user: backups may go wherever the user may write.
                 backup_filesystem_root: Some("/".into()),
                 backup_claims: Default::default(),
+                limits: Default::default(),
             };
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
             cfg

@@ -141,6 +141,7 @@ impl TestPool {
             host_addresses: Default::default(),
             backup_filesystem_root: opts.backup_root.clone(),
             backup_claims: opts.backup_claims.clone(),
+            limits: Default::default(),
         };
         let app = App::open(cfg).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
