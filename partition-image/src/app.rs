@@ -17,6 +17,8 @@ pub struct App {
     pub cfg: PartitionConfig,
     pub store: Arc<Store>,
     pub keyring: Keyring,
+    /// RSA key generation, off the request workers and bounded (`limits`).
+    pub keygen: crate::keygen::KeyGenerator,
     pub validator: TokenValidator,
     pub audit: AuditSink,
     /// Serialises the security-domain ceremony steps.
@@ -151,6 +153,7 @@ impl App {
             validator: TokenValidator::new(auth_config(&cfg)),
             store,
             keyring: Keyring::default(),
+            keygen: crate::keygen::KeyGenerator::new(cfg.limits.key_generations()),
             audit,
             sd_lock: Default::default(),
             exchange: Default::default(),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -80,6 +81,10 @@ pub struct PartitionConfig {
     /// pool-wide and raises a Warning Event (docs/threat-model.md).
     #[serde(default, skip_serializing_if = "RedownloadPolicy::is_default")]
     pub security_domain_redownload: RedownloadPolicy,
+    /// Bounds of the HTTPS listener and of expensive work (docs/limits.md); every field has
+    /// a safe default.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// `securityDomainRedownload` of the partition configuration.
@@ -94,6 +99,94 @@ pub enum RedownloadPolicy {
 impl RedownloadPolicy {
     fn is_default(&self) -> bool {
         *self == Self::Allowed
+    }
+}
+
+/// Bounds of the HTTPS listener (which also carries the peer API) and of RSA key generation.
+/// See docs/limits.md.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Limits {
+    /// A TLS handshake not finished within this time is abandoned and its connection closed.
+    pub tls_handshake_timeout_seconds: u64,
+    /// An HTTP/1.1 request head (request line and headers) not received within this time
+    /// closes the connection; hyper also starts this clock while a kept-alive connection
+    /// waits for its next request.
+    pub header_read_timeout_seconds: u64,
+    /// A connection (HTTP/1.1 or HTTP/2) with no request in progress for this long is closed
+    /// (HTTP/2 with a GOAWAY); traffic without requests (pings) does not keep it open.
+    pub idle_timeout_seconds: u64,
+    /// Connections served at once; further connections wait in the listen backlog (they are
+    /// not accepted) until one closes. Unset: [`DEFAULT_MAX_CONNECTIONS`], lowered to fit
+    /// the process's open-files limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// RSA key generations running at once (off the request workers); 0: the number of CPUs.
+    pub key_generation_concurrency: usize,
+}
+
+/// The connection cap when `limits.maxConnections` is unset (and the open-files limit allows).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            tls_handshake_timeout_seconds: 10,
+            header_read_timeout_seconds: 30,
+            idle_timeout_seconds: 120,
+            max_connections: None,
+            key_generation_concurrency: 0,
+        }
+    }
+}
+
+impl Limits {
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.tls_handshake_timeout_seconds)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_seconds)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_seconds)
+    }
+
+    /// RSA key generations allowed at once (the configured value, or the number of CPUs).
+    pub fn key_generations(&self) -> usize {
+        match self.key_generation_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (name, v) in [
+            (
+                "tlsHandshakeTimeoutSeconds",
+                self.tls_handshake_timeout_seconds,
+            ),
+            ("headerReadTimeoutSeconds", self.header_read_timeout_seconds),
+            ("idleTimeoutSeconds", self.idle_timeout_seconds),
+        ] {
+            anyhow::ensure!(
+                (1..=3600).contains(&v),
+                "limits.{name} must be between 1 and 3600 seconds, got {v}"
+            );
+        }
+        if let Some(n) = self.max_connections {
+            anyhow::ensure!(
+                (1..=1_000_000).contains(&n),
+                "limits.maxConnections must be between 1 and 1000000, got {n}"
+            );
+        }
+        anyhow::ensure!(
+            self.key_generation_concurrency <= 1024,
+            "limits.keyGenerationConcurrency must be at most 1024 (0: the number of CPUs), got {}",
+            self.key_generation_concurrency
+        );
+        Ok(())
     }
 }
 
@@ -259,6 +352,7 @@ impl PartitionConfig {
                 "seal.mode is sealingKeyFile but seal.keyFile is not set"
             );
         }
+        self.limits.validate()?;
         Ok(())
     }
 
@@ -314,5 +408,27 @@ mod tests {
         let e = with_peers(serde_json::json!([me])).validate().unwrap_err();
         assert!(e.to_string().contains("only this partition"), "{e}");
         assert!(with_peers(serde_json::json!([])).validate().is_ok());
+    }
+
+    #[test]
+    fn limits_default_and_are_checked() {
+        let mut cfg = with_peers(serde_json::json!([]));
+        assert_eq!(cfg.limits, Limits::default());
+        assert!(cfg.validate().is_ok());
+        cfg.limits.idle_timeout_seconds = 0;
+        let e = cfg.validate().unwrap_err();
+        assert!(e.to_string().contains("limits.idleTimeoutSeconds"), "{e}");
+        cfg.limits = Limits {
+            max_connections: Some(0),
+            ..Limits::default()
+        };
+        let e = cfg.validate().unwrap_err();
+        assert!(e.to_string().contains("limits.maxConnections"), "{e}");
+        // Partial sections take the other defaults; unknown fields are refused.
+        let l: Limits = serde_json::from_value(serde_json::json!({"maxConnections": 8})).unwrap();
+        assert_eq!(l.max_connections, Some(8));
+        assert_eq!(l.tls_handshake_timeout_seconds, 10);
+        assert!(serde_json::from_value::<Limits>(serde_json::json!({"maxConns": 8})).is_err());
+        assert!(Limits::default().key_generations() >= 1);
     }
 }

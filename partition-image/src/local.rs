@@ -2,8 +2,9 @@
 //!
 //! The runner generates (once) a CA, a token issuer, each partition's TLS certificate,
 //! sealing key and configuration under `DIR`, starts one `keystead-partition serve` process
-//! per partition on loopback, waits until they answer, writes `DIR/pool.json`, and stops
-//! them cleanly on Ctrl-C (SIGINT) or SIGTERM. Running it again resumes the same pool.
+//! per partition on loopback, waits until they answer, writes `DIR/pool.json`, restarts a
+//! partition that exits (with back-off) while the others keep serving, and stops them
+//! cleanly on Ctrl-C (SIGINT) or SIGTERM. Running it again resumes the same pool.
 
 use crate::auth::LocalIssuer;
 use crate::config::{
@@ -206,6 +207,7 @@ impl LocalPki {
                 // Development pool: backups may go to emulators on loopback.
                 backup_loopback_endpoints: true,
                 security_domain_redownload: Default::default(),
+                limits: Default::default(),
             };
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
             cfg
@@ -296,54 +298,166 @@ pub async fn wait_ready(pool: &PoolFile, deadline: Duration) -> anyhow::Result<(
     Ok(())
 }
 
+/// The first pause before a partition that exited is started again; doubled on every
+/// further exit, up to [`RESTART_BACKOFF_MAX`].
+pub const RESTART_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest pause between restarts of a partition that keeps exiting.
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A partition that ran this long before it exited is restarted after the shortest pause.
+const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(60);
+/// How long a stopping partition has after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Run the pool until Ctrl-C / SIGTERM.
+///
+/// Each partition is supervised like a pod of a StatefulSet: if it exits (a crash, a
+/// SIGKILL, the OOM killer) the others keep serving and it is started again after a pause
+/// that doubles from [`RESTART_BACKOFF_MIN`] to [`RESTART_BACKOFF_MAX`] while it keeps
+/// exiting. Only Ctrl-C or SIGTERM to the runner stop the pool.
 pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
     // Signals are handled from the start: a stop while the partitions are starting is clean too.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let (configs, pool) = prepare(&opts)?;
     let exe = std::env::current_exe()?;
-    let mut children = Vec::new();
-    for cfg in &configs {
-        let child = tokio::process::Command::new(&exe)
-            .arg("serve")
-            .arg("--config")
-            .arg(cfg)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start a partition with {}", cfg.display()))?;
-        children.push(child);
-    }
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let supervisors: Vec<_> = configs
+        .iter()
+        .map(|cfg| {
+            let name = cfg
+                .parent()
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| cfg.display().to_string());
+            tokio::spawn(supervise(name, exe.clone(), cfg.clone(), stopping.clone()))
+        })
+        .collect();
     let ready = tokio::select! {
         r = wait_ready(&pool, Duration::from_secs(60)) => Some(r),
         _ = sigint.recv() => None,
         _ = sigterm.recv() => None,
     };
-    match ready {
-        Some(Ok(())) => {
-            announce(&opts, &pool)?;
-            let mut exited = None;
-            tokio::select! {
-                _ = sigint.recv() => {},
-                _ = sigterm.recv() => {},
-                r = children[0].wait() => { exited = Some(r); },
+    let result = match ready {
+        Some(Ok(())) => match announce(&opts, &pool) {
+            Ok(()) => {
+                tokio::select! {
+                    _ = sigint.recv() => {},
+                    _ = sigterm.recv() => {},
+                }
+                Ok(())
             }
-            if let Some(r) = exited {
-                eprintln!("a partition exited unexpectedly ({r:?}); stopping the pool");
+            Err(e) => Err(e),
+        },
+        Some(Err(e)) => Err(e),
+        None => Ok(()),
+    };
+    stop.send_replace(true);
+    for s in supervisors {
+        let _ = s.await;
+    }
+    if result.is_ok() {
+        println!("Keystead local pool stopped.");
+    }
+    result
+}
+
+/// Run partition `name` from `cfg` until `stopping` turns true, starting it again (with
+/// back-off) whenever it exits; on stop, SIGTERM it and wait [`STOP_GRACE`], then kill it.
+async fn supervise(
+    name: String,
+    exe: PathBuf,
+    cfg: PathBuf,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut backoff = RESTART_BACKOFF_MIN;
+    let mut restarts = 0u32;
+    loop {
+        let spawned = tokio::process::Command::new(&exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            // Its own process group: a Ctrl-C in the terminal reaches only the runner, which
+            // stops the partitions itself (and does not mistake their exit for a crash).
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!(
+                    "cannot start partition {name} with {}: {e}; retrying in {}s",
+                    cfg.display(),
+                    backoff.as_secs()
+                );
+                if pause_or_stop(backoff, &mut stopping).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                continue;
             }
-            stop_all(&mut children).await;
-            println!("Keystead local pool stopped.");
-            Ok(())
+        };
+        let pid = child.id().unwrap_or_default();
+        if restarts > 0 {
+            eprintln!("partition {name} restarted (pid {pid}; restart {restarts})");
         }
-        Some(Err(e)) => {
-            stop_all(&mut children).await;
-            Err(e)
+        let started = Instant::now();
+        let status = tokio::select! {
+            s = child.wait() => s,
+            _ = stopped(&mut stopping) => {
+                terminate(&mut child).await;
+                return;
+            }
+        };
+        if *stopping.borrow() {
+            return;
         }
-        None => {
-            stop_all(&mut children).await;
-            println!("Keystead local pool stopped.");
-            Ok(())
+        if started.elapsed() >= RESTART_BACKOFF_RESET {
+            backoff = RESTART_BACKOFF_MIN;
         }
+        restarts += 1;
+        let how = match status {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("status unknown: {e}"),
+        };
+        eprintln!(
+            "partition {name} (pid {pid}) exited unexpectedly ({how}); the other partitions keep serving; restarting {name} in {}s",
+            backoff.as_secs()
+        );
+        if pause_or_stop(backoff, &mut stopping).await {
+            return;
+        }
+        backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+    }
+}
+
+/// Wait `pause`; true if the pool is stopping (then return at once).
+async fn pause_or_stop(pause: Duration, stopping: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => {},
+        _ = stopped(stopping) => {},
+    }
+    *stopping.borrow()
+}
+
+/// Resolves once the pool is stopping.
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone: the runner is ending, so treat it as a stop.
+    let _ = stopping.wait_for(|s| *s).await;
+}
+
+/// Ask a partition to stop cleanly (SIGTERM); kill it if it has not within [`STOP_GRACE`].
+async fn terminate(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
     }
 }
 
@@ -379,23 +493,4 @@ fn announce(opts: &LocalOptions, pool: &PoolFile) -> anyhow::Result<()> {
     println!("Stop with Ctrl-C; run the same command again to resume this pool.");
 
     Ok(())
-}
-
-async fn stop_all(children: &mut [tokio::process::Child]) {
-    for c in children.iter_mut() {
-        if let Some(pid) = c.id() {
-            // Ask each partition to stop cleanly (it may already have the terminal's SIGINT).
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-        }
-    }
-    for c in children.iter_mut() {
-        match tokio::time::timeout(Duration::from_secs(10), c.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                let _ = c.kill().await;
-            }
-        }
-    }
 }

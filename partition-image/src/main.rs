@@ -85,9 +85,7 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(config: PathBuf) -> anyhow::Result<()> {
     let cfg = PartitionConfig::load(&config)?;
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+    let listener = server::bind(&cfg.listen)?;
     let app = if cfg.peers.is_empty() {
         App::open(cfg)?
     } else {

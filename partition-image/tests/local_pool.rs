@@ -1,9 +1,10 @@
 //! The README's first command on real processes: `keystead-partition local` starts a pool,
 //! `kubectl hsm` runs the ceremony and key operations against it, SIGTERM stops it, and
-//! running it again resumes the same pool.
+//! running it again resumes the same pool; a partition killed under the runner is restarted
+//! while the others keep serving.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 fn partition_bin() -> PathBuf {
@@ -28,19 +29,53 @@ struct Pool {
 }
 
 impl Pool {
-    fn start(dir: &Path) -> Pool {
+    /// Start the runner on `dir` (its stdout and stderr in `dir.runner.log`).
+    fn spawn(dir: &Path) -> Pool {
         let _ = std::fs::remove_file(dir.join("pool.json"));
+        let log = std::fs::File::create(dir.with_extension("runner.log")).unwrap();
         let child = Command::new(partition_bin())
             .args(["local", "--dir"])
             .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap();
-        let pool = Pool {
+        Pool {
             child,
             dir: dir.to_path_buf(),
-        };
+        }
+    }
+
+    fn runner_log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("runner.log")).unwrap_or_default()
+    }
+
+    /// The pids of the runner's partition processes, by partition name (`p0`, ...), from
+    /// `/proc` (children of the runner whose command line names `<name>/config.json`).
+    fn partition_pids(&self) -> std::collections::BTreeMap<String, u32> {
+        let mut out = std::collections::BTreeMap::new();
+        let tasks = format!("/proc/{}/task", self.child.id());
+        for task in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for pid in children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+            {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmdline = String::from_utf8_lossy(&cmdline);
+                for i in 0..3 {
+                    if cmdline.contains(&format!("p{i}/config.json")) {
+                        out.insert(format!("p{i}"), pid);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn start(dir: &Path) -> Pool {
+        let pool = Pool::spawn(dir);
         // Ready when pool.json exists and the pool answers.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -150,9 +185,172 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // The partitions would outlive a SIGKILLed runner: kill them first.
+            for pid in self.partition_pids().values() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A client of the pool in `dir` (fresh connections) and its administrator token.
+fn client(dir: &Path) -> (reqwest::Client, String, Vec<String>) {
+    let pool: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("pool.json")).unwrap()).unwrap();
+    let ca = std::fs::read(pool["caFile"].as_str().unwrap()).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let token = std::fs::read_to_string(pool["adminTokenFile"].as_str().unwrap()).unwrap();
+    let endpoints = pool["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    (http, token, endpoints)
+}
+
+/// Wait until `cond` holds (polling), failing with `what` after 60 s.
+async fn until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The runner supervises its partitions like a StatefulSet: a partition killed with SIGKILL
+/// is restarted (new pid) and rejoins the group while the other two keep serving reads and
+/// writes; the runner says so; only SIGTERM stops the pool.
+#[tokio::test]
+async fn a_killed_partition_is_restarted_while_the_others_keep_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pool");
+    let pool = Pool::spawn(&dir);
+    let pool_json = &dir.join("pool.json");
+    until("pool.json", || async move { pool_json.exists() }).await;
+    let (http, token, endpoints) = client(&dir);
+    let ready = |i: usize| {
+        let (http, ep) = (http.clone(), endpoints[i].clone());
+        async move {
+            matches!(http.get(format!("{ep}/readyz")).send().await,
+                Ok(r) if r.status() == reqwest::StatusCode::OK)
+        }
+    };
+    // A role assignment written through partition `i` (a replicated write), or its status.
+    let assign = |i: usize, name: String| {
+        let (http, ep, token) = (http.clone(), endpoints[i].clone(), token.clone());
+        async move {
+            let body = serde_json::json!({"properties": {
+                "roleDefinitionId": format!("Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/{}", keystead_core::rbac::CRYPTO_USER_ROLE_ID),
+                "principalId": format!("user-{name}"),
+            }});
+            http.put(format!(
+                "{ep}/providers/Microsoft.Authorization/roleAssignments/{name}?api-version=7.5"
+            ))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .map(|r| r.status())
+        }
+    };
+    let read = |i: usize, name: String| {
+        let (http, ep, token) = (http.clone(), endpoints[i].clone(), token.clone());
+        async move {
+            http.get(format!(
+                "{ep}/providers/Microsoft.Authorization/roleAssignments/{name}?api-version=7.5"
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .map(|r| r.status())
+        }
+    };
+    let (ready, assign, read, p) = (&ready, &assign, &read, &pool);
+    for i in 0..3 {
+        until(&format!("partition {i} ready"), || ready(i)).await;
+    }
+
+    for victim in [0usize, 2] {
+        let name = format!("p{victim}");
+        let before = p.partition_pids();
+        assert_eq!(before.len(), 3, "{before:?}");
+        let old = before[&name];
+        Command::new("kill")
+            .args(["-KILL", &old.to_string()])
+            .status()
+            .unwrap();
+        // The others keep serving: a write through each survivor commits (after an election
+        // if the victim led) and is read back through the other.
+        let (a, b) = match victim {
+            0 => (1, 2),
+            1 => (0, 2),
+            _ => (0, 1),
+        };
+        let written = &uuid::Uuid::new_v4().to_string();
+        let name = &name;
+        until("a write through a surviving partition", || async move {
+            assert!(
+                pool_running(p),
+                "the runner stopped when {name} was killed:\n{}",
+                p.runner_log()
+            );
+            matches!(assign(a, written.clone()).await, Ok(s) if s == reqwest::StatusCode::CREATED)
+        })
+        .await;
+        until(
+            "the write read back through the other survivor",
+            || async move {
+                matches!(read(b, written.clone()).await, Ok(s) if s == reqwest::StatusCode::OK)
+            },
+        )
+        .await;
+        // The victim comes back as a new process and rejoins: it serves what was written
+        // while it was down.
+        until(&format!("{name} restarted with a new pid"), || async move {
+            assert!(pool_running(p), "{}", p.runner_log());
+            matches!(p.partition_pids().get(name), Some(&pid) if pid != old)
+        })
+        .await;
+        until(&format!("{name} ready again"), || ready(victim)).await;
+        until(
+            &format!("{name} serves the write made while it was down"),
+            || async move {
+                matches!(read(victim, written.clone()).await, Ok(s) if s == reqwest::StatusCode::OK)
+            },
+        )
+        .await;
+        let log = p.runner_log();
+        assert!(
+            log.lines().any(|l| l.contains(name.as_str())
+                && l.contains(&old.to_string())
+                && l.contains("restart")),
+            "the runner did not say it restarts {name}:\n{log}"
+        );
+    }
+    pool.stop();
+}
+
+fn pool_running(pool: &Pool) -> bool {
+    // `try_wait` needs `&mut`; /proc tells whether the runner still runs (a zombie counts
+    // as stopped).
+    std::fs::read_to_string(format!("/proc/{}/stat", pool.child.id()))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
 }
 
 #[test]

@@ -309,7 +309,7 @@ pub async fn create(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         ));
     }
     let spec = KeySpec::from_create(&p).map_err(crypto_err)?;
-    let material = KeyMaterial::generate(&spec).map_err(crypto_err)?;
+    let material = ctx.app.keygen.key(spec).await.map_err(crypto_err)?;
     let kty = material.public_jwk("", &[]).kty.unwrap_or_default();
     let ops = match p.key_ops {
         Some(ops) => {
@@ -718,7 +718,7 @@ pub async fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         .load(name, &current.version, &current.wrapped)
         .map_err(keyring_err)?
         .spec();
-    let material = KeyMaterial::generate(&spec).map_err(crypto_err)?;
+    let material = ctx.app.keygen.key(spec).await.map_err(crypto_err)?;
     let now = now();
     let mut attrs = new_attributes(None, now);
     if let Some(expiry) = rec

@@ -10,7 +10,7 @@ use keystead_core::sd::wire::{
     CertificateInfo, OperationStatus, SecurityDomainObject, SecurityDomainOperationStatus,
     TransferKey,
 };
-use keystead_core::sd::{self, DomainSecret, ExchangeKey};
+use keystead_core::sd::{self, DomainSecret};
 use serde_json::json;
 
 fn sd_err(e: sd::SdError) -> ApiError {
@@ -168,10 +168,11 @@ pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
         // again. The exchange key stays local; the pool's state does not change.
         let mut slot = ctx.app.exchange.lock().await;
         if slot.is_none() {
-            let pid = pool_id.clone();
-            let key = tokio::task::spawn_blocking(move || ExchangeKey::generate(&pid))
+            let key = ctx
+                .app
+                .keygen
+                .exchange_key(&pool_id)
                 .await
-                .map_err(|e| ApiError::internal(format!("exchange key generation failed: {e}")))?
                 .map_err(sd_err)?;
             *slot = Some(key);
         }
@@ -197,7 +198,12 @@ pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
         }
     }
     if !reuse {
-        let key = ExchangeKey::generate(&pool_id).map_err(sd_err)?;
+        let key = ctx
+            .app
+            .keygen
+            .exchange_key(&pool_id)
+            .await
+            .map_err(sd_err)?;
         ctx.app
             .store
             .propose(Command::BeginRecovery {

@@ -36,6 +36,16 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         "# HELP keystead_applied_index Last applied log index\n# TYPE keystead_applied_index gauge\nkeystead_applied_index {}",
         app.store.applied_index()
     );
+    let _ = writeln!(
+        out,
+        "# HELP keystead_key_generations_running RSA key generations running (off the request workers)\n# TYPE keystead_key_generations_running gauge\nkeystead_key_generations_running {}",
+        app.keygen.running()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP keystead_key_generations_waiting RSA key generations waiting for a slot (limits.keyGenerationConcurrency)\n# TYPE keystead_key_generations_waiting gauge\nkeystead_key_generations_waiting {}",
+        app.keygen.waiting()
+    );
     if let Some(r) = app.store.replica() {
         let s = r.status();
         let _ = writeln!(

@@ -21,7 +21,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keystead_core::sd::{ExchangeCertificate, ExchangeKey, seal_to_exchange_key};
+use keystead_core::sd::{ExchangeCertificate, seal_to_exchange_key};
 use openraft::error::{ClientWriteError, RaftError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -718,8 +718,7 @@ pub async fn fetch_domain(app: &Arc<App>) -> anyhow::Result<bool> {
             None => return Ok(false),
         }
     };
-    let pid = pool_id.clone();
-    let ek = tokio::task::spawn_blocking(move || ExchangeKey::generate(&pid)).await??;
+    let ek = app.keygen.exchange_key(&pool_id).await?;
     let req = DomainRequest {
         exchange_certificate: ek.certificate_pem(),
     };

@@ -147,6 +147,7 @@ impl TestPool {
             // The backup tests use emulators on loopback.
             backup_loopback_endpoints: true,
             security_domain_redownload: opts.security_domain_redownload,
+            limits: Default::default(),
         };
         let app = App::open(cfg).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
