@@ -301,27 +301,38 @@ impl Cluster {
         self.domain_file().await;
         // The administrator gives itself the Crypto User role (through partition 1: a
         // forwarded write when 1 is a follower).
-        let (s, v) = self
-            .call(
-                1,
-                Method::PUT,
-                &format!(
-                    "/providers/Microsoft.Authorization/roleAssignments/{}",
-                    uuid::Uuid::new_v4()
-                ),
-                Some(json!({"properties": {
-                    "roleDefinitionId": format!("Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/{}", keystead_core::rbac::CRYPTO_USER_ROLE_ID),
-                    "principalId": keystead_partition::local::ADMIN_SUBJECT,
-                }})),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
+        self.assign_role(
+            1,
+            keystead_core::rbac::CRYPTO_USER_ROLE_ID,
+            keystead_partition::local::ADMIN_SUBJECT,
+        )
+        .await;
         for i in 0..N {
             self.until("every partition holds the domain", 60, || {
                 self.domain_loaded(i)
             })
             .await;
         }
+    }
+
+    /// Assign built-in role `role_id` at `/` to `principal`, as the administrator, through
+    /// partition `i`.
+    pub async fn assign_role(&self, i: usize, role_id: &str, principal: &str) {
+        let (s, v) = self
+            .call(
+                i,
+                Method::PUT,
+                &format!(
+                    "/providers/Microsoft.Authorization/roleAssignments/{}",
+                    uuid::Uuid::new_v4()
+                ),
+                Some(json!({"properties": {
+                    "roleDefinitionId": format!("Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/{role_id}"),
+                    "principalId": principal,
+                }})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
     }
 
     /// The pool's security-domain file (downloaded again: same domain, new protection under
