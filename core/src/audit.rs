@@ -59,6 +59,61 @@ pub struct AuditRecord {
     pub seq: u64,
     pub prev_hash: String,
     pub hash: String,
+    /// Set on the partition's signed checkpoints (operation [`CHECKPOINT_OPERATION`]): a
+    /// signature by the partition's identity key over the chain so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// `operation` of a checkpoint record.
+pub const CHECKPOINT_OPERATION: &str = "AuditCheckpoint";
+
+/// A checkpoint's signature: ECDSA P-256 / SHA-256 (ASN.1 DER, base64url) by the key whose
+/// public point hashes to `keyId`, over [`checkpoint_message`]. Because `prevHash` commits to
+/// every earlier record, rewriting or deleting anything before a checkpoint breaks it unless
+/// the signer's private key is held too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// Lowercase hex SHA-256 of the signer's uncompressed public point.
+    pub key_id: String,
+    pub signature: String,
+}
+
+/// What a checkpoint signs: domain-separated, every field that places it in its chain.
+pub fn checkpoint_message(partition: &str, seq: u64, time: &str, prev_hash: &str) -> Vec<u8> {
+    format!("keystead-audit-checkpoint-v1\n{partition}\n{seq}\n{time}\n{prev_hash}").into_bytes()
+}
+
+/// A public key checkpoints are verified with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointKey {
+    pub key_id: String,
+    /// Uncompressed P-256 point.
+    pub public_point: Vec<u8>,
+}
+
+impl CheckpointKey {
+    pub fn from_public_point(point: &[u8]) -> Self {
+        Self {
+            key_id: hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, point)),
+            public_point: point.to_vec(),
+        }
+    }
+
+    /// The key of a partition's certificate (PEM), e.g. `p0/tls.crt` of a local pool or
+    /// `tls.crt` of a partition's Secret in Kubernetes.
+    pub fn from_cert_pem(pem_text: &str) -> Result<Self, String> {
+        let block = pem::parse(pem_text)
+            .map_err(|e| format!("not a PEM certificate ({e}); give the partition's tls.crt"))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(block.contents())
+            .map_err(|e| format!("not an X.509 certificate ({e}); give the partition's tls.crt"))?;
+        let point = cert.public_key().subject_public_key.data.to_vec();
+        if point.len() != 65 || point[0] != 4 {
+            return Err("the certificate's key is not an uncompressed P-256 point (partitions sign checkpoints with ECDSA P-256)".into());
+        }
+        Ok(Self::from_public_point(&point))
+    }
 }
 
 impl AuditRecord {
@@ -86,6 +141,18 @@ pub struct VerifyReport {
     pub last_seq: Option<u64>,
     /// Hash of the last record (the genesis hash for an empty file): keep it as an anchor.
     pub last_hash: String,
+    /// Checkpoint records seen, and how many of them were verified against the given keys
+    /// (none are without [`VerifyOptions::checkpoint_keys`]).
+    #[serde(default)]
+    pub checkpoints: u64,
+    #[serde(default)]
+    pub checkpoints_verified: u64,
+    /// `seq` of the last checkpoint, and the records after it (not covered by a signature:
+    /// they could have been cut off without a trace).
+    #[serde(default)]
+    pub last_checkpoint_seq: Option<u64>,
+    #[serde(default)]
+    pub unsigned_tail: u64,
 }
 
 /// Verification options.
@@ -97,6 +164,10 @@ pub struct VerifyOptions {
     /// The `hash` the last record must have (a value recorded earlier, e.g. from the last
     /// verification): detects records cut off the end of the file.
     pub expect_last_hash: Option<String>,
+    /// Verify every checkpoint against these keys: a checkpoint with a bad signature, by an
+    /// unknown key or without a signature fails the verification, and so does a log with no
+    /// checkpoint at all.
+    pub checkpoint_keys: Vec<CheckpointKey>,
 }
 
 /// Sorted-key, whitespace-free JSON: the form the chain hashes.
@@ -274,6 +345,10 @@ pub fn verify_lines_with<R: BufRead>(
         first_seq: None,
         last_seq: None,
         last_hash: GENESIS_HASH.to_owned(),
+        checkpoints: 0,
+        checkpoints_verified: 0,
+        last_checkpoint_seq: None,
+        unsigned_tail: 0,
     };
     let mut blank_at: Option<usize> = None;
     let mut last_line = 0;
@@ -337,9 +412,27 @@ pub fn verify_lines_with<R: BufRead>(
                 }
             }
         }
+        if record.operation == CHECKPOINT_OPERATION {
+            report.checkpoints += 1;
+            report.last_checkpoint_seq = Some(record.seq);
+            report.unsigned_tail = 0;
+            if !options.checkpoint_keys.is_empty() {
+                verify_checkpoint(&record, &options.checkpoint_keys)
+                    .map_err(|reason| ChainError { line: n, reason })?;
+                report.checkpoints_verified += 1;
+            }
+        } else {
+            report.unsigned_tail += 1;
+        }
         report.records += 1;
         report.last_seq = Some(record.seq);
         report.last_hash = record.hash;
+    }
+    if !options.checkpoint_keys.is_empty() && report.checkpoints_verified == 0 {
+        return Err(ChainError {
+            line: last_line,
+            reason: "the log holds no signed checkpoint: it cannot be told from a log written without the partition's key".into(),
+        });
     }
     if let Some(expected) = &options.expect_last_hash
         && !expected.trim().eq_ignore_ascii_case(&report.last_hash)
@@ -356,6 +449,68 @@ pub fn verify_lines_with<R: BufRead>(
     Ok(report)
 }
 
+/// Check a checkpoint record's signature against `keys`.
+fn verify_checkpoint(record: &AuditRecord, keys: &[CheckpointKey]) -> Result<(), String> {
+    use base64::Engine;
+    let cp = record.checkpoint.as_ref().ok_or_else(|| {
+        format!(
+            "checkpoint seq {} carries no signature: it was not written by a partition",
+            record.seq
+        )
+    })?;
+    let key = keys.iter().find(|k| k.key_id == cp.key_id).ok_or_else(|| {
+        format!(
+            "checkpoint seq {} is signed by key {} which is none of the given certificates",
+            record.seq, cp.key_id
+        )
+    })?;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cp.signature.trim())
+        .map_err(|_| {
+            format!(
+                "checkpoint seq {}: the signature is not base64url",
+                record.seq
+            )
+        })?;
+    let msg = checkpoint_message(
+        &record.partition,
+        record.seq,
+        &record.time,
+        &record.prev_hash,
+    );
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+        &key.public_point,
+    )
+    .verify(&msg, &sig)
+    .map_err(|_| {
+        format!(
+            "checkpoint seq {} has a bad signature: the records before it were rewritten",
+            record.seq
+        )
+    })
+}
+
+impl AuditChain {
+    /// Seal a checkpoint record: `sign` gets [`checkpoint_message`] for this position in the
+    /// chain and returns the signature; the record's hash then covers it.
+    pub fn seal_checkpoint(
+        &mut self,
+        mut record: AuditRecord,
+        sign: impl FnOnce(&[u8]) -> Checkpoint,
+    ) -> AuditRecord {
+        record.operation = CHECKPOINT_OPERATION.to_owned();
+        let msg = checkpoint_message(
+            &record.partition,
+            self.next_seq,
+            &record.time,
+            &self.last_hash,
+        );
+        record.checkpoint = Some(sign(&msg));
+        self.seal(record)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +524,137 @@ mod tests {
             canonical_json(&v),
             r#"{"a":{"c":null,"d":[1,{"y":"é\n","z":0}]},"b":1}"#
         );
+    }
+
+    /// A partition's signer: ECDSA P-256 as the partition's TLS key.
+    fn signer() -> (aws_lc_rs::signature::EcdsaKeyPair, CheckpointKey) {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+        let k = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
+        let key = CheckpointKey::from_public_point(k.public_key().as_ref());
+        (k, key)
+    }
+
+    fn sign_with(k: &aws_lc_rs::signature::EcdsaKeyPair, key_id: &str, msg: &[u8]) -> Checkpoint {
+        use base64::Engine;
+        let sig = k.sign(&aws_lc_rs::rand::SystemRandom::new(), msg).unwrap();
+        Checkpoint {
+            key_id: key_id.to_owned(),
+            signature: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.as_ref()),
+        }
+    }
+
+    fn request(n: u64) -> AuditRecord {
+        AuditRecord {
+            partition: "p0".into(),
+            time: format!("2026-12-06T00:00:{n:02}Z"),
+            caller: "alice".into(),
+            operation: "KeySign".into(),
+            path: format!("/keys/k{n}/sign"),
+            status: 200,
+            ..AuditRecord::default()
+        }
+    }
+
+    /// A log of `n` requests with a checkpoint after every `every`; returns its lines.
+    fn log_with_checkpoints(
+        k: &aws_lc_rs::signature::EcdsaKeyPair,
+        key: &CheckpointKey,
+        n: u64,
+        every: u64,
+    ) -> Vec<String> {
+        let mut chain = AuditChain::new();
+        let mut lines = Vec::new();
+        for i in 1..=n {
+            lines.push(chain.seal(request(i)).to_json_line());
+            if i % every == 0 {
+                let cp = chain.seal_checkpoint(request(i), |m| sign_with(k, &key.key_id, m));
+                lines.push(cp.to_json_line());
+            }
+        }
+        lines
+    }
+
+    fn verify_with(lines: &[String], keys: &[CheckpointKey]) -> Result<VerifyReport, ChainError> {
+        verify_lines_with(
+            lines.join("\n").as_bytes(),
+            &VerifyOptions {
+                checkpoint_keys: keys.to_vec(),
+                ..VerifyOptions::default()
+            },
+        )
+    }
+
+    #[test]
+    fn signed_checkpoints_verify_and_report_the_unsigned_tail() {
+        let (k, key) = signer();
+        let lines = log_with_checkpoints(&k, &key, 10, 4);
+        let r = verify_with(&lines, std::slice::from_ref(&key)).unwrap();
+        assert_eq!((r.checkpoints, r.checkpoints_verified), (2, 2));
+        assert_eq!(
+            r.unsigned_tail, 2,
+            "records 9 and 10 come after the last checkpoint"
+        );
+        // Without keys the chain still verifies; checkpoints are counted, not verified.
+        let r = verify_with(&lines, &[]).unwrap();
+        assert_eq!((r.checkpoints, r.checkpoints_verified), (2, 0));
+        // Another key, or no checkpoint at all, fails when keys are given.
+        let (_, other) = signer();
+        let e = verify_with(&lines, &[other]).unwrap_err();
+        assert!(e.reason.contains("none of the given certificates"), "{e}");
+        let plain: Vec<String> = {
+            let mut c = AuditChain::new();
+            (1..=3).map(|i| c.seal(request(i)).to_json_line()).collect()
+        };
+        let e = verify_with(&plain, std::slice::from_ref(&key)).unwrap_err();
+        assert!(e.reason.contains("no signed checkpoint"), "{e}");
+    }
+
+    /// Someone with write access to the file but not the key rewrites an early record and
+    /// re-chains everything after it (the unkeyed chain alone would verify): the first
+    /// checkpoint after the change no longer verifies. Same for truncating to before a
+    /// checkpoint and forging a checkpoint without a signature.
+    #[test]
+    fn rewriting_before_a_checkpoint_is_detected_without_an_anchor() {
+        let (k, key) = signer();
+        let lines = log_with_checkpoints(&k, &key, 8, 4);
+        let mut records: Vec<AuditRecord> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        records[1].caller = "mallory".into();
+        let mut chain = AuditChain::new();
+        let rewritten: Vec<String> = records
+            .into_iter()
+            .map(|mut r| {
+                let checkpoint = r.checkpoint.take();
+                let mut sealed = chain.seal(AuditRecord {
+                    checkpoint: checkpoint.clone(),
+                    ..r
+                });
+                // keep the stolen signature in place
+                sealed.checkpoint = checkpoint;
+                sealed.to_json_line()
+            })
+            .collect();
+        // The unkeyed chain does verify the rewrite (this is what the checkpoints add).
+        assert!(verify_with(&rewritten, &[]).is_ok());
+        let e = verify_with(&rewritten, std::slice::from_ref(&key)).unwrap_err();
+        assert!(e.reason.contains("bad signature"), "{e}");
+        // A forged checkpoint without a signature.
+        let mut chain = AuditChain::new();
+        let mut forged: Vec<String> = (1..=3)
+            .map(|i| chain.seal(request(i)).to_json_line())
+            .collect();
+        forged.push(
+            chain
+                .seal(AuditRecord {
+                    operation: CHECKPOINT_OPERATION.into(),
+                    ..request(4)
+                })
+                .to_json_line(),
+        );
+        let e = verify_with(&forged, std::slice::from_ref(&key)).unwrap_err();
+        assert!(e.reason.contains("carries no signature"), "{e}");
     }
 
     #[test]
