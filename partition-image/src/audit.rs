@@ -7,6 +7,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 pub use keystead_core::audit::{AuditChain, AuditRecord, GENESIS_HASH};
 
@@ -48,7 +50,14 @@ pub struct AuditSink {
     path: PathBuf,
     stdout: bool,
     inner: Mutex<Inner>,
+    /// Records that could not be written (`keystead_audit_write_failures_total`).
+    failures: AtomicU64,
+    /// When a lost record was last logged (at most one log line per interval).
+    last_logged: Mutex<Option<Instant>>,
 }
+
+/// Lost records are logged at most once per this interval (with the count since).
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for AuditSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,9 +137,10 @@ impl AuditSink {
             .mode(0o600)
             .open(&path)
             .map_err(open_err)?;
-        // An existing file may have been created with wider permissions.
-        let perms = file.metadata().map_err(open_err)?.permissions();
-        if perms.mode() & 0o077 != 0 {
+        // An existing file may have been created with wider permissions. Only a regular
+        // file: a device (`/dev/null`, `/dev/stderr`) is not the sink's to change.
+        let meta = file.metadata().map_err(open_err)?;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
             file.set_permissions(std::fs::Permissions::from_mode(0o600))
                 .map_err(open_err)?;
         }
@@ -149,6 +159,8 @@ impl AuditSink {
             path,
             stdout,
             inner: Mutex::new(Inner { file, chain }),
+            failures: AtomicU64::new(0),
+            last_logged: Mutex::new(None),
         })
     }
 
@@ -163,19 +175,41 @@ impl AuditSink {
         inner.chain.last_hash().to_owned()
     }
 
-    /// Writes `record` ([`AuditSink::try_record`]); a failure is logged (tracing, error
-    /// level) rather than returned. Use `try_record` to fail the request instead.
+    /// How many records could not be written since the partition started.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Writes `record` ([`AuditSink::try_record`]); a failure is counted and logged
+    /// (tracing, error level, at most once per 10 s) rather than returned. Use `try_record`
+    /// to fail the request instead.
     pub fn record(&self, record: AuditRecord) {
-        if let Err(e) = self.try_record(record) {
-            tracing::error!(error = %e, "audit record lost");
+        let _ = self.try_record(record);
+    }
+
+    fn failed(&self, e: &AuditError) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= FAILURE_LOG_INTERVAL) {
+            *last = Some(Instant::now());
+            tracing::error!(error = %e, lost_since_start = n, "audit records cannot be written: changes are refused until the audit log is writable again");
         }
     }
 
     /// Seals `record` into the chain, appends it to the file (flushed, not fsynced) and, if
     /// configured, prints it to stdout. An empty `time` is set to now. Returns the sealed
-    /// record. On a write error the chain does
-    /// not advance, so the next record still links to the last complete one on disk.
-    pub fn try_record(&self, mut record: AuditRecord) -> Result<AuditRecord, AuditError> {
+    /// record. On a write error the chain does not advance and a partly written line is cut
+    /// off again (where the file allows it), so the next record still links to the last
+    /// complete one on disk. Failures are counted ([`AuditSink::failures`]) and logged.
+    pub fn try_record(&self, record: AuditRecord) -> Result<AuditRecord, AuditError> {
+        let r = self.write(record);
+        if let Err(e) = &r {
+            self.failed(e);
+        }
+        r
+    }
+
+    fn write(&self, mut record: AuditRecord) -> Result<AuditRecord, AuditError> {
         if record.time.is_empty() {
             record.time = now_rfc3339();
         }
@@ -188,11 +222,23 @@ impl AuditSink {
             path: self.path.clone(),
             source,
         };
-        inner
+        // Where a partly written line would be cut off again (regular files only).
+        let before = inner
+            .file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        if let Err(e) = inner
             .file
             .write_all(line.as_bytes())
             .and_then(|()| inner.file.flush())
-            .map_err(write_err)?;
+        {
+            if let Some(len) = before {
+                let _ = inner.file.set_len(len);
+            }
+            return Err(write_err(e));
+        }
         inner.chain = next;
         if self.stdout {
             let mut out = std::io::stdout().lock();

@@ -163,6 +163,11 @@ impl Keyring {
         Ok(material)
     }
 
+    /// How many key versions are held unwrapped in memory (a count for `/metrics`).
+    pub fn cached_versions(&self) -> usize {
+        self.cache.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Forget cached material of a key (after delete/purge).
     pub fn evict(&self, name: &str) {
         self.cache

@@ -10,6 +10,7 @@ use keystead_core::rbac::CRYPTO_USER_ROLE_ID;
 use keystead_partition::local::ADMIN_SUBJECT;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// A pool formed and activated through partition 0; the administrator is also Crypto User.
 async fn pool() -> Cluster {
@@ -104,4 +105,138 @@ async fn gcm_encrypt_refuses_a_caller_iv_and_makes_a_fresh_one() {
         )
         .await;
     assert_eq!((s, &d["value"]), (StatusCode::OK, &json!(plain)), "{d}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. URI length, audit record size, audit write failures.
+// ---------------------------------------------------------------------------------------
+
+/// Value of the gauge or counter `name` in partition `i`'s `/metrics`.
+async fn metric(c: &Cluster, i: usize, name: &str) -> Option<f64> {
+    let text = c
+        .http
+        .get(format!("{}/metrics", c.url(i)))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// An HTTP/1.1 client trusting the pool's CA (the Host header and a long request line are
+/// HTTP/1.1 matters; over HTTP/2 the server's header-list limit answers 431 first).
+fn http1(c: &Cluster) -> reqwest::Client {
+    let ca = std::fs::read(c.dir.join("ca.pem")).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .http1_only()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn audit_len(c: &Cluster, i: usize) -> u64 {
+    std::fs::metadata(c.cfgs[i].audit_file())
+        .map(|m| m.len())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_uris_get_414_and_audit_records_keep_a_bounded_path() {
+    let c = Cluster::start().await;
+    c.leader(&[0, 1, 2]).await;
+    let http = http1(&c);
+    let long = format!("{}/keys/{}", c.url(0), "a".repeat(60_000));
+    let before = audit_len(&c, 0);
+    for _ in 0..20 {
+        let r = http.get(&long).send().await.unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            status,
+            StatusCode::URI_TOO_LONG,
+            "a 60 KB URI was not refused: {v}"
+        );
+        assert_eq!(v["error"]["code"], "UriTooLong", "{v}");
+        assert!(message(&v).contains("8192"), "{v}");
+    }
+    let grown = audit_len(&c, 0) - before;
+    assert!(
+        grown < 20 * 2048,
+        "20 refused requests grew the audit log by {grown} bytes"
+    );
+    // Authenticated: the same.
+    let r = http
+        .get(&long)
+        .bearer_auth(c.token_for(ADMIN_SUBJECT))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::URI_TOO_LONG);
+    // Under the URI cap but long: served (401 without a token), its path cut in the record.
+    let r = http
+        .get(format!("{}/keys/{}", c.url(0), "b".repeat(4000)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let records = c.audit_records(0);
+    let last = records.last().unwrap();
+    let path = last["path"].as_str().unwrap();
+    assert!(
+        path.len() <= 1100 && path.contains("[truncated"),
+        "{} bytes kept: {}",
+        path.len(),
+        &path[..80]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_is_refused_and_not_applied_when_its_audit_record_cannot_be_written() {
+    // Partition 1 writes its audit log to a device that is always full.
+    let c = Cluster::start_with(|i, cfg| {
+        if i == 1 {
+            cfg.audit.file = Some("/dev/full".into());
+        }
+    })
+    .await;
+    activate_through_0(&c).await;
+    let ec = json!({"kty": "EC", "crv": "P-256"});
+    let (s, v) = c
+        .call(1, Method::POST, "/keys/unaudited/create", Some(ec.clone()))
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a change was made without its audit record: {v}"
+    );
+    assert_eq!(v["error"]["code"], "AuditLogUnavailable", "{v}");
+    assert!(message(&v).contains("nothing was changed"), "{v}");
+    // Nothing was applied: a later change through partition 0 is visible everywhere, the
+    // refused one nowhere.
+    c.create(0, "audited")
+        .await
+        .expect("create through partition 0");
+    c.until("partition 1 applies the later create", 30, || async {
+        c.key_identity(1, "audited").await.is_some()
+    })
+    .await;
+    for i in 0..cluster::N {
+        assert!(c.key_identity(i, "unaudited").await.is_none());
+    }
+    // Reads and cryptographic operations stay available (docs/audit.md), and are counted.
+    assert_eq!(c.sign(1, "audited").await, StatusCode::OK);
+    assert!(
+        metric(&c, 1, "keystead_audit_write_failures_total")
+            .await
+            .is_some_and(|n| n >= 2.0)
+    );
+    assert_eq!(
+        metric(&c, 0, "keystead_audit_write_failures_total").await,
+        Some(0.0)
+    );
 }
