@@ -240,3 +240,43 @@ async fn a_change_is_refused_and_not_applied_when_its_audit_record_cannot_be_wri
         Some(0.0)
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 4. Rotation-policy durations.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_policy_durations_are_bounded_when_set() {
+    let c = pool().await;
+    c.create(0, "rot").await.unwrap();
+    let put = |body: Value| c.call(0, Method::PUT, "/keys/rot/rotationpolicy", Some(body));
+    let (s, v) =
+        put(json!({"lifetimeActions": [], "attributes": {"expiryTime": "PT9223372036854775807S"}}))
+            .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "an overflowing expiryTime was accepted: {v}"
+    );
+    assert!(
+        message(&v).contains("attributes.expiryTime") && message(&v).contains("P28D"),
+        "{v}"
+    );
+    let (s, v) = put(json!({"lifetimeActions": [{"trigger": {"timeAfterCreate": "P99999999999999D"}, "action": {"type": "Rotate"}}]})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        message(&v).contains("lifetimeActions[0].trigger.timeAfterCreate"),
+        "{v}"
+    );
+    // A sane policy: the rotated version expires expiryTime after its creation.
+    let (s, v) = put(json!({"lifetimeActions": [{"trigger": {"timeAfterCreate": "P90D"}, "action": {"type": "Rotate"}}], "attributes": {"expiryTime": "P2Y"}})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = c.call(0, Method::POST, "/keys/rot/rotate", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let a = &v["attributes"];
+    assert_eq!(
+        a["exp"].as_i64().unwrap() - a["created"].as_i64().unwrap(),
+        2 * 365 * 86_400,
+        "{v}"
+    );
+}
