@@ -280,3 +280,26 @@ async fn rotation_policy_durations_are_bounded_when_set() {
         "{v}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 6. /admin/status needs a data action.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_status_is_for_administrators_only() {
+    let c = pool().await;
+    assign(&c, CRYPTO_USER_ROLE_ID, "app").await;
+    for who in ["nobody", "app"] {
+        let (s, v) = c
+            .call_as(&c.token_for(who), 0, Method::GET, "/admin/status", None)
+            .await;
+        assert_eq!(
+            s,
+            StatusCode::FORBIDDEN,
+            "{who} read the pool's status: {v}"
+        );
+        assert!(message(&v).contains("securitydomain/download/read"), "{v}");
+    }
+    // The administrator (the operator's principal is one: docs/operator.md) still reads it.
+    assert!(c.status(0).await.is_some());
+}
