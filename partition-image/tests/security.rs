@@ -10,7 +10,7 @@ use keystead_core::rbac::CRYPTO_USER_ROLE_ID;
 use keystead_partition::local::ADMIN_SUBJECT;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A pool formed and activated through partition 0; the administrator is also Crypto User.
 async fn pool() -> Cluster {
@@ -302,4 +302,83 @@ async fn admin_status_is_for_administrators_only() {
     }
     // The administrator (the operator's principal is one: docs/operator.md) still reads it.
     assert!(c.status(0).await.is_some());
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. POST /backup/delete deletes only what this pool can prove is its own.
+// ---------------------------------------------------------------------------------------
+
+async fn delete_folder(c: &Cluster, i: usize, params: &Value, body: Value) -> (StatusCode, Value) {
+    let mut body = body;
+    body["sasTokenParameters"] = params.clone();
+    c.call(i, Method::POST, "/backup/delete", Some(body)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_delete_needs_a_verified_manifest_or_an_unfinished_job_of_this_pool() {
+    let c = pool().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let params = json!({"storageResourceUri": format!("file://{}", store.display())});
+
+    // A folder holding only a chunk: nothing proves it is this pool's.
+    let planted = store.join("pool-planted");
+    std::fs::create_dir_all(&planted).unwrap();
+    std::fs::write(planted.join("chunk-00000.bin"), b"not ours").unwrap();
+    let (s, v) = delete_folder(&c, 0, &params, json!({"folder": "pool-planted"})).await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "a folder without a manifest was deleted: {v}"
+    );
+    assert!(message(&v).contains("jobId"), "{v}");
+    assert!(planted.join("chunk-00000.bin").is_file());
+
+    // A backup job of this pool that did not finish names its folder: with its job id the
+    // leftovers go (through any partition), with another job id they stay.
+    let mut body = params.clone();
+    body["keyName"] = json!("no-such-key");
+    let (s, st) = c.call(0, Method::POST, "/backup", Some(body)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{st}");
+    let job = st["jobId"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let (_, st) = c
+            .call(0, Method::GET, &format!("/backup/{job}/pending"), None)
+            .await;
+        if st["status"] != "InProgress" {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the job does not end: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(st["status"], "Failed", "{st}");
+    let url = st["azureStorageBlobContainerUri"].as_str().unwrap();
+    let folder = url.rsplit('/').next().unwrap().to_string();
+    std::fs::create_dir_all(store.join(&folder)).unwrap();
+    std::fs::write(store.join(&folder).join("chunk-00000.bin"), b"leftover").unwrap();
+    let other = uuid::Uuid::new_v4().simple().to_string();
+    let (s, v) = delete_folder(&c, 0, &params, json!({"folder": folder, "jobId": other})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) = delete_folder(
+        &c,
+        0,
+        &params,
+        json!({"folder": "pool-planted", "jobId": job}),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::CONFLICT,
+        "another folder than the job's: {v}"
+    );
+    assert!(planted.join("chunk-00000.bin").is_file());
+    let (s, v) = delete_folder(&c, 1, &params, json!({"folder": folder, "jobId": job})).await;
+    assert_eq!(
+        (s, v["deletedObjects"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{v}"
+    );
+    assert!(!store.join(&folder).exists());
 }
