@@ -382,3 +382,60 @@ async fn backup_delete_needs_a_verified_manifest_or_an_unfinished_job_of_this_po
     );
     assert!(!store.join(&folder).exists());
 }
+
+// ---------------------------------------------------------------------------------------
+// 8. The Host header is not reflected.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_in_answers_use_the_public_url_not_the_host_header() {
+    let c = pool().await;
+    let http1 = http1(&c);
+    let token = c.token_for(ADMIN_SUBJECT);
+    let public = c.url(0).to_string();
+    let evil = "attacker.example:443";
+    let send = |method: Method, path: &str, body: Option<Value>| {
+        let mut r = http1
+            .request(method, format!("{public}{path}"))
+            .header("host", evil)
+            .bearer_auth(&token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send()
+    };
+    for name in ["h1", "h2"] {
+        let r = send(
+            Method::POST,
+            &format!("/keys/{name}/create?api-version=7.5"),
+            Some(json!({"kty": "EC", "crv": "P-256"})),
+        )
+        .await
+        .unwrap();
+        let v: Value = r.json().await.unwrap();
+        let kid = v["key"]["kid"].as_str().unwrap_or_default();
+        assert!(
+            kid.starts_with(&format!("{public}/keys/{name}/")),
+            "the kid follows the Host header: {kid}"
+        );
+    }
+    let r = send(Method::GET, "/keys?api-version=7.5&maxresults=1", None)
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    let next = v["nextLink"].as_str().unwrap_or_default();
+    assert!(next.starts_with(&format!("{public}/keys?")), "{next}");
+    let r = send(
+        Method::POST,
+        "/securitydomain/download?api-version=7.5",
+        Some(json!({"certificates": cluster::custodian_jwks(), "required": 2})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let op = r.headers()["azure-asyncoperation"].to_str().unwrap();
+    assert!(
+        op.starts_with(&format!("{public}/securitydomain/download/pending")),
+        "{op}"
+    );
+}

@@ -17,7 +17,7 @@ pub(crate) mod sd;
 use crate::app::App;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use error::ApiError;
 use keystead_core::audit::AuditRecord;
@@ -50,7 +50,8 @@ pub struct AuditInfo {
 pub struct Ctx {
     pub app: Arc<App>,
     pub principal: String,
-    /// `https://host[:port]` as the client addressed us (for `kid`, `nextLink`, polling URLs).
+    /// The configured `publicUrl` without a trailing slash (for `kid`, `nextLink`, polling
+    /// URLs).
     pub base_url: String,
     pub query: Vec<(String, String)>,
     pub body: bytes::Bytes,
@@ -138,20 +139,6 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
 fn challenge(app: &App) -> HeaderValue {
     let v = crate::auth::challenge_header(&app.cfg.auth.authority, &app.cfg.auth.audience);
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
-}
-
-fn base_url(headers: &HeaderMap, uri: &axum::http::Uri, fallback: &str) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| uri.authority().map(|a| a.to_string()));
-    match host {
-        Some(h) if !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()) => {
-            format!("https://{h}")
-        }
-        _ => fallback.trim_end_matches('/').to_string(),
-    }
 }
 
 fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
@@ -282,7 +269,9 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
                 }
                 Ok(principal) => {
                     caller = principal.subject.clone();
-                    let base = base_url(req.headers(), req.uri(), &app.cfg.public_url);
+                    // Never the request's Host header or authority: a caller could make
+                    // the pool hand out `kid`s and polling URLs of its choosing.
+                    let base = app.cfg.public_url.trim_end_matches('/').to_string();
                     let query = parse_query(req.uri().query());
                     match route::parse(&method, &path) {
                         None => {
