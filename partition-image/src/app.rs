@@ -16,7 +16,8 @@ use zeroize::Zeroizing;
 pub struct App {
     pub cfg: PartitionConfig,
     pub store: Arc<Store>,
-    pub keyring: Keyring,
+    /// Also held by the store's change hook, which evicts key material on apply.
+    pub keyring: Arc<Keyring>,
     pub validator: TokenValidator,
     pub audit: AuditSink,
     /// Serialises the security-domain ceremony steps.
@@ -147,10 +148,15 @@ impl App {
             stdout: cfg.audit.stdout,
         })
         .context("cannot open the audit log")?;
+        let keyring = Arc::new(Keyring::default());
+        {
+            let keyring = keyring.clone();
+            store.on_change(Box::new(move |change| keyring.forget(change)));
+        }
         let app = Arc::new(App {
             validator: TokenValidator::new(auth_config(&cfg)),
             store,
-            keyring: Keyring::default(),
+            keyring,
             audit,
             sd_lock: Default::default(),
             exchange: Default::default(),

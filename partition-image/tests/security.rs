@@ -439,3 +439,59 @@ async fn urls_in_answers_use_the_public_url_not_the_host_header() {
         "{op}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 9. Deleted and purged key material leaves every partition's memory.
+// ---------------------------------------------------------------------------------------
+
+async fn all_forget(c: &Cluster, what: &str) {
+    for i in 0..cluster::N {
+        c.until(
+            &format!("partition {i} drops the cached key material after {what}"),
+            15,
+            || async { metric(c, i, "keystead_keyring_cached_versions").await == Some(0.0) },
+        )
+        .await;
+    }
+}
+
+async fn all_sign(c: &Cluster, name: &str) {
+    for i in 0..cluster::N {
+        c.until(&format!("partition {i} signs with {name}"), 30, || async {
+            c.sign(i, name).await == StatusCode::OK
+        })
+        .await;
+        assert!(
+            metric(c, i, "keystead_keyring_cached_versions")
+                .await
+                .is_some_and(|n| n >= 1.0)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_purge_evict_the_key_from_every_partition() {
+    let c = pool().await;
+    // Recover and purge are Crypto Officer actions.
+    assign(
+        &c,
+        keystead_core::rbac::CRYPTO_OFFICER_ROLE_ID,
+        ADMIN_SUBJECT,
+    )
+    .await;
+    c.create(0, "doomed").await.unwrap();
+    all_sign(&c, "doomed").await;
+    let (s, v) = c.call(0, Method::DELETE, "/keys/doomed", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    all_forget(&c, "the delete").await;
+    let (s, v) = c
+        .call(0, Method::POST, "/deletedkeys/doomed/recover", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    all_sign(&c, "doomed").await;
+    let (s, v) = c.call(0, Method::DELETE, "/keys/doomed", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = c.call(0, Method::DELETE, "/deletedkeys/doomed", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    all_forget(&c, "the purge").await;
+}

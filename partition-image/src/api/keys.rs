@@ -525,7 +525,7 @@ pub async fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
             now: now(),
         })
         .await?;
-    ctx.app.keyring.evict(name);
+    // Every partition evicts the key's material as it applies the delete (Keyring::forget).
     let Outcome::Deleted(d) = out else {
         return Err(ApiError::internal("unexpected outcome of a delete"));
     };
@@ -606,7 +606,6 @@ pub async fn purge(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
             now: now(),
         })
         .await?;
-    ctx.app.keyring.evict(name);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -690,7 +689,7 @@ pub async fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
     for v in &rec.versions {
         ctx.app
             .keyring
-            .load(&rec.name, &v.version, &v.wrapped)
+            .unwrap_uncached(&rec.name, &v.version, &v.wrapped)
             .map_err(|e| ApiError::bad_request(format!("the backup could not be restored: {e}")))?;
     }
     let out = ctx
@@ -715,7 +714,7 @@ pub async fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     let spec = ctx
         .app
         .keyring
-        .load(name, &current.version, &current.wrapped)
+        .unwrap_uncached(name, &current.version, &current.wrapped)
         .map_err(keyring_err)?
         .spec();
     let material = KeyMaterial::generate(&spec).map_err(crypto_err)?;
@@ -980,14 +979,21 @@ pub fn operation(
         ));
     }
     ctx.require_active()?;
-    let v = one_version(ctx, name, version)?;
-    ctx.key(name, Some(&v.version));
-    check_usable(name, &v, op_name)?;
-    let key = ctx
-        .app
-        .keyring
-        .load(name, &v.version, &v.wrapped)
-        .map_err(keyring_err)?;
+    // The version and its material under one read lock of the state: a delete or purge
+    // applied meanwhile cannot leave the material cached (Keyring::load).
+    let app = ctx.app.clone();
+    let (v, key) = {
+        let st = app.store.read();
+        let rec = st.keys.get(name).ok_or_else(|| key_not_found(name))?;
+        let v = key_version(rec, version)?;
+        ctx.key(name, Some(&v.version));
+        check_usable(name, &v, op_name)?;
+        let key = app
+            .keyring
+            .load(name, &v.version, &v.wrapped)
+            .map_err(keyring_err)?;
+        (v, key)
+    };
     let kid = kid(ctx, name, Some(&v.version));
     let result = |value: Vec<u8>| KeyOperationResult {
         kid: Some(kid.clone()),

@@ -670,11 +670,8 @@ pub async fn restore_full(
     })?;
     // 3. Staged from a second read, chunk by chunk (each verified again: the store may
     // have changed), committed at once.
-    let names: Vec<String> = app.store.read().keys.keys().cloned().collect();
+    // Every partition drops its cached key material as it applies the commit.
     propose_restore(app, dest, &m).await?;
-    for n in names {
-        app.keyring.evict(&n);
-    }
     Ok(RestoreReport {
         restore_point: dest.folder_url(&rp.body.folder),
         keys: m.body.key_count as usize,
@@ -823,7 +820,7 @@ pub async fn restore_key(
         .ok_or_else(|| BackupError::KeyNotInBackup(dest.folder_url(folder), name.to_string()))?;
     for v in &rec.versions {
         app.keyring
-            .load(&rec.name, &v.version, &v.wrapped)
+            .unwrap_uncached(&rec.name, &v.version, &v.wrapped)
             .map_err(|e| BackupError::Invalid(format!("{e}; nothing was restored")))?;
     }
     app.store
