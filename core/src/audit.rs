@@ -18,6 +18,30 @@ use serde_json::Value;
 /// `prevHash` of the first record of a chain.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// The most a record keeps of a free-text field (`path`, `caller`, `keyName`, …): a longer
+/// value is cut and marked `...[truncated, N bytes]` (N = its full length), so no request can
+/// make a record large.
+pub const MAX_FIELD_BYTES: usize = 1024;
+
+/// Cut `value` to [`MAX_FIELD_BYTES`] (at a character boundary), marking the cut.
+fn cap(value: &mut String) {
+    if value.len() <= MAX_FIELD_BYTES {
+        return;
+    }
+    let full = value.len();
+    let marker = format!("...[truncated, {full} bytes]");
+    let mut keep = MAX_FIELD_BYTES.saturating_sub(marker.len());
+    while !value.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    value.truncate(keep);
+    value.push_str(&marker);
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// One audited request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -48,7 +72,11 @@ pub struct AuditRecord {
     /// That member's Raft node id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member_id: Option<u64>,
-    /// HTTP status code of the response.
+    /// Written before a change is carried out (`status` 0); the outcome follows in a
+    /// record with the same `requestId`. Omitted (false) on every other record.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub intent: bool,
+    /// HTTP status code of the response (0 on an intent record).
     pub status: u16,
     /// Key Vault error code of a failed request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,10 +330,34 @@ impl AuditChain {
     }
 
     /// Sets `seq`, `prevHash` and `hash` of `record` (and normalises: the query string is
-    /// dropped from `path`, an empty `caller` becomes `anonymous`) and advances the chain.
+    /// dropped from `path`, an empty `caller` becomes `anonymous`, free-text fields are cut
+    /// to [`MAX_FIELD_BYTES`]) and advances the chain.
     pub fn seal(&mut self, mut record: AuditRecord) -> AuditRecord {
         if let Some(i) = record.path.find('?') {
             record.path.truncate(i);
+        }
+        for field in [
+            &mut record.request_id,
+            &mut record.partition,
+            &mut record.caller,
+            &mut record.client_address,
+            &mut record.method,
+            &mut record.path,
+            &mut record.operation,
+        ] {
+            cap(field);
+        }
+        for field in [
+            &mut record.data_action,
+            &mut record.key_name,
+            &mut record.key_version,
+            &mut record.member,
+            &mut record.error_code,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            cap(field);
         }
         if record.caller.is_empty() {
             record.caller = "anonymous".to_owned();
@@ -671,5 +723,32 @@ mod tests {
         assert!(is_hash(&r.hash));
         assert_eq!(chain.last_hash(), r.hash);
         assert_eq!(chain.next_seq(), 2);
+        assert!(!r.to_json_line().contains("intent"));
+    }
+
+    #[test]
+    fn long_fields_are_cut_and_marked() {
+        let mut chain = AuditChain::new();
+        let r = chain.seal(AuditRecord {
+            path: format!("/keys/{}", "é".repeat(30_000)),
+            caller: "c".repeat(5000),
+            key_name: Some("k".repeat(2000)),
+            ..AuditRecord::default()
+        });
+        assert!(r.path.len() <= MAX_FIELD_BYTES, "{}", r.path.len());
+        assert!(
+            r.path.ends_with("...[truncated, 60006 bytes]"),
+            "{}",
+            r.path
+        );
+        assert!(r.caller.ends_with("[truncated, 5000 bytes]"));
+        assert!(r.key_name.as_ref().unwrap().len() <= MAX_FIELD_BYTES);
+        let short = chain.seal(AuditRecord {
+            path: "/keys/k1".into(),
+            ..AuditRecord::default()
+        });
+        assert_eq!(short.path, "/keys/k1");
+        let log = format!("{}\n{}\n", r.to_json_line(), short.to_json_line());
+        assert_eq!(verify_lines(std::io::Cursor::new(log)).unwrap().records, 2);
     }
 }

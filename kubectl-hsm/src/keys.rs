@@ -105,6 +105,8 @@ pub struct CipherArgs {
     /// The input, base64url.
     #[arg(long, allow_hyphen_values = true)]
     pub value: String,
+    /// The IV, base64url: for decrypt, and for AES-CBC encrypt. AES-GCM encrypt takes none
+    /// (the HSM generates it and returns it with the tag).
     #[arg(long, allow_hyphen_values = true)]
     pub iv: Option<String>,
     #[arg(long, allow_hyphen_values = true)]

@@ -544,7 +544,8 @@ async fn backup_cleanup(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
                 Err((_, msg)) => return Ok::<_, Error>(Err(msg)),
             };
             Ok(if store::claim_of(location).is_some() {
-                delete_folder_by_pool(ctx, &ns, &b.spec.hsm_ref.name, params, location).await?
+                let job = st.job_id.as_deref();
+                delete_folder_by_pool(ctx, &ns, &b.spec.hsm_ref.name, params, location, job).await?
             } else {
                 delete_folder(params, location, ctx.settings.loopback_storage_endpoints).await
             })
@@ -601,13 +602,14 @@ async fn delete_folder(
 
 /// Delete the backup folder at `location` on a claim through the pool (`POST
 /// /backup/delete`): only the partitions mount the claim, and a pool deletes only its own
-/// backups.
+/// backups — a verified one, or the leftovers of its failed job `job_id`.
 async fn delete_folder_by_pool(
     ctx: &Context,
     ns: &str,
     pool: &str,
     params: StorageParameters,
     location: &str,
+    job_id: Option<&str>,
 ) -> Result<Result<usize, String>, Error> {
     let (parent, folder) = match store::split_folder(location) {
         Ok(x) => x,
@@ -622,7 +624,7 @@ async fn delete_folder_by_pool(
         ..params
     };
     Ok(t.client
-        .delete_backup(&t.url, &sas, &folder)
+        .delete_backup(&t.url, &sas, &folder, job_id)
         .await
         .map_err(|e| e.to_string()))
 }

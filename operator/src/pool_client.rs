@@ -317,14 +317,20 @@ impl PoolClient {
     }
 
     /// `POST /backup/delete`: delete a backup folder of this pool; how many objects went.
+    /// `job_id`: the backup job that wrote it (lets the pool delete the leftovers of a failed
+    /// job, which have no manifest).
     pub async fn delete_backup(
         &self,
         base: &str,
         storage: &keystead_core::store::StorageParameters,
         folder: &str,
+        job_id: Option<&str>,
     ) -> Result<usize, PoolError> {
         let url = format!("{base}/backup/delete");
-        let body = json!({"sasTokenParameters": storage, "folder": folder});
+        let mut body = json!({"sasTokenParameters": storage, "folder": folder});
+        if let Some(id) = job_id {
+            body["jobId"] = json!(id);
+        }
         let v = self.call(reqwest::Method::POST, &url, Some(&body)).await?;
         v["deletedObjects"]
             .as_u64()

@@ -16,7 +16,8 @@ use zeroize::Zeroizing;
 pub struct App {
     pub cfg: PartitionConfig,
     pub store: Arc<Store>,
-    pub keyring: Keyring,
+    /// Also held by the store's change hook, which evicts key material on apply.
+    pub keyring: Arc<Keyring>,
     /// RSA key generation, off the request workers and bounded (`limits`).
     pub keygen: crate::keygen::KeyGenerator,
     pub validator: TokenValidator,
@@ -144,15 +145,31 @@ impl App {
     }
 
     fn with_store(cfg: PartitionConfig, store: Arc<Store>) -> anyhow::Result<Arc<App>> {
+        let signer = match crate::audit::CheckpointSigner::from_pem_file(
+            &cfg.partition_id,
+            &cfg.tls.key_file,
+        ) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "audit checkpoints are not signed");
+                None
+            }
+        };
         let audit = AuditSink::open(&AuditSinkConfig {
             path: cfg.audit_file(),
             stdout: cfg.audit.stdout,
+            signer,
         })
         .context("cannot open the audit log")?;
+        let keyring = Arc::new(Keyring::default());
+        {
+            let keyring = keyring.clone();
+            store.on_change(Box::new(move |change| keyring.forget(change)));
+        }
         let app = Arc::new(App {
             validator: TokenValidator::new(auth_config(&cfg)),
             store,
-            keyring: Keyring::default(),
+            keyring,
             keygen: crate::keygen::KeyGenerator::new(cfg.limits.key_generations()),
             audit,
             sd_lock: Default::default(),

@@ -7,6 +7,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 pub use keystead_core::audit::{AuditChain, AuditRecord, GENESIS_HASH};
 
@@ -30,17 +32,95 @@ pub enum AuditError {
 }
 
 /// Where audit records go.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct AuditSinkConfig {
     /// The audit file (created with mode 0600 if missing, appended to otherwise).
     pub path: PathBuf,
     /// Also write each record as one JSON line to stdout.
     pub stdout: bool,
+    /// Signs a checkpoint when the sink opens and after every [`CHECKPOINT_EVERY`] records.
+    pub signer: Option<std::sync::Arc<CheckpointSigner>>,
+}
+
+/// Records between two signed checkpoints.
+pub const CHECKPOINT_EVERY: u64 = 256;
+
+/// The partition's identity key (its P-256 TLS key), used to sign audit checkpoints.
+pub struct CheckpointSigner {
+    partition: String,
+    key: aws_lc_rs::signature::EcdsaKeyPair,
+    key_id: String,
+}
+
+impl std::fmt::Debug for CheckpointSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointSigner")
+            .field("partition", &self.partition)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckpointSigner {
+    /// From the partition's TLS private key (PKCS#8 PEM, ECDSA P-256).
+    pub fn from_pem_file(partition: &str, path: &Path) -> Result<Self, String> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+        use rustls::pki_types::PrivatePkcs8KeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let der = PrivatePkcs8KeyDer::from_pem_file(path).map_err(|e| {
+            format!(
+                "cannot read a PKCS#8 private key from {}: {e}",
+                path.display()
+            )
+        })?;
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, der.secret_pkcs8_der())
+            .map_err(|_| {
+                format!(
+                    "{} is not a PKCS#8 ECDSA P-256 key; audit checkpoints need one",
+                    path.display()
+                )
+            })?;
+        let key_id =
+            keystead_core::audit::CheckpointKey::from_public_point(key.public_key().as_ref())
+                .key_id;
+        Ok(Self {
+            partition: partition.to_owned(),
+            key,
+            key_id,
+        })
+    }
+
+    fn checkpoint(&self, chain: &mut AuditChain) -> AuditRecord {
+        use base64::Engine;
+        let base = AuditRecord {
+            time: now_rfc3339(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            partition: self.partition.clone(),
+            caller: format!("partition:{}", self.partition),
+            client_address: "-".into(),
+            method: "-".into(),
+            path: "-".into(),
+            ..AuditRecord::default()
+        };
+        chain.seal_checkpoint(base, |msg| {
+            let sig = self
+                .key
+                .sign(&aws_lc_rs::rand::SystemRandom::new(), msg)
+                .map(|s| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s.as_ref()))
+                .unwrap_or_default();
+            keystead_core::audit::Checkpoint {
+                key_id: self.key_id.clone(),
+                signature: sig,
+            }
+        })
+    }
 }
 
 struct Inner {
     file: File,
     chain: AuditChain,
+    /// Records written since the last checkpoint.
+    since_checkpoint: u64,
 }
 
 /// Thread-safe writer of the audit chain.
@@ -48,7 +128,15 @@ pub struct AuditSink {
     path: PathBuf,
     stdout: bool,
     inner: Mutex<Inner>,
+    signer: Option<std::sync::Arc<CheckpointSigner>>,
+    /// Records that could not be written (`keystead_audit_write_failures_total`).
+    failures: AtomicU64,
+    /// When a lost record was last logged (at most one log line per interval).
+    last_logged: Mutex<Option<Instant>>,
 }
+
+/// Lost records are logged at most once per this interval (with the count since).
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for AuditSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,9 +216,10 @@ impl AuditSink {
             .mode(0o600)
             .open(&path)
             .map_err(open_err)?;
-        // An existing file may have been created with wider permissions.
-        let perms = file.metadata().map_err(open_err)?.permissions();
-        if perms.mode() & 0o077 != 0 {
+        // An existing file may have been created with wider permissions. Only a regular
+        // file: a device (`/dev/null`, `/dev/stderr`) is not the sink's to change.
+        let meta = file.metadata().map_err(open_err)?;
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
             file.set_permissions(std::fs::Permissions::from_mode(0o600))
                 .map_err(open_err)?;
         }
@@ -145,11 +234,31 @@ impl AuditSink {
                 source,
             })?;
         }
-        Ok(Self {
+        let sink = Self {
             path,
             stdout,
-            inner: Mutex::new(Inner { file, chain }),
-        })
+            inner: Mutex::new(Inner {
+                file,
+                chain,
+                since_checkpoint: 0,
+            }),
+            signer: config.signer.clone(),
+            failures: AtomicU64::new(0),
+            last_logged: Mutex::new(None),
+        };
+        // A checkpoint where this run starts: what came before is signed as found.
+        if let Some(signer) = &sink.signer {
+            let mut inner = sink.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut next = inner.chain.clone();
+            let cp = signer.checkpoint(&mut next);
+            // An unwritable log does not stop the partition: it is counted, and changes are
+            // refused while their records cannot be written (see try_record).
+            if let Err(e) = sink.append(&mut inner, next, &cp) {
+                drop(inner);
+                sink.failed(&e);
+            }
+        }
+        Ok(sink)
     }
 
     /// The audit file.
@@ -163,43 +272,104 @@ impl AuditSink {
         inner.chain.last_hash().to_owned()
     }
 
-    /// Writes `record` ([`AuditSink::try_record`]); a failure is logged (tracing, error
-    /// level) rather than returned. Use `try_record` to fail the request instead.
+    /// How many records could not be written since the partition started.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Writes `record` ([`AuditSink::try_record`]); a failure is counted and logged
+    /// (tracing, error level, at most once per 10 s) rather than returned. Use `try_record`
+    /// to fail the request instead.
     pub fn record(&self, record: AuditRecord) {
-        if let Err(e) = self.try_record(record) {
-            tracing::error!(error = %e, "audit record lost");
+        let _ = self.try_record(record);
+    }
+
+    fn failed(&self, e: &AuditError) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = self.last_logged.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= FAILURE_LOG_INTERVAL) {
+            *last = Some(Instant::now());
+            tracing::error!(error = %e, lost_since_start = n, "audit records cannot be written: changes are refused until the audit log is writable again");
         }
     }
 
     /// Seals `record` into the chain, appends it to the file (flushed, not fsynced) and, if
     /// configured, prints it to stdout. An empty `time` is set to now. Returns the sealed
-    /// record. On a write error the chain does
-    /// not advance, so the next record still links to the last complete one on disk.
-    pub fn try_record(&self, mut record: AuditRecord) -> Result<AuditRecord, AuditError> {
+    /// record. On a write error the chain does not advance and a partly written line is cut
+    /// off again (where the file allows it), so the next record still links to the last
+    /// complete one on disk. Failures are counted ([`AuditSink::failures`]) and logged.
+    pub fn try_record(&self, record: AuditRecord) -> Result<AuditRecord, AuditError> {
+        let r = self.write(record);
+        if let Err(e) = &r {
+            self.failed(e);
+        }
+        r
+    }
+
+    fn write(&self, mut record: AuditRecord) -> Result<AuditRecord, AuditError> {
         if record.time.is_empty() {
             record.time = now_rfc3339();
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = inner.chain.clone();
         let sealed = next.seal(record);
+        self.append(&mut inner, next, &sealed)?;
+        inner.since_checkpoint += 1;
+        if let Some(signer) = &self.signer
+            && inner.since_checkpoint >= CHECKPOINT_EVERY
+        {
+            let mut next = inner.chain.clone();
+            let cp = signer.checkpoint(&mut next);
+            // The request's record is written; a checkpoint that cannot be is retried
+            // after the next record (and counted as a failure).
+            if let Err(e) = self.append(&mut inner, next, &cp) {
+                self.failed(&e);
+            }
+        }
+        Ok(sealed)
+    }
+
+    /// Append `sealed` (already sealed into `next`, a copy of the chain) and advance the
+    /// chain to `next`; on a write error the chain stays and a partial line is cut off.
+    fn append(
+        &self,
+        inner: &mut Inner,
+        next: AuditChain,
+        sealed: &AuditRecord,
+    ) -> Result<(), AuditError> {
         let mut line = sealed.to_json_line();
         line.push('\n');
         let write_err = |source| AuditError::Write {
             path: self.path.clone(),
             source,
         };
-        inner
+        // Where a partly written line would be cut off again (regular files only).
+        let before = inner
+            .file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        if let Err(e) = inner
             .file
             .write_all(line.as_bytes())
             .and_then(|()| inner.file.flush())
-            .map_err(write_err)?;
+        {
+            if let Some(len) = before {
+                let _ = inner.file.set_len(len);
+            }
+            return Err(write_err(e));
+        }
         inner.chain = next;
+        if sealed.checkpoint.is_some() {
+            inner.since_checkpoint = 0;
+        }
         if self.stdout {
             let mut out = std::io::stdout().lock();
             // stdout is a copy for log collection; the file is the record of truth.
             let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
         }
-        Ok(sealed)
+        Ok(())
     }
 }
 
@@ -229,6 +399,7 @@ mod tests {
         AuditSink::open(&AuditSinkConfig {
             path: path.to_path_buf(),
             stdout: false,
+            signer: None,
         })
     }
 

@@ -19,8 +19,9 @@ pub struct PartitionConfig {
     pub partition_id: String,
     /// Address to listen on for HTTPS (`127.0.0.1:8443`, `0.0.0.0:8443`).
     pub listen: String,
-    /// Base URL clients use (`https://127.0.0.1:8443`); `kid`s and `nextLink`s are built from
-    /// the request's Host header, this is the fallback.
+    /// Base URL clients use (`https://127.0.0.1:8443`, the pool's Service name): every
+    /// `kid`, `nextLink` and `azure-asyncoperation` URL is built from it (never from the
+    /// request's Host header).
     pub public_url: String,
     /// Data directory (command log, snapshots, sealed domain, audit log).
     pub data_dir: PathBuf,

@@ -7,7 +7,8 @@
 //! `seal`).
 
 use crate::crypto::KeyMaterial;
-use crate::state::WrappedBytes;
+use crate::state::{Command, Outcome, WrappedBytes};
+use crate::store::StateChange;
 use keystead_core::aead;
 use keystead_core::kdf;
 use keystead_core::sd::DomainSecret;
@@ -125,7 +126,32 @@ impl Keyring {
             .map_err(|_| KeyringError::Sealed)
     }
 
-    /// The usable key of (name, version), unwrapping it on first use.
+    /// Unwrap the key of (name, version) without keeping it (a restore checks a backup's
+    /// versions before committing; a rotation reads the current version's spec).
+    pub fn unwrap_uncached(
+        &self,
+        name: &str,
+        version: &str,
+        wrapped: &WrappedBytes,
+    ) -> Result<KeyMaterial, KeyringError> {
+        let u = self.unsealed().ok_or(KeyringError::Sealed)?;
+        let plain = aead::open(&u.wrap_key, &key_aad(name, version), &wrapped.0).map_err(|_| {
+            KeyringError::Integrity {
+                name: name.into(),
+                version: version.into(),
+            }
+        })?;
+        KeyMaterial::from_storage_bytes(&plain).map_err(|e| KeyringError::Load {
+            name: name.into(),
+            version: version.into(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The usable key of (name, version), unwrapping it on first use and keeping it. Call
+    /// it while holding the state's read lock, with `wrapped` read under that lock: a purge
+    /// (which evicts under the state's write lock, [`Keyring::forget`]) then either comes
+    /// before (the key is not found) or after (it evicts what this call kept).
     pub fn load(
         &self,
         name: &str,
@@ -141,21 +167,7 @@ impl Keyring {
         {
             return Ok(k.clone());
         }
-        let u = self.unsealed().ok_or(KeyringError::Sealed)?;
-        let plain = aead::open(&u.wrap_key, &key_aad(name, version), &wrapped.0).map_err(|_| {
-            KeyringError::Integrity {
-                name: name.into(),
-                version: version.into(),
-            }
-        })?;
-        let material =
-            Arc::new(
-                KeyMaterial::from_storage_bytes(&plain).map_err(|e| KeyringError::Load {
-                    name: name.into(),
-                    version: version.into(),
-                    reason: e.to_string(),
-                })?,
-            );
+        let material = Arc::new(self.unwrap_uncached(name, version, wrapped)?);
         self.cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -163,11 +175,89 @@ impl Keyring {
         Ok(material)
     }
 
-    /// Forget cached material of a key (after delete/purge).
+    /// How many key versions are held unwrapped in memory (a count for `/metrics`).
+    pub fn cached_versions(&self) -> usize {
+        self.cache.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Forget cached material of a key.
     pub fn evict(&self, name: &str) {
         self.cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(n, _), _| n != name);
+    }
+
+    /// Forget every cached key.
+    pub fn clear(&self) {
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Drop what a state change makes stale, on every partition as it applies the change:
+    /// a deleted, purged or replaced key's material (a soft-deleted key's material stays
+    /// wrapped in the state for recovery, never unwrapped in memory).
+    pub fn forget(&self, change: StateChange<'_>) {
+        match change {
+            StateChange::Applied(cmd, outcome) => match (cmd, outcome) {
+                (Command::DeleteKey { name, .. }, _) | (Command::PurgeKey { name, .. }, _) => {
+                    self.evict(name)
+                }
+                (Command::RestoreKey { key }, _) => self.evict(&key.name),
+                (Command::PurgeExpired { .. }, Outcome::Purged(names)) => {
+                    for n in names {
+                        self.evict(n);
+                    }
+                }
+                (Command::RestoreAll { .. } | Command::RestoreCommit { .. }, _) => self.clear(),
+                _ => {}
+            },
+            StateChange::Replaced => self.clear(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KeySpec;
+    use crate::state::Outcome;
+
+    #[test]
+    fn applied_deletes_purges_and_restores_evict_and_other_changes_do_not() {
+        let k = Keyring::default();
+        k.install(DomainSecret::generate("pool"));
+        let m = KeyMaterial::generate(&KeySpec::Oct { bits: 128 }).unwrap();
+        let load = |name: &str| {
+            let w = k.wrap(name, "v1", &m).unwrap();
+            k.load(name, "v1", &w).unwrap();
+        };
+        load("a");
+        load("b");
+        assert_eq!(k.cached_versions(), 2);
+        let other = Command::RecoverKey { name: "a".into() };
+        k.forget(StateChange::Applied(&other, &Outcome::None));
+        assert_eq!(k.cached_versions(), 2);
+        let purge = Command::PurgeKey {
+            name: "a".into(),
+            now: 0,
+        };
+        k.forget(StateChange::Applied(&purge, &Outcome::None));
+        assert_eq!(k.cached_versions(), 1);
+        let expired = Command::PurgeExpired { now: 0 };
+        k.forget(StateChange::Applied(
+            &expired,
+            &Outcome::Purged(vec!["b".into()]),
+        ));
+        assert_eq!(k.cached_versions(), 0);
+        load("c");
+        k.forget(StateChange::Replaced);
+        assert_eq!(k.cached_versions(), 0);
+        // Checking a version does not keep it.
+        let w = k.wrap("d", "v1", &m).unwrap();
+        k.unwrap_uncached("d", "v1", &w).unwrap();
+        assert_eq!(k.cached_versions(), 0);
     }
 }

@@ -76,7 +76,7 @@ pub struct KeyVersion {
     /// `RSA-HSM`, `EC-HSM` or `oct-HSM`.
     pub kty: String,
     pub key_ops: Vec<String>,
-    /// Public parts only (no `kid`; it is built from the request host).
+    /// Public parts only (no `kid`; it is built from the configured `publicUrl`).
     pub public_jwk: JsonWebKey,
     /// The private material, AEAD-wrapped under the domain's key-wrapping key and bound
     /// to (name, version).

@@ -15,6 +15,20 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 const SNAPSHOT_EVERY: u64 = 10_000;
 
+/// A change of this partition's state, as the keyring learns of it (to drop unwrapped key
+/// material that the state no longer holds).
+#[derive(Debug, Clone, Copy)]
+pub enum StateChange<'a> {
+    /// A command was applied (committed, on every partition) with this outcome.
+    Applied(&'a Command, &'a Outcome),
+    /// The whole state was replaced (a snapshot installed from a peer).
+    Replaced,
+}
+
+/// Called on every [`StateChange`], while the state's write lock is held (so a reader that
+/// holds the read lock sees the state and the hook's effect together).
+pub type ChangeHook = Box<dyn Fn(StateChange<'_>) + Send + Sync>;
+
 #[derive(Serialize, Deserialize)]
 struct LogEntry {
     index: u64,
@@ -38,6 +52,7 @@ pub struct SingleStore {
     dir: PathBuf,
     state: RwLock<PoolState>,
     log: Mutex<Log>,
+    on_change: std::sync::OnceLock<ChangeHook>,
 }
 
 impl std::fmt::Debug for SingleStore {
@@ -80,6 +95,15 @@ impl Store {
         Arc::new(Store {
             backend: Backend::Raft(replica),
         })
+    }
+
+    /// Register the hook told of every state change from now on (once; later calls are
+    /// ignored). The keyring uses it to evict key material on every partition.
+    pub fn on_change(&self, hook: ChangeHook) {
+        let _ = match &self.backend {
+            Backend::Single(s) => s.on_change.set(hook),
+            Backend::Raft(r) => r.sm.on_change.set(hook),
+        };
     }
 
     /// The Raft member, in a replicated pool.
@@ -255,6 +279,7 @@ impl SingleStore {
                 index,
                 since_snapshot,
             }),
+            on_change: std::sync::OnceLock::new(),
         })
     }
 
@@ -310,6 +335,9 @@ impl SingleStore {
                 .apply(&entry.cmd)
                 .map_err(|e| ProposeError::Storage(format!("a prechecked command failed: {e}")))?,
         };
+        if let Some(hook) = self.on_change.get() {
+            hook(StateChange::Applied(&entry.cmd, &outcome));
+        }
         if log.since_snapshot >= SNAPSHOT_EVERY {
             let snap = Snapshot {
                 index: log.index,

@@ -282,36 +282,96 @@ pub fn start_restore(ctx: &mut Ctx, check_only: bool) -> Result<Response, ApiErr
     ))
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeleteParameters {
+    sas_token_parameters: dest::StorageParameters,
+    folder: String,
+    /// The backup job of this pool that wrote the folder and failed: what lets a folder
+    /// without a manifest be deleted.
+    #[serde(default)]
+    job_id: Option<String>,
+}
+
+/// Check that `job_id` is a backup job of this pool (on this partition or a peer) that
+/// wrote `url` and failed.
+async fn failed_backup_job(ctx: &Ctx, job_id: &str, url: &str) -> Result<(), ApiError> {
+    let conflict = |m: String| ApiError::conflict("Conflict", m);
+    let pool = pool_id(ctx);
+    let st = match job::get(&pool, job_id) {
+        Some(st) => Some(st),
+        None if job::valid_id(job_id) => crate::replica::peer::find_job(&ctx.app, job_id).await,
+        None => None,
+    }
+    .ok_or_else(|| {
+        conflict(format!(
+            "no job '{job_id}' is known in this pool (job status lives in the memory of the partition that ran it, and is lost when it restarts); nothing was deleted"
+        ))
+    })?;
+    if st.kind != Some(job::Kind::Backup)
+        || st.azure_storage_blob_container_uri.as_deref() != Some(url)
+    {
+        return Err(conflict(format!(
+            "job '{job_id}' is not the backup job that wrote {url}; nothing was deleted"
+        )));
+    }
+    match st.status {
+        job::Status::Failed => Ok(()),
+        job::Status::InProgress => Err(conflict(format!(
+            "backup job '{job_id}' is still writing {url}; wait until it ends (GET /backup/{job_id}/pending) and try again"
+        ))),
+        job::Status::Succeeded => Err(conflict(format!(
+            "backup job '{job_id}' succeeded, so {url} should hold its manifest; without it the folder was changed outside the pool: delete it in the store yourself"
+        ))),
+    }
+}
+
 /// `POST /backup/delete` (Keystead extension): delete one backup folder of this pool, as
-/// retention does (`{"sasTokenParameters": {…}, "folder": "<folder>"}`). Synchronous.
+/// retention does (`{"sasTokenParameters": {…}, "folder": "<folder>", "jobId": "<id>"?}`):
+/// a backup whose manifest verifies under this pool's domain, or — with `jobId` — the
+/// leftovers (chunks, no manifest) of that failed backup job of this pool. Synchronous.
 pub async fn delete_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.operation = "DeleteBackup";
     ctx.authorize(DataAction::BackupDelete, "/")?;
     ctx.require_active()?;
-    let p: SelectiveRestoreParameters = ctx.json()?;
+    let p: DeleteParameters = ctx.json()?;
     let (d, folder) = open_folder(ctx, &p.sas_token_parameters, &p.folder)?;
+    let url = d.folder_url(&folder);
     let pool = pool_id(ctx);
     // Not while a backup or restore of this pool runs here (it may be writing this folder).
     let lock = job::pool_lock(&pool);
     let _g = lock.lock().await;
-    let url = d.folder_url(&folder);
-    match backup::delete_backup(&ctx.app, &d, &folder).await {
-        Ok(n) => {
-            tracing::info!(folder = %url, objects = n, "deleted a backup folder");
-            Ok(json_response(
-                StatusCode::OK,
-                &serde_json::json!({"folder": url, "deletedObjects": n}),
-            ))
-        }
-        Err(e) => {
-            let status = match e {
-                backup::BackupError::Storage { .. } => StatusCode::BAD_GATEWAY,
-                backup::BackupError::Sealed => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::CONFLICT,
-            };
-            Err(ApiError::new(status, e.code(), e.to_string()))
-        }
+    let refused = |e: backup::BackupError| {
+        let status = match e {
+            backup::BackupError::Storage { .. } => StatusCode::BAD_GATEWAY,
+            backup::BackupError::Sealed => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::CONFLICT,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    };
+    match backup::check_deletable(&ctx.app, &d, &folder)
+        .await
+        .map_err(refused)?
+    {
+        backup::Deletable::Missing | backup::Deletable::OwnBackup => {}
+        backup::Deletable::NoManifest => match &p.job_id {
+            Some(id) => failed_backup_job(ctx, id, &url).await?,
+            None => {
+                return Err(ApiError::conflict(
+                    "Conflict",
+                    format!(
+                        "{url} has no manifest, so nothing shows it is a backup of this pool; nothing was deleted. Give the jobId of the backup job of this pool that wrote it and failed (the answer of POST /backup), or delete it in the store yourself"
+                    ),
+                ));
+            }
+        },
     }
+    let n = backup::delete_folder(&d, &folder).await.map_err(refused)?;
+    tracing::info!(folder = %url, objects = n, "deleted a backup folder");
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"folder": url, "deletedObjects": n}),
+    ))
 }
 
 /// `PUT /keys/{name}/restore`

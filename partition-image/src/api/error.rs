@@ -66,7 +66,11 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut r = (self.status, axum::Json(self.body())).into_response();
+        // For the audit record's `errorCode`.
+        r.extensions_mut()
+            .insert(super::ErrorCodeTag(self.code.clone()));
+        r
     }
 }
 

@@ -525,7 +525,7 @@ pub async fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
             now: now(),
         })
         .await?;
-    ctx.app.keyring.evict(name);
+    // Every partition evicts the key's material as it applies the delete (Keyring::forget).
     let Outcome::Deleted(d) = out else {
         return Err(ApiError::internal("unexpected outcome of a delete"));
     };
@@ -606,7 +606,6 @@ pub async fn purge(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
             now: now(),
         })
         .await?;
-    ctx.app.keyring.evict(name);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -690,7 +689,7 @@ pub async fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
     for v in &rec.versions {
         ctx.app
             .keyring
-            .load(&rec.name, &v.version, &v.wrapped)
+            .unwrap_uncached(&rec.name, &v.version, &v.wrapped)
             .map_err(|e| ApiError::bad_request(format!("the backup could not be restored: {e}")))?;
     }
     let out = ctx
@@ -715,7 +714,7 @@ pub async fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     let spec = ctx
         .app
         .keyring
-        .load(name, &current.version, &current.wrapped)
+        .unwrap_uncached(name, &current.version, &current.wrapped)
         .map_err(keyring_err)?
         .spec();
     let material = ctx.app.keygen.key(spec).await.map_err(crypto_err)?;
@@ -728,7 +727,21 @@ pub async fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         .and_then(|a| a.get("expiryTime"))
         .and_then(|e| e.as_str())
     {
-        attrs.exp = Some(now + iso8601_duration_secs(expiry).unwrap_or(0));
+        // Checked when the policy was set; a policy stored before that check may be out
+        // of range, and is refused here rather than giving a wrong or overflowing `exp`.
+        let exp = policy_duration("attributes.expiryTime", expiry, MIN_EXPIRY)
+            .ok()
+            .and_then(|d| now.checked_add(d))
+            .ok_or_else(|| {
+                ApiError::conflict(
+                    "Conflict",
+                    format!(
+                        "key '{name}' has a rotation policy whose attributes.expiryTime '{expiry}' is outside {}; set a valid policy with PUT /keys/{name}/rotationpolicy and rotate again",
+                        duration_range(MIN_EXPIRY)
+                    ),
+                )
+            })?;
+        attrs.exp = Some(exp);
     }
     add_version(
         ctx,
@@ -739,6 +752,37 @@ pub async fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         current.tags.clone(),
     )
     .await
+}
+
+/// Shortest `expiryTime` of a rotation policy (Key Vault's minimum: 28 days).
+const MIN_EXPIRY: i64 = 28 * 86_400;
+/// Shortest `timeAfterCreate` / `timeBeforeExpiry` of a lifetime action (Key Vault's: 7 days).
+const MIN_TRIGGER: i64 = 7 * 86_400;
+/// Longest rotation-policy duration: 100 years (`P100Y`).
+const MAX_POLICY_DURATION: i64 = 100 * 365 * 86_400;
+
+fn duration_range(min: i64) -> String {
+    format!("P{}D to P100Y", min / 86_400)
+}
+
+/// A rotation-policy duration in seconds, within `min..=MAX_POLICY_DURATION`; the error
+/// names `field` and the allowed range.
+fn policy_duration(field: &str, value: &str, min: i64) -> Result<i64, ApiError> {
+    match iso8601_duration_secs(value) {
+        Some(d) if (min..=MAX_POLICY_DURATION).contains(&d) => Ok(d),
+        parsed => {
+            let shown: String = value.chars().take(64).collect();
+            let what = if parsed.is_some() {
+                "is out of range"
+            } else {
+                "is not an ISO-8601 duration"
+            };
+            Err(ApiError::bad_request(format!(
+                "{field} '{shown}' {what}: give a duration from {} (e.g. P90D, P2Y, PT12H as long as it is in range)",
+                duration_range(min)
+            )))
+        }
+    }
 }
 
 /// Parse an ISO-8601 duration such as `P90D`, `P2Y`, `P1M`, `PT12H`, `P1Y2M3DT4H5M6S`
@@ -820,22 +864,23 @@ pub async fn set_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, 
     ctx.authorize(DataAction::KeysWrite, &key_scope(name))?;
     ctx.require_active()?;
     let mut policy: KeyRotationPolicy = ctx.json()?;
-    for a in policy.lifetime_actions.iter().flatten() {
+    for (i, a) in policy.lifetime_actions.iter().flatten().enumerate() {
         let trig = a.trigger.as_ref();
         let after = trig.and_then(|t| t.time_after_create.as_deref());
         let before = trig.and_then(|t| t.time_before_expiry.as_deref());
         match (after, before) {
-            (Some(d), None) | (None, Some(d)) => {
-                if iso8601_duration_secs(d).is_none() {
-                    return Err(ApiError::bad_request(format!(
-                        "'{d}' is not an ISO-8601 duration (e.g. P90D, P1Y, PT12H)"
-                    )));
-                }
+            (Some(d), None) => {
+                let field = format!("lifetimeActions[{i}].trigger.timeAfterCreate");
+                policy_duration(&field, d, MIN_TRIGGER)?;
+            }
+            (None, Some(d)) => {
+                let field = format!("lifetimeActions[{i}].trigger.timeBeforeExpiry");
+                policy_duration(&field, d, MIN_TRIGGER)?;
             }
             _ => {
-                return Err(ApiError::bad_request(
-                    "each lifetime action needs exactly one trigger: timeAfterCreate or timeBeforeExpiry",
-                ));
+                return Err(ApiError::bad_request(format!(
+                    "lifetimeActions[{i}] needs exactly one trigger: timeAfterCreate or timeBeforeExpiry"
+                )));
             }
         }
         let ty = a
@@ -853,11 +898,8 @@ pub async fn set_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, 
         .attributes
         .as_ref()
         .and_then(|a| a.expiry_time.as_deref())
-        && iso8601_duration_secs(e).is_none()
     {
-        return Err(ApiError::bad_request(format!(
-            "expiryTime '{e}' is not an ISO-8601 duration (e.g. P2Y)"
-        )));
+        policy_duration("attributes.expiryTime", e, MIN_EXPIRY)?;
     }
     policy.id = None;
     let value = serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -937,14 +979,21 @@ pub fn operation(
         ));
     }
     ctx.require_active()?;
-    let v = one_version(ctx, name, version)?;
-    ctx.key(name, Some(&v.version));
-    check_usable(name, &v, op_name)?;
-    let key = ctx
-        .app
-        .keyring
-        .load(name, &v.version, &v.wrapped)
-        .map_err(keyring_err)?;
+    // The version and its material under one read lock of the state: a delete or purge
+    // applied meanwhile cannot leave the material cached (Keyring::load).
+    let app = ctx.app.clone();
+    let (v, key) = {
+        let st = app.store.read();
+        let rec = st.keys.get(name).ok_or_else(|| key_not_found(name))?;
+        let v = key_version(rec, version)?;
+        ctx.key(name, Some(&v.version));
+        check_usable(name, &v, op_name)?;
+        let key = app
+            .keyring
+            .load(name, &v.version, &v.wrapped)
+            .map_err(keyring_err)?;
+        (v, key)
+    };
     let kid = kid(ctx, name, Some(&v.version));
     let result = |value: Vec<u8>| KeyOperationResult {
         kid: Some(kid.clone()),
@@ -1051,6 +1100,30 @@ mod tests {
         assert_eq!(iso8601_duration_secs("90D"), None);
         assert_eq!(iso8601_duration_secs("P"), None);
         assert_eq!(iso8601_duration_secs("P1X"), None);
+        // Overflow is refused, not wrapped.
+        assert_eq!(
+            iso8601_duration_secs("PT9223372036854775807S"),
+            Some(i64::MAX)
+        );
+        assert_eq!(iso8601_duration_secs("P9223372036854775807D"), None);
+        assert_eq!(iso8601_duration_secs("P99999999999999999999D"), None);
+    }
+
+    #[test]
+    fn policy_durations_are_bounded() {
+        assert_eq!(
+            policy_duration("f", "P28D", MIN_EXPIRY).unwrap(),
+            28 * 86_400
+        );
+        assert!(policy_duration("f", "P100Y", MIN_EXPIRY).is_ok());
+        for bad in ["P27D", "P101Y", "PT9223372036854775807S", "P1X", ""] {
+            let e = policy_duration("attributes.expiryTime", bad, MIN_EXPIRY).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains("attributes.expiryTime"), "{e}");
+            assert!(e.message.contains("P28D to P100Y"), "{e}");
+        }
+        assert!(policy_duration("t", "P7D", MIN_TRIGGER).is_ok());
+        assert!(policy_duration("t", "P6D", MIN_TRIGGER).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub(crate) mod sd;
 use crate::app::App;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use error::ApiError;
 use keystead_core::audit::AuditRecord;
@@ -50,7 +50,8 @@ pub struct AuditInfo {
 pub struct Ctx {
     pub app: Arc<App>,
     pub principal: String,
-    /// `https://host[:port]` as the client addressed us (for `kid`, `nextLink`, polling URLs).
+    /// The configured `publicUrl` without a trailing slash (for `kid`, `nextLink`, polling
+    /// URLs).
     pub base_url: String,
     pub query: Vec<(String, String)>,
     pub body: bytes::Bytes,
@@ -140,20 +141,6 @@ fn challenge(app: &App) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
 }
 
-fn base_url(headers: &HeaderMap, uri: &axum::http::Uri, fallback: &str) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| uri.authority().map(|a| a.to_string()));
-    match host {
-        Some(h) if !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()) => {
-            format!("https://{h}")
-        }
-        _ => fallback.trim_end_matches('/').to_string(),
-    }
-}
-
 fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
     q.map(|q| {
         url::form_urlencoded::parse(q.as_bytes())
@@ -161,6 +148,51 @@ fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
             .collect()
     })
     .unwrap_or_default()
+}
+
+/// Longest request target (path and query) served: far above any Key Vault route (key names
+/// have at most 127 characters), small enough that no request can bloat the audit log.
+pub const MAX_URI_BYTES: usize = 8192;
+
+/// What every audit record of one request shares.
+struct RequestFacts {
+    request_id: String,
+    client: String,
+    method: String,
+    path: String,
+}
+
+impl RequestFacts {
+    fn record(&self, app: &App, caller: &str, info: AuditInfo, status: u16) -> AuditRecord {
+        AuditRecord {
+            request_id: self.request_id.clone(),
+            partition: app.cfg.partition_id.clone(),
+            caller: caller.to_string(),
+            client_address: self.client.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            operation: info.operation.to_string(),
+            data_action: info.data_action.map(|a| a.as_str().to_string()),
+            key_name: info.key_name,
+            key_version: info.key_version,
+            member: info.member,
+            member_id: info.member_id,
+            status,
+            ..AuditRecord::default()
+        }
+    }
+}
+
+/// The answer to a change whose audit record could not be written (nothing was done).
+fn audit_unavailable(app: &App) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "AuditLogUnavailable",
+        format!(
+            "partition {} cannot write its audit log, so it refuses changes: nothing was changed. Retry on another partition; the pool's operator must make the audit log writable again (see docs/audit.md)",
+            app.cfg.partition_id
+        ),
+    )
 }
 
 /// The single entry point of the data plane.
@@ -180,6 +212,16 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .unwrap_or_else(|| "unknown".into());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let uri_len = req
+        .uri()
+        .path_and_query()
+        .map_or(path.len(), |pq| pq.as_str().len());
+    let facts = RequestFacts {
+        request_id: request_id.clone(),
+        client,
+        method: method.to_string(),
+        path: path.clone(),
+    };
 
     let mut caller = "anonymous".to_string();
     let mut info = AuditInfo {
@@ -187,83 +229,118 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         ..Default::default()
     };
     let token = crate::auth::bearer_token(req.headers()).map(str::to_string);
-    let mut response = match token {
-        None => {
-            info.operation = "Challenge";
-            let mut r = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "a bearer token is required: send `Authorization: Bearer <token>` with a token for this pool's audience",
-            )
-            .into_response();
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, challenge(&app));
-            r
-        }
-        Some(token) => match app.validator.validate(&token).await {
-            Err(e) => {
-                info.operation = "Authenticate";
+    let mut response = if uri_len > MAX_URI_BYTES {
+        // Refused before anything else (the token is not even checked).
+        info.operation = "UriTooLong";
+        ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "UriTooLong",
+            format!(
+                "the request URI is {uri_len} bytes; this pool serves URIs of at most {MAX_URI_BYTES} bytes (Key Vault paths are far shorter: key names have at most 127 characters). Check the URL your client builds"
+            ),
+        )
+        .into_response()
+    } else {
+        match token {
+            None => {
+                info.operation = "Challenge";
                 let mut r = ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "Unauthorized",
-                    format!("the bearer token was rejected: {e}"),
+                    "a bearer token is required: send `Authorization: Bearer <token>` with a token for this pool's audience",
                 )
                 .into_response();
                 r.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, challenge(&app));
                 r
             }
-            Ok(principal) => {
-                caller = principal.subject.clone();
-                let base = base_url(req.headers(), req.uri(), &app.cfg.public_url);
-                let query = parse_query(req.uri().query());
-                match route::parse(&method, &path) {
-                    None => {
-                        info.operation = "NotFound";
-                        ApiError::not_found(
-                            "NotFound",
-                            format!("no operation {method} {path}; see docs/compatibility.md for the supported routes"),
-                        )
-                        .into_response()
-                    }
-                    Some(route) => match axum::body::to_bytes(req.into_body(), BODY_LIMIT).await {
-                        Err(_) => ApiError::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "BadParameter",
-                            format!("the request body exceeds {BODY_LIMIT} bytes"),
-                        )
-                        .into_response(),
-                        Ok(body) => {
-                            let mut ctx = Ctx {
-                                app: app.clone(),
-                                principal: principal.subject.clone(),
-                                base_url: base,
-                                query,
-                                body,
-                                audit: AuditInfo::default(),
-                            };
-                            // Status and the member list answer even without a majority
-                            // (they say so).
-                            let barrier =
-                                if matches!(route, Route::AdminStatus | Route::ListMembers) {
-                                    Ok(())
-                                } else {
-                                    app.store.read_barrier().await
-                                };
-                            let r = match barrier {
-                                Ok(()) => dispatch(route, &mut ctx).await,
-                                Err(e) => Err(ApiError::from(e)),
-                            };
-                            info = std::mem::take(&mut ctx.audit);
-                            match r {
-                                Ok(r) => r,
-                                Err(e) => e.into_response(),
+            Some(token) => match app.validator.validate(&token).await {
+                Err(e) => {
+                    info.operation = "Authenticate";
+                    let mut r = ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "Unauthorized",
+                        format!("the bearer token was rejected: {e}"),
+                    )
+                    .into_response();
+                    r.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, challenge(&app));
+                    r
+                }
+                Ok(principal) => {
+                    caller = principal.subject.clone();
+                    // Never the request's Host header or authority: a caller could make
+                    // the pool hand out `kid`s and polling URLs of its choosing.
+                    let base = app.cfg.public_url.trim_end_matches('/').to_string();
+                    let query = parse_query(req.uri().query());
+                    match route::parse(&method, &path) {
+                        None => {
+                            info.operation = "NotFound";
+                            ApiError::not_found(
+                                "NotFound",
+                                format!("no operation {method} {path}; see docs/compatibility.md for the supported routes"),
+                            )
+                            .into_response()
+                        }
+                        Some(route) => {
+                            match axum::body::to_bytes(req.into_body(), BODY_LIMIT).await {
+                                Err(_) => ApiError::new(
+                                    StatusCode::PAYLOAD_TOO_LARGE,
+                                    "BadParameter",
+                                    format!("the request body exceeds {BODY_LIMIT} bytes"),
+                                )
+                                .into_response(),
+                                Ok(body) => {
+                                    // A change is recorded before it is carried out: if that
+                                    // record cannot be written, nothing is done (fail closed).
+                                    let intent = route.audited_first().then(|| {
+                                        let what = AuditInfo {
+                                            operation: route.operation(),
+                                            ..Default::default()
+                                        };
+                                        let mut r = facts.record(&app, &caller, what, 0);
+                                        r.intent = true;
+                                        app.audit.try_record(r)
+                                    });
+                                    if let Some(Err(_)) = intent {
+                                        info.operation = route.operation();
+                                        audit_unavailable(&app).into_response()
+                                    } else {
+                                        let mut ctx = Ctx {
+                                            app: app.clone(),
+                                            principal: principal.subject.clone(),
+                                            base_url: base,
+                                            query,
+                                            body,
+                                            audit: AuditInfo::default(),
+                                        };
+                                        // Status and the member list answer even without a
+                                        // majority (they say so).
+                                        let barrier = if matches!(
+                                            route,
+                                            Route::AdminStatus | Route::ListMembers
+                                        ) {
+                                            Ok(())
+                                        } else {
+                                            app.store.read_barrier().await
+                                        };
+                                        let r = match barrier {
+                                            Ok(()) => dispatch(route, &mut ctx).await,
+                                            Err(e) => Err(ApiError::from(e)),
+                                        };
+                                        info = std::mem::take(&mut ctx.audit);
+                                        match r {
+                                            Ok(r) => r,
+                                            Err(e) => e.into_response(),
+                                        }
+                                    }
+                                }
                             }
                         }
-                    },
+                    }
                 }
-            }
-        },
+            },
+        }
     };
     let status = response.status().as_u16();
     let error_code = if status >= 400 {
@@ -274,27 +351,12 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     } else {
         None
     };
-    app.audit.record(AuditRecord {
-        time: String::new(),
-        request_id: request_id.clone(),
-        partition: app.cfg.partition_id.clone(),
-        caller,
-        client_address: client,
-        method: method.to_string(),
-        path,
-        operation: info.operation.to_string(),
-        data_action: info.data_action.map(|a| a.as_str().to_string()),
-        key_name: info.key_name,
-        key_version: info.key_version,
-        member: info.member,
-        member_id: info.member_id,
-        status,
-        error_code,
-        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-        seq: 0,
-        prev_hash: String::new(),
-        hash: String::new(),
-    });
+    let mut outcome = facts.record(&app, &caller, info, status);
+    outcome.error_code = error_code;
+    outcome.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Reads and cryptographic operations are answered even when this record is lost (it
+    // is counted and logged); a change was refused above unless its intent was recorded.
+    app.audit.record(outcome);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-ms-request-id", v);
     }

@@ -134,6 +134,118 @@ pub enum Route {
     },
 }
 
+impl Route {
+    /// The operation name of the audit record (the handler records the same).
+    pub fn operation(&self) -> &'static str {
+        use Route as R;
+        match self {
+            R::CreateKey { .. } => "KeyCreate",
+            R::ImportKey { .. } => "KeyImport",
+            R::GetKey { .. } => "KeyGet",
+            R::UpdateKey { .. } => "KeyUpdate",
+            R::ListKeys => "KeyList",
+            R::ListVersions { .. } => "KeyListVersions",
+            R::DeleteKey { .. } => "KeyDelete",
+            R::GetDeletedKey { .. } => "DeletedKeyGet",
+            R::ListDeletedKeys => "DeletedKeyList",
+            R::RecoverDeletedKey { .. } => "DeletedKeyRecover",
+            R::PurgeDeletedKey { .. } => "DeletedKeyPurge",
+            R::BackupKey { .. } => "KeyBackup",
+            R::RestoreKey => "KeyRestore",
+            R::RotateKey { .. } => "KeyRotate",
+            R::GetRotationPolicy { .. } => "KeyGetRotationPolicy",
+            R::SetRotationPolicy { .. } => "KeySetRotationPolicy",
+            R::KeyOperation { op, .. } => match op {
+                KeyOp::Encrypt => "KeyEncrypt",
+                KeyOp::Decrypt => "KeyDecrypt",
+                KeyOp::WrapKey => "KeyWrap",
+                KeyOp::UnwrapKey => "KeyUnwrap",
+                KeyOp::Sign => "KeySign",
+                KeyOp::Verify => "KeyVerify",
+                KeyOp::Release => "KeyRelease",
+            },
+            R::GetAttestation { .. } => "KeyAttestation",
+            R::Random => "GetRandomBytes",
+            R::SdDownload => "SecurityDomainDownload",
+            R::SdDownloadPending => "SecurityDomainDownloadStatus",
+            R::SdTransferKey => "SecurityDomainTransferKey",
+            R::SdUpload => "SecurityDomainUpload",
+            R::SdUploadPending => "SecurityDomainUploadStatus",
+            R::FullBackup => "FullBackup",
+            R::FullBackupPending { .. } => "FullBackupStatus",
+            R::FullRestore => "FullRestore",
+            R::PreRestore => "PreFullRestore",
+            R::DeleteBackup => "DeleteBackup",
+            R::RestorePending { .. } => "FullRestoreStatus",
+            R::SelectiveRestore { .. } => "SelectiveKeyRestore",
+            R::Rbac {
+                kind, name, method, ..
+            } => match (kind, method.as_str(), name.is_some()) {
+                (RbacKind::Assignments, "GET", false) => "RoleAssignmentList",
+                (RbacKind::Assignments, "GET", true) => "RoleAssignmentGet",
+                (RbacKind::Assignments, "PUT", _) => "RoleAssignmentCreate",
+                (RbacKind::Assignments, "DELETE", _) => "RoleAssignmentDelete",
+                (RbacKind::Definitions, "GET", false) => "RoleDefinitionList",
+                (RbacKind::Definitions, "GET", true) => "RoleDefinitionGet",
+                (RbacKind::Definitions, "PUT", _) => "RoleDefinitionCreate",
+                (RbacKind::Definitions, "DELETE", _) => "RoleDefinitionDelete",
+                _ => "Rbac",
+            },
+            R::AdminStatus => "AdminStatus",
+            R::ListMembers => "MemberList",
+            R::AddMember => "MemberAdd",
+            R::RemoveMember { .. } => "MemberRemove",
+            R::ReplaceMember { .. } => "MemberReplace",
+        }
+    }
+
+    /// Whether the request changes the pool (its keys, RBAC, activation, membership, backups)
+    /// or hands key material or the security domain out of it. Its audit record is written
+    /// before it is carried out, and if that fails it is refused (docs/audit.md).
+    pub fn audited_first(&self) -> bool {
+        use Route as R;
+        match self {
+            R::CreateKey { .. }
+            | R::ImportKey { .. }
+            | R::UpdateKey { .. }
+            | R::DeleteKey { .. }
+            | R::RecoverDeletedKey { .. }
+            | R::PurgeDeletedKey { .. }
+            | R::BackupKey { .. }
+            | R::RestoreKey
+            | R::RotateKey { .. }
+            | R::SetRotationPolicy { .. }
+            | R::SdDownload
+            | R::SdTransferKey
+            | R::SdUpload
+            | R::FullBackup
+            | R::FullRestore
+            | R::DeleteBackup
+            | R::SelectiveRestore { .. }
+            | R::AddMember
+            | R::RemoveMember { .. }
+            | R::ReplaceMember { .. } => true,
+            R::Rbac { method, .. } => *method != Method::GET,
+            R::GetKey { .. }
+            | R::ListKeys
+            | R::ListVersions { .. }
+            | R::GetDeletedKey { .. }
+            | R::ListDeletedKeys
+            | R::GetRotationPolicy { .. }
+            | R::KeyOperation { .. }
+            | R::GetAttestation { .. }
+            | R::Random
+            | R::SdDownloadPending
+            | R::SdUploadPending
+            | R::FullBackupPending { .. }
+            | R::PreRestore
+            | R::RestorePending { .. }
+            | R::AdminStatus
+            | R::ListMembers => false,
+        }
+    }
+}
+
 fn opt(s: &str) -> Option<String> {
     if s.is_empty() {
         None

@@ -361,8 +361,18 @@ pub fn upload_pending(ctx: &mut Ctx) -> Result<Response, ApiError> {
 }
 
 /// `GET /admin/status`: the partition's view for the operator and `kubectl hsm status`.
+/// Needs `securitydomain/download/read` at `/` (Administrator; the operator's principal is an
+/// initial administrator). A partition that has not received the pool's state yet (no RBAC
+/// to check: a new or wiped member catching up) answers its configured initial
+/// administrators only.
 pub fn admin_status(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.operation = "AdminStatus";
+    let bootstrapped = ctx.app.store.read().bootstrapped;
+    if bootstrapped || !ctx.app.cfg.initial_administrators.contains(&ctx.principal) {
+        ctx.authorize(DataAction::SecurityDomainDownloadRead, "/")?;
+    } else {
+        ctx.audit.data_action = Some(DataAction::SecurityDomainDownloadRead);
+    }
     let st = ctx.app.store.read();
     let (activation, fingerprint) = match &st.activation {
         Activation::Provisioned => ("Provisioned", None),

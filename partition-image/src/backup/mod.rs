@@ -442,15 +442,27 @@ pub async fn verify_digests(dest: &Destination, folder: &str) -> Result<Manifest
     Ok(m)
 }
 
-/// Delete backup folder `folder` of `dest` — only a backup of this pool's security domain
-/// (its manifest's MAC verifies under the domain), or an unfinished one (chunk files, no
-/// manifest). Anything else in the folder makes it refuse and delete nothing. Returns how
-/// many objects were deleted (0: the folder does not exist).
-pub async fn delete_backup(
+/// What a backup folder holds, as far as deleting it goes ([`check_deletable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletable {
+    /// Nothing is there.
+    Missing,
+    /// A backup of this pool: its manifest's MAC verifies under the domain.
+    OwnBackup,
+    /// Chunk files and no manifest: nothing in it shows whose it is. It may go only as the
+    /// leftovers of a failed backup job of this pool (known from the pool's job records).
+    NoManifest,
+}
+
+/// Whether backup folder `folder` of `dest` may be deleted by this pool: a backup of this
+/// pool's security domain, or chunk files only ([`Deletable::NoManifest`], for the caller
+/// to decide). A manifest of another domain or one that does not verify, or any other file
+/// in the folder, is an error.
+pub async fn check_deletable(
     app: &App,
     dest: &Destination,
     folder: &str,
-) -> Result<usize, BackupError> {
+) -> Result<Deletable, BackupError> {
     use futures::TryStreamExt;
     dest::validate_folder(folder).map_err(BackupError::Invalid)?;
     let u = unsealed(app)?;
@@ -466,7 +478,7 @@ pub async fn delete_backup(
         .filter_map(|o| o.location.filename())
         .collect();
     if names.is_empty() {
-        return Ok(0);
+        return Ok(Deletable::Missing);
     }
     let is_chunk = |n: &str| {
         n.strip_prefix("chunk-")
@@ -481,20 +493,26 @@ pub async fn delete_backup(
             "{what} holds '{other}', which no Keystead backup has; it is not deleted (delete it in the store yourself if it is not needed)"
         )));
     }
-    if names.contains(&format::MANIFEST) {
-        let m = read_manifest(dest, folder).await?;
-        let pool_fp = u.fingerprint();
-        if m.body.domain_fingerprint != pool_fp {
-            return Err(BackupError::Invalid(format!(
-                "{what} is a backup of security domain {}, not of this pool's ({pool_fp}); a pool deletes only its own backups; nothing was deleted",
-                m.body.domain_fingerprint
-            )));
-        }
-        format::verify_manifest(u.backup_key(), &m)?;
+    if !names.contains(&format::MANIFEST) {
+        return Ok(Deletable::NoManifest);
     }
+    let m = read_manifest(dest, folder).await?;
+    let pool_fp = u.fingerprint();
+    if m.body.domain_fingerprint != pool_fp {
+        return Err(BackupError::Invalid(format!(
+            "{what} is a backup of security domain {}, not of this pool's ({pool_fp}); a pool deletes only its own backups; nothing was deleted",
+            m.body.domain_fingerprint
+        )));
+    }
+    format::verify_manifest(u.backup_key(), &m)?;
+    Ok(Deletable::OwnBackup)
+}
+
+/// Delete every object of `folder` (after [`check_deletable`]); how many went.
+pub async fn delete_folder(dest: &Destination, folder: &str) -> Result<usize, BackupError> {
     dest::delete_folder(dest, folder)
         .await
-        .map_err(|e| storage(&what, e))
+        .map_err(|e| storage(dest.folder_url(folder), e))
 }
 
 /// The records of one key read from a backup (a selective restore).
@@ -652,11 +670,8 @@ pub async fn restore_full(
     })?;
     // 3. Staged from a second read, chunk by chunk (each verified again: the store may
     // have changed), committed at once.
-    let names: Vec<String> = app.store.read().keys.keys().cloned().collect();
+    // Every partition drops its cached key material as it applies the commit.
     propose_restore(app, dest, &m).await?;
-    for n in names {
-        app.keyring.evict(&n);
-    }
     Ok(RestoreReport {
         restore_point: dest.folder_url(&rp.body.folder),
         keys: m.body.key_count as usize,
@@ -805,7 +820,7 @@ pub async fn restore_key(
         .ok_or_else(|| BackupError::KeyNotInBackup(dest.folder_url(folder), name.to_string()))?;
     for v in &rec.versions {
         app.keyring
-            .load(&rec.name, &v.version, &v.wrapped)
+            .unwrap_uncached(&rec.name, &v.version, &v.wrapped)
             .map_err(|e| BackupError::Invalid(format!("{e}; nothing was restored")))?;
     }
     app.store

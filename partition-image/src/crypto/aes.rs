@@ -154,17 +154,16 @@ impl OctMaterial {
         let mode = self.check(alg, "encrypt")?;
         match mode {
             Mode::Gcm => {
-                let mut nonce = [0u8; GCM_IV_LEN];
-                match iv {
-                    Some(iv) if iv.len() == GCM_IV_LEN => nonce.copy_from_slice(iv),
-                    Some(iv) => {
-                        return Err(CryptoError::BadParameter(format!(
-                            "the iv is {} bytes but {alg} uses a 12-byte iv; omit iv and the HSM generates one",
-                            iv.len()
-                        )));
-                    }
-                    None => fill_random(&mut nonce)?,
+                // The IV is always the HSM's own: a caller-chosen one could repeat, and two
+                // GCM encryptions under one key and IV give away the XOR of the plaintexts
+                // and the authentication key.
+                if iv.is_some() {
+                    return Err(CryptoError::BadParameter(format!(
+                        "{alg} encryption takes no iv: the HSM generates a fresh random 12-byte iv for every encryption (a repeated GCM iv reveals plaintext); omit iv, and pass the iv and tag returned by encrypt to decrypt"
+                    )));
                 }
+                let mut nonce = [0u8; GCM_IV_LEN];
+                fill_random(&mut nonce)?;
                 let mut buf = plaintext.to_vec();
                 let tag = self
                     .gcm

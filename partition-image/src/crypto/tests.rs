@@ -607,7 +607,12 @@ fn aes_gcm_generates_iv_and_detects_tampering() {
         k.decrypt(E::A256Gcm, &a.value, Some(&iv), None, None)
             .is_err()
     );
-    assert!(k.encrypt(E::A256Gcm, b"x", Some(&[0; 16]), None).is_err());
+    // The IV is the HSM's: a caller's IV is refused, whatever its length.
+    for bad in [&[0u8; 12][..], &[0; 16]] {
+        let e = k.encrypt(E::A256Gcm, b"x", Some(bad), None).unwrap_err();
+        assert_eq!(e.code(), "BadParameter");
+        assert!(e.to_string().contains("omit iv"), "{e}");
+    }
     // empty plaintext is valid for GCM
     let e = k.encrypt(E::A256Gcm, b"", None, None).unwrap();
     assert!(e.value.is_empty());
@@ -630,28 +635,25 @@ fn aes_gcm_known_vectors() {
         ..Default::default()
     })
     .unwrap();
-    let out = k.encrypt(E::A128Gcm, &pt, Some(&iv), None).unwrap();
-    assert_eq!(out.value, ct);
-    assert_eq!(out.tag.unwrap(), unhex("4d5c2af327cd64a62cf35abd2ba6fab4"));
-    let aad = unhex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
-    let out = k
-        .encrypt(E::A128Gcm, &pt[..60], Some(&iv), Some(&aad))
-        .unwrap();
-    assert_eq!(out.value, ct[..60]);
-    assert_eq!(
-        out.tag.clone().unwrap(),
-        unhex("5bc94fbc3221a5db94fae95ae7121a47")
-    );
+    // Encryption never takes an IV, so the vectors are checked by decryption.
+    let tag = unhex("4d5c2af327cd64a62cf35abd2ba6fab4");
     let back = k
-        .decrypt(
-            E::A128Gcm,
-            &out.value,
-            Some(&iv),
-            Some(&aad),
-            out.tag.as_deref(),
-        )
+        .decrypt(E::A128Gcm, &ct, Some(&iv), None, Some(&tag))
+        .unwrap();
+    assert_eq!(&back[..], &pt[..]);
+    let aad = unhex("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+    let tag = unhex("5bc94fbc3221a5db94fae95ae7121a47");
+    let back = k
+        .decrypt(E::A128Gcm, &ct[..60], Some(&iv), Some(&aad), Some(&tag))
         .unwrap();
     assert_eq!(&back[..], &pt[..60]);
+    let mut bad = tag.clone();
+    bad[0] ^= 1;
+    assert_eq!(
+        k.decrypt(E::A128Gcm, &ct[..60], Some(&iv), Some(&aad), Some(&bad))
+            .unwrap_err(),
+        CryptoError::DecryptionFailed
+    );
 }
 
 #[test]

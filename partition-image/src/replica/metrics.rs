@@ -24,6 +24,16 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     );
     let _ = writeln!(
         out,
+        "# HELP keystead_keyring_cached_versions Key versions held unwrapped in this partition's memory\n# TYPE keystead_keyring_cached_versions gauge\nkeystead_keyring_cached_versions {}",
+        app.keyring.cached_versions()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP keystead_audit_write_failures_total Audit records this partition could not write (changes are refused meanwhile)\n# TYPE keystead_audit_write_failures_total counter\nkeystead_audit_write_failures_total {}",
+        app.audit.failures()
+    );
+    let _ = writeln!(
+        out,
         "# HELP keystead_pool_activated 1 when the pool is activated\n# TYPE keystead_pool_activated gauge\nkeystead_pool_activated {}",
         u8::from(activated)
     );

@@ -9,6 +9,7 @@
 
 use super::{Member, TypeConfig};
 use crate::state::{Command, Outcome, PoolState, StateError};
+use crate::store::StateChange;
 use anyhow::Context;
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
@@ -41,6 +42,8 @@ pub struct Shared {
     outcomes: Mutex<BTreeMap<u64, Result<Outcome, StateError>>>,
     /// Signalled whenever the activation state changes (the keyring fetches the domain).
     pub activation_changed: tokio::sync::Notify,
+    /// Told of every applied command and installed snapshot (the keyring evicts material).
+    pub on_change: std::sync::OnceLock<crate::store::ChangeHook>,
     dir: PathBuf,
     snapshots_built: Mutex<u64>,
     /// The last log id of `snapshot.json` (`None`: no snapshot, or one of an empty log),
@@ -110,6 +113,7 @@ impl StateMachine {
                 applied: Mutex::new(applied),
                 outcomes: Mutex::new(BTreeMap::new()),
                 activation_changed: tokio::sync::Notify::new(),
+                on_change: std::sync::OnceLock::new(),
                 dir,
                 snapshots_built: Mutex::new(0),
                 on_disk: Mutex::new(on_disk),
@@ -234,6 +238,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             activation_changed = true;
                         }
                         let r = state.apply(cmd);
+                        if let (Ok(outcome), Some(hook)) = (&r, self.shared.on_change.get()) {
+                            hook(StateChange::Applied(cmd, outcome));
+                        }
                         outcomes.insert(entry.log_id.index, r);
                         while outcomes.len() > OUTCOMES_KEPT {
                             outcomes.pop_first();
@@ -290,6 +297,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
             *state = file.state;
+            if let Some(hook) = self.shared.on_change.get() {
+                hook(StateChange::Replaced);
+            }
             *self
                 .shared
                 .applied

@@ -88,6 +88,11 @@ pub fn bin() -> PathBuf {
 
 impl Cluster {
     pub async fn start() -> Cluster {
+        Self::start_with(|_, _| {}).await
+    }
+
+    /// Start the pool after `edit` changed partition `i`'s configuration.
+    pub async fn start_with(edit: impl Fn(usize, &mut PartitionConfig)) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pool");
         let (configs, pool) = prepare(&LocalOptions {
@@ -112,6 +117,9 @@ impl Cluster {
                 cfgs[a].peers[b].url = format!("https://127.0.0.1:{}", p.port);
                 proxies.insert((a, b), p);
             }
+        }
+        for (i, cfg) in cfgs.iter_mut().enumerate() {
+            edit(i, cfg);
         }
         for (cfg, path) in cfgs.iter().zip(&configs) {
             std::fs::write(path, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
