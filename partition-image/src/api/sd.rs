@@ -82,7 +82,7 @@ pub async fn download(ctx: &mut Ctx) -> Result<Response, ApiError> {
                 principal: ctx.principal.clone(),
                 time: crate::api::keys::now(),
                 wrapping_keys: n as u32,
-                quorum: quorum as u32,
+                quorum,
             };
             ctx.app
                 .store
