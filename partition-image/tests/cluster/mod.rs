@@ -88,6 +88,14 @@ pub fn bin() -> PathBuf {
 
 impl Cluster {
     pub async fn start() -> Cluster {
+        Self::start_with(|_, _| {}).await
+    }
+
+    /// [`Cluster::start`], calling `edit(pool directory, configuration files)` after the
+    /// configurations are written and before any partition starts (the configurations are
+    /// read back without validation: a test may start partitions with a configuration they
+    /// refuse).
+    pub async fn start_with(edit: impl FnOnce(&std::path::Path, &[PathBuf])) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pool");
         let (configs, pool) = prepare(&LocalOptions {
@@ -116,6 +124,11 @@ impl Cluster {
         for (cfg, path) in cfgs.iter().zip(&configs) {
             std::fs::write(path, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
         }
+        edit(&dir, &configs);
+        let cfgs: Vec<PartitionConfig> = configs
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect();
         let ca = std::fs::read(&pool.ca_file).unwrap();
         let http = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
