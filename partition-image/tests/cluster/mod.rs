@@ -4,7 +4,7 @@
 //! partitions a test adds later (reached directly).
 #![allow(dead_code)]
 
-use keystead_partition::config::{PartitionConfig, PeerSettings, default_audience};
+use keystead_partition::config::{PartitionConfig, PeerSettings};
 use keystead_partition::local::{LocalOptions, LocalPki, free_port, prepare};
 use keystead_partition::replica::peer::PeerClient;
 use reqwest::{Method, StatusCode};
@@ -479,7 +479,7 @@ impl Cluster {
     pub fn token_for(&self, subject: &str) -> String {
         let pki = LocalPki::open_or_create(&self.dir, POOL).unwrap();
         pki.issuer
-            .issue(subject, &default_audience(), Duration::from_secs(3600))
+            .issue(subject, &self.cfgs[0].audience(), Duration::from_secs(3600))
             .unwrap()
     }
 

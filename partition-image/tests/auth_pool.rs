@@ -1,14 +1,18 @@
-//! Principals of different token issuers never collide (docs/authentication.md, "Principal
-//! namespaces"), on a pool of real partition processes over real TLS: a second trusted
-//! issuer that mints the subject of an administrator, of the operator or of a peer partition
-//! gets its own, prefixed principal — with none of their rights — and a configuration that
-//! would let two issuers share one namespace is refused at start.
+//! Authentication decisions on a pool of real partition processes over real TLS
+//! (docs/authentication.md):
+//! - principals of different token issuers never collide ("Principal namespaces"): a second
+//!   trusted issuer that mints the subject of an administrator, of the operator or of a peer
+//!   partition gets its own, prefixed principal — with none of their rights — and a
+//!   configuration that would let two issuers share one namespace is refused at start;
+//! - a local pool's audience is its own resource, named by its 401 challenge; a token of the
+//!   pool's own issuer minted for Azure's Managed HSM audience is refused.
 
 mod cluster;
 mod common;
 
 use cluster::*;
 use keystead_partition::auth::LocalIssuer;
+use keystead_partition::config::AZURE_AUDIENCE;
 use keystead_partition::local::ADMIN_SUBJECT;
 use keystead_partition::replica::peer::{PeerClient, PeerError};
 use reqwest::{Method, StatusCode};
@@ -101,8 +105,8 @@ const ASSIGNMENTS: &str = "/providers/Microsoft.Authorization/roleAssignments";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_issuer_gets_prefixed_principals_without_the_administrators_rights() {
-    let c = Cluster::start_with(|dir, configs| trust_other_issuer(dir, configs, Some("other:")))
-        .await;
+    let c =
+        Cluster::start_with(|dir, configs| trust_other_issuer(dir, configs, Some("other:"))).await;
     c.leader(&[0, 1, 2]).await;
 
     // The second issuer mints the local administrator's and the operator's subjects: their
@@ -112,7 +116,7 @@ async fn a_second_issuer_gets_prefixed_principals_without_the_administrators_rig
         let (s, v) = download_as(&c, &forged).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{subject}: {v}");
         let msg = v["error"]["message"].as_str().unwrap_or_default();
-        assert!(msg.contains(&format!("'other:{subject}'")), "{msg}");
+        assert!(msg.contains(&format!("Caller: other:{subject}")), "{msg}");
         let (s, v) = c.call_as(&forged, 1, Method::GET, ASSIGNMENTS, None).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{subject}: {v}");
     }
@@ -219,4 +223,45 @@ async fn two_issuers_without_a_principal_prefix_are_refused_at_start() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_pool_challenges_for_its_own_audience_and_refuses_azures() {
+    let c = Cluster::start().await;
+    let aud = audience(&c);
+    assert_eq!(aud, "https://hsm.keystead.local/faults");
+    c.until("partition 0 answers", 30, || c.ready(0)).await;
+    let resp = c
+        .http
+        .get(format!("{}/keys?api-version=7.5", c.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.contains(&format!("resource=\"{aud}\"")),
+        "{challenge}"
+    );
+    // The pool's own issuer, the administrator's subject, Azure's audience: refused.
+    let pki = keystead_partition::local::LocalPki::open_or_create(&c.dir, "faults").unwrap();
+    let azure = pki
+        .issuer
+        .issue(ADMIN_SUBJECT, AZURE_AUDIENCE, Duration::from_secs(600))
+        .unwrap();
+    let (s, v) = c.call_as(&azure, 0, Method::GET, "/keys", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("wrong audience") && m.contains(&aud)),
+        "{v}"
+    );
+    // The runner's administrator token carries the pool's audience.
+    c.leader(&[0, 1, 2]).await;
+    let (s, v) = c.call(0, Method::GET, ASSIGNMENTS, None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
 }
