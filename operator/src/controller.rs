@@ -356,7 +356,7 @@ async fn observe(
     let pool_client = if ctx.read_partitions {
         match ctx
             .tokens
-            .token(&crate::children::pool_audience(&hsm, &names))
+            .token(&crate::children::pool_audience(hsm, names))
             .await
         {
             Ok(t) => PoolClient::new(ca_pem, t, &partition_addresses(names, &live))
