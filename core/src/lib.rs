@@ -4,6 +4,7 @@
 //! - [`b64`]: base64url (no padding) helpers used by every JSON field of the Key Vault API.
 //! - [`error`]: the Key Vault error body.
 //! - [`members`]: the membership admin API of a replicated pool.
+//! - [`principal`]: principal namespaces of the trusted token issuers.
 
 pub mod aead;
 pub mod audit;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod kdf;
 pub mod keys;
 pub mod members;
+pub mod principal;
 pub mod rbac;
 pub mod sd;
 #[cfg(feature = "store")]

@@ -94,7 +94,11 @@ async fn admin_token(ns: &TestNamespace, dir: &Path) -> anyhow::Result<PathBuf> 
     sas.create(&PostParams::default(), &sa).await?;
     let req = TokenRequest {
         spec: TokenRequestSpec {
-            audiences: vec!["https://managedhsm.azure.net".into()],
+            // The pool's audience: the manifest sets none, so the operator's default for
+            // the endpoint https://<pool>.<ns>.svc (also reported in status.audience).
+            audiences: vec![
+                keystead_operator::children::Names::new(POOL, &ns.name).default_audience(443),
+            ],
             expiration_seconds: Some(3600),
             ..Default::default()
         },

@@ -20,7 +20,8 @@ pub enum AssignmentCommand {
         /// Role name (e.g. "Managed HSM Crypto User") or role definition id/GUID.
         #[arg(long)]
         role: String,
-        /// Principal id (the token subject / object id).
+        /// Principal id: the issuer's principal prefix, if it has one, and the token's object id
+        /// or subject (e.g. `entra:<oid>`, `system:serviceaccount:<ns>:<sa>`).
         #[arg(long)]
         principal: String,
         #[arg(long, default_value = "/")]

@@ -136,7 +136,11 @@ async fn target(
         .get_opt(&partition)
         .await?;
     let addresses = crate::controller::partition_addresses(&names, &[pod]);
-    let client = match ctx.tokens.token(&hsm.spec.authentication.audience).await {
+    let client = match ctx
+        .tokens
+        .token(&crate::children::pool_audience(&hsm, &names))
+        .await
+    {
         Ok(t) => PoolClient::new(&ca, t, &addresses).map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };

@@ -176,6 +176,20 @@ impl Names {
         }
     }
 
+    /// The default audience of the pool: its endpoint's host without the first label, with
+    /// the endpoint's port unless it is 443 (`https://<namespace>.svc[:port]`). The Azure
+    /// SDKs accept a challenge `resource` only when the request's host (with its port, when
+    /// not the default one) ends with `.<resource host>`; requests to the pool's endpoint
+    /// `https://<pool>.<namespace>.svc[:port]` pass that check.
+    pub fn default_audience(&self, port: i32) -> String {
+        let host = format!("{}.svc", self.namespace);
+        if port == 443 {
+            format!("https://{host}")
+        } else {
+            format!("https://{host}:{port}")
+        }
+    }
+
     /// The DNS name of one partition (its record in the headless Service).
     pub fn partition_host(&self, pod: &str) -> String {
         format!("{pod}.{}.{}.svc", self.headless_service, self.namespace)
@@ -266,15 +280,29 @@ fn typed<T: serde::de::DeserializeOwned>(what: &'static str, v: Value) -> Result
     })
 }
 
+/// The audience of a pool's tokens: `spec.authentication.audience`, else
+/// [`Names::default_audience`]. The partitions accept it, their 401 challenge names it, and
+/// the operator requests its own tokens for it.
+pub fn pool_audience(hsm: &ManagedHsm, names: &Names) -> String {
+    hsm.spec
+        .authentication
+        .audience
+        .clone()
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| names.default_audience(hsm.spec.service.port))
+}
+
 /// The partition configuration (`PartitionConfig` of keystead-partition) of one pod.
 pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &Settings) -> Value {
     let spec = &hsm.spec;
+    let audience = pool_audience(hsm, names);
     // The cluster's service-account issuer is always trusted for the peer audience (the
     // partitions' workload identity); for the pool audience only when clients may use
-    // service-account tokens.
+    // service-account tokens. It has no principal prefix: its principals stay
+    // `system:serviceaccount:<ns>:<name>` (the operator, the partitions' peer identity).
     let mut sa_audiences = Vec::new();
     if spec.authentication.kubernetes_service_accounts {
-        sa_audiences.push(spec.authentication.audience.clone());
+        sa_audiences.push(audience.clone());
     }
     sa_audiences.push(PEER_AUDIENCE.to_string());
     let mut issuers = vec![json!({
@@ -285,11 +313,15 @@ pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &S
     })];
     for i in &spec.authentication.issuers {
         let audiences = if i.audiences.is_empty() {
-            vec![spec.authentication.audience.clone()]
+            vec![audience.clone()]
         } else {
             i.audiences.clone()
         };
-        issuers.push(json!({"issuer": i.issuer, "audiences": audiences}));
+        let mut issuer = json!({"issuer": i.issuer, "audiences": audiences});
+        if let Some(p) = &i.principal_prefix {
+            issuer["principalPrefix"] = json!(p);
+        }
+        issuers.push(issuer);
     }
     let mut admins = spec.initial_administrators.clone();
     if let Some(p) = &settings.operator_principal
@@ -314,7 +346,7 @@ pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &S
             "keyFile": format!("{TLS_DIR}/{pod}.key"),
             "caFile": format!("{TLS_DIR}/ca.crt"),
         },
-        "auth": {"audience": spec.authentication.audience, "issuers": issuers},
+        "auth": {"audience": audience, "issuers": issuers},
         "initialAdministrators": admins,
         "softDeleteRetentionDays": spec.soft_delete_retention_days,
         "purgeProtection": spec.purge_protection,

@@ -354,7 +354,11 @@ async fn observe(
     }
     let live: Vec<Option<Pod>> = found.iter().map(|(_, p, _)| p.clone()).collect();
     let pool_client = if ctx.read_partitions {
-        match ctx.tokens.token(&hsm.spec.authentication.audience).await {
+        match ctx
+            .tokens
+            .token(&crate::children::pool_audience(hsm, names))
+            .await
+        {
             Ok(t) => PoolClient::new(ca_pem, t, &partition_addresses(names, &live))
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -453,7 +457,7 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
     let previous = hsm.status.clone().unwrap_or_default();
 
     // Validate.
-    let problems = validate::validate(&hsm);
+    let problems = validate::validate(&hsm, &ctx.settings);
     if !problems.is_empty() {
         let msg = validate::message(&problems);
         let conds = c::merge(
@@ -611,6 +615,7 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
         ready_partitions: Some(derived.ready_partitions.clone()),
         partitions: derived.partitions.clone(),
         endpoint: Some(names.endpoint(hsm.spec.service.port)),
+        audience: Some(crate::children::pool_audience(&hsm, &names)),
         ca_bundle_config_map: Some(names.ca_bundle.clone()),
         security_domain_fingerprint: derived
             .fingerprint

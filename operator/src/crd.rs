@@ -273,9 +273,14 @@ pub struct AuthenticationSpec {
     /// Accept service-account tokens of this cluster (audience `audience`).
     #[serde(default = "default_true")]
     pub kubernetes_service_accounts: bool,
-    /// Audience that tokens must carry.
-    #[serde(default = "default_audience")]
-    pub audience: String,
+    /// Audience that tokens must carry, and the `resource` of the 401 challenge. Default:
+    /// the pool's endpoint host without its first label (`https://<namespace>.svc`, with
+    /// `:<port>` unless the port is 443), so the Azure SDKs' challenge-resource check passes
+    /// for the endpoint `https://<pool>.<namespace>.svc[:port]`. Set
+    /// `https://managedhsm.azure.net` only to accept tokens issued for Azure's own Managed
+    /// HSM (docs/authentication.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
     /// Further OIDC issuers (discovery at `{issuer}/.well-known/openid-configuration`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
@@ -286,7 +291,7 @@ impl Default for AuthenticationSpec {
     fn default() -> Self {
         Self {
             kubernetes_service_accounts: true,
-            audience: default_audience(),
+            audience: None,
             issuers: Vec::new(),
         }
     }
@@ -294,9 +299,6 @@ impl Default for AuthenticationSpec {
 
 fn default_true() -> bool {
     true
-}
-fn default_audience() -> String {
-    "https://managedhsm.azure.net".to_string()
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -308,6 +310,14 @@ pub struct OidcIssuer {
     /// Audiences accepted from this issuer; the pool audience when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
+    /// Put before this issuer's token subjects to form their principals (for example
+    /// `entra:` makes the subject `alice` the principal `entra:alice`), so that no issuer
+    /// can mint another's principals — the cluster's service accounts keep theirs
+    /// unprefixed. Required; no prefix may start with another, nor overlap `system:` or
+    /// `partition:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub principal_prefix: Option<String>,
     /// ConfigMap key holding a CA bundle to reach the issuer, when it is not publicly trusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_config_map: Option<String>,
@@ -437,6 +447,10 @@ pub struct ManagedHsmStatus {
     /// Data-plane endpoint of the pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// The audience tokens for this pool must carry (`spec.authentication.audience` or its
+    /// default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
     /// ConfigMap (key `ca.crt`) with the CA bundle clients must trust.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_config_map: Option<String>,

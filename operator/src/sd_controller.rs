@@ -285,7 +285,7 @@ async fn reconcile_inner(sd: &SecurityDomain, ctx: &Context) -> Result<Requeue, 
     let connect = || async {
         let token = ctx
             .tokens
-            .token(&hsm.spec.authentication.audience)
+            .token(&crate::children::pool_audience(&hsm, &names))
             .await
             .map_err(|e| e.to_string())?;
         PoolClient::new(&ca_pem, token, &addresses).map_err(|e| e.to_string())

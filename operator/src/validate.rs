@@ -2,7 +2,9 @@
 //! Each problem is a typed [`InvalidSpec`]; the reconciler reports them in the `Ready`
 //! condition (reason `InvalidSpec`) and an Event, and waits for the next change.
 
+use crate::children::Settings;
 use crate::crd::{ManagedHsm, SealMode};
+use keystead_core::principal::{IssuerPrefix, PrefixProblem};
 use std::collections::BTreeSet;
 
 /// The longest pool name: the peers Service `<name>-peers` must stay a DNS-1035 label (63).
@@ -45,6 +47,20 @@ pub enum InvalidSpec {
         "spec.regions (extended regions) is not supported by this operator version yet; remove it"
     )]
     RegionsUnsupported,
+    #[error(
+        "spec.authentication.issuers: issuer {issuer:?} has no principalPrefix; set one such as \"{suggestion}:\" — its tokens' subjects become principals `<prefix><subject>`, so it cannot mint the principals of the cluster's service accounts or of another issuer"
+    )]
+    PrincipalPrefixMissing { issuer: String, suggestion: String },
+    #[error(
+        "spec.authentication.issuers: issuer {issuer:?} is the cluster's own service-account issuer, which the pool always trusts (without a prefix); remove it from the list and use authentication.kubernetesServiceAccounts"
+    )]
+    ClusterIssuerListed { issuer: String },
+    #[error("spec.authentication.issuers: {0}")]
+    PrincipalPrefix(String),
+    #[error(
+        "spec.authentication.audience is empty; omit it (the pool's own default) or name the pool's resource"
+    )]
+    EmptyAudience,
 }
 
 impl InvalidSpec {
@@ -61,6 +77,10 @@ impl InvalidSpec {
             Self::InvalidDnsName(_) => "InvalidDnsName",
             Self::EmptyImage => "EmptyImage",
             Self::RegionsUnsupported => "RegionsUnsupported",
+            Self::PrincipalPrefixMissing { .. } => "PrincipalPrefixMissing",
+            Self::ClusterIssuerListed { .. } => "ClusterIssuerListed",
+            Self::PrincipalPrefix(_) => "PrincipalPrefix",
+            Self::EmptyAudience => "EmptyAudience",
         }
     }
 }
@@ -97,8 +117,61 @@ pub fn is_dns_name(s: &str) -> bool {
         })
 }
 
+/// A prefix suggestion from an issuer URL: the first label of its host (`login` of
+/// `https://login.example.com/t`), else `idp`.
+fn suggestion(issuer: &str) -> String {
+    let host = issuer
+        .strip_prefix("https://")
+        .unwrap_or(issuer)
+        .split(['/', ':', '.'])
+        .next()
+        .unwrap_or_default();
+    if is_dns1035_label(host) {
+        host.to_string()
+    } else {
+        "idp".to_string()
+    }
+}
+
+/// Problems of `spec.authentication`: the audience, and the issuers' principal prefixes
+/// (keystead_core::principal; the cluster's service-account issuer is the one without).
+fn validate_authentication(hsm: &ManagedHsm, settings: &Settings, out: &mut Vec<InvalidSpec>) {
+    let auth = &hsm.spec.authentication;
+    if auth.audience.as_ref().is_some_and(|a| a.trim().is_empty()) {
+        out.push(InvalidSpec::EmptyAudience);
+    }
+    let mut set = vec![IssuerPrefix {
+        issuer: &settings.service_account_issuer,
+        prefix: None,
+    }];
+    for i in &auth.issuers {
+        if i.issuer == settings.service_account_issuer {
+            out.push(InvalidSpec::ClusterIssuerListed {
+                issuer: i.issuer.clone(),
+            });
+            continue;
+        }
+        match &i.principal_prefix {
+            None => out.push(InvalidSpec::PrincipalPrefixMissing {
+                issuer: i.issuer.clone(),
+                suggestion: suggestion(&i.issuer),
+            }),
+            Some(p) => set.push(IssuerPrefix {
+                issuer: &i.issuer,
+                prefix: Some(p),
+            }),
+        }
+    }
+    for problem in keystead_core::principal::check(&set) {
+        // Missing prefixes are reported above, per issuer.
+        if !matches!(problem, PrefixProblem::TwoWithoutPrefix { .. }) {
+            out.push(InvalidSpec::PrincipalPrefix(problem.to_string()));
+        }
+    }
+}
+
 /// Every problem of the spec, in a stable order; empty when the spec is valid.
-pub fn validate(hsm: &ManagedHsm) -> Vec<InvalidSpec> {
+pub fn validate(hsm: &ManagedHsm, settings: &Settings) -> Vec<InvalidSpec> {
     let mut out = Vec::new();
     let name = hsm.metadata.name.clone().unwrap_or_default();
     if name.len() > MAX_POOL_NAME {
@@ -138,5 +211,6 @@ pub fn validate(hsm: &ManagedHsm) -> Vec<InvalidSpec> {
     if !spec.regions.is_empty() {
         out.push(InvalidSpec::RegionsUnsupported);
     }
+    validate_authentication(hsm, settings, &mut out);
     out
 }

@@ -59,13 +59,19 @@ fn container(pod: &PodSpec) -> &Container {
 
 #[test]
 fn valid_fixtures_have_no_problems() {
-    assert_eq!(validate::validate(&hsm("managedhsm-basic.yaml")), vec![]);
-    assert_eq!(validate::validate(&hsm("managedhsm-full.yaml")), vec![]);
+    assert_eq!(
+        validate::validate(&hsm("managedhsm-basic.yaml"), &settings()),
+        vec![]
+    );
+    assert_eq!(
+        validate::validate(&hsm("managedhsm-full.yaml"), &settings()),
+        vec![]
+    );
 }
 
 #[test]
 fn invalid_fixture_reports_every_problem_with_a_typed_reason() {
-    let problems = validate::validate(&hsm("managedhsm-invalid.yaml"));
+    let problems = validate::validate(&hsm("managedhsm-invalid.yaml"), &settings());
     let codes: Vec<&str> = problems.iter().map(InvalidSpec::code).collect();
     assert_eq!(
         codes,
@@ -79,11 +85,57 @@ fn invalid_fixture_reports_every_problem_with_a_typed_reason() {
             "RenewBeforeNotBelowValidity",
             "InvalidDnsName",
             "RegionsUnsupported",
+            "EmptyAudience",
+            "PrincipalPrefixMissing",
+            "PrincipalPrefix",
+            "PrincipalPrefix",
         ]
     );
     let msg = validate::message(&problems);
     assert!(msg.contains("set partitions: 3"), "{msg}");
     assert!(msg.contains("\"alice\" twice"), "{msg}");
+    // Issuers: each problem names the issuer and what to set.
+    assert!(
+        msg.contains("issuer \"https://login.example.com/tenant\" has no principalPrefix; set one such as \"login:\""),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("\"system:kc:\" of issuer \"https://kc.example.com\" overlaps the reserved namespace \"system:\""),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("\"a:\" of issuer \"https://a.example.com\" and \"a:b:\" of issuer \"https://b.example.com\" overlap"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn listed_issuers_need_a_principal_prefix_and_the_cluster_issuer_is_not_listed() {
+    let mut h = hsm("managedhsm-basic.yaml");
+    let issuer = |i: &str, p: Option<&str>| -> keystead_operator::crd::OidcIssuer {
+        serde_json::from_value(serde_json::json!({"issuer": i, "principalPrefix": p})).unwrap()
+    };
+    h.spec.authentication.issuers = vec![
+        issuer("https://login.example.com", Some("entra:")),
+        issuer("https://kc.example.com", Some("kc:")),
+    ];
+    assert_eq!(validate::validate(&h, &settings()), vec![]);
+    h.spec
+        .authentication
+        .issuers
+        .push(issuer("https://dex.example.com", None));
+    assert_eq!(
+        validate::validate(&h, &settings()),
+        vec![InvalidSpec::PrincipalPrefixMissing {
+            issuer: "https://dex.example.com".into(),
+            suggestion: "dex".into()
+        }]
+    );
+    h.spec.authentication.issuers = vec![issuer(&settings().service_account_issuer, Some("k:"))];
+    assert!(matches!(
+        validate::validate(&h, &settings())[..],
+        [InvalidSpec::ClusterIssuerListed { .. }]
+    ));
 }
 
 #[test]
@@ -91,11 +143,11 @@ fn long_pool_names_are_refused() {
     let mut h = hsm("managedhsm-basic.yaml");
     h.metadata.name = Some("a".repeat(validate::MAX_POOL_NAME + 1));
     assert!(matches!(
-        validate::validate(&h)[..],
+        validate::validate(&h, &settings())[..],
         [InvalidSpec::NameTooLong { .. }]
     ));
     h.metadata.name = Some("a".repeat(validate::MAX_POOL_NAME));
-    assert_eq!(validate::validate(&h), vec![]);
+    assert_eq!(validate::validate(&h, &settings()), vec![]);
 }
 
 #[test]
@@ -409,6 +461,9 @@ fn partition_configs_follow_the_partition_contract() {
         serde_json::json!(["https://hsm.example.com", children::PEER_AUDIENCE])
     );
     assert_eq!(issuers[1]["issuer"], "https://login.example.com");
+    // Listed issuers carry their principal prefix; the cluster's issuer has none.
+    assert_eq!(issuers[1]["principalPrefix"], "login:");
+    assert!(issuers[0].get("principalPrefix").is_none());
     // One Raft group: every member by its headless-Service name, node ids from the ordinals.
     assert_eq!(
         cfg["peers"],
@@ -449,6 +504,19 @@ fn partition_configs_follow_the_partition_contract() {
         children::partition_config(&basic, &Names::of(&basic).unwrap(), "pool-0", &settings());
     let parsed: keystead_partition::config::PartitionConfig = serde_json::from_value(cfg).unwrap();
     assert_eq!(parsed.seal, Default::default());
+    // Without an audience in the spec: the endpoint `https://pool.hsm.svc` minus its first
+    // label — never Azure's own audience.
+    assert_eq!(parsed.audience(), "https://hsm.svc");
+    assert_eq!(
+        children::pool_audience(&basic, &Names::of(&basic).unwrap()),
+        "https://hsm.svc"
+    );
+    let mut port = basic.clone();
+    port.spec.service.port = 8443;
+    assert_eq!(
+        children::pool_audience(&port, &Names::of(&port).unwrap()),
+        "https://hsm.svc:8443"
+    );
 
     // Without service-account client tokens the cluster issuer stays trusted for peers only.
     let mut no_sa = basic.clone();

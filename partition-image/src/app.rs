@@ -39,7 +39,7 @@ impl std::fmt::Debug for App {
 
 fn auth_config(cfg: &PartitionConfig) -> AuthConfig {
     AuthConfig {
-        audience: cfg.auth.audience.clone(),
+        audience: cfg.audience(),
         issuers: cfg
             .auth
             .issuers
@@ -47,6 +47,7 @@ fn auth_config(cfg: &PartitionConfig) -> AuthConfig {
             .map(|i| IssuerConfig {
                 issuer: i.issuer.clone(),
                 audiences: i.audiences.clone(),
+                principal_prefix: i.principal_prefix.clone(),
                 jwks: match &i.jwks_file {
                     Some(f) => JwksSource::File(f.clone()),
                     None => JwksSource::Discovery {

@@ -219,18 +219,21 @@ pub struct TlsFiles {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthSettings {
-    /// Audience tokens must carry (also the `resource` of the 401 challenge).
-    #[serde(default = "default_audience")]
-    pub audience: String,
+    /// Audience tokens must carry (also the `resource` of the 401 challenge). When omitted:
+    /// the origin of `publicUrl` (see [`PartitionConfig::audience`]). Azure's own
+    /// [`AZURE_AUDIENCE`] is accepted only when set here explicitly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
     /// Authority named in the 401 challenge (`<authority>/<tenant>`).
     #[serde(default = "default_authority")]
     pub authority: String,
     pub issuers: Vec<IssuerSettings>,
 }
 
-pub fn default_audience() -> String {
-    "https://managedhsm.azure.net".into()
-}
+/// The audience of Azure Key Vault Managed HSM itself: tokens that `az` and Entra ID issue
+/// for the real service. A pool accepts it only when configured explicitly (compatibility
+/// with stock Entra ID tokens); see docs/authentication.md.
+pub const AZURE_AUDIENCE: &str = "https://managedhsm.azure.net";
 
 fn default_authority() -> String {
     "https://login.keystead.local/keystead".into()
@@ -242,6 +245,11 @@ pub struct IssuerSettings {
     pub issuer: String,
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Put before the token's subject to form the RBAC principal, so that issuers cannot
+    /// mint each other's principals. With several issuers, every issuer but one must have
+    /// one, and no prefix may start with another; see docs/authentication.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_prefix: Option<String>,
     /// A JWKS file (local issuer); otherwise OIDC discovery at the issuer URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
@@ -341,6 +349,31 @@ impl PartitionConfig {
                 "peers is set but peerTokenFile is not: partitions authenticate each other with a workload token"
             );
         }
+        if let Some(a) = &self.auth.audience {
+            anyhow::ensure!(
+                !a.trim().is_empty(),
+                "auth.audience is empty: omit it (the audience is then the origin of publicUrl) or name this pool's resource, e.g. https://hsm.example.com"
+            );
+        }
+        let issuers: Vec<keystead_core::principal::IssuerPrefix<'_>> = self
+            .auth
+            .issuers
+            .iter()
+            .map(|i| keystead_core::principal::IssuerPrefix {
+                issuer: &i.issuer,
+                prefix: i.principal_prefix.as_deref(),
+            })
+            .collect();
+        let problems = keystead_core::principal::check(&issuers);
+        anyhow::ensure!(
+            problems.is_empty(),
+            "auth.issuers: {}",
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
         if let Some(sa) = &self.peer_service_account {
             anyhow::ensure!(
                 sa.starts_with("system:serviceaccount:") && sa.split(':').count() == 4,
@@ -355,6 +388,18 @@ impl PartitionConfig {
         }
         self.limits.validate()?;
         Ok(())
+    }
+
+    /// The audience tokens must carry and the `resource` of the 401 challenge:
+    /// `auth.audience`, else the origin of `publicUrl` (`https://host[:port]`).
+    pub fn audience(&self) -> String {
+        if let Some(a) = &self.auth.audience {
+            return a.clone();
+        }
+        match url::Url::parse(&self.public_url) {
+            Ok(u) => u.origin().ascii_serialization(),
+            Err(_) => self.public_url.trim_end_matches('/').to_string(),
+        }
     }
 
     /// Where this partition may write and read `file://` and `pvc://` backups.
@@ -431,5 +476,84 @@ mod tests {
         assert_eq!(l.tls_handshake_timeout_seconds, 10);
         assert!(serde_json::from_value::<Limits>(serde_json::json!({"maxConns": 8})).is_err());
         assert!(Limits::default().key_generations() >= 1);
+    }
+
+    fn with_auth(auth: serde_json::Value) -> PartitionConfig {
+        serde_json::from_value(serde_json::json!({
+            "poolName": "pool", "partitionId": "p0", "listen": "127.0.0.1:1",
+            "publicUrl": "https://hsm.example.com:8443/", "dataDir": "/tmp/x",
+            "tls": {"certFile": "c", "keyFile": "k", "caFile": "ca"},
+            "auth": auth, "initialAdministrators": ["admin"],
+        }))
+        .unwrap()
+    }
+
+    fn issuers(list: serde_json::Value) -> anyhow::Result<()> {
+        with_auth(serde_json::json!({"issuers": list})).validate()
+    }
+
+    #[test]
+    fn issuers_need_principal_prefixes_that_keep_them_apart() {
+        use serde_json::json;
+        let k8s = json!({"issuer": "https://k8s"});
+        let entra =
+            |p: &str| json!({"issuer": "https://login.example.com/t", "principalPrefix": p});
+        // One issuer: a prefix is optional.
+        assert!(issuers(json!([k8s.clone()])).is_ok());
+        assert!(issuers(json!([entra("entra:")])).is_ok());
+        // Several: all but one prefixed, prefixes prefix-free and clear of partition:/system:.
+        assert!(issuers(json!([k8s.clone(), entra("entra:")])).is_ok());
+        assert!(
+            issuers(json!([k8s.clone(), entra("entra:"), {"issuer": "https://kc", "principalPrefix": "kc:"}]))
+                .is_ok()
+        );
+        let e = issuers(json!([k8s.clone(), {"issuer": "https://login.example.com/t"}]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("auth.issuers: ")
+                && e.contains("\"https://k8s\"")
+                && e.contains("\"https://login.example.com/t\"")
+                && e.contains("set principalPrefix"),
+            "{e}"
+        );
+        let e = issuers(
+            json!([entra("entra:"), {"issuer": "https://kc", "principalPrefix": "entra:kc:"}]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("overlap") && e.contains("https://kc"), "{e}");
+        for reserved in ["partition:", "system:", "sys"] {
+            let e = issuers(json!([k8s.clone(), entra(reserved)]))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("reserved namespace"), "{reserved}: {e}");
+        }
+        let e = issuers(json!([k8s.clone(), entra("")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not valid"), "{e}");
+        let e = issuers(json!([k8s.clone(), k8s.clone()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listed twice"), "{e}");
+    }
+
+    #[test]
+    fn the_audience_is_the_pools_own_resource_unless_set() {
+        let cfg = with_auth(serde_json::json!({"issuers": []}));
+        assert_eq!(cfg.audience(), "https://hsm.example.com:8443");
+        // The default is not written back (a changed publicUrl changes it).
+        assert!(
+            serde_json::to_value(&cfg).unwrap()["auth"]
+                .get("audience")
+                .is_none()
+        );
+        let cfg = with_auth(serde_json::json!({"issuers": [], "audience": AZURE_AUDIENCE}));
+        assert_eq!(cfg.audience(), AZURE_AUDIENCE);
+        let e = with_auth(serde_json::json!({"issuers": [], "audience": " "}))
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("auth.audience is empty"), "{e}");
     }
 }

@@ -9,7 +9,7 @@
 use crate::auth::LocalIssuer;
 use crate::config::{
     AuditSettings, AuthSettings, IssuerSettings, PartitionConfig, PeerSettings, SealMode,
-    SealSettings, TlsFiles, default_audience,
+    SealSettings, TlsFiles,
 };
 use crate::pki;
 use anyhow::Context;
@@ -71,6 +71,13 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 fn issuer_url(pool: &str) -> String {
     format!("https://issuer.keystead.local/{pool}")
+}
+
+/// The audience of a new local pool: a Keystead resource of its own (its partitions have
+/// different URLs, and a token must work on all of them). A pool created earlier keeps the
+/// audience in its configuration.
+pub fn local_audience(pool: &str) -> String {
+    format!("https://hsm.keystead.local/{pool}")
 }
 
 /// The pool-wide material of a local pool directory: its CA, its token issuer (and the
@@ -172,11 +179,14 @@ impl LocalPki {
                     ca_file: self.ca_file.clone(),
                 },
                 auth: AuthSettings {
-                    audience: default_audience(),
+                    audience: Some(local_audience(&self.pool_name)),
                     authority: "https://login.keystead.local/keystead".into(),
                     issuers: vec![IssuerSettings {
                         issuer: issuer_url(&self.pool_name),
                         audiences: vec![],
+                        // The pool's only issuer: no prefix (`partition:<id>` and
+                        // `local-admin` are its principals).
+                        principal_prefix: None,
                         jwks_file: Some(self.jwks_file.clone()),
                         ca_file: None,
                         bearer_token_file: None,
@@ -216,7 +226,7 @@ impl LocalPki {
             // The partition's workload identity, renewed on every start.
             let t = self.issuer.issue(
                 &format!("partition:{}", cfg.partition_id),
-                &default_audience(),
+                &cfg.audience(),
                 TOKEN_TTL,
             )?;
             write_private(f, t.as_bytes())?;
@@ -230,6 +240,7 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
     let pki = LocalPki::open_or_create(&opts.dir, &opts.pool_name)?;
     let mut configs = Vec::new();
     let mut endpoints = Vec::new();
+    let mut audience = None;
     // Ports and peer list of a new pool (a resumed pool keeps its configurations).
     let ports: Vec<u16> = (0..opts.partitions)
         .map(|_| free_port())
@@ -251,11 +262,12 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
         let (cfg_path, cfg) = pki.partition(&format!("p{i}"), port, &peers)?;
         endpoints.push(cfg.public_url.clone());
         configs.push(cfg_path);
+        // The configurations of a resumed pool keep the audience they were created with.
+        audience.get_or_insert_with(|| cfg.audience());
     }
+    let audience = audience.unwrap_or_else(|| local_audience(&opts.pool_name));
     let token_file = pki.dir.join("admin.token");
-    let token = pki
-        .issuer
-        .issue(ADMIN_SUBJECT, &default_audience(), TOKEN_TTL)?;
+    let token = pki.issuer.issue(ADMIN_SUBJECT, &audience, TOKEN_TTL)?;
     write_private(&token_file, token.as_bytes())?;
     let pool = PoolFile {
         endpoints,
@@ -263,7 +275,7 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
         admin_token_file: token_file,
         issuer: issuer_url(&opts.pool_name),
         issuer_dir: pki.dir.join("issuer"),
-        audience: default_audience(),
+        audience,
     };
     std::fs::write(pki.dir.join("pool.json"), serde_json::to_vec_pretty(&pool)?)?;
     Ok((configs, pool))

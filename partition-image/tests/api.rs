@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ADMIN, TestPool};
+use common::{ADMIN, AUD, TestPool};
 use keystead_core::b64;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -34,10 +34,32 @@ async fn unauthenticated_requests_get_the_challenge_before_the_body_is_read() {
         challenge.contains("authorization=\"https://login.test/tenant\""),
         "{challenge}"
     );
+    // The resource is the pool's own audience, never Azure's.
     assert!(
-        challenge.contains("resource=\"https://managedhsm.azure.net\""),
+        challenge.contains(&format!("resource=\"{AUD}\"")),
         "{challenge}"
     );
+
+    // A token of the trusted issuer minted for Azure's own Managed HSM is not for this pool.
+    let azure = pool
+        .issuer
+        .issue(
+            ADMIN,
+            keystead_partition::config::AZURE_AUDIENCE,
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+    let resp = pool
+        .http()
+        .get(format!("{}/keys?api-version=7.5", pool.url))
+        .bearer_auth(azure)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = resp.json().await.unwrap();
+    let msg = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("wrong audience") && msg.contains(AUD), "{msg}");
 
     // A token from another issuer is rejected with a reason.
     let other = keystead_partition::auth::LocalIssuer::load_or_create(
@@ -46,11 +68,7 @@ async fn unauthenticated_requests_get_the_challenge_before_the_body_is_read() {
     )
     .unwrap();
     let t = other
-        .issue(
-            ADMIN,
-            "https://managedhsm.azure.net",
-            std::time::Duration::from_secs(60),
-        )
+        .issue(ADMIN, AUD, std::time::Duration::from_secs(60))
         .unwrap();
     let resp = pool
         .http()

@@ -160,6 +160,7 @@ fn discovery_validator(
                 ca_file,
                 bearer_token_file: token_file,
             },
+            principal_prefix: None,
         }],
         leeway_secs: 0,
     })

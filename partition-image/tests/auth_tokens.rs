@@ -305,6 +305,7 @@ async fn jwks_file_is_reread_for_an_unknown_kid_at_most_once_per_interval() {
             issuer: ISS.into(),
             audiences: vec![],
             jwks: JwksSource::File(file.clone()),
+            principal_prefix: None,
         }],
         leeway_secs: 0,
     });
@@ -328,6 +329,7 @@ async fn jwks_file_is_reread_for_an_unknown_kid_at_most_once_per_interval() {
             issuer: ISS.into(),
             audiences: vec![],
             jwks: JwksSource::File(dir.path().join("missing.json")),
+            principal_prefix: None,
         }],
         leeway_secs: 0,
     });
@@ -372,6 +374,7 @@ async fn rsa_tokens_rs256_and_ps256_validate() {
             issuer: RSA_ISS.into(),
             audiences: vec![],
             jwks: JwksSource::Static(jwks),
+            principal_prefix: None,
         }],
         leeway_secs: 0,
     });
@@ -398,4 +401,44 @@ async fn rsa_tokens_rs256_and_ps256_validate() {
         v.validate(&mixed).await.unwrap_err(),
         AuthError::BadSignature(RSA_ISS.into())
     );
+}
+
+#[tokio::test]
+async fn principal_prefixes_keep_issuers_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = LocalIssuer::load_or_create(&dir.path().join("a"), ISS).unwrap();
+    let b = LocalIssuer::load_or_create(&dir.path().join("b"), "https://b.keystead.test").unwrap();
+    let v = TokenValidator::new(AuthConfig {
+        audience: AUD.into(),
+        issuers: vec![
+            a.issuer_config(),
+            IssuerConfig {
+                principal_prefix: Some("b:".into()),
+                ..b.issuer_config()
+            },
+        ],
+        leeway_secs: 0,
+    });
+    let issue = |i: &LocalIssuer, s: &str| i.issue(s, AUD, Duration::from_secs(60)).unwrap();
+    // The prefix-less issuer's principals are its subjects; the other's carry its prefix
+    // (also when the subject is an `oid`, which the local issuer always sets).
+    assert_eq!(
+        v.validate(&issue(&a, "alice")).await.unwrap().subject,
+        "alice"
+    );
+    for s in ["alice", "partition:p0", "system:serviceaccount:ns:op"] {
+        let p = v.validate(&issue(&b, s)).await.unwrap();
+        assert_eq!(p.subject, format!("b:{s}"));
+        assert_eq!(p.issuer, "https://b.keystead.test");
+    }
+    // The prefix-less issuer may not mint principals of the other's namespace.
+    let t = issue(&a, "b:alice");
+    let err = v.validate(&t).await.unwrap_err();
+    assert!(
+        matches!(&err, AuthError::ForeignNamespace { owner, prefix, .. }
+            if owner == "https://b.keystead.test" && prefix == "b:"),
+        "{err:?}"
+    );
+    assert_rejected(&err, &t);
+    assert!(err.to_string().contains("principal prefix"), "{err}");
 }

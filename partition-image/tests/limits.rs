@@ -11,7 +11,6 @@
 mod cluster;
 mod common;
 
-use keystead_partition::config::default_audience;
 use keystead_partition::local::{ADMIN_SUBJECT, LocalPki, free_port};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -77,7 +76,7 @@ impl Partition {
             .issuer
             .issue(
                 ADMIN_SUBJECT,
-                &default_audience(),
+                &cfg.audience(),
                 Duration::from_secs(3600),
             )
             .unwrap();

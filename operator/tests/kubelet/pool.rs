@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 pub const NS: &str = "hsm";
-pub const AUD: &str = "https://hsm.keystead.test";
+/// The pool's audience: not set in the spec, so the operator's default for the endpoint
+/// `https://pool.hsm.svc` (the host without its first label).
+pub const AUD: &str = "https://hsm.svc";
 pub const HSM: &str = "keystead.io/v1alpha1/managedhsms";
 pub const SDS: &str = "keystead.io/v1alpha1/securitydomains";
 pub const BACKUPS: &str = "keystead.io/v1alpha1/backups";
@@ -78,7 +80,6 @@ pub fn pod_uid(c: &Cluster, pod: &str) -> Option<String> {
 pub fn pool_spec(extra: Value) -> ManagedHsm {
     let mut spec = json!({
         "initialAdministrators": [format!("system:serviceaccount:apps:{ADMIN_SA}")],
-        "authentication": {"audience": AUD},
         "healing": {"unhealthyThresholdSeconds": 30},
     });
     if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
@@ -279,6 +280,10 @@ pub async fn activated_pool_with_a_key(
     let st = hsm_status(c);
     for p in st["partitions"].as_array().unwrap() {
         assert_eq!(p["ready"], true, "{p}");
+    }
+    // The operator reports the audience it derived (and requests its own tokens for).
+    if hsm.spec.authentication.audience.is_none() {
+        assert_eq!(st["audience"], AUD, "{st}");
     }
     assert_eq!(
         condition_reason(c, "Ready"),

@@ -137,7 +137,7 @@ pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Respo
 }
 
 fn challenge(app: &App) -> HeaderValue {
-    let v = crate::auth::challenge_header(&app.cfg.auth.authority, &app.cfg.auth.audience);
+    let v = crate::auth::challenge_header(&app.cfg.auth.authority, &app.cfg.audience());
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
 }
 

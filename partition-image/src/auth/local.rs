@@ -214,12 +214,14 @@ impl LocalIssuer {
         })
     }
 
-    /// An [`IssuerConfig`] that trusts this issuer with its static JWKS (pool audience).
+    /// An [`IssuerConfig`] that trusts this issuer with its static JWKS (pool audience, no
+    /// principal prefix).
     pub fn issuer_config(&self) -> IssuerConfig {
         IssuerConfig {
             issuer: self.issuer.clone(),
             audiences: Vec::new(),
             jwks: JwksSource::Static(self.jwks()),
+            principal_prefix: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use keystead_core::b64;
 use keystead_core::error::ErrorBody;
+use keystead_core::principal::IssuerPrefix;
 use serde_json::Value;
 
 use super::Jwks;
@@ -40,6 +41,9 @@ pub struct IssuerConfig {
     /// Accepted audiences; empty means the pool audience.
     pub audiences: Vec<String>,
     pub jwks: JwksSource,
+    /// Put before the subject to form the principal (`None`: the subject alone). See
+    /// [`keystead_core::principal`] for the rules a set of issuers must follow.
+    pub principal_prefix: Option<String>,
 }
 
 /// Where an issuer's public keys come from.
@@ -62,7 +66,8 @@ pub enum JwksSource {
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// The principal id used by RBAC: the token's `oid` if present, else its `sub`.
+    /// The principal id used by RBAC: the issuer's principal prefix (if it has one)
+    /// followed by the token's `oid` if present, else its `sub`.
     pub subject: String,
     /// The token's `iss`.
     pub issuer: String,
@@ -101,6 +106,15 @@ pub enum AuthError {
     MissingClaim(String),
     #[error("cannot get the signing keys of issuer {issuer:?}: {reason}")]
     JwksUnavailable { issuer: String, reason: String },
+    #[error(
+        "the token's subject {subject:?} starts with {prefix:?}, the principal prefix of issuer {owner:?}: principals with that prefix belong to that issuer, so issuer {issuer:?} may not use them"
+    )]
+    ForeignNamespace {
+        subject: String,
+        issuer: String,
+        owner: String,
+        prefix: String,
+    },
 }
 
 impl AuthError {
@@ -140,6 +154,8 @@ struct IssuerState {
 #[derive(Clone)]
 pub struct TokenValidator {
     issuers: Arc<Vec<Arc<IssuerState>>>,
+    /// Every issuer with its principal prefix (the namespaces principals are formed in).
+    prefixes: Arc<Vec<(String, Option<String>)>>,
     leeway: u64,
     /// Tokens already verified: SHA-256 of the token (never the token) -> principal and
     /// the time until which the verdict may be reused.
@@ -474,6 +490,11 @@ async fn fetch_body(req: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, 
 
 impl TokenValidator {
     pub fn new(config: AuthConfig) -> Self {
+        let prefixes = config
+            .issuers
+            .iter()
+            .map(|i| (i.issuer.clone(), i.principal_prefix.clone()))
+            .collect();
         let issuers = config
             .issuers
             .into_iter()
@@ -501,6 +522,7 @@ impl TokenValidator {
             .collect();
         Self {
             issuers: Arc::new(issuers),
+            prefixes: Arc::new(prefixes),
             leeway: config.leeway_secs,
             verified: Default::default(),
         }
@@ -612,7 +634,7 @@ impl TokenValidator {
                 continue;
             };
             match jsonwebtoken::decode::<Value>(token, &key, &validation) {
-                Ok(data) => return principal_from(&data.claims, &state.config.issuer),
+                Ok(data) => return self.principal_from(&data.claims, &state.config.issuer),
                 Err(e) => match e.kind() {
                     ErrorKind::InvalidSignature
                     | ErrorKind::InvalidAlgorithm
@@ -658,6 +680,32 @@ impl TokenValidator {
     }
 }
 
+impl TokenValidator {
+    /// The principal of verified `claims` of `issuer`: its prefix and the subject, refused
+    /// when it falls into another issuer's namespace.
+    fn principal_from(&self, claims: &Value, issuer: &str) -> Result<Principal, AuthError> {
+        let mut p = principal_from(claims, issuer)?;
+        let set: Vec<IssuerPrefix<'_>> = self
+            .prefixes
+            .iter()
+            .map(|(issuer, prefix)| IssuerPrefix {
+                issuer,
+                prefix: prefix.as_deref(),
+            })
+            .collect();
+        p.subject = keystead_core::principal::principal(&set, issuer, &p.subject).map_err(
+            |(owner, prefix)| AuthError::ForeignNamespace {
+                subject: clip(&p.subject),
+                issuer: issuer.to_owned(),
+                owner: owner.to_owned(),
+                prefix: prefix.to_owned(),
+            },
+        )?;
+        Ok(p)
+    }
+}
+
+/// The principal of verified claims, before the issuer's prefix is applied.
 fn principal_from(claims: &Value, issuer: &str) -> Result<Principal, AuthError> {
     let non_empty = |name: &str| {
         claims

@@ -322,6 +322,9 @@ async fn authenticate(
             &format!("the peer's bearer token was rejected: {e}"),
         )
     })?;
+    // Both identities lie in the reserved namespaces (`partition:`, `system:`) that only the
+    // issuer without a principal prefix can produce: another trusted issuer minting the same
+    // subject gets a prefixed principal, which matches neither (keystead_core::principal).
     let is_that_partition = match &app.cfg.peer_service_account {
         // Kubernetes: a pod-bound token of the pool's ServiceAccount, for that pod.
         Some(sa) => {

@@ -4,7 +4,7 @@
 //! partitions a test adds later (reached directly).
 #![allow(dead_code)]
 
-use keystead_partition::config::{PartitionConfig, PeerSettings, default_audience};
+use keystead_partition::config::{PartitionConfig, PeerSettings};
 use keystead_partition::local::{LocalOptions, LocalPki, free_port, prepare};
 use keystead_partition::replica::peer::PeerClient;
 use reqwest::{Method, StatusCode};
@@ -88,11 +88,26 @@ pub fn bin() -> PathBuf {
 
 impl Cluster {
     pub async fn start() -> Cluster {
-        Self::start_with(|_, _| {}).await
+        Self::start_inner(|_, _| {}, |_, _| {}).await
     }
 
     /// Start the pool after `edit` changed partition `i`'s configuration.
     pub async fn start_with(edit: impl Fn(usize, &mut PartitionConfig)) -> Cluster {
+        Self::start_inner(edit, |_, _| {}).await
+    }
+
+    /// [`Cluster::start`], calling `edit(pool directory, configuration files)` after the
+    /// configurations are written and before any partition starts (the configurations are
+    /// read back without validation: a test may start partitions with a configuration they
+    /// refuse).
+    pub async fn start_with_files(edit: impl FnOnce(&std::path::Path, &[PathBuf])) -> Cluster {
+        Self::start_inner(|_, _| {}, edit).await
+    }
+
+    async fn start_inner(
+        edit: impl Fn(usize, &mut PartitionConfig),
+        edit_files: impl FnOnce(&std::path::Path, &[PathBuf]),
+    ) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pool");
         let (configs, pool) = prepare(&LocalOptions {
@@ -124,6 +139,11 @@ impl Cluster {
         for (cfg, path) in cfgs.iter().zip(&configs) {
             std::fs::write(path, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
         }
+        edit_files(&dir, &configs);
+        let cfgs: Vec<PartitionConfig> = configs
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect();
         let ca = std::fs::read(&pool.ca_file).unwrap();
         let http = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
@@ -485,7 +505,7 @@ impl Cluster {
     pub fn token_for(&self, subject: &str) -> String {
         let pki = LocalPki::open_or_create(&self.dir, POOL).unwrap();
         pki.issuer
-            .issue(subject, &default_audience(), Duration::from_secs(3600))
+            .issue(subject, &self.cfgs[0].audience(), Duration::from_secs(3600))
             .unwrap()
     }
 

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 pub const ADMIN: &str = "admin-alice";
 pub const ISSUER: &str = "https://issuer.test/keystead";
+/// The pool's audience (the `resource` of its 401 challenge).
+pub const AUD: &str = "https://hsm.keystead.test";
 
 pub struct TestPool {
     pub dir: tempfile::TempDir,
@@ -113,11 +115,12 @@ impl TestPool {
                 ca_file: ca_path.clone(),
             },
             auth: AuthSettings {
-                audience: default_audience(),
+                audience: Some(AUD.into()),
                 authority: "https://login.test/tenant".into(),
                 issuers: vec![IssuerSettings {
                     issuer: ISSUER.into(),
                     audiences: vec![],
+                    principal_prefix: None,
                     jwks_file: Some(d.join("jwks.json")),
                     ca_file: None,
                     bearer_token_file: None,
@@ -184,7 +187,7 @@ impl TestPool {
 
     pub fn token(&self, subject: &str) -> String {
         self.issuer
-            .issue(subject, &default_audience(), Duration::from_secs(600))
+            .issue(subject, AUD, Duration::from_secs(600))
             .unwrap()
     }
 
