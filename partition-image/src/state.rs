@@ -390,7 +390,11 @@ impl PoolState {
     }
 
     fn retention_secs(&self) -> i64 {
-        self.settings.soft_delete_retention_days * 86_400
+        // Saturating: a command from a peer or from disk may carry any number (fuzz target
+        // `state_apply`); an overflow must not panic or wrap into the past.
+        self.settings
+            .soft_delete_retention_days
+            .saturating_mul(86_400)
     }
 
     /// Apply one command. Pure and deterministic; on error the state is unchanged.
@@ -533,7 +537,7 @@ impl PoolState {
                 let deleted = DeletedKey {
                     key,
                     deleted_date: *now,
-                    scheduled_purge_date: now + self.retention_secs(),
+                    scheduled_purge_date: now.saturating_add(self.retention_secs()),
                 };
                 self.deleted.insert(name.clone(), deleted.clone());
                 Ok(Outcome::Deleted(Box::new(deleted)))

@@ -99,7 +99,11 @@ impl LogStore {
                         entries.split_off(&since);
                     }
                     Op::Purge(id) => {
-                        entries = entries.split_off(&(id.index + 1));
+                        // A purge up to the last possible index (a corrupt line) empties the log.
+                        entries = match id.index.checked_add(1) {
+                            Some(first_kept) => entries.split_off(&first_kept),
+                            None => BTreeMap::new(),
+                        };
                         last_purged = Some(id);
                     }
                 }
