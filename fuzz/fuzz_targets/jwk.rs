@@ -1,7 +1,9 @@
 //! JWK parsing. Mode byte: 0 a JWKS (the token validator's parser, then
 //! `DecodingKey::from_jwk` for each key); 1 a Key Vault `JsonWebKey` (key import), round
 //! trip; 2 a security-domain download request (custodian certificates as JWKs);
-//! 3 an exchange key as custodians receive it (transfer-key JSON or PEM).
+//! 3 an exchange key as custodians receive it (transfer-key JSON or PEM); 4 a custodian
+//! certificate or public key (PEM); 5 a custodian private key (PEM: PKCS#8, encrypted
+//! PKCS#8, PKCS#1), as `kubectl hsm sd` reads them.
 #![no_main]
 
 use keystead_core::keys::JsonWebKey;
@@ -12,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, body)) = data.split_first() else {
         return;
     };
-    match mode % 4 {
+    match mode % 6 {
         0 => {
             if let Ok(keys) = keystead_partition::fuzzing::parse_jwks(body) {
                 assert!(!keys.is_empty(), "an empty key set was accepted");
@@ -40,6 +42,26 @@ fuzz_target!(|data: &[u8]| {
                     let jwk = k.to_jwk().expect("an accepted custodian key has a JWK");
                     let again = sd::CustodianKey::from_jwk(&jwk).expect("its JWK parses");
                     assert_eq!(again.public_key_thumbprint(), k.public_key_thumbprint());
+                }
+            }
+        }
+        4 => {
+            if let Ok(text) = std::str::from_utf8(body)
+                && let Ok(k) = sd::CustodianKey::from_pem(text)
+            {
+                assert!(k.bits() >= sd::MIN_RSA_BITS);
+                let again = sd::CustodianKey::from_jwk(&k.to_jwk().expect("JWK"))
+                    .expect("an accepted custodian key's JWK parses");
+                assert_eq!(again.public_key_thumbprint(), k.public_key_thumbprint());
+            }
+        }
+        5 => {
+            if let Ok(text) = std::str::from_utf8(body) {
+                for pass in [None, Some("fuzz")] {
+                    if let Ok(k) = sd::CustodianPrivateKey::from_pem(text, pass) {
+                        assert!(k.bits() >= sd::MIN_RSA_BITS);
+                        assert!(!k.public_key_thumbprint().is_empty());
+                    }
                 }
             }
         }

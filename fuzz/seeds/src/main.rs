@@ -290,6 +290,16 @@ fn main() {
         with_mode(3, serde_json::to_vec(&xk.transfer_key()).unwrap()),
     );
     write(&d, "seed-exchange-pem", with_mode(3, xk.certificate_pem()));
+    write(
+        &d,
+        "seed-custodian-cert",
+        with_mode(4, fixture("custodian0.cert.pem")),
+    );
+    write(
+        &d,
+        "seed-custodian-key",
+        with_mode(5, fixture("custodian1.key.pem")),
+    );
 
     // --- kv_bodies --------------------------------------------------------------------------
     let d = corpus_dir("kv_bodies");
