@@ -443,8 +443,9 @@ impl PoolState {
                 if self.bootstrapped {
                     return Err(StateError::AlreadyBootstrapped);
                 }
-                self.settings = settings.clone();
+                // RBAC first (all or nothing): a refused bootstrap changes nothing.
                 self.rbac.bootstrap_administrators(administrators)?;
+                self.settings = settings.clone();
                 self.bootstrapped = true;
                 Ok(Outcome::None)
             }
