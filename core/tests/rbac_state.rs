@@ -466,3 +466,29 @@ fn parse_rbac_paths() {
         }
     }
 }
+
+/// Found by the `state_apply` fuzz target: a bootstrap whose second administrator's
+/// deterministic assignment name is taken by a different assignment was refused, but the
+/// first administrator had already been added. It is all or nothing now.
+#[test]
+fn a_refused_bootstrap_changes_nothing() {
+    let mut s = RbacState::new();
+    let taken = bootstrap_assignment_name("bob");
+    s.put_assignment("/keys", &taken, &params(CRYPTO_USER_ROLE_ID, "bob"))
+        .unwrap();
+    let before = s.clone();
+    let err = s
+        .bootstrap_administrators(&["alice".to_owned(), "bob".to_owned()])
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    assert_eq!(s, before, "the refused bootstrap added alice anyway");
+    // Without the conflict both are added.
+    let mut fresh = RbacState::new();
+    assert_eq!(
+        fresh
+            .bootstrap_administrators(&["alice".to_owned(), "bob".to_owned()])
+            .unwrap()
+            .len(),
+        2
+    );
+}

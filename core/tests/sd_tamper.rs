@@ -139,3 +139,118 @@ fn every_byte_of_the_transfer_blob_is_protected() {
         Err(SdError::Integrity(_))
     ));
 }
+
+#[test]
+fn every_byte_of_a_sealed_domain_is_protected() {
+    let secret = DomainSecret::generate("sealed-pool");
+    let key = [9u8; 32];
+    let sealed = secret.to_sealed_bytes(&key);
+    assert_eq!(
+        DomainSecret::from_sealed_bytes(&sealed, &key).unwrap(),
+        secret
+    );
+    for i in 0..sealed.len() {
+        for x in [0x01u8, 0x80, 0xff] {
+            let mut t = sealed.clone();
+            t[i] ^= x;
+            assert!(
+                DomainSecret::from_sealed_bytes(&t, &key).is_err(),
+                "flip {x:#x} at byte {i} was not detected"
+            );
+        }
+    }
+    for n in 0..sealed.len() {
+        assert!(DomainSecret::from_sealed_bytes(&sealed[..n], &key).is_err());
+    }
+    assert!(DomainSecret::from_sealed_bytes_for(&sealed, &key, "another purpose").is_err());
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    struct Fixture {
+        secret: DomainSecret,
+        file: String,
+        xk: ExchangeKey,
+        blob: String,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static F: OnceLock<Fixture> = OnceLock::new();
+        F.get_or_init(|| {
+            let secret = DomainSecret::generate("prop-tamper");
+            let file = create_domain_file(&secret, &publics(&[0, 1, 2]), 2).unwrap();
+            let xk = ExchangeKey::generate("prop-target").unwrap();
+            let blob = build_transfer_blob(&file, &privates(&[0, 1]), &xk.certificate()).unwrap();
+            Fixture {
+                secret,
+                file,
+                xk,
+                blob,
+            }
+        })
+    }
+
+    /// Apply XOR edits; `None` when the result is not text (the APIs take strings).
+    fn edit_bytes(text: &str, edits: &[(usize, u8)]) -> Option<String> {
+        let mut b = text.as_bytes().to_vec();
+        for (i, x) in edits {
+            let i = i % b.len();
+            b[i] ^= x;
+        }
+        String::from_utf8(b).ok()
+    }
+
+    fn edits() -> impl Strategy<Value = Vec<(usize, u8)>> {
+        prop::collection::vec((any::<usize>(), 1u8..=255), 1..4)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Any edit of a domain file is rejected with an error, or (an edit that only
+        /// changes the JSON layout) opens the very same domain: never another one.
+        #[test]
+        fn tampered_domain_files_never_open_to_another_domain(edits in edits()) {
+            let f = fixture();
+            if let Some(t) = edit_bytes(&f.file, &edits)
+                && let Ok(s) = recover_domain(&t, &privates(&[0, 1]))
+            {
+                prop_assert!(s == f.secret);
+            }
+        }
+
+        #[test]
+        fn tampered_transfer_blobs_never_open_to_another_domain(edits in edits()) {
+            let f = fixture();
+            if let Some(t) = edit_bytes(&f.blob, &edits) {
+                if let Ok(s) = f.xk.open_transfer_blob(&t, "prop-target") {
+                    prop_assert!(s == f.secret);
+                }
+                // The upload body wraps the blob: the same verdict.
+                let body = serde_json::json!({"value": t}).to_string();
+                let o: keystead_core::sd::wire::SecurityDomainObject =
+                    serde_json::from_str(&body).unwrap();
+                prop_assert_eq!(
+                    f.xk.open_transfer_blob(&o.value, "prop-target").is_ok(),
+                    f.xk.open_transfer_blob(&t, "prop-target").is_ok()
+                );
+            }
+        }
+
+        #[test]
+        fn tampered_sealed_domains_are_rejected(edits in edits(), purpose in "[a-z]{0,8}") {
+            let f = fixture();
+            let key = [3u8; 32];
+            let sealed = f.secret.to_sealed_bytes_for(&key, &purpose);
+            let mut t = sealed.clone();
+            for (i, x) in &edits {
+                let i = i % t.len();
+                t[i] ^= x;
+            }
+            prop_assert!(DomainSecret::from_sealed_bytes_for(&t, &key, &purpose).is_err());
+        }
+    }
+}

@@ -417,7 +417,11 @@ impl PoolState {
     }
 
     fn retention_secs(&self) -> i64 {
-        self.settings.soft_delete_retention_days * 86_400
+        // Saturating: a command from a peer or from disk may carry any number (fuzz target
+        // `state_apply`); an overflow must not panic or wrap into the past.
+        self.settings
+            .soft_delete_retention_days
+            .saturating_mul(86_400)
     }
 
     /// Apply one command. Pure and deterministic; on error the state is unchanged.
@@ -466,8 +470,9 @@ impl PoolState {
                 if self.bootstrapped {
                     return Err(StateError::AlreadyBootstrapped);
                 }
-                self.settings = settings.clone();
+                // RBAC first (all or nothing): a refused bootstrap changes nothing.
                 self.rbac.bootstrap_administrators(administrators)?;
+                self.settings = settings.clone();
                 self.bootstrapped = true;
                 Ok(Outcome::None)
             }
@@ -560,7 +565,7 @@ impl PoolState {
                 let deleted = DeletedKey {
                     key,
                     deleted_date: *now,
-                    scheduled_purge_date: now + self.retention_secs(),
+                    scheduled_purge_date: now.saturating_add(self.retention_secs()),
                 };
                 self.deleted.insert(name.clone(), deleted.clone());
                 Ok(Outcome::Deleted(Box::new(deleted)))

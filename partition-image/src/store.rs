@@ -313,7 +313,10 @@ impl SingleStore {
             }
         };
         let entry = LogEntry {
-            index: log.index + 1,
+            // The index is read back from disk at start-up: a corrupt one must not panic here.
+            index: log.index.checked_add(1).ok_or_else(|| {
+                ProposeError::Storage("the command log's index is at its maximum".to_owned())
+            })?,
             cmd,
         };
         let mut line =

@@ -74,11 +74,7 @@ impl Partition {
             .unwrap();
         let token = pki
             .issuer
-            .issue(
-                ADMIN_SUBJECT,
-                &cfg.audience(),
-                Duration::from_secs(3600),
-            )
+            .issue(ADMIN_SUBJECT, &cfg.audience(), Duration::from_secs(3600))
             .unwrap();
         let mut p = Partition {
             _tmp: tmp,

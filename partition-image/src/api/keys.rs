@@ -618,6 +618,60 @@ fn blob_aad(fingerprint: &str) -> Vec<u8> {
     format!("keystead/v1/key-backup|{fingerprint}").into_bytes()
 }
 
+/// Why a single-key backup blob cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyBlobError {
+    #[error("not a Keystead key backup blob (bad header)")]
+    Malformed,
+    #[error("the blob failed its integrity check (altered or truncated)")]
+    Integrity,
+    #[error("the blob's content does not parse")]
+    Content,
+}
+
+/// Seal `rec` into a single-key backup blob under `key_backup_key` for the domain `fingerprint`.
+pub fn seal_key_backup_blob(
+    key_backup_key: &[u8; 32],
+    fingerprint: &str,
+    rec: &KeyRecord,
+) -> Result<Vec<u8>, String> {
+    let fp_len = u8::try_from(fingerprint.len()).map_err(|_| "fingerprint too long".to_owned())?;
+    let body = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
+    let sealed =
+        aead::seal(key_backup_key, &blob_aad(fingerprint), &body).map_err(|e| e.to_string())?;
+    let mut blob = Vec::with_capacity(BLOB_MAGIC.len() + 1 + fingerprint.len() + sealed.len());
+    blob.extend_from_slice(BLOB_MAGIC);
+    blob.push(fp_len);
+    blob.extend_from_slice(fingerprint.as_bytes());
+    blob.extend_from_slice(&sealed);
+    Ok(blob)
+}
+
+/// Split a single-key backup blob into the domain fingerprint it names and its sealed part.
+pub fn split_key_backup_blob(blob: &[u8]) -> Result<(&str, &[u8]), KeyBlobError> {
+    let rest = blob
+        .strip_prefix(BLOB_MAGIC)
+        .ok_or(KeyBlobError::Malformed)?;
+    let (&fp_len, rest) = rest.split_first().ok_or(KeyBlobError::Malformed)?;
+    if rest.len() < fp_len as usize {
+        return Err(KeyBlobError::Malformed);
+    }
+    let (fp, sealed) = rest.split_at(fp_len as usize);
+    let fp = std::str::from_utf8(fp).map_err(|_| KeyBlobError::Malformed)?;
+    Ok((fp, sealed))
+}
+
+/// Open the sealed part of a blob made under `key_backup_key` for the domain `fingerprint`.
+pub fn open_key_backup_blob(
+    key_backup_key: &[u8; 32],
+    fingerprint: &str,
+    sealed: &[u8],
+) -> Result<KeyRecord, KeyBlobError> {
+    let plain = aead::open(key_backup_key, &blob_aad(fingerprint), sealed)
+        .map_err(|_| KeyBlobError::Integrity)?;
+    serde_json::from_slice(&plain).map_err(|_| KeyBlobError::Content)
+}
+
 pub fn backup(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyBackup";
     ctx.key(name, None);
@@ -629,15 +683,8 @@ pub fn backup(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         .keyring
         .unsealed()
         .ok_or_else(|| keyring_err(crate::keyring::KeyringError::Sealed))?;
-    let fp = u.fingerprint();
-    let body = serde_json::to_vec(&rec).map_err(|e| ApiError::internal(e.to_string()))?;
-    let sealed = aead::seal(u.key_backup_key(), &blob_aad(&fp), &body)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut blob = Vec::with_capacity(BLOB_MAGIC.len() + 1 + fp.len() + sealed.len());
-    blob.extend_from_slice(BLOB_MAGIC);
-    blob.push(u8::try_from(fp.len()).map_err(|_| ApiError::internal("fingerprint too long"))?);
-    blob.extend_from_slice(fp.as_bytes());
-    blob.extend_from_slice(&sealed);
+    let blob = seal_key_backup_blob(u.key_backup_key(), &u.fingerprint(), &rec)
+        .map_err(ApiError::internal)?;
     Ok(json_response(
         StatusCode::OK,
         &BackupKeyResult {
@@ -651,19 +698,11 @@ pub async fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.authorize(DataAction::KeysRestore, "/keys")?;
     ctx.require_active()?;
     let p: KeyRestoreParameters = ctx.json()?;
-    let blob = p.value.as_bytes().to_vec();
-    let malformed = || {
+    let (fp, sealed) = split_key_backup_blob(p.value.as_bytes()).map_err(|_| {
         ApiError::bad_request(
             "the value is not a Keystead key backup blob (bad header); pass the value returned by POST /keys/{name}/backup unchanged",
         )
-    };
-    let rest = blob.strip_prefix(BLOB_MAGIC).ok_or_else(malformed)?;
-    let (&fp_len, rest) = rest.split_first().ok_or_else(malformed)?;
-    if rest.len() < fp_len as usize {
-        return Err(malformed());
-    }
-    let (fp, sealed) = rest.split_at(fp_len as usize);
-    let fp = std::str::from_utf8(fp).map_err(|_| malformed())?;
+    })?;
     let u = ctx
         .app
         .keyring
@@ -676,12 +715,12 @@ pub async fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
         ))
         .with_inner("SecurityDomainMismatch", "the backup was made under another security domain"));
     }
-    let plain = aead::open(u.key_backup_key(), &blob_aad(fp), sealed).map_err(|_| {
-        ApiError::bad_request("the key backup blob failed its integrity check: it was altered or truncated; nothing was restored")
-            .with_inner("BackupIntegrity", "tampered blob")
-    })?;
-    let rec: KeyRecord = serde_json::from_slice(&plain).map_err(|_| {
-        ApiError::bad_request("the key backup blob's content does not parse; nothing was restored")
+    let rec = open_key_backup_blob(u.key_backup_key(), fp, sealed).map_err(|e| match e {
+        KeyBlobError::Content => ApiError::bad_request(
+            "the key backup blob's content does not parse; nothing was restored",
+        ),
+        _ => ApiError::bad_request("the key backup blob failed its integrity check: it was altered or truncated; nothing was restored")
+            .with_inner("BackupIntegrity", "tampered blob"),
     })?;
     validate_name(&rec.name)?;
     ctx.key(&rec.name, None);

@@ -7,7 +7,7 @@
 
 mod backup;
 pub mod error;
-mod keys;
+pub(crate) mod keys;
 pub use keys::now as keys_now;
 mod members;
 mod rbac;

@@ -14,6 +14,7 @@ mod local;
 mod validator;
 
 pub use local::{LocalIssuer, LocalIssuerError};
+pub(crate) use validator::parse_jwks;
 pub use validator::{
     AuthConfig, AuthError, IssuerConfig, JWKS_REFRESH_MIN_INTERVAL, JwksSource, Principal,
     TokenValidator,

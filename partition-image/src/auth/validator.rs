@@ -247,7 +247,7 @@ fn string_list(v: Option<&Value>) -> Vec<String> {
 }
 
 /// Parses a JWKS leniently: keys this library cannot use are skipped.
-fn parse_jwks(bytes: &[u8]) -> Result<Vec<Jwk>, String> {
+pub(crate) fn parse_jwks(bytes: &[u8]) -> Result<Vec<Jwk>, String> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("JWKS is not JSON: {e}"))?;
     let keys = v
         .get("keys")

@@ -150,7 +150,11 @@ fn replay(path: &Path, bytes: &[u8]) -> anyhow::Result<Replayed> {
                     r.entries.split_off(&since);
                 }
                 Op::Purge(id) => {
-                    r.entries = r.entries.split_off(&(id.index + 1));
+                    // A purge up to the last possible index (a corrupt line) empties the log.
+                    r.entries = match id.index.checked_add(1) {
+                        Some(first_kept) => r.entries.split_off(&first_kept),
+                        None => BTreeMap::new(),
+                    };
                     r.last_purged = Some(id);
                 }
                 Op::Commit(id) => r.committed = Some(id),
