@@ -7,6 +7,8 @@
 #   scripts/fuzz.sh                              smoke run, every target
 #   KEYSTEAD_FUZZ_SECONDS=600 scripts/fuzz.sh    the long run (opt-in)
 #   scripts/fuzz.sh route sd_file                only these targets
+#   KEYSTEAD_FUZZ_SEED=0 scripts/fuzz.sh         a random libFuzzer seed (default 1: the smoke
+#                                                run mutates the same way on every machine)
 #
 # Toolchain: the stable one, with RUSTC_BOOTSTRAP=1 for the -Z flags cargo-fuzz passes to
 # rustc (no nightly toolchain can be installed on these machines). Built with
@@ -74,7 +76,7 @@ for t in "${TARGETS[@]}"; do
   log "running $t for ${SECONDS_PER_TARGET} s"
   if "$bin" "$RUN_CORPUS/$t" "fuzz/corpus/$t" \
     -max_total_time="$SECONDS_PER_TARGET" -timeout=30 -rss_limit_mb=2048 -max_len=65536 \
-    -dict=fuzz/json.dict \
+    -dict=fuzz/json.dict -seed="${KEYSTEAD_FUZZ_SEED:-1}" \
     -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" >"$LOG_DIR/$t.log" 2>&1; then
     # The last status line: "#N DONE cov: C ft: F corp: ... exec/s: E ...".
     line="$(grep -E '^#[0-9]+' "$LOG_DIR/$t.log" | tail -1)"

@@ -153,6 +153,11 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, FormatError> {
 
 /// Check a manifest's MAC under the backup key.
 pub fn verify_manifest(backup_key: &[u8; 32], m: &Manifest) -> Result<(), FormatError> {
+    // Only the canonical (lowercase) encoding: a manifest is written once and never
+    // re-encoded, so any other spelling of the tag is an alteration (found by fuzzing).
+    if m.mac.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(FormatError::ManifestMac);
+    }
     let tag = hex::decode(&m.mac).map_err(|_| FormatError::ManifestMac)?;
     hmac::verify(&mac_key(backup_key), &body_bytes(&m.body), &tag)
         .map_err(|_| FormatError::ManifestMac)
@@ -254,6 +259,17 @@ mod tests {
             key_name: None,
             chunks: vec![],
         }
+    }
+
+    /// Found by the backup_manifest fuzz target: the MAC in upper-case hex verified, so a
+    /// manifest could be altered (re-spelled) and still be accepted.
+    #[test]
+    fn a_manifest_mac_in_another_spelling_is_refused() {
+        let key = [7u8; 32];
+        let mut m = sign_manifest(&key, body());
+        assert!(verify_manifest(&key, &m).is_ok());
+        m.mac = m.mac.to_ascii_uppercase();
+        assert!(verify_manifest(&key, &m).is_err());
     }
 
     #[test]
