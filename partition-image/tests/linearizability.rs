@@ -175,14 +175,17 @@ impl Run {
                 let status = resp.status();
                 match resp.text().await {
                     Ok(text) => Ok((status, text)),
-                    Err(e) => Err(format!("reading the answer ({status}): {e}")),
+                    Err(e) => Err(Outcome::Info(format!("reading the answer ({status}): {e}"))),
                 }
             }
-            Err(e) => Err(format!("{e}")),
+            // No connection could be made (refused, TLS handshake cut): the request was
+            // never delivered.
+            Err(e) if e.is_connect() => Err(Outcome::Fail(format!("not sent: {e:#}"))),
+            Err(e) => Err(Outcome::Info(format!("{e:#}"))),
         };
         let at = self.now();
         let outcome = match answer {
-            Err(e) => Outcome::Info(e),
+            Err(o) => o,
             Ok((status, text)) => self.classify(call, id, status, &text, at),
         };
         let op = Op {
@@ -235,6 +238,11 @@ impl Run {
                 ret: Ret::Conflict,
             },
             500..=599 if message.contains("not committed") && message.contains("safe to retry") => {
+                Outcome::Fail(format!("{status}: {message}"))
+            }
+            // Refused before anything was proposed: the partition has no domain yet (after
+            // a wipe, until a peer hands it over).
+            503 if body["error"]["code"] == "PartitionSealed" => {
                 Outcome::Fail(format!("{status}: {message}"))
             }
             500..=599 => Outcome::Info(format!("{status}: {message}")),
@@ -623,6 +631,22 @@ async fn epoch(
 async fn start() -> Arc<Run> {
     let c = Arc::new(Cluster::start().await);
     c.activate().await;
+    // Purge and recover need the Crypto Officer role too.
+    let (s, v) = c
+        .call(
+            0,
+            Method::PUT,
+            &format!(
+                "/providers/Microsoft.Authorization/roleAssignments/{}",
+                uuid::Uuid::new_v4()
+            ),
+            Some(json!({"properties": {
+                "roleDefinitionId": format!("Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/{}", keystead_core::rbac::CRYPTO_OFFICER_ROLE_ID),
+                "principalId": keystead_partition::local::ADMIN_SUBJECT,
+            }})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
     let token = c.token_for(keystead_partition::local::ADMIN_SUBJECT);
     let http = c.http.clone();
     Arc::new(Run {
