@@ -78,6 +78,9 @@ fn seed() -> u64 {
 /// leader, so that most answers come from the partition).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(12);
 
+/// The client number of the reads sent to a cut-off partition.
+const PROBE: usize = 99;
+
 /// The kinds of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Fault {
@@ -398,7 +401,7 @@ fn end(c: &Cluster, h: Held) {
 async fn probe_cut_off(run: &Run, i: usize, key: &str, faults: &mut Faults) {
     // Let the cut take effect on connections already open.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let op = run.op(usize::MAX, i, key, Call::Read).await;
+    let op = run.op(PROBE, i, key, Call::Read).await;
     let refused = match &op.outcome {
         Outcome::Ok {
             ret: Ret::Done { .. },
