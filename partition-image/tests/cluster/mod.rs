@@ -57,6 +57,9 @@ pub async fn proxy(target: SocketAddr) -> Proxy {
     Proxy { port, on: tx }
 }
 
+/// Isolated partitions, and links (a, b) with a < b cut both ways.
+type Cuts = (BTreeSet<usize>, BTreeSet<(usize, usize)>);
+
 pub struct Cluster {
     _tmp: tempfile::TempDir,
     /// The pool directory (CA, issuer, one directory per partition).
@@ -66,7 +69,7 @@ pub struct Cluster {
     children: Mutex<Vec<Option<Child>>>,
     proxies: HashMap<(usize, usize), Proxy>,
     /// What is cut: isolated partitions, and links (a, b) with a < b cut both ways.
-    cuts: Mutex<(BTreeSet<usize>, BTreeSet<(usize, usize)>)>,
+    cuts: Mutex<Cuts>,
     token: String,
     pub http: reqwest::Client,
 }
@@ -223,7 +226,7 @@ impl Cluster {
         self.apply_cuts(&cuts);
     }
 
-    fn apply_cuts(&self, cuts: &(BTreeSet<usize>, BTreeSet<(usize, usize)>)) {
+    fn apply_cuts(&self, cuts: &Cuts) {
         for ((a, b), p) in &self.proxies {
             let off = cuts.0.contains(a)
                 || cuts.0.contains(b)
