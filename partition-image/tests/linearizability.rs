@@ -572,7 +572,8 @@ async fn epoch(
             run.op(CLIENTS + i, i, k, Call::Read).await;
         }
     }
-    let history: Vec<Op> = run.history.lock().unwrap()[first..].to_vec();
+    // The epoch's history (the clients have stopped); the run keeps no older epochs.
+    let history: Vec<Op> = run.history.lock().unwrap().drain(first..).collect();
     let mut e = Epoch {
         ops: history.len(),
         ..Epoch::default()
