@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole default test suite. Slow tiers are opt-in:
-#   KEYSTEAD_LONG_FAULTS=1  the long randomized fault-injection run (see docs/reliability.md)
+#   KEYSTEAD_LONG_FAULTS=1  the long randomized fault run, every history checked for
+#                           linearizability (hours; see docs/reliability.md)
 #   KEYSTEAD_FUZZ_SECONDS=600 scripts/fuzz.sh   the long fuzzing run (the smoke run is below)
 #   e2e/run.sh              the kind end-to-end suite (needs Docker and kind)
 set -euo pipefail
@@ -15,6 +16,11 @@ trap 'bash scripts/start-object-stores.sh stop' EXIT
 
 echo "== Rust tests (unit, property, integration on real processes)"
 cargo nextest run --workspace --no-fail-fast --failure-output final
+
+if [ "${KEYSTEAD_LONG_FAULTS:-}" = "1" ]; then
+  echo "== long randomized fault run, every history checked (KEYSTEAD_LONG_FAULTS=1)"
+  cargo nextest run -p keystead-partition --test linearizability --run-ignored only --no-capture
+fi
 
 echo "== chart, CRD and example validation"
 bash scripts/test-chart.sh

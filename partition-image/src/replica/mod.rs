@@ -448,6 +448,14 @@ impl Replica {
                         }
                     }
                 }
+                // The Raft core stopped or failed (storage error, shutdown) after the
+                // change was handed to it: it may already be in the log, replicated, and be
+                // committed by the next leader. Not "safe to retry".
+                Err(RaftError::Fatal(e)) => {
+                    return Err(ProposeError::Uncertain(format!(
+                        "this partition's Raft member failed while taking the change: {e}"
+                    )));
+                }
                 Err(e) => {
                     return Err(ProposeError::Storage(format!(
                         "the Raft member refused the change: {e}"

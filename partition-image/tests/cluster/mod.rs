@@ -9,7 +9,7 @@ use keystead_partition::local::{LocalOptions, LocalPki, free_port, prepare};
 use keystead_partition::replica::peer::PeerClient;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -57,6 +57,9 @@ pub async fn proxy(target: SocketAddr) -> Proxy {
     Proxy { port, on: tx }
 }
 
+/// Isolated partitions, and links (a, b) with a < b cut both ways.
+type Cuts = (BTreeSet<usize>, BTreeSet<(usize, usize)>);
+
 pub struct Cluster {
     _tmp: tempfile::TempDir,
     /// The pool directory (CA, issuer, one directory per partition).
@@ -65,6 +68,8 @@ pub struct Cluster {
     pub cfgs: Vec<PartitionConfig>,
     children: Mutex<Vec<Option<Child>>>,
     proxies: HashMap<(usize, usize), Proxy>,
+    /// What is cut: isolated partitions, and links (a, b) with a < b cut both ways.
+    cuts: Mutex<Cuts>,
     token: String,
     pub http: reqwest::Client,
 }
@@ -158,6 +163,7 @@ impl Cluster {
             cfgs,
             children: Mutex::new((0..N).map(|_| None).collect()),
             proxies,
+            cuts: Mutex::default(),
             token,
             http,
         };
@@ -215,12 +221,71 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&self.cfgs[i].data_dir);
     }
 
+    /// Cut partition `i` off from its peers (both ways), or reconnect it. Links cut with
+    /// [`Cluster::cut_link`] and other isolated partitions stay cut.
     pub fn isolate(&self, i: usize, cut: bool) {
-        for ((a, b), p) in &self.proxies {
-            if *a == i || *b == i {
-                p.on.send_replace(!cut);
-            }
+        let mut cuts = self.cuts.lock().unwrap();
+        if cut {
+            cuts.0.insert(i);
+        } else {
+            cuts.0.remove(&i);
         }
+        self.apply_cuts(&cuts);
+    }
+
+    /// Cut the link between partitions `a` and `b` (both ways), or reconnect it: each of
+    /// them still reaches the third partition (which bridges them).
+    pub fn cut_link(&self, a: usize, b: usize, cut: bool) {
+        let mut cuts = self.cuts.lock().unwrap();
+        let pair = (a.min(b), a.max(b));
+        if cut {
+            cuts.1.insert(pair);
+        } else {
+            cuts.1.remove(&pair);
+        }
+        self.apply_cuts(&cuts);
+    }
+
+    /// Reconnect everything.
+    pub fn heal_network(&self) {
+        let mut cuts = self.cuts.lock().unwrap();
+        cuts.0.clear();
+        cuts.1.clear();
+        self.apply_cuts(&cuts);
+    }
+
+    fn apply_cuts(&self, cuts: &Cuts) {
+        for ((a, b), p) in &self.proxies {
+            let off = cuts.0.contains(a)
+                || cuts.0.contains(b)
+                || cuts.1.contains(&((*a).min(*b), (*a).max(*b)));
+            p.on.send_replace(!off);
+        }
+    }
+
+    /// The process id of partition `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children.lock().unwrap()[i].as_ref().map(|c| c.id())
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let pid = self.pid(i).expect("the partition runs");
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{sig} {pid} failed: {st}");
+    }
+
+    /// SIGSTOP partition `i`: it keeps its sockets but answers nothing until resumed.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "STOP");
+    }
+
+    /// SIGCONT partition `i`.
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "CONT");
     }
 
     pub fn url(&self, i: usize) -> &str {
