@@ -300,6 +300,35 @@ pub fn inspect_domain_file(file_json: &str) -> Result<DomainFileSummary, SdError
     })
 }
 
+/// Decrypt share `idx` of `file` with custodian key `k` and check it against the header.
+fn decrypt_share(
+    file: &DomainFile,
+    share_cts: &[Vec<u8>],
+    k: &CustodianPrivateKey,
+    idx: usize,
+) -> Result<blahaj::Share, SdError> {
+    let entry = &file.shares[idx];
+    let label = share_label(&file.domain_id, &entry.x5t_256, &entry.public_key_sha256);
+    let plain = k.oaep_decrypt(&share_cts[idx], &label).ok_or_else(|| {
+        SdError::Integrity(format!(
+            "the share of custodian key {} does not decrypt",
+            k.label()
+        ))
+    })?;
+    if plain.len() != SHARE_PLAINTEXT_LEN
+        || plain[0] != SHARE_FORMAT
+        || u32::from(plain[1]) != file.quorum
+        || usize::from(plain[2]) != file.shares.len()
+    {
+        return Err(SdError::Integrity(format!(
+            "the share of custodian key {} does not match the file header",
+            k.label()
+        )));
+    }
+    blahaj::Share::try_from(&plain[3..])
+        .map_err(|_| SdError::Integrity("a share is malformed".to_owned()))
+}
+
 /// Open a domain file with at least `quorum` custodian private keys.
 ///
 /// Errors: [`SdError::DuplicateKey`], [`SdError::NotEnoughKeys`] (given, needed),
@@ -350,34 +379,13 @@ fn recover_with_report(
         .collect::<Result<Vec<_>, _>>()?;
     let nonce = b64_field(&file.nonce, "nonce")?;
     let ciphertext = b64_field(&file.ciphertext, "ciphertext")?;
-    let n = file.shares.len();
     let mut shares = Vec::with_capacity(matches.len());
     let mut report = Vec::with_capacity(matches.len());
     for (k, idx) in &matches {
-        let entry = &file.shares[*idx];
-        let label = share_label(&file.domain_id, &entry.x5t_256, &entry.public_key_sha256);
-        let plain = k.oaep_decrypt(&share_cts[*idx], &label).ok_or_else(|| {
-            SdError::Integrity(format!(
-                "the share of custodian key {} does not decrypt",
-                k.label()
-            ))
-        })?;
-        if plain.len() != SHARE_PLAINTEXT_LEN
-            || plain[0] != SHARE_FORMAT
-            || u32::from(plain[1]) != file.quorum
-            || usize::from(plain[2]) != n
-        {
-            return Err(SdError::Integrity(format!(
-                "the share of custodian key {} does not match the file header",
-                k.label()
-            )));
-        }
-        let share = blahaj::Share::try_from(&plain[3..])
-            .map_err(|_| SdError::Integrity("a share is malformed".to_owned()))?;
-        shares.push(share);
+        shares.push(decrypt_share(&file, &share_cts, k, *idx)?);
         report.push(MatchedKey {
             key: k.label().to_owned(),
-            thumbprint: entry.x5t_256.clone(),
+            thumbprint: file.shares[*idx].x5t_256.clone(),
         });
     }
     let quorum_u8 = u8::try_from(file.quorum)
@@ -429,4 +437,80 @@ pub fn rehearse(
         keys_given: private_keys.len(),
         matched,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sd::generate_custodian;
+
+    /// "Any m-1 custodian keys fail", proven past the key-count check: m-1 shares are
+    /// decrypted and combined (as if the split had a threshold of m-1, and as with the real
+    /// threshold) and the result must not open the domain, while the same path with m shares
+    /// does (so a split with a too-low threshold would fail this test).
+    #[test]
+    fn m_minus_one_shares_combined_do_not_open_the_domain() {
+        let pairs: Vec<_> = (0..4)
+            .map(|i| generate_custodian(&format!("c{i}"), 2048, None).unwrap())
+            .collect();
+        let public: Vec<CustodianKey> = pairs
+            .iter()
+            .map(|(c, _)| CustodianKey::from_pem(c).unwrap())
+            .collect();
+        let private: Vec<CustodianPrivateKey> = pairs
+            .iter()
+            .map(|(_, k)| CustodianPrivateKey::from_pem(k, None).unwrap())
+            .collect();
+        let secret = DomainSecret::generate("pool");
+        let quorum = 3u8;
+        let json = create_domain_file(&secret, &public, u32::from(quorum)).unwrap();
+        let file = parse_file(&json).unwrap();
+        let share_cts: Vec<Vec<u8>> = file
+            .shares
+            .iter()
+            .map(|s| b64_field(&s.enc_share, "enc_share").unwrap())
+            .collect();
+        let nonce = b64_field(&file.nonce, "nonce").unwrap();
+        let ciphertext = b64_field(&file.ciphertext, "ciphertext").unwrap();
+        let aad = header_aad(&file, &share_cts);
+        let idx_of = |k: &CustodianPrivateKey| {
+            file.shares
+                .iter()
+                .position(|s| s.public_key_sha256 == k.public_key_thumbprint())
+                .unwrap()
+        };
+        let opens = |shares: &[blahaj::Share], threshold: u8| -> bool {
+            let Ok(bytes) = blahaj::Sharks(threshold).recover(shares) else {
+                return false;
+            };
+            let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+                return false;
+            };
+            aead_open(&key, &nonce, &aad, &ciphertext, "x").is_ok()
+        };
+        let shares_of = |keys: &[&CustodianPrivateKey]| -> Vec<blahaj::Share> {
+            keys.iter()
+                .map(|k| decrypt_share(&file, &share_cts, k, idx_of(k)).unwrap())
+                .collect()
+        };
+        // Every (m-1)-subset, combined with threshold m-1 and with m: never opens.
+        for skip in 0..4 {
+            for other in 0..4 {
+                if other == skip {
+                    continue;
+                }
+                let two: Vec<&CustodianPrivateKey> = (0..4)
+                    .filter(|i| *i != skip && *i != other)
+                    .map(|i| &private[i])
+                    .collect();
+                let shares = shares_of(&two);
+                assert_eq!(shares.len(), 2);
+                assert!(!opens(&shares, quorum - 1), "2 shares opened the domain");
+                assert!(!opens(&shares, quorum), "2 shares opened the domain");
+            }
+        }
+        // m shares through the same path do open it.
+        let three: Vec<&CustodianPrivateKey> = private[1..].iter().collect();
+        assert!(opens(&shares_of(&three), quorum));
+    }
 }
