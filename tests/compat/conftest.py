@@ -7,7 +7,12 @@ import json
 import uuid
 
 import pytest
-from azure.keyvault.administration import KeyVaultAccessControlClient, KeyVaultRoleScope
+from azure.keyvault.administration import (
+    KeyVaultAccessControlClient,
+    KeyVaultDataAction,
+    KeyVaultPermission,
+    KeyVaultRoleScope,
+)
 from azure.keyvault.keys import KeyClient
 from azure.keyvault.keys.crypto import CryptographyClient
 from azure.keyvault.securitydomain import SecurityDomainClient
@@ -102,19 +107,43 @@ def key_client(pool, admin_credential, key_roles) -> KeyClient:
 
 
 @pytest.fixture(scope="session")
-def crypto_client(pool, admin_credential, key_roles):
+def remote_credential(pool, access_control_client, activation) -> StaticTokenCredential:
+    """A principal that may use keys (encrypt, decrypt, wrap, unwrap, sign, verify) but not
+    read them: a custom role without `keys/read`. The SDK's CryptographyClient, refused the
+    GET of the key (403), does every operation on the server — as it does in Azure for such a
+    principal, with no private client attribute set."""
+    actions = [
+        KeyVaultDataAction.ENCRYPT_HSM_KEY,
+        KeyVaultDataAction.DECRYPT_HSM_KEY,
+        KeyVaultDataAction.WRAP_HSM_KEY,
+        KeyVaultDataAction.UNWRAP_HSM_KEY,
+        KeyVaultDataAction.SIGN_HSM_KEY,
+        KeyVaultDataAction.VERIFY_HSM_KEY,
+    ]
+    role = access_control_client.set_role_definition(
+        KeyVaultRoleScope.GLOBAL,
+        role_name=f"compat remote crypto {uuid.uuid4().hex[:8]}",
+        permissions=[KeyVaultPermission(data_actions=actions)],
+    )
+    subject = f"remote-crypto-{uuid.uuid4().hex[:8]}"
+    access_control_client.create_role_assignment(KeyVaultRoleScope.GLOBAL, role.id, subject)
+    return pool.mint_credential(subject)
+
+
+@pytest.fixture(scope="session")
+def crypto_client(pool, admin_credential, key_roles, remote_credential):
     """Factory: `crypto_client(key_or_id, credential=None, remote_only=False)`.
 
-    With `remote_only=True` the client never fetches the key and sends every operation (also
-    encrypt, wrap and verify, which it would otherwise do locally) to the server."""
+    With `remote_only=True` the client uses [`remote_credential`], which may not read the key,
+    so the SDK sends every operation (also encrypt, wrap and verify, which it would otherwise do
+    locally) to the server."""
 
     def make(key, credential=None, remote_only: bool = False) -> CryptographyClient:
-        client = CryptographyClient(key if isinstance(key, str) else key.id, credential or admin_credential,
-                                    **pool.client_kwargs())
         if remote_only:
-            # azure-keyvault-keys 4.11.3: a client that may not GET the key does every operation remotely.
-            client._keys_get_forbidden = True  # noqa: SLF001
-        return client
+            assert credential is None, "remote_only uses the remote_credential principal"
+            credential = remote_credential
+        return CryptographyClient(key if isinstance(key, str) else key.id, credential or admin_credential,
+                                  **pool.client_kwargs())
 
     return make
 

@@ -109,8 +109,8 @@ def test_fresh_pool_is_not_activated(fresh_pool, unique_name):
 
 
 def test_upload_recovers_a_fresh_pool(fresh_pool, activation, key_client, unique_name):
-    if not _kubectl_hsm_has("sd", "transfer"):
-        pytest.skip("kubectl-hsm has no `sd transfer` yet: cannot build a transfer blob for the upload")
+    # Never skipped: the offline transfer step must exist (a missing one is a failure).
+    assert _kubectl_hsm_has("sd", "transfer"), f"{KUBECTL_HSM_BIN} sd transfer --help failed"
     source = key_client.create_ec_key(unique_name("cross"), curve=KeyCurveName.p_256, hardware_protected=True)
     backup = key_client.backup_key(source.name)
 
