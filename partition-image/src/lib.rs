@@ -10,6 +10,7 @@ pub mod auth;
 pub mod backup;
 pub mod config;
 pub mod crypto;
+pub(crate) mod jsonl;
 pub mod keygen;
 pub mod keyring;
 pub mod local;

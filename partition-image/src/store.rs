@@ -305,42 +305,28 @@ fn replay(path: &Path, bytes: &[u8], state: PoolState, index: u64) -> anyhow::Re
         since_snapshot: 0,
         complete_len: 0,
     };
-    let mut start = 0;
-    let mut line = 0;
-    while start < bytes.len() {
-        line += 1;
-        let Some(end) = bytes[start..].iter().position(|&b| b == b'\n') else {
-            // No newline: the write of this record was cut off.
-            break;
-        };
-        let end = start + end;
-        let record = &bytes[start..end];
-        let next = end + 1;
-        if !record.iter().all(u8::is_ascii_whitespace) {
-            let entry: LogEntry = match serde_json::from_slice(record) {
-                Ok(e) => e,
-                // The last line, damaged: a cut-off write too.
-                Err(_) if next == bytes.len() => break,
-                Err(e) => anyhow::bail!(
-                    "the command log {path} is damaged at byte {start} (line {line}): {e}. \
-                     Complete records follow it, so it is not a write cut off by a crash, and \
-                     skipping it could lose acknowledged changes: the partition will not start \
-                     on it. Keep a copy of the file for diagnosis, then either restore the pool \
-                     from a backup, or accept losing every change from this record on by \
-                     cutting the file there (`truncate -s {start} {path}`)",
-                    path = path.display()
-                ),
-            };
-            if entry.index > r.index {
-                // Refusals were refused when first applied too; replay is deterministic.
-                let _ = r.state.apply(&entry.cmd);
-                r.index = entry.index;
-                r.since_snapshot += 1;
-            }
+    let applied = crate::jsonl::read_complete(bytes, |entry: LogEntry| {
+        if entry.index > r.index {
+            // Refusals were refused when first applied too; replay is deterministic.
+            let _ = r.state.apply(&entry.cmd);
+            r.index = entry.index;
+            r.since_snapshot += 1;
         }
-        start = next;
-        r.complete_len = next;
-    }
+    });
+    r.complete_len = applied.map_err(|d| {
+        anyhow::anyhow!(
+            "the command log {path} is damaged at byte {start} (line {line}): {e}. \
+             Complete records follow it, so it is not a write cut off by a crash, and \
+             skipping it could lose acknowledged changes: the partition will not start \
+             on it. Keep a copy of the file for diagnosis, then either restore the pool \
+             from a backup, or accept losing every change from this record on by \
+             cutting the file there (`truncate -s {start} {path}`)",
+            path = path.display(),
+            start = d.byte,
+            line = d.line,
+            e = d.error
+        )
+    })?;
     Ok(r)
 }
 

@@ -116,53 +116,39 @@ struct Replayed {
 /// `complete_len`. A record that cannot be read anywhere before it is an error.
 fn replay(path: &Path, bytes: &[u8]) -> anyhow::Result<Replayed> {
     let mut r = Replayed::default();
-    let mut start = 0;
-    let mut line = 0;
-    while start < bytes.len() {
-        line += 1;
-        let Some(end) = bytes[start..].iter().position(|&b| b == b'\n') else {
-            // No newline: the write of this record was cut off.
-            break;
-        };
-        let end = start + end;
-        let record = &bytes[start..end];
-        let next = end + 1;
-        if !record.iter().all(u8::is_ascii_whitespace) {
-            let op: Op = match serde_json::from_slice(record) {
-                Ok(op) => op,
-                // The last line, damaged: a cut-off write too.
-                Err(_) if next == bytes.len() => break,
-                Err(e) => anyhow::bail!(
-                    "the Raft log {} is damaged at byte {start} (line {line}): {e}. Complete \
-                     records follow it, so it is not a write cut off by a crash, and skipping it \
-                     could lose acknowledged entries: the partition will not start on it. Keep a \
-                     copy of the file for diagnosis, then move the partition's data directory \
-                     away: the partition starts empty and copies the log from its peers (while \
-                     the other partitions of the pool form a majority)",
-                    path.display()
-                ),
-            };
-            match op {
-                Op::Append(e) => {
-                    r.entries.insert(e.log_id.index, e);
-                }
-                Op::Truncate(since) => {
-                    r.entries.split_off(&since);
-                }
-                Op::Purge(id) => {
-                    // A purge up to the last possible index (a corrupt line) empties the log.
-                    r.entries = match id.index.checked_add(1) {
-                        Some(first_kept) => r.entries.split_off(&first_kept),
-                        None => BTreeMap::new(),
-                    };
-                    r.last_purged = Some(id);
-                }
-                Op::Commit(id) => r.committed = Some(id),
+    let read = crate::jsonl::read_complete(bytes, |op: Op| {
+        match op {
+            Op::Append(e) => {
+                r.entries.insert(e.log_id.index, e);
             }
+            Op::Truncate(since) => {
+                r.entries.split_off(&since);
+            }
+            Op::Purge(id) => {
+                // A purge up to the last possible index (a corrupt line) empties the log.
+                r.entries = match id.index.checked_add(1) {
+                    Some(first_kept) => r.entries.split_off(&first_kept),
+                    None => BTreeMap::new(),
+                };
+                r.last_purged = Some(id);
+            }
+            Op::Commit(id) => r.committed = Some(id),
         }
-        start = next;
-        r.complete_len = next;
-    }
+    });
+    r.complete_len = read.map_err(|d| {
+        anyhow::anyhow!(
+            "the Raft log {} is damaged at byte {} (line {}): {}. Complete \
+             records follow it, so it is not a write cut off by a crash, and skipping it \
+             could lose acknowledged entries: the partition will not start on it. Keep a \
+             copy of the file for diagnosis, then move the partition's data directory \
+             away: the partition starts empty and copies the log from its peers (while \
+             the other partitions of the pool form a majority)",
+            path.display(),
+            d.byte,
+            d.line,
+            d.error
+        )
+    })?;
     Ok(r)
 }
 
