@@ -629,21 +629,12 @@ async fn start() -> Arc<Run> {
     let c = Arc::new(Cluster::start().await);
     c.activate().await;
     // Purge and recover need the Crypto Officer role too.
-    let (s, v) = c
-        .call(
-            0,
-            Method::PUT,
-            &format!(
-                "/providers/Microsoft.Authorization/roleAssignments/{}",
-                uuid::Uuid::new_v4()
-            ),
-            Some(json!({"properties": {
-                "roleDefinitionId": format!("Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/{}", keystead_core::rbac::CRYPTO_OFFICER_ROLE_ID),
-                "principalId": keystead_partition::local::ADMIN_SUBJECT,
-            }})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
+    c.assign_role(
+        0,
+        keystead_core::rbac::CRYPTO_OFFICER_ROLE_ID,
+        keystead_partition::local::ADMIN_SUBJECT,
+    )
+    .await;
     let token = c.token_for(keystead_partition::local::ADMIN_SUBJECT);
     let http = c.http.clone();
     Arc::new(Run {

@@ -23,32 +23,13 @@ async fn pool() -> Cluster {
 async fn activate_through_0(c: &Cluster) {
     c.leader(&[0, 1, 2]).await;
     c.domain_file().await;
-    assign(c, CRYPTO_USER_ROLE_ID, ADMIN_SUBJECT).await;
+    c.assign_role(0, CRYPTO_USER_ROLE_ID, ADMIN_SUBJECT).await;
     for i in 0..cluster::N {
         c.until("every partition holds the domain", 60, || {
             c.domain_loaded(i)
         })
         .await;
     }
-}
-
-/// Assign a built-in role at `/` to `principal` (as the administrator, through partition 0).
-async fn assign(c: &Cluster, role: &str, principal: &str) {
-    let (s, v) = c
-        .call(
-            0,
-            Method::PUT,
-            &format!(
-                "/providers/Microsoft.Authorization/roleAssignments/{}",
-                uuid::Uuid::new_v4()
-            ),
-            Some(json!({"properties": {
-                "roleDefinitionId": format!("Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/{role}"),
-                "principalId": principal,
-            }})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
 }
 
 fn message(v: &Value) -> &str {
@@ -288,7 +269,7 @@ async fn rotation_policy_durations_are_bounded_when_set() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_status_is_for_administrators_only() {
     let c = pool().await;
-    assign(&c, CRYPTO_USER_ROLE_ID, "app").await;
+    c.assign_role(0, CRYPTO_USER_ROLE_ID, "app").await;
     for who in ["nobody", "app"] {
         let (s, v) = c
             .call_as(&c.token_for(who), 0, Method::GET, "/admin/status", None)
@@ -473,8 +454,8 @@ async fn all_sign(c: &Cluster, name: &str) {
 async fn delete_and_purge_evict_the_key_from_every_partition() {
     let c = pool().await;
     // Recover and purge are Crypto Officer actions.
-    assign(
-        &c,
+    c.assign_role(
+        0,
         keystead_core::rbac::CRYPTO_OFFICER_ROLE_ID,
         ADMIN_SUBJECT,
     )
