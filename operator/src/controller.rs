@@ -608,7 +608,7 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
         observed.iter().filter(|p| p.healthy()).count() as i64,
         ready,
     );
-    let status = ManagedHsmStatus {
+    let mut status = ManagedHsmStatus {
         phase: Some(c::phase(&conds)),
         conditions: conds,
         observed_generation: generation,
@@ -626,7 +626,6 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
         next_backup_time,
         ..previous.clone()
     };
-    let mut status = status;
     // A re-download of the security domain is loud: a Warning Event naming who, once per
     // download, and the count in the status.
     let reported = previous.security_domain_redownloads.unwrap_or(0);

@@ -1,7 +1,10 @@
 //! Append-only JSON-lines logs (the Raft log, a pool of one's command log): reading back the
 //! complete records after a crash.
 
+use anyhow::Context;
 use serde::de::DeserializeOwned;
+use std::fs::File;
+use std::path::Path;
 
 /// A record that cannot be read although complete records follow it (not a cut-off write).
 #[derive(Debug)]
@@ -49,4 +52,68 @@ pub fn read_complete<T: DeserializeOwned>(
         complete_len = next;
     }
     Ok(complete_len)
+}
+
+/// Fsync a directory, so that the entries created, renamed or removed in it are durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Create `dir` if needed, durably: its own entry is fsync'd in its parent.
+pub fn create_dir_durably(dir: &Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the directory {}", dir.display()))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)
+            .with_context(|| format!("cannot fsync the directory {}", parent.display()))?;
+    }
+    Ok(())
+}
+
+/// The bytes of the log at `path` (`what`: "the Raft log") and whether the file existed.
+pub fn read_log(path: &Path, what: &str) -> anyhow::Result<(Vec<u8>, bool)> {
+    match std::fs::read(path) {
+        Ok(b) => Ok((b, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Vec::new(), false)),
+        Err(e) => Err(e).with_context(|| format!("cannot read {what} {}", path.display())),
+    }
+}
+
+/// After the log at `path` (`len` bytes read, `complete_len` of them complete records) was
+/// replayed and `file` opened on it: cut an incomplete last record (a write cut off by a
+/// crash, never acknowledged) off the file durably before anything is appended, and fsync
+/// the directory when the file was just created.
+pub fn settle_log(
+    file: &File,
+    path: &Path,
+    what: &str,
+    complete_len: usize,
+    len: usize,
+    existed: bool,
+) -> anyhow::Result<()> {
+    if complete_len < len {
+        tracing::warn!(
+            file = %path.display(),
+            at = complete_len,
+            bytes = len - complete_len,
+            "{what} ends with an incomplete record (a write cut off by a crash, never acknowledged); removing it"
+        );
+        // `complete_len` is at most the file's length, which fits in u64.
+        let cut = u64::try_from(complete_len).unwrap_or(u64::MAX);
+        file.set_len(cut)
+            .and_then(|()| file.sync_all())
+            .with_context(|| {
+                format!(
+                    "cannot cut the incomplete last record off {what} {} at byte {cut}",
+                    path.display()
+                )
+            })?;
+    }
+    if !existed && let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(dir).with_context(|| format!("cannot fsync the directory {}", dir.display()))?;
+    }
+    Ok(())
 }

@@ -330,25 +330,13 @@ fn replay(path: &Path, bytes: &[u8], state: PoolState, index: u64) -> anyhow::Re
     Ok(r)
 }
 
-/// Fsync a directory, so that the entries created, renamed or removed in it are durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 impl SingleStore {
     /// Open (or create) the store in `dir`, replaying the snapshot and the log.
     ///
     /// An incomplete last record of the log (a write cut off by a crash) is cut off the
     /// file, durably, before anything is appended.
     pub fn open(dir: &Path) -> anyhow::Result<SingleStore> {
-        if !dir.is_dir() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                sync_dir(parent)
-                    .with_context(|| format!("cannot fsync the directory {}", parent.display()))?;
-            }
-        }
+        crate::jsonl::create_dir_durably(dir)?;
         let snap_path = dir.join("snapshot.json");
         let (state, index) = if snap_path.exists() {
             let snap: Snapshot = serde_json::from_slice(&std::fs::read(&snap_path)?)
@@ -358,40 +346,20 @@ impl SingleStore {
             (PoolState::default(), 0)
         };
         let log_path = dir.join("commands.log");
-        let (bytes, existed) = match std::fs::read(&log_path) {
-            Ok(b) => (b, true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), false),
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot read the command log {}", log_path.display())
-                });
-            }
-        };
+        let (bytes, existed) = crate::jsonl::read_log(&log_path, "the command log")?;
         let replayed = replay(&log_path, &bytes, state, index)?;
         let file = open_log(&log_path)
             .with_context(|| format!("cannot open the command log {}", log_path.display()))?;
+        crate::jsonl::settle_log(
+            &file,
+            &log_path,
+            "the command log",
+            replayed.complete_len,
+            bytes.len(),
+            existed,
+        )?;
         // `complete_len` is at most the file's length, which fits in u64.
         let len = u64::try_from(replayed.complete_len).unwrap_or(u64::MAX);
-        if replayed.complete_len < bytes.len() {
-            tracing::warn!(
-                file = %log_path.display(),
-                at = replayed.complete_len,
-                bytes = bytes.len() - replayed.complete_len,
-                "the command log ends with an incomplete record (a write cut off by a crash, never acknowledged); removing it"
-            );
-            file.set_len(len)
-                .and_then(|()| file.sync_all())
-                .with_context(|| {
-                    format!(
-                        "cannot cut the incomplete last record off the command log {} at byte {len}",
-                        log_path.display()
-                    )
-                })?;
-        }
-        if !existed {
-            sync_dir(dir)
-                .with_context(|| format!("cannot fsync the directory {}", dir.display()))?;
-        }
         Ok(SingleStore {
             dir: dir.to_path_buf(),
             state: RwLock::new(replayed.state),

@@ -81,24 +81,7 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     o.open(path)
 }
 
-/// Fsync a directory, so that the entries created, renamed or removed in it are durable.
-pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Create `dir` if needed, durably: its own entry is fsync'd in its parent.
-pub(super) fn create_dir_durably(dir: &Path) -> anyhow::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the Raft directory {}", dir.display()))?;
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        sync_dir(parent)
-            .with_context(|| format!("cannot fsync the directory {}", parent.display()))?;
-    }
-    Ok(())
-}
+pub(super) use crate::jsonl::{create_dir_durably, sync_dir};
 
 /// What replaying `log.jsonl` found.
 #[derive(Default)]
@@ -160,39 +143,18 @@ impl LogStore {
     pub fn open(dir: &Path) -> anyhow::Result<LogStore> {
         create_dir_durably(dir)?;
         let path = dir.join("log.jsonl");
-        let (bytes, existed) = match std::fs::read(&path) {
-            Ok(b) => (b, true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Vec::new(), false),
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read the Raft log {}", path.display()));
-            }
-        };
+        let (bytes, existed) = crate::jsonl::read_log(&path, "the Raft log")?;
         let replayed = replay(&path, &bytes)?;
         let file = open_append(&path)
             .with_context(|| format!("cannot open the Raft log {}", path.display()))?;
-        if replayed.complete_len < bytes.len() {
-            tracing::warn!(
-                file = %path.display(),
-                at = replayed.complete_len,
-                bytes = bytes.len() - replayed.complete_len,
-                "the Raft log ends with an incomplete record (a write cut off by a crash, never acknowledged); removing it"
-            );
-            // `complete_len` is at most the file's length, which fits in u64.
-            let len = u64::try_from(replayed.complete_len).unwrap_or(u64::MAX);
-            file.set_len(len)
-                .and_then(|()| file.sync_all())
-                .with_context(|| {
-                    format!(
-                        "cannot cut the incomplete last record off the Raft log {} at byte {len}",
-                        path.display()
-                    )
-                })?;
-        }
-        if !existed {
-            sync_dir(dir)
-                .with_context(|| format!("cannot fsync the directory {}", dir.display()))?;
-        }
+        crate::jsonl::settle_log(
+            &file,
+            &path,
+            "the Raft log",
+            replayed.complete_len,
+            bytes.len(),
+            existed,
+        )?;
         let vote_path = dir.join("vote.json");
         let vote = match std::fs::read(&vote_path) {
             Ok(b) => Some(serde_json::from_slice(&b).with_context(|| {
