@@ -117,3 +117,30 @@ pub fn settle_log(
     }
     Ok(())
 }
+
+/// The torn-write tests of the logs that use this module: tear a log inside its last record
+/// at every byte offset, then check what survives.
+#[cfg(test)]
+pub mod tearing {
+    /// Every length that cuts `intact` (a log ending with a newline) inside its last record.
+    pub fn cuts_in_last_record(intact: &[u8]) -> std::ops::Range<usize> {
+        let last_start = intact[..intact.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
+        last_start..intact.len()
+    }
+
+    /// Fail naming every cut of `cuts` after which data was lost (`failures`).
+    pub fn assert_no_lost_cuts(failures: &[String], cuts: &std::ops::Range<usize>) {
+        assert!(
+            failures.is_empty(),
+            "{} of {} cuts inside the last record (bytes {}..{}) lost data:\n{}",
+            failures.len(),
+            cuts.len(),
+            cuts.start,
+            cuts.end,
+            failures.join("\n")
+        );
+    }
+}

@@ -523,26 +523,16 @@ mod tests {
         let dir = tmp.path().join("data");
         let intact = write_store(&dir, &written);
         let path = dir.join("commands.log");
-        let last_start = intact[..intact.len() - 1]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |p| p + 1);
+        let cuts = crate::jsonl::tearing::cuts_in_last_record(&intact);
         let kept = &written[..N - 1];
         let mut failures = Vec::new();
-        for cut in last_start..intact.len() {
+        for cut in cuts.clone() {
             std::fs::write(&path, &intact[..cut]).expect("tear commands.log");
             if let Err(e) = commit_across_restarts(&dir, kept, "après-la-coupure") {
                 failures.push(format!("cut at byte {cut}: {e}"));
             }
         }
-        assert!(
-            failures.is_empty(),
-            "{} of {} cuts inside the last record (bytes {last_start}..{}) lost data:\n{}",
-            failures.len(),
-            intact.len() - last_start,
-            intact.len(),
-            failures.join("\n")
-        );
+        crate::jsonl::tearing::assert_no_lost_cuts(&failures, &cuts);
     }
 
     #[test]

@@ -533,27 +533,17 @@ mod tests {
         }
         let path = dir.join("log.jsonl");
         let intact = std::fs::read(&path).expect("read log.jsonl");
-        let last_start = intact[..intact.len() - 1]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |p| p + 1);
+        let cuts = crate::jsonl::tearing::cuts_in_last_record(&intact);
         // The leader's entry at the torn index (a new term, as after an election).
         let replacement = entry(2, N, "après-la-coupure");
         let kept = &written[..written.len() - 1];
         let mut failures = Vec::new();
-        for cut in last_start..intact.len() {
+        for cut in cuts.clone() {
             std::fs::write(&path, &intact[..cut]).expect("tear log.jsonl");
             if let Err(e) = append_across_restarts(&dir, kept, &replacement).await {
                 failures.push(format!("cut at byte {cut}: {e}"));
             }
         }
-        assert!(
-            failures.is_empty(),
-            "{} of {} cuts inside the last record (bytes {last_start}..{}) lost data:\n{}",
-            failures.len(),
-            intact.len() - last_start,
-            intact.len(),
-            failures.join("\n")
-        );
+        crate::jsonl::tearing::assert_no_lost_cuts(&failures, &cuts);
     }
 }
