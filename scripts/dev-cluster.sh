@@ -8,8 +8,9 @@
 #   scripts/dev-cluster.sh down DIR   stop everything `up` started in DIR (DIR is kept)
 #   scripts/dev-cluster.sh env DIR    print the cluster's settings (KEY=VALUE)
 #
-# Settings (environment): KEYSTEAD_DEV_NET=N puts pods on 127.N.0.0/16 and Services on
-# 127.(N+1).0.0/16 (default: random even N in 20..238, so clusters do not collide);
+# Settings (environment): KEYSTEAD_DEV_NET=N (0..63) puts pods on 100.(64+N).0.0/16 (added to
+# the loopback interface, one /32 per pod) and Services on 127.(100+N).0.0/16 (default: random
+# N, so clusters on one machine do not collide);
 # KEYSTEAD_BIN_DIR: where keystead-operator, keystead-partition and keystead-node-agent are
 # (default: built with cargo into target/debug).
 set -euo pipefail
@@ -63,6 +64,13 @@ down() {
   for p in node-agent kube-scheduler kube-controller-manager kube-apiserver etcd; do
     stop_pid "$p"
   done
+  # Pod addresses the agent could not release (it was killed): off the loopback interface.
+  if [ -f "$DIR/agent/addresses.json" ]; then
+    python3 -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1])).values()))' \
+      "$DIR/agent/addresses.json" | while read -r ip; do
+      ip addr del "$ip/32" dev lo 2>/dev/null || true
+    done
+  fi
 }
 
 if [ "$cmd" = down ]; then
@@ -91,8 +99,9 @@ for b in keystead-operator keystead-partition keystead-node-agent; do
 done
 
 # --- addresses and ports -----------------------------------------------------------------
-NET="${KEYSTEAD_DEV_NET:-$(((RANDOM % 110) * 2 + 20))}"
-SVC_NET=$((NET + 1))
+NET="${KEYSTEAD_DEV_NET:-$((RANDOM % 64))}"
+POD_NET="100.$((64 + NET))"
+SVC_NET=$((100 + NET))
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ETCD_PORT="$(free_port)"
 ETCD_PEER_PORT="$(free_port)"
@@ -105,7 +114,7 @@ cat >"$DIR/cluster.env" <<EOF
 KEYSTEAD_DEV_CLUSTER=$DIR
 KUBECONFIG=$DIR/kubeconfig
 API_SERVER=$API
-POD_NETWORK=127.$NET
+POD_NETWORK=$POD_NET
 SERVICE_CIDR=$SERVICE_CIDR
 ETCD_ENDPOINT=http://127.0.0.1:$ETCD_PORT
 CONTROL_PLANE_BIN=$CP
@@ -235,7 +244,7 @@ start kube-scheduler "$CP/kube-scheduler" \
 # keystead.test/two-racks puts the three Nodes in two domains (r1: a and c, r2: b), for the
 # test that asks for three partitions in two topology domains.
 start node-agent "$KEYSTEAD_BIN_DIR/keystead-node-agent" \
-  --kubeconfig "$DIR/kubeconfig" --dir "$DIR/agent" --pod-network "127.$NET" \
+  --kubeconfig "$DIR/kubeconfig" --dir "$DIR/agent" --pod-network "$POD_NET" \
   --node node-a=zone-a,keystead.test/two-racks=r1 \
   --node node-b=zone-b,keystead.test/two-racks=r2 \
   --node node-c=zone-c,keystead.test/two-racks=r1 \

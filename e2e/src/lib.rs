@@ -1,6 +1,11 @@
-//! Helpers of the kind end-to-end suite (see `e2e/README.md`): a namespace per test (kept
-//! and dumped on failure), waits on conditions with deadlines, `kubectl` / `kubectl hsm`
-//! runners and a port-forward to a pool.
+//! Helpers of the end-to-end suites (see `e2e/README.md`): the cluster (the dev cluster's
+//! real control plane, or kind), a namespace per test (kept and dumped on failure), waits on
+//! conditions with deadlines, `kubectl` / `kubectl hsm` runners and a port-forward to a pool.
+
+pub mod cluster;
+pub mod pool;
+
+pub use cluster::Cluster;
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Namespace;
@@ -19,14 +24,19 @@ pub const KEEP_ENV: &str = "KEYSTEAD_E2E_KEEP";
 pub struct TestNamespace {
     pub name: String,
     pub client: Client,
+    pub cluster: Cluster,
     passed: bool,
 }
 
 impl TestNamespace {
+    /// A namespace in the cluster of the current kubeconfig (the kind suite).
     pub async fn create(prefix: &str) -> anyhow::Result<Self> {
-        let client = Client::try_default()
-            .await
-            .context("no kubeconfig: run e2e/run.sh, which creates the kind cluster")?;
+        Self::create_in(&Cluster::current().await?, prefix).await
+    }
+
+    /// A namespace in `cluster`.
+    pub async fn create_in(cluster: &Cluster, prefix: &str) -> anyhow::Result<Self> {
+        let client = cluster.client.clone();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("e2e-{prefix}-{}", &suffix[..6]);
         let ns: Namespace = serde_json::from_value(serde_json::json!({
@@ -38,6 +48,7 @@ impl TestNamespace {
         Ok(Self {
             name,
             client,
+            cluster: cluster.clone(),
             passed: false,
         })
     }
@@ -70,25 +81,8 @@ impl TestNamespace {
             vec!["get", "managedhsm,securitydomain", "-n", ns, "-o", "yaml"],
             vec!["get", "events", "-n", ns, "--sort-by=.lastTimestamp"],
             vec!["describe", "pods", "-n", ns],
-            vec![
-                "logs",
-                "-n",
-                ns,
-                "-l",
-                "app.kubernetes.io/name=keystead-partition",
-                "--tail=100",
-                "--prefix",
-            ],
-            vec![
-                "logs",
-                "-n",
-                "keystead-system",
-                "-l",
-                "app.kubernetes.io/name=keystead",
-                "--tail=200",
-            ],
         ] {
-            match Command::new("kubectl").args(&args).output() {
+            match self.cluster.kubectl().args(&args).output() {
                 Ok(o) => eprintln!(
                     "$ kubectl {}\n{}{}",
                     args.join(" "),
@@ -96,6 +90,32 @@ impl TestNamespace {
                     String::from_utf8_lossy(&o.stderr)
                 ),
                 Err(e) => eprintln!("kubectl {}: {e}", args.join(" ")),
+            }
+        }
+        for (namespace, selector) in [
+            (ns, "app.kubernetes.io/name=keystead-partition"),
+            ("keystead-system", "app.kubernetes.io/name=keystead"),
+        ] {
+            let pods = self
+                .cluster
+                .kubectl_ok(&[
+                    "get",
+                    "pods",
+                    "-n",
+                    namespace,
+                    "-l",
+                    selector,
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.name} {.metadata.uid}{\"\\n\"}{end}",
+                ])
+                .unwrap_or_default();
+            for line in pods.lines() {
+                if let Some((pod, uid)) = line.split_once(' ') {
+                    eprintln!(
+                        "--- log of {namespace}/{pod}\n{}",
+                        self.cluster.container_log(namespace, pod, uid, 80)
+                    );
+                }
             }
         }
     }
@@ -112,7 +132,9 @@ impl Drop for TestNamespace {
         if keep {
             return;
         }
-        let _ = Command::new("kubectl")
+        let _ = self
+            .cluster
+            .kubectl()
             .args(["delete", "namespace", &self.name, "--wait=false"])
             .status();
     }

@@ -31,8 +31,8 @@ struct Cli {
     /// A Node to register and serve: NAME=ZONE[,LABEL=VALUE...]. Repeat for more Nodes.
     #[arg(long = "node", required = true)]
     nodes: Vec<String>,
-    /// First two octets of the pod addresses, 127.A.B.0/16 style: "127.A" gives 127.A.x.y.
-    #[arg(long, default_value = "127.10")]
+    /// First two octets of the pod addresses, in 100.64.0.0/10: "100.N" gives 100.N.x.y.
+    #[arg(long, default_value = "100.64")]
     pod_network: String,
     /// An image the agent can run: REPOSITORY-BASENAME=BINARY (the image `reg/x/NAME:tag`
     /// runs BINARY). Repeat for more images.
@@ -140,26 +140,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracing::info!("stopping: every container gets SIGTERM");
     pods::stop_all(&runs).await;
+    agent.addresses.release_all();
     Ok(())
 }
 
 fn parse_network(s: &str) -> anyhow::Result<[u8; 2]> {
-    let parts: Vec<&str> = s.split('.').collect();
-    match parts.as_slice() {
-        ["127", a] => {
-            let a: u8 = a
-                .parse()
-                .context("--pod-network: 127.A with A in 1..=254")?;
-            if a == 0 || a == 255 {
-                bail!("--pod-network: 127.A with A in 1..=254");
-            }
-            Ok([127, a])
-        }
-        _ => bail!("--pod-network {s}: expected 127.A (pods get 127.A.x.y)"),
+    let usage =
+        || format!("--pod-network {s}: expected 100.N with N in 64..=127 (pods get 100.N.x.y)");
+    let Some(("100", n)) = s.split_once('.') else {
+        bail!(usage());
+    };
+    match n.parse::<u8>() {
+        Ok(n) if (64..=127).contains(&n) => Ok([100, n]),
+        _ => bail!(usage()),
     }
 }
 
-/// `127.A` + index → a pod address (index 1.. maps to 127.A.0.1, ...; .0 and .255 skipped).
+/// `A.B` + index → a pod address (index 0 is A.B.0.1; .0 and .255 are skipped).
 pub fn pod_ip(net: [u8; 2], index: u32) -> Ipv4Addr {
     let per = 254u32;
     let hi = index / per;
