@@ -4,6 +4,8 @@
 #                           linearizability (hours; see docs/reliability.md)
 #   KEYSTEAD_FUZZ_SECONDS=600 scripts/fuzz.sh   the long fuzzing run (the smoke run is below)
 #   e2e/run.sh              the kind end-to-end suite (needs Docker and kind)
+# The e2e tests on a real control plane (e2e/tests/cluster.rs) are part of the default run:
+# this script starts the dev cluster (scripts/dev-cluster.sh) and stops it at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +16,21 @@ bash scripts/install-tools.sh
 bash scripts/start-object-stores.sh >/dev/null
 trap 'bash scripts/start-object-stores.sh stop' EXIT
 
-echo "== Rust tests (unit, property, integration on real processes)"
+echo "== build (one profile: the workspace, its tests and binaries)"
+cargo nextest run --workspace --no-run
+
+echo "== the real control plane (scripts/dev-cluster.sh; docs/dev-cluster.md)"
+# kube-apiserver, kube-controller-manager, kube-scheduler and etcd built from the Kubernetes
+# Go modules (cached in .tools/ by version), the node agent with three Nodes, the chart
+# installed with helm. The e2e tests (e2e/tests/cluster.rs) run on it, each in a namespace.
+DEV_CLUSTER="$(pwd)/target/dev-cluster"
+bash scripts/dev-cluster.sh down "$DEV_CLUSTER" >/dev/null 2>&1 || true
+rm -rf "$DEV_CLUSTER"
+KEYSTEAD_BIN_DIR="$(pwd)/target/debug" bash scripts/dev-cluster.sh up "$DEV_CLUSTER" >/dev/null
+export KEYSTEAD_DEV_CLUSTER="$DEV_CLUSTER"
+trap 'bash scripts/dev-cluster.sh down "$DEV_CLUSTER" >/dev/null 2>&1; bash scripts/start-object-stores.sh stop' EXIT
+
+echo "== Rust tests (unit, property, integration on real processes, e2e on the dev cluster)"
 cargo nextest run --workspace --no-fail-fast --failure-output final
 
 if [ "${KEYSTEAD_LONG_FAULTS:-}" = "1" ]; then

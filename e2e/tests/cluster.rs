@@ -162,6 +162,7 @@ async fn activated_pool(
 async fn provisioning_ceremony_and_keys_through_the_service_with_the_azure_sdk()
 -> anyhow::Result<()> {
     let cluster = Cluster::dev().await?;
+    let operators_before = operator_pods(&cluster).await?;
     let ns = TestNamespace::create_in(&cluster, "provision").await?;
     let pool = Pool::create(ns, json!({})).await?;
 
@@ -236,6 +237,16 @@ async fn provisioning_ceremony_and_keys_through_the_service_with_the_azure_sdk()
     let (waited, custodians) = tokio::join!(waiter, pool.activate());
     let custodians = custodians?;
     let waited = waited?;
+    // One ceremony, one download: a second one would re-split the domain (a re-download).
+    // (Unless the operator was restarted meanwhile by the restart test running beside this
+    // one: a download whose Secret was not written yet is then made again, and reported.)
+    let st = pool.status().await;
+    if operator_pods(&cluster).await? == operators_before {
+        ensure!(
+            st["securityDomainRedownloads"].as_u64().unwrap_or(0) == 0,
+            "the ceremony downloaded the domain more than once: {st:#}"
+        );
+    }
     ensure!(
         waited.status.success(),
         "kubectl wait: {}{}",
@@ -647,6 +658,135 @@ async fn rolling_upgrade_then_delete_collects_children_keeps_data_and_recovers_t
     for name in PODS {
         key_served_by(&pool, name, &app, "k1").await?;
     }
+    pool.ns.pass();
+    Ok(())
+}
+
+/// The uids of the operator's pods.
+async fn operator_pods(cluster: &Cluster) -> anyhow::Result<BTreeSet<String>> {
+    let operators: Api<Pod> = Api::namespaced(cluster.client.clone(), "keystead-system");
+    let selector = ListParams::default().labels("app.kubernetes.io/name=keystead");
+    Ok(operators
+        .list(&selector)
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.uid)
+        .collect())
+}
+
+/// Writes (create, update, patch, delete) by the operator's service account to objects in
+/// namespace `ns`, from the API server's audit log after byte `from`.
+fn operator_writes(cluster: &Cluster, ns: &str, from: u64) -> anyhow::Result<Vec<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = cluster.audit_log().context("the dev cluster's audit log")?;
+    let mut f = std::fs::File::open(&path)?;
+    let len = f.metadata()?.len();
+    if len < from {
+        bail!("the audit log was rotated during the measurement");
+    }
+    f.seek(SeekFrom::Start(from))?;
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    let mut writes = Vec::new();
+    for line in text.lines() {
+        let Ok(e) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let verb = e["verb"].as_str().unwrap_or_default();
+        if e["user"]["username"] == "system:serviceaccount:keystead-system:keystead"
+            && e["objectRef"]["namespace"] == ns
+            && matches!(
+                verb,
+                "create" | "update" | "patch" | "delete" | "deletecollection"
+            )
+        {
+            writes.push(format!(
+                "{verb} {}/{} {}",
+                e["objectRef"]["resource"].as_str().unwrap_or_default(),
+                e["objectRef"]["name"].as_str().unwrap_or_default(),
+                e["objectRef"]["subresource"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    Ok(writes)
+}
+
+fn audit_len(cluster: &Cluster) -> anyhow::Result<u64> {
+    let path = cluster.audit_log().context("the dev cluster's audit log")?;
+    Ok(std::fs::metadata(path)?.len())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_restarted_mid_ceremony_finishes_it_and_an_idle_pool_costs_no_writes()
+-> anyhow::Result<()> {
+    let cluster = Cluster::dev().await?;
+    let ns = TestNamespace::create_in(&cluster, "restart").await?;
+    let pool = Pool::create(ns, json!({})).await?;
+    pool.provisioned().await?;
+
+    // The ceremony starts, and the operator's pod is deleted at once: the Deployment
+    // brings a new one, which takes the leader Lease and finishes the ceremony.
+    let operators: Api<Pod> = Api::namespaced(cluster.client.clone(), "keystead-system");
+    let selector = ListParams::default().labels("app.kubernetes.io/name=keystead");
+    let before = operator_pods(&cluster).await?;
+    let ceremony = pool.activate();
+    let restart = async {
+        operators
+            .delete_collection(&DeleteParams::default(), &selector)
+            .await?;
+        anyhow::Ok(())
+    };
+    let (custodians, restarted) = tokio::join!(ceremony, restart);
+    restarted?;
+    custodians?;
+    let now: Vec<Pod> = operators.list(&selector).await?.items;
+    ensure!(
+        now.iter()
+            .any(|p| p.metadata.uid.as_ref().is_some_and(|u| !before.contains(u)) && ready(p)),
+        "a new operator pod finished the ceremony"
+    );
+    let admin = pool.token(ADMIN_SA).await?;
+    let app = pool.token(APP_SA).await?;
+    let http = pool.http().await?;
+    http.assign_role(&admin, CRYPTO_USER, &pool.principal(APP_SA))
+        .await?;
+    let (s, v) = http
+        .call_until_served(
+            &app,
+            Method::POST,
+            "/keys/k1/create",
+            Some(json!({"kty": "EC", "crv": "P-256"})),
+            Duration::from_secs(30),
+        )
+        .await;
+    ensure!(s == StatusCode::OK, "create k1: {s} {v}");
+
+    // Idle: once the operator has settled (10 s without a write to this namespace), it
+    // makes no write for 60 s (counted from the API server's audit log; its leader Lease
+    // renewals live in its own namespace).
+    let ns = pool.ns.name.clone();
+    let settle_deadline = Instant::now() + Duration::from_secs(180);
+    let start = loop {
+        let mark = audit_len(&cluster)?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let writes = operator_writes(&cluster, &ns, mark)?;
+        if writes.is_empty() {
+            break audit_len(&cluster)?;
+        }
+        ensure!(
+            Instant::now() < settle_deadline,
+            "the operator keeps writing to an idle pool: {writes:?}"
+        );
+    };
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let writes = operator_writes(&cluster, &ns, start)?;
+    ensure!(
+        writes.is_empty(),
+        "writes by the operator to an idle pool in 60 s: {writes:?}"
+    );
+    // The pool still serves: the measurement did not just catch a stopped operator.
+    http.sign_and_verify(&app, "k1").await?;
     pool.ns.pass();
     Ok(())
 }

@@ -26,6 +26,7 @@ pub enum Reason {
     // PartitionsHealthy
     AllPartitionsHealthy,
     PartitionsStarting,
+    PartitionUnschedulable,
     PartitionUnhealthy,
     Healing,
     RollingUpgrade,
@@ -56,6 +57,7 @@ impl Reason {
             Self::QuorumLost => "QuorumLost",
             Self::AllPartitionsHealthy => "AllPartitionsHealthy",
             Self::PartitionsStarting => "PartitionsStarting",
+            Self::PartitionUnschedulable => "PartitionUnschedulable",
             Self::PartitionUnhealthy => "PartitionUnhealthy",
             Self::Healing => "Healing",
             Self::RollingUpgrade => "RollingUpgrade",

@@ -304,6 +304,21 @@ pub fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// The scheduler's message for a pod it cannot place (`PodScheduled` False, `Unschedulable`).
+fn unschedulable(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        })
+        .map(|c| c.message.clone().unwrap_or_else(|| "no node fits".into()))
+}
+
 fn data_lost(pvc: Option<&PersistentVolumeClaim>, pod: Option<&Pod>) -> bool {
     let lost = pvc
         .and_then(|p| p.status.as_ref())
@@ -393,6 +408,7 @@ async fn observe(
             data_lost: data_lost(pvc.as_ref(), pod.as_ref()),
             admin,
             admin_error,
+            unschedulable: pod.as_ref().and_then(unschedulable),
         });
     }
     decide::fill_replication(&mut out);

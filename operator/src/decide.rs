@@ -165,6 +165,9 @@ pub struct ObservedPartition {
     pub admin: Option<AdminStatus>,
     /// Why the admin API could not be read (no secrets in it).
     pub admin_error: Option<String>,
+    /// The scheduler's message when the pod cannot be placed (its `PodScheduled` condition
+    /// is False with reason `Unschedulable`).
+    pub unschedulable: Option<String>,
 }
 
 impl ObservedPartition {
@@ -189,6 +192,8 @@ impl ObservedPartition {
             Some("pod does not exist".into())
         } else if self.pod_terminating {
             Some("pod is terminating".into())
+        } else if let Some(why) = self.unschedulable.as_ref().filter(|_| !self.pod_ready) {
+            Some(format!("pod cannot be scheduled: {why}"))
         } else if !self.pod_ready {
             Some("pod is not Ready".into())
         } else if let Some(e) = &self.admin_error {
@@ -360,12 +365,36 @@ pub fn derive_status(
         .filter(|p| !ok(p))
         .map(|p| p.name.as_str())
         .collect();
+    let unschedulable: Vec<String> = observed
+        .iter()
+        .filter(|p| !p.pod_ready)
+        .filter_map(|p| {
+            Some(format!(
+                "{} cannot be scheduled: {}",
+                p.name,
+                p.unschedulable.as_ref()?
+            ))
+        })
+        .collect();
     let ph = if healthy == n && n > 0 {
         Cond::new(
             c::PARTITIONS_HEALTHY,
             Status::True,
             Reason::AllPartitionsHealthy,
             format!("{healthy}/{n} partitions healthy"),
+        )
+    } else if !unschedulable.is_empty() {
+        // The scheduler's own words, and what usually causes it here: fewer topology
+        // domains (spec.topologyKey) than partitions under required anti-affinity.
+        Cond::new(
+            c::PARTITIONS_HEALTHY,
+            Status::False,
+            Reason::PartitionUnschedulable,
+            format!(
+                "{healthy}/{n} partitions healthy; {}. With antiAffinity Required every partition needs its own value of node label {}: add nodes in more domains, or set antiAffinity: Preferred",
+                unschedulable.join("; "),
+                spec.topology_key
+            ),
         )
     } else if !is_activated && sd.reason != Reason::RecoveryPending && healthy < n && !overdue {
         Cond::new(

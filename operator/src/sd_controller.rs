@@ -364,8 +364,20 @@ async fn reconcile_inner(sd: &SecurityDomain, ctx: &Context) -> Result<Requeue, 
                 }
             };
             let domain_secret = format!("{}-domain", sd.name_any());
-            let done = prev.phase == Some(SecurityDomainPhase::Activated)
-                && prev.wrapping_key_thumbprints == custodians.thumbprints
+            let finished = |st: &SecurityDomainStatus| {
+                st.phase == Some(SecurityDomainPhase::Activated)
+                    && st.wrapping_key_thumbprints == custodians.thumbprints
+            };
+            // The watch cache may lag behind this controller's own last status write (a
+            // reconcile triggered by the domain Secret it just created sees the old status):
+            // a download is made only when the API server's current status says it is not
+            // done, or every such reconcile would re-split the domain (a re-download).
+            let current = Api::<SecurityDomain>::namespaced(ctx.client.clone(), &ns)
+                .get_opt(&sd.name_any())
+                .await?
+                .and_then(|s| s.status)
+                .unwrap_or_default();
+            let done = (finished(&prev) || finished(&current))
                 && secrets.get_opt(&domain_secret).await?.is_some();
             if done {
                 return Ok(Requeue::requeue(Duration::from_secs(600)));
