@@ -20,7 +20,13 @@ use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+#[path = "../../tests/support/object_stores.rs"]
+mod object_stores;
+
 const PODS: [&str; 3] = ["pool-0", "pool-1", "pool-2"];
+/// The storage emulator's published development key (not a secret).
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// Poll `probe` every 250 ms until it returns `Some`; fail with `what` at the deadline.
 async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> anyhow::Result<T>
@@ -786,6 +792,135 @@ async fn an_operator_restarted_mid_ceremony_finishes_it_and_an_idle_pool_costs_n
         "writes by the operator to an idle pool in 60 s: {writes:?}"
     );
     // The pool still serves: the measurement did not just catch a stopped operator.
+    http.sign_and_verify(&app, "k1").await?;
+    pool.ns.pass();
+    Ok(())
+}
+
+/// Wait until the job `name` (`Backup` or `Restore`) has phase `Succeeded`; its status.
+async fn job_succeeded<K>(api: &Api<K>, name: &str, limit: Duration) -> anyhow::Result<Value>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    let mut last = Value::Null;
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(o) = api.get_opt(name).await? {
+            last = serde_json::to_value(&o)?["status"].clone();
+            if last["phase"] == "Succeeded" {
+                return Ok(last);
+            }
+            ensure!(last["phase"] != "Failed", "{name} failed: {last:#}");
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{name} not Succeeded within {limit:?}: {last:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_restore()
+-> anyhow::Result<()> {
+    use keystead_operator::crd::{Backup, BackupSchedule, Restore};
+    let cluster = Cluster::dev().await?;
+    let stores = object_stores::object_stores();
+    let var = |k: &str| {
+        stores
+            .get(k)
+            .cloned()
+            .with_context(|| format!("{k} in {stores:?}"))
+    };
+    let (s3_endpoint, bucket, azurite) = (
+        var("KEYSTEAD_TEST_S3_ENDPOINT")?,
+        var("KEYSTEAD_TEST_S3_BUCKET")?,
+        var("KEYSTEAD_TEST_AZURITE_URL")?,
+    );
+    let (pool, app, _) = activated_pool(&cluster, "backup", json!({})).await?;
+    let prefix = uuid::Uuid::new_v4().simple().to_string();
+    let secrets: Api<Secret> = pool.ns.api();
+    for (name, data) in [
+        (
+            "s3-credentials",
+            json!({"AWS_ACCESS_KEY_ID": format!("AKIA{}", &prefix[..16].to_uppercase()),
+                   "AWS_SECRET_ACCESS_KEY": prefix.clone()}),
+        ),
+        ("azure-credentials", json!({"accountKey": AZURITE_KEY})),
+    ] {
+        let secret: Secret =
+            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data}))?;
+        secrets.create(&Default::default(), &secret).await?;
+    }
+    let s3 = json!({"s3": {"bucket": bucket, "prefix": format!("{prefix}/s3"), "endpoint": s3_endpoint,
+                           "region": "us-east-1", "credentials": {"name": "s3-credentials"}}});
+    let azure = json!({"azureBlob": {"containerUri": azurite, "prefix": format!("{prefix}/azure"),
+                                     "credentials": {"name": "azure-credentials"}}});
+    let backups: Api<Backup> = pool.ns.api();
+    for (name, destination) in [("to-s3", &s3), ("to-azure", &azure)] {
+        let b: Backup = serde_json::from_value(json!({
+            "apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
+            "metadata": {"name": name},
+            "spec": {"hsmRef": {"name": POOL}, "destination": destination},
+        }))?;
+        backups.create(&Default::default(), &b).await?;
+    }
+    let st = job_succeeded(&backups, "to-s3", Duration::from_secs(180)).await?;
+    ensure!(
+        st["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with(&format!("s3://{bucket}/{prefix}/s3/"))),
+        "{st:#}"
+    );
+    let fingerprint = pool.status().await["securityDomainFingerprint"].clone();
+    ensure!(st["securityDomainFingerprint"] == fingerprint, "{st:#}");
+    job_succeeded(&backups, "to-azure", Duration::from_secs(180)).await?;
+
+    // A schedule with an immediate first run makes a Backup of its own, which succeeds.
+    let schedules: Api<BackupSchedule> = pool.ns.api();
+    let bs: BackupSchedule = serde_json::from_value(json!({
+        "apiVersion": "keystead.io/v1alpha1", "kind": "BackupSchedule",
+        "metadata": {"name": "nightly"},
+        "spec": {"hsmRef": {"name": POOL}, "schedule": "0 2 * * *", "immediate": true,
+                 "destination": s3, "retention": {"maxCount": 3}},
+    }))?;
+    schedules.create(&Default::default(), &bs).await?;
+    let scheduled = eventually(
+        "a Backup made by the schedule",
+        Duration::from_secs(120),
+        || async {
+            let list = backups
+                .list(&ListParams::default().labels("keystead.io/backup-schedule=nightly"))
+                .await?;
+            Ok(list.items.first().and_then(|b| b.metadata.name.clone()))
+        },
+    )
+    .await?;
+    job_succeeded(&backups, &scheduled, Duration::from_secs(180)).await?;
+
+    // The key is deleted; a full Restore of the Azure backup brings it back.
+    let http = pool.http().await?;
+    let (s, v) = http
+        .call_until_served(
+            &app,
+            Method::DELETE,
+            "/keys/k1",
+            None,
+            Duration::from_secs(30),
+        )
+        .await;
+    ensure!(s == StatusCode::OK, "delete k1: {s} {v}");
+    let restores: Api<Restore> = pool.ns.api();
+    let r: Restore = serde_json::from_value(json!({
+        "apiVersion": "keystead.io/v1alpha1", "kind": "Restore",
+        "metadata": {"name": "back"},
+        "spec": {"hsmRef": {"name": POOL}, "backupName": "to-azure"},
+    }))?;
+    restores.create(&Default::default(), &r).await?;
+    job_succeeded(&restores, "back", Duration::from_secs(180)).await?;
+    for name in PODS {
+        key_served_by(&pool, name, &app, "k1").await?;
+    }
     http.sign_and_verify(&app, "k1").await?;
     pool.ns.pass();
     Ok(())
