@@ -256,7 +256,8 @@ wait_for 60 "three Ready Nodes" bash -c \
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata:
-  name: keystead-local
+  # The name kind gives its default class, so manifests written for kind work here too.
+  name: standard
   annotations:
     storageclass.kubernetes.io/is-default-class: "true"
 provisioner: keystead.dev/local-directory
@@ -274,6 +275,23 @@ log "helm install keystead (namespace keystead-system)"
   --set-json 'extraEnv=[{"name":"KEYSTEAD_SERVICE_ACCOUNT_ISSUER","value":"'"$API"'"},{"name":"KEYSTEAD_ALLOW_LOOPBACK_STORAGE_ENDPOINTS","value":"true"}]' \
   --wait --timeout 180s >"$DIR/logs/helm-install.log" 2>&1 ||
   die "helm install failed: $(tail -5 "$DIR/logs/helm-install.log")"
+# What docs/examples/managedhsm.yaml needs besides the pools: their namespaces, the shared
+# backup claim of contoso-hsm and the sealing-key Secret of dev-hsm (32 random bytes).
+"${KUBECTL[@]}" create namespace keystead-pools >/dev/null
+"${KUBECTL[@]}" create namespace keystead-dev >/dev/null
+"${KUBECTL[@]}" -n keystead-pools apply -f - >/dev/null <<'EOF'
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: hsm-backups
+spec:
+  accessModes: [ReadWriteMany]
+  resources:
+    requests:
+      storage: 1Gi
+EOF
+head -c 32 /dev/urandom | "${KUBECTL[@]}" -n keystead-dev create secret generic \
+  dev-hsm-sealing-key --from-file=sealing-key=/dev/stdin >/dev/null
 trap - EXIT
 log "ready: export KUBECONFIG=$DIR/kubeconfig   (stop: scripts/dev-cluster.sh down $DIR)"
 echo "$DIR/kubeconfig"

@@ -39,7 +39,7 @@ struct Cli {
     #[arg(long = "image")]
     images: Vec<String>,
     /// The StorageClass whose claims the agent provisions as host directories.
-    #[arg(long, default_value = "keystead-local")]
+    #[arg(long, default_value = "standard")]
     storage_class: String,
     /// Cluster DNS domain of the pod names handed to partitions.
     #[arg(long, default_value = "cluster.local")]
