@@ -58,6 +58,12 @@ pub enum Error {
 }
 
 impl Error {
+    /// The API server refused a create because the namespace is being deleted.
+    pub fn namespace_terminating(&self) -> bool {
+        matches!(self, Self::Kube(kube::Error::Api(e))
+            if e.code == 403 && e.message.contains("because it is being terminated"))
+    }
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube(kube::Error::Api(e)) if e.code == 409 => "conflict",
@@ -117,6 +123,12 @@ pub async fn reconcile(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeu
 
 pub fn error_policy(hsm: Arc<ManagedHsm>, error: &Error, ctx: Arc<Context>) -> Requeue {
     ctx.metrics.failure(CONTROLLER, error.metric_label());
+    if error.namespace_terminating() {
+        // The namespace is being deleted: its objects go with it, the ManagedHsm's finalizer
+        // runs when its turn comes. Nothing to repair, nothing to warn about.
+        tracing::debug!(pool = %hsm.name_any(), namespace = ?hsm.namespace(), "namespace terminating; children not re-created");
+        return Requeue::requeue(Duration::from_secs(60));
+    }
     tracing::warn!(pool = %hsm.name_any(), namespace = ?hsm.namespace(), reason = error.metric_label(), error = %error, "reconcile failed");
     Requeue::requeue(Duration::from_secs(15))
 }

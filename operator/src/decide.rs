@@ -478,8 +478,12 @@ pub fn derive_status(
         "no backup of this pool has completed",
     );
 
-    if ph.status != Status::True && requeue.is_none() {
-        requeue = Some(Duration::from_secs(10));
+    // While a partition is not healthy the pool is looked at again within 10 s, whatever
+    // the healing threshold: a partition that recovers on its own (a follower loading the
+    // domain from a peer) must show in the status at once, not when healing would be due.
+    if ph.status != Status::True {
+        let d = Duration::from_secs(10);
+        requeue = Some(requeue.map_or(d, |r| r.min(d)));
     }
     Derived {
         conditions: vec![ready, ph, sd, backup],
