@@ -97,20 +97,9 @@ impl Cluster {
 
     /// Run `kubectl ARGS`, failing with its output when it fails.
     pub fn kubectl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self
-            .kubectl()
-            .args(args)
-            .output()
-            .context("cannot run kubectl")?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let mut cmd = self.kubectl();
+        cmd.args(args);
+        crate::output_of(cmd, &format!("kubectl {}", args.join(" ")))
     }
 
     /// The node agent's directory of a pod (dev cluster): `pid`, `container.log`, volumes.

@@ -188,14 +188,17 @@ pub fn condition_true(
 
 /// Run a command, failing with its output when it fails.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    output_of(cmd, &format!("{program} {}", args.join(" ")))
+}
+
+/// The stdout of a finished command, or an error with everything it printed.
+pub fn output_of(mut cmd: Command, what: &str) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
     if !out.status.success() {
         bail!(
-            "{program} {} failed: {}{}",
-            args.join(" "),
+            "{what} failed: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use keystead_core::sd::CustodianPrivateKey;
-use keystead_e2e::pool::{ADMIN_SA, APP_SA, CRYPTO_USER, POOL, Pool};
+use keystead_e2e::pool::{ADMIN_SA, APP_SA, CRYPTO_USER, POOL, Pool, PoolHttp};
 use keystead_e2e::{Cluster, TestNamespace};
 use keystead_operator::crd::SecurityDomain;
 use kube::Api;
@@ -146,6 +146,13 @@ async fn activated_pool(
     let pool = Pool::create(ns, extra).await?;
     pool.provisioned().await?;
     let custodians = pool.activate().await?;
+    let (app, _) = first_key(&pool).await?;
+    Ok((pool, app, custodians))
+}
+
+/// The administrator grants the application Crypto User; the application creates EC key
+/// `k1` through the Service. Returns the application's token and the client.
+async fn first_key(pool: &Pool) -> anyhow::Result<(String, PoolHttp)> {
     let admin = pool.token(ADMIN_SA).await?;
     let app = pool.token(APP_SA).await?;
     let http = pool.http().await?;
@@ -161,7 +168,7 @@ async fn activated_pool(
         )
         .await;
     ensure!(s == StatusCode::OK, "create k1: {s} {v}");
-    Ok((pool, app, custodians))
+    Ok((app, http))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -752,21 +759,7 @@ async fn an_operator_restarted_mid_ceremony_finishes_it_and_an_idle_pool_costs_n
             .any(|p| p.metadata.uid.as_ref().is_some_and(|u| !before.contains(u)) && ready(p)),
         "a new operator pod finished the ceremony"
     );
-    let admin = pool.token(ADMIN_SA).await?;
-    let app = pool.token(APP_SA).await?;
-    let http = pool.http().await?;
-    http.assign_role(&admin, CRYPTO_USER, &pool.principal(APP_SA))
-        .await?;
-    let (s, v) = http
-        .call_until_served(
-            &app,
-            Method::POST,
-            "/keys/k1/create",
-            Some(json!({"kty": "EC", "crv": "P-256"})),
-            Duration::from_secs(30),
-        )
-        .await;
-    ensure!(s == StatusCode::OK, "create k1: {s} {v}");
+    let (app, http) = first_key(&pool).await?;
 
     // Idle: once the operator has settled (10 s without a write to this namespace), it
     // makes no write for 60 s (counted from the API server's audit log; its leader Lease
