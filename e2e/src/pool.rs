@@ -20,6 +20,11 @@ pub const ADMIN_SA: &str = "hsm-admin";
 pub const APP_SA: &str = "hsm-app";
 pub const CRYPTO_USER: &str = "Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/21dbd100-6940-42c2-9190-5d6cb909625b";
 
+/// The full role definition id of a built-in role (`keystead_core::rbac::*_ROLE_ID`).
+pub fn role_definition(id: &str) -> String {
+    format!("Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/{id}")
+}
+
 /// Three custodians: (certificate PEM, PKCS#8 private key).
 pub fn custodians() -> Vec<(String, Vec<u8>)> {
     (0..3)

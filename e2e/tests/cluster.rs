@@ -915,6 +915,59 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
         key_served_by(&pool, name, &app, "k1").await?;
     }
     http.sign_and_verify(&app, "k1").await?;
+
+    // A single-key Backup to S3; the key deleted and purged; a selective Restore of it,
+    // which takes no restore point of the whole pool.
+    let b: Backup = serde_json::from_value(json!({
+        "apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
+        "metadata": {"name": "k1-only"},
+        "spec": {"hsmRef": {"name": POOL}, "keyName": "k1", "destination": s3},
+    }))?;
+    backups.create(&Default::default(), &b).await?;
+    let st = job_succeeded(&backups, "k1-only", Duration::from_secs(180)).await?;
+    ensure!(st["keyCount"] == 1, "{st:#}");
+    let public = |v: &Value| v["key"]["x"].clone();
+    let (_, before) = http.call(&app, Method::GET, "/keys/k1", None).await;
+    let admin = pool.token(ADMIN_SA).await?;
+    let officer = keystead_e2e::pool::role_definition(keystead_core::rbac::CRYPTO_OFFICER_ROLE_ID);
+    http.assign_role(&admin, &officer, &pool.principal(ADMIN_SA))
+        .await?;
+    let (s, v) = http
+        .call_until_served(
+            &app,
+            Method::DELETE,
+            "/keys/k1",
+            None,
+            Duration::from_secs(30),
+        )
+        .await;
+    ensure!(s == StatusCode::OK, "delete k1: {s} {v}");
+    eventually("k1 purged", Duration::from_secs(60), || async {
+        let (s, _) = http
+            .call(&admin, Method::DELETE, "/deletedkeys/k1", None)
+            .await;
+        Ok(matches!(s, StatusCode::NO_CONTENT | StatusCode::OK).then_some(()))
+    })
+    .await?;
+    let r: Restore = serde_json::from_value(json!({
+        "apiVersion": "keystead.io/v1alpha1", "kind": "Restore",
+        "metadata": {"name": "k1-back"},
+        "spec": {"hsmRef": {"name": POOL}, "backupName": "k1-only", "keyName": "k1"},
+    }))?;
+    restores.create(&Default::default(), &r).await?;
+    let st = job_succeeded(&restores, "k1-back", Duration::from_secs(180)).await?;
+    ensure!(
+        st["restorePoint"].is_null(),
+        "a selective restore takes no restore point: {st:#}"
+    );
+    for name in PODS {
+        key_served_by(&pool, name, &app, "k1").await?;
+    }
+    let (_, after) = http.call(&app, Method::GET, "/keys/k1", None).await;
+    ensure!(
+        public(&after) == public(&before),
+        "the same key is back: {after}"
+    );
     pool.ns.pass();
     Ok(())
 }
