@@ -14,7 +14,6 @@ use crate::config::{
 use crate::pki;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -55,13 +54,7 @@ pub struct LocalOptions {
     pub pool_name: String,
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = crate::store::restricted_create(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
-}
+use crate::fsutil::write_private;
 
 /// A free loopback TCP port (for a new partition).
 pub fn free_port() -> anyhow::Result<u16> {

@@ -1,7 +1,7 @@
 //! `keystead-partition`: one HSM partition, or a whole local pool.
 
 use clap::{Parser, Subcommand};
-use keystead_partition::{app::App, config::PartitionConfig, local, server};
+use keystead_partition::{config::PartitionConfig, http::server, local, service::app::App};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]

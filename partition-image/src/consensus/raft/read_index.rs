@@ -10,7 +10,7 @@
 //! round trip instead of one per request; alone, a read waits for exactly one round, as
 //! before.
 
-use super::peer::PeerClient;
+use super::client::PeerClient;
 use super::{Raft, ReadIndexReply, member_url};
 use crate::config::PeerSettings;
 use openraft::error::{CheckIsLeaderError, RaftError};

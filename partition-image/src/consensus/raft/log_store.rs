@@ -70,18 +70,9 @@ fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageError::from(StorageIOError::write_logs(AnyError::new(&e)))
 }
 
-fn open_append(path: &Path) -> std::io::Result<File> {
-    let mut o = std::fs::OpenOptions::new();
-    o.append(true).create(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(path)
-}
+use crate::fsutil::restricted_append as open_append;
 
-pub(super) use crate::jsonl::{create_dir_durably, sync_dir};
+use crate::fsutil::{create_dir_durably, write_atomically};
 
 /// What replaying `log.jsonl` found.
 #[derive(Default)]
@@ -237,7 +228,6 @@ impl Inner {
 
     fn rewrite(&mut self) -> std::io::Result<()> {
         let path = self.dir.join("log.jsonl");
-        let tmp = self.dir.join("log.jsonl.tmp");
         let mut buf = Vec::new();
         let head = [
             self.last_purged.map(Op::Purge),
@@ -251,13 +241,7 @@ impl Inner {
             serde_json::to_writer(&mut buf, &Op::Append(e.clone()))?;
             buf.push(b'\n');
         }
-        {
-            let mut f = crate::store::restricted_create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        sync_dir(&self.dir)?;
+        write_atomically(&path, &buf)?;
         self.file = open_append(&path)?;
         Ok(())
     }
@@ -297,16 +281,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut i = self.lock();
         let path = i.dir.join("vote.json");
-        let tmp = i.dir.join("vote.json.tmp");
         let bytes = serde_json::to_vec(vote).map_err(io_err)?;
-        (|| -> std::io::Result<()> {
-            let mut f = crate::store::restricted_create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            sync_dir(&i.dir)
-        })()
-        .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::new(&e))))?;
+        write_atomically(&path, &bytes)
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::new(&e))))?;
         i.vote = Some(*vote);
         Ok(())
     }

@@ -757,6 +757,20 @@ impl PoolState {
     }
 }
 
+/// A change of this partition's state, as the keyring learns of it (to drop unwrapped key
+/// material that the state no longer holds).
+#[derive(Debug, Clone, Copy)]
+pub enum StateChange<'a> {
+    /// A command was applied (committed, on every partition) with this outcome.
+    Applied(&'a Command, &'a Outcome),
+    /// The whole state was replaced (a snapshot installed from a peer).
+    Replaced,
+}
+
+/// Called on every [`StateChange`], while the state's write lock is held (so a reader that
+/// holds the read lock sees the state and the hook's effect together).
+pub type ChangeHook = Box<dyn Fn(StateChange<'_>) + Send + Sync>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,9 @@
 //! The HTTPS listener: rustls (aws-lc-rs) in front of the axum router.
 
-use crate::api::{self, ClientAddr};
-use crate::app::App;
+use super as api;
 use crate::config::{DEFAULT_MAX_CONNECTIONS, Limits};
+use crate::service::app::App;
+use crate::tls::{ClientAddr, PeerCertName, cert_common_name};
 use axum::Router;
 use axum::routing::{any, get};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -22,8 +23,8 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
-        .route("/metrics", get(crate::replica::metrics::metrics))
-        .route("/internal/{*rest}", any(crate::replica::peer::handle))
+        .route("/metrics", get(super::metrics::metrics))
+        .route("/internal/{*rest}", any(crate::peer::handle))
         .fallback(any(api::handle))
         .with_state(app)
 }
@@ -148,12 +149,12 @@ async fn connection(
             return;
         }
     };
-    let cert_name = crate::replica::peer::PeerCertName(
+    let cert_name = PeerCertName(
         tls.get_ref()
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|c| crate::replica::peer::cert_common_name(c)),
+            .and_then(|c| cert_common_name(c)),
     );
     let activity = Arc::new(Activity::new());
     let svc = {

@@ -1,5 +1,6 @@
-//! Durable application of commands: an fsync'd command log plus snapshots in the partition's
-//! data directory. Holds only what [`PoolState`] holds: wrapped key material and metadata.
+//! The single-partition store of a pool of one: an fsync'd command log plus snapshots in the
+//! partition's data directory. Holds only what [`PoolState`] holds: wrapped key material and
+//! metadata.
 //!
 //! `commands.log` holds one JSON record per line, each fsync'd before its command is
 //! acknowledged. A record is complete once its line, newline included, is on disk. A crash in
@@ -9,34 +10,18 @@
 //! complete records after it is not a cut-off write: open refuses it, naming the file, the
 //! byte offset and what to do. A failed write is cut off the file at once; if even that
 //! fails, every later write is refused until the partition restarts.
-//!
-//! [`Store`] is what handlers use: either this single-partition log (a pool of one partition,
-//! no peers configured) or the Raft group of a replicated pool (`crate::replica`), which
-//! commits the same [`Command`]s through Raft before they reach [`PoolState::apply`].
 
-use crate::state::{Command, Outcome, PoolState, StateError};
+use super::ProposeError;
+use crate::fsutil::{create_dir_durably, restricted_append as open_log, write_atomically};
+use crate::state::{ChangeHook, Command, Outcome, PoolState, StateChange};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
 
 const SNAPSHOT_EVERY: u64 = 10_000;
-
-/// A change of this partition's state, as the keyring learns of it (to drop unwrapped key
-/// material that the state no longer holds).
-#[derive(Debug, Clone, Copy)]
-pub enum StateChange<'a> {
-    /// A command was applied (committed, on every partition) with this outcome.
-    Applied(&'a Command, &'a Outcome),
-    /// The whole state was replaced (a snapshot installed from a peer).
-    Replaced,
-}
-
-/// Called on every [`StateChange`], while the state's write lock is held (so a reader that
-/// holds the read lock sees the state and the hook's effect together).
-pub type ChangeHook = Box<dyn Fn(StateChange<'_>) + Send + Sync>;
 
 #[derive(Serialize, Deserialize)]
 struct LogEntry {
@@ -108,7 +93,7 @@ pub struct SingleStore {
     dir: PathBuf,
     state: RwLock<PoolState>,
     log: Mutex<Log>,
-    on_change: std::sync::OnceLock<ChangeHook>,
+    pub(super) on_change: std::sync::OnceLock<ChangeHook>,
 }
 
 impl std::fmt::Debug for SingleStore {
@@ -117,171 +102,6 @@ impl std::fmt::Debug for SingleStore {
             .field("dir", &self.dir)
             .finish()
     }
-}
-
-/// The partition's state: a single-partition log or the pool's Raft group.
-pub struct Store {
-    backend: Backend,
-}
-
-enum Backend {
-    Single(Box<SingleStore>),
-    Raft(Arc<crate::replica::Replica>),
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.backend {
-            Backend::Single(s) => s.fmt(f),
-            Backend::Raft(r) => r.fmt(f),
-        }
-    }
-}
-
-impl Store {
-    /// Open (or create) a single-partition store in `dir`.
-    pub fn open(dir: &Path) -> anyhow::Result<Arc<Store>> {
-        Ok(Arc::new(Store {
-            backend: Backend::Single(Box::new(SingleStore::open(dir)?)),
-        }))
-    }
-
-    /// A store backed by the pool's Raft group.
-    pub fn replicated(replica: Arc<crate::replica::Replica>) -> Arc<Store> {
-        Arc::new(Store {
-            backend: Backend::Raft(replica),
-        })
-    }
-
-    /// Register the hook told of every state change from now on (once; later calls are
-    /// ignored). The keyring uses it to evict key material on every partition.
-    pub fn on_change(&self, hook: ChangeHook) {
-        let _ = match &self.backend {
-            Backend::Single(s) => s.on_change.set(hook),
-            Backend::Raft(r) => r.sm.on_change.set(hook),
-        };
-    }
-
-    /// The Raft member, in a replicated pool.
-    pub fn replica(&self) -> Option<&Arc<crate::replica::Replica>> {
-        match &self.backend {
-            Backend::Single(_) => None,
-            Backend::Raft(r) => Some(r),
-        }
-    }
-
-    /// Read the current state (call [`Store::read_barrier`] first to see every committed
-    /// change in a replicated pool).
-    pub fn read(&self) -> RwLockReadGuard<'_, PoolState> {
-        match &self.backend {
-            Backend::Single(s) => s.read(),
-            Backend::Raft(r) => r.sm.state.read().unwrap_or_else(|p| p.into_inner()),
-        }
-    }
-
-    /// Index of the last applied command.
-    pub fn applied_index(&self) -> u64 {
-        match &self.backend {
-            Backend::Single(s) => s.applied_index(),
-            Backend::Raft(r) => r.sm.applied().map(|l| l.index).unwrap_or(0),
-        }
-    }
-
-    /// Commit a command (through the leader in a replicated pool) and apply it.
-    pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
-        match &self.backend {
-            Backend::Single(s) => s.propose(cmd),
-            Backend::Raft(r) => r.propose(cmd).await,
-        }
-    }
-
-    /// Commit a command on a single-partition store (synchronous; used at bootstrap).
-    pub fn propose_single(&self, cmd: Command) -> Result<Outcome, ProposeError> {
-        match &self.backend {
-            Backend::Single(s) => s.propose(cmd),
-            Backend::Raft(_) => Err(ProposeError::Storage(
-                "a replicated store commits asynchronously".into(),
-            )),
-        }
-    }
-
-    /// The read-index barrier alone (without waiting for the pool to be bootstrapped).
-    pub async fn read_barrier_raw(&self) -> Result<(), ProposeError> {
-        match &self.backend {
-            Backend::Single(_) => Ok(()),
-            Backend::Raft(r) => r.read_barrier().await,
-        }
-    }
-
-    /// Wait until this partition's state includes every change committed before the call
-    /// (read-index through the leader), and until the pool is bootstrapped.
-    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
-        let Backend::Raft(r) = &self.backend else {
-            return Ok(());
-        };
-        r.read_barrier().await?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !self.read().bootstrapped {
-            if std::time::Instant::now() >= deadline {
-                return Err(ProposeError::Storage(
-                    "the pool is not bootstrapped yet; its partitions are still forming the group"
-                        .into(),
-                ));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            r.read_barrier().await?;
-        }
-        Ok(())
-    }
-}
-
-/// Errors of a proposal: refused by the state machine, or not durable.
-#[derive(Debug, thiserror::Error)]
-pub enum ProposeError {
-    #[error(transparent)]
-    Refused(#[from] StateError),
-    #[error("the change could not be made durable: {0}")]
-    Storage(String),
-    /// The change may or may not have been committed (the leader was lost mid-way).
-    #[error("the outcome of the change is unknown: {0}")]
-    Uncertain(String),
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = restricted_create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        File::open(parent)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// Create (truncate) a file readable only by its owner.
-pub fn restricted_create(path: &Path) -> std::io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(path)
-}
-
-fn open_log(path: &Path) -> std::io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.append(true).create(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(path)
 }
 
 /// What replaying `commands.log` found.
@@ -336,7 +156,7 @@ impl SingleStore {
     /// An incomplete last record of the log (a write cut off by a crash) is cut off the
     /// file, durably, before anything is appended.
     pub fn open(dir: &Path) -> anyhow::Result<SingleStore> {
-        crate::jsonl::create_dir_durably(dir)?;
+        create_dir_durably(dir)?;
         let snap_path = dir.join("snapshot.json");
         let (state, index) = if snap_path.exists() {
             let snap: Snapshot = serde_json::from_slice(&std::fs::read(&snap_path)?)

@@ -7,9 +7,11 @@
 //! folder without its manifest is incomplete and is never restored, and a restore commits
 //! as one command or not at all.
 
+use crate::service::app::App;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 /// Finished jobs kept per process before the oldest are forgotten.
 const MAX_FINISHED: usize = 1000;
@@ -137,4 +139,25 @@ pub fn pool_lock(pool_id: &str) -> Arc<tokio::sync::Mutex<()>> {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     m.entry(pool_id.to_string()).or_default().clone()
+}
+
+/// `GET /internal/jobs/{jobId}`: a backup or restore job running (or finished) on a peer.
+pub const JOBS_PATH: &str = "/internal/jobs/";
+
+/// Ask the other members for a job this partition does not know (jobs live in the memory
+/// of the partition that runs them). `job_id` must satisfy `job::valid_id`.
+pub async fn find_job(app: &App, job_id: &str) -> Option<JobStatus> {
+    let replica = app.store.replica()?.clone();
+    let path = format!("{JOBS_PATH}{job_id}");
+    for m in replica.other_members() {
+        match replica
+            .client
+            .get::<PeerJob>(&m.url, &path, Duration::from_secs(3))
+            .await
+        {
+            Ok(j) => return Some(j.into_status()),
+            Err(e) => tracing::debug!(peer = %m.name, error = %e, "peer does not report the job"),
+        }
+    }
+    None
 }

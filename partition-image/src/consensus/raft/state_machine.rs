@@ -8,8 +8,8 @@
 //! answer its client with exactly what the state machine produced.
 
 use super::{Member, TypeConfig};
+use crate::state::StateChange;
 use crate::state::{Command, Outcome, PoolState, StateError};
-use crate::store::StateChange;
 use anyhow::Context;
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
@@ -18,7 +18,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -43,7 +43,7 @@ pub struct Shared {
     /// Signalled whenever the activation state changes (the keyring fetches the domain).
     pub activation_changed: tokio::sync::Notify,
     /// Told of every applied command and installed snapshot (the keyring evicts material).
-    pub on_change: std::sync::OnceLock<crate::store::ChangeHook>,
+    pub on_change: std::sync::OnceLock<crate::state::ChangeHook>,
     dir: PathBuf,
     snapshots_built: Mutex<u64>,
     /// The last log id of `snapshot.json` (`None`: no snapshot, or one of an empty log),
@@ -83,7 +83,7 @@ fn sm_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 impl StateMachine {
     /// Open the state machine from the last snapshot in `dir` (`dataDir/raft`), if any.
     pub fn open(dir: PathBuf) -> anyhow::Result<StateMachine> {
-        super::log_store::create_dir_durably(&dir)?;
+        crate::fsutil::create_dir_durably(&dir)?;
         let path = dir.join("snapshot.json");
         let (state, applied) = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -169,14 +169,7 @@ impl StateMachine {
             return Ok(bytes);
         }
         let path = self.shared.dir.join("snapshot.json");
-        let tmp = self.shared.dir.join("snapshot.json.tmp");
-        {
-            let mut f = crate::store::restricted_create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        super::log_store::sync_dir(&self.shared.dir)?;
+        crate::fsutil::write_atomically(&path, &bytes)?;
         *on_disk = snap.meta.last_log_id;
         Ok(bytes)
     }
@@ -330,7 +323,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::storage_tests::{entries, key_names, log_id, open_both};
+    use crate::consensus::raft::storage_tests::{entries, key_names, log_id, open_both};
 
     #[tokio::test]
     async fn a_snapshot_built_before_an_install_never_replaces_it() {

@@ -4,7 +4,7 @@
 //! the Raft role and whether the domain is loaded — no key names, principals, fingerprints
 //! or material.
 
-use crate::app::App;
+use crate::service::app::App;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -20,8 +20,8 @@ pub use keystead_core::store as dest;
 pub mod format;
 pub mod job;
 
-use crate::app::App;
 use crate::keyring::Unsealed;
+use crate::service::app::App;
 use crate::state::{Command, DeletedKey, KeyRecord, PoolState};
 use dest::Destination;
 use format::{ChunkInfo, FormatError, Manifest, ManifestBody, Record};
@@ -78,8 +78,8 @@ impl BackupError {
     }
 }
 
-impl From<crate::store::ProposeError> for BackupError {
-    fn from(e: crate::store::ProposeError) -> Self {
+impl From<crate::consensus::ProposeError> for BackupError {
+    fn from(e: crate::consensus::ProposeError) -> Self {
         BackupError::Commit(e.to_string())
     }
 }
@@ -199,7 +199,7 @@ fn spool_chunk(
     let name = format::chunk_name(index);
     let path = spool.join(&name);
     let mut f =
-        crate::store::restricted_create(&path).map_err(|e| storage("the local spool", e))?;
+        crate::fsutil::restricted_create(&path).map_err(|e| storage("the local spool", e))?;
     f.write_all(&sealed)
         .map_err(|e| storage("the local spool", e))?;
     body.chunks.push(ChunkInfo {
@@ -795,7 +795,9 @@ async fn propose_restore(app: &App, dest: &Destination, m: &Manifest) -> Result<
         .await
     {
         Ok(_) => Ok(()),
-        Err(crate::store::ProposeError::Uncertain(msg)) => Err(BackupError::CommitUncertain(msg)),
+        Err(crate::consensus::ProposeError::Uncertain(msg)) => {
+            Err(BackupError::CommitUncertain(msg))
+        }
         Err(e) => {
             let _ = app.store.propose(Command::RestoreAbort { id }).await;
             Err(BackupError::Commit(e.to_string()))

@@ -5,7 +5,7 @@
 
 use super::error::ApiError;
 use super::{Ctx, json_response};
-use crate::backup::{self, dest, job};
+use crate::service::backup::{self, dest, job};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use keystead_core::rbac::DataAction;
@@ -125,7 +125,7 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
         &pool,
         job::Kind::Backup,
         &format!("{what} is in progress"),
-        super::keys_now(),
+        crate::service::now(),
     );
     // The folder is named now and reported from the start, so a job lost to a restart
     // still says where its (possibly partial) backup went.
@@ -156,13 +156,13 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
                 job::finish(
                     &pool,
                     &id,
-                    super::keys_now(),
+                    crate::service::now(),
                     Ok(format!("{what} succeeded")),
                 );
             }
             Err(e) => {
                 tracing::warn!(job = %id, error = %e, "{what} failed");
-                job::finish(&pool, &id, super::keys_now(), Err(job_error(&e)));
+                job::finish(&pool, &id, crate::service::now(), Err(job_error(&e)));
             }
         }
     });
@@ -178,7 +178,7 @@ async fn status(ctx: &mut Ctx, job_id: &str, kinds: &[job::Kind]) -> Result<Resp
     let found = match job::get(&pool, job_id) {
         Some(st) => Some(st),
         // The job may run on another partition (a load-balanced client polls any of them).
-        None if job::valid_id(job_id) => crate::replica::peer::find_job(&ctx.app, job_id).await,
+        None if job::valid_id(job_id) => job::find_job(&ctx.app, job_id).await,
         None => None,
     };
     match found {
@@ -239,7 +239,7 @@ pub fn start_restore(ctx: &mut Ctx, check_only: bool) -> Result<Response, ApiErr
     } else {
         (job::Kind::Restore, "Full restore is in progress")
     };
-    let st = job::create(&pool, kind, details, super::keys_now());
+    let st = job::create(&pool, kind, details, crate::service::now());
     let app = ctx.app.clone();
     let id = st.job_id.clone();
     tokio::spawn(async move {
@@ -267,11 +267,11 @@ pub fn start_restore(ctx: &mut Ctx, check_only: bool) -> Result<Response, ApiErr
         match r {
             Ok(msg) => {
                 tracing::info!(job = %id, "{msg}");
-                job::finish(&pool, &id, super::keys_now(), Ok(msg));
+                job::finish(&pool, &id, crate::service::now(), Ok(msg));
             }
             Err(e) => {
                 tracing::warn!(job = %id, error = %e, "restore failed");
-                job::finish(&pool, &id, super::keys_now(), Err(job_error(&e)));
+                job::finish(&pool, &id, crate::service::now(), Err(job_error(&e)));
             }
         }
     });
@@ -300,7 +300,7 @@ async fn failed_backup_job(ctx: &Ctx, job_id: &str, url: &str) -> Result<(), Api
     let pool = pool_id(ctx);
     let st = match job::get(&pool, job_id) {
         Some(st) => Some(st),
-        None if job::valid_id(job_id) => crate::replica::peer::find_job(&ctx.app, job_id).await,
+        None if job::valid_id(job_id) => job::find_job(&ctx.app, job_id).await,
         None => None,
     }
     .ok_or_else(|| {
@@ -388,7 +388,7 @@ pub fn start_selective_restore(ctx: &mut Ctx, name: &str) -> Result<Response, Ap
         &pool,
         job::Kind::SelectiveRestore,
         "Selective key restore is in progress",
-        super::keys_now(),
+        crate::service::now(),
     );
     let app = ctx.app.clone();
     let id = st.job_id.clone();
@@ -400,14 +400,14 @@ pub fn start_selective_restore(ctx: &mut Ctx, name: &str) -> Result<Response, Ap
             Ok(rec) => job::finish(
                 &pool,
                 &id,
-                super::keys_now(),
+                crate::service::now(),
                 Ok(format!(
                     "Key '{}' restored with {} versions",
                     rec.name,
                     rec.versions.len()
                 )),
             ),
-            Err(e) => job::finish(&pool, &id, super::keys_now(), Err(job_error(&e))),
+            Err(e) => job::finish(&pool, &id, crate::service::now(), Err(job_error(&e))),
         }
     });
     Ok(accepted(

@@ -1,6 +1,6 @@
 //! Raft RPCs to peers over HTTPS (mutual TLS with the pool CA plus a workload token).
 
-use super::peer::{PeerClient, PeerError};
+use super::client::{PeerClient, PeerError};
 use super::{Member, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,

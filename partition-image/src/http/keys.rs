@@ -31,12 +31,7 @@ const KEY_OPS: [&str; 6] = [
     "unwrapKey",
 ];
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::service::now;
 
 fn new_version() -> String {
     uuid::Uuid::new_v4().simple().to_string()

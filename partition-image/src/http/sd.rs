@@ -2,6 +2,8 @@
 
 use super::error::ApiError;
 use super::{Ctx, json_response};
+use crate::service::sd::sd_err;
+use crate::service::sd::upload_here;
 use crate::state::{Activation, Command};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
@@ -12,13 +14,6 @@ use keystead_core::sd::wire::{
 };
 use keystead_core::sd::{self, DomainSecret};
 use serde_json::json;
-
-fn sd_err(e: sd::SdError) -> ApiError {
-    ApiError::bad_request(e.to_string()).with_inner(
-        "SecurityDomainInvalid",
-        "the security-domain input was rejected",
-    )
-}
 
 fn accepted(ctx: &Ctx, body: &impl serde::Serialize, pending_path: &str) -> Response {
     let mut r = json_response(StatusCode::ACCEPTED, body);
@@ -80,7 +75,7 @@ pub async fn download(ctx: &mut Ctx) -> Result<Response, ApiError> {
             // recorded is not made (the operator turns the record into a Warning Event).
             let download = crate::state::DomainRedownload {
                 principal: ctx.principal.clone(),
-                time: crate::api::keys::now(),
+                time: crate::service::now(),
                 wrapping_keys: n as u32,
                 quorum,
             };
@@ -193,7 +188,7 @@ pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
         // Another partition may hold the pending exchange key (a client behind a
         // load-balanced Service reaches any partition): hand out that one rather than
         // replacing it.
-        if let Some(k) = crate::replica::peer::find_transfer_key(&app, exchange_thumbprint).await {
+        if let Some(k) = crate::service::sd::find_transfer_key(&app, exchange_thumbprint).await {
             return Ok(json_response(StatusCode::OK, &k));
         }
     }
@@ -208,7 +203,7 @@ pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
             .store
             .propose(Command::BeginRecovery {
                 exchange_thumbprint: key.thumbprint().to_string(),
-                now: super::keys::now(),
+                now: crate::service::now(),
             })
             .await?;
         *slot = Some(key);
@@ -233,13 +228,13 @@ pub async fn upload(ctx: &mut Ctx) -> Result<Response, ApiError> {
             // The exchange key may be on another partition (the client reached this one
             // through a load-balanced Service): the blob is sealed to that key, so it can
             // travel to it over the authenticated peer channel.
-            match crate::replica::peer::forward_upload(&app, &req.value).await {
+            match crate::service::sd::forward_upload(&app, &req.value).await {
                 Some(Ok(())) => {
                     tracing::info!(
                         "pool activated by a security-domain upload forwarded to the partition holding the exchange key"
                     );
                 }
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => return Err(e.into()),
                 None => {
                     return Err(ApiError::conflict(
                         "Conflict",
@@ -256,80 +251,6 @@ pub async fn upload(ctx: &mut Ctx) -> Result<Response, ApiError> {
         &status("Success", "The resource is active."),
         "/securitydomain/upload/pending",
     ))
-}
-
-/// Open `blob` with this partition's pending exchange key and activate the pool.
-/// `Ok(None)`: this partition holds no exchange key (nothing was done).
-pub async fn upload_here(
-    app: &std::sync::Arc<crate::app::App>,
-    blob: &str,
-) -> Result<Option<String>, ApiError> {
-    let _guard = app.sd_lock.lock().await;
-    let (activation, pool_id) = {
-        let st = app.store.read();
-        (st.activation.clone(), st.settings.pool_id.clone())
-    };
-    let committed = match &activation {
-        Activation::Activated { fingerprint, .. } if app.keyring.is_unsealed() => {
-            return Err(ApiError::conflict(
-                "Conflict",
-                format!(
-                    "the pool is already activated with security domain {fingerprint}; an upload is only possible into a pool that is not activated (or whose partitions all lost the domain)"
-                ),
-            ));
-        }
-        Activation::Activated { fingerprint, .. } => Some(fingerprint.clone()),
-        _ => None,
-    };
-    let mut slot = app.exchange.lock().await;
-    let Some(key) = slot.as_ref() else {
-        return Ok(None);
-    };
-    if let Some(committed) = committed {
-        // Re-supplying the domain of an activated pool: it must be that very domain.
-        let secret = key.open_transfer_blob(blob, &pool_id).map_err(sd_err)?;
-        let fingerprint = secret.fingerprint();
-        if fingerprint != committed {
-            return Err(ApiError::bad_request(format!(
-                "the transfer blob holds security domain {fingerprint}, but this pool was activated with {committed}; build the blob from this pool's domain file"
-            ))
-            .with_inner("SecurityDomainMismatch", "the domain is not this pool's"));
-        }
-        app.install_domain(secret)
-            .map_err(|e| ApiError::internal(format!("cannot install the domain: {e}")))?;
-        *slot = None;
-        tracing::info!(fingerprint = %fingerprint, "security domain supplied again to an activated pool; peers fetch it from this partition");
-        return Ok(Some(fingerprint));
-    }
-    let secret = match key.open_transfer_blob(blob, &pool_id) {
-        Ok(s) => s,
-        Err(e) => {
-            *app.upload_status.lock().await = Some(("Failed".into(), e.to_string()));
-            return Err(sd_err(e));
-        }
-    };
-    let fingerprint = secret.fingerprint();
-    app.activate(secret).await?;
-    // Single use: the exchange private key is dropped (and zeroized) now.
-    *slot = None;
-    *app.upload_status.lock().await = Some(("Success".into(), "The resource is active.".into()));
-    Ok(Some(fingerprint))
-}
-
-/// This partition's pending exchange key as a transfer key, if it holds the one the pool's
-/// state names.
-pub async fn local_transfer_key(app: &crate::app::App) -> Option<TransferKey> {
-    let thumbprint = match &app.store.read().activation {
-        Activation::RecoveryPending {
-            exchange_thumbprint,
-            ..
-        } => exchange_thumbprint.clone(),
-        _ => return None,
-    };
-    let slot = app.exchange.lock().await;
-    slot.as_ref()
-        .filter(|k| k.thumbprint() == thumbprint)
-        .map(|k| k.transfer_key())
 }
 
 pub fn upload_pending(ctx: &mut Ctx) -> Result<Response, ApiError> {

@@ -17,9 +17,9 @@
 //! Every request is idempotent: repeating it after a timeout (202, leader change) continues
 //! where it stopped. See `docs/replication.md` (Membership).
 
-use super::peer::PeerState;
-use super::{LEADER_WAIT, Member, Replica};
-use crate::app::App;
+use super::app::App;
+use crate::consensus::raft::client::PeerState;
+use crate::consensus::raft::{Group, LEADER_WAIT, Member, Replica};
 use keystead_core::members::{MemberHealth, MemberInfo, MemberRole, MemberSpec, MembersView};
 use openraft::ChangeMembers;
 use openraft::error::{ClientWriteError, RaftError};
@@ -119,30 +119,6 @@ pub struct MembershipReply {
 }
 
 pub type MembershipResult = Result<MembershipReply, Refusal>;
-
-/// The group as a plan sees it.
-#[derive(Clone, Debug, Default)]
-pub struct Group {
-    /// Voters (of every configuration while a joint change is in progress).
-    pub voters: BTreeSet<u64>,
-    /// Every member, voters and learners.
-    pub nodes: BTreeMap<u64, Member>,
-    /// Removed members (node id → name).
-    pub retired: BTreeMap<u64, String>,
-}
-
-impl Group {
-    fn is_voter(&self, id: u64) -> bool {
-        self.voters.contains(&id)
-    }
-
-    fn describe(&self, id: u64) -> String {
-        match self.nodes.get(&id) {
-            Some(n) => format!("{id} ('{}' at {})", n.name, n.url),
-            None => id.to_string(),
-        }
-    }
-}
 
 fn member_of(spec: &MemberSpec) -> Member {
     Member {
@@ -359,29 +335,6 @@ pub fn plan_replace(g: &Group, old: u64, spec: &MemberSpec) -> Result<ReplacePla
 }
 
 // ---- carrying the plans out (on the leader) ----
-
-impl Replica {
-    /// The group as this partition sees it (effective membership, retired members).
-    pub fn group(&self) -> Group {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        Group {
-            voters: membership.voter_ids().collect(),
-            nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
-            retired: self
-                .sm
-                .state
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .retired_members
-                .clone(),
-        }
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.id)
-    }
-}
 
 /// What this partition answers to `GET /internal/state` (and to its own probe).
 pub async fn local_state(app: &App, replica: &Replica) -> PeerState {

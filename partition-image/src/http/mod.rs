@@ -8,13 +8,14 @@
 mod backup;
 pub mod error;
 pub(crate) mod keys;
-pub use keys::now as keys_now;
 mod members;
+pub mod metrics;
 mod rbac;
 pub mod route;
-pub(crate) mod sd;
+mod sd;
+pub mod server;
 
-use crate::app::App;
+use crate::service::app::App;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -24,16 +25,13 @@ use keystead_core::audit::AuditRecord;
 use keystead_core::rbac::DataAction;
 use route::Route;
 use serde::de::DeserializeOwned;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 /// Largest request body accepted (keys, blobs and transfer blobs are far smaller).
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
-/// The client address of a connection (set by the TLS acceptor).
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub SocketAddr);
+pub use crate::tls::ClientAddr;
 
 /// What a handler records about the request for the audit log.
 #[derive(Default, Debug)]

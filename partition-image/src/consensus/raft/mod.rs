@@ -8,19 +8,65 @@
 //! index; the partition waits until it has applied at least that much). See
 //! `docs/replication.md`.
 
+pub mod client;
 pub mod log_store;
-pub mod membership;
-pub mod metrics;
 pub mod network;
-pub mod peer;
 pub mod read_index;
 pub mod state_machine;
+
+/// The group as a plan sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Group {
+    /// Voters (of every configuration while a joint change is in progress).
+    pub voters: BTreeSet<u64>,
+    /// Every member, voters and learners.
+    pub nodes: BTreeMap<u64, Member>,
+    /// Removed members (node id → name).
+    pub retired: BTreeMap<u64, String>,
+}
+
+impl Group {
+    pub fn is_voter(&self, id: u64) -> bool {
+        self.voters.contains(&id)
+    }
+
+    pub fn describe(&self, id: u64) -> String {
+        match self.nodes.get(&id) {
+            Some(n) => format!("{id} ('{}' at {})", n.name, n.url),
+            None => id.to_string(),
+        }
+    }
+}
+
+impl Replica {
+    /// The group as this partition sees it (effective membership, retired members).
+    pub fn group(&self) -> Group {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        Group {
+            voters: membership.voter_ids().collect(),
+            nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            retired: self
+                .sm
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .retired_members
+                .clone(),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+}
+
 #[cfg(test)]
 mod storage_tests;
 
 use crate::config::{PartitionConfig, PeerSettings};
+use crate::consensus::ProposeError;
 use crate::state::{Command, Outcome};
-use crate::store::ProposeError;
 use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -102,7 +148,7 @@ pub struct Replica {
     pub id: u64,
     pub name: String,
     pub peers: Vec<PeerSettings>,
-    pub client: Arc<peer::PeerClient>,
+    pub client: Arc<client::PeerClient>,
     /// Set while a partition that started with an empty Raft directory (new or wiped) has
     /// not yet caught up with the leader's commit index: it neither votes nor campaigns, so
     /// it cannot help elect a leader that lacks a committed entry it has lost.
@@ -214,7 +260,7 @@ impl Replica {
         let recovering = pristine || recovering_marker.exists();
         let sm = state_machine::StateMachine::open(dir)?;
         let shared = sm.shared.clone();
-        let client = Arc::new(peer::PeerClient::new(cfg)?);
+        let client = Arc::new(client::PeerClient::new(cfg)?);
         let factory = network::NetworkFactory {
             client: client.clone(),
             urls: Arc::new(cfg.peers.iter().map(|p| (p.id, p.url.clone())).collect()),
@@ -319,7 +365,7 @@ impl Replica {
             for p in self.peers.iter().filter(|p| p.id != self.id) {
                 match self
                     .client
-                    .get::<peer::PeerState>(&p.url, "/internal/state", Duration::from_secs(2))
+                    .get::<client::PeerState>(&p.url, "/internal/state", Duration::from_secs(2))
                     .await
                 {
                     Ok(s) => {

@@ -8,7 +8,7 @@
 
 use super::error::ApiError;
 use super::{Ctx, json_response};
-use crate::replica::membership::{self, MembershipRequest, Refusal};
+use crate::service::members::{self as membership, MembershipRequest, Refusal};
 use axum::http::StatusCode;
 use axum::response::Response;
 use keystead_core::members::MemberSpec;

@@ -1,12 +1,12 @@
 //! One running partition: configuration, state, keyring, authentication and audit.
 
-use crate::api::error::ApiError;
+use super::error::Error;
 use crate::audit::{AuditSink, AuditSinkConfig};
 use crate::auth::{AuthConfig, IssuerConfig, JwksSource, TokenValidator};
 use crate::config::{PartitionConfig, SealMode};
+use crate::consensus::Store;
 use crate::keyring::Keyring;
 use crate::state::{Activation, Command, Settings};
-use crate::store::Store;
 use anyhow::Context;
 use keystead_core::sd::{DomainSecret, ExchangeKey};
 use std::path::PathBuf;
@@ -61,7 +61,7 @@ fn auth_config(cfg: &PartitionConfig) -> AuthConfig {
     }
 }
 
-fn bootstrap_command(cfg: &PartitionConfig) -> Command {
+pub(super) fn bootstrap_command(cfg: &PartitionConfig) -> Command {
     Command::Bootstrap {
         settings: Settings {
             pool_name: cfg.pool_name.clone(),
@@ -91,61 +91,7 @@ impl App {
         Ok(app)
     }
 
-    /// Open a partition of a replicated pool: start its Raft member, then (in the
-    /// background) form or join the group, bootstrap a new pool, and obtain the domain from
-    /// the sealed copy on disk or from a healthy peer. Serve the router right after this.
-    pub async fn open_replicated(cfg: PartitionConfig) -> anyhow::Result<Arc<App>> {
-        let replica = crate::replica::Replica::start(&cfg).await?;
-        let app = Self::with_store(cfg, Store::replicated(replica))?;
-        let a = app.clone();
-        tokio::spawn(async move { a.replication_tasks().await });
-        Ok(app)
-    }
-
-    async fn replication_tasks(self: Arc<Self>) {
-        // Bootstrap a new pool once the group has a leader (duplicates are refused).
-        loop {
-            if self.store.read_barrier_raw().await.is_ok() {
-                if self.store.read().bootstrapped {
-                    break;
-                }
-                match self.store.propose(bootstrap_command(&self.cfg)).await {
-                    Ok(_) | Err(crate::store::ProposeError::Refused(_)) => break,
-                    Err(e) => tracing::debug!(error = %e, "bootstrap not committed yet"),
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-        // Obtain the domain whenever the pool is activated and this partition lacks it.
-        let Some(replica) = self.store.replica().cloned() else {
-            return;
-        };
-        loop {
-            let notified = replica.sm.activation_changed.notified();
-            if self.store.read().is_activated() && !self.keyring.is_unsealed() {
-                if let Err(e) = self.unseal_from_disk() {
-                    tracing::warn!(error = %e, "the sealed domain on disk is unusable");
-                }
-                if !self.keyring.is_unsealed() {
-                    match crate::replica::peer::fetch_domain(&self).await {
-                        Ok(true) => {}
-                        Ok(false) => tracing::info!(
-                            "no peer could hand over the security domain yet; retrying"
-                        ),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "fetching the security domain failed; retrying")
-                        }
-                    }
-                }
-            }
-            tokio::select! {
-                _ = notified => {},
-                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {},
-            }
-        }
-    }
-
-    fn with_store(cfg: PartitionConfig, store: Arc<Store>) -> anyhow::Result<Arc<App>> {
+    pub(super) fn with_store(cfg: PartitionConfig, store: Arc<Store>) -> anyhow::Result<Arc<App>> {
         let signer = match crate::audit::CheckpointSigner::from_pem_file(
             &cfg.partition_id,
             &cfg.tls.key_file,
@@ -209,7 +155,7 @@ impl App {
         Ok(Some(Zeroizing::new(key)))
     }
 
-    fn unseal_from_disk(&self) -> anyhow::Result<()> {
+    pub(super) fn unseal_from_disk(&self) -> anyhow::Result<()> {
         let Activation::Activated { fingerprint, .. } = self.store.read().activation.clone() else {
             return Ok(());
         };
@@ -250,36 +196,28 @@ impl App {
         Ok(())
     }
 
-    fn seal_to_disk(&self, secret: &DomainSecret) -> Result<(), ApiError> {
+    fn seal_to_disk(&self, secret: &DomainSecret) -> Result<(), Error> {
         if let Some(key) = self
             .sealing_key()
-            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| Error::internal(e.to_string()))?
         {
             let sealed = secret.to_sealed_bytes(&key);
-            let path = self.sealed_path();
-            let tmp = path.with_extension("tmp");
-            (|| -> std::io::Result<()> {
-                use std::io::Write;
-                let mut f = crate::store::restricted_create(&tmp)?;
-                f.write_all(&sealed)?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)
-            })()
-            .map_err(|e| ApiError::internal(format!("cannot seal the domain to disk: {e}")))?;
+            crate::fsutil::write_atomically(&self.sealed_path(), &sealed)
+                .map_err(|e| Error::internal(format!("cannot seal the domain to disk: {e}")))?;
         }
         Ok(())
     }
 
     /// Commit activation by `secret`: seal it to disk first (if configured), then commit,
     /// then hold it in memory.
-    pub async fn activate(&self, secret: DomainSecret) -> Result<(), ApiError> {
+    pub async fn activate(&self, secret: DomainSecret) -> Result<(), Error> {
         let fingerprint = secret.fingerprint();
         self.seal_to_disk(&secret)?;
         self.store
             .propose(Command::Activate {
                 domain_id: secret.metadata().domain_id.clone(),
                 fingerprint,
-                now: crate::api::keys_now(),
+                now: super::now(),
             })
             .await?;
         self.keyring.install(secret);
