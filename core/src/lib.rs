@@ -5,6 +5,8 @@
 //! - [`error`]: the Key Vault error body.
 //! - [`members`]: the membership admin API of a replicated pool.
 //! - [`principal`]: principal namespaces of the trusted token issuers.
+//! - [`status`]: a partition's `GET /admin/status`.
+//! - [`pool_file`]: the pool file of a local pool.
 
 pub mod aead;
 pub mod audit;
@@ -14,8 +16,10 @@ pub mod error;
 pub mod kdf;
 pub mod keys;
 pub mod members;
+pub mod pool_file;
 pub mod principal;
 pub mod rbac;
 pub mod sd;
+pub mod status;
 #[cfg(feature = "store")]
 pub mod store;

@@ -103,9 +103,10 @@ fn token(pool: &client::PoolArgs, subject: &str, ttl_minutes: u64) -> anyhow::Re
 
 async fn status(pool: &client::PoolArgs) -> anyhow::Result<()> {
     let c = pool.client()?;
-    let v: serde_json::Value = c
+    let s: keystead_core::status::PoolStatus = c
         .call::<serde_json::Value, _>(reqwest::Method::GET, "/admin/status", None)
         .await?;
+    let v = serde_json::to_value(&s)?;
     if pool.output == client::Output::Json {
         return client::print_json(&v);
     }

@@ -35,14 +35,18 @@ enum Command {
 }
 
 fn init_tracing() {
-    // Operational logs go to stderr as JSON; audit records have their own sink.
+    // Operational logs go to stderr, as JSON unless KEYSTEAD_LOG_FORMAT=text (the local
+    // runner's default for its partitions); audit records have their own sink.
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYSTEAD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .json()
-        .init();
+        .with_writer(std::io::stderr);
+    if std::env::var(local::LOG_FORMAT_VAR).is_ok_and(|f| f == "text") {
+        fmt.init();
+    } else {
+        fmt.json().init();
+    }
 }
 
 async fn shutdown_signal() {

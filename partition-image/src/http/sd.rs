@@ -13,7 +13,7 @@ use keystead_core::sd::wire::{
     TransferKey,
 };
 use keystead_core::sd::{self, DomainSecret};
-use serde_json::json;
+use keystead_core::status::{self, PoolStatus};
 
 fn accepted(ctx: &Ctx, body: &impl serde::Serialize, pending_path: &str) -> Response {
     let mut r = json_response(StatusCode::ACCEPTED, body);
@@ -296,25 +296,27 @@ pub fn admin_status(ctx: &mut Ctx) -> Result<Response, ApiError> {
     }
     let st = ctx.app.store.read();
     let (activation, fingerprint) = match &st.activation {
-        Activation::Provisioned => ("Provisioned", None),
-        Activation::RecoveryPending { .. } => ("RecoveryPending", None),
-        Activation::Activated { fingerprint, .. } => ("Activated", Some(fingerprint.clone())),
+        Activation::Provisioned => (status::Activation::Provisioned, None),
+        Activation::RecoveryPending { .. } => (status::Activation::RecoveryPending, None),
+        Activation::Activated { fingerprint, .. } => {
+            (status::Activation::Activated, Some(fingerprint.clone()))
+        }
     };
-    let body = json!({
-        "poolName": st.settings.pool_name,
-        "poolId": st.settings.pool_id,
-        "partition": ctx.app.cfg.partition_id,
-        "activation": activation,
-        "securityDomainFingerprint": fingerprint,
-        "domainLoaded": ctx.app.keyring.is_unsealed(),
-        "keys": st.keys.len(),
-        "deletedKeys": st.deleted.len(),
-        "appliedIndex": ctx.app.store.applied_index(),
-        "softDeleteRetentionDays": st.settings.soft_delete_retention_days,
-        "purgeProtection": st.settings.purge_protection,
-        "securityDomainRedownloads": st.domain_redownloads,
-        "lastSecurityDomainRedownload": st.last_domain_redownload,
-        "replication": ctx.app.store.replica().map(|r| r.status()),
-    });
+    let body = PoolStatus {
+        pool_name: st.settings.pool_name.clone(),
+        pool_id: st.settings.pool_id.clone(),
+        partition: ctx.app.cfg.partition_id.clone(),
+        activation,
+        security_domain_fingerprint: fingerprint,
+        domain_loaded: ctx.app.keyring.is_unsealed(),
+        keys: st.keys.len() as u64,
+        deleted_keys: st.deleted.len() as u64,
+        applied_index: ctx.app.store.applied_index(),
+        soft_delete_retention_days: st.settings.soft_delete_retention_days,
+        purge_protection: st.settings.purge_protection,
+        security_domain_redownloads: st.domain_redownloads,
+        last_security_domain_redownload: st.last_domain_redownload.clone(),
+        replication: ctx.app.store.replica().map(|r| r.status()),
+    };
     Ok(json_response(StatusCode::OK, &body))
 }

@@ -204,18 +204,8 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// One re-download of the activated security domain.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct DomainRedownload {
-    /// Who downloaded it (an Administrator).
-    pub principal: String,
-    /// Unix seconds.
-    pub time: i64,
-    /// Custodian keys the new file is protected under, and the quorum.
-    pub wrapping_keys: u32,
-    pub quorum: u32,
-}
+/// One re-download of the activated security domain (its shape is part of `/admin/status`).
+pub use keystead_core::status::DomainRedownload;
 
 /// What a staged full restore has received so far.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]

@@ -14,53 +14,6 @@ pub mod network;
 pub mod read_index;
 pub mod state_machine;
 
-/// The group as a plan sees it.
-#[derive(Clone, Debug, Default)]
-pub struct Group {
-    /// Voters (of every configuration while a joint change is in progress).
-    pub voters: BTreeSet<u64>,
-    /// Every member, voters and learners.
-    pub nodes: BTreeMap<u64, Member>,
-    /// Removed members (node id → name).
-    pub retired: BTreeMap<u64, String>,
-}
-
-impl Group {
-    pub fn is_voter(&self, id: u64) -> bool {
-        self.voters.contains(&id)
-    }
-
-    pub fn describe(&self, id: u64) -> String {
-        match self.nodes.get(&id) {
-            Some(n) => format!("{id} ('{}' at {})", n.name, n.url),
-            None => id.to_string(),
-        }
-    }
-}
-
-impl Replica {
-    /// The group as this partition sees it (effective membership, retired members).
-    pub fn group(&self) -> Group {
-        let m = self.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        Group {
-            voters: membership.voter_ids().collect(),
-            nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
-            retired: self
-                .sm
-                .state
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .retired_members
-                .clone(),
-        }
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().current_leader == Some(self.id)
-    }
-}
-
 #[cfg(test)]
 mod storage_tests;
 
@@ -107,39 +60,8 @@ pub struct ReadIndexReply {
     pub index: u64,
 }
 
-/// One partition's view of the group (for `/admin/status` and `/metrics`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct ReplicationStatus {
-    pub node_id: u64,
-    pub name: String,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    pub role: String,
-    pub term: u64,
-    pub leader: Option<String>,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub last_log_index: u64,
-    pub snapshot_index: u64,
-    /// Started with an empty disk and not caught up yet (not voting).
-    pub recovering: bool,
-    pub members: Vec<MemberStatus>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct MemberStatus {
-    pub node_id: u64,
-    pub name: String,
-    pub url: String,
-    pub voter: bool,
-    /// Replicated log index (known on the leader only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub matched_index: Option<u64>,
-    /// Entries behind the leader's last log index (known on the leader only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lag: Option<u64>,
-}
+/// The Raft view in `/admin/status`.
+pub use keystead_core::status::{MemberStatus, ReplicationStatus};
 
 /// The running Raft member of this partition.
 pub struct Replica {
@@ -655,4 +577,51 @@ pub enum Standing {
     Other,
     /// Removed from the pool: refused.
     Retired,
+}
+
+/// The group as a plan sees it.
+#[derive(Clone, Debug, Default)]
+pub struct Group {
+    /// Voters (of every configuration while a joint change is in progress).
+    pub voters: BTreeSet<u64>,
+    /// Every member, voters and learners.
+    pub nodes: BTreeMap<u64, Member>,
+    /// Removed members (node id → name).
+    pub retired: BTreeMap<u64, String>,
+}
+
+impl Group {
+    pub fn is_voter(&self, id: u64) -> bool {
+        self.voters.contains(&id)
+    }
+
+    pub fn describe(&self, id: u64) -> String {
+        match self.nodes.get(&id) {
+            Some(n) => format!("{id} ('{}' at {})", n.name, n.url),
+            None => id.to_string(),
+        }
+    }
+}
+
+impl Replica {
+    /// The group as this partition sees it (effective membership, retired members).
+    pub fn group(&self) -> Group {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        Group {
+            voters: membership.voter_ids().collect(),
+            nodes: membership.nodes().map(|(id, n)| (*id, n.clone())).collect(),
+            retired: self
+                .sm
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .retired_members
+                .clone(),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
 }
