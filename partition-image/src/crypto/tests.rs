@@ -1,3 +1,5 @@
+//! Unit tests of the crypto module: every key type and algorithm against known answers and round trips.
+
 use std::sync::OnceLock;
 
 use aws_lc_rs::digest;

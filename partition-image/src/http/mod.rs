@@ -1,4 +1,5 @@
-//! The HTTPS data plane: authentication, routing, authorisation, audit.
+//! The HTTPS data plane (the edge): the request chain (authentication, route, read barrier,
+//! dispatch, audit), the handlers of each API and the one place errors become responses.
 //!
 //! Every request goes through [`handle`]: a request without a bearer token gets the 401
 //! challenge before its body is read; a token is validated; the route is parsed; the

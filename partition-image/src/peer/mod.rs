@@ -1,5 +1,6 @@
-//! The peer API (`/internal/...`): Raft RPCs, forwarded writes, read-index, group state and
-//! the domain handover — and the client that calls it.
+//! The peer API (`/internal/...`), server side: Raft RPCs, forwarded writes, read-index,
+//! group state, the domain handover; it calls services and consensus only (the client is
+//! `consensus::raft::client`).
 //!
 //! Every `/internal` request must present BOTH a client certificate issued by the pool CA,
 //! AND a bearer token of a configured issuer whose subject is `partition:<the certificate's
