@@ -28,6 +28,7 @@ use route::Route;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// Largest request body accepted (keys, blobs and transfer blobs are far smaller).
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -194,7 +195,8 @@ fn audit_unavailable(app: &App) -> ApiError {
     )
 }
 
-/// The single entry point of the data plane.
+/// The single entry point of the data plane: every log line written while the request is
+/// served carries its request id (the one in its audit records and `x-ms-request-id`).
 pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let started = Instant::now();
     let request_id = req
@@ -204,6 +206,12 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .filter(|v| v.len() <= 128 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    // The path stays in the audit record (cut there to a bounded length), not in every line.
+    let span = tracing::info_span!("request", request_id = %request_id, method = %req.method());
+    serve(app, req, request_id, started).instrument(span).await
+}
+
+async fn serve(app: Arc<App>, req: Request, request_id: String, started: Instant) -> Response {
     let client = req
         .extensions()
         .get::<ClientAddr>()
