@@ -11,10 +11,14 @@
 pub mod aead;
 pub mod audit;
 pub mod b64;
+pub mod backup_format;
 pub mod backup_job;
+#[cfg(feature = "store")]
+pub mod backup_read;
 pub mod error;
 pub mod kdf;
 pub mod keys;
+pub mod local_issuer;
 pub mod members;
 pub mod pool_file;
 pub mod principal;

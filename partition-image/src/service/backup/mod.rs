@@ -16,6 +16,8 @@
 //! and RBAC at once. Settings stay those of the target pool (its spec). See docs/backup.md.
 
 /// Backup stores: shared with the operator and `kubectl hsm` through keystead-core.
+pub use keystead_core::backup_read::{Listed, ReadError, list_backups, verify_digests};
+use keystead_core::backup_read::{get_bytes, read_manifest};
 pub use keystead_core::store as dest;
 pub mod format;
 pub mod job;
@@ -74,6 +76,16 @@ impl BackupError {
             BackupError::Commit(_) => "Conflict",
             BackupError::CommitUncertain(_) => "OutcomeUnknown",
             BackupError::Internal(_) => "InternalError",
+        }
+    }
+}
+
+impl From<ReadError> for BackupError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Format(f) => BackupError::Format(f),
+            ReadError::Storage { what, reason } => BackupError::Storage { what, reason },
+            ReadError::Invalid(m) => BackupError::Invalid(m),
         }
     }
 }
@@ -395,51 +407,6 @@ async fn upload(
         .await
         .map_err(|e| storage(dest.folder_url(folder), e))?;
     Ok(())
-}
-
-async fn get_bytes(
-    dest: &Destination,
-    folder: &str,
-    file: &str,
-    limit: u64,
-) -> Result<bytes::Bytes, BackupError> {
-    let what = format!("{}/{file}", dest.folder_url(folder));
-    let r = dest
-        .store
-        .get(&dest.path(folder, file))
-        .await
-        .map_err(|e| match e {
-            object_store::Error::NotFound { .. } => BackupError::Storage {
-                what: what.clone(),
-                reason: "it does not exist (is the folder name right, and did the backup finish?)"
-                    .into(),
-            },
-            e => storage(&what, e),
-        })?;
-    if r.meta.size > limit {
-        return Err(BackupError::Invalid(format!(
-            "{what} is {} bytes, more than the {limit} bytes a backup file may have",
-            r.meta.size
-        )));
-    }
-    r.bytes().await.map_err(|e| storage(&what, e))
-}
-
-/// Read and parse the manifest of `folder` (no MAC check).
-pub async fn read_manifest(dest: &Destination, folder: &str) -> Result<Manifest, BackupError> {
-    dest::validate_folder(folder).map_err(BackupError::Invalid)?;
-    let bytes = get_bytes(dest, folder, format::MANIFEST, format::MAX_MANIFEST_BYTES).await?;
-    Ok(format::parse_manifest(&bytes)?)
-}
-
-/// Check the manifest and every chunk's size and digest, without the domain.
-pub async fn verify_digests(dest: &Destination, folder: &str) -> Result<Manifest, BackupError> {
-    let m = read_manifest(dest, folder).await?;
-    for c in &m.body.chunks {
-        let bytes = get_bytes(dest, folder, &c.name, format::MAX_CHUNK_BYTES).await?;
-        format::check_chunk_digest(c, &bytes)?;
-    }
-    Ok(m)
 }
 
 /// What a backup folder holds, as far as deleting it goes ([`check_deletable`]).
@@ -830,37 +797,6 @@ pub async fn restore_key(
         .await
         .map_err(|e| BackupError::Commit(e.to_string()))?;
     Ok(rec)
-}
-
-/// One backup folder found under a destination.
-#[derive(Debug)]
-pub struct Listed {
-    pub folder: String,
-    /// The parsed manifest, or why it could not be read (e.g. an unfinished backup).
-    pub manifest: Result<Manifest, BackupError>,
-}
-
-/// List the backup folders under `dest` with their manifests (no MAC check).
-pub async fn list_backups(dest: &Destination) -> Result<Vec<Listed>, BackupError> {
-    let prefix = (!dest.prefix.as_ref().is_empty()).then_some(&dest.prefix);
-    let listing = dest
-        .store
-        .list_with_delimiter(prefix)
-        .await
-        .map_err(|e| storage(&dest.base_url, e))?;
-    let mut out = vec![];
-    for p in listing.common_prefixes {
-        let Some(folder) = p.filename().map(str::to_string) else {
-            continue;
-        };
-        if dest::validate_folder(&folder).is_err() {
-            continue;
-        }
-        let manifest = read_manifest(dest, &folder).await;
-        out.push(Listed { folder, manifest });
-    }
-    out.sort_by(|a, b| a.folder.cmp(&b.folder));
-    Ok(out)
 }
 
 #[cfg(test)]
