@@ -20,6 +20,7 @@ pub mod kdf;
 pub mod keys;
 pub mod local_issuer;
 pub mod members;
+pub mod partition_config;
 pub mod pool_file;
 pub mod principal;
 pub mod rbac;
