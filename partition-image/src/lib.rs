@@ -29,7 +29,7 @@ pub use service::backup;
 /// API: each item only forwards to the function the partition itself uses.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::http::keys::{
+    pub use crate::service::keys::{
         KeyBlobError, iso8601_duration_secs, open_key_backup_blob, seal_key_backup_blob,
         split_key_backup_blob, validate_name,
     };

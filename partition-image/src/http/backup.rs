@@ -113,7 +113,7 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.require_active()?;
     let params: BackupParameters = ctx.json()?;
     if let Some(k) = &params.key_name {
-        super::keys::validate_name(k)?;
+        crate::service::keys::validate_name(k)?;
     }
     let d = open(ctx, &params.storage)?;
     let pool = pool_id(ctx);
@@ -380,7 +380,7 @@ pub fn start_selective_restore(ctx: &mut Ctx, name: &str) -> Result<Response, Ap
     ctx.key(name, None);
     ctx.authorize(DataAction::RestoreStart, "/")?;
     ctx.require_active()?;
-    super::keys::validate_name(name)?;
+    crate::service::keys::validate_name(name)?;
     let p: SelectiveRestoreParameters = ctx.json()?;
     let (d, folder) = open_folder(ctx, &p.sas_token_parameters, &p.folder)?;
     let pool = pool_id(ctx);

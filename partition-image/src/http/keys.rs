@@ -1,76 +1,31 @@
 //! The Key Vault keys API (reference §1).
 
 use super::error::ApiError;
-use super::route::KeyOp;
 use super::{Ctx, json_response};
-use crate::crypto::{self, KeyMaterial, KeySpec};
+use crate::crypto::{KeyMaterial, KeySpec};
+use crate::service::keys::validate_name;
+use crate::service::keys::{
+    self as service, KeyBlobError, MIN_EXPIRY, MIN_TRIGGER, check_exportable, crypto_err,
+    default_ops, duration_range, keyring_err, new_attributes, open_key_backup_blob,
+    policy_duration, seal_key_backup_blob, split_key_backup_blob, validate_ops,
+};
+use crate::service::now;
 use crate::state::{
     Attributes, AttributesPatch, Command, DeletedKey, KeyRecord, KeyVersion, Outcome,
 };
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use keystead_core::aead;
 use keystead_core::b64;
 use keystead_core::keys::{
-    BackupKeyResult, Base64Url, DeletedKeyBundle, DeletedKeyItem, EncryptionAlgorithm,
-    GetRandomBytesRequest, JsonWebKey, KeyAttributes, KeyBundle, KeyCreateParameters,
-    KeyImportParameters, KeyItem, KeyListResult, KeyOperationResult, KeyOperationsParameters,
-    KeyRestoreParameters, KeyRotationPolicy, KeySignParameters, KeyUpdateParameters,
-    KeyVerifyParameters, KeyVerifyResult, RandomBytes, SignatureAlgorithm,
+    BackupKeyResult, Base64Url, DeletedKeyBundle, DeletedKeyItem, JsonWebKey, KeyAttributes,
+    KeyBundle, KeyCreateParameters, KeyImportParameters, KeyItem, KeyListResult,
+    KeyRestoreParameters, KeyRotationPolicy, KeyUpdateParameters,
 };
 use keystead_core::rbac::DataAction;
 use std::collections::BTreeMap;
 
 const MAX_PAGE: usize = 25;
-const KEY_OPS: [&str; 6] = [
-    "encrypt",
-    "decrypt",
-    "sign",
-    "verify",
-    "wrapKey",
-    "unwrapKey",
-];
-
-pub use crate::service::now;
-
-fn new_version() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
-/// Key names: `^[0-9a-zA-Z-]{1,127}$`.
-pub fn validate_name(name: &str) -> Result<(), ApiError> {
-    if name.is_empty()
-        || name.len() > 127
-        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    {
-        return Err(ApiError::bad_request(format!(
-            "invalid key name '{}': use 1-127 characters among 0-9, a-z, A-Z and '-'",
-            name.chars().take(130).collect::<String>()
-        )));
-    }
-    Ok(())
-}
-
-fn crypto_err(e: crypto::CryptoError) -> ApiError {
-    ApiError::new(
-        StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
-        e.code(),
-        e.to_string(),
-    )
-}
-
-fn keyring_err(e: crate::keyring::KeyringError) -> ApiError {
-    match e {
-        crate::keyring::KeyringError::Sealed => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "PartitionSealed",
-            e.to_string(),
-        ),
-        other => ApiError::internal(other.to_string()),
-    }
-}
-
-fn key_scope(name: &str) -> String {
+pub(super) fn key_scope(name: &str) -> String {
     format!("/keys/{name}")
 }
 
@@ -105,7 +60,7 @@ fn attributes(ctx: &Ctx, a: &Attributes) -> KeyAttributes {
     }
 }
 
-fn kid(ctx: &Ctx, name: &str, version: Option<&str>) -> String {
+pub(super) fn kid(ctx: &Ctx, name: &str, version: Option<&str>) -> String {
     match version {
         Some(v) => format!("{}/keys/{name}/{v}", ctx.base_url),
         None => format!("{}/keys/{name}", ctx.base_url),
@@ -181,14 +136,14 @@ fn one_version(ctx: &Ctx, name: &str, version: Option<&str>) -> Result<KeyVersio
     }
 }
 
-fn key_not_found(name: &str) -> ApiError {
+pub(super) fn key_not_found(name: &str) -> ApiError {
     ApiError::not_found(
         "KeyNotFound",
         format!("A key with (name/id) {name} was not found in this pool; list keys with GET /keys"),
     )
 }
 
-fn key_version(rec: &KeyRecord, version: Option<&str>) -> Result<KeyVersion, ApiError> {
+pub(super) fn key_version(rec: &KeyRecord, version: Option<&str>) -> Result<KeyVersion, ApiError> {
     match version {
         None => rec.latest().cloned(),
         Some(v) => rec.version(v).cloned(),
@@ -206,51 +161,7 @@ fn key_version(rec: &KeyRecord, version: Option<&str>) -> Result<KeyVersion, Api
     })
 }
 
-fn default_ops(kty: &str) -> Vec<String> {
-    let ops: &[&str] = if kty.starts_with("EC") {
-        &["sign", "verify"]
-    } else if kty.starts_with("oct") {
-        &["encrypt", "decrypt", "wrapKey", "unwrapKey"]
-    } else {
-        &KEY_OPS
-    };
-    ops.iter().map(|s| s.to_string()).collect()
-}
-
-fn validate_ops(ops: &[String]) -> Result<(), ApiError> {
-    for op in ops {
-        if !KEY_OPS.contains(&op.as_str()) && op != "import" && op != "export" {
-            return Err(ApiError::bad_request(format!(
-                "unknown key operation '{op}' in key_ops; allowed: {}",
-                KEY_OPS.join(", ")
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn check_exportable(a: Option<&KeyAttributes>) -> Result<(), ApiError> {
-    if a.and_then(|a| a.exportable) == Some(true) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "NotSupported",
-            "exportable keys (secure key release) are not supported: Keystead has no attestation service; create the key with exportable=false",
-        ));
-    }
-    Ok(())
-}
-
-fn new_attributes(a: Option<&KeyAttributes>, now: i64) -> Attributes {
-    Attributes {
-        enabled: a.and_then(|a| a.enabled).unwrap_or(true),
-        nbf: a.and_then(|a| a.nbf),
-        exp: a.and_then(|a| a.exp),
-        created: now,
-        updated: now,
-        exportable: false,
-    }
-}
-
+/// Wrap `material` into a new version of key `name`, commit it, answer its bundle.
 async fn add_version(
     ctx: &mut Ctx,
     name: &str,
@@ -259,32 +170,9 @@ async fn add_version(
     attrs: Attributes,
     tags: BTreeMap<String, String>,
 ) -> Result<Response, ApiError> {
-    let version = new_version();
-    let wrapped = ctx
-        .app
-        .keyring
-        .wrap(name, &version, material)
-        .map_err(keyring_err)?;
-    let public_jwk = material.public_jwk("", &key_ops);
-    let kv = KeyVersion {
-        version: version.clone(),
-        kty: public_jwk.kty.clone().unwrap_or_default(),
-        key_ops,
-        public_jwk,
-        wrapped,
-        attributes: attrs,
-        tags,
-        release_policy: None,
-    };
-    ctx.key(name, Some(&version));
-    ctx.app
-        .store
-        .propose(Command::AddKeyVersion {
-            name: name.to_string(),
-            version: Box::new(kv.clone()),
-            must_be_new: false,
-        })
-        .await?;
+    let kv = service::new_key_version(&ctx.app, name, material, key_ops, attrs, tags)?;
+    ctx.key(name, Some(&kv.version));
+    service::commit_version(&ctx.app, name, &kv).await?;
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &kv)))
 }
 
@@ -304,7 +192,7 @@ pub async fn create(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         ));
     }
     let spec = KeySpec::from_create(&p).map_err(crypto_err)?;
-    let material = ctx.app.keygen.key(spec).await.map_err(crypto_err)?;
+    let material = service::generate(&ctx.app, spec).await?;
     let kty = material.public_jwk("", &[]).kty.unwrap_or_default();
     let ops = match p.key_ops {
         Some(ops) => {
@@ -604,69 +492,6 @@ pub async fn purge(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Single-key backup blob: `KSKB1` magic, then the domain fingerprint (so a restore into
-/// another pool can name both domains), then the key record sealed under the domain's
-/// key-backup key with the fingerprint as AAD.
-const BLOB_MAGIC: &[u8] = b"KSKB1";
-
-fn blob_aad(fingerprint: &str) -> Vec<u8> {
-    format!("keystead/v1/key-backup|{fingerprint}").into_bytes()
-}
-
-/// Why a single-key backup blob cannot be restored.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyBlobError {
-    #[error("not a Keystead key backup blob (bad header)")]
-    Malformed,
-    #[error("the blob failed its integrity check (altered or truncated)")]
-    Integrity,
-    #[error("the blob's content does not parse")]
-    Content,
-}
-
-/// Seal `rec` into a single-key backup blob under `key_backup_key` for the domain `fingerprint`.
-pub fn seal_key_backup_blob(
-    key_backup_key: &[u8; 32],
-    fingerprint: &str,
-    rec: &KeyRecord,
-) -> Result<Vec<u8>, String> {
-    let fp_len = u8::try_from(fingerprint.len()).map_err(|_| "fingerprint too long".to_owned())?;
-    let body = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
-    let sealed =
-        aead::seal(key_backup_key, &blob_aad(fingerprint), &body).map_err(|e| e.to_string())?;
-    let mut blob = Vec::with_capacity(BLOB_MAGIC.len() + 1 + fingerprint.len() + sealed.len());
-    blob.extend_from_slice(BLOB_MAGIC);
-    blob.push(fp_len);
-    blob.extend_from_slice(fingerprint.as_bytes());
-    blob.extend_from_slice(&sealed);
-    Ok(blob)
-}
-
-/// Split a single-key backup blob into the domain fingerprint it names and its sealed part.
-pub fn split_key_backup_blob(blob: &[u8]) -> Result<(&str, &[u8]), KeyBlobError> {
-    let rest = blob
-        .strip_prefix(BLOB_MAGIC)
-        .ok_or(KeyBlobError::Malformed)?;
-    let (&fp_len, rest) = rest.split_first().ok_or(KeyBlobError::Malformed)?;
-    if rest.len() < fp_len as usize {
-        return Err(KeyBlobError::Malformed);
-    }
-    let (fp, sealed) = rest.split_at(fp_len as usize);
-    let fp = std::str::from_utf8(fp).map_err(|_| KeyBlobError::Malformed)?;
-    Ok((fp, sealed))
-}
-
-/// Open the sealed part of a blob made under `key_backup_key` for the domain `fingerprint`.
-pub fn open_key_backup_blob(
-    key_backup_key: &[u8; 32],
-    fingerprint: &str,
-    sealed: &[u8],
-) -> Result<KeyRecord, KeyBlobError> {
-    let plain = aead::open(key_backup_key, &blob_aad(fingerprint), sealed)
-        .map_err(|_| KeyBlobError::Integrity)?;
-    serde_json::from_slice(&plain).map_err(|_| KeyBlobError::Content)
-}
-
 pub fn backup(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.audit.operation = "KeyBackup";
     ctx.key(name, None);
@@ -745,13 +570,7 @@ pub async fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.require_active()?;
     let rec = key_record(ctx, name)?;
     let current = key_version(&rec, None)?;
-    let spec = ctx
-        .app
-        .keyring
-        .unwrap_uncached(name, &current.version, &current.wrapped)
-        .map_err(keyring_err)?
-        .spec();
-    let material = ctx.app.keygen.key(spec).await.map_err(crypto_err)?;
+    let material = service::rotated_material(&ctx.app, name, &current).await?;
     let now = now();
     let mut attrs = new_attributes(None, now);
     if let Some(expiry) = rec
@@ -786,77 +605,6 @@ pub async fn rotate(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         current.tags.clone(),
     )
     .await
-}
-
-/// Shortest `expiryTime` of a rotation policy (Key Vault's minimum: 28 days).
-const MIN_EXPIRY: i64 = 28 * 86_400;
-/// Shortest `timeAfterCreate` / `timeBeforeExpiry` of a lifetime action (Key Vault's: 7 days).
-const MIN_TRIGGER: i64 = 7 * 86_400;
-/// Longest rotation-policy duration: 100 years (`P100Y`).
-const MAX_POLICY_DURATION: i64 = 100 * 365 * 86_400;
-
-fn duration_range(min: i64) -> String {
-    format!("P{}D to P100Y", min / 86_400)
-}
-
-/// A rotation-policy duration in seconds, within `min..=MAX_POLICY_DURATION`; the error
-/// names `field` and the allowed range.
-fn policy_duration(field: &str, value: &str, min: i64) -> Result<i64, ApiError> {
-    match iso8601_duration_secs(value) {
-        Some(d) if (min..=MAX_POLICY_DURATION).contains(&d) => Ok(d),
-        parsed => {
-            let shown: String = value.chars().take(64).collect();
-            let what = if parsed.is_some() {
-                "is out of range"
-            } else {
-                "is not an ISO-8601 duration"
-            };
-            Err(ApiError::bad_request(format!(
-                "{field} '{shown}' {what}: give a duration from {} (e.g. P90D, P2Y, PT12H as long as it is in range)",
-                duration_range(min)
-            )))
-        }
-    }
-}
-
-/// Parse an ISO-8601 duration such as `P90D`, `P2Y`, `P1M`, `PT12H`, `P1Y2M3DT4H5M6S`
-/// (years as 365 days, months as 30 days, as Key Vault does).
-pub fn iso8601_duration_secs(s: &str) -> Option<i64> {
-    let s = s.strip_prefix('P')?;
-    let (date, time) = match s.split_once('T') {
-        Some((d, t)) => (d, Some(t)),
-        None => (s, None),
-    };
-    let mut total: i64 = 0;
-    let mut any = false;
-    let mut eat = |part: &str, units: &[(char, i64)]| -> Option<()> {
-        let mut num = String::new();
-        for c in part.chars() {
-            if c.is_ascii_digit() {
-                num.push(c);
-            } else {
-                let mult = units.iter().find(|(u, _)| *u == c)?.1;
-                let n: i64 = num.parse().ok()?;
-                total = total.checked_add(n.checked_mul(mult)?)?;
-                num.clear();
-                any = true;
-            }
-        }
-        if num.is_empty() { Some(()) } else { None }
-    };
-    eat(
-        date,
-        &[
-            ('Y', 365 * 86_400),
-            ('M', 30 * 86_400),
-            ('W', 7 * 86_400),
-            ('D', 86_400),
-        ],
-    )?;
-    if let Some(t) = time {
-        eat(t, &[('H', 3_600), ('M', 60), ('S', 1)])?;
-    }
-    any.then_some(total)
 }
 
 fn policy_id(ctx: &Ctx, name: &str) -> String {
@@ -946,225 +694,4 @@ pub async fn set_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, 
         })
         .await?;
     get_rotation_policy(ctx, name)
-}
-
-fn check_usable(name: &str, v: &KeyVersion, op: &str) -> Result<(), ApiError> {
-    let now = now();
-    if !v.attributes.enabled {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!(
-                "key '{name}' version '{}' is disabled; enable it with PATCH /keys/{name}/{} before using it",
-                v.version, v.version
-            ),
-        ));
-    }
-    if v.attributes.nbf.is_some_and(|nbf| now < nbf) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!("key '{name}' is not valid yet (nbf)"),
-        ));
-    }
-    if v.attributes.exp.is_some_and(|exp| now >= exp) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!("key '{name}' has expired (exp); rotate it or update its exp"),
-        ));
-    }
-    if !v.key_ops.iter().any(|o| o == op) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!(
-                "key '{name}' does not allow the '{op}' operation (its key_ops are [{}]); update key_ops with PATCH",
-                v.key_ops.join(", ")
-            ),
-        ));
-    }
-    Ok(())
-}
-
-pub fn operation(
-    ctx: &mut Ctx,
-    name: &str,
-    version: Option<&str>,
-    op: KeyOp,
-) -> Result<Response, ApiError> {
-    let (operation, action, op_name) = match op {
-        KeyOp::Encrypt => ("KeyEncrypt", DataAction::KeysEncrypt, "encrypt"),
-        KeyOp::Decrypt => ("KeyDecrypt", DataAction::KeysDecrypt, "decrypt"),
-        KeyOp::WrapKey => ("KeyWrap", DataAction::KeysWrap, "wrapKey"),
-        KeyOp::UnwrapKey => ("KeyUnwrap", DataAction::KeysUnwrap, "unwrapKey"),
-        KeyOp::Sign => ("KeySign", DataAction::KeysSign, "sign"),
-        KeyOp::Verify => ("KeyVerify", DataAction::KeysVerify, "verify"),
-        KeyOp::Release => ("KeyRelease", DataAction::KeysRelease, "release"),
-    };
-    ctx.audit.operation = operation;
-    ctx.key(name, version);
-    ctx.authorize(action, &key_scope(name))?;
-    if op == KeyOp::Release {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "NotSupported",
-            "secure key release is not supported (Keystead has no attestation service); see docs/compatibility.md",
-        ));
-    }
-    ctx.require_active()?;
-    // The version and its material under one read lock of the state: a delete or purge
-    // applied meanwhile cannot leave the material cached (Keyring::load).
-    let app = ctx.app.clone();
-    let (v, key) = {
-        let st = app.store.read();
-        let rec = st.keys.get(name).ok_or_else(|| key_not_found(name))?;
-        let v = key_version(rec, version)?;
-        ctx.key(name, Some(&v.version));
-        check_usable(name, &v, op_name)?;
-        let key = app
-            .keyring
-            .load(name, &v.version, &v.wrapped)
-            .map_err(keyring_err)?;
-        (v, key)
-    };
-    let kid = kid(ctx, name, Some(&v.version));
-    let result = |value: Vec<u8>| KeyOperationResult {
-        kid: Some(kid.clone()),
-        value: Some(Base64Url(value)),
-        iv: None,
-        tag: None,
-        aad: None,
-    };
-    let enc_alg = |alg: &str| EncryptionAlgorithm::parse(alg).map_err(|e| crypto_err(e.into()));
-    match op {
-        KeyOp::Sign => {
-            let p: KeySignParameters = ctx.json()?;
-            let alg = SignatureAlgorithm::parse(&p.alg).map_err(|e| crypto_err(e.into()))?;
-            let sig = key.sign(alg, &p.value.0).map_err(crypto_err)?;
-            Ok(json_response(StatusCode::OK, &result(sig)))
-        }
-        KeyOp::Verify => {
-            let p: KeyVerifyParameters = ctx.json()?;
-            let alg = SignatureAlgorithm::parse(&p.alg).map_err(|e| crypto_err(e.into()))?;
-            let ok = key
-                .verify(alg, &p.digest.0, &p.value.0)
-                .map_err(crypto_err)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &KeyVerifyResult { value: ok },
-            ))
-        }
-        KeyOp::Encrypt => {
-            let p: KeyOperationsParameters = ctx.json()?;
-            let out = key
-                .encrypt(
-                    enc_alg(&p.alg)?,
-                    &p.value.0,
-                    p.iv.as_ref().map(|v| &v.0[..]),
-                    p.aad.as_ref().map(|v| &v.0[..]),
-                )
-                .map_err(crypto_err)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &KeyOperationResult {
-                    kid: Some(kid.clone()),
-                    value: Some(Base64Url(out.value)),
-                    iv: out.iv.map(Base64Url),
-                    tag: out.tag.map(Base64Url),
-                    aad: out.aad.map(Base64Url),
-                },
-            ))
-        }
-        KeyOp::Decrypt => {
-            let p: KeyOperationsParameters = ctx.json()?;
-            let pt = key
-                .decrypt(
-                    enc_alg(&p.alg)?,
-                    &p.value.0,
-                    p.iv.as_ref().map(|v| &v.0[..]),
-                    p.aad.as_ref().map(|v| &v.0[..]),
-                    p.tag.as_ref().map(|v| &v.0[..]),
-                )
-                .map_err(crypto_err)?;
-            Ok(json_response(StatusCode::OK, &result(pt.to_vec())))
-        }
-        KeyOp::WrapKey => {
-            let p: KeyOperationsParameters = ctx.json()?;
-            let w = key
-                .wrap_key(enc_alg(&p.alg)?, &p.value.0)
-                .map_err(crypto_err)?;
-            Ok(json_response(StatusCode::OK, &result(w)))
-        }
-        KeyOp::UnwrapKey => {
-            let p: KeyOperationsParameters = ctx.json()?;
-            let k = key
-                .unwrap_key(enc_alg(&p.alg)?, &p.value.0)
-                .map_err(crypto_err)?;
-            Ok(json_response(StatusCode::OK, &result(k.to_vec())))
-        }
-        KeyOp::Release => Err(ApiError::internal("release is refused above")),
-    }
-}
-
-pub fn random(ctx: &mut Ctx) -> Result<Response, ApiError> {
-    ctx.audit.operation = "GetRandomBytes";
-    ctx.authorize(DataAction::Rng, "/")?;
-    ctx.require_active()?;
-    let p: GetRandomBytesRequest = ctx.json()?;
-    let bytes = crypto::random_bytes(p.count as usize).map_err(crypto_err)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &RandomBytes {
-            value: Base64Url(bytes),
-        },
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(iso8601_duration_secs("P90D"), Some(90 * 86_400));
-        assert_eq!(iso8601_duration_secs("P2Y"), Some(2 * 365 * 86_400));
-        assert_eq!(iso8601_duration_secs("PT12H"), Some(12 * 3_600));
-        assert_eq!(iso8601_duration_secs("P1DT1M"), Some(86_400 + 60));
-        assert_eq!(iso8601_duration_secs("90D"), None);
-        assert_eq!(iso8601_duration_secs("P"), None);
-        assert_eq!(iso8601_duration_secs("P1X"), None);
-        // Overflow is refused, not wrapped.
-        assert_eq!(
-            iso8601_duration_secs("PT9223372036854775807S"),
-            Some(i64::MAX)
-        );
-        assert_eq!(iso8601_duration_secs("P9223372036854775807D"), None);
-        assert_eq!(iso8601_duration_secs("P99999999999999999999D"), None);
-    }
-
-    #[test]
-    fn policy_durations_are_bounded() {
-        assert_eq!(
-            policy_duration("f", "P28D", MIN_EXPIRY).unwrap(),
-            28 * 86_400
-        );
-        assert!(policy_duration("f", "P100Y", MIN_EXPIRY).is_ok());
-        for bad in ["P27D", "P101Y", "PT9223372036854775807S", "P1X", ""] {
-            let e = policy_duration("attributes.expiryTime", bad, MIN_EXPIRY).unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST);
-            assert!(e.message.contains("attributes.expiryTime"), "{e}");
-            assert!(e.message.contains("P28D to P100Y"), "{e}");
-        }
-        assert!(policy_duration("t", "P7D", MIN_TRIGGER).is_ok());
-        assert!(policy_duration("t", "P6D", MIN_TRIGGER).is_err());
-    }
-
-    #[test]
-    fn names() {
-        assert!(validate_name("key-1").is_ok());
-        assert!(validate_name("").is_err());
-        assert!(validate_name("a_b").is_err());
-        assert!(validate_name(&"a".repeat(128)).is_err());
-    }
 }

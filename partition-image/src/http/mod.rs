@@ -8,7 +8,8 @@
 
 mod backup;
 pub mod error;
-pub(crate) mod keys;
+mod key_ops;
+mod keys;
 mod members;
 pub mod metrics;
 mod rbac;
@@ -394,14 +395,14 @@ async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
         R::GetRotationPolicy { name } => keys::get_rotation_policy(ctx, &name),
         R::SetRotationPolicy { name } => keys::set_rotation_policy(ctx, &name).await,
         R::KeyOperation { name, version, op } => {
-            keys::operation(ctx, &name, version.as_deref(), op)
+            key_ops::operation(ctx, &name, version.as_deref(), op)
         }
         R::GetAttestation { .. } => Err(not_supported(
             ctx,
             "KeyAttestation",
             "key attestation is not supported by Keystead (there is no hardware attestation chain); see docs/compatibility.md",
         )),
-        R::Random => keys::random(ctx),
+        R::Random => key_ops::random(ctx),
         R::SdDownload => sd::download(ctx).await,
         R::SdDownloadPending => sd::download_pending(ctx),
         R::SdTransferKey => sd::transfer_key(ctx).await,

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod backup;
 pub mod error;
+pub mod keys;
 pub mod members;
 mod replication;
 pub mod sd;
