@@ -1,12 +1,14 @@
 //! The HTTPS data plane (the edge): the request chain (authentication, route, read barrier,
 //! dispatch, audit), the handlers of each API and the one place errors become responses.
 //!
-//! Every request goes through [`handle`]: a request without a bearer token gets the 401
-//! challenge before its body is read; a token is validated; the route is parsed; the
+//! Every request goes through [`handle`] (`chain.rs`): a request without a bearer token gets
+//! the 401 challenge before its body is read; a token is validated; the route is parsed; the
 //! handler authorises the data action against local RBAC; one audit record is written for
-//! every request, whatever its outcome.
+//! every request, whatever its outcome. A new route is a line in `route.rs`, one in
+//! [`dispatch`] and a small handler.
 
 mod backup;
+mod chain;
 pub mod error;
 mod key_ops;
 mod keys;
@@ -19,22 +21,17 @@ pub mod server;
 
 use crate::service::app::App;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use error::ApiError;
-use keystead_core::audit::AuditRecord;
 use keystead_core::rbac::DataAction;
 use route::Route;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
-use std::time::Instant;
-use tracing::Instrument;
-
-/// Largest request body accepted (keys, blobs and transfer blobs are far smaller).
-const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 pub use crate::tls::ClientAddr;
+pub use chain::{MAX_URI_BYTES, handle};
 
 /// What a handler records about the request for the audit log.
 #[derive(Default, Debug)]
@@ -135,240 +132,6 @@ impl Ctx {
 /// JSON response with status.
 pub fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     (status, axum::Json(body)).into_response()
-}
-
-fn challenge(app: &App) -> HeaderValue {
-    let v = crate::auth::challenge_header(&app.cfg.auth.authority, &app.cfg.audience());
-    HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static("Bearer"))
-}
-
-fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
-    q.map(|q| {
-        url::form_urlencoded::parse(q.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect()
-    })
-    .unwrap_or_default()
-}
-
-/// Longest request target (path and query) served: far above any Key Vault route (key names
-/// have at most 127 characters), small enough that no request can bloat the audit log.
-pub const MAX_URI_BYTES: usize = 8192;
-
-/// What every audit record of one request shares.
-struct RequestFacts {
-    request_id: String,
-    client: String,
-    method: String,
-    path: String,
-}
-
-impl RequestFacts {
-    fn record(&self, app: &App, caller: &str, info: AuditInfo, status: u16) -> AuditRecord {
-        AuditRecord {
-            request_id: self.request_id.clone(),
-            partition: app.cfg.partition_id.clone(),
-            caller: caller.to_string(),
-            client_address: self.client.clone(),
-            method: self.method.clone(),
-            path: self.path.clone(),
-            operation: info.operation.to_string(),
-            data_action: info.data_action.map(|a| a.as_str().to_string()),
-            key_name: info.key_name,
-            key_version: info.key_version,
-            member: info.member,
-            member_id: info.member_id,
-            status,
-            ..AuditRecord::default()
-        }
-    }
-}
-
-/// The answer to a change whose audit record could not be written (nothing was done).
-fn audit_unavailable(app: &App) -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "AuditLogUnavailable",
-        format!(
-            "partition {} cannot write its audit log, so it refuses changes: nothing was changed. Retry on another partition; the pool's operator must make the audit log writable again (see docs/audit.md)",
-            app.cfg.partition_id
-        ),
-    )
-}
-
-/// The single entry point of the data plane: every log line written while the request is
-/// served carries its request id (the one in its audit records and `x-ms-request-id`).
-pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
-    let started = Instant::now();
-    let request_id = req
-        .headers()
-        .get("x-ms-client-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    // The path stays in the audit record (cut there to a bounded length), not in every line.
-    let span = tracing::info_span!("request", request_id = %request_id, method = %req.method());
-    serve(app, req, request_id, started).instrument(span).await
-}
-
-async fn serve(app: Arc<App>, req: Request, request_id: String, started: Instant) -> Response {
-    let client = req
-        .extensions()
-        .get::<ClientAddr>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let uri_len = req
-        .uri()
-        .path_and_query()
-        .map_or(path.len(), |pq| pq.as_str().len());
-    let facts = RequestFacts {
-        request_id: request_id.clone(),
-        client,
-        method: method.to_string(),
-        path: path.clone(),
-    };
-
-    let mut caller = "anonymous".to_string();
-    let mut info = AuditInfo {
-        operation: "Unknown",
-        ..Default::default()
-    };
-    let token = crate::auth::bearer_token(req.headers()).map(str::to_string);
-    let mut response = if uri_len > MAX_URI_BYTES {
-        // Refused before anything else (the token is not even checked).
-        info.operation = "UriTooLong";
-        ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "UriTooLong",
-            format!(
-                "the request URI is {uri_len} bytes; this pool serves URIs of at most {MAX_URI_BYTES} bytes (Key Vault paths are far shorter: key names have at most 127 characters). Check the URL your client builds"
-            ),
-        )
-        .into_response()
-    } else {
-        match token {
-            None => {
-                info.operation = "Challenge";
-                let mut r = ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "Unauthorized",
-                    "a bearer token is required: send `Authorization: Bearer <token>` with a token for this pool's audience",
-                )
-                .into_response();
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, challenge(&app));
-                r
-            }
-            Some(token) => match app.validator.validate(&token).await {
-                Err(e) => {
-                    info.operation = "Authenticate";
-                    let mut r = ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "Unauthorized",
-                        format!("the bearer token was rejected: {e}"),
-                    )
-                    .into_response();
-                    r.headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, challenge(&app));
-                    r
-                }
-                Ok(principal) => {
-                    caller = principal.subject.clone();
-                    // Never the request's Host header or authority: a caller could make
-                    // the pool hand out `kid`s and polling URLs of its choosing.
-                    let base = app.cfg.public_url.trim_end_matches('/').to_string();
-                    let query = parse_query(req.uri().query());
-                    match route::parse(&method, &path) {
-                        None => {
-                            info.operation = "NotFound";
-                            ApiError::not_found(
-                                "NotFound",
-                                format!("no operation {method} {path}; see docs/compatibility.md for the supported routes"),
-                            )
-                            .into_response()
-                        }
-                        Some(route) => {
-                            match axum::body::to_bytes(req.into_body(), BODY_LIMIT).await {
-                                Err(_) => ApiError::new(
-                                    StatusCode::PAYLOAD_TOO_LARGE,
-                                    "BadParameter",
-                                    format!("the request body exceeds {BODY_LIMIT} bytes"),
-                                )
-                                .into_response(),
-                                Ok(body) => {
-                                    // A change is recorded before it is carried out: if that
-                                    // record cannot be written, nothing is done (fail closed).
-                                    let intent = route.audited_first().then(|| {
-                                        let what = AuditInfo {
-                                            operation: route.operation(),
-                                            ..Default::default()
-                                        };
-                                        let mut r = facts.record(&app, &caller, what, 0);
-                                        r.intent = true;
-                                        app.audit.try_record(r)
-                                    });
-                                    if let Some(Err(_)) = intent {
-                                        info.operation = route.operation();
-                                        audit_unavailable(&app).into_response()
-                                    } else {
-                                        let mut ctx = Ctx {
-                                            app: app.clone(),
-                                            principal: principal.subject.clone(),
-                                            base_url: base,
-                                            query,
-                                            body,
-                                            audit: AuditInfo::default(),
-                                        };
-                                        // Status and the member list answer even without a
-                                        // majority (they say so).
-                                        let barrier = if matches!(
-                                            route,
-                                            Route::AdminStatus | Route::ListMembers
-                                        ) {
-                                            Ok(())
-                                        } else {
-                                            app.store.read_barrier().await
-                                        };
-                                        let r = match barrier {
-                                            Ok(()) => dispatch(route, &mut ctx).await,
-                                            Err(e) => Err(ApiError::from(e)),
-                                        };
-                                        info = std::mem::take(&mut ctx.audit);
-                                        match r {
-                                            Ok(r) => r,
-                                            Err(e) => e.into_response(),
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            },
-        }
-    };
-    let status = response.status().as_u16();
-    let error_code = if status >= 400 {
-        response
-            .extensions()
-            .get::<ErrorCodeTag>()
-            .map(|t| t.0.clone())
-    } else {
-        None
-    };
-    let mut outcome = facts.record(&app, &caller, info, status);
-    outcome.error_code = error_code;
-    outcome.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    // Reads and cryptographic operations are answered even when this record is lost (it
-    // is counted and logged); a change was refused above unless its intent was recorded.
-    app.audit.record(outcome);
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-ms-request-id", v);
-    }
-    response
 }
 
 /// Error code of an error response, for the audit record.
