@@ -121,7 +121,7 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
         Some(k) => format!("Backup of key '{k}'"),
         None => "Full backup".to_string(),
     };
-    let mut st = job::create(
+    let mut st = ctx.app.jobs.create(
         &pool,
         job::Kind::Backup,
         &format!("{what} is in progress"),
@@ -131,14 +131,14 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
     // still says where its (possibly partial) backup went.
     let folder = backup::new_folder(&ctx.app, false, params.key_name.as_deref());
     let url = d.folder_url(&folder);
-    job::update(&pool, &st.job_id, |s| {
+    ctx.app.jobs.update(&pool, &st.job_id, |s| {
         s.azure_storage_blob_container_uri = Some(url.clone())
     });
     st.azure_storage_blob_container_uri = Some(url);
     let app = ctx.app.clone();
     let id = st.job_id.clone();
     tokio::spawn(async move {
-        let lock = job::pool_lock(&pool);
+        let lock = app.jobs.pool_lock(&pool);
         let _g = lock.lock().await;
         let chunk = backup::format::RECORDS_PER_CHUNK;
         let key = params.key_name.as_deref();
@@ -149,11 +149,11 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
             Ok((m, summary)) => {
                 let url = d.folder_url(&m.body.folder);
                 tracing::info!(job = %id, folder = %url, keys = m.body.key_count, "{what} succeeded");
-                job::update(&pool, &id, |s| {
+                app.jobs.update(&pool, &id, |s| {
                     s.azure_storage_blob_container_uri = Some(url);
                     s.backup = Some(summary);
                 });
-                job::finish(
+                app.jobs.finish(
                     &pool,
                     &id,
                     crate::service::now(),
@@ -162,7 +162,8 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
             }
             Err(e) => {
                 tracing::warn!(job = %id, error = %e, "{what} failed");
-                job::finish(&pool, &id, crate::service::now(), Err(job_error(&e)));
+                app.jobs
+                    .finish(&pool, &id, crate::service::now(), Err(job_error(&e)));
             }
         }
     });
@@ -175,7 +176,7 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
 
 async fn status(ctx: &mut Ctx, job_id: &str, kinds: &[job::Kind]) -> Result<Response, ApiError> {
     let pool = pool_id(ctx);
-    let found = match job::get(&pool, job_id) {
+    let found = match ctx.app.jobs.get(&pool, job_id) {
         Some(st) => Some(st),
         // The job may run on another partition (a load-balanced client polls any of them).
         None if job::valid_id(job_id) => job::find_job(&ctx.app, job_id).await,
@@ -239,11 +240,14 @@ pub fn start_restore(ctx: &mut Ctx, check_only: bool) -> Result<Response, ApiErr
     } else {
         (job::Kind::Restore, "Full restore is in progress")
     };
-    let st = job::create(&pool, kind, details, crate::service::now());
+    let st = ctx
+        .app
+        .jobs
+        .create(&pool, kind, details, crate::service::now());
     let app = ctx.app.clone();
     let id = st.job_id.clone();
     tokio::spawn(async move {
-        let lock = job::pool_lock(&pool);
+        let lock = app.jobs.pool_lock(&pool);
         let _g = lock.lock().await;
         let r = if check_only {
             backup::check_backup(&app, &d, &folder).await.map(|m| {
@@ -257,7 +261,7 @@ pub fn start_restore(ctx: &mut Ctx, check_only: bool) -> Result<Response, ApiErr
         } else {
             backup::restore_full(&app, &d, &folder).await.map(|r| {
                 let rp = r.restore_point.clone();
-                job::update(&pool, &id, |s| s.restore_point = Some(rp));
+                app.jobs.update(&pool, &id, |s| s.restore_point = Some(rp));
                 format!(
                     "Full restore succeeded: {} keys and {} deleted keys restored; restore point {}",
                     r.keys, r.deleted, r.restore_point
@@ -267,11 +271,12 @@ pub fn start_restore(ctx: &mut Ctx, check_only: bool) -> Result<Response, ApiErr
         match r {
             Ok(msg) => {
                 tracing::info!(job = %id, "{msg}");
-                job::finish(&pool, &id, crate::service::now(), Ok(msg));
+                app.jobs.finish(&pool, &id, crate::service::now(), Ok(msg));
             }
             Err(e) => {
                 tracing::warn!(job = %id, error = %e, "restore failed");
-                job::finish(&pool, &id, crate::service::now(), Err(job_error(&e)));
+                app.jobs
+                    .finish(&pool, &id, crate::service::now(), Err(job_error(&e)));
             }
         }
     });
@@ -298,7 +303,7 @@ struct DeleteParameters {
 async fn failed_backup_job(ctx: &Ctx, job_id: &str, url: &str) -> Result<(), ApiError> {
     let conflict = |m: String| ApiError::conflict("Conflict", m);
     let pool = pool_id(ctx);
-    let st = match job::get(&pool, job_id) {
+    let st = match ctx.app.jobs.get(&pool, job_id) {
         Some(st) => Some(st),
         None if job::valid_id(job_id) => job::find_job(&ctx.app, job_id).await,
         None => None,
@@ -339,7 +344,7 @@ pub async fn delete_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
     let url = d.folder_url(&folder);
     let pool = pool_id(ctx);
     // Not while a backup or restore of this pool runs here (it may be writing this folder).
-    let lock = job::pool_lock(&pool);
+    let lock = ctx.app.jobs.pool_lock(&pool);
     let _g = lock.lock().await;
     let refused = |e: backup::BackupError| {
         let status = match e {
@@ -384,7 +389,7 @@ pub fn start_selective_restore(ctx: &mut Ctx, name: &str) -> Result<Response, Ap
     let p: SelectiveRestoreParameters = ctx.json()?;
     let (d, folder) = open_folder(ctx, &p.sas_token_parameters, &p.folder)?;
     let pool = pool_id(ctx);
-    let st = job::create(
+    let st = ctx.app.jobs.create(
         &pool,
         job::Kind::SelectiveRestore,
         "Selective key restore is in progress",
@@ -394,10 +399,10 @@ pub fn start_selective_restore(ctx: &mut Ctx, name: &str) -> Result<Response, Ap
     let id = st.job_id.clone();
     let name = name.to_string();
     tokio::spawn(async move {
-        let lock = job::pool_lock(&pool);
+        let lock = app.jobs.pool_lock(&pool);
         let _g = lock.lock().await;
         match backup::restore_key(&app, &d, &folder, &name).await {
-            Ok(rec) => job::finish(
+            Ok(rec) => app.jobs.finish(
                 &pool,
                 &id,
                 crate::service::now(),
@@ -407,7 +412,9 @@ pub fn start_selective_restore(ctx: &mut Ctx, name: &str) -> Result<Response, Ap
                     rec.versions.len()
                 )),
             ),
-            Err(e) => job::finish(&pool, &id, crate::service::now(), Err(job_error(&e))),
+            Err(e) => app
+                .jobs
+                .finish(&pool, &id, crate::service::now(), Err(job_error(&e))),
         }
     });
     Ok(accepted(

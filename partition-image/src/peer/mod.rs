@@ -320,7 +320,7 @@ async fn serve(app: &Arc<App>, req: Request) -> (Response, Option<String>, PeerA
         (Method::GET, p) if p.starts_with(crate::service::backup::job::JOBS_PATH) => {
             let id = &p[crate::service::backup::job::JOBS_PATH.len()..];
             let pool_id = app.store.read().settings.pool_id.clone();
-            match crate::service::backup::job::get_for_peer(&pool_id, id) {
+            match app.jobs.get_for_peer(&pool_id, id) {
                 Some(j) => json(&j),
                 None => refuse(StatusCode::NOT_FOUND, "no such job on this partition"),
             }

@@ -27,6 +27,8 @@ pub struct App {
     /// The one-time exchange key of a pending recovery (memory only).
     pub exchange: tokio::sync::Mutex<Option<ExchangeKey>>,
     pub upload_status: tokio::sync::Mutex<Option<(String, String)>>,
+    /// Backup and restore jobs started on this partition.
+    pub jobs: super::backup::job::Jobs,
 }
 
 impl std::fmt::Debug for App {
@@ -122,6 +124,7 @@ impl App {
             sd_lock: Default::default(),
             exchange: Default::default(),
             upload_status: Default::default(),
+            jobs: Default::default(),
             cfg,
         });
         Ok(app)

@@ -1,4 +1,5 @@
-//! Background backup and restore jobs and their status, in memory.
+//! Background backup and restore jobs and their status, in the memory of the partition's
+//! [`App`] ([`Jobs`]).
 //!
 //! A job runs on the partition that accepted it; the other partitions of the pool answer
 //! status requests for it by asking their peers (`GET /internal/jobs/{jobId}`), so a client
@@ -10,10 +11,11 @@
 use crate::service::app::App;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Finished jobs kept per process before the oldest are forgotten.
+/// Finished jobs kept per partition before the oldest are forgotten.
 const MAX_FINISHED: usize = 1000;
 
 pub use keystead_core::backup_job::{
@@ -42,103 +44,106 @@ pub fn valid_id(job_id: &str) -> bool {
     !job_id.is_empty() && job_id.len() <= 64 && job_id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-type Registry = Mutex<HashMap<(String, String), (u64, JobStatus)>>;
-
-fn registry() -> &'static Registry {
-    static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(Default::default)
+/// The jobs of this partition, in memory (held by its [`App`]): their status by pool and
+/// job id, and one lock per pool so that its backups and restores run one at a time.
+#[derive(Default)]
+pub struct Jobs {
+    /// (pool id, job id) → (creation order, status).
+    registry: Mutex<HashMap<(String, String), (u64, JobStatus)>>,
+    seq: AtomicU64,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn seq() -> u64 {
-    static S: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    S.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Record a new job of `pool_id` and return its status.
-pub fn create(pool_id: &str, kind: Kind, details: &str, now: i64) -> JobStatus {
-    let job_id = uuid::Uuid::new_v4().simple().to_string();
-    let st = JobStatus {
-        status: Status::InProgress,
-        status_details: Some(details.to_string()),
-        error: None,
-        job_id: job_id.clone(),
-        start_time: now,
-        end_time: None,
-        azure_storage_blob_container_uri: None,
-        backup: None,
-        restore_point: None,
-        kind: Some(kind),
-    };
-    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
-    let finished = r
-        .values()
-        .filter(|(_, s)| s.status != Status::InProgress)
-        .count();
-    if finished >= MAX_FINISHED {
-        let mut old: Vec<_> = r
-            .iter()
-            .filter(|(_, (_, s))| s.status != Status::InProgress)
-            .map(|(k, (n, _))| (*n, k.clone()))
-            .collect();
-        old.sort();
-        for (_, k) in old.into_iter().take(finished + 1 - MAX_FINISHED) {
-            r.remove(&k);
-        }
-    }
-    r.insert((pool_id.to_string(), job_id), (seq(), st.clone()));
-    st
-}
-
-/// Change a job's status.
-pub fn update(pool_id: &str, job_id: &str, f: impl FnOnce(&mut JobStatus)) {
-    let mut r = registry().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, st)) = r.get_mut(&(pool_id.to_string(), job_id.to_string())) {
-        f(st);
+impl std::fmt::Debug for Jobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jobs").finish_non_exhaustive()
     }
 }
 
-/// Mark a job finished: succeeded, or failed with `error`.
-pub fn finish(pool_id: &str, job_id: &str, now: i64, result: Result<String, JobError>) {
-    update(pool_id, job_id, |st| {
-        st.end_time = Some(now);
-        match result {
-            Ok(details) => {
-                st.status = Status::Succeeded;
-                st.status_details = Some(details);
-            }
-            Err(e) => {
-                st.status = Status::Failed;
-                st.status_details = Some(e.message.clone());
-                st.error = Some(e);
+impl Jobs {
+    /// Record a new job of `pool_id` and return its status.
+    pub fn create(&self, pool_id: &str, kind: Kind, details: &str, now: i64) -> JobStatus {
+        let job_id = uuid::Uuid::new_v4().simple().to_string();
+        let st = JobStatus {
+            status: Status::InProgress,
+            status_details: Some(details.to_string()),
+            error: None,
+            job_id: job_id.clone(),
+            start_time: now,
+            end_time: None,
+            azure_storage_blob_container_uri: None,
+            backup: None,
+            restore_point: None,
+            kind: Some(kind),
+        };
+        let mut r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let finished = r
+            .values()
+            .filter(|(_, s)| s.status != Status::InProgress)
+            .count();
+        if finished >= MAX_FINISHED {
+            let mut old: Vec<_> = r
+                .iter()
+                .filter(|(_, (_, s))| s.status != Status::InProgress)
+                .map(|(k, (n, _))| (*n, k.clone()))
+                .collect();
+            old.sort();
+            for (_, k) in old.into_iter().take(finished + 1 - MAX_FINISHED) {
+                r.remove(&k);
             }
         }
-    });
-}
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        r.insert((pool_id.to_string(), job_id), (seq, st.clone()));
+        st
+    }
 
-/// The status of a job of `pool_id`.
-pub fn get(pool_id: &str, job_id: &str) -> Option<JobStatus> {
-    let r = registry().lock().unwrap_or_else(|p| p.into_inner());
-    r.get(&(pool_id.to_string(), job_id.to_string()))
-        .map(|(_, s)| s.clone())
-}
+    /// Change a job's status.
+    pub fn update(&self, pool_id: &str, job_id: &str, f: impl FnOnce(&mut JobStatus)) {
+        let mut r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, st)) = r.get_mut(&(pool_id.to_string(), job_id.to_string())) {
+            f(st);
+        }
+    }
 
-/// This partition's job, for a peer.
-pub fn get_for_peer(pool_id: &str, job_id: &str) -> Option<PeerJob> {
-    let st = get(pool_id, job_id)?;
-    Some(PeerJob {
-        kind: st.kind?,
-        status: st,
-    })
-}
+    /// Mark a job finished: succeeded, or failed with `error`.
+    pub fn finish(&self, pool_id: &str, job_id: &str, now: i64, result: Result<String, JobError>) {
+        self.update(pool_id, job_id, |st| {
+            st.end_time = Some(now);
+            match result {
+                Ok(details) => {
+                    st.status = Status::Succeeded;
+                    st.status_details = Some(details);
+                }
+                Err(e) => {
+                    st.status = Status::Failed;
+                    st.status_details = Some(e.message.clone());
+                    st.error = Some(e);
+                }
+            }
+        });
+    }
 
-/// One lock per pool: backups and restores of a pool run one at a time.
-pub fn pool_lock(pool_id: &str) -> Arc<tokio::sync::Mutex<()>> {
-    static L: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
-    let mut m = L
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    m.entry(pool_id.to_string()).or_default().clone()
+    /// The status of a job of `pool_id`.
+    pub fn get(&self, pool_id: &str, job_id: &str) -> Option<JobStatus> {
+        let r = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        r.get(&(pool_id.to_string(), job_id.to_string()))
+            .map(|(_, s)| s.clone())
+    }
+
+    /// This partition's job, for a peer.
+    pub fn get_for_peer(&self, pool_id: &str, job_id: &str) -> Option<PeerJob> {
+        let st = self.get(pool_id, job_id)?;
+        Some(PeerJob {
+            kind: st.kind?,
+            status: st,
+        })
+    }
+
+    /// The lock of `pool_id`: its backups and restores run one at a time.
+    pub fn pool_lock(&self, pool_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut m = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(pool_id.to_string()).or_default().clone()
+    }
 }
 
 /// `GET /internal/jobs/{jobId}`: a backup or restore job running (or finished) on a peer.
