@@ -1,4 +1,5 @@
-//! Unit tests of the crypto module: every key type and algorithm against known answers and round trips.
+//! Unit tests of the crypto module: every key type and algorithm against known answers and
+//! round trips (a test file of vectors: its length is the algorithms' number, not logic).
 
 use std::sync::OnceLock;
 

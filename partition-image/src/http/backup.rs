@@ -179,7 +179,7 @@ async fn status(ctx: &mut Ctx, job_id: &str, kinds: &[job::Kind]) -> Result<Resp
     let found = match ctx.app.jobs.get(&pool, job_id) {
         Some(st) => Some(st),
         // The job may run on another partition (a load-balanced client polls any of them).
-        None if job::valid_id(job_id) => job::find_job(&ctx.app, job_id).await,
+        None if job::valid_id(job_id) => job::find_job(&ctx.app.store, job_id).await,
         None => None,
     };
     match found {
@@ -305,7 +305,7 @@ async fn failed_backup_job(ctx: &Ctx, job_id: &str, url: &str) -> Result<(), Api
     let pool = pool_id(ctx);
     let st = match ctx.app.jobs.get(&pool, job_id) {
         Some(st) => Some(st),
-        None if job::valid_id(job_id) => job::find_job(&ctx.app, job_id).await,
+        None if job::valid_id(job_id) => job::find_job(&ctx.app.store, job_id).await,
         None => None,
     }
     .ok_or_else(|| {

@@ -15,6 +15,7 @@ mod keys;
 mod members;
 pub mod metrics;
 mod rbac;
+mod rotation;
 pub mod route;
 mod sd;
 pub mod server;
@@ -154,9 +155,9 @@ async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
         R::PurgeDeletedKey { name } => keys::purge(ctx, &name).await,
         R::BackupKey { name } => keys::backup(ctx, &name),
         R::RestoreKey => keys::restore(ctx).await,
-        R::RotateKey { name } => keys::rotate(ctx, &name).await,
-        R::GetRotationPolicy { name } => keys::get_rotation_policy(ctx, &name),
-        R::SetRotationPolicy { name } => keys::set_rotation_policy(ctx, &name).await,
+        R::RotateKey { name } => rotation::rotate(ctx, &name).await,
+        R::GetRotationPolicy { name } => rotation::get_rotation_policy(ctx, &name),
+        R::SetRotationPolicy { name } => rotation::set_rotation_policy(ctx, &name).await,
         R::KeyOperation { name, version, op } => {
             key_ops::operation(ctx, &name, version.as_deref(), op)
         }

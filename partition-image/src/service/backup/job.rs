@@ -1,5 +1,5 @@
 //! Background backup and restore jobs and their status, in the memory of the partition's
-//! [`App`] ([`Jobs`]).
+//! `App` ([`Jobs`]).
 //!
 //! A job runs on the partition that accepted it; the other partitions of the pool answer
 //! status requests for it by asking their peers (`GET /internal/jobs/{jobId}`), so a client
@@ -8,7 +8,7 @@
 //! folder without its manifest is incomplete and is never restored, and a restore commits
 //! as one command or not at all.
 
-use crate::service::app::App;
+use crate::consensus::Store;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,7 +44,7 @@ pub fn valid_id(job_id: &str) -> bool {
     !job_id.is_empty() && job_id.len() <= 64 && job_id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-/// The jobs of this partition, in memory (held by its [`App`]): their status by pool and
+/// The jobs of this partition, in memory (held by its `App`): their status by pool and
 /// job id, and one lock per pool so that its backups and restores run one at a time.
 #[derive(Default)]
 pub struct Jobs {
@@ -151,8 +151,8 @@ pub const JOBS_PATH: &str = "/internal/jobs/";
 
 /// Ask the other members for a job this partition does not know (jobs live in the memory
 /// of the partition that runs them). `job_id` must satisfy `job::valid_id`.
-pub async fn find_job(app: &App, job_id: &str) -> Option<JobStatus> {
-    let replica = app.store.replica()?.clone();
+pub async fn find_job(store: &Store, job_id: &str) -> Option<JobStatus> {
+    let replica = store.replica()?.clone();
     let path = format!("{JOBS_PATH}{job_id}");
     for m in replica.other_members() {
         match replica
