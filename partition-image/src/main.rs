@@ -43,7 +43,9 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if std::env::var(local::LOG_FORMAT_VAR).is_ok_and(|f| f == "text") {
-        fmt.init();
+        // Colours only on a terminal (not in a file the logs are redirected to).
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
     } else {
         fmt.json().init();
     }
