@@ -27,6 +27,7 @@ use keystead_core::sd::{ExchangeCertificate, seal_to_exchange_key};
 use openraft::error::{ClientWriteError, RaftError};
 use serde::Serialize;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Largest peer request (snapshot chunks are 3 MiB by default).
 const PEER_BODY_LIMIT: usize = 32 * 1024 * 1024;
@@ -124,11 +125,26 @@ fn audited(path: &str) -> bool {
 }
 
 /// Entry point of `/internal/...`.
+/// Audited requests (the domain handover, membership, forwarded uploads) are served inside a
+/// `peer_request` span carrying the request id of their audit record; Raft traffic is not.
 pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     if !audited(&path) {
         return serve(&app, req).await.0;
     }
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("peer_request", request_id = %request_id, path = %path);
+    audited_request(app, req, path, request_id)
+        .instrument(span)
+        .await
+}
+
+async fn audited_request(
+    app: Arc<App>,
+    req: Request,
+    path: String,
+    request_id: String,
+) -> Response {
     let started = std::time::Instant::now();
     let method = req.method().to_string();
     let client = req
@@ -139,7 +155,7 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let (response, peer, what) = serve(&app, req).await;
     let status = response.status().as_u16();
     app.audit.record(AuditRecord {
-        request_id: uuid::Uuid::new_v4().to_string(),
+        request_id,
         partition: app.cfg.partition_id.clone(),
         caller: peer
             .as_ref()
