@@ -2,17 +2,14 @@
 
 use super::error::ApiError;
 use super::{Ctx, json_response};
-use crate::service::sd::sd_err;
-use crate::service::sd::upload_here;
-use crate::state::{Activation, Command};
+use crate::service::sd::{self as service, upload_here};
+use crate::state::Activation;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use keystead_core::rbac::DataAction;
 use keystead_core::sd::wire::{
     CertificateInfo, OperationStatus, SecurityDomainObject, SecurityDomainOperationStatus,
-    TransferKey,
 };
-use keystead_core::sd::{self, DomainSecret};
 use keystead_core::status::{self, PoolStatus};
 
 fn accepted(ctx: &Ctx, body: &impl serde::Serialize, pending_path: &str) -> Response {
@@ -41,86 +38,12 @@ pub async fn download(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.operation = "SecurityDomainDownload";
     ctx.authorize(DataAction::SecurityDomainDownload, "/")?;
     let req: CertificateInfo = ctx.json()?;
-    // 3..=10 distinct RSA >= 2048 keys, 2 <= quorum <= n: the format library's own check.
-    let (custodians, quorum) = sd::custodians_from_download_request(&req).map_err(sd_err)?;
-    let n = custodians.len();
-    let activation = ctx.app.store.read().activation.clone();
-    let app = ctx.app.clone();
-    let _guard = app.sd_lock.lock().await;
-    match activation {
-        Activation::Activated { fingerprint, .. } => {
-            // Re-protection: the same domain under new wrapping keys.
-            if ctx.app.cfg.security_domain_redownload == crate::config::RedownloadPolicy::Refused {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "RedownloadRefused",
-                    "this pool refuses to download its activated security domain again (securityDomainRedownload: refused); keep the file made at activation, and to change custodians recover into a pool that allows it",
-                ));
-            }
-            let u = ctx.app.keyring.unsealed().ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "PartitionSealed",
-                    "this partition does not hold the security domain; retry on another partition",
-                )
-            })?;
-            if u.fingerprint() != fingerprint {
-                return Err(ApiError::internal(
-                    "the partition holds a domain other than the pool's",
-                ));
-            }
-            let file = sd::create_domain_file(&u.secret, &custodians, quorum).map_err(sd_err)?;
-            verify_file(&file, &fingerprint, n)?;
-            // Recorded pool-wide before the file leaves: a re-download that cannot be
-            // recorded is not made (the operator turns the record into a Warning Event).
-            let download = crate::state::DomainRedownload {
-                principal: ctx.principal.clone(),
-                time: crate::service::now(),
-                wrapping_keys: n as u32,
-                quorum,
-            };
-            ctx.app
-                .store
-                .propose(Command::RecordDomainRedownload { download })
-                .await?;
-            tracing::warn!(fingerprint = %fingerprint, principal = %ctx.principal, wrapping_keys = n, quorum, "security domain downloaded again (re-protected under new custodian keys)");
-            Ok(accepted(
-                ctx,
-                &SecurityDomainObject { value: file },
-                "/securitydomain/download/pending",
-            ))
-        }
-        Activation::RecoveryPending { .. } => Err(ApiError::conflict(
-            "Conflict",
-            "the pool is waiting for a security-domain upload (recovery was started with GET /securitydomain/upload); upload the transfer blob made for its exchange key",
-        )),
-        Activation::Provisioned => {
-            let pool = ctx.app.store.read().settings.pool_name.clone();
-            let secret = DomainSecret::generate(&pool);
-            let fingerprint = secret.fingerprint();
-            let file = sd::create_domain_file(&secret, &custodians, quorum).map_err(sd_err)?;
-            verify_file(&file, &fingerprint, n)?;
-            ctx.app.activate(secret).await?;
-            tracing::info!(fingerprint = %fingerprint, wrapping_keys = n, quorum, "pool activated by security-domain download");
-            Ok(accepted(
-                ctx,
-                &SecurityDomainObject { value: file },
-                "/securitydomain/download/pending",
-            ))
-        }
-    }
-}
-
-/// Check what is about to be handed out before the pool commits to it.
-fn verify_file(file: &str, fingerprint: &str, n: usize) -> Result<(), ApiError> {
-    let info = sd::inspect_domain_file(file)
-        .map_err(|e| ApiError::internal(format!("the new domain file does not verify: {e}")))?;
-    if info.fingerprint != fingerprint || info.shares.len() != n {
-        return Err(ApiError::internal(
-            "the new domain file does not match the domain; nothing was changed",
-        ));
-    }
-    Ok(())
+    let file = service::download(&ctx.app, &ctx.principal, &req).await?;
+    Ok(accepted(
+        ctx,
+        &SecurityDomainObject { value: file },
+        "/securitydomain/download/pending",
+    ))
 }
 
 pub fn download_pending(ctx: &mut Ctx) -> Result<Response, ApiError> {
@@ -143,76 +66,8 @@ pub fn download_pending(ctx: &mut Ctx) -> Result<Response, ApiError> {
 pub async fn transfer_key(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.operation = "SecurityDomainTransferKey";
     ctx.authorize(DataAction::SecurityDomainTransferKeyRead, "/")?;
-    let app = ctx.app.clone();
-    let _guard = app.sd_lock.lock().await;
-    let (activation, pool_id) = {
-        let st = ctx.app.store.read();
-        (st.activation.clone(), st.settings.pool_id.clone())
-    };
-    if let Activation::Activated { fingerprint, .. } = &activation {
-        if ctx.app.keyring.is_unsealed() {
-            return Err(ApiError::conflict(
-                "Conflict",
-                format!(
-                    "the pool is already activated with security domain {fingerprint} and this partition holds it; recovery is only possible into a pool that is not activated, or one whose partitions all lost the domain"
-                ),
-            ));
-        }
-        // Activated, but this partition lacks the domain and could not get it from a peer
-        // (every partition restarted with `seal.mode: memoryOnly`): the custodians supply it
-        // again. The exchange key stays local; the pool's state does not change.
-        let mut slot = ctx.app.exchange.lock().await;
-        if slot.is_none() {
-            let key = ctx
-                .app
-                .keygen
-                .exchange_key(&pool_id)
-                .await
-                .map_err(sd_err)?;
-            *slot = Some(key);
-        }
-        let key = slot
-            .as_ref()
-            .ok_or_else(|| ApiError::internal("no exchange key"))?;
-        return Ok(json_response(StatusCode::OK, &key.transfer_key()));
-    }
-    let mut slot = ctx.app.exchange.lock().await;
-    let reuse = matches!((&activation, slot.as_ref()),
-        (Activation::RecoveryPending { exchange_thumbprint, .. }, Some(k)) if *exchange_thumbprint == k.thumbprint());
-    if !reuse
-        && let Activation::RecoveryPending {
-            exchange_thumbprint,
-            ..
-        } = &activation
-    {
-        // Another partition may hold the pending exchange key (a client behind a
-        // load-balanced Service reaches any partition): hand out that one rather than
-        // replacing it.
-        if let Some(k) = crate::service::sd::find_transfer_key(&app, exchange_thumbprint).await {
-            return Ok(json_response(StatusCode::OK, &k));
-        }
-    }
-    if !reuse {
-        let key = ctx
-            .app
-            .keygen
-            .exchange_key(&pool_id)
-            .await
-            .map_err(sd_err)?;
-        ctx.app
-            .store
-            .propose(Command::BeginRecovery {
-                exchange_thumbprint: key.thumbprint().to_string(),
-                now: crate::service::now(),
-            })
-            .await?;
-        *slot = Some(key);
-    }
-    let key = slot
-        .as_ref()
-        .ok_or_else(|| ApiError::internal("no exchange key"))?;
-    let body: TransferKey = key.transfer_key();
-    Ok(json_response(StatusCode::OK, &body))
+    let key = service::transfer_key(&ctx.app).await?;
+    Ok(json_response(StatusCode::OK, &key))
 }
 
 pub async fn upload(ctx: &mut Ctx) -> Result<Response, ApiError> {

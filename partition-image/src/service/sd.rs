@@ -1,12 +1,13 @@
-//! The security domain inside the partition: activation by an uploaded transfer blob,
-//! the pending exchange key of a recovery, and the handover of the domain between the
-//! partitions of a pool (this side asks its peers; `peer/` answers them).
+//! The security domain inside the partition: activation by download or by an uploaded
+//! transfer blob, the pending exchange key of a recovery, and the handover of the domain
+//! between the partitions of a pool (this side asks its peers; `peer/` answers them).
 
 use super::app::App;
 use super::error::{Error, Kind};
-use crate::state::Activation;
-use keystead_core::sd::wire::TransferKey;
-use keystead_core::sd::{self, ExchangeCertificate};
+use crate::config::RedownloadPolicy;
+use crate::state::{Activation, Command, DomainRedownload};
+use keystead_core::sd::wire::{CertificateInfo, TransferKey};
+use keystead_core::sd::{self, DomainSecret, ExchangeCertificate};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,146 @@ pub fn sd_err(e: sd::SdError) -> Error {
         "SecurityDomainInvalid",
         "the security-domain input was rejected",
     )
+}
+
+/// `POST /securitydomain/download`: activate a provisioned pool with a new domain, or (if the
+/// pool allows it) protect the activated domain again under new custodian keys; the domain
+/// file to hand to the caller.
+pub async fn download(app: &App, principal: &str, req: &CertificateInfo) -> Result<String, Error> {
+    // 3..=10 distinct RSA >= 2048 keys, 2 <= quorum <= n: the format library's own check.
+    let (custodians, quorum) = sd::custodians_from_download_request(req).map_err(sd_err)?;
+    let n = custodians.len();
+    let activation = app.store.read().activation.clone();
+    let _guard = app.sd_lock.lock().await;
+    match activation {
+        Activation::Activated { fingerprint, .. } => {
+            // Re-protection: the same domain under new wrapping keys.
+            if app.cfg.security_domain_redownload == RedownloadPolicy::Refused {
+                return Err(Error::new(
+                    Kind::Forbidden,
+                    "RedownloadRefused",
+                    "this pool refuses to download its activated security domain again (securityDomainRedownload: refused); keep the file made at activation, and to change custodians recover into a pool that allows it",
+                ));
+            }
+            let u = app.keyring.unsealed().ok_or_else(|| {
+                Error::new(
+                    Kind::Unavailable,
+                    "PartitionSealed",
+                    "this partition does not hold the security domain; retry on another partition",
+                )
+            })?;
+            if u.fingerprint() != fingerprint {
+                return Err(Error::internal(
+                    "the partition holds a domain other than the pool's",
+                ));
+            }
+            let file = sd::create_domain_file(&u.secret, &custodians, quorum).map_err(sd_err)?;
+            verify_file(&file, &fingerprint, n)?;
+            // Recorded pool-wide before the file leaves: a re-download that cannot be
+            // recorded is not made (the operator turns the record into a Warning Event).
+            let download = DomainRedownload {
+                principal: principal.to_string(),
+                time: super::now(),
+                wrapping_keys: n as u32,
+                quorum,
+            };
+            app.store
+                .propose(Command::RecordDomainRedownload { download })
+                .await?;
+            tracing::warn!(fingerprint = %fingerprint, principal = %principal, wrapping_keys = n, quorum, "security domain downloaded again (re-protected under new custodian keys)");
+            Ok(file)
+        }
+        Activation::RecoveryPending { .. } => Err(Error::conflict(
+            "Conflict",
+            "the pool is waiting for a security-domain upload (recovery was started with GET /securitydomain/upload); upload the transfer blob made for its exchange key",
+        )),
+        Activation::Provisioned => {
+            let pool = app.store.read().settings.pool_name.clone();
+            let secret = DomainSecret::generate(&pool);
+            let fingerprint = secret.fingerprint();
+            let file = sd::create_domain_file(&secret, &custodians, quorum).map_err(sd_err)?;
+            verify_file(&file, &fingerprint, n)?;
+            app.activate(secret).await?;
+            tracing::info!(fingerprint = %fingerprint, wrapping_keys = n, quorum, "pool activated by security-domain download");
+            Ok(file)
+        }
+    }
+}
+
+/// Check what is about to be handed out before the pool commits to it.
+fn verify_file(file: &str, fingerprint: &str, n: usize) -> Result<(), Error> {
+    let info = sd::inspect_domain_file(file)
+        .map_err(|e| Error::internal(format!("the new domain file does not verify: {e}")))?;
+    if info.fingerprint != fingerprint || info.shares.len() != n {
+        return Err(Error::internal(
+            "the new domain file does not match the domain; nothing was changed",
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /securitydomain/upload`: the exchange key custodians build a transfer blob for —
+/// starting recovery of a pool that is not activated (or handing out the pending key, here or
+/// on a peer), or, for an activated pool whose partitions all lost the domain, a key kept on
+/// this partition only.
+pub async fn transfer_key(app: &Arc<App>) -> Result<TransferKey, Error> {
+    let _guard = app.sd_lock.lock().await;
+    let (activation, pool_id) = {
+        let st = app.store.read();
+        (st.activation.clone(), st.settings.pool_id.clone())
+    };
+    if let Activation::Activated { fingerprint, .. } = &activation {
+        if app.keyring.is_unsealed() {
+            return Err(Error::conflict(
+                "Conflict",
+                format!(
+                    "the pool is already activated with security domain {fingerprint} and this partition holds it; recovery is only possible into a pool that is not activated, or one whose partitions all lost the domain"
+                ),
+            ));
+        }
+        // Activated, but this partition lacks the domain and could not get it from a peer
+        // (every partition restarted with `seal.mode: memoryOnly`): the custodians supply it
+        // again. The exchange key stays local; the pool's state does not change.
+        let mut slot = app.exchange.lock().await;
+        if slot.is_none() {
+            let key = app.keygen.exchange_key(&pool_id).await.map_err(sd_err)?;
+            *slot = Some(key);
+        }
+        let key = slot
+            .as_ref()
+            .ok_or_else(|| Error::internal("no exchange key"))?;
+        return Ok(key.transfer_key());
+    }
+    let mut slot = app.exchange.lock().await;
+    let reuse = matches!((&activation, slot.as_ref()),
+        (Activation::RecoveryPending { exchange_thumbprint, .. }, Some(k)) if *exchange_thumbprint == k.thumbprint());
+    if !reuse
+        && let Activation::RecoveryPending {
+            exchange_thumbprint,
+            ..
+        } = &activation
+    {
+        // Another partition may hold the pending exchange key (a client behind a
+        // load-balanced Service reaches any partition): hand out that one rather than
+        // replacing it.
+        if let Some(k) = find_transfer_key(app, exchange_thumbprint).await {
+            return Ok(k);
+        }
+    }
+    if !reuse {
+        let key = app.keygen.exchange_key(&pool_id).await.map_err(sd_err)?;
+        app.store
+            .propose(Command::BeginRecovery {
+                exchange_thumbprint: key.thumbprint().to_string(),
+                now: super::now(),
+            })
+            .await?;
+        *slot = Some(key);
+    }
+    let key = slot
+        .as_ref()
+        .ok_or_else(|| Error::internal("no exchange key"))?;
+    Ok(key.transfer_key())
 }
 
 /// Open `blob` with this partition's pending exchange key and activate the pool.
