@@ -187,7 +187,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
     let data_dirs = configs
         .iter()
         .map(|c| PartitionConfig::load(c).map(|c| c.data_dir))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let mut procs = Procs {
         bin: opts.bin.clone(),
         children: (0..configs.len()).map(|_| None).collect(),

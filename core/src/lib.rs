@@ -5,17 +5,26 @@
 //! - [`error`]: the Key Vault error body.
 //! - [`members`]: the membership admin API of a replicated pool.
 //! - [`principal`]: principal namespaces of the trusted token issuers.
+//! - [`status`]: a partition's `GET /admin/status`.
+//! - [`pool_file`]: the pool file of a local pool.
 
 pub mod aead;
 pub mod audit;
 pub mod b64;
+pub mod backup_format;
 pub mod backup_job;
+#[cfg(feature = "store")]
+pub mod backup_read;
 pub mod error;
 pub mod kdf;
 pub mod keys;
+pub mod local_issuer;
 pub mod members;
+pub mod partition_config;
+pub mod pool_file;
 pub mod principal;
 pub mod rbac;
 pub mod sd;
+pub mod status;
 #[cfg(feature = "store")]
 pub mod store;

@@ -6,9 +6,9 @@
 //! A corrupt file must give an error, never a panic.
 #![no_main]
 
-use keystead_partition::replica::log_store::LogStore;
-use keystead_partition::replica::state_machine::StateMachine;
-use keystead_partition::store::SingleStore;
+use keystead_partition::consensus::raft::log_store::LogStore;
+use keystead_partition::consensus::raft::state_machine::StateMachine;
+use keystead_partition::consensus::single::SingleStore;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,9 +5,9 @@
 #![no_main]
 
 use keystead_fuzz::json_round_trip as rt;
-use keystead_partition::replica::TypeConfig;
-use keystead_partition::replica::membership::MembershipRequest;
-use keystead_partition::replica::peer::DomainRequest;
+use keystead_partition::consensus::raft::TypeConfig;
+use keystead_partition::service::members::MembershipRequest;
+use keystead_partition::service::sd::DomainRequest;
 use keystead_partition::state::{Command, PoolState};
 use libfuzzer_sys::fuzz_target;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
                 // The receiving state machine decodes the data as its snapshot file.
                 let dir = keystead_fuzz::scratch_dir("peer-snapshot");
                 std::fs::write(dir.join("snapshot.json"), &req.data).expect("write");
-                let _ = keystead_partition::replica::state_machine::StateMachine::open(dir);
+                let _ = keystead_partition::consensus::raft::state_machine::StateMachine::open(dir);
             }
         }
         3 => {

@@ -4,7 +4,7 @@
 
 use http::Method;
 use keystead_core::{rbac, store};
-use keystead_partition::api::route::{self, Route};
+use keystead_partition::http::route::{self, Route};
 use keystead_partition::fuzzing::{iso8601_duration_secs, validate_name};
 use libfuzzer_sys::fuzz_target;
 

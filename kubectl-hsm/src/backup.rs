@@ -7,7 +7,7 @@
 use crate::client::{Client, Output, PoolArgs, print_json};
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use keystead_partition::backup::{self, dest};
+use keystead_core::{backup_read as backup, store as dest};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::PathBuf;

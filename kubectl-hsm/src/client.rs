@@ -53,7 +53,7 @@ impl std::fmt::Debug for Client {
 impl PoolArgs {
     pub fn client(&self) -> anyhow::Result<Client> {
         let pool = match &self.pool {
-            Some(p) => Some(keystead_partition::local::PoolFile::load(p)?),
+            Some(p) => Some(keystead_core::pool_file::PoolFile::load(p)?),
             None => None,
         };
         let endpoint = self

@@ -90,8 +90,9 @@ fn token(pool: &client::PoolArgs, subject: &str, ttl_minutes: u64) -> anyhow::Re
         .pool
         .as_ref()
         .context("`kubectl hsm token` works with a local pool: pass --pool DIR/pool.json")?;
-    let p = keystead_partition::local::PoolFile::load(path)?;
-    let issuer = keystead_partition::auth::LocalIssuer::load_or_create(&p.issuer_dir, &p.issuer)?;
+    let p = keystead_core::pool_file::PoolFile::load(path)?;
+    let issuer =
+        keystead_core::local_issuer::LocalIssuer::load_or_create(&p.issuer_dir, &p.issuer)?;
     let t = issuer.issue(
         subject,
         &p.audience,
@@ -103,9 +104,10 @@ fn token(pool: &client::PoolArgs, subject: &str, ttl_minutes: u64) -> anyhow::Re
 
 async fn status(pool: &client::PoolArgs) -> anyhow::Result<()> {
     let c = pool.client()?;
-    let v: serde_json::Value = c
+    let s: keystead_core::status::PoolStatus = c
         .call::<serde_json::Value, _>(reqwest::Method::GET, "/admin/status", None)
         .await?;
+    let v = serde_json::to_value(&s)?;
     if pool.output == client::Output::Json {
         return client::print_json(&v);
     }

@@ -147,16 +147,16 @@ pub async fn upload(pool: &PoolArgs, a: UploadArgs) -> anyhow::Result<()> {
 
 pub async fn status(pool: &PoolArgs) -> anyhow::Result<()> {
     let c = pool.client()?;
-    let s: Value = c
+    let s: keystead_core::status::PoolStatus = c
         .call::<Value, _>(Method::GET, "/admin/status", None)
         .await?;
     if pool.output == Output::Json {
         return print_json(&s);
     }
-    println!("activation:  {}", s["activation"].as_str().unwrap_or("?"));
-    if let Some(fp) = s["securityDomainFingerprint"].as_str() {
+    println!("activation:  {:?}", s.activation);
+    if let Some(fp) = &s.security_domain_fingerprint {
         println!("fingerprint: {fp}");
     }
-    println!("domain held: {}", s["domainLoaded"]);
+    println!("domain held: {}", s.domain_loaded);
     Ok(())
 }

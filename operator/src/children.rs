@@ -292,8 +292,10 @@ pub fn pool_audience(hsm: &ManagedHsm, names: &Names) -> String {
         .unwrap_or_else(|| names.default_audience(hsm.spec.service.port))
 }
 
-/// The partition configuration (`PartitionConfig` of keystead-partition) of one pod.
+/// The partition configuration of one pod: the shared contract
+/// [`PartitionConfig`](keystead_core::partition_config::PartitionConfig), as JSON.
 pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &Settings) -> Value {
+    use keystead_core::partition_config as pc;
     let spec = &hsm.spec;
     let audience = pool_audience(hsm, names);
     // The cluster's service-account issuer is always trusted for the peer audience (the
@@ -305,23 +307,27 @@ pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &S
         sa_audiences.push(audience.clone());
     }
     sa_audiences.push(PEER_AUDIENCE.to_string());
-    let mut issuers = vec![json!({
-        "issuer": settings.service_account_issuer,
-        "audiences": sa_audiences,
-        "caFile": format!("{SA_DIR}/ca.crt"),
-        "bearerTokenFile": format!("{SA_DIR}/token"),
-    })];
+    let mut issuers = vec![pc::IssuerSettings {
+        issuer: settings.service_account_issuer.clone(),
+        audiences: sa_audiences,
+        principal_prefix: None,
+        jwks_file: None,
+        ca_file: Some(format!("{SA_DIR}/ca.crt").into()),
+        bearer_token_file: Some(format!("{SA_DIR}/token").into()),
+    }];
     for i in &spec.authentication.issuers {
-        let audiences = if i.audiences.is_empty() {
-            vec![audience.clone()]
-        } else {
-            i.audiences.clone()
-        };
-        let mut issuer = json!({"issuer": i.issuer, "audiences": audiences});
-        if let Some(p) = &i.principal_prefix {
-            issuer["principalPrefix"] = json!(p);
-        }
-        issuers.push(issuer);
+        issuers.push(pc::IssuerSettings {
+            issuer: i.issuer.clone(),
+            audiences: if i.audiences.is_empty() {
+                vec![audience.clone()]
+            } else {
+                i.audiences.clone()
+            },
+            principal_prefix: i.principal_prefix.clone(),
+            jwks_file: None,
+            ca_file: None,
+            bearer_token_file: None,
+        });
     }
     let mut admins = spec.initial_administrators.clone();
     if let Some(p) = &settings.operator_principal
@@ -330,40 +336,54 @@ pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &S
         admins.push(p.clone());
     }
     let seal = match spec.seal.mode {
-        SealMode::MemoryOnly => json!({"mode": "memoryOnly"}),
-        SealMode::SealingKeySecret => {
-            json!({"mode": "sealingKeyFile", "keyFile": format!("{SEAL_DIR}/sealing-key")})
-        }
+        SealMode::MemoryOnly => pc::SealSettings::default(),
+        SealMode::SealingKeySecret => pc::SealSettings {
+            mode: pc::SealMode::SealingKeyFile,
+            key_file: Some(format!("{SEAL_DIR}/sealing-key").into()),
+        },
     };
-    json!({
-        "poolName": names.pool,
-        "partitionId": pod,
-        "listen": format!("0.0.0.0:{PARTITION_PORT}"),
-        "publicUrl": names.endpoint(spec.service.port),
-        "dataDir": DATA_DIR,
-        "tls": {
-            "certFile": format!("{TLS_DIR}/{pod}.crt"),
-            "keyFile": format!("{TLS_DIR}/{pod}.key"),
-            "caFile": format!("{TLS_DIR}/ca.crt"),
+    let cfg = pc::PartitionConfig {
+        pool_name: names.pool.clone(),
+        partition_id: pod.to_string(),
+        listen: format!("0.0.0.0:{PARTITION_PORT}"),
+        public_url: names.endpoint(spec.service.port),
+        data_dir: DATA_DIR.into(),
+        tls: pc::TlsFiles {
+            cert_file: format!("{TLS_DIR}/{pod}.crt").into(),
+            key_file: format!("{TLS_DIR}/{pod}.key").into(),
+            ca_file: format!("{TLS_DIR}/ca.crt").into(),
         },
-        "auth": {"audience": audience, "issuers": issuers},
-        "initialAdministrators": admins,
-        "softDeleteRetentionDays": spec.soft_delete_retention_days,
-        "purgeProtection": spec.purge_protection,
-        "seal": seal,
-        "audit": {"stdout": true},
-        "peers": peers(hsm, names),
-        "peerTokenFile": format!("{PEER_TOKEN_DIR}/token"),
-        "peerServiceAccount": names.service_account_principal(),
-        "backupClaims": spec.backup_volumes.iter()
-            .map(|v| (v.claim_name.clone(), json!(backup_mount(&v.claim_name))))
-            .collect::<serde_json::Map<_, _>>(),
-        "backupLoopbackEndpoints": settings.loopback_storage_endpoints,
-        "securityDomainRedownload": match spec.security_domain_redownload {
-            crate::crd::RedownloadPolicy::Allowed => "allowed",
-            crate::crd::RedownloadPolicy::Refused => "refused",
+        auth: pc::AuthSettings {
+            audience: Some(audience),
+            authority: pc::DEFAULT_AUTHORITY.into(),
+            issuers,
         },
-    })
+        initial_administrators: admins,
+        soft_delete_retention_days: spec.soft_delete_retention_days.into(),
+        purge_protection: spec.purge_protection,
+        seal,
+        audit: pc::AuditSettings {
+            file: None,
+            stdout: true,
+        },
+        peers: peer_settings(hsm, names),
+        peer_token_file: Some(format!("{PEER_TOKEN_DIR}/token").into()),
+        peer_service_account: Some(names.service_account_principal()),
+        host_addresses: BTreeMap::new(),
+        backup_filesystem_root: None,
+        backup_claims: spec
+            .backup_volumes
+            .iter()
+            .map(|v| (v.claim_name.clone(), backup_mount(&v.claim_name).into()))
+            .collect(),
+        backup_loopback_endpoints: settings.loopback_storage_endpoints,
+        security_domain_redownload: match spec.security_domain_redownload {
+            crate::crd::RedownloadPolicy::Allowed => pc::RedownloadPolicy::Allowed,
+            crate::crd::RedownloadPolicy::Refused => pc::RedownloadPolicy::Refused,
+        },
+        limits: pc::Limits::default(),
+    };
+    serde_json::to_value(&cfg).unwrap_or(Value::Null)
 }
 
 /// Where a backup claim is mounted in the partitions.
@@ -375,14 +395,24 @@ pub fn backup_mount(claim: &str) -> String {
 /// reused for another identity), name = pod name (the certificate's common name), URL =
 /// the pod's record in the headless Service.
 pub fn peers(hsm: &ManagedHsm, names: &Names) -> Value {
-    Value::Array(
-        names
-            .pods(hsm.spec.partitions)
-            .iter()
-            .enumerate()
-            .map(|(i, pod)| json!({"id": i + 1, "name": pod, "url": names.partition_url(pod)}))
-            .collect(),
-    )
+    serde_json::to_value(peer_settings(hsm, names)).unwrap_or(Value::Null)
+}
+
+/// [`peers`], typed (what the partition configuration carries).
+fn peer_settings(
+    hsm: &ManagedHsm,
+    names: &Names,
+) -> Vec<keystead_core::partition_config::PeerSettings> {
+    names
+        .pods(hsm.spec.partitions)
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| keystead_core::partition_config::PeerSettings {
+            id: i as u64 + 1,
+            name: pod.clone(),
+            url: names.partition_url(pod),
+        })
+        .collect()
 }
 
 /// SHA-256 (hex) of the pod template, stamped on the template so the rolling upgrade can

@@ -17,25 +17,9 @@ pub const QUORUM: usize = 2;
 /// Log entries a peer may lag behind while another partition is taken down for an upgrade.
 pub const MAX_UPGRADE_LAG: i64 = 16;
 
-/// Activation state reported by a partition's `GET /admin/status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-pub enum Activation {
-    Provisioned,
-    RecoveryPending,
-    Activated,
-}
-
-/// `lastSecurityDomainRedownload` of `GET /admin/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DomainRedownload {
-    pub principal: String,
-    pub time: i64,
-    #[serde(default)]
-    pub wrapping_keys: Option<i64>,
-    #[serde(default)]
-    pub quorum: Option<i64>,
-}
+/// Activation state and `lastSecurityDomainRedownload` of a partition's `GET /admin/status`
+/// (the contract is `keystead_core::status::PoolStatus`).
+pub use keystead_core::status::{Activation, DomainRedownload};
 
 /// A Warning Event's note for re-downloads of the security domain the operator has not
 /// reported yet: the highest count any partition reports against `reported` (the count
@@ -56,9 +40,7 @@ pub fn redownload_note(observed: &[ObservedPartition], reported: i64) -> Option<
                 .unwrap_or_else(|_| d.time.to_string());
             format!(
                 "by {} at {when} (to {} custodian keys, quorum {})",
-                d.principal,
-                d.wrapping_keys.unwrap_or(0),
-                d.quorum.unwrap_or(0)
+                d.principal, d.wrapping_keys, d.quorum
             )
         })
         .unwrap_or_default();
@@ -70,7 +52,9 @@ pub fn redownload_note(observed: &[ObservedPartition], reported: i64) -> Option<
     ))
 }
 
-/// The part of `GET /admin/status` the operator uses (unknown fields are ignored).
+/// The part of `GET /admin/status` ([`keystead_core::status::PoolStatus`]) the operator
+/// uses, every field optional (unknown fields are ignored), plus what it derives (`role`,
+/// `term`, `lag`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AdminStatus {

@@ -1,6 +1,7 @@
 //! Append-only JSON-lines logs (the Raft log, a pool of one's command log): reading back the
 //! complete records after a crash.
 
+use crate::fsutil::sync_dir;
 use anyhow::Context;
 use serde::de::DeserializeOwned;
 use std::fs::File;
@@ -52,25 +53,6 @@ pub fn read_complete<T: DeserializeOwned>(
         complete_len = next;
     }
     Ok(complete_len)
-}
-
-/// Fsync a directory, so that the entries created, renamed or removed in it are durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Create `dir` if needed, durably: its own entry is fsync'd in its parent.
-pub fn create_dir_durably(dir: &Path) -> anyhow::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the directory {}", dir.display()))?;
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        sync_dir(parent)
-            .with_context(|| format!("cannot fsync the directory {}", parent.display()))?;
-    }
-    Ok(())
 }
 
 /// The bytes of the log at `path` (`what`: "the Raft log") and whether the file existed.

@@ -7,8 +7,8 @@
 //! `seal`).
 
 use crate::crypto::KeyMaterial;
+use crate::state::StateChange;
 use crate::state::{Command, Outcome, WrappedBytes};
-use crate::store::StateChange;
 use keystead_core::aead;
 use keystead_core::kdf;
 use keystead_core::sd::DomainSecret;

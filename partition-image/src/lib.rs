@@ -3,29 +3,33 @@
 
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod app;
+// The layers, from the edge down (each only imports the ones below it):
+pub mod consensus; // the Store: a pool of one's log, or the Raft group
+pub mod http; // the data plane: listener, router, the request chain, thin handlers
+pub mod peer; // the internal API between partitions
+pub mod service; // the domain work: keys, security domain, backup, members
+pub mod state; // Command and PoolState::apply
+// Beside them, used by every layer above:
 pub mod audit;
 pub mod auth;
-pub mod backup;
 pub mod config;
 pub mod crypto;
+pub mod fsutil;
 pub(crate) mod jsonl;
 pub mod keygen;
 pub mod keyring;
 pub mod local;
 pub mod pki;
-pub mod replica;
-pub mod server;
-pub mod state;
-pub mod store;
 pub mod tls;
+
+/// The backup service, under the path other crates have always used.
+pub use service::backup;
 
 /// Entry points for the fuzz targets (`fuzz/`) of parsers that are otherwise private. Not an
 /// API: each item only forwards to the function the partition itself uses.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::api::keys::{
+    pub use crate::service::keys::{
         KeyBlobError, iso8601_duration_secs, open_key_backup_blob, seal_key_backup_blob,
         split_key_backup_blob, validate_name,
     };

@@ -13,8 +13,6 @@ use crate::config::{
 };
 use crate::pki;
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -23,31 +21,7 @@ pub const ADMIN_SUBJECT: &str = "local-admin";
 /// How long tokens minted by the runner stay valid.
 pub const TOKEN_TTL: Duration = Duration::from_secs(12 * 3600);
 
-/// `DIR/pool.json`: how clients and tools find the pool.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct PoolFile {
-    pub endpoints: Vec<String>,
-    pub ca_file: PathBuf,
-    pub admin_token_file: PathBuf,
-    pub issuer: String,
-    /// Where the local issuer's key lives (for `kubectl hsm token`).
-    pub issuer_dir: PathBuf,
-    pub audience: String,
-}
-
-impl PoolFile {
-    pub fn load(path: &Path) -> anyhow::Result<PoolFile> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "cannot read {} (start a pool with `keystead-partition local --dir DIR`)",
-                path.display()
-            )
-        })?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a pool file", path.display()))
-    }
-}
+pub use keystead_core::pool_file::PoolFile;
 
 pub struct LocalOptions {
     pub dir: PathBuf,
@@ -55,13 +29,7 @@ pub struct LocalOptions {
     pub pool_name: String,
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut f = crate::store::restricted_create(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
-}
+use crate::fsutil::write_private;
 
 /// A free loopback TCP port (for a new partition).
 pub fn free_port() -> anyhow::Result<u16> {
@@ -391,6 +359,11 @@ async fn supervise(
             // Its own process group: a Ctrl-C in the terminal reaches only the runner, which
             // stops the partitions itself (and does not mistake their exit for a crash).
             .process_group(0)
+            // Human-readable logs in a terminal, unless the caller asked for a format.
+            .env(
+                LOG_FORMAT_VAR,
+                std::env::var(LOG_FORMAT_VAR).unwrap_or_else(|_| "text".into()),
+            )
             .kill_on_drop(true)
             .spawn();
         let mut child = match spawned {
@@ -473,6 +446,18 @@ async fn terminate(child: &mut tokio::process::Child) {
     }
 }
 
+/// Environment variable choosing the log format of a partition: `json` (the default of
+/// `serve`) or `text` (what the local runner gives its partitions unless it is set).
+pub const LOG_FORMAT_VAR: &str = "KEYSTEAD_LOG_FORMAT";
+
+/// What to do once a local pool runs, after `alias khsm="kubectl hsm --pool DIR/pool.json"`:
+/// the ceremony, the role that key operations need, a first key. The README shows the same
+/// lines (a test holds them equal), so printing and documentation cannot drift apart.
+pub const NEXT_STEPS: &str = r#"for c in c1 c2 c3; do khsm sd keygen --name $c --out-dir custodians; done
+khsm sd download --cert custodians/c1.cer --cert custodians/c2.cer --cert custodians/c3.cer --quorum 2 --out sd.json
+khsm role assignment create --role "Managed HSM Crypto User" --principal local-admin
+khsm key create k1 --kty EC --curve P-256"#;
+
 fn announce(opts: &LocalOptions, pool: &PoolFile) -> anyhow::Result<()> {
     let dir = std::path::absolute(&opts.dir)?;
     println!(
@@ -490,19 +475,31 @@ fn announce(opts: &LocalOptions, pool: &PoolFile) -> anyhow::Result<()> {
         pool.admin_token_file.display()
     );
     println!();
-    println!("Next steps (security-domain ceremony, then keys):");
+    println!("Next steps (security-domain ceremony, a role for key operations, a first key):");
     println!(
-        "  kubectl hsm sd keygen --name custodian1 --out-dir custodians   # ×3: custodian1..3"
-    );
-    println!(
-        "  kubectl hsm sd download --pool {} --cert custodians/custodian1.cer --cert custodians/custodian2.cer --cert custodians/custodian3.cer --quorum 2 --out sd.json",
+        "  alias khsm=\"kubectl hsm --pool {}\"",
         dir.join("pool.json").display()
     );
-    println!(
-        "  kubectl hsm key create --pool {} --name k1 --kty EC --curve P-256",
-        dir.join("pool.json").display()
-    );
+    for line in NEXT_STEPS.lines() {
+        println!("  {line}");
+    }
     println!("Stop with Ctrl-C; run the same command again to resume this pool.");
 
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_next_steps_are_the_readmes() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        assert!(
+            readme.contains(&format!("{NEXT_STEPS}\n```")),
+            "README.md must show the runner's next steps (local::NEXT_STEPS) verbatim, right after the khsm alias:\n{NEXT_STEPS}"
+        );
+        assert!(NEXT_STEPS.contains(&format!("--principal {ADMIN_SUBJECT}")));
+    }
 }

@@ -1,7 +1,7 @@
 //! `keystead-partition`: one HSM partition, or a whole local pool.
 
 use clap::{Parser, Subcommand};
-use keystead_partition::{app::App, config::PartitionConfig, local, server};
+use keystead_partition::{config::PartitionConfig, http::server, local, service::app::App};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -35,14 +35,20 @@ enum Command {
 }
 
 fn init_tracing() {
-    // Operational logs go to stderr as JSON; audit records have their own sink.
+    // Operational logs go to stderr, as JSON unless KEYSTEAD_LOG_FORMAT=text (the local
+    // runner's default for its partitions); audit records have their own sink.
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYSTEAD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .json()
-        .init();
+        .with_writer(std::io::stderr);
+    if std::env::var(local::LOG_FORMAT_VAR).is_ok_and(|f| f == "text") {
+        // Colours only on a terminal (not in a file the logs are redirected to).
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    } else {
+        fmt.json().init();
+    }
 }
 
 async fn shutdown_signal() {

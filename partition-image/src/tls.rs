@@ -1,4 +1,5 @@
-//! rustls configuration (aws-lc-rs provider only).
+//! rustls configuration (aws-lc-rs provider only), and what the TLS acceptor learns about a
+//! connection (client address, pool-CA certificate name) for the layers above.
 
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
@@ -152,6 +153,22 @@ impl ReloadingAcceptor {
             (tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), digest);
         Ok(true)
     }
+}
+
+/// The client address of a connection (set by the TLS acceptor on every request).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// The pool-CA client certificate's common name, set by the TLS acceptor (None: no
+/// certificate was presented).
+#[derive(Clone, Debug)]
+pub struct PeerCertName(pub Option<String>);
+
+/// Common name of a DER certificate (already verified against the pool CA by rustls).
+pub fn cert_common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 #[cfg(test)]

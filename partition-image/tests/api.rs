@@ -797,3 +797,42 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The audit record of a failed request carries the Key Vault error code of its answer
+/// (`errorCode`); a successful one carries none: no token (401), no such route (404), no role
+/// granting the action (403).
+#[tokio::test]
+async fn audit_records_carry_the_error_code_of_a_failed_request() {
+    let pool = TestPool::start().await;
+    let cases: [(Option<&str>, &str); 3] = [
+        (None, "/keys"),
+        (Some(ADMIN), "/no-such-route"),
+        (Some("nobody"), "/keys"),
+    ];
+    for (subject, path) in cases {
+        let (status, headers, body) = pool.call_full(subject, Method::GET, path, None).await;
+        assert!(status.is_client_error(), "{path}: {status} {body}");
+        let code = body["error"]["code"].as_str().expect("an error code");
+        let request_id = headers["x-ms-request-id"].to_str().unwrap().to_string();
+        let record = audit_record(&pool, &request_id);
+        assert_eq!(record["status"], status.as_u16(), "{record}");
+        assert_eq!(record["errorCode"], code, "{path}: {record}");
+    }
+    let (status, headers, _) = pool
+        .call_full(Some(ADMIN), Method::GET, "/admin/status", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let request_id = headers["x-ms-request-id"].to_str().unwrap().to_string();
+    let record = audit_record(&pool, &request_id);
+    assert!(record.get("errorCode").is_none(), "{record}");
+}
+
+/// The outcome record (not the intent) of request `request_id` in the pool's audit log.
+fn audit_record(pool: &TestPool, request_id: &str) -> Value {
+    std::fs::read_to_string(pool.app.audit.path())
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .rfind(|r| r["requestId"] == request_id && r.get("intent").is_none())
+        .unwrap_or_else(|| panic!("no audit record of request {request_id}"))
+}

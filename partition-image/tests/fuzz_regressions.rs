@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use keystead_partition::replica::log_store::LogStore;
-use keystead_partition::replica::state_machine::StateMachine;
+use keystead_partition::consensus::raft::log_store::LogStore;
+use keystead_partition::consensus::raft::state_machine::StateMachine;
+use keystead_partition::consensus::single::SingleStore;
 use keystead_partition::state::{Command, PoolState};
-use keystead_partition::store::SingleStore;
 
 fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

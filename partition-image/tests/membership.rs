@@ -12,7 +12,7 @@ mod cluster;
 mod common;
 
 use cluster::{Cluster, kid_path};
-use keystead_partition::replica::peer::PeerError;
+use keystead_partition::consensus::raft::client::PeerError;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};

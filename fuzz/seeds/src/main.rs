@@ -18,7 +18,7 @@ use keystead_fuzz::{
 use keystead_partition::auth::LocalIssuer;
 use keystead_partition::backup::format::{self, ChunkInfo, ManifestBody, Record};
 use keystead_partition::config::PartitionConfig;
-use keystead_partition::replica::TypeConfig;
+use keystead_partition::consensus::raft::TypeConfig;
 use keystead_partition::state::{Command, DeletedKey, KeyRecord, KeyVersion, PoolState, Settings};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, SnapshotMeta, Vote};
 use serde_json::{Value, json};
@@ -542,7 +542,7 @@ fn main() {
         with_mode(1, serde_json::to_vec(&vote).unwrap()),
     );
     let state = state_after(&cmds[..7]);
-    let meta = SnapshotMeta::<u64, keystead_partition::replica::Member> {
+    let meta = SnapshotMeta::<u64, keystead_partition::consensus::raft::Member> {
         last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 0), 7)),
         last_membership: Default::default(),
         snapshot_id: "1-7-1".into(),
@@ -566,7 +566,7 @@ fn main() {
         "seed-domain",
         with_mode(
             4,
-            serde_json::to_vec(&keystead_partition::replica::peer::DomainRequest {
+            serde_json::to_vec(&keystead_partition::service::sd::DomainRequest {
                 exchange_certificate: xk.certificate_pem(),
             })
             .unwrap(),
@@ -577,7 +577,7 @@ fn main() {
         "seed-members",
         with_mode(
             5,
-            via::<keystead_partition::replica::membership::MembershipRequest>(json!({
+            via::<keystead_partition::service::members::MembershipRequest>(json!({
                 "op": "add", "member": {"id": 4, "name": "p3", "url": "https://127.0.0.1:9"}})),
         ),
     );

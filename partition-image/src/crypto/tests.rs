@@ -1,3 +1,6 @@
+//! Unit tests of the crypto module: every key type and algorithm against known answers and
+//! round trips (a test file of vectors: its length is the algorithms' number, not logic).
+
 use std::sync::OnceLock;
 
 use aws_lc_rs::digest;

@@ -5,8 +5,8 @@
 #![allow(dead_code)]
 
 use keystead_partition::config::{PartitionConfig, PeerSettings};
+use keystead_partition::consensus::raft::client::PeerClient;
 use keystead_partition::local::{LocalOptions, LocalPki, free_port, prepare};
-use keystead_partition::replica::peer::PeerClient;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -2,10 +2,10 @@
 #![allow(dead_code)]
 
 use keystead_core::sd::{CustodianKey, generate_custodian};
-use keystead_partition::app::App;
 use keystead_partition::auth::LocalIssuer;
 use keystead_partition::config::*;
 use keystead_partition::pki;
+use keystead_partition::service::app::App;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::{Arc, OnceLock};
@@ -156,7 +156,7 @@ impl TestPool {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let a = app.clone();
         let task = tokio::spawn(async move {
-            keystead_partition::server::serve(a, listener, async {
+            keystead_partition::http::server::serve(a, listener, async {
                 let _ = rx.await;
             })
             .await

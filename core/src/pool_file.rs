@@ -1,0 +1,34 @@
+//! `DIR/pool.json` of a local pool (`keystead-partition local --dir DIR`): how clients and
+//! tools (`kubectl hsm --pool`) find the pool's endpoints, CA, token and issuer.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolFile {
+    pub endpoints: Vec<String>,
+    pub ca_file: PathBuf,
+    pub admin_token_file: PathBuf,
+    pub issuer: String,
+    /// Where the local issuer's key lives (for `kubectl hsm token`).
+    pub issuer_dir: PathBuf,
+    pub audience: String,
+}
+
+/// A pool file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolFileError {
+    #[error("cannot read {0} (start a pool with `keystead-partition local --dir DIR`): {1}")]
+    Read(String, std::io::Error),
+    #[error("{0} is not a pool file: {1}")]
+    Parse(String, serde_json::Error),
+}
+
+impl PoolFile {
+    pub fn load(path: &Path) -> Result<PoolFile, PoolFileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PoolFileError::Read(path.display().to_string(), e))?;
+        serde_json::from_str(&text).map_err(|e| PoolFileError::Parse(path.display().to_string(), e))
+    }
+}

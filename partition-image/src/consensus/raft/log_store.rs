@@ -1,0 +1,526 @@
+//! The Raft log, vote and committed marker on disk under `dataDir/raft/`.
+//!
+//! `log.jsonl` is an append-only file of operations, one JSON record per line: append an
+//! entry, truncate from an index, purge up to a log id (each batch fsync'd before it is
+//! acknowledged), and the committed marker (written without an fsync of its own: it becomes
+//! durable with the next fsync'd batch, and a lost marker only means fewer entries are
+//! re-applied at start). `vote.json` is replaced atomically. Entries carry
+//! [`Command`](crate::state::Command)s, which hold only wrapped key material. On open the
+//! operations are replayed into memory; after a purge the file is rewritten with the
+//! remaining entries.
+//!
+//! A record is complete once its line, newline included, is on disk. A crash in the middle of
+//! a write leaves an incomplete last record, which was never acknowledged: open cuts the file
+//! back to the end of the last complete record (and fsyncs it) before anything is appended.
+//! A damaged record with complete records after it is not a cut-off write: open refuses it.
+//! After a failed write or fsync the file's content is unknown, so the store refuses every
+//! later write until the partition restarts (openraft stops on the error anyway).
+
+use super::TypeConfig;
+use anyhow::Context;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{AnyError, Entry, LogId, RaftLogReader, StorageError, StorageIOError, Vote};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::fs::File;
+use std::io::Write;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+type NodeId = u64;
+
+#[derive(Serialize, Deserialize)]
+enum Op {
+    #[serde(rename = "a")]
+    Append(Entry<TypeConfig>),
+    #[serde(rename = "t")]
+    Truncate(u64),
+    #[serde(rename = "p")]
+    Purge(LogId<NodeId>),
+    #[serde(rename = "c")]
+    Commit(LogId<NodeId>),
+}
+
+struct Inner {
+    dir: PathBuf,
+    file: File,
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    last_purged: Option<LogId<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    vote: Option<Vote<NodeId>>,
+    /// Set when a write to `log.jsonl` failed: what is on disk is unknown from then on.
+    failed: Option<String>,
+}
+
+/// The log store (cheap to clone; clones share the same log).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogStore")
+    }
+}
+
+fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageError::from(StorageIOError::write_logs(AnyError::new(&e)))
+}
+
+use crate::fsutil::restricted_append as open_append;
+
+use crate::fsutil::{create_dir_durably, write_atomically};
+
+/// What replaying `log.jsonl` found.
+#[derive(Default)]
+struct Replayed {
+    entries: BTreeMap<u64, Entry<TypeConfig>>,
+    last_purged: Option<LogId<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    /// Bytes of complete records: everything after them is a write cut off by a crash.
+    complete_len: usize,
+}
+
+/// Replay the operations of `log.jsonl` (`bytes`, read from `path`).
+///
+/// The last line may be incomplete (no newline, or not a whole record): it is left out of
+/// `complete_len`. A record that cannot be read anywhere before it is an error.
+fn replay(path: &Path, bytes: &[u8]) -> anyhow::Result<Replayed> {
+    let mut r = Replayed::default();
+    let read = crate::jsonl::read_complete(bytes, |op: Op| {
+        match op {
+            Op::Append(e) => {
+                r.entries.insert(e.log_id.index, e);
+            }
+            Op::Truncate(since) => {
+                r.entries.split_off(&since);
+            }
+            Op::Purge(id) => {
+                // A purge up to the last possible index (a corrupt line) empties the log.
+                r.entries = match id.index.checked_add(1) {
+                    Some(first_kept) => r.entries.split_off(&first_kept),
+                    None => BTreeMap::new(),
+                };
+                r.last_purged = Some(id);
+            }
+            Op::Commit(id) => r.committed = Some(id),
+        }
+    });
+    r.complete_len = read.map_err(|d| {
+        anyhow::anyhow!(
+            "the Raft log {} is damaged at byte {} (line {}): {}. Complete \
+             records follow it, so it is not a write cut off by a crash, and skipping it \
+             could lose acknowledged entries: the partition will not start on it. Keep a \
+             copy of the file for diagnosis, then move the partition's data directory \
+             away: the partition starts empty and copies the log from its peers (while \
+             the other partitions of the pool form a majority)",
+            path.display(),
+            d.byte,
+            d.line,
+            d.error
+        )
+    })?;
+    Ok(r)
+}
+
+impl LogStore {
+    /// Open (or create) the log in `dir` (`dataDir/raft`).
+    ///
+    /// An incomplete last record (a write cut off by a crash) is cut off the file, durably,
+    /// before anything is appended.
+    pub fn open(dir: &Path) -> anyhow::Result<LogStore> {
+        create_dir_durably(dir)?;
+        let path = dir.join("log.jsonl");
+        let (bytes, existed) = crate::jsonl::read_log(&path, "the Raft log")?;
+        let replayed = replay(&path, &bytes)?;
+        let file = open_append(&path)
+            .with_context(|| format!("cannot open the Raft log {}", path.display()))?;
+        crate::jsonl::settle_log(
+            &file,
+            &path,
+            "the Raft log",
+            replayed.complete_len,
+            bytes.len(),
+            existed,
+        )?;
+        let vote_path = dir.join("vote.json");
+        let vote = match std::fs::read(&vote_path) {
+            Ok(b) => Some(serde_json::from_slice(&b).with_context(|| {
+                format!(
+                    "the Raft vote {} is damaged; move the partition's data directory away: the partition starts empty and copies the log from its peers",
+                    vote_path.display()
+                )
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot read the Raft vote {}", vote_path.display()))
+            }
+        };
+        let inner = Inner {
+            dir: dir.to_path_buf(),
+            file,
+            entries: replayed.entries,
+            last_purged: replayed.last_purged,
+            committed: replayed.committed,
+            vote,
+            failed: None,
+        };
+        Ok(LogStore {
+            inner: Arc::new(Mutex::new(inner)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether nothing was ever logged or voted here (a fresh or wiped partition).
+    pub fn is_pristine(&self) -> bool {
+        let i = self.lock();
+        i.entries.is_empty() && i.last_purged.is_none() && i.vote.is_none()
+    }
+}
+
+impl Inner {
+    /// Refuse writes once one failed (what is on disk is unknown then).
+    fn usable(&self) -> std::io::Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(f) => Err(std::io::Error::other(format!(
+                "an earlier write to the Raft log {} failed ({f}); restart the partition to reopen the log",
+                self.dir.join("log.jsonl").display()
+            ))),
+        }
+    }
+
+    /// Append `ops` to `log.jsonl`, fsync'd when `sync`. A failure poisons the store.
+    fn write_ops(&mut self, ops: &[Op], sync: bool) -> std::io::Result<()> {
+        self.usable()?;
+        let mut buf = Vec::new();
+        for op in ops {
+            serde_json::to_writer(&mut buf, op)?;
+            buf.push(b'\n');
+        }
+        let res = self
+            .file
+            .write_all(&buf)
+            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
+        if let Err(e) = &res {
+            self.failed = Some(e.to_string());
+        }
+        res
+    }
+
+    /// Rewrite the file with what remains (after a purge). A failure poisons the store: the
+    /// file handle may no longer be the file at `log.jsonl`.
+    fn compact(&mut self) -> std::io::Result<()> {
+        self.usable()?;
+        let res = self.rewrite();
+        if let Err(e) = &res {
+            self.failed = Some(e.to_string());
+        }
+        res
+    }
+
+    fn rewrite(&mut self) -> std::io::Result<()> {
+        let path = self.dir.join("log.jsonl");
+        let mut buf = Vec::new();
+        let head = [
+            self.last_purged.map(Op::Purge),
+            self.committed.map(Op::Commit),
+        ];
+        for op in head.iter().flatten() {
+            serde_json::to_writer(&mut buf, op)?;
+            buf.push(b'\n');
+        }
+        for e in self.entries.values() {
+            serde_json::to_writer(&mut buf, &Op::Append(e.clone()))?;
+            buf.push(b'\n');
+        }
+        write_atomically(&path, &buf)?;
+        self.file = open_append(&path)?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        let i = self.lock();
+        Ok(i.entries.range(range).map(|(_, e)| e.clone()).collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let i = self.lock();
+        let last = i
+            .entries
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(i.last_purged);
+        Ok(LogState {
+            last_purged_log_id: i.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut i = self.lock();
+        let path = i.dir.join("vote.json");
+        let bytes = serde_json::to_vec(vote).map_err(io_err)?;
+        write_atomically(&path, &bytes)
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::new(&e))))?;
+        i.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.lock().vote)
+    }
+
+    /// Record the committed log id. Not fsync'd here: the entries it covers are already
+    /// durable, and the marker becomes durable with the next fsync'd write.
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let mut i = self.lock();
+        if committed == i.committed {
+            return Ok(());
+        }
+        if let Some(c) = committed {
+            i.write_ops(&[Op::Commit(c)], false).map_err(io_err)?;
+        }
+        i.committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(self.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut i = self.lock();
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let ops: Vec<Op> = entries.iter().cloned().map(Op::Append).collect();
+        let res = i.write_ops(&ops, true);
+        if res.is_ok() {
+            for e in entries {
+                i.entries.insert(e.log_id.index, e);
+            }
+        }
+        let out = match &res {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io_err(std::io::Error::new(e.kind(), e.to_string()))),
+        };
+        callback.log_io_completed(res);
+        out
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut i = self.lock();
+        i.write_ops(&[Op::Truncate(log_id.index)], true)
+            .map_err(io_err)?;
+        i.entries.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let mut i = self.lock();
+        i.entries = i.entries.split_off(&(log_id.index + 1));
+        i.last_purged = Some(log_id);
+        i.compact().map_err(io_err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Command;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// A normal entry whose command names a key with non-ASCII characters, so that some cuts
+    /// fall inside a multi-byte character.
+    fn entry(term: u64, index: u64, name: &str) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(Command::DeleteKey {
+                name: name.into(),
+                now: index as i64,
+            }),
+        }
+    }
+
+    async fn all_entries(log: &mut LogStore) -> Vec<Entry<TypeConfig>> {
+        log.try_get_log_entries(..).await.expect("read the log")
+    }
+
+    /// Reopen the log in `dir`, append `new` (fsync'd) and reopen again: the log must hold
+    /// `kept` followed by `new`.
+    async fn append_across_restarts(
+        dir: &Path,
+        kept: &[Entry<TypeConfig>],
+        new: &Entry<TypeConfig>,
+    ) -> Result<(), String> {
+        let mut log = LogStore::open(dir).map_err(|e| format!("the first reopen failed: {e:#}"))?;
+        log.blocking_append([new.clone()])
+            .await
+            .map_err(|e| format!("appending after the first reopen failed: {e}"))?;
+        drop(log);
+        let mut log =
+            LogStore::open(dir).map_err(|e| format!("the second reopen failed: {e:#}"))?;
+        let got = all_entries(&mut log).await;
+        let mut want = kept.to_vec();
+        want.push(new.clone());
+        if got != want {
+            let ids = |v: &[Entry<TypeConfig>]| {
+                v.iter().map(|e| e.log_id.to_string()).collect::<Vec<_>>()
+            };
+            return Err(format!(
+                "after the second reopen the log holds {:?}, expected {:?}",
+                ids(&got),
+                ids(&want)
+            ));
+        }
+        Ok(())
+    }
+
+    async fn write_log(dir: &Path, entries: &[Entry<TypeConfig>]) -> Vec<u8> {
+        let mut log = LogStore::open(dir).expect("open a new log");
+        for e in entries {
+            log.blocking_append([e.clone()]).await.expect("append");
+        }
+        std::fs::read(dir.join("log.jsonl")).expect("read log.jsonl")
+    }
+
+    #[tokio::test]
+    async fn a_damaged_record_before_the_last_is_refused_naming_the_file_and_offset() {
+        let written: Vec<_> = (1..=4).map(|i| entry(1, i, &format!("key-{i}"))).collect();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("raft");
+        let intact = write_log(&dir, &written).await;
+        let second = intact
+            .iter()
+            .position(|&b| b == b'\n')
+            .expect("a first line")
+            + 1;
+        let path = dir.join("log.jsonl");
+        // A byte of the second record overwritten; the same record cut short.
+        let mut garbled = intact.clone();
+        garbled[second + 5] = 0;
+        let third = second
+            + intact[second..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .expect("a second line");
+        let cut = [&intact[..second + 10], &intact[third..]].concat();
+        for damaged in [garbled, cut] {
+            std::fs::write(&path, &damaged).expect("damage log.jsonl");
+            let err = format!(
+                "{:#}",
+                LogStore::open(&dir).expect_err("a damaged record in the middle is refused")
+            );
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains(&format!("at byte {second} (line 2)")), "{err}");
+            assert!(
+                err.contains("move the partition's data directory away"),
+                "{err}"
+            );
+            assert_eq!(
+                std::fs::read(&path).expect("read log.jsonl"),
+                damaged,
+                "a refused log is left as it is"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_last_line_is_a_cut_off_write_and_is_removed() {
+        let written: Vec<_> = (1..=3).map(|i| entry(1, i, &format!("key-{i}"))).collect();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("raft");
+        let intact = write_log(&dir, &written).await;
+        let path = dir.join("log.jsonl");
+        // Zeros where the last write was not persisted, but its newline was.
+        let mut damaged = intact.clone();
+        damaged.extend_from_slice(&[0; 40]);
+        damaged.push(b'\n');
+        std::fs::write(&path, &damaged).expect("damage log.jsonl");
+        let mut log = LogStore::open(&dir).expect("open");
+        assert_eq!(all_entries(&mut log).await, written);
+        assert_eq!(
+            std::fs::read(&path).expect("read log.jsonl"),
+            intact,
+            "the file is cut back to its complete records"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_after_a_failed_write_is_refused() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("raft");
+        let mut log = LogStore::open(&dir).expect("open");
+        log.lock().failed = Some("No space left on device".into());
+        let err = log
+            .blocking_append([entry(1, 1, "k")])
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("restart the partition"), "{err}");
+        assert!(all_entries(&mut log).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_entry_appended_after_a_torn_last_record_survives_the_next_restart() {
+        const N: u64 = 4;
+        let written: Vec<_> = (1..=N)
+            .map(|i| entry(1, i, &format!("clé-{i}-€")))
+            .collect();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().join("raft");
+        {
+            let mut log = LogStore::open(&dir).expect("open a new log");
+            for e in &written {
+                log.blocking_append([e.clone()]).await.expect("append");
+            }
+        }
+        let path = dir.join("log.jsonl");
+        let intact = std::fs::read(&path).expect("read log.jsonl");
+        let cuts = crate::jsonl::tearing::cuts_in_last_record(&intact);
+        // The leader's entry at the torn index (a new term, as after an election).
+        let replacement = entry(2, N, "après-la-coupure");
+        let kept = &written[..written.len() - 1];
+        let mut failures = Vec::new();
+        for cut in cuts.clone() {
+            std::fs::write(&path, &intact[..cut]).expect("tear log.jsonl");
+            if let Err(e) = append_across_restarts(&dir, kept, &replacement).await {
+                failures.push(format!("cut at byte {cut}: {e}"));
+            }
+        }
+        crate::jsonl::tearing::assert_no_lost_cuts(&failures, &cuts);
+    }
+}
