@@ -675,6 +675,18 @@ async fn rolling_upgrade_then_delete_collects_children_keeps_data_and_recovers_t
     Ok(())
 }
 
+/// `(namespace, (name, uid))` of every pod in `ns`.
+async fn pods_of(cluster: &Cluster, ns: &str) -> anyhow::Result<Vec<(String, (String, String))>> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
+    Ok(pods
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| Some((ns.to_string(), (p.metadata.name?, p.metadata.uid?))))
+        .collect())
+}
+
 /// The uids of the operator's pods.
 async fn operator_pods(cluster: &Cluster) -> anyhow::Result<BTreeSet<String>> {
     let operators: Api<Pod> = Api::namespaced(cluster.client.clone(), "keystead-system");
@@ -832,19 +844,6 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
     );
     let (pool, app, _) = activated_pool(&cluster, "backup", json!({})).await?;
     let prefix = uuid::Uuid::new_v4().simple().to_string();
-    let secrets: Api<Secret> = pool.ns.api();
-    for (name, data) in [
-        (
-            "s3-credentials",
-            json!({"AWS_ACCESS_KEY_ID": format!("AKIA{}", &prefix[..16].to_uppercase()),
-                   "AWS_SECRET_ACCESS_KEY": prefix.clone()}),
-        ),
-        ("azure-credentials", json!({"accountKey": AZURITE_KEY})),
-    ] {
-        let secret: Secret =
-            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data}))?;
-        secrets.create(&Default::default(), &secret).await?;
-    }
     let s3 = json!({"s3": {"bucket": bucket, "prefix": format!("{prefix}/s3"), "endpoint": s3_endpoint,
                            "region": "us-east-1", "credentials": {"name": "s3-credentials"}}});
     let azure = json!({"azureBlob": {"containerUri": azurite, "prefix": format!("{prefix}/azure"),
@@ -857,6 +856,41 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
             "spec": {"hsmRef": {"name": POOL}, "destination": destination},
         }))?;
         backups.create(&Default::default(), &b).await?;
+    }
+    // Created before their Secrets: the Backups wait, saying which Secret is missing.
+    let waiting = eventually(
+        "to-s3 waits for its Secret",
+        Duration::from_secs(60),
+        || async {
+            let st = serde_json::to_value(&backups.get("to-s3").await?.status)?;
+            let waits = st["conditions"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().any(|c| c["reason"] == "CredentialsNotFound"));
+            Ok(waits.then_some(st))
+        },
+    )
+    .await?;
+    ensure!(
+        waiting.to_string().contains("s3-credentials"),
+        "{waiting:#}"
+    );
+    let secret_key = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let secrets: Api<Secret> = pool.ns.api();
+    for (name, data) in [
+        (
+            "s3-credentials",
+            json!({"AWS_ACCESS_KEY_ID": format!("AKIA{}", &prefix[..16].to_uppercase()),
+                   "AWS_SECRET_ACCESS_KEY": secret_key}),
+        ),
+        ("azure-credentials", json!({"accountKey": AZURITE_KEY})),
+    ] {
+        let secret: Secret =
+            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data}))?;
+        secrets.create(&Default::default(), &secret).await?;
     }
     let st = job_succeeded(&backups, "to-s3", Duration::from_secs(180)).await?;
     ensure!(
@@ -968,6 +1002,25 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
         public(&after) == public(&before),
         "the same key is back: {after}"
     );
+
+    // The credentials appear nowhere but in their Secret: not in the jobs' status, not in
+    // Events, not in the operator's or the partitions' logs.
+    let mut seen = serde_json::to_string(&backups.list(&ListParams::default()).await?)?;
+    seen += &serde_json::to_string(&restores.list(&ListParams::default()).await?)?;
+    seen += &serde_json::to_string(&pool.ns.api::<Event>().list(&ListParams::default()).await?)?;
+    for (ns, pod) in pods_of(&cluster, &pool.ns.name)
+        .await?
+        .into_iter()
+        .chain(pods_of(&cluster, "keystead-system").await?)
+    {
+        seen += &cluster.container_log(&ns, &pod.0, &pod.1, usize::MAX);
+    }
+    for secret in [secret_key.as_str(), AZURITE_KEY] {
+        ensure!(
+            !seen.contains(secret),
+            "a credential leaked into status, Events or logs"
+        );
+    }
     pool.ns.pass();
     Ok(())
 }
