@@ -1,7 +1,7 @@
 //! Full backup and restore over the Azure-shaped API (reference §4): `POST /backup`,
 //! `GET /backup/{jobId}/pending`, `PUT /restore`, `GET /restore/{jobId}/pending`,
 //! `PUT /keys/{name}/restore` (selective), and `PUT /prerestore` (check only). Jobs run
-//! as background tasks; their status lives in memory (see `backup::job`).
+//! as background tasks (`service::backup::run`); their status lives in the App (`backup::job`).
 
 use super::error::ApiError;
 use super::{Ctx, json_response};
@@ -38,14 +38,6 @@ struct SelectiveRestoreParameters {
 
 fn pool_id(ctx: &Ctx) -> String {
     ctx.app.store.read().settings.pool_id.clone()
-}
-
-fn job_error(e: &backup::BackupError) -> job::JobError {
-    job::JobError {
-        code: e.code().to_string(),
-        message: e.to_string(),
-        innererror: None,
-    }
 }
 
 fn accepted(ctx: &Ctx, st: &job::JobStatus, pending: &str) -> Response {
@@ -116,57 +108,7 @@ pub fn start_backup(ctx: &mut Ctx) -> Result<Response, ApiError> {
         crate::service::keys::validate_name(k)?;
     }
     let d = open(ctx, &params.storage)?;
-    let pool = pool_id(ctx);
-    let what = match &params.key_name {
-        Some(k) => format!("Backup of key '{k}'"),
-        None => "Full backup".to_string(),
-    };
-    let mut st = ctx.app.jobs.create(
-        &pool,
-        job::Kind::Backup,
-        &format!("{what} is in progress"),
-        crate::service::now(),
-    );
-    // The folder is named now and reported from the start, so a job lost to a restart
-    // still says where its (possibly partial) backup went.
-    let folder = backup::new_folder(&ctx.app, false, params.key_name.as_deref());
-    let url = d.folder_url(&folder);
-    ctx.app.jobs.update(&pool, &st.job_id, |s| {
-        s.azure_storage_blob_container_uri = Some(url.clone())
-    });
-    st.azure_storage_blob_container_uri = Some(url);
-    let app = ctx.app.clone();
-    let id = st.job_id.clone();
-    tokio::spawn(async move {
-        let lock = app.jobs.pool_lock(&pool);
-        let _g = lock.lock().await;
-        let chunk = backup::format::RECORDS_PER_CHUNK;
-        let key = params.key_name.as_deref();
-        let r = backup::write_backup_to(&app, &d, &folder, false, chunk, key)
-            .await
-            .and_then(|m| backup::summary(&m).map(|s| (m, s)));
-        match r {
-            Ok((m, summary)) => {
-                let url = d.folder_url(&m.body.folder);
-                tracing::info!(job = %id, folder = %url, keys = m.body.key_count, "{what} succeeded");
-                app.jobs.update(&pool, &id, |s| {
-                    s.azure_storage_blob_container_uri = Some(url);
-                    s.backup = Some(summary);
-                });
-                app.jobs.finish(
-                    &pool,
-                    &id,
-                    crate::service::now(),
-                    Ok(format!("{what} succeeded")),
-                );
-            }
-            Err(e) => {
-                tracing::warn!(job = %id, error = %e, "{what} failed");
-                app.jobs
-                    .finish(&pool, &id, crate::service::now(), Err(job_error(&e)));
-            }
-        }
-    });
+    let st = backup::run::start_backup(&ctx.app, d, params.key_name);
     Ok(accepted(
         ctx,
         &st,
@@ -234,52 +176,7 @@ pub fn start_restore(ctx: &mut Ctx, check_only: bool) -> Result<Response, ApiErr
     ctx.require_active()?;
     let p: RestoreParameters = ctx.json()?;
     let (d, folder) = open_folder(ctx, &p.sas_token_parameters, &p.folder_to_restore)?;
-    let pool = pool_id(ctx);
-    let (kind, details) = if check_only {
-        (job::Kind::RestoreCheck, "Restore check is in progress")
-    } else {
-        (job::Kind::Restore, "Full restore is in progress")
-    };
-    let st = ctx
-        .app
-        .jobs
-        .create(&pool, kind, details, crate::service::now());
-    let app = ctx.app.clone();
-    let id = st.job_id.clone();
-    tokio::spawn(async move {
-        let lock = app.jobs.pool_lock(&pool);
-        let _g = lock.lock().await;
-        let r = if check_only {
-            backup::check_backup(&app, &d, &folder).await.map(|m| {
-                format!(
-                    "The backup {} verifies and decrypts with this pool's security domain ({} keys, {} deleted keys)",
-                    d.folder_url(&folder),
-                    m.body.key_count,
-                    m.body.deleted_key_count
-                )
-            })
-        } else {
-            backup::restore_full(&app, &d, &folder).await.map(|r| {
-                let rp = r.restore_point.clone();
-                app.jobs.update(&pool, &id, |s| s.restore_point = Some(rp));
-                format!(
-                    "Full restore succeeded: {} keys and {} deleted keys restored; restore point {}",
-                    r.keys, r.deleted, r.restore_point
-                )
-            })
-        };
-        match r {
-            Ok(msg) => {
-                tracing::info!(job = %id, "{msg}");
-                app.jobs.finish(&pool, &id, crate::service::now(), Ok(msg));
-            }
-            Err(e) => {
-                tracing::warn!(job = %id, error = %e, "restore failed");
-                app.jobs
-                    .finish(&pool, &id, crate::service::now(), Err(job_error(&e)));
-            }
-        }
-    });
+    let st = backup::run::start_restore(&ctx.app, d, folder, check_only);
     Ok(accepted(
         ctx,
         &st,
@@ -388,35 +285,7 @@ pub fn start_selective_restore(ctx: &mut Ctx, name: &str) -> Result<Response, Ap
     crate::service::keys::validate_name(name)?;
     let p: SelectiveRestoreParameters = ctx.json()?;
     let (d, folder) = open_folder(ctx, &p.sas_token_parameters, &p.folder)?;
-    let pool = pool_id(ctx);
-    let st = ctx.app.jobs.create(
-        &pool,
-        job::Kind::SelectiveRestore,
-        "Selective key restore is in progress",
-        crate::service::now(),
-    );
-    let app = ctx.app.clone();
-    let id = st.job_id.clone();
-    let name = name.to_string();
-    tokio::spawn(async move {
-        let lock = app.jobs.pool_lock(&pool);
-        let _g = lock.lock().await;
-        match backup::restore_key(&app, &d, &folder, &name).await {
-            Ok(rec) => app.jobs.finish(
-                &pool,
-                &id,
-                crate::service::now(),
-                Ok(format!(
-                    "Key '{}' restored with {} versions",
-                    rec.name,
-                    rec.versions.len()
-                )),
-            ),
-            Err(e) => app
-                .jobs
-                .finish(&pool, &id, crate::service::now(), Err(job_error(&e))),
-        }
-    });
+    let st = backup::run::start_key_restore(&ctx.app, d, folder, name.to_string());
     Ok(accepted(
         ctx,
         &st,

@@ -10,9 +10,7 @@ use crate::service::keys::{
     validate_ops,
 };
 use crate::service::now;
-use crate::state::{
-    Attributes, AttributesPatch, Command, DeletedKey, KeyRecord, KeyVersion, Outcome,
-};
+use crate::state::{Attributes, AttributesPatch, DeletedKey, KeyRecord, KeyVersion};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keystead_core::b64;
@@ -251,26 +249,20 @@ pub async fn update(
     check_exportable(p.attributes.as_ref())?;
     let rec = key_record(ctx, name)?;
     let current = key_version(&rec, version)?;
-    let out = ctx
-        .app
-        .store
-        .propose(Command::UpdateKeyVersion {
-            name: name.to_string(),
-            version: Some(current.version.clone()),
-            key_ops: p.key_ops,
-            attributes: p.attributes.map(|a| AttributesPatch {
-                enabled: a.enabled,
-                nbf: a.nbf,
-                exp: a.exp,
-            }),
-            tags: p.tags,
-            release_policy: None,
-            now: now(),
-        })
-        .await?;
-    let Outcome::Key(rec) = out else {
-        return Err(ApiError::internal("unexpected outcome of an update"));
-    };
+    let patch = p.attributes.map(|a| AttributesPatch {
+        enabled: a.enabled,
+        nbf: a.nbf,
+        exp: a.exp,
+    });
+    let rec = service::update_version(
+        &ctx.app,
+        name,
+        current.version.clone(),
+        p.key_ops,
+        patch,
+        p.tags,
+    )
+    .await?;
     let v = key_version(&rec, Some(&current.version))?;
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &v)))
 }
@@ -400,18 +392,8 @@ pub async fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.key(name, None);
     ctx.authorize(DataAction::KeysDelete, &key_scope(name))?;
     ctx.require_active()?;
-    let out = ctx
-        .app
-        .store
-        .propose(Command::DeleteKey {
-            name: name.to_string(),
-            now: now(),
-        })
-        .await?;
     // Every partition evicts the key's material as it applies the delete (Keyring::forget).
-    let Outcome::Deleted(d) = out else {
-        return Err(ApiError::internal("unexpected outcome of a delete"));
-    };
+    let d = service::delete(&ctx.app, name).await?;
     Ok(json_response(StatusCode::OK, &deleted_bundle(ctx, &d)?))
 }
 
@@ -463,16 +445,7 @@ pub async fn recover(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.key(name, None);
     ctx.authorize(DataAction::DeletedKeysRecover, &key_scope(name))?;
     ctx.require_active()?;
-    let out = ctx
-        .app
-        .store
-        .propose(Command::RecoverKey {
-            name: name.to_string(),
-        })
-        .await?;
-    let Outcome::Key(rec) = out else {
-        return Err(ApiError::internal("unexpected outcome of a recover"));
-    };
+    let rec = service::recover(&ctx.app, name).await?;
     let v = key_version(&rec, None)?;
     Ok(json_response(StatusCode::OK, &bundle(ctx, name, &v)))
 }
@@ -482,13 +455,7 @@ pub async fn purge(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.key(name, None);
     ctx.authorize(DataAction::DeletedKeysDelete, &key_scope(name))?;
     ctx.require_active()?;
-    ctx.app
-        .store
-        .propose(Command::PurgeKey {
-            name: name.to_string(),
-            now: now(),
-        })
-        .await?;
+    service::purge(&ctx.app, name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -544,21 +511,7 @@ pub async fn restore(ctx: &mut Ctx) -> Result<Response, ApiError> {
     })?;
     validate_name(&rec.name)?;
     ctx.key(&rec.name, None);
-    // Every version must unwrap under this domain before anything is committed.
-    for v in &rec.versions {
-        ctx.app
-            .keyring
-            .unwrap_uncached(&rec.name, &v.version, &v.wrapped)
-            .map_err(|e| ApiError::bad_request(format!("the backup could not be restored: {e}")))?;
-    }
-    let out = ctx
-        .app
-        .store
-        .propose(Command::RestoreKey { key: rec })
-        .await?;
-    let Outcome::Key(rec) = out else {
-        return Err(ApiError::internal("unexpected outcome of a restore"));
-    };
+    let rec = service::restore(&ctx.app, rec).await?;
     let v = key_version(&rec, None)?;
     Ok(json_response(StatusCode::OK, &bundle(ctx, &rec.name, &v)))
 }

@@ -3,7 +3,7 @@
 use super::error::ApiError;
 use super::route::RbacKind;
 use super::{Ctx, json_response};
-use crate::state::{Command, Outcome};
+use crate::service::rbac as service;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use keystead_core::rbac::{
@@ -59,34 +59,13 @@ pub async fn handle(
             ctx.audit.operation = "RoleAssignmentCreate";
             ctx.authorize(DataAction::RoleAssignmentsWrite, scope)?;
             let params: RoleAssignmentCreateParameters = ctx.json()?;
-            let out = ctx
-                .app
-                .store
-                .propose(Command::PutRoleAssignment {
-                    scope: scope.to_string(),
-                    name: n.to_string(),
-                    params,
-                })
-                .await?;
-            let Outcome::RoleAssignment(a) = out else {
-                return Err(ApiError::internal("unexpected outcome"));
-            };
+            let a = service::put_assignment(&ctx.app, scope, n, params).await?;
             Ok(json_response(StatusCode::CREATED, &a))
         }
         (RbacKind::Assignments, Method::DELETE, Some(n)) => {
             ctx.audit.operation = "RoleAssignmentDelete";
             ctx.authorize(DataAction::RoleAssignmentsDelete, scope)?;
-            let out = ctx
-                .app
-                .store
-                .propose(Command::DeleteRoleAssignment {
-                    scope: scope.to_string(),
-                    name: n.to_string(),
-                })
-                .await?;
-            let Outcome::RoleAssignment(a) = out else {
-                return Err(ApiError::internal("unexpected outcome"));
-            };
+            let a = service::delete_assignment(&ctx.app, scope, n).await?;
             Ok(json_response(StatusCode::OK, &a))
         }
         (RbacKind::Definitions, Method::GET, None) => {
@@ -119,34 +98,13 @@ pub async fn handle(
             ctx.audit.operation = "RoleDefinitionCreate";
             ctx.authorize(DataAction::RoleDefinitionsWrite, scope)?;
             let params: RoleDefinitionCreateParameters = ctx.json()?;
-            let out = ctx
-                .app
-                .store
-                .propose(Command::PutRoleDefinition {
-                    scope: scope.to_string(),
-                    name: n.to_string(),
-                    params,
-                })
-                .await?;
-            let Outcome::RoleDefinition(d) = out else {
-                return Err(ApiError::internal("unexpected outcome"));
-            };
+            let d = service::put_definition(&ctx.app, scope, n, params).await?;
             Ok(json_response(StatusCode::CREATED, &d))
         }
         (RbacKind::Definitions, Method::DELETE, Some(n)) => {
             ctx.audit.operation = "RoleDefinitionDelete";
             ctx.authorize(DataAction::RoleDefinitionsDelete, scope)?;
-            let out = ctx
-                .app
-                .store
-                .propose(Command::DeleteRoleDefinition {
-                    scope: scope.to_string(),
-                    name: n.to_string(),
-                })
-                .await?;
-            let Outcome::RoleDefinition(d) = out else {
-                return Err(ApiError::internal("unexpected outcome"));
-            };
+            let d = service::delete_definition(&ctx.app, scope, n).await?;
             Ok(json_response(StatusCode::OK, &d))
         }
         (_, m, _) => Err(ApiError::new(

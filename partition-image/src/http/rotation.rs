@@ -8,7 +8,6 @@ use crate::service::keys::{
     self as service, MIN_EXPIRY, MIN_TRIGGER, duration_range, new_attributes, policy_duration,
 };
 use crate::service::now;
-use crate::state::Command;
 use axum::http::StatusCode;
 use axum::response::Response;
 use keystead_core::keys::KeyRotationPolicy;
@@ -136,13 +135,6 @@ pub async fn set_rotation_policy(ctx: &mut Ctx, name: &str) -> Result<Response, 
     }
     policy.id = None;
     let value = serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
-    ctx.app
-        .store
-        .propose(Command::SetRotationPolicy {
-            name: name.to_string(),
-            policy: value,
-            now: now(),
-        })
-        .await?;
+    service::set_rotation_policy(&ctx.app, name, value).await?;
     get_rotation_policy(ctx, name)
 }

@@ -7,7 +7,9 @@ use super::app::App;
 use super::error::{Error, Kind};
 use crate::crypto::{self, KeyMaterial, KeySpec};
 use crate::keyring::KeyringError;
-use crate::state::{Attributes, Command, KeyRecord, KeyVersion};
+use crate::state::{
+    Attributes, AttributesPatch, Command, DeletedKey, KeyRecord, KeyVersion, Outcome,
+};
 use keystead_core::aead;
 use keystead_core::keys::KeyAttributes;
 use std::collections::BTreeMap;
@@ -135,6 +137,104 @@ pub async fn commit_version(app: &App, name: &str, version: &KeyVersion) -> Resu
             name: name.to_string(),
             version: Box::new(version.clone()),
             must_be_new: false,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Change the key operations, attributes or tags of one version of key `name`; the key as
+/// it is after the change.
+pub async fn update_version(
+    app: &App,
+    name: &str,
+    version: String,
+    key_ops: Option<Vec<String>>,
+    attributes: Option<AttributesPatch>,
+    tags: Option<BTreeMap<String, String>>,
+) -> Result<KeyRecord, Error> {
+    let out = app
+        .store
+        .propose(Command::UpdateKeyVersion {
+            name: name.to_string(),
+            version: Some(version),
+            key_ops,
+            attributes,
+            tags,
+            release_policy: None,
+            now: super::now(),
+        })
+        .await?;
+    match out {
+        Outcome::Key(rec) => Ok(*rec),
+        _ => Err(Error::internal("unexpected outcome of an update")),
+    }
+}
+
+/// Soft-delete key `name` (every partition evicts its material as it applies the delete).
+pub async fn delete(app: &App, name: &str) -> Result<DeletedKey, Error> {
+    let out = app
+        .store
+        .propose(Command::DeleteKey {
+            name: name.to_string(),
+            now: super::now(),
+        })
+        .await?;
+    match out {
+        Outcome::Deleted(d) => Ok(*d),
+        _ => Err(Error::internal("unexpected outcome of a delete")),
+    }
+}
+
+/// Recover the soft-deleted key `name`.
+pub async fn recover(app: &App, name: &str) -> Result<KeyRecord, Error> {
+    let out = app
+        .store
+        .propose(Command::RecoverKey {
+            name: name.to_string(),
+        })
+        .await?;
+    match out {
+        Outcome::Key(rec) => Ok(*rec),
+        _ => Err(Error::internal("unexpected outcome of a recover")),
+    }
+}
+
+/// Purge the soft-deleted key `name`.
+pub async fn purge(app: &App, name: &str) -> Result<(), Error> {
+    app.store
+        .propose(Command::PurgeKey {
+            name: name.to_string(),
+            now: super::now(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Restore a key from its backup record: every version must unwrap under this domain before
+/// anything is committed.
+pub async fn restore(app: &App, rec: KeyRecord) -> Result<KeyRecord, Error> {
+    for v in &rec.versions {
+        app.keyring
+            .unwrap_uncached(&rec.name, &v.version, &v.wrapped)
+            .map_err(|e| Error::bad_request(format!("the backup could not be restored: {e}")))?;
+    }
+    match app.store.propose(Command::RestoreKey { key: rec }).await? {
+        Outcome::Key(rec) => Ok(*rec),
+        _ => Err(Error::internal("unexpected outcome of a restore")),
+    }
+}
+
+/// Store the rotation policy of key `name` (as the client sent it, already checked).
+pub async fn set_rotation_policy(
+    app: &App,
+    name: &str,
+    policy: serde_json::Value,
+) -> Result<(), Error> {
+    app.store
+        .propose(Command::SetRotationPolicy {
+            name: name.to_string(),
+            policy,
+            now: super::now(),
         })
         .await?;
     Ok(())

@@ -8,6 +8,7 @@ pub mod backup;
 pub mod error;
 pub mod keys;
 pub mod members;
+pub mod rbac;
 mod replication;
 pub mod sd;
 
