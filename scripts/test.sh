@@ -18,6 +18,8 @@ trap 'bash scripts/start-object-stores.sh stop' EXIT
 
 echo "== build (one profile: the workspace, its tests and binaries)"
 cargo nextest run --workspace --no-run
+# Binaries no test of their own package needs (the node agent) are built here too.
+cargo build --workspace --bins
 
 echo "== the real control plane (scripts/dev-cluster.sh; docs/dev-cluster.md)"
 # kube-apiserver, kube-controller-manager, kube-scheduler and etcd built from the Kubernetes
