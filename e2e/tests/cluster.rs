@@ -765,12 +765,19 @@ async fn an_operator_restarted_mid_ceremony_finishes_it_and_an_idle_pool_costs_n
     let (custodians, restarted) = tokio::join!(ceremony, restart);
     restarted?;
     custodians?;
-    let now: Vec<Pod> = operators.list(&selector).await?.items;
-    ensure!(
-        now.iter()
-            .any(|p| p.metadata.uid.as_ref().is_some_and(|u| !before.contains(u)) && ready(p)),
-        "a new operator pod finished the ceremony"
-    );
+    // The Deployment replaced the operator, and the replacement runs.
+    eventually(
+        "a new operator pod Ready",
+        Duration::from_secs(120),
+        || async {
+            let now: Vec<Pod> = operators.list(&selector).await?.items;
+            Ok(now
+                .iter()
+                .any(|p| p.metadata.uid.as_ref().is_some_and(|u| !before.contains(u)) && ready(p))
+                .then_some(()))
+        },
+    )
+    .await?;
     let (app, http) = first_key(&pool).await?;
 
     // Idle: once the operator has settled (10 s without a write to this namespace), it

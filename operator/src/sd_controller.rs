@@ -233,6 +233,14 @@ async fn reconcile_inner(sd: &SecurityDomain, ctx: &Context) -> Result<Requeue, 
         .status
         .as_ref()
         .is_some_and(|s| s.partitions.iter().filter(|p| p.ready).count() >= 2);
+    // A finished ceremony stays finished while the pool's health dips (right after an
+    // activation the followers are still loading the domain): going back to Pending would
+    // make the next reconcile download the domain again.
+    let finished = prev.phase == Some(SecurityDomainPhase::Activated)
+        && prev.observed_generation == generation;
+    if !pool_ready && finished {
+        return Ok(Requeue::requeue(Duration::from_secs(60)));
+    }
     if !pool_ready {
         write(
             ctx,
