@@ -809,6 +809,26 @@ async fn an_operator_restarted_mid_ceremony_finishes_it_and_an_idle_pool_costs_n
     Ok(())
 }
 
+/// Create the object `obj` (its JSON) through `api`.
+async fn create<K>(api: &Api<K>, obj: Value) -> anyhow::Result<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    let o: K = serde_json::from_value(obj)?;
+    api.create(&Default::default(), &o).await?;
+    Ok(())
+}
+
+/// Delete key `key` as `token` (soft delete), retrying while a partition restarts.
+async fn delete_key(http: &PoolHttp, token: &str, key: &str) -> anyhow::Result<()> {
+    let path = format!("/keys/{key}");
+    let (s, v) = http
+        .call_until_served(token, Method::DELETE, &path, None, Duration::from_secs(30))
+        .await;
+    ensure!(s == StatusCode::OK, "delete {key}: {s} {v}");
+    Ok(())
+}
+
 /// Wait until the job `name` (`Backup` or `Restore`) has phase `Succeeded`; its status.
 async fn job_succeeded<K>(api: &Api<K>, name: &str, limit: Duration) -> anyhow::Result<Value>
 where
@@ -857,12 +877,15 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
                                      "credentials": {"name": "azure-credentials"}}});
     let backups: Api<Backup> = pool.ns.api();
     for (name, destination) in [("to-s3", &s3), ("to-azure", &azure)] {
-        let b: Backup = serde_json::from_value(json!({
-            "apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
-            "metadata": {"name": name},
-            "spec": {"hsmRef": {"name": POOL}, "destination": destination},
-        }))?;
-        backups.create(&Default::default(), &b).await?;
+        create(
+            &backups,
+            json!({
+                "apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
+                "metadata": {"name": name},
+                "spec": {"hsmRef": {"name": POOL}, "destination": destination},
+            }),
+        )
+        .await?;
     }
     // Created before their Secrets: the Backups wait, saying which Secret is missing.
     let waiting = eventually(
@@ -912,13 +935,16 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
 
     // A schedule with an immediate first run makes a Backup of its own, which succeeds.
     let schedules: Api<BackupSchedule> = pool.ns.api();
-    let bs: BackupSchedule = serde_json::from_value(json!({
-        "apiVersion": "keystead.io/v1alpha1", "kind": "BackupSchedule",
-        "metadata": {"name": "nightly"},
-        "spec": {"hsmRef": {"name": POOL}, "schedule": "0 2 * * *", "immediate": true,
-                 "destination": s3, "retention": {"maxCount": 3}},
-    }))?;
-    schedules.create(&Default::default(), &bs).await?;
+    create(
+        &schedules,
+        json!({
+            "apiVersion": "keystead.io/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "nightly"},
+            "spec": {"hsmRef": {"name": POOL}, "schedule": "0 2 * * *", "immediate": true,
+                     "destination": s3, "retention": {"maxCount": 3}},
+        }),
+    )
+    .await?;
     let scheduled = eventually(
         "a Backup made by the schedule",
         Duration::from_secs(120),
@@ -934,23 +960,17 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
 
     // The key is deleted; a full Restore of the Azure backup brings it back.
     let http = pool.http().await?;
-    let (s, v) = http
-        .call_until_served(
-            &app,
-            Method::DELETE,
-            "/keys/k1",
-            None,
-            Duration::from_secs(30),
-        )
-        .await;
-    ensure!(s == StatusCode::OK, "delete k1: {s} {v}");
+    delete_key(&http, &app, "k1").await?;
     let restores: Api<Restore> = pool.ns.api();
-    let r: Restore = serde_json::from_value(json!({
-        "apiVersion": "keystead.io/v1alpha1", "kind": "Restore",
-        "metadata": {"name": "back"},
-        "spec": {"hsmRef": {"name": POOL}, "backupName": "to-azure"},
-    }))?;
-    restores.create(&Default::default(), &r).await?;
+    create(
+        &restores,
+        json!({
+            "apiVersion": "keystead.io/v1alpha1", "kind": "Restore",
+            "metadata": {"name": "back"},
+            "spec": {"hsmRef": {"name": POOL}, "backupName": "to-azure"},
+        }),
+    )
+    .await?;
     job_succeeded(&restores, "back", Duration::from_secs(180)).await?;
     for name in PODS {
         key_served_by(&pool, name, &app, "k1").await?;
@@ -959,12 +979,15 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
 
     // A single-key Backup to S3; the key deleted and purged; a selective Restore of it,
     // which takes no restore point of the whole pool.
-    let b: Backup = serde_json::from_value(json!({
-        "apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
-        "metadata": {"name": "k1-only"},
-        "spec": {"hsmRef": {"name": POOL}, "keyName": "k1", "destination": s3},
-    }))?;
-    backups.create(&Default::default(), &b).await?;
+    create(
+        &backups,
+        json!({
+            "apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
+            "metadata": {"name": "k1-only"},
+            "spec": {"hsmRef": {"name": POOL}, "keyName": "k1", "destination": s3},
+        }),
+    )
+    .await?;
     let st = job_succeeded(&backups, "k1-only", Duration::from_secs(180)).await?;
     ensure!(st["keyCount"] == 1, "{st:#}");
     let public = |v: &Value| v["key"]["x"].clone();
@@ -973,16 +996,7 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
     let officer = keystead_e2e::pool::role_definition(keystead_core::rbac::CRYPTO_OFFICER_ROLE_ID);
     http.assign_role(&admin, &officer, &pool.principal(ADMIN_SA))
         .await?;
-    let (s, v) = http
-        .call_until_served(
-            &app,
-            Method::DELETE,
-            "/keys/k1",
-            None,
-            Duration::from_secs(30),
-        )
-        .await;
-    ensure!(s == StatusCode::OK, "delete k1: {s} {v}");
+    delete_key(&http, &app, "k1").await?;
     eventually("k1 purged", Duration::from_secs(60), || async {
         let (s, _) = http
             .call(&admin, Method::DELETE, "/deletedkeys/k1", None)
@@ -990,12 +1004,15 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
         Ok(matches!(s, StatusCode::NO_CONTENT | StatusCode::OK).then_some(()))
     })
     .await?;
-    let r: Restore = serde_json::from_value(json!({
-        "apiVersion": "keystead.io/v1alpha1", "kind": "Restore",
-        "metadata": {"name": "k1-back"},
-        "spec": {"hsmRef": {"name": POOL}, "backupName": "k1-only", "keyName": "k1"},
-    }))?;
-    restores.create(&Default::default(), &r).await?;
+    create(
+        &restores,
+        json!({
+            "apiVersion": "keystead.io/v1alpha1", "kind": "Restore",
+            "metadata": {"name": "k1-back"},
+            "spec": {"hsmRef": {"name": POOL}, "backupName": "k1-only", "keyName": "k1"},
+        }),
+    )
+    .await?;
     let st = job_succeeded(&restores, "k1-back", Duration::from_secs(180)).await?;
     ensure!(
         st["restorePoint"].is_null(),
