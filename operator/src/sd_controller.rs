@@ -236,9 +236,9 @@ async fn reconcile_inner(sd: &SecurityDomain, ctx: &Context) -> Result<Requeue, 
     // A finished ceremony stays finished while the pool's health dips (right after an
     // activation the followers are still loading the domain): going back to Pending would
     // make the next reconcile download the domain again.
-    let finished = prev.phase == Some(SecurityDomainPhase::Activated)
+    let activated = prev.phase == Some(SecurityDomainPhase::Activated)
         && prev.observed_generation == generation;
-    if !pool_ready && finished {
+    if !pool_ready && activated {
         return Ok(Requeue::requeue(Duration::from_secs(60)));
     }
     if !pool_ready {
