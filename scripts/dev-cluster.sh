@@ -5,7 +5,8 @@
 #                                     kube-controller-manager and kube-scheduler on loopback,
 #                                     the node agent with three Nodes in three zones, then
 #                                     `helm install` the chart; writes DIR/kubeconfig (admin)
-#   scripts/dev-cluster.sh down DIR   stop everything `up` started in DIR (DIR is kept)
+#   scripts/dev-cluster.sh down DIR   stop everything `up` started in DIR (DIR is kept for
+#                                     inspection; the next `up DIR` starts afresh)
 #   scripts/dev-cluster.sh env DIR    print the cluster's settings (KEY=VALUE)
 #
 # Settings (environment): KEYSTEAD_DEV_NET=N (0..63) puts pods on 100.(64+N).0.0/16 (added to
@@ -18,7 +19,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cmd="${1:-}"
 DIR="${2:-}"
 [ -n "$cmd" ] && [ -n "$DIR" ] || {
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 mkdir -p "$DIR"
@@ -84,6 +85,13 @@ fi
 [ "$cmd" = up ] || die "unknown command $cmd (up, down, env)"
 if ls "$DIR"/run/*.pid >/dev/null 2>&1; then
   die "$DIR already has a running cluster (scripts/dev-cluster.sh down $DIR first)"
+fi
+# A stopped cluster's state (kept by `down` for inspection) is not resumed: `up` starts a
+# new cluster, with new ports and certificates, so the old state goes.
+if [ -e "$DIR/cluster.env" ] || [ -d "$DIR/etcd" ]; then
+  log "removing the state of the stopped cluster in $DIR (up starts a new one)"
+  rm -rf "$DIR/etcd" "$DIR/agent" "$DIR/run" "$DIR/logs" "$DIR/pki" "$DIR/cluster.env" \
+    "$DIR"/*.kubeconfig "$DIR/kubeconfig" "$DIR/audit-policy.yaml"
 fi
 
 # --- binaries ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 #                           linearizability (hours; see docs/reliability.md)
 #   KEYSTEAD_FUZZ_SECONDS=600 scripts/fuzz.sh   the long fuzzing run (the smoke run is below)
 #   e2e/run.sh              the kind end-to-end suite (needs Docker and kind)
-# The e2e tests on a real control plane (e2e/tests/cluster.rs) are part of the default run:
+# The e2e tests on a real control plane (e2e/tests/{cluster,operator,backups}.rs) are part of the default run:
 # this script starts the dev cluster (scripts/dev-cluster.sh) and stops it at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ cargo build --workspace --bins
 echo "== the real control plane (scripts/dev-cluster.sh; docs/dev-cluster.md)"
 # kube-apiserver, kube-controller-manager, kube-scheduler and etcd built from the Kubernetes
 # Go modules (cached in .tools/ by version), the node agent with three Nodes, the chart
-# installed with helm. The e2e tests (e2e/tests/cluster.rs) run on it, each in a namespace.
+# installed with helm. The e2e tests (e2e/tests/{cluster,operator,backups}.rs) run on it, each in a namespace.
 DEV_CLUSTER="$(pwd)/target/dev-cluster"
 bash scripts/dev-cluster.sh down "$DEV_CLUSTER" >/dev/null 2>&1 || true
 rm -rf "$DEV_CLUSTER"

@@ -3,7 +3,9 @@
 //! conditions with deadlines, `kubectl` / `kubectl hsm` runners and a port-forward to a pool.
 
 pub mod cluster;
+pub mod gate;
 pub mod pool;
+pub mod steps;
 
 pub use cluster::Cluster;
 

@@ -10,7 +10,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use keystead_core::sd::CustodianPrivateKey;
-use keystead_e2e::pool::{ADMIN_SA, APP_SA, CRYPTO_USER, POOL, Pool, PoolHttp};
+use keystead_e2e::pool::{ADMIN_SA, APP_SA, CRYPTO_USER, POOL, Pool};
+use keystead_e2e::steps::*;
 use keystead_e2e::{Cluster, TestNamespace};
 use keystead_operator::crd::SecurityDomain;
 use kube::Api;
@@ -19,55 +20,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-
-#[path = "../../tests/support/object_stores.rs"]
-mod object_stores;
-
-const PODS: [&str; 3] = ["pool-0", "pool-1", "pool-2"];
-/// The storage emulator's published development key (not a secret).
-const AZURITE_KEY: &str =
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
-
-/// Poll `probe` every 250 ms until it returns `Some`; fail with `what` at the deadline.
-async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + limit;
-    let mut last_err = String::new();
-    loop {
-        match probe().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = format!("{e:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not reached within {limit:?} {last_err}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn pod(pool: &Pool, name: &str) -> anyhow::Result<Option<Pod>> {
-    Ok(pool.ns.api::<Pod>().get_opt(name).await?)
-}
-
-fn ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn restarts(p: &Pod) -> i32 {
-    p.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .map(|c| c.restart_count)
-        .unwrap_or(0)
-}
 
 /// The eviction API (what `kubectl drain` calls): the HTTP status of the answer.
 async fn evict(pool: &Pool, name: &str) -> anyhow::Result<u16> {
@@ -97,78 +49,6 @@ async fn replaced_and_ready(pool: &Pool, name: &str, old: &str) -> anyhow::Resul
         },
     )
     .await
-}
-
-/// A client of one partition (its pod address), for checks that must reach a given one.
-async fn partition_http(pool: &Pool, name: &str) -> anyhow::Result<reqwest::Client> {
-    let p = pod(pool, name).await?.context("pod exists")?;
-    let ip: std::net::IpAddr = p
-        .status
-        .and_then(|s| s.pod_ip)
-        .context("pod has an address")?
-        .parse()?;
-    let ca = reqwest::Certificate::from_pem(pool.ca_pem().await?.as_bytes())?;
-    Ok(reqwest::Client::builder()
-        .tls_certs_only([ca])
-        .resolve(
-            &format!("{POOL}.{}.svc", pool.ns.name),
-            std::net::SocketAddr::new(ip, 8443),
-        )
-        .timeout(Duration::from_secs(10))
-        .build()?)
-}
-
-/// Until partition `name` serves key `key` to `token` (it may still be catching up).
-async fn key_served_by(pool: &Pool, name: &str, token: &str, key: &str) -> anyhow::Result<()> {
-    let url = format!(
-        "https://{POOL}.{}.svc:8443/keys/{key}?api-version=7.4",
-        pool.ns.name
-    );
-    eventually(
-        &format!("{name} serves key {key}"),
-        Duration::from_secs(120),
-        || async {
-            let http = partition_http(pool, name).await?;
-            let r = http.get(&url).bearer_auth(token).send().await?;
-            Ok((r.status() == StatusCode::OK).then_some(()))
-        },
-    )
-    .await
-}
-
-/// An activated pool with key `k1` (created by the application through the Service).
-async fn activated_pool(
-    cluster: &Cluster,
-    prefix: &str,
-    extra: Value,
-) -> anyhow::Result<(Pool, String, Vec<(String, Vec<u8>)>)> {
-    let ns = TestNamespace::create_in(cluster, prefix).await?;
-    let pool = Pool::create(ns, extra).await?;
-    pool.provisioned().await?;
-    let custodians = pool.activate().await?;
-    let (app, _) = first_key(&pool).await?;
-    Ok((pool, app, custodians))
-}
-
-/// The administrator grants the application Crypto User; the application creates EC key
-/// `k1` through the Service. Returns the application's token and the client.
-async fn first_key(pool: &Pool) -> anyhow::Result<(String, PoolHttp)> {
-    let admin = pool.token(ADMIN_SA).await?;
-    let app = pool.token(APP_SA).await?;
-    let http = pool.http().await?;
-    http.assign_role(&admin, CRYPTO_USER, &pool.principal(APP_SA))
-        .await?;
-    let (s, v) = http
-        .call_until_served(
-            &app,
-            Method::POST,
-            "/keys/k1/create",
-            Some(json!({"kty": "EC", "crv": "P-256"})),
-            Duration::from_secs(30),
-        )
-        .await;
-    ensure!(s == StatusCode::OK, "create k1: {s} {v}");
-    Ok((app, http))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -675,22 +555,10 @@ async fn rolling_upgrade_then_delete_collects_children_keeps_data_and_recovers_t
     Ok(())
 }
 
-/// `(namespace, (name, uid))` of every pod in `ns`.
-async fn pods_of(cluster: &Cluster, ns: &str) -> anyhow::Result<Vec<(String, (String, String))>> {
-    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), ns);
-    Ok(pods
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|p| Some((ns.to_string(), (p.metadata.name?, p.metadata.uid?))))
-        .collect())
-}
-
 /// The uids of the operator's pods.
 async fn operator_pods(cluster: &Cluster) -> anyhow::Result<BTreeSet<String>> {
-    let operators: Api<Pod> = Api::namespaced(cluster.client.clone(), "keystead-system");
-    let selector = ListParams::default().labels("app.kubernetes.io/name=keystead");
+    let operators: Api<Pod> = Api::namespaced(cluster.client.clone(), OPERATOR_NS);
+    let selector = ListParams::default().labels(OPERATOR_SELECTOR);
     Ok(operators
         .list(&selector)
         .await?
@@ -752,8 +620,8 @@ async fn an_operator_restarted_mid_ceremony_finishes_it_and_an_idle_pool_costs_n
 
     // The ceremony starts, and the operator's pod is deleted at once: the Deployment
     // brings a new one, which takes the leader Lease and finishes the ceremony.
-    let operators: Api<Pod> = Api::namespaced(cluster.client.clone(), "keystead-system");
-    let selector = ListParams::default().labels("app.kubernetes.io/name=keystead");
+    let operators: Api<Pod> = Api::namespaced(cluster.client.clone(), OPERATOR_NS);
+    let selector = ListParams::default().labels(OPERATOR_SELECTOR);
     let before = operator_pods(&cluster).await?;
     let ceremony = pool.activate();
     let restart = async {
@@ -805,246 +673,6 @@ async fn an_operator_restarted_mid_ceremony_finishes_it_and_an_idle_pool_costs_n
     );
     // The pool still serves: the measurement did not just catch a stopped operator.
     http.sign_and_verify(&app, "k1").await?;
-    pool.ns.pass();
-    Ok(())
-}
-
-/// Create the object `obj` (its JSON) through `api`.
-async fn create<K>(api: &Api<K>, obj: Value) -> anyhow::Result<()>
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
-{
-    let o: K = serde_json::from_value(obj)?;
-    api.create(&Default::default(), &o).await?;
-    Ok(())
-}
-
-/// Delete key `key` as `token` (soft delete), retrying while a partition restarts.
-async fn delete_key(http: &PoolHttp, token: &str, key: &str) -> anyhow::Result<()> {
-    let path = format!("/keys/{key}");
-    let (s, v) = http
-        .call_until_served(token, Method::DELETE, &path, None, Duration::from_secs(30))
-        .await;
-    ensure!(s == StatusCode::OK, "delete {key}: {s} {v}");
-    Ok(())
-}
-
-/// Wait until the job `name` (`Backup` or `Restore`) has phase `Succeeded`; its status.
-async fn job_succeeded<K>(api: &Api<K>, name: &str, limit: Duration) -> anyhow::Result<Value>
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
-{
-    let mut last = Value::Null;
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(o) = api.get_opt(name).await? {
-            last = serde_json::to_value(&o)?["status"].clone();
-            if last["phase"] == "Succeeded" {
-                return Ok(last);
-            }
-            ensure!(last["phase"] != "Failed", "{name} failed: {last:#}");
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{name} not Succeeded within {limit:?}: {last:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_restore()
--> anyhow::Result<()> {
-    use keystead_operator::crd::{Backup, BackupSchedule, Restore};
-    let cluster = Cluster::dev().await?;
-    let stores = object_stores::object_stores();
-    let var = |k: &str| {
-        stores
-            .get(k)
-            .cloned()
-            .with_context(|| format!("{k} in {stores:?}"))
-    };
-    let (s3_endpoint, bucket, azurite) = (
-        var("KEYSTEAD_TEST_S3_ENDPOINT")?,
-        var("KEYSTEAD_TEST_S3_BUCKET")?,
-        var("KEYSTEAD_TEST_AZURITE_URL")?,
-    );
-    let (pool, app, _) = activated_pool(&cluster, "backup", json!({})).await?;
-    let prefix = uuid::Uuid::new_v4().simple().to_string();
-    let s3 = json!({"s3": {"bucket": bucket, "prefix": format!("{prefix}/s3"), "endpoint": s3_endpoint,
-                           "region": "us-east-1", "credentials": {"name": "s3-credentials"}}});
-    let azure = json!({"azureBlob": {"containerUri": azurite, "prefix": format!("{prefix}/azure"),
-                                     "credentials": {"name": "azure-credentials"}}});
-    let backups: Api<Backup> = pool.ns.api();
-    for (name, destination) in [("to-s3", &s3), ("to-azure", &azure)] {
-        create(
-            &backups,
-            json!({
-                "apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
-                "metadata": {"name": name},
-                "spec": {"hsmRef": {"name": POOL}, "destination": destination},
-            }),
-        )
-        .await?;
-    }
-    // Created before their Secrets: the Backups wait, saying which Secret is missing.
-    let waiting = eventually(
-        "to-s3 waits for its Secret",
-        Duration::from_secs(60),
-        || async {
-            let st = serde_json::to_value(&backups.get("to-s3").await?.status)?;
-            let waits = st["conditions"]
-                .as_array()
-                .is_some_and(|cs| cs.iter().any(|c| c["reason"] == "CredentialsNotFound"));
-            Ok(waits.then_some(st))
-        },
-    )
-    .await?;
-    ensure!(
-        waiting.to_string().contains("s3-credentials"),
-        "{waiting:#}"
-    );
-    let secret_key = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let secrets: Api<Secret> = pool.ns.api();
-    for (name, data) in [
-        (
-            "s3-credentials",
-            json!({"AWS_ACCESS_KEY_ID": format!("AKIA{}", &prefix[..16].to_uppercase()),
-                   "AWS_SECRET_ACCESS_KEY": secret_key}),
-        ),
-        ("azure-credentials", json!({"accountKey": AZURITE_KEY})),
-    ] {
-        let secret: Secret =
-            serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data}))?;
-        secrets.create(&Default::default(), &secret).await?;
-    }
-    let st = job_succeeded(&backups, "to-s3", Duration::from_secs(180)).await?;
-    ensure!(
-        st["location"]
-            .as_str()
-            .is_some_and(|l| l.starts_with(&format!("s3://{bucket}/{prefix}/s3/"))),
-        "{st:#}"
-    );
-    let fingerprint = pool.status().await["securityDomainFingerprint"].clone();
-    ensure!(st["securityDomainFingerprint"] == fingerprint, "{st:#}");
-    job_succeeded(&backups, "to-azure", Duration::from_secs(180)).await?;
-
-    // A schedule with an immediate first run makes a Backup of its own, which succeeds.
-    let schedules: Api<BackupSchedule> = pool.ns.api();
-    create(
-        &schedules,
-        json!({
-            "apiVersion": "keystead.io/v1alpha1", "kind": "BackupSchedule",
-            "metadata": {"name": "nightly"},
-            "spec": {"hsmRef": {"name": POOL}, "schedule": "0 2 * * *", "immediate": true,
-                     "destination": s3, "retention": {"maxCount": 3}},
-        }),
-    )
-    .await?;
-    let scheduled = eventually(
-        "a Backup made by the schedule",
-        Duration::from_secs(120),
-        || async {
-            let list = backups
-                .list(&ListParams::default().labels("keystead.io/backup-schedule=nightly"))
-                .await?;
-            Ok(list.items.first().and_then(|b| b.metadata.name.clone()))
-        },
-    )
-    .await?;
-    job_succeeded(&backups, &scheduled, Duration::from_secs(180)).await?;
-
-    // The key is deleted; a full Restore of the Azure backup brings it back.
-    let http = pool.http().await?;
-    delete_key(&http, &app, "k1").await?;
-    let restores: Api<Restore> = pool.ns.api();
-    create(
-        &restores,
-        json!({
-            "apiVersion": "keystead.io/v1alpha1", "kind": "Restore",
-            "metadata": {"name": "back"},
-            "spec": {"hsmRef": {"name": POOL}, "backupName": "to-azure"},
-        }),
-    )
-    .await?;
-    job_succeeded(&restores, "back", Duration::from_secs(180)).await?;
-    for name in PODS {
-        key_served_by(&pool, name, &app, "k1").await?;
-    }
-    http.sign_and_verify(&app, "k1").await?;
-
-    // A single-key Backup to S3; the key deleted and purged; a selective Restore of it,
-    // which takes no restore point of the whole pool.
-    create(
-        &backups,
-        json!({
-            "apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
-            "metadata": {"name": "k1-only"},
-            "spec": {"hsmRef": {"name": POOL}, "keyName": "k1", "destination": s3},
-        }),
-    )
-    .await?;
-    let st = job_succeeded(&backups, "k1-only", Duration::from_secs(180)).await?;
-    ensure!(st["keyCount"] == 1, "{st:#}");
-    let public = |v: &Value| v["key"]["x"].clone();
-    let (_, before) = http.call(&app, Method::GET, "/keys/k1", None).await;
-    let admin = pool.token(ADMIN_SA).await?;
-    let officer = keystead_e2e::pool::role_definition(keystead_core::rbac::CRYPTO_OFFICER_ROLE_ID);
-    http.assign_role(&admin, &officer, &pool.principal(ADMIN_SA))
-        .await?;
-    delete_key(&http, &app, "k1").await?;
-    eventually("k1 purged", Duration::from_secs(60), || async {
-        let (s, _) = http
-            .call(&admin, Method::DELETE, "/deletedkeys/k1", None)
-            .await;
-        Ok(matches!(s, StatusCode::NO_CONTENT | StatusCode::OK).then_some(()))
-    })
-    .await?;
-    create(
-        &restores,
-        json!({
-            "apiVersion": "keystead.io/v1alpha1", "kind": "Restore",
-            "metadata": {"name": "k1-back"},
-            "spec": {"hsmRef": {"name": POOL}, "backupName": "k1-only", "keyName": "k1"},
-        }),
-    )
-    .await?;
-    let st = job_succeeded(&restores, "k1-back", Duration::from_secs(180)).await?;
-    ensure!(
-        st["restorePoint"].is_null(),
-        "a selective restore takes no restore point: {st:#}"
-    );
-    for name in PODS {
-        key_served_by(&pool, name, &app, "k1").await?;
-    }
-    let (_, after) = http.call(&app, Method::GET, "/keys/k1", None).await;
-    ensure!(
-        public(&after) == public(&before),
-        "the same key is back: {after}"
-    );
-
-    // The credentials appear nowhere but in their Secret: not in the jobs' status, not in
-    // Events, not in the operator's or the partitions' logs.
-    let mut seen = serde_json::to_string(&backups.list(&ListParams::default()).await?)?;
-    seen += &serde_json::to_string(&restores.list(&ListParams::default()).await?)?;
-    seen += &serde_json::to_string(&pool.ns.api::<Event>().list(&ListParams::default()).await?)?;
-    for (ns, pod) in pods_of(&cluster, &pool.ns.name)
-        .await?
-        .into_iter()
-        .chain(pods_of(&cluster, "keystead-system").await?)
-    {
-        seen += &cluster.container_log(&ns, &pod.0, &pod.1, usize::MAX);
-    }
-    for secret in [secret_key.as_str(), AZURITE_KEY] {
-        ensure!(
-            !seen.contains(secret),
-            "a credential leaked into status, Events or logs"
-        );
-    }
     pool.ns.pass();
     Ok(())
 }

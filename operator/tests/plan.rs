@@ -493,7 +493,7 @@ fn partition_configs_follow_the_partition_contract() {
     assert_eq!(cfg["seal"]["keyFile"], "/etc/keystead/seal/sealing-key");
     // The partition itself accepts every rendered configuration (deny_unknown_fields).
     for (key, text) in data {
-        let parsed: Result<keystead_partition::config::PartitionConfig, _> =
+        let parsed: Result<keystead_core::partition_config::PartitionConfig, _> =
             serde_json::from_str(text);
         assert!(parsed.is_ok(), "{key}: {:?}", parsed.err());
         // ... and its own validation (peers include itself, a peer token is configured).
@@ -502,7 +502,8 @@ fn partition_configs_follow_the_partition_contract() {
     let basic = hsm("managedhsm-basic.yaml");
     let cfg =
         children::partition_config(&basic, &Names::of(&basic).unwrap(), "pool-0", &settings());
-    let parsed: keystead_partition::config::PartitionConfig = serde_json::from_value(cfg).unwrap();
+    let parsed: keystead_core::partition_config::PartitionConfig =
+        serde_json::from_value(cfg).unwrap();
     assert_eq!(parsed.seal, Default::default());
     // Without an audience in the spec: the endpoint `https://pool.hsm.svc` minus its first
     // label — never Azure's own audience.
@@ -1082,7 +1083,8 @@ fn backup_volumes_are_mounted_in_every_partition_and_named_in_its_config() {
     }
     // The partition resolves pvc://<claim>/... to the mount; it takes no file:// at all.
     let cfg = children::partition_config(&h, &names, "pool-0", &settings());
-    let parsed: keystead_partition::config::PartitionConfig = serde_json::from_value(cfg).unwrap();
+    let parsed: keystead_core::partition_config::PartitionConfig =
+        serde_json::from_value(cfg).unwrap();
     assert_eq!(parsed.backup_filesystem_root, None);
     assert_eq!(
         parsed
@@ -1148,9 +1150,10 @@ fn the_redownload_policy_reaches_the_partition_config() {
     let cfg = children::partition_config(&h, &names, &pod, &settings());
     assert_eq!(cfg["securityDomainRedownload"], "refused");
     // The partition takes what the operator writes.
-    let parsed: keystead_partition::config::PartitionConfig = serde_json::from_value(cfg).unwrap();
+    let parsed: keystead_core::partition_config::PartitionConfig =
+        serde_json::from_value(cfg).unwrap();
     assert_eq!(
         parsed.security_domain_redownload,
-        keystead_partition::config::RedownloadPolicy::Refused
+        keystead_core::partition_config::RedownloadPolicy::Refused
     );
 }
