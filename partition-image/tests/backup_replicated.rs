@@ -8,22 +8,12 @@ mod cluster;
 mod common;
 
 use cluster::Cluster;
-use common::TestPool;
-use keystead_partition::backup;
-use keystead_partition::state::Command;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-/// Keys in the backup, and the size of each record's tags: ~4 KiB a key, ~40 MiB in all.
+/// Keys in the backup (~4 KiB a key, ~40 MiB in all).
 const KEYS: usize = 10_000;
-
-fn big_record(i: usize) -> keystead_partition::state::KeyRecord {
-    let tags = (0..15)
-        .map(|t| (format!("tag-{t:02}"), format!("{i:07}-{}", "v".repeat(240))))
-        .collect();
-    backup_util::ec_record(i, tags)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restore_larger_than_a_peer_request_replicates_and_commits_at_once() {
@@ -33,34 +23,13 @@ async fn a_restore_larger_than_a_peer_request_replicates_and_commits_at_once() {
     let file = c.domain_file().await;
 
     // A one-partition pool recovered with that domain holds many large keys and makes the
-    // backup; its RBAC lets the cluster's administrator in after the restore.
-    let src = TestPool::start().await;
-    backup_util::recover(&src, &file).await;
-    let admin = keystead_partition::local::ADMIN_SUBJECT;
-    src.assign(admin, keystead_core::rbac::ADMINISTRATOR_ROLE_ID, "/")
-        .await;
-    src.assign(admin, keystead_core::rbac::CRYPTO_USER_ROLE_ID, "/")
-        .await;
-    let rbac = src.app.store.read().rbac.clone();
-    src.app
-        .store
-        .propose(Command::RestoreAll {
-            keys: (0..KEYS).map(big_record).collect(),
-            deleted: vec![],
-            rbac: Box::new(rbac),
-        })
-        .await
-        .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let uri = format!("file://{}", root.path().display());
-    let d = backup_util::file_store(&uri);
-    let m = backup::write_backup(&src.app, &d, false).await.unwrap();
+    // backup.
+    let (_root, uri, m) = backup_util::big_backup(&file, KEYS).await;
     let size: u64 = m.body.chunks.iter().map(|c| c.size).sum();
     assert!(
         size > 40 * 1024 * 1024,
         "the backup is larger than one peer request may be ({size} bytes)"
     );
-    drop(src);
 
     // Restore it through a follower (the command goes to the leader in pieces).
     let leader = c.leader(&[0, 1, 2]).await;

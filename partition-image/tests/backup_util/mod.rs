@@ -260,3 +260,47 @@ pub fn ec_record(
         rotation_policy: None,
     }
 }
+
+/// A full backup of `keys` records of ~4 KiB each (15 tags of 250 bytes: ~40 MiB for 10,000
+/// keys) made in the security domain `file` by a one-partition pool, written to a fresh
+/// `file://` store: (the store's directory, its URI, the manifest). Its RBAC lets the local
+/// administrator (Administrator and Crypto User) into the pool it is restored to.
+pub async fn big_backup(
+    file: &str,
+    keys: usize,
+) -> (
+    tempfile::TempDir,
+    String,
+    keystead_partition::backup::format::Manifest,
+) {
+    use keystead_partition::state::Command;
+    let src = TestPool::start().await;
+    recover(&src, file).await;
+    let admin = keystead_partition::local::ADMIN_SUBJECT;
+    src.assign(admin, keystead_core::rbac::ADMINISTRATOR_ROLE_ID, "/")
+        .await;
+    src.assign(admin, keystead_core::rbac::CRYPTO_USER_ROLE_ID, "/")
+        .await;
+    let rbac = src.app.store.read().rbac.clone();
+    let record = |i: usize| {
+        let tags = (0..15)
+            .map(|t| (format!("tag-{t:02}"), format!("{i:07}-{}", "v".repeat(240))))
+            .collect();
+        ec_record(i, tags)
+    };
+    src.app
+        .store
+        .propose(Command::RestoreAll {
+            keys: (0..keys).map(record).collect(),
+            deleted: vec![],
+            rbac: Box::new(rbac),
+        })
+        .await
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let uri = format!("file://{}", root.path().display());
+    let m = keystead_partition::backup::write_backup(&src.app, &file_store(&uri), false)
+        .await
+        .unwrap();
+    (root, uri, m)
+}
