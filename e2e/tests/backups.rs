@@ -155,26 +155,30 @@ async fn create_secret(
     .await
 }
 
-async fn create_backup(pool: &Pool, name: &str, spec: Value) -> anyhow::Result<()> {
-    let mut spec = spec;
+/// Create the job `kind` (`Backup` or `Restore`) `name` of the pool with `spec`.
+async fn create_job<K>(pool: &Pool, kind: &str, name: &str, mut spec: Value) -> anyhow::Result<()>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + serde::Serialize,
+{
     spec["hsmRef"] = json!({"name": POOL});
     create(
-        &pool.ns.api::<Backup>(),
-        json!({"apiVersion": "keystead.io/v1alpha1", "kind": "Backup",
+        &pool.ns.api::<K>(),
+        json!({"apiVersion": "keystead.io/v1alpha1", "kind": kind,
                "metadata": {"name": name}, "spec": spec}),
     )
     .await
 }
 
+async fn create_backup(pool: &Pool, name: &str, spec: Value) -> anyhow::Result<()> {
+    create_job::<Backup>(pool, "Backup", name, spec).await
+}
+
 async fn create_restore(pool: &Pool, name: &str, spec: Value) -> anyhow::Result<()> {
-    let mut spec = spec;
-    spec["hsmRef"] = json!({"name": POOL});
-    create(
-        &pool.ns.api::<Restore>(),
-        json!({"apiVersion": "keystead.io/v1alpha1", "kind": "Restore",
-               "metadata": {"name": name}, "spec": spec}),
-    )
-    .await
+    create_job::<Restore>(pool, "Restore", name, spec).await
 }
 
 async fn backup_status(pool: &Pool, name: &str) -> anyhow::Result<Value> {
@@ -217,6 +221,25 @@ async fn scheduled(pool: &Pool, schedule: &str) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
+/// A BackupSchedule `minutely` (`* * * * *`, its first run at once) to `destination`,
+/// keeping `max_count` Backups; the name of its first Backup.
+async fn minutely(pool: &Pool, destination: Value, max_count: u32) -> anyhow::Result<String> {
+    create(
+        &pool.ns.api::<BackupSchedule>(),
+        json!({
+            "apiVersion": "keystead.io/v1alpha1", "kind": "BackupSchedule",
+            "metadata": {"name": "minutely"},
+            "spec": {"hsmRef": {"name": POOL}, "schedule": "* * * * *", "immediate": true,
+                     "destination": destination, "retention": {"maxCount": max_count}},
+        }),
+    )
+    .await?;
+    eventually("the schedule's first Backup", MINUTES(1), || async {
+        Ok(scheduled(pool, "minutely").await?.into_iter().next())
+    })
+    .await
+}
+
 async fn events(pool: &Pool) -> anyhow::Result<Vec<Event>> {
     Ok(pool
         .ns
@@ -248,6 +271,23 @@ async fn public_key(http: &PoolHttp, token: &str, key: &str) -> anyhow::Result<V
         "GET /keys/{key}: {s} {v}"
     );
     Ok(json!([v["key"]["x"], v["key"]["y"]]))
+}
+
+/// Key `k1` is served by every partition again, with the public key `public` it had.
+async fn same_key_back(
+    pool: &Pool,
+    http: &PoolHttp,
+    app: &str,
+    public: &Value,
+) -> anyhow::Result<()> {
+    for name in PODS {
+        key_served_by(pool, name, app, "k1").await?;
+    }
+    ensure!(
+        public_key(http, app, "k1").await? == *public,
+        "the same key is back"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -438,13 +478,7 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
         st["restorePoint"].is_string(),
         "a full restore takes a restore point: {st:#}"
     );
-    for name in PODS {
-        key_served_by(&pool, name, &app, "k1").await?;
-    }
-    ensure!(
-        public_key(&http, &app, "k1").await? == public,
-        "the same key is back"
-    );
+    same_key_back(&pool, &http, &app, &public).await?;
     http.sign_and_verify(&app, "k1").await?;
 
     // A single-key Backup to S3; the key deleted and purged; a selective Restore of it,
@@ -487,13 +521,7 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
         st["restorePoint"].is_null(),
         "a selective restore takes no restore point: {st:#}"
     );
-    for name in PODS {
-        key_served_by(&pool, name, &app, "k1").await?;
-    }
-    ensure!(
-        public_key(&http, &app, "k1").await? == public,
-        "the same key is back"
-    );
+    same_key_back(&pool, &http, &app, &public).await?;
 
     // Events say what happened.
     let seen = events(&pool).await?;
@@ -679,31 +707,12 @@ async fn backups_to_a_shared_claim_restore_points_and_schedule_retention() -> an
     let st = job_phase(&pool.ns.api::<Restore>(), "back", "Succeeded", MINUTES(3)).await?;
     ensure!(folder(&st["source"])? == manual, "{st:#}");
     backup_folder(&folder(&st["restorePoint"])?, &claim_dir.join("manual"))?;
-    for name in PODS {
-        key_served_by(&pool, name, &app, "k1").await?;
-    }
-    ensure!(
-        public_key(&http, &app, "k1").await? == public,
-        "the same key is back"
-    );
+    same_key_back(&pool, &http, &app, &public).await?;
     http.sign_and_verify(&app, "k1").await?;
 
     // A schedule every minute, the first run at once, keeping one backup: the second run
     // expires the first Backup, and its finalizer deletes the first folder.
-    create(
-        &pool.ns.api::<BackupSchedule>(),
-        json!({
-            "apiVersion": "keystead.io/v1alpha1", "kind": "BackupSchedule",
-            "metadata": {"name": "minutely"},
-            "spec": {"hsmRef": {"name": POOL}, "schedule": "* * * * *", "immediate": true,
-                     "destination": fs("scheduled"), "retention": {"maxCount": 1}},
-        }),
-    )
-    .await?;
-    let first = eventually("the schedule's first Backup", MINUTES(1), || async {
-        Ok(scheduled(&pool, "minutely").await?.into_iter().next())
-    })
-    .await?;
+    let first = minutely(&pool, fs("scheduled"), 1).await?;
     let b1 = backups.get(&first).await?;
     ensure!(
         b1.metadata
@@ -860,20 +869,7 @@ async fn an_operator_killed_mid_job_resumes_it_and_a_lost_job_fails_while_the_sc
     // job's outcome with its memory): that Backup fails with JobLost, saying what happened
     // and what to do, and the next run makes a good backup.
     gate.hold();
-    create(
-        &pool.ns.api::<BackupSchedule>(),
-        json!({
-            "apiVersion": "keystead.io/v1alpha1", "kind": "BackupSchedule",
-            "metadata": {"name": "minutely"},
-            "spec": {"hsmRef": {"name": POOL}, "schedule": "* * * * *", "immediate": true,
-                     "destination": through_gate("scheduled"), "retention": {"maxCount": 2}},
-        }),
-    )
-    .await?;
-    let lost = eventually("the schedule's first Backup", MINUTES(1), || async {
-        Ok(scheduled(&pool, "minutely").await?.into_iter().next())
-    })
-    .await?;
+    let lost = minutely(&pool, through_gate("scheduled"), 2).await?;
     let st = job_recorded(&pool, &lost).await?;
     let partition = st["jobPartition"].as_str().unwrap_or_default().to_string();
     // The partition names the folder when the job starts; the status records it at once.

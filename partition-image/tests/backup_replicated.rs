@@ -9,8 +9,7 @@ mod common;
 
 use cluster::Cluster;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Keys in the backup (~4 KiB a key, ~40 MiB in all).
 const KEYS: usize = 10_000;
@@ -35,32 +34,8 @@ async fn a_restore_larger_than_a_peer_request_replicates_and_commits_at_once() {
     let leader = c.leader(&[0, 1, 2]).await;
     let via = (leader + 1) % cluster::N;
     let started = Instant::now();
-    let (s, v) = c
-        .call(
-            via,
-            Method::PUT,
-            "/restore",
-            Some(json!({"sasTokenParameters": {"storageResourceUri": uri},
-                        "folderToRestore": m.body.folder})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    let job = v["jobId"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let st: Value = loop {
-        let (s, v) = c
-            .call(via, Method::GET, &format!("/restore/{job}/pending"), None)
-            .await;
-        assert_eq!(s, StatusCode::OK, "{v}");
-        if v["status"] != "InProgress" {
-            break v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restore is still running: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let job = c.start_restore(via, &uri, &m.body.folder).await;
+    let st = c.restore_outcome(via, &job).await;
     assert_eq!(st["status"], "Succeeded", "{st}");
     eprintln!(
         "restored {KEYS} keys ({size} bytes of backup) into 3 partitions in {:?}",

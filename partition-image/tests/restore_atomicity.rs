@@ -11,7 +11,7 @@ mod common;
 
 use cluster::Cluster;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -33,36 +33,6 @@ async fn pool_and_backup() -> (Cluster, tempfile::TempDir, String, String) {
     let file = c.domain_file().await;
     let (root, uri, m) = backup_util::big_backup(&file, KEYS).await;
     (c, root, uri, m.body.folder)
-}
-
-/// Start a full restore of `folder` through partition `via`; its job id.
-async fn start_restore(c: &Cluster, via: usize, uri: &str, folder: &str) -> String {
-    let (s, v) = c
-        .call(
-            via,
-            Method::PUT,
-            "/restore",
-            Some(json!({"sasTokenParameters": {"storageResourceUri": uri},
-                        "folderToRestore": folder})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
-    v["jobId"].as_str().expect("a job id").to_string()
-}
-
-/// Wait for the restore job to end on `via`; its final status.
-async fn restore_outcome(c: &Cluster, via: usize, job: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        let (s, v) = c
-            .call(via, Method::GET, &format!("/restore/{job}/pending"), None)
-            .await;
-        if s == StatusCode::OK && v["status"] != "InProgress" {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "the restore still runs: {s} {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The folders (with a manifest) under the store's directory.
@@ -132,8 +102,8 @@ async fn unchanged(c: &Cluster, probe: &str) {
 /// The restore, run again, succeeds and every partition serves the backup's keys (and not
 /// the pool's own: a full restore replaces them).
 async fn restored(c: &Cluster, via: usize, uri: &str, folder: &str) {
-    let job = start_restore(c, via, uri, folder).await;
-    let st = restore_outcome(c, via, &job).await;
+    let job = c.start_restore(via, uri, folder).await;
+    let st = c.restore_outcome(via, &job).await;
     assert_eq!(st["status"], "Succeeded", "{st}");
     for i in 0..cluster::N {
         answers(c, i, &format!("key-{:07}", KEYS - 1), StatusCode::OK).await;
@@ -164,7 +134,7 @@ async fn a_chunk_changed_in_the_store_while_the_restore_is_staged_changes_nothin
         .join(chunks.last().unwrap()["name"].as_str().unwrap());
     let original = std::fs::read(&last).unwrap();
 
-    let job = start_restore(&c, via, &uri, &folder).await;
+    let job = c.start_restore(via, &uri, &folder).await;
     // The backup verified (the restore point is written); the last chunk changes under the
     // staging restore.
     staging_begins(root.path(), &before).await;
@@ -172,7 +142,7 @@ async fn a_chunk_changed_in_the_store_while_the_restore_is_staged_changes_nothin
     let mid = changed.len() / 2;
     changed[mid] ^= 0x5a;
     std::fs::write(&last, &changed).unwrap();
-    let st = restore_outcome(&c, via, &job).await;
+    let st = c.restore_outcome(via, &job).await;
     assert_eq!(st["status"], "Failed", "{st}");
     let error = st["error"].to_string();
     assert!(
@@ -192,10 +162,10 @@ async fn the_leader_killed_while_the_restore_is_staged_changes_nothing() {
     let before = folders(root.path());
     let leader = c.leader(&[0, 1, 2]).await;
     let via = (leader + 1) % cluster::N;
-    let job = start_restore(&c, via, &uri, &folder).await;
+    let job = c.start_restore(via, &uri, &folder).await;
     staging_begins(root.path(), &before).await;
     c.kill(leader);
-    let st = restore_outcome(&c, via, &job).await;
+    let st = c.restore_outcome(via, &job).await;
     assert_ne!(
         st["status"], "Succeeded",
         "the restore lost its leader mid-staging: {st}"

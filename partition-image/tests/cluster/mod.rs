@@ -351,6 +351,37 @@ impl Cluster {
     }
 
     /// Wait until `cond` holds, polling.
+    /// Start a full restore of `folder` of the store at `uri` through partition `via`; its
+    /// job id.
+    pub async fn start_restore(&self, via: usize, uri: &str, folder: &str) -> String {
+        let (s, v) = self
+            .call(
+                via,
+                Method::PUT,
+                "/restore",
+                Some(json!({"sasTokenParameters": {"storageResourceUri": uri},
+                            "folderToRestore": folder})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        v["jobId"].as_str().expect("a job id").to_string()
+    }
+
+    /// Wait (at most 10 minutes) for restore job `job` to end on `via`; its final status.
+    pub async fn restore_outcome(&self, via: usize, job: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let (s, v) = self
+                .call(via, Method::GET, &format!("/restore/{job}/pending"), None)
+                .await;
+            if s == StatusCode::OK && v["status"] != "InProgress" {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "the restore still runs: {s} {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn until<F, Fut>(&self, what: &str, secs: u64, mut cond: F)
     where
         F: FnMut() -> Fut,
