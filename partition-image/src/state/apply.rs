@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// How many different names `names` holds.
+fn distinct<'a>(names: impl Iterator<Item = &'a String>) -> u64 {
+    names.collect::<std::collections::HashSet<_>>().len() as u64
+}
+
 impl PoolState {
     pub fn is_activated(&self) -> bool {
         matches!(self.activation, Activation::Activated { .. })
@@ -40,15 +45,17 @@ impl PoolState {
                 deleted_count,
             } => match staged(id) {
                 None => Err(StateError::RestoreNotStaged(id.clone())),
+                // Distinct names: a stage proposed again after an unknown outcome (it may
+                // have landed) stages the same records twice, and the commit keeps one.
                 Some(st)
-                    if st.keys.len() as u64 != *key_count
-                        || st.deleted.len() as u64 != *deleted_count
+                    if distinct(st.keys.iter().map(|k| &k.name)) != *key_count
+                        || distinct(st.deleted.iter().map(|d| &d.key.name)) != *deleted_count
                         || st.rbac.is_none() =>
                 {
                     Err(StateError::RestoreIncomplete {
                         id: id.clone(),
-                        keys: st.keys.len() as u64,
-                        deleted: st.deleted.len() as u64,
+                        keys: distinct(st.keys.iter().map(|k| &k.name)),
+                        deleted: distinct(st.deleted.iter().map(|d| &d.key.name)),
                         rbac: if st.rbac.is_some() { "the" } else { "no" },
                         want_keys: *key_count,
                         want_deleted: *deleted_count,

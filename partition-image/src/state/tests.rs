@@ -54,6 +54,32 @@ fn a_staged_restore_is_invisible_until_its_commit_and_all_or_nothing() {
 }
 
 #[test]
+fn a_stage_applied_twice_commits_each_record_once_and_duplicate_names_are_refused() {
+    // A stage proposed again after an unknown outcome, which had landed: the same records
+    // staged twice. The commit counts names, keeps one record each, and succeeds.
+    let mut s = PoolState::default();
+    s.apply(&Command::RestoreBegin { id: "r1".into() }).unwrap();
+    s.apply(&stage("r1", &["a", "b"], true)).unwrap();
+    s.apply(&stage("r1", &["a", "b"], true)).unwrap();
+    s.apply(&stage("r1", &["c"], false)).unwrap();
+    s.apply(&commit("r1", 3)).unwrap();
+    assert_eq!(s.keys.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+    // A backup that names one key twice (its manifest counts two records) does not commit:
+    // two records, one name.
+    let mut s = PoolState::default();
+    s.keys.insert("old".into(), key("old"));
+    let before = s.clone();
+    s.apply(&Command::RestoreBegin { id: "r2".into() }).unwrap();
+    s.apply(&stage("r2", &["a", "a"], true)).unwrap();
+    let e = s.apply(&commit("r2", 2)).unwrap_err();
+    assert!(
+        matches!(e, StateError::RestoreIncomplete { keys: 1, .. }),
+        "{e}"
+    );
+    assert_eq!(s.keys, before.keys);
+}
+
+#[test]
 fn a_newer_restore_or_an_abort_drops_the_staged_one() {
     let mut s = PoolState::default();
     s.keys.insert("old".into(), key("old"));

@@ -56,7 +56,9 @@ pub enum BackupError {
     KeyNotInBackup(String, String),
     #[error("the pool has no key named '{0}' (active or soft-deleted); nothing was backed up")]
     KeyNotInPool(String),
-    #[error("the restore could not be committed: {0}; nothing was changed")]
+    #[error(
+        "the restore could not be staged or committed ({0}); what was staged is dropped and nothing was changed: run the restore again"
+    )]
     Commit(String),
     #[error(
         "the restore's final commit has an unknown outcome ({0}): the pool holds either its previous keys or the backup's; list its keys to see which, and restore again if needed"

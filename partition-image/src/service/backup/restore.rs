@@ -209,6 +209,30 @@ fn stages<T: serde::Serialize>(
     Ok(out)
 }
 
+/// Times a staging command whose outcome is unknown (the leader did not confirm it in time:
+/// a loaded or changing leader) is proposed again before the restore gives up.
+const STAGE_ATTEMPTS: u32 = 4;
+
+/// Propose `RestoreBegin` (before any stage) or a `RestoreStage`, again when its outcome is
+/// unknown: both are safe to repeat (a begin of the same id starts the same empty staging; a
+/// stage applied twice stages the same records twice, and the commit counts and keeps each
+/// name once).
+async fn propose_stage(
+    app: &App,
+    cmd: Command,
+) -> Result<crate::state::Outcome, crate::consensus::ProposeError> {
+    let mut attempt = 1;
+    loop {
+        match app.store.propose(cmd.clone()).await {
+            Err(crate::consensus::ProposeError::Uncertain(why)) if attempt < STAGE_ATTEMPTS => {
+                tracing::warn!(attempt, reason = %why, "a restore stage has an unknown outcome; proposing it again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Replace the pool's keys, soft-deleted keys and RBAC with the backup of manifest `m`
 /// (checked), all or nothing: its records are read again chunk by chunk and staged in
 /// bounded commands (`RestoreBegin`, `RestoreStage`…), then one `RestoreCommit` holding the
@@ -222,9 +246,7 @@ async fn propose_restore(app: &App, dest: &Destination, m: &Manifest) -> Result<
     // a chunk at a time (each command costs an fsync).
     let budget = app.store.replica().is_some().then_some(STAGE_BYTES);
     let staged = async {
-        app.store
-            .propose(Command::RestoreBegin { id: id.clone() })
-            .await?;
+        propose_stage(app, Command::RestoreBegin { id: id.clone() }).await?;
         let mut counts = Counts::default();
         for i in 0..m.body.chunks.len() {
             let (mut keys, mut deleted, mut rbac) = (Vec::new(), Vec::new(), None);
@@ -260,7 +282,7 @@ async fn propose_restore(app: &App, dest: &Destination, m: &Manifest) -> Result<
                     rbac: None,
                 });
             futures::stream::iter(first.into_iter().chain(commands))
-                .map(|cmd| app.store.propose(cmd))
+                .map(|cmd| propose_stage(app, cmd))
                 .buffer_unordered(STAGES_IN_FLIGHT)
                 .try_for_each(|_| async { Ok(()) })
                 .await?;
