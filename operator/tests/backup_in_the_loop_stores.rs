@@ -21,7 +21,7 @@ mod object_stores;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use keystead_core::store;
-use keystead_operator::backup_plan;
+use keystead_operator::backup::plan as backup_plan;
 use keystead_operator::crd::{Backup, BackupDestination, BackupSchedule};
 use keystead_partition::backup::{Listed, list_backups};
 use kube::Api;

@@ -7,7 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 use keystead_operator::crd::{SecurityDomainPhase, SecurityDomainStatus};
 use keystead_operator::leader::{self, LeaseDecision};
 use keystead_operator::metrics::Metrics;
-use keystead_operator::sd_controller;
+use keystead_operator::security_domain::plan as sd_plan;
 
 fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -97,7 +97,7 @@ fn custodian_cert(i: usize) -> String {
 #[test]
 fn custodian_certificates_become_jwks_with_sorted_thumbprints() {
     let pems: Vec<String> = (0..3).map(custodian_cert).collect();
-    let c = sd_controller::custodians(&pems).unwrap();
+    let c = sd_plan::custodians(&pems).unwrap();
     assert_eq!(c.jwks.len(), 3);
     assert!(
         c.jwks
@@ -111,17 +111,17 @@ fn custodian_certificates_become_jwks_with_sorted_thumbprints() {
     let mut rev = pems.clone();
     rev.reverse();
     assert_eq!(
-        sd_controller::custodians(&rev).unwrap().thumbprints,
+        sd_plan::custodians(&rev).unwrap().thumbprints,
         c.thumbprints
     );
 
-    let too_few = sd_controller::custodians(&pems[..2]).unwrap_err();
+    let too_few = sd_plan::custodians(&pems[..2]).unwrap_err();
     assert!(too_few.contains("3 to 10"), "{too_few}");
-    let dup = sd_controller::custodians(&[pems[0].clone(), pems[0].clone(), pems[1].clone()])
-        .unwrap_err();
+    let dup =
+        sd_plan::custodians(&[pems[0].clone(), pems[0].clone(), pems[1].clone()]).unwrap_err();
     assert!(dup.contains("twice"), "{dup}");
-    let bad = sd_controller::custodians(&["junk".to_string(), pems[0].clone(), pems[1].clone()])
-        .unwrap_err();
+    let bad =
+        sd_plan::custodians(&["junk".to_string(), pems[0].clone(), pems[1].clone()]).unwrap_err();
     assert!(bad.starts_with("certificate 1"), "{bad}");
 }
 
@@ -129,7 +129,7 @@ fn custodian_certificates_become_jwks_with_sorted_thumbprints() {
 fn security_domain_status_keeps_transition_times() {
     let t0 = Time(ts("2026-01-01T00:00:00Z"));
     let t1 = Time(ts("2026-01-01T00:05:00Z"));
-    let s0 = sd_controller::status_for(
+    let s0 = sd_plan::status_for(
         &SecurityDomainStatus::default(),
         SecurityDomainPhase::WaitingForTransferBlob,
         "WaitingForTransferBlob",
@@ -144,7 +144,7 @@ fn security_domain_status_keeps_transition_times() {
             .collect::<Vec<_>>(),
         vec!["Ready", "SecurityDomainActivated"]
     );
-    let s1 = sd_controller::status_for(
+    let s1 = sd_plan::status_for(
         &s0,
         SecurityDomainPhase::WaitingForTransferBlob,
         "WaitingForTransferBlob",
@@ -153,7 +153,7 @@ fn security_domain_status_keeps_transition_times() {
         &t1,
     );
     assert_eq!(s0, s1, "same phase later: identical status (no write)");
-    let s2 = sd_controller::status_for(
+    let s2 = sd_plan::status_for(
         &s1,
         SecurityDomainPhase::Activated,
         "Activated",

@@ -8,11 +8,13 @@
 //! scope here on purpose.
 
 use axum::http::{Method, Request, Response, StatusCode};
-use keystead_operator::children::{HSM_FINALIZER, Settings};
-use keystead_operator::controller::{self, Context};
+use keystead_operator::context::Context;
+use keystead_operator::context::Settings;
 use keystead_operator::crd::{HsmPhase, ManagedHsm, ManagedHsmStatus};
+use keystead_operator::hsm::plan::lifecycle::HSM_FINALIZER;
+use keystead_operator::hsm::{controller, soft_delete, write};
 use keystead_operator::metrics::Metrics;
-use keystead_operator::pool_client::TokenSource;
+use keystead_operator::pool::client::TokenSource;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
@@ -185,7 +187,7 @@ fn seed(world: &Shared, h: &ManagedHsm) {
 async fn reconcile_with_deadline(
     h: ManagedHsm,
     ctx: Arc<Context>,
-) -> Result<kube::runtime::controller::Action, controller::Error> {
+) -> Result<kube::runtime::controller::Action, keystead_operator::context::Error> {
     tokio::time::timeout(
         Duration::from_secs(30),
         controller::reconcile(Arc::new(h), ctx),
@@ -295,7 +297,7 @@ async fn provisioning_reconcile_applies_children_in_order_then_idles() {
             .unwrap();
         assert_eq!(sts["kind"], "StatefulSet");
         assert_eq!(sts["metadata"]["ownerReferences"][0]["kind"], "ManagedHsm");
-        assert!(sts["metadata"]["annotations"][controller::APPLIED_HASH_ANNOTATION].is_string());
+        assert!(sts["metadata"]["annotations"][write::APPLIED_HASH_ANNOTATION].is_string());
     }
 
     // The status written: Provisioning, with endpoint and CA bundle.
@@ -493,7 +495,7 @@ async fn purge_sweep_deletes_only_what_is_due() {
         "/api/v1/persistentvolumeclaims".into(),
         json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": []}),
     );
-    let n = tokio::time::timeout(Duration::from_secs(30), controller::purge_sweep(&client))
+    let n = tokio::time::timeout(Duration::from_secs(30), soft_delete::purge_sweep(&client))
         .await
         .unwrap()
         .unwrap();
@@ -607,7 +609,7 @@ async fn deadline<F: std::future::Future>(f: F) -> F::Output {
 
 #[tokio::test]
 async fn a_backup_waits_with_typed_reasons_and_writes_only_on_change() {
-    use keystead_operator::backup_controller::reconcile_backup;
+    use keystead_operator::backup::take::reconcile_backup;
     let world = Shared::default();
     let ctx = context(mock_client(world.clone()));
     let path = format!("{KS}/backups/b1");
@@ -697,7 +699,7 @@ async fn a_backup_waits_with_typed_reasons_and_writes_only_on_change() {
 
 #[tokio::test]
 async fn a_restore_follows_its_backup_and_fails_cleanly_when_it_failed() {
-    use keystead_operator::backup_controller::reconcile_restore;
+    use keystead_operator::backup::restore::reconcile_restore;
     let world = Shared::default();
     let ctx = context(mock_client(world.clone()));
     let path = format!("{KS}/restores/r1");
@@ -789,7 +791,7 @@ fn owned_backup(name: &str, phase: &str, at: &str) -> Value {
 
 #[tokio::test]
 async fn a_schedule_expires_old_backups_then_creates_an_owned_one_with_the_finalizer() {
-    use keystead_operator::backup_controller::reconcile_schedule;
+    use keystead_operator::backup::schedule::reconcile_schedule;
     let world = Shared::default();
     let ctx = context(mock_client(world.clone()));
     let s = schedule_obj(json!({}));
@@ -883,7 +885,7 @@ async fn a_schedule_expires_old_backups_then_creates_an_owned_one_with_the_final
 
 #[tokio::test]
 async fn an_invalid_schedule_is_reported_once_and_suspend_creates_nothing() {
-    use keystead_operator::backup_controller::reconcile_schedule;
+    use keystead_operator::backup::schedule::reconcile_schedule;
     let world = Shared::default();
     let ctx = context(mock_client(world.clone()));
     let spath = format!("{KS}/backupschedules/nightly");
@@ -935,7 +937,7 @@ async fn an_invalid_schedule_is_reported_once_and_suspend_creates_nothing() {
 
 #[tokio::test]
 async fn the_finalizer_keeps_a_claim_folder_it_cannot_delete_and_lets_go_when_told_to() {
-    use keystead_operator::backup_controller::reconcile_backup;
+    use keystead_operator::backup::take::reconcile_backup;
     let world = Shared::default();
     let ctx = context(mock_client(world.clone()));
     // A folder on a claim is deleted through the pool (only the partitions mount it); the
