@@ -278,6 +278,11 @@ async fn provisioning_reconcile_applies_children_in_order_then_idles() {
     assert_eq!(writes, expected_writes_in_order);
     // Every write was preceded by reads only: the first calls check for retained data and TLS.
     assert_eq!(all[0], c("GET", &format!("{core}/secrets/pool-ca")));
+    // The pool's CA and TLS Secrets are read once per reconcile.
+    for secret in ["pool-ca", "pool-tls"] {
+        let read = c("GET", &format!("{core}/secrets/{secret}"));
+        assert_eq!(all.iter().filter(|x| **x == read).count(), 1, "{secret}");
+    }
     // Pods and volumes are read for the status.
     for p in ["pool-0", "pool-1", "pool-2"] {
         assert!(all.contains(&c("GET", &format!("{core}/pods/{p}"))));
@@ -560,6 +565,44 @@ async fn deleting_a_refused_pool_does_not_touch_the_retained_data() {
     );
 }
 
+#[tokio::test]
+async fn recovering_a_pool_unmarks_its_retained_data_reading_the_ca_secret_once() {
+    let world = Shared::default();
+    let ctx = context(mock_client(world.clone()));
+    let mut h = pool(true, "pool");
+    h.spec.recover = true;
+    seed(&world, &h);
+    let ca = "/api/v1/namespaces/hsm/secrets/pool-ca";
+    world.lock().unwrap().objects.insert(
+        ca.into(),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pool-ca", "namespace": "hsm",
+            "annotations": {"keystead.io/purge-after": "2026-02-01T00:00:00Z"},
+            "labels": {"keystead.io/soft-deleted-pool": "pool"}}}),
+    );
+    reconcile_with_deadline(h, ctx).await.unwrap();
+    let all = calls(&world);
+    assert_eq!(all.iter().filter(|x| **x == c("GET", ca)).count(), 1);
+    // First the soft-delete marks go (a merge patch), then the Secret is applied.
+    let patches: Vec<Value> = world
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .filter(|(x, _)| *x == c("PATCH", ca))
+        .map(|(_, body)| body.clone())
+        .collect();
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    assert!(patches[0].get("kind").is_none());
+    assert!(patches[0]["metadata"]["annotations"]["keystead.io/purge-after"].is_null());
+    assert!(
+        patches[0]["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .contains_key("keystead.io/purge-after")
+    );
+    assert_eq!(patches[1]["kind"], "Secret");
+}
+
 // ---------------------------------------------------------------------------------------
 // Backup, Restore, BackupSchedule
 // ---------------------------------------------------------------------------------------
@@ -578,11 +621,16 @@ fn backup_obj(name: &str, extra: Value) -> keystead_operator::crd::Backup {
     serde_json::from_value(v).unwrap()
 }
 
+/// A JSON merge patch (RFC 7386): `null` removes the key.
 fn merge(a: &mut Value, b: Value) {
     match (a, b) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
+                if v.is_null() {
+                    a.remove(&k);
+                } else {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
             }
         }
         (a, b) => *a = b,
