@@ -152,6 +152,20 @@ pub fn now_time() -> Time {
     Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()))
 }
 
+/// A namespaced Kubernetes object the controllers read, patch and delete.
+pub trait Namespaced:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + Debug + DeserializeOwned
+{
+}
+
+impl<K> Namespaced for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned
+{
+}
+
 /// Ids of reconciles, unique in this process: they tie a reconcile's log lines together.
 static RECONCILE_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -216,14 +230,11 @@ pub async fn publish_on(
 
 /// Server-side apply `status` on `obj`'s status subresource, under the operator's field
 /// manager.
-pub async fn apply_status<K, S>(ctx: &Context, obj: &K, status: &S) -> Result<(), Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + DeserializeOwned,
-    S: Serialize,
-{
+pub async fn apply_status<K: Namespaced, S: Serialize>(
+    ctx: &Context,
+    obj: &K,
+    status: &S,
+) -> Result<(), Error> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
     let patch = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
     api.patch_status(

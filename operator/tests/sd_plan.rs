@@ -1,5 +1,6 @@
-//! The SecurityDomain plan without a cluster: every gate of a ceremony's reconcile and the
-//! status and requeue each outcome carries.
+//! The SecurityDomain plan without a cluster: every gate of a ceremony's reconcile, the
+//! status and requeue each outcome carries, the custodians' certificates and the status
+//! builder.
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -14,8 +15,12 @@ use kube::runtime::controller::Action as Requeue;
 use serde_json::json;
 use std::time::Duration;
 
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
 fn now() -> Time {
-    Time("2026-01-01T00:00:00Z".parse::<Timestamp>().unwrap())
+    Time(ts("2026-01-01T00:00:00Z"))
 }
 
 fn sd(mode: &str, status: Option<SecurityDomainStatus>) -> SecurityDomain {
@@ -129,13 +134,6 @@ fn the_ca_bundle_and_the_pool_connection_are_waited_for() {
             secs(15)
         )
     );
-}
-
-fn custodian_cert(i: usize) -> String {
-    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-        .unwrap();
-    let params = rcgen::CertificateParams::new(vec![format!("custodian-{i}")]).unwrap();
-    params.self_signed(&key).unwrap().pem()
 }
 
 #[test]
@@ -325,4 +323,82 @@ fn the_ceremony_talks_to_the_first_ready_partition_that_stays() {
         plan::target(&names, &[pod("pool-0", false, false), None]),
         "pool-0"
     );
+}
+
+fn custodian_cert(i: usize) -> String {
+    let key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .unwrap();
+    let params = rcgen::CertificateParams::new(vec![format!("custodian-{i}")]).unwrap();
+    params.self_signed(&key).unwrap().pem()
+}
+
+#[test]
+fn custodian_certificates_become_jwks_with_sorted_thumbprints() {
+    let pems: Vec<String> = (0..3).map(custodian_cert).collect();
+    let c = plan::custodians(&pems).unwrap();
+    assert_eq!(c.jwks.len(), 3);
+    assert!(
+        c.jwks
+            .iter()
+            .all(|j| j["kty"] == "RSA" && j["x5c"].is_array())
+    );
+    let mut sorted = c.thumbprints.clone();
+    sorted.sort();
+    assert_eq!(c.thumbprints, sorted);
+    // Order of the input does not change the thumbprint set (re-download detection).
+    let mut rev = pems.clone();
+    rev.reverse();
+    assert_eq!(plan::custodians(&rev).unwrap().thumbprints, c.thumbprints);
+
+    let too_few = plan::custodians(&pems[..2]).unwrap_err();
+    assert!(too_few.contains("3 to 10"), "{too_few}");
+    let dup = plan::custodians(&[pems[0].clone(), pems[0].clone(), pems[1].clone()]).unwrap_err();
+    assert!(dup.contains("twice"), "{dup}");
+    let bad =
+        plan::custodians(&["junk".to_string(), pems[0].clone(), pems[1].clone()]).unwrap_err();
+    assert!(bad.starts_with("certificate 1"), "{bad}");
+}
+
+#[test]
+fn security_domain_status_keeps_transition_times() {
+    let t0 = Time(ts("2026-01-01T00:00:00Z"));
+    let t1 = Time(ts("2026-01-01T00:05:00Z"));
+    let s0 = plan::status_for(
+        &SecurityDomainStatus::default(),
+        SecurityDomainPhase::WaitingForTransferBlob,
+        "WaitingForTransferBlob",
+        "x",
+        Some(1),
+        &t0,
+    );
+    assert_eq!(
+        s0.conditions
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect::<Vec<_>>(),
+        vec!["Ready", "SecurityDomainActivated"]
+    );
+    let s1 = plan::status_for(
+        &s0,
+        SecurityDomainPhase::WaitingForTransferBlob,
+        "WaitingForTransferBlob",
+        "x",
+        Some(1),
+        &t1,
+    );
+    assert_eq!(s0, s1, "same phase later: identical status (no write)");
+    let s2 = plan::status_for(
+        &s1,
+        SecurityDomainPhase::Activated,
+        "Activated",
+        "y",
+        Some(1),
+        &t1,
+    );
+    assert!(
+        s2.conditions
+            .iter()
+            .all(|c| c.status == "True" && c.last_transition_time == t1)
+    );
+    assert_eq!(s2.last_transition_time, Some(t1));
 }

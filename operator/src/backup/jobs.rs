@@ -10,22 +10,19 @@
 
 use super::plan::{self, JobOutcome, JobReason};
 use crate::conditions::{self as c, Status};
-use crate::context::{At, Context, Error, apply_status, publish_on};
+use crate::context::{At, Context, Error, Namespaced, apply_status, publish_on};
 use crate::crd::{BackupDestination, ManagedHsm};
 use crate::pool::client::{JobPath, PoolClient};
 use crate::pool::names::Names;
 use crate::pool::reach::{ca_bundle, connect};
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use keystead_core::backup_job::JobStatus;
 use keystead_core::store::StorageParameters;
+use kube::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
-use kube::{Api, Resource};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
-use std::fmt::Debug;
 use std::time::Duration;
 
 /// How often a running job is polled.
@@ -244,10 +241,7 @@ pub async fn record<K, S>(
     changed: bool,
 ) -> Result<(), Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + DeserializeOwned,
+    K: Namespaced,
     S: Serialize,
 {
     if !changed {

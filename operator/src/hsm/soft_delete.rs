@@ -8,19 +8,16 @@ use super::plan::lifecycle::{
     PurgeDecision, SOFT_DELETED_LABEL,
 };
 use super::write::publish;
-use crate::context::{At, Context, Error};
+use crate::context::{At, Context, Error, Namespaced};
 use crate::crd::ManagedHsm;
 use crate::pool::names::Names;
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
-use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use std::fmt::Debug;
 use std::sync::Arc;
 
 /// Remove the soft-delete marks from retained objects (recovery). `secrets` are the pool's
@@ -145,13 +142,7 @@ pub async fn purge_sweep(client: &Client) -> Result<usize, Error> {
     Ok(deleted)
 }
 
-async fn purge_one<K>(client: &Client, obj: &K, now: Timestamp) -> Result<bool, Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + DeserializeOwned,
-{
+async fn purge_one<K: Namespaced>(client: &Client, obj: &K, now: Timestamp) -> Result<bool, Error> {
     let (Some(ns), name) = (obj.namespace(), obj.name_any()) else {
         return Ok(false);
     };

@@ -3,10 +3,9 @@
 
 use super::plan::children::{self, Children};
 use crate::conditions as c;
-use crate::context::{At, Context, Error, apply_status, publish_on};
+use crate::context::{At, Context, Error, Namespaced, apply_status, publish_on};
 use crate::crd::{ManagedHsm, ManagedHsmStatus};
 use crate::pool::names::FIELD_MANAGER;
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -15,9 +14,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::json;
-use std::fmt::Debug;
 
 /// Annotation on every child with the hash of its desired state.
 pub const APPLIED_HASH_ANNOTATION: &str = "keystead.io/applied-hash";
@@ -29,14 +26,11 @@ fn desired_hash<T: Serialize>(obj: &T) -> String {
 
 /// Server-side apply `obj` unless the live object already carries its hash. Returns whether
 /// it wrote.
-async fn apply_child<K>(client: &Client, ns: &str, obj: K) -> Result<bool, Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
-{
+async fn apply_child<K: Namespaced + Serialize>(
+    client: &Client,
+    ns: &str,
+    obj: K,
+) -> Result<bool, Error> {
     let name = obj.meta().name.clone().unwrap_or_default();
     let live = Api::<K>::namespaced(client.clone(), ns)
         .get_opt(&name)
@@ -46,19 +40,12 @@ where
 }
 
 /// [`apply_child`] over a live object this reconcile has already read.
-async fn apply_over<K>(
+async fn apply_over<K: Namespaced + Serialize>(
     client: &Client,
     ns: &str,
     mut obj: K,
     live: Option<&K>,
-) -> Result<bool, Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
-{
+) -> Result<bool, Error> {
     let name = obj.meta().name.clone().unwrap_or_default();
     let hash = desired_hash(&obj);
     if live.is_some_and(|l| l.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash)) {

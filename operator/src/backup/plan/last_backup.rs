@@ -1,6 +1,7 @@
 //! A pool's `LastBackupSucceeded` condition and `lastBackup` from its Backups (the
 //! ManagedHsm and BackupSchedule statuses both report them). Pure functions only.
 
+use super::created;
 use crate::conditions::{self as c, Status};
 use crate::crd::{Backup, BackupPhase, BackupReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -25,12 +26,7 @@ impl PoolBackup {
         Self {
             name: b.name_any(),
             phase: st.phase,
-            created: b
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0)
-                .unwrap_or_else(Timestamp::now),
+            created: created(b),
             completion_time: st.completion_time,
             location: st.location,
             key_count: st.key_count,

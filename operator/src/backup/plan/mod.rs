@@ -15,6 +15,8 @@ pub use last_backup::*;
 pub use schedule::*;
 
 use crate::conditions as c;
+use crate::crd::Backup;
+use k8s_openapi::jiff::Timestamp;
 
 /// Finalizer on every Backup a schedule creates: its folder is deleted from the store
 /// before the object goes away.
@@ -32,3 +34,12 @@ pub const KEEP_FOLDER_ANNOTATION: &str = "keystead.io/keep-backup-folder";
 pub const SUCCEEDED: &str = "Succeeded";
 /// The schedule's own condition.
 pub const READY: &str = c::READY;
+
+/// When a Backup was created (now, for one not created yet).
+fn created(b: &Backup) -> Timestamp {
+    b.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(Timestamp::now)
+}

@@ -2,7 +2,7 @@
 //! expired under the retention, and how long to sleep — with the current time as a
 //! parameter, so it is tested with a controlled clock. Pure functions only.
 
-use super::SCHEDULED_TIME_ANNOTATION;
+use super::{SCHEDULED_TIME_ANNOTATION, created};
 use crate::crd::{Backup, BackupPhase, BackupScheduleSpec, RetentionSpec};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
@@ -58,12 +58,7 @@ impl ScheduledBackup {
         Self {
             name: b.name_any(),
             phase: st.phase,
-            created: b
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0)
-                .unwrap_or_else(Timestamp::now),
+            created: created(b),
             completed: st.completion_time.map(|t| t.0),
             scheduled: b
                 .annotations()
