@@ -18,6 +18,7 @@ use crate::context::{At, Cause, Context, Error, namespace_of, now_time, reconcil
 use crate::crd::{ManagedHsm, ManagedHsmStatus};
 use crate::pool::names::{Names, pool_audience};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DeleteParams;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
@@ -65,6 +66,31 @@ pub fn error_policy(hsm: Arc<ManagedHsm>, error: &Error, ctx: Arc<Context>) -> R
     Requeue::requeue(Duration::from_secs(15))
 }
 
+/// A pool that cannot go on until its spec (or the retained data of its name) changes: the
+/// `fresh` conditions in its status, a Warning Event when that changed it, and no requeue.
+async fn refuse(
+    ctx: &Context,
+    hsm: &ManagedHsm,
+    fresh: &[c::Cond],
+    reason: &str,
+    msg: String,
+    now: &Time,
+) -> Result<Requeue, Error> {
+    let previous = hsm.status.clone().unwrap_or_default();
+    let generation = hsm.metadata.generation;
+    let conds = c::merge(&previous.conditions, fresh, generation, now);
+    let status = ManagedHsmStatus {
+        phase: Some(c::phase(&conds)),
+        conditions: conds,
+        observed_generation: generation,
+        ..previous
+    };
+    if write_status(ctx, hsm, status).await? {
+        publish(ctx, hsm, EventType::Warning, reason, "Validate", msg).await;
+    }
+    Ok(Requeue::await_change())
+}
+
 async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let names = Names::of(&hsm).at("naming the pool's objects")?;
     let ns = names.namespace.clone();
@@ -76,30 +102,8 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
     let problems = validate::validate(&hsm, &ctx.settings);
     if !problems.is_empty() {
         let msg = validate::message(&problems);
-        let conds = c::merge(
-            &previous.conditions,
-            &status::invalid_conditions(&msg),
-            generation,
-            &now,
-        );
-        let status = ManagedHsmStatus {
-            phase: Some(c::phase(&conds)),
-            conditions: conds,
-            observed_generation: generation,
-            ..previous.clone()
-        };
-        if write_status(&ctx, &hsm, status.clone()).await? {
-            publish(
-                &ctx,
-                &hsm,
-                EventType::Warning,
-                "InvalidSpec",
-                "Validate",
-                msg,
-            )
-            .await;
-        }
-        return Ok(Requeue::await_change());
+        let fresh = status::invalid_conditions(&msg);
+        return refuse(&ctx, &hsm, &fresh, "InvalidSpec", msg, &now).await;
     }
 
     // Dereference: the pool's CA and TLS Secrets, read once for the whole reconcile. Does
@@ -120,25 +124,7 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
                 c::Reason::SoftDeletedPoolExists,
                 msg.clone(),
             )];
-            let conds = c::merge(&previous.conditions, &fresh, generation, &now);
-            let status = ManagedHsmStatus {
-                phase: Some(c::phase(&conds)),
-                conditions: conds,
-                observed_generation: generation,
-                ..previous.clone()
-            };
-            if write_status(&ctx, &hsm, status).await? {
-                publish(
-                    &ctx,
-                    &hsm,
-                    EventType::Warning,
-                    "SoftDeletedPoolExists",
-                    "Validate",
-                    msg,
-                )
-                .await;
-            }
-            return Ok(Requeue::await_change());
+            return refuse(&ctx, &hsm, &fresh, "SoftDeletedPoolExists", msg, &now).await;
         }
         RecoveryDecision::Recover => {
             unmark_retained(&ctx, &names, &secrets, hsm.spec.partitions).await?;
