@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use keystead_core::error::ErrorBody;
 
-use super::Jwks;
+/// A JSON Web Key Set (`{"keys":[...]}`), as served at an issuer's `jwks_uri`.
+pub type Jwks = jsonwebtoken::jwk::JwkSet;
+/// One JSON Web Key.
+pub type Jwk = jsonwebtoken::jwk::Jwk;
 
 /// Authentication settings of a pool.
 #[derive(Debug, Clone)]

@@ -15,16 +15,11 @@ mod issuer_keys;
 mod local;
 mod validator;
 
-pub use config::{AuthConfig, AuthError, IssuerConfig, JwksSource, Principal};
+pub use config::{AuthConfig, AuthError, IssuerConfig, Jwk, Jwks, JwksSource, Principal};
 pub use issuer_keys::JWKS_REFRESH_MIN_INTERVAL;
 pub(crate) use issuer_keys::parse_jwks;
 pub use local::{LocalIssuer, LocalIssuerError};
 pub use validator::TokenValidator;
-
-/// A JSON Web Key Set (`{"keys":[...]}`), as served at an issuer's `jwks_uri`.
-pub type Jwks = jsonwebtoken::jwk::JwkSet;
-/// One JSON Web Key.
-pub type Jwk = jsonwebtoken::jwk::Jwk;
 
 /// The `WWW-Authenticate` value of a 401: `Bearer authorization="<authority>", resource="<resource>"`.
 ///
