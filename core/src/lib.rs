@@ -4,6 +4,7 @@
 //! - [`b64`]: base64url (no padding) helpers used by every JSON field of the Key Vault API.
 //! - [`error`]: the Key Vault error body.
 //! - [`members`]: the membership admin API of a replicated pool.
+//! - [`log`]: the log-filter variable of every binary (`KEYSTEAD_LOG`).
 //! - [`principal`]: principal namespaces of the trusted token issuers.
 //! - [`status`]: a partition's `GET /admin/status`.
 //! - [`pool_file`]: the pool file of a local pool.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod kdf;
 pub mod keys;
 pub mod local_issuer;
+pub mod log;
 pub mod members;
 pub mod partition_config;
 pub mod pool_file;

@@ -15,7 +15,7 @@ use keystead_e2e::gate::Gate;
 use keystead_e2e::pool::{POOL, Pool, PoolHttp};
 use keystead_e2e::steps::*;
 use keystead_e2e::{Cluster, TestNamespace};
-use keystead_operator::backup_plan;
+use keystead_operator::backup::plan as backup_plan;
 use keystead_operator::crd::{Backup, BackupDestination, BackupSchedule, Restore};
 use kube::Api;
 use kube::api::ListParams;
@@ -123,7 +123,7 @@ fn percent_encode(s: &str) -> String {
 }
 
 /// The backup folders under a destination, read from the store directly with the parameters
-/// the operator hands the partitions (`backup_plan::storage_parameters`).
+/// the operator hands the partitions (`backup::plan::storage_parameters`).
 async fn listed(
     destination: &Value,
     secret: &BTreeMap<String, String>,

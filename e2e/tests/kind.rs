@@ -97,7 +97,7 @@ async fn admin_token(ns: &TestNamespace, dir: &Path) -> anyhow::Result<PathBuf> 
             // The pool's audience: the manifest sets none, so the operator's default for
             // the endpoint https://<pool>.<ns>.svc (also reported in status.audience).
             audiences: vec![
-                keystead_operator::children::Names::new(POOL, &ns.name).default_audience(443),
+                keystead_operator::pool::names::Names::new(POOL, &ns.name).default_audience(443),
             ],
             expiration_seconds: Some(3600),
             ..Default::default()

@@ -1,5 +1,6 @@
-//! Conditions of a ManagedHsm: typed condition types and reasons, derivation from what was
-//! observed, merging that keeps `lastTransitionTime`, and the phase derived from them.
+//! Conditions of Keystead's resources (every controller uses them): the ManagedHsm's typed
+//! condition types and reasons, merging that keeps `lastTransitionTime`, and the phase
+//! derived from them.
 
 use crate::crd::HsmPhase;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

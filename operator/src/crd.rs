@@ -1,5 +1,10 @@
 //! Custom resources of Keystead: group `keystead.io`, version `v1alpha1`.
 //!
+//! Over 600 lines on purpose: this file is the single source of the generated CRD schemas
+//! (every field's documentation becomes the schema's description), read as one contract;
+//! split by resource it would scatter the shared references (`HsmReference`, secrets,
+//! destinations) that several resources embed.
+//!
 //! These types are the API contract. `keystead-operator crdgen` turns them into the YAML in
 //! `crds/` (and the chart's copy); a test fails when the committed YAML drifts.
 //!

@@ -1,20 +1,20 @@
-//! The Keystead operator library: custom resource types (the API contract), the CRD
-//! generator, and the reconcilers.
+//! The Keystead operator library, in layers that only point down (docs/architecture.md):
+//! `run` starts the controllers; one folder per resource family — `hsm` (ManagedHsm),
+//! `security_domain` (SecurityDomain), `backup` (Backup, Restore, BackupSchedule), each a
+//! controller beside its pure plan; below them `context` (the shared context and error),
+//! `pool` (names, addresses and the HTTPS client of a pool), `conditions`, `metrics`,
+//! `leader`; at the ground the API contract `crd` and its generator `crdgen`.
 
 #![forbid(unsafe_code)]
 
-pub mod backup_controller;
-pub mod backup_plan;
-pub mod children;
+pub mod backup;
 pub mod conditions;
-pub mod controller;
+pub mod context;
 pub mod crd;
 pub mod crdgen;
-pub mod decide;
+pub mod hsm;
 pub mod leader;
 pub mod metrics;
-pub mod pool_client;
+pub mod pool;
 pub mod run;
-pub mod sd_controller;
-pub mod tls;
-pub mod validate;
+pub mod security_domain;

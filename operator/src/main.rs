@@ -90,12 +90,14 @@ fn main() -> anyhow::Result<()> {
             service_account_issuer,
             allow_loopback_storage_endpoints,
         } => {
+            // JSON logs; the filter is KEYSTEAD_LOG, else RUST_LOG, else info
+            // (keystead_core::log, the same for every binary).
+            let filter =
+                tracing_subscriber::EnvFilter::try_new(keystead_core::log::log_filter("info"))
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
             tracing_subscriber::fmt()
                 .json()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
+                .with_env_filter(filter)
                 .init();
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(keystead_operator::run::run(

@@ -1,14 +1,14 @@
 //! `keystead-operator run`: the controllers behind a leader Lease, the metrics and health
 //! endpoint, JSON logs and graceful shutdown.
 
-use crate::backup_controller;
-use crate::children::Settings;
-use crate::controller::{self, Context};
+use crate::backup::{restore, schedule, take};
+use crate::context::{Context, Settings, error_policy};
 use crate::crd::{Backup, BackupSchedule, ManagedHsm, Restore, SecurityDomain};
+use crate::hsm::{controller, soft_delete};
 use crate::leader;
 use crate::metrics::Metrics;
-use crate::pool_client::{Identity, TokenSource};
-use crate::sd_controller;
+use crate::pool::client::{Identity, TokenSource};
+use crate::security_domain::controller as sd_controller;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -270,7 +270,7 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
         .graceful_shutdown_on(stop_signal(stop.clone()))
         .run(
             sd_controller::reconcile,
-            sd_controller::error_policy,
+            error_policy(sd_controller::CONTROLLER),
             ctx.clone(),
         )
         .for_each(|r| async move {
@@ -281,8 +281,8 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
     let backup_ctl = Controller::new(Api::<Backup>::all(client.clone()), cfg.clone())
         .graceful_shutdown_on(stop_signal(stop.clone()))
         .run(
-            backup_controller::reconcile_backup,
-            backup_controller::error_policy(backup_controller::BACKUP_CONTROLLER),
+            take::reconcile_backup,
+            error_policy(take::BACKUP_CONTROLLER),
             ctx.clone(),
         )
         .for_each(|r| async move {
@@ -293,8 +293,8 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
     let restore_ctl = Controller::new(Api::<Restore>::all(client.clone()), cfg.clone())
         .graceful_shutdown_on(stop_signal(stop.clone()))
         .run(
-            backup_controller::reconcile_restore,
-            backup_controller::error_policy(backup_controller::RESTORE_CONTROLLER),
+            restore::reconcile_restore,
+            error_policy(restore::RESTORE_CONTROLLER),
             ctx.clone(),
         )
         .for_each(|r| async move {
@@ -306,8 +306,8 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
         .owns(Api::<Backup>::all(client.clone()), cfg)
         .graceful_shutdown_on(stop_signal(stop.clone()))
         .run(
-            backup_controller::reconcile_schedule,
-            backup_controller::error_policy(backup_controller::SCHEDULE_CONTROLLER),
+            schedule::reconcile_schedule,
+            error_policy(schedule::SCHEDULE_CONTROLLER),
             ctx,
         )
         .for_each(|r| async move {
@@ -320,7 +320,7 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
         let client = client.clone();
         async move {
             loop {
-                match controller::purge_sweep(&client).await {
+                match soft_delete::purge_sweep(&client).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "purge sweep"),
                     Err(e) => tracing::warn!(error = %e, "purge sweep failed"),

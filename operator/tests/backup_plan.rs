@@ -6,7 +6,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use keystead_core::backup_job::{JobError, JobState, JobStatus};
-use keystead_operator::backup_plan::{self as plan, JobOutcome, JobReason, ScheduledBackup};
+use keystead_operator::backup::plan::{self as plan, JobOutcome, JobReason, ScheduledBackup};
 use keystead_operator::conditions::{Reason, Status};
 use keystead_operator::crd::{
     BackupDestination, BackupPhase, BackupScheduleSpec, RestorePhase, RetentionSpec,

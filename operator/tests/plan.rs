@@ -4,12 +4,17 @@
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use keystead_operator::children::{self, Names, Settings};
 use keystead_operator::conditions::{self as c, Cond, Reason, Status};
+use keystead_operator::context::Settings;
 use keystead_operator::crd::{HsmPhase, ManagedHsm, ManagedHsmStatus};
-use keystead_operator::decide::{self, Action, ObservedPartition, PurgeDecision, RecoveryDecision};
-use keystead_operator::tls::{self, CertAction, TlsState};
-use keystead_operator::validate::{self, InvalidSpec};
+use keystead_operator::hsm::plan::children;
+use keystead_operator::hsm::plan::lifecycle::{self, Action, PurgeDecision, RecoveryDecision};
+use keystead_operator::hsm::plan::observed::{self, ObservedPartition};
+use keystead_operator::hsm::plan::status;
+use keystead_operator::hsm::plan::tls::{self, CertAction, TlsState};
+use keystead_operator::hsm::plan::validate::{self, InvalidSpec};
+use keystead_operator::pool::admin::AdminStatus;
+use keystead_operator::pool::names::{self, Names};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -153,7 +158,7 @@ fn long_pool_names_are_refused() {
 #[test]
 fn invalid_spec_gives_failed_phase() {
     let now = at("2026-01-01T00:00:00Z");
-    let conds = c::merge(&[], &decide::invalid_conditions("bad"), Some(2), &now);
+    let conds = c::merge(&[], &status::invalid_conditions("bad"), Some(2), &now);
     assert_eq!(c::phase(&conds), HsmPhase::Failed);
     assert_eq!(conds[0].reason, "InvalidSpec");
     assert_eq!(conds[0].observed_generation, Some(2));
@@ -396,7 +401,7 @@ fn services_pdb_network_policy_and_service_account() {
     assert_eq!(headless.publish_not_ready_addresses, Some(true));
     assert_eq!(
         headless.selector.as_ref().unwrap(),
-        &children::selector("pool")
+        &names::selector("pool")
     );
     let client = ch.client_service.spec.as_ref().unwrap();
     assert_eq!(client.type_.as_deref(), Some("ClusterIP"));
@@ -415,7 +420,7 @@ fn services_pdb_network_policy_and_service_account() {
             .match_labels
             .as_ref()
             .unwrap(),
-        &children::selector("pool")
+        &names::selector("pool")
     );
 
     let np = ch.network_policy.spec.as_ref().unwrap();
@@ -509,13 +514,13 @@ fn partition_configs_follow_the_partition_contract() {
     // label — never Azure's own audience.
     assert_eq!(parsed.audience(), "https://hsm.svc");
     assert_eq!(
-        children::pool_audience(&basic, &Names::of(&basic).unwrap()),
+        names::pool_audience(&basic, &Names::of(&basic).unwrap()),
         "https://hsm.svc"
     );
     let mut port = basic.clone();
     port.spec.service.port = 8443;
     assert_eq!(
-        children::pool_audience(&port, &Names::of(&port).unwrap()),
+        names::pool_audience(&port, &Names::of(&port).unwrap()),
         "https://hsm.svc:8443"
     );
 
@@ -844,7 +849,7 @@ fn every_transition_from_the_fixture() {
             spec.healing.enabled = e;
         }
         let now = at(s.now.as_deref().unwrap_or("2026-01-01T00:10:00Z"));
-        let d = decide::derive_status(&spec, &s.observed, "h", s.previous.as_ref(), &now);
+        let d = status::derive_status(&spec, &s.observed, "h", s.previous.as_ref(), &now);
         let conds = c::merge(
             s.previous
                 .as_ref()
@@ -895,7 +900,7 @@ fn every_transition_from_the_fixture() {
                 "{n}: requeue"
             );
         }
-        let action = decide::next_action(&spec, &s.observed, &d.partitions, "h", &now, |p| {
+        let action = lifecycle::next_action(&spec, &s.observed, &d.partitions, "h", &now, |p| {
             names.pvc(p)
         });
         assert_eq!(action_str(&action), s.expect.action, "{n}: action");
@@ -914,7 +919,7 @@ fn healthy_partitions_clear_their_unhealthy_clock() {
         {"name": "pool-0", "podExists": true, "podReady": true, "templateHash": "h", "admin": {"activation": "Activated"}}
     ]))
     .unwrap();
-    let d = decide::derive_status(&spec, &obs, "h", Some(&prev), &now);
+    let d = status::derive_status(&spec, &obs, "h", Some(&prev), &now);
     assert_eq!(d.partitions[0].unhealthy_since, None);
     assert!(d.partitions[0].ready);
 }
@@ -926,50 +931,53 @@ fn healthy_partitions_clear_their_unhealthy_clock() {
 #[test]
 fn soft_delete_annotations_and_purge_decisions() {
     let deleted: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-    let ann = decide::soft_delete_annotations(deleted, 7, true);
+    let ann = lifecycle::soft_delete_annotations(deleted, 7, true);
     assert_eq!(
-        ann[children::PURGE_AFTER_ANNOTATION],
+        ann[lifecycle::PURGE_AFTER_ANNOTATION],
         "2026-01-08T00:00:00Z"
     );
-    assert_eq!(ann[children::PURGE_PROTECTED_ANNOTATION], "true");
+    assert_eq!(ann[lifecycle::PURGE_PROTECTED_ANNOTATION], "true");
     let until: Timestamp = "2026-01-08T00:00:00Z".parse().unwrap();
     let before: Timestamp = "2026-01-07T23:59:59Z".parse().unwrap();
 
     assert_eq!(
-        decide::purge_decision(&ann, before),
+        lifecycle::purge_decision(&ann, before),
         PurgeDecision::Keep { until }
     );
-    assert_eq!(decide::purge_decision(&ann, until), PurgeDecision::Purge);
+    assert_eq!(lifecycle::purge_decision(&ann, until), PurgeDecision::Purge);
 
     let mut early = ann.clone();
-    early.insert(children::PURGE_REQUEST_ANNOTATION.into(), "true".into());
+    early.insert(lifecycle::PURGE_REQUEST_ANNOTATION.into(), "true".into());
     assert_eq!(
-        decide::purge_decision(&early, before),
+        lifecycle::purge_decision(&early, before),
         PurgeDecision::EarlyPurgeRefused { until }
     );
-    assert_eq!(decide::purge_decision(&early, until), PurgeDecision::Purge);
-
-    let mut unprotected = decide::soft_delete_annotations(deleted, 7, false);
     assert_eq!(
-        decide::purge_decision(&unprotected, before),
+        lifecycle::purge_decision(&early, until),
+        PurgeDecision::Purge
+    );
+
+    let mut unprotected = lifecycle::soft_delete_annotations(deleted, 7, false);
+    assert_eq!(
+        lifecycle::purge_decision(&unprotected, before),
         PurgeDecision::Keep { until }
     );
-    unprotected.insert(children::PURGE_REQUEST_ANNOTATION.into(), "true".into());
+    unprotected.insert(lifecycle::PURGE_REQUEST_ANNOTATION.into(), "true".into());
     assert_eq!(
-        decide::purge_decision(&unprotected, before),
+        lifecycle::purge_decision(&unprotected, before),
         PurgeDecision::Purge
     );
 
     assert_eq!(
-        decide::purge_decision(&BTreeMap::new(), before),
+        lifecycle::purge_decision(&BTreeMap::new(), before),
         PurgeDecision::NotSoftDeleted
     );
     let garbage = BTreeMap::from([(
-        children::PURGE_AFTER_ANNOTATION.to_string(),
+        lifecycle::PURGE_AFTER_ANNOTATION.to_string(),
         "soon".to_string(),
     )]);
     assert!(matches!(
-        decide::purge_decision(&garbage, before),
+        lifecycle::purge_decision(&garbage, before),
         PurgeDecision::Unreadable(_)
     ));
 }
@@ -978,26 +986,26 @@ fn soft_delete_annotations_and_purge_decisions() {
 fn recovery_decisions() {
     let until: Timestamp = "2026-01-08T00:00:00Z".parse().unwrap();
     assert_eq!(
-        decide::recovery_decision(false, None),
+        lifecycle::recovery_decision(false, None),
         RecoveryDecision::Fresh
     );
     assert_eq!(
-        decide::recovery_decision(true, Some(Some(until))),
+        lifecycle::recovery_decision(true, Some(Some(until))),
         RecoveryDecision::Recover
     );
     assert_eq!(
-        decide::recovery_decision(false, Some(Some(until))),
+        lifecycle::recovery_decision(false, Some(Some(until))),
         RecoveryDecision::Conflict { until: Some(until) }
     );
     assert_eq!(
-        decide::recovery_decision(true, None),
+        lifecycle::recovery_decision(true, None),
         RecoveryDecision::NothingToRecover
     );
 }
 
 #[test]
 fn raft_role_term_and_lag_come_from_the_partitions_replication_view() {
-    use keystead_operator::decide::{ObservedPartition, fill_replication};
+    use keystead_operator::hsm::plan::observed::{ObservedPartition, fill_replication};
     // The shape of `GET /admin/status` of a replicated partition (role lowercase, nested).
     let admin = |role: &str, members: serde_json::Value| {
         serde_json::from_value(serde_json::json!({
@@ -1104,7 +1112,7 @@ fn backup_volumes_are_mounted_in_every_partition_and_named_in_its_config() {
 /// yet gives one Warning Event note naming who and when; once counted, none.
 #[test]
 fn a_security_domain_redownload_is_reported_once_naming_who() {
-    let admin = |n: i64| -> decide::AdminStatus {
+    let admin = |n: i64| -> AdminStatus {
         serde_json::from_value(serde_json::json!({
             "activation": "Activated", "securityDomainRedownloads": n,
             "lastSecurityDomainRedownload": {"principal": "system:serviceaccount:ops:mallory",
@@ -1120,13 +1128,13 @@ fn a_security_domain_redownload_is_reported_once_naming_who() {
             ..Default::default()
         })
         .collect();
-    let (count, note) = decide::redownload_note(&observed, 0).expect("a new re-download");
+    let (count, note) = observed::redownload_note(&observed, 0).expect("a new re-download");
     assert_eq!(count, 2, "the highest count any partition reports");
     assert!(note.contains("system:serviceaccount:ops:mallory"), "{note}");
     assert!(note.contains("2026-"), "a readable time: {note}");
     assert!(note.contains("quorum 2"), "{note}");
     assert!(
-        decide::redownload_note(&observed, 2).is_none(),
+        observed::redownload_note(&observed, 2).is_none(),
         "already reported"
     );
     let silent: Vec<ObservedPartition> = vec![ObservedPartition {
@@ -1136,7 +1144,7 @@ fn a_security_domain_redownload_is_reported_once_naming_who() {
         ),
         ..Default::default()
     }];
-    assert!(decide::redownload_note(&silent, 0).is_none());
+    assert!(observed::redownload_note(&silent, 0).is_none());
 }
 
 #[test]

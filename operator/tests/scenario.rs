@@ -8,11 +8,13 @@
 //! scope here on purpose.
 
 use axum::http::{Method, Request, Response, StatusCode};
-use keystead_operator::children::{HSM_FINALIZER, Settings};
-use keystead_operator::controller::{self, Context};
+use keystead_operator::context::Context;
+use keystead_operator::context::Settings;
 use keystead_operator::crd::{HsmPhase, ManagedHsm, ManagedHsmStatus};
+use keystead_operator::hsm::plan::lifecycle::HSM_FINALIZER;
+use keystead_operator::hsm::{controller, soft_delete, write};
 use keystead_operator::metrics::Metrics;
-use keystead_operator::pool_client::TokenSource;
+use keystead_operator::pool::client::TokenSource;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
@@ -185,7 +187,7 @@ fn seed(world: &Shared, h: &ManagedHsm) {
 async fn reconcile_with_deadline(
     h: ManagedHsm,
     ctx: Arc<Context>,
-) -> Result<kube::runtime::controller::Action, controller::Error> {
+) -> Result<kube::runtime::controller::Action, keystead_operator::context::Error> {
     tokio::time::timeout(
         Duration::from_secs(30),
         controller::reconcile(Arc::new(h), ctx),
@@ -276,6 +278,11 @@ async fn provisioning_reconcile_applies_children_in_order_then_idles() {
     assert_eq!(writes, expected_writes_in_order);
     // Every write was preceded by reads only: the first calls check for retained data and TLS.
     assert_eq!(all[0], c("GET", &format!("{core}/secrets/pool-ca")));
+    // The pool's CA and TLS Secrets are read once per reconcile.
+    for secret in ["pool-ca", "pool-tls"] {
+        let read = c("GET", &format!("{core}/secrets/{secret}"));
+        assert_eq!(all.iter().filter(|x| **x == read).count(), 1, "{secret}");
+    }
     // Pods and volumes are read for the status.
     for p in ["pool-0", "pool-1", "pool-2"] {
         assert!(all.contains(&c("GET", &format!("{core}/pods/{p}"))));
@@ -295,7 +302,7 @@ async fn provisioning_reconcile_applies_children_in_order_then_idles() {
             .unwrap();
         assert_eq!(sts["kind"], "StatefulSet");
         assert_eq!(sts["metadata"]["ownerReferences"][0]["kind"], "ManagedHsm");
-        assert!(sts["metadata"]["annotations"][controller::APPLIED_HASH_ANNOTATION].is_string());
+        assert!(sts["metadata"]["annotations"][write::APPLIED_HASH_ANNOTATION].is_string());
     }
 
     // The status written: Provisioning, with endpoint and CA bundle.
@@ -493,7 +500,7 @@ async fn purge_sweep_deletes_only_what_is_due() {
         "/api/v1/persistentvolumeclaims".into(),
         json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": []}),
     );
-    let n = tokio::time::timeout(Duration::from_secs(30), controller::purge_sweep(&client))
+    let n = tokio::time::timeout(Duration::from_secs(30), soft_delete::purge_sweep(&client))
         .await
         .unwrap()
         .unwrap();
@@ -558,6 +565,44 @@ async fn deleting_a_refused_pool_does_not_touch_the_retained_data() {
     );
 }
 
+#[tokio::test]
+async fn recovering_a_pool_unmarks_its_retained_data_reading_the_ca_secret_once() {
+    let world = Shared::default();
+    let ctx = context(mock_client(world.clone()));
+    let mut h = pool(true, "pool");
+    h.spec.recover = true;
+    seed(&world, &h);
+    let ca = "/api/v1/namespaces/hsm/secrets/pool-ca";
+    world.lock().unwrap().objects.insert(
+        ca.into(),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pool-ca", "namespace": "hsm",
+            "annotations": {"keystead.io/purge-after": "2026-02-01T00:00:00Z"},
+            "labels": {"keystead.io/soft-deleted-pool": "pool"}}}),
+    );
+    reconcile_with_deadline(h, ctx).await.unwrap();
+    let all = calls(&world);
+    assert_eq!(all.iter().filter(|x| **x == c("GET", ca)).count(), 1);
+    // First the soft-delete marks go (a merge patch), then the Secret is applied.
+    let patches: Vec<Value> = world
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .filter(|(x, _)| *x == c("PATCH", ca))
+        .map(|(_, body)| body.clone())
+        .collect();
+    assert_eq!(patches.len(), 2, "{patches:?}");
+    assert!(patches[0].get("kind").is_none());
+    assert!(patches[0]["metadata"]["annotations"]["keystead.io/purge-after"].is_null());
+    assert!(
+        patches[0]["metadata"]["annotations"]
+            .as_object()
+            .unwrap()
+            .contains_key("keystead.io/purge-after")
+    );
+    assert_eq!(patches[1]["kind"], "Secret");
+}
+
 // ---------------------------------------------------------------------------------------
 // Backup, Restore, BackupSchedule
 // ---------------------------------------------------------------------------------------
@@ -576,11 +621,16 @@ fn backup_obj(name: &str, extra: Value) -> keystead_operator::crd::Backup {
     serde_json::from_value(v).unwrap()
 }
 
+/// A JSON merge patch (RFC 7386): `null` removes the key.
 fn merge(a: &mut Value, b: Value) {
     match (a, b) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
+                if v.is_null() {
+                    a.remove(&k);
+                } else {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
             }
         }
         (a, b) => *a = b,
@@ -607,7 +657,7 @@ async fn deadline<F: std::future::Future>(f: F) -> F::Output {
 
 #[tokio::test]
 async fn a_backup_waits_with_typed_reasons_and_writes_only_on_change() {
-    use keystead_operator::backup_controller::reconcile_backup;
+    use keystead_operator::backup::take::reconcile_backup;
     let world = Shared::default();
     let ctx = context(mock_client(world.clone()));
     let path = format!("{KS}/backups/b1");
@@ -697,7 +747,7 @@ async fn a_backup_waits_with_typed_reasons_and_writes_only_on_change() {
 
 #[tokio::test]
 async fn a_restore_follows_its_backup_and_fails_cleanly_when_it_failed() {
-    use keystead_operator::backup_controller::reconcile_restore;
+    use keystead_operator::backup::restore::reconcile_restore;
     let world = Shared::default();
     let ctx = context(mock_client(world.clone()));
     let path = format!("{KS}/restores/r1");
@@ -789,7 +839,7 @@ fn owned_backup(name: &str, phase: &str, at: &str) -> Value {
 
 #[tokio::test]
 async fn a_schedule_expires_old_backups_then_creates_an_owned_one_with_the_finalizer() {
-    use keystead_operator::backup_controller::reconcile_schedule;
+    use keystead_operator::backup::schedule::reconcile_schedule;
     let world = Shared::default();
     let ctx = context(mock_client(world.clone()));
     let s = schedule_obj(json!({}));
@@ -883,7 +933,7 @@ async fn a_schedule_expires_old_backups_then_creates_an_owned_one_with_the_final
 
 #[tokio::test]
 async fn an_invalid_schedule_is_reported_once_and_suspend_creates_nothing() {
-    use keystead_operator::backup_controller::reconcile_schedule;
+    use keystead_operator::backup::schedule::reconcile_schedule;
     let world = Shared::default();
     let ctx = context(mock_client(world.clone()));
     let spath = format!("{KS}/backupschedules/nightly");
@@ -935,7 +985,7 @@ async fn an_invalid_schedule_is_reported_once_and_suspend_creates_nothing() {
 
 #[tokio::test]
 async fn the_finalizer_keeps_a_claim_folder_it_cannot_delete_and_lets_go_when_told_to() {
-    use keystead_operator::backup_controller::reconcile_backup;
+    use keystead_operator::backup::take::reconcile_backup;
     let world = Shared::default();
     let ctx = context(mock_client(world.clone()));
     // A folder on a claim is deleted through the pool (only the partitions mount it); the

@@ -37,8 +37,10 @@ enum Command {
 fn init_tracing() {
     // Operational logs go to stderr, as JSON unless KEYSTEAD_LOG_FORMAT=text (the local
     // runner's default for its partitions); audit records have their own sink.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYSTEAD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    // The filter: KEYSTEAD_LOG, else RUST_LOG, else the default (keystead_core::log).
+    let default = "info,openraft=warn";
+    let filter = tracing_subscriber::EnvFilter::try_new(keystead_core::log::log_filter(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -10,7 +10,7 @@ use std::path::Path;
 
 pub use keystead_core::local_issuer::LocalIssuerError;
 
-use super::{IssuerConfig, Jwks, JwksSource};
+use super::config::{IssuerConfig, Jwks, JwksSource};
 
 /// The generated issuer of local mode (every method of
 /// [`keystead_core::local_issuer::LocalIssuer`] is available through `Deref`).

@@ -10,20 +10,16 @@
 //! The principal id is the token's `oid` claim when present (what Azure role assignments
 //! use), else its `sub`. See `docs/authentication.md`.
 
+mod config;
+mod issuer_keys;
 mod local;
 mod validator;
 
+pub use config::{AuthConfig, AuthError, IssuerConfig, Jwk, Jwks, JwksSource, Principal};
+pub use issuer_keys::JWKS_REFRESH_MIN_INTERVAL;
+pub(crate) use issuer_keys::parse_jwks;
 pub use local::{LocalIssuer, LocalIssuerError};
-pub(crate) use validator::parse_jwks;
-pub use validator::{
-    AuthConfig, AuthError, IssuerConfig, JWKS_REFRESH_MIN_INTERVAL, JwksSource, Principal,
-    TokenValidator,
-};
-
-/// A JSON Web Key Set (`{"keys":[...]}`), as served at an issuer's `jwks_uri`.
-pub type Jwks = jsonwebtoken::jwk::JwkSet;
-/// One JSON Web Key.
-pub type Jwk = jsonwebtoken::jwk::Jwk;
+pub use validator::TokenValidator;
 
 /// The `WWW-Authenticate` value of a 401: `Bearer authorization="<authority>", resource="<resource>"`.
 ///

@@ -3,7 +3,7 @@
 //! It authenticates with a short-lived token of its own ServiceAccount (TokenRequest, audience
 //! = the pool's audience) and trusts only the pool's CA. It moves encrypted blobs only.
 
-use crate::decide::AdminStatus;
+use super::admin::AdminStatus;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use keystead_core::backup_job::JobStatus;

@@ -1,8 +1,12 @@
 //! The pool's internal CA and the partitions' certificates (rcgen on aws-lc-rs).
 //!
 //! Pure decisions (`needs_renewal`, [`plan_tls`]) are separate from issuance so that the
-//! rotation policy is tested without generating keys.
+//! rotation policy is tested without generating keys; [`material`] carries out the plan over
+//! the Secrets the reconcile read (no API call here).
 
+use crate::crd::TlsSpec;
+use crate::pool::names::Names;
+use k8s_openapi::api::core::v1::Secret;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
@@ -214,4 +218,72 @@ pub fn issue_partition_cert(
         cert_pem: cert.pem(),
         key_pem: Zeroizing::new(key.serialize_pem()),
     })
+}
+
+impl From<TlsError> for crate::context::Cause {
+    fn from(e: TlsError) -> Self {
+        Self::Tls(Box::new(e))
+    }
+}
+
+fn secret_str(s: &Secret, key: &str) -> Option<String> {
+    s.data
+        .as_ref()?
+        .get(key)
+        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+}
+
+/// The pool's TLS material from its CA and TLS Secrets as read: keep what is valid, issue or
+/// renew the rest. Also returns what changed, in words (empty: nothing).
+pub fn material(
+    names: &Names,
+    pods: &[String],
+    spec: &TlsSpec,
+    cluster_domain: &str,
+    (ca_secret, tls_secret): (Option<&Secret>, Option<&Secret>),
+    now: OffsetDateTime,
+) -> Result<(TlsState, Vec<String>), TlsError> {
+    let ca_pem = ca_secret.and_then(|s| secret_str(s, "tls.crt"));
+    let ca_key = ca_secret
+        .and_then(|s| secret_str(s, "tls.key"))
+        .map(Zeroizing::new);
+    let existing: BTreeMap<String, String> = pods
+        .iter()
+        .filter_map(|p| Some((p.clone(), secret_str(tls_secret?, &format!("{p}.crt"))?)))
+        .collect();
+    let plan = plan_tls(
+        ca_pem.as_deref(),
+        &existing,
+        pods,
+        spec.renew_before_days,
+        now,
+    );
+    let mut changes = Vec::new();
+    let ca = match (plan.ca.clone(), ca_pem, ca_key) {
+        (CertAction::Keep, Some(cert_pem), Some(key_pem)) => CertAndKey { cert_pem, key_pem },
+        (action, _, _) => {
+            changes.push(format!("pool CA {action:?}"));
+            generate_ca(&names.pool, &names.namespace, spec.ca_validity_days, now)?
+        }
+    };
+    let mut partitions = BTreeMap::new();
+    for pod in pods {
+        let keep = plan.partitions.get(pod) == Some(&CertAction::Keep) && changes.is_empty();
+        let existing_pair = tls_secret.and_then(|s| {
+            Some(CertAndKey {
+                cert_pem: secret_str(s, &format!("{pod}.crt"))?,
+                key_pem: Zeroizing::new(secret_str(s, &format!("{pod}.key"))?),
+            })
+        });
+        let pair = match (keep, existing_pair) {
+            (true, Some(pair)) => pair,
+            _ => {
+                changes.push(format!("certificate of {pod}"));
+                let dns = names.partition_dns_names(pod, cluster_domain, &spec.extra_dns_names);
+                issue_partition_cert(&ca, pod, &dns, spec.certificate_validity_days, now)?
+            }
+        };
+        partitions.insert(pod.clone(), pair);
+    }
+    Ok((TlsState { ca, partitions }, changes))
 }

@@ -2,7 +2,7 @@
 //! Each problem is a typed [`InvalidSpec`]; the reconciler reports them in the `Ready`
 //! condition (reason `InvalidSpec`) and an Event, and waits for the next change.
 
-use crate::children::Settings;
+use crate::context::Settings;
 use crate::crd::{ManagedHsm, SealMode};
 use keystead_core::principal::{IssuerPrefix, PrefixProblem};
 use std::collections::BTreeSet;
