@@ -55,6 +55,20 @@ impl TestNamespace {
         })
     }
 
+    /// Delete the namespace and wait until it is gone (nothing in it holds it back), then
+    /// mark the test as passed.
+    pub async fn delete_and_wait(self, limit: Duration) -> anyhow::Result<()> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        namespaces
+            .delete(&self.name, &DeleteParams::default())
+            .await?;
+        wait_deleted(&namespaces, &self.name, limit)
+            .await
+            .with_context(|| format!("namespace {} is not deleted", self.name))?;
+        self.pass();
+        Ok(())
+    }
+
     /// Mark the test as passed: the namespace is deleted on drop.
     pub fn pass(mut self) {
         self.passed = true;

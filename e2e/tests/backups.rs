@@ -562,7 +562,15 @@ async fn backups_to_s3_and_azurite_with_credentials_secrets_a_schedule_and_a_res
             &secret[..6]
         );
     }
-    pool.ns.pass();
+    // Deleting the namespace completes (no finalizer holds it) and keeps every folder:
+    // backups outlive their namespace.
+    let before = listed(&s3, &s3_keys).await?.len();
+    pool.ns.delete_and_wait(MINUTES(3)).await?;
+    let after = listed(&s3, &s3_keys).await?.len();
+    ensure!(
+        after == before,
+        "{before} folders before the namespace's deletion, {after} after"
+    );
     Ok(())
 }
 
@@ -757,7 +765,7 @@ async fn backups_to_a_shared_claim_restore_points_and_schedule_retention() -> an
         has_event(&seen, "FolderDeleted", "Normal"),
         "an Event for the deleted folder"
     );
-    pool.ns.pass();
+    pool.ns.delete_and_wait(MINUTES(3)).await?;
     Ok(())
 }
 
@@ -935,6 +943,11 @@ async fn an_operator_killed_mid_job_resumes_it_and_a_lost_job_fails_while_the_sc
         || async { Ok(backups.get_opt(&lost).await?.is_none().then_some(())) },
     )
     .await?;
-    pool.ns.pass();
+    // Deleting the namespace completes and keeps the schedule's folder.
+    pool.ns.delete_and_wait(MINUTES(3)).await?;
+    ensure!(
+        complete(&listed(&direct("scheduled"), &keys).await?).len() == 1,
+        "the scheduled backup is kept"
+    );
     Ok(())
 }

@@ -191,7 +191,18 @@ async fn drop_finalizer(ctx: &Context, obj: &Backup) -> Result<(), Error> {
     Ok(())
 }
 
-/// The finalizer of a scheduled Backup: wait for a running job, delete the folder, let go.
+/// Whether namespace `ns` is being deleted.
+async fn namespace_deleted(ctx: &Context, ns: &str) -> Result<bool, Error> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    let n = namespaces
+        .get_opt(ns)
+        .await
+        .at("reading the Backup's namespace")?;
+    Ok(n.is_none_or(|n| n.metadata.deletion_timestamp.is_some()))
+}
+
+/// The finalizer of a scheduled Backup: wait for a running job, delete the folder (kept when
+/// the namespace is being deleted), let go.
 async fn backup_cleanup(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
     if !b.finalizers().iter().any(|f| f == BACKUP_FINALIZER) {
         return Ok(Requeue::await_change());
@@ -211,6 +222,17 @@ async fn backup_cleanup(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
         } else {
             r
         });
+    }
+    if let (false, Some(location)) = (keep, st.location.as_deref())
+        && namespace_deleted(ctx, &ns).await?
+    {
+        // Deleting a namespace never deletes backups: they are what recovers it. The
+        // folder stays where it is (its claim, if any, goes with the namespace by its own
+        // reclaim policy); no Event (the namespace takes no new objects).
+        tracing::info!(backup = %b.name_any(), namespace = %ns, folder = %location,
+            "the namespace is being deleted: the backup folder is kept");
+        drop_finalizer(ctx, b).await?;
+        return Ok(Requeue::await_change());
     }
     if let (false, Some(location)) = (keep, st.location.as_deref()) {
         let outcome = async {
