@@ -115,10 +115,15 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
+        // The accepted regions' CAs as the state has them now (rebuilt only on a change).
+        app.regions
+            .trust
+            .sync(&app.store.read().region.accepted);
         tokio::spawn(connection(
             tcp,
             peer,
             tls.acceptor(),
+            app.regions.trust.clone(),
             router.clone(),
             limits.clone(),
             slot,
@@ -132,7 +137,8 @@ pub async fn serve(
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    acceptor: TlsAcceptor,
+    (acceptor, pool_chain): (TlsAcceptor, crate::tls::PoolChain),
+    regions: Arc<crate::region_trust::RegionTrust>,
     router: Router,
     limits: Arc<Limits>,
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -149,13 +155,18 @@ async fn connection(
             return;
         }
     };
-    let cert_name = PeerCertName(
-        tls.get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| cert_common_name(c)),
-    );
+    // The handshake accepted any certificate whose key the client holds: a pool partition's
+    // name only for a chain to the pool CA; a region only for a chain to its accepted CA.
+    let chain = tls.get_ref().1.peer_certificates().unwrap_or(&[]);
+    let cert_name = PeerCertName(if pool_chain.verifies(chain) {
+        chain.first().and_then(|c| cert_common_name(c))
+    } else {
+        None
+    });
+    let identity = crate::region_trust::ClientIdentity {
+        presented: !chain.is_empty(),
+        region: regions.region_of(chain),
+    };
     let activity = Arc::new(Activity::new());
     let svc = {
         let activity = activity.clone();
@@ -163,6 +174,7 @@ async fn connection(
             .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ClientAddr(peer));
                 req.extensions_mut().insert(cert_name.clone());
+                req.extensions_mut().insert(identity.clone());
                 req
             })
             .map_future(move |fut| {

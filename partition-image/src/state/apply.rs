@@ -352,6 +352,11 @@ impl PoolState {
                 self.last_domain_redownload = Some(download.clone());
                 Ok(Outcome::None)
             }
+            Command::PutRegion { .. }
+            | Command::DeleteRegion { .. }
+            | Command::RegionJoined { .. }
+            | Command::RegionApply { .. }
+            | Command::RegionInstall { .. } => self.apply_region(cmd),
         }
     }
 }

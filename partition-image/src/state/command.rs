@@ -113,6 +113,44 @@ pub enum Command {
     /// The activated domain is being handed out again: recorded before the file is.
     #[serde(rename_all = "camelCase")]
     RecordDomainRedownload { download: DomainRedownload },
+    /// A primary names a region it accepts (its pool CA) — docs/regions.md.
+    #[serde(rename_all = "camelCase")]
+    PutRegion {
+        name: String,
+        ca_pem: String,
+        now: i64,
+    },
+    /// A primary stops accepting a region.
+    #[serde(rename_all = "camelCase")]
+    DeleteRegion { name: String },
+    /// This pool joined a primary region: activated with the primary's domain.
+    #[serde(rename_all = "camelCase")]
+    RegionJoined {
+        primary: String,
+        primary_pool_id: String,
+        epoch: u64,
+        domain_id: String,
+        fingerprint: String,
+        settings: keystead_core::region::ReplicatedSettings,
+        now: i64,
+    },
+    /// Apply the primary's entries after this region's position (each at most once), then
+    /// advance the position to `through`.
+    #[serde(rename_all = "camelCase")]
+    RegionApply {
+        entries: Vec<super::region::RegionEntry>,
+        through: u64,
+    },
+    /// Replace keys, deleted keys and RBAC with the staged snapshot `id` of the primary and
+    /// set the position to `through` (catch-up from a snapshot).
+    #[serde(rename_all = "camelCase")]
+    RegionInstall {
+        id: String,
+        key_count: u64,
+        deleted_count: u64,
+        through: u64,
+        settings: keystead_core::region::ReplicatedSettings,
+    },
 }
 
 /// What applying a command produced (the request handler turns it into a response).
@@ -124,6 +162,8 @@ pub enum Outcome {
     Purged(Vec<String>),
     RoleAssignment(Box<RoleAssignment>),
     RoleDefinition(Box<RoleDefinition>),
+    /// What each primary entry of a `RegionApply` produced.
+    Region(super::region::RegionOutcomes),
 }
 
 /// Deterministic refusals of a command (the same on every partition).
@@ -159,6 +199,10 @@ pub enum StateError {
     AlreadyActivated(String),
     #[error("the pool was already bootstrapped")]
     AlreadyBootstrapped,
+    #[error("region '{0}' is not accepted by this pool; list them with GET /admin/regions")]
+    RegionNotFound(String),
+    #[error("{0}")]
+    RegionRole(String),
     #[error("restore {0} is not being staged (another restore started since); nothing was changed")]
     RestoreNotStaged(String),
     #[error(

@@ -119,6 +119,7 @@ impl Cluster {
             dir: dir.clone(),
             partitions: N,
             pool_name: POOL.into(),
+            extend: None,
         })
         .unwrap();
         let mut cfgs: Vec<PartitionConfig> = configs

@@ -1,0 +1,415 @@
+//! The primary's region API (`/internal/region/...`, docs/regions.md), server side: join
+//! (the domain sealed to the joiner's transfer key), the ordered feed of committed changes,
+//! snapshot pages, the position, and writes forwarded by a replica region.
+//!
+//! The caller is a partition of an accepted region: its client certificate chains to the
+//! CA the primary's administrator named for that region (`PUT /admin/regions/{name}`),
+//! checked after the TLS handshake (`region_trust`). Joins, forwarded writes and every
+//! refusal of a presented certificate are audited.
+
+use crate::audit::AuditRecord;
+use crate::region_trust::ClientIdentity;
+use crate::service::app::App;
+use crate::state::{Activation, Command};
+use crate::tls::ClientAddr;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keystead_core::region::{
+    Feed, FeedEntry, ForwardReply, JoinReply, JoinRequest, NOT_ACCEPTED, ReplicatedSettings,
+};
+use keystead_core::sd::{ExchangeCertificate, seal_to_exchange_key};
+use openraft::EntryPayload;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest region request (a forwarded command).
+const BODY_LIMIT: usize = 32 * 1024 * 1024;
+/// Longest long poll of the feed.
+const MAX_WAIT: Duration = Duration::from_secs(5);
+const MAX_ENTRIES: usize = 1024;
+
+fn refuse(status: StatusCode, code: &str, msg: &str) -> Response {
+    let body = keystead_core::error::ErrorBody::new(code, msg);
+    (status, axum::Json(body)).into_response()
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(b) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            Body::from(b),
+        )
+            .into_response(),
+        Err(_) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "cannot encode the answer",
+        ),
+    }
+}
+
+fn audited(path: &str) -> bool {
+    matches!(path, "/internal/region/join" | "/internal/region/forward")
+}
+
+/// Entry point of `/internal/region/...`.
+pub async fn handle(app: Arc<App>, req: Request) -> Response {
+    let started = std::time::Instant::now();
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let client = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let identity = req
+        .extensions()
+        .get::<ClientIdentity>()
+        .cloned()
+        .unwrap_or_default();
+    let (response, operation, key) = match &identity.region {
+        Some(region) => serve(&app, region, req).await,
+        None if identity.presented => (
+            refuse(
+                StatusCode::FORBIDDEN,
+                NOT_ACCEPTED,
+                "the client certificate was not issued by the CA of a region this pool accepts; its administrator names regions with PUT /admin/regions/{name}",
+            ),
+            "RegionRefused",
+            None,
+        ),
+        None => (
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "the region API requires a client certificate of an accepted region",
+            ),
+            "RegionRefused",
+            None,
+        ),
+    };
+    let status = response.status();
+    if audited(&path) || (identity.presented && identity.region.is_none()) {
+        app.audit.record(AuditRecord {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            partition: app.cfg.partition_id.clone(),
+            caller: identity
+                .region
+                .as_ref()
+                .map(|r| format!("region:{r}"))
+                .unwrap_or_else(|| "anonymous".into()),
+            client_address: client,
+            method: method.to_string(),
+            path,
+            operation: operation.into(),
+            member: identity.region.clone(),
+            key_name: key,
+            status: status.as_u16(),
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            ..AuditRecord::default()
+        });
+    }
+    response
+}
+
+/// Serve an authenticated region's request: (response, audit operation, key name).
+async fn serve(
+    app: &Arc<App>,
+    region: &str,
+    req: Request,
+) -> (Response, &'static str, Option<String>) {
+    let Some(replica) = app.store.replica().cloned() else {
+        return (
+            refuse(StatusCode::NOT_FOUND, "NotFound", "not a replicated pool"),
+            "Region",
+            None,
+        );
+    };
+    if app.store.read().region.replica.is_some() || app.regions.link.is_some() {
+        return (
+            refuse(
+                StatusCode::CONFLICT,
+                "RegionNotPrimary",
+                "this pool is a replica region, not a primary: join its primary instead",
+            ),
+            "Region",
+            None,
+        );
+    }
+    let path = req.uri().path().to_string();
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let q = |n: &str| query.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+    let method = req.method().clone();
+    let body = match axum::body::to_bytes(req.into_body(), BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "BadParameter",
+                    "request too large",
+                ),
+                "Region",
+                None,
+            );
+        }
+    };
+    let num = |n: &str, default: u64| -> Result<u64, Response> {
+        match q(n) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| {
+                refuse(
+                    StatusCode::BAD_REQUEST,
+                    "BadParameter",
+                    &format!("{n} must be a non-negative integer, got '{v}'"),
+                )
+            }),
+        }
+    };
+    macro_rules! tri {
+        ($e:expr, $op:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(r) => return (r, $op, None),
+            }
+        };
+    }
+    match (method, path.as_str()) {
+        (Method::POST, "/internal/region/join") => {
+            let r: JoinRequest = tri!(parse(&body), "RegionJoin");
+            (join(app, region, &r), "RegionJoin", None)
+        }
+        (Method::GET, "/internal/region/feed") => {
+            let after = tri!(num("after", 0), "RegionFeed");
+            let max = tri!(num("max", 256), "RegionFeed").min(MAX_ENTRIES as u64) as usize;
+            let wait = Duration::from_millis(tri!(num("waitMs", 0), "RegionFeed")).min(MAX_WAIT);
+            app.regions.acknowledged(region, after);
+            (feed(app, &replica, after, max, wait).await, "RegionFeed", None)
+        }
+        (Method::GET, "/internal/region/position") => {
+            let primary_index = replica.sm.applied().map(|l| l.index).unwrap_or(0);
+            let f: Feed<Command> = Feed {
+                epoch: crate::region::EPOCH,
+                primary_index,
+                entries: Vec::new(),
+                through: 0,
+                snapshot_required: false,
+            };
+            (json(&f), "RegionPosition", None)
+        }
+        (Method::GET, "/internal/region/snapshot") => {
+            let r = match q("session") {
+                None => {
+                    // One consistent copy: the state and its applied index under one lock.
+                    let (state, through) = {
+                        let st = replica.sm.state.read().unwrap_or_else(|p| p.into_inner());
+                        (st.clone(), replica.sm.applied().map(|l| l.index).unwrap_or(0))
+                    };
+                    json(&app.regions.sessions.start(state, through, crate::region::EPOCH))
+                }
+                Some(s) => {
+                    let page = tri!(num("page", 0), "RegionSnapshot");
+                    match app.regions.sessions.page(s, page, crate::region::EPOCH) {
+                        Some(p) => json(&p),
+                        None => refuse(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            "no such snapshot session or page (sessions end after 5 minutes or at their last page): start again",
+                        ),
+                    }
+                }
+            };
+            (r, "RegionSnapshot", None)
+        }
+        (Method::POST, "/internal/region/forward") => {
+            let cmd: Command = tri!(parse(&body), "RegionWriteForwarded");
+            let key = command_key(&cmd);
+            (forward(&replica, cmd).await, "RegionWriteForwarded", key)
+        }
+        _ => (
+            refuse(StatusCode::NOT_FOUND, "NotFound", "no such region operation"),
+            "Region",
+            None,
+        ),
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            &format!("the region request does not parse: {e}"),
+        )
+    })
+}
+
+/// The key a forwarded command names (for the audit record).
+fn command_key(cmd: &Command) -> Option<String> {
+    match cmd {
+        Command::AddKeyVersion { name, .. }
+        | Command::UpdateKeyVersion { name, .. }
+        | Command::DeleteKey { name, .. }
+        | Command::RecoverKey { name }
+        | Command::PurgeKey { name, .. }
+        | Command::SetRotationPolicy { name, .. } => Some(name.clone()),
+        Command::RestoreKey { key } => Some(key.name.clone()),
+        _ => None,
+    }
+}
+
+/// Seal the domain to the joining region's transfer key.
+fn join(app: &App, region: &str, r: &JoinRequest) -> Response {
+    if r.region != region {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            NOT_ACCEPTED,
+            &format!(
+                "the join names region '{}' but the client certificate belongs to region '{region}'",
+                r.region
+            ),
+        );
+    }
+    let (domain_id, fingerprint, pool, settings) = {
+        let st = app.store.read();
+        let Activation::Activated {
+            domain_id,
+            fingerprint,
+            ..
+        } = &st.activation
+        else {
+            return refuse(
+                StatusCode::CONFLICT,
+                "PoolNotActivated",
+                "the primary is not activated yet: download its security domain first",
+            );
+        };
+        (
+            domain_id.clone(),
+            fingerprint.clone(),
+            (st.settings.pool_name.clone(), st.settings.pool_id.clone()),
+            ReplicatedSettings {
+                soft_delete_retention_days: st.settings.soft_delete_retention_days,
+                purge_protection: st.settings.purge_protection,
+            },
+        )
+    };
+    let Some(unsealed) = app.keyring.unsealed() else {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PartitionSealed",
+            "this partition does not hold the security domain; retry on another partition",
+        );
+    };
+    let cert = match ExchangeCertificate::from_pem(&r.exchange_certificate) {
+        Ok(c) => c,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "BadParameter",
+                &format!("the transfer certificate does not parse: {e}"),
+            );
+        }
+    };
+    match seal_to_exchange_key(&unsealed.secret, &cert) {
+        Ok(blob) => {
+            tracing::info!(region = %region, thumbprint = %cert.thumbprint(), "security domain sealed to a joining region's transfer key");
+            json(&JoinReply {
+                blob,
+                fingerprint,
+                domain_id,
+                primary: app
+                    .regions
+                    .config
+                    .as_ref()
+                    .map(|c| c.name.clone())
+                    .unwrap_or(pool.0),
+                primary_pool_id: pool.1,
+                epoch: crate::region::EPOCH,
+                settings,
+            })
+        }
+        Err(e) => refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &format!("cannot seal the domain to the transfer key: {e}"),
+        ),
+    }
+}
+
+/// The committed, region-replicated entries after `after` this partition has applied.
+async fn feed(
+    _app: &App,
+    replica: &crate::consensus::raft::Replica,
+    after: u64,
+    max: usize,
+    wait: Duration,
+) -> Response {
+    let applied = || replica.sm.applied().map(|l| l.index).unwrap_or(0);
+    if applied() <= after && !wait.is_zero() {
+        let _ = replica
+            .raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(after + 1), "region feed")
+            .await;
+    }
+    let upto = applied();
+    let Some(entries) = replica.log.entries_after(after, upto, max) else {
+        return json(&Feed::<Command> {
+            epoch: crate::region::EPOCH,
+            primary_index: upto,
+            entries: Vec::new(),
+            through: after,
+            snapshot_required: true,
+        });
+    };
+    let through = entries.last().map(|e| e.log_id.index).unwrap_or(after);
+    let entries = entries
+        .into_iter()
+        .filter_map(|e| match e.payload {
+            EntryPayload::Normal(cmd) if cmd.is_region_replicated() => Some(FeedEntry {
+                index: e.log_id.index,
+                command: cmd,
+            }),
+            _ => None,
+        })
+        .collect();
+    json(&Feed {
+        epoch: crate::region::EPOCH,
+        primary_index: upto,
+        entries,
+        through,
+        snapshot_required: false,
+    })
+}
+
+/// Commit a replica region's write here and answer its primary index.
+async fn forward(replica: &crate::consensus::raft::Replica, cmd: Command) -> Response {
+    if !cmd.is_region_replicated() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "only changes of keys and RBAC are forwarded by a region",
+        );
+    }
+    match replica.propose_indexed(cmd).await {
+        // A refusal is committed too: the region applies the same refusal at that index.
+        Ok((index, _)) => json(&ForwardReply { index }),
+        Err(e) => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            &format!("the primary could not commit the change: {e}"),
+        ),
+    }
+}

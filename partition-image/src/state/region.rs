@@ -1,0 +1,226 @@
+//! The region part of the pool state (docs/regions.md): the regions a primary accepts, a
+//! replica region's position in its primary's log, and how the region commands apply.
+
+use super::*;
+use keystead_core::region::{FeedEntry, ReplicatedSettings};
+
+/// A region this pool (as a primary) accepts: its pool CA.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptedRegionRecord {
+    pub ca_pem: String,
+    pub added: i64,
+}
+
+/// What a replica region follows.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaOf {
+    pub primary: String,
+    pub primary_pool_id: String,
+    pub epoch: u64,
+    /// The last primary log index this region has applied (or skipped as not replicated).
+    pub applied_primary_index: u64,
+}
+
+/// The region state of a pool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionState {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub accepted: BTreeMap<String, AcceptedRegionRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaOf>,
+}
+
+impl RegionState {
+    pub fn is_empty(&self) -> bool {
+        self.accepted.is_empty() && self.replica.is_none()
+    }
+
+    /// The applied primary index of a replica region (0 for a primary).
+    pub fn applied_primary_index(&self) -> u64 {
+        self.replica
+            .as_ref()
+            .map(|r| r.applied_primary_index)
+            .unwrap_or(0)
+    }
+}
+
+/// The outcome of each primary entry a `RegionApply` applied, by primary index.
+pub type RegionOutcomes = Vec<(u64, Result<Outcome, StateError>)>;
+
+/// The region commands (carried by [`Command`]).
+pub type RegionEntry = FeedEntry<Command>;
+
+impl Command {
+    /// Whether the command is a change of the pool's keys or RBAC that a primary replicates
+    /// to its regions (and a replica region forwards to its primary). Bootstrap, activation,
+    /// recovery, re-download records and the region commands themselves stay local.
+    pub fn is_region_replicated(&self) -> bool {
+        match self {
+            Command::AddKeyVersion { .. }
+            | Command::UpdateKeyVersion { .. }
+            | Command::DeleteKey { .. }
+            | Command::RecoverKey { .. }
+            | Command::PurgeKey { .. }
+            | Command::PurgeExpired { .. }
+            | Command::RestoreKey { .. }
+            | Command::SetRotationPolicy { .. }
+            | Command::PutRoleAssignment { .. }
+            | Command::DeleteRoleAssignment { .. }
+            | Command::PutRoleDefinition { .. }
+            | Command::DeleteRoleDefinition { .. }
+            | Command::RestoreAll { .. }
+            | Command::RestoreBegin { .. }
+            | Command::RestoreStage { .. }
+            | Command::RestoreCommit { .. }
+            | Command::RestoreAbort { .. } => true,
+            Command::Bootstrap { .. }
+            | Command::BeginRecovery { .. }
+            | Command::Activate { .. }
+            | Command::RecordDomainRedownload { .. }
+            | Command::PutRegion { .. }
+            | Command::DeleteRegion { .. }
+            | Command::RegionJoined { .. }
+            | Command::RegionApply { .. }
+            | Command::RegionInstall { .. } => false,
+        }
+    }
+}
+
+impl PoolState {
+    /// Apply a region command (the caller has matched it).
+    pub(super) fn apply_region(&mut self, cmd: &Command) -> Result<Outcome, StateError> {
+        match cmd {
+            Command::PutRegion { name, ca_pem, now } => {
+                if self.region.replica.is_some() {
+                    return Err(StateError::RegionRole(
+                        "a replica region does not accept regions; name them on the primary"
+                            .into(),
+                    ));
+                }
+                let added = self
+                    .region
+                    .accepted
+                    .get(name)
+                    .filter(|r| r.ca_pem == *ca_pem)
+                    .map(|r| r.added)
+                    .unwrap_or(*now);
+                self.region.accepted.insert(
+                    name.clone(),
+                    AcceptedRegionRecord {
+                        ca_pem: ca_pem.clone(),
+                        added,
+                    },
+                );
+                Ok(Outcome::None)
+            }
+            Command::DeleteRegion { name } => match self.region.accepted.remove(name) {
+                Some(_) => Ok(Outcome::None),
+                None => Err(StateError::RegionNotFound(name.clone())),
+            },
+            Command::RegionJoined {
+                primary,
+                primary_pool_id,
+                epoch,
+                domain_id,
+                fingerprint,
+                settings,
+                now,
+            } => {
+                if let Activation::Activated {
+                    fingerprint: current,
+                    ..
+                } = &self.activation
+                    && current != fingerprint
+                {
+                    return Err(StateError::AlreadyActivated(current.clone()));
+                }
+                if !self.region.accepted.is_empty() {
+                    return Err(StateError::RegionRole(
+                        "this pool accepts regions (it is a primary); it cannot join another"
+                            .into(),
+                    ));
+                }
+                self.activation = Activation::Activated {
+                    domain_id: domain_id.clone(),
+                    fingerprint: fingerprint.clone(),
+                    since: *now,
+                };
+                self.copy_settings(settings);
+                let applied = self
+                    .region
+                    .replica
+                    .as_ref()
+                    .filter(|r| r.primary_pool_id == *primary_pool_id)
+                    .map(|r| r.applied_primary_index)
+                    .unwrap_or(0);
+                self.region.replica = Some(ReplicaOf {
+                    primary: primary.clone(),
+                    primary_pool_id: primary_pool_id.clone(),
+                    epoch: *epoch,
+                    applied_primary_index: applied,
+                });
+                Ok(Outcome::None)
+            }
+            Command::RegionApply { entries, through } => {
+                let mut applied = self.joined()?.applied_primary_index;
+                let mut results: RegionOutcomes = Vec::new();
+                for e in entries {
+                    if e.index <= applied {
+                        continue; // applied before: exactly once by primary index
+                    }
+                    let r = if e.command.is_region_replicated() {
+                        self.apply(&e.command)
+                    } else {
+                        Err(StateError::RegionRole(format!(
+                            "primary entry {} is not a replicated change; skipped",
+                            e.index
+                        )))
+                    };
+                    results.push((e.index, r));
+                    applied = e.index;
+                }
+                let replica = self.joined_mut()?;
+                replica.applied_primary_index = applied.max(*through);
+                Ok(Outcome::Region(results))
+            }
+            Command::RegionInstall {
+                id,
+                key_count,
+                deleted_count,
+                through,
+                settings,
+            } => {
+                self.joined()?;
+                self.apply(&Command::RestoreCommit {
+                    id: id.clone(),
+                    key_count: *key_count,
+                    deleted_count: *deleted_count,
+                })?;
+                self.copy_settings(settings);
+                self.joined_mut()?.applied_primary_index = *through;
+                Ok(Outcome::None)
+            }
+            _ => Err(StateError::RegionRole("not a region command".into())),
+        }
+    }
+
+    fn copy_settings(&mut self, s: &ReplicatedSettings) {
+        self.settings.soft_delete_retention_days = s.soft_delete_retention_days;
+        self.settings.purge_protection = s.purge_protection;
+    }
+
+    fn joined(&self) -> Result<&ReplicaOf, StateError> {
+        self.region.replica.as_ref().ok_or_else(|| {
+            StateError::RegionRole("this pool has not joined a primary region".into())
+        })
+    }
+
+    fn joined_mut(&mut self) -> Result<&mut ReplicaOf, StateError> {
+        self.region.replica.as_mut().ok_or_else(|| {
+            StateError::RegionRole("this pool has not joined a primary region".into())
+        })
+    }
+}
