@@ -125,7 +125,7 @@ async fn pull(app: &Arc<App>, link: &PrimaryLink, after: u64) -> anyhow::Result<
         super::EPOCH
     );
     if feed.snapshot_required {
-        tracing::info!(after, primary_index = feed.primary_index, "the primary's log no longer reaches this region's position; catching up from a snapshot");
+        tracing::warn!(after, primary_index = feed.primary_index, "the primary's log no longer reaches this region's position; catching up from a snapshot");
         return bootstrap(app, link).await;
     }
     link.saw(feed.primary_index, after);

@@ -1,0 +1,196 @@
+//! `kubectl hsm region list|status`: the pool's region role, its position and lag behind
+//! its primary, and (on a primary) the regions it accepts and how far behind each is
+//! (docs/regions.md). Reads `GET /admin/status`.
+
+use crate::client::{Output, PoolArgs, print_json};
+use clap::Subcommand;
+use keystead_core::region::{RegionRole, RegionStatus};
+use keystead_core::status::PoolStatus;
+
+#[derive(Subcommand, Debug)]
+pub enum RegionCommand {
+    /// The regions of this pool's topology: itself, its primary or the regions it accepts.
+    List,
+    /// This pool's region role, epoch, applied primary index and lag.
+    Status,
+}
+
+pub async fn run(pool: &PoolArgs, cmd: RegionCommand) -> anyhow::Result<()> {
+    let c = pool.client()?;
+    let s: PoolStatus = c
+        .call::<serde_json::Value, _>(reqwest::Method::GET, "/admin/status", None)
+        .await?;
+    let r = s.region.clone().unwrap_or_default();
+    match (cmd, pool.output) {
+        (RegionCommand::Status, Output::Json) => print_json(&r),
+        (RegionCommand::List, Output::Json) => print_json(&rows(&s.pool_name, &r)),
+        (RegionCommand::Status, Output::Text) => {
+            print!("{}", status_text(&s.pool_name, &r));
+            Ok(())
+        }
+        (RegionCommand::List, Output::Text) => {
+            print!("{}", list_text(&rows(&s.pool_name, &r)));
+            Ok(())
+        }
+    }
+}
+
+/// One line of `region list`.
+#[derive(serde::Serialize, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    pub name: String,
+    pub role: String,
+    pub position: Option<u64>,
+    pub lag_entries: Option<u64>,
+    pub note: String,
+}
+
+fn role(r: RegionRole) -> &'static str {
+    match r {
+        RegionRole::Primary => "primary",
+        RegionRole::Replica => "replica",
+    }
+}
+
+/// This region first, then its primary (a replica) or the regions it accepts (a primary).
+pub fn rows(pool_name: &str, r: &RegionStatus) -> Vec<Row> {
+    let me = r.name.clone().unwrap_or_else(|| pool_name.to_string());
+    let mut out = vec![Row {
+        name: me,
+        role: format!("{} (this pool)", role(r.role)),
+        position: Some(match r.role {
+            RegionRole::Replica => r.applied_primary_index,
+            RegionRole::Primary => r.primary_index,
+        }),
+        lag_entries: (r.role == RegionRole::Replica).then_some(r.lag_entries),
+        note: match r.role {
+            RegionRole::Replica if !r.joined => "not joined yet".into(),
+            RegionRole::Replica => format!("lag {} ms", r.lag_ms),
+            RegionRole::Primary => String::new(),
+        },
+    }];
+    if let Some(p) = &r.primary {
+        out.push(Row {
+            name: p.clone(),
+            role: "primary".into(),
+            position: Some(r.primary_index),
+            lag_entries: None,
+            note: if r.primary_reachable {
+                "reachable".into()
+            } else {
+                "UNREACHABLE: writes are refused here".into()
+            },
+        });
+    }
+    for a in &r.accepted {
+        let seen = r.regions.iter().find(|p| p.name == a.name);
+        out.push(Row {
+            name: a.name.clone(),
+            role: "replica".into(),
+            position: seen.map(|p| p.acknowledged_index),
+            lag_entries: seen.map(|p| p.lag_entries),
+            note: match seen.and_then(|p| p.last_seen_seconds_ago) {
+                Some(s) => format!("seen {s}s ago by this partition; CA sha256 {}", short(&a.ca_sha256)),
+                None => format!("not seen by this partition; CA sha256 {}", short(&a.ca_sha256)),
+            },
+        });
+    }
+    out
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(16)]
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub fn list_text(rows: &[Row]) -> String {
+    let mut s = format!(
+        "{:<20}{:<22}{:>10}{:>10}  {}\n",
+        "REGION", "ROLE", "POSITION", "LAG", "NOTE"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:<20}{:<22}{:>10}{:>10}  {}\n",
+            r.name,
+            r.role,
+            opt(r.position),
+            opt(r.lag_entries),
+            r.note
+        ));
+    }
+    s
+}
+
+pub fn status_text(pool_name: &str, r: &RegionStatus) -> String {
+    let mut s = String::new();
+    let mut line = |k: &str, v: String| s.push_str(&format!("{k:<24}{v}\n"));
+    line("region", r.name.clone().unwrap_or_else(|| pool_name.to_string()));
+    line("role", role(r.role).into());
+    line("epoch", r.epoch.to_string());
+    if r.role == RegionRole::Replica {
+        line("primary", r.primary.clone().unwrap_or_default());
+        line("primaryEndpoints", r.primary_endpoints.join(", "));
+        line("joined", r.joined.to_string());
+        line("appliedPrimaryIndex", r.applied_primary_index.to_string());
+        line("primaryIndex", r.primary_index.to_string());
+        line("lagEntries", r.lag_entries.to_string());
+        line("lagMs", r.lag_ms.to_string());
+        line("primaryReachable", r.primary_reachable.to_string());
+    } else {
+        let names: Vec<&str> = r.accepted.iter().map(|a| a.name.as_str()).collect();
+        line("acceptedRegions", names.join(", "));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keystead_core::region::{AcceptedRegion, PeerRegionStatus};
+
+    #[test]
+    fn a_primary_lists_itself_then_each_accepted_region_with_its_lag() {
+        let r = RegionStatus {
+            name: Some("a".into()),
+            accepted: vec![AcceptedRegion {
+                name: "b".into(),
+                ca_sha256: "ab".repeat(32),
+                added: 1,
+            }],
+            regions: vec![PeerRegionStatus {
+                name: "b".into(),
+                acknowledged_index: 40,
+                lag_entries: 2,
+                last_seen_seconds_ago: Some(0),
+            }],
+            primary_index: 42,
+            ..RegionStatus::default()
+        };
+        let rows = rows("a", &r);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[1].position, rows[1].lag_entries), (Some(40), Some(2)));
+        let text = list_text(&rows);
+        assert!(text.contains("primary (this pool)") && text.contains("seen 0s ago"), "{text}");
+    }
+
+    #[test]
+    fn a_replica_shows_its_primary_and_says_when_it_is_unreachable() {
+        let r = RegionStatus {
+            name: Some("b".into()),
+            role: RegionRole::Replica,
+            primary: Some("a".into()),
+            joined: true,
+            applied_primary_index: 7,
+            primary_index: 9,
+            lag_entries: 2,
+            ..RegionStatus::default()
+        };
+        let text = list_text(&rows("b", &r));
+        assert!(text.contains("UNREACHABLE"), "{text}");
+        assert!(status_text("b", &r).contains("lagEntries              2"));
+    }
+}
