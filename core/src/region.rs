@@ -275,8 +275,7 @@ mod tests {
         assert!(c.validate().is_err());
         c.primary.as_mut().unwrap().name = "b".into();
         assert!(c.validate().is_err());
-        let back: Result<RegionConfig, _> =
-            serde_json::from_str(r#"{"name":"b","primry":{}}"#);
+        let back: Result<RegionConfig, _> = serde_json::from_str(r#"{"name":"b","primry":{}}"#);
         assert!(back.is_err(), "unknown fields are refused");
     }
 }

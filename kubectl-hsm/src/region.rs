@@ -16,11 +16,7 @@ pub enum RegionCommand {
 }
 
 pub async fn run(pool: &PoolArgs, cmd: RegionCommand) -> anyhow::Result<()> {
-    let c = pool.client()?;
-    let s: PoolStatus = c
-        .call::<serde_json::Value, _>(reqwest::Method::GET, "/admin/status", None)
-        .await?;
-    let r = s.region.clone().unwrap_or_default();
+    let (s, r) = pool_view(pool).await?;
     match (cmd, pool.output) {
         (RegionCommand::Status, Output::Json) => print_json(&r),
         (RegionCommand::List, Output::Json) => print_json(&rows(&s.pool_name, &r)),
@@ -33,6 +29,80 @@ pub async fn run(pool: &PoolArgs, cmd: RegionCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The status of every partition the pool file lists (or of the one endpoint given): each
+/// partition sees the regions it served itself, so their views are merged — the furthest
+/// position of this region, the latest acknowledgement of each accepted region.
+async fn pool_view(pool: &PoolArgs) -> anyhow::Result<(PoolStatus, RegionStatus)> {
+    let endpoints: Vec<Option<String>> = match (&pool.endpoint, &pool.pool) {
+        (None, Some(p)) => keystead_core::pool_file::PoolFile::load(p)?
+            .endpoints
+            .into_iter()
+            .map(Some)
+            .collect(),
+        _ => vec![None],
+    };
+    let mut views = Vec::new();
+    let mut last_err = None;
+    for ep in endpoints {
+        let args = PoolArgs {
+            endpoint: ep.or_else(|| pool.endpoint.clone()),
+            ..pool.clone()
+        };
+        let got = async {
+            args.client()?
+                .call::<serde_json::Value, PoolStatus>(reqwest::Method::GET, "/admin/status", None)
+                .await
+        }
+        .await;
+        match got {
+            Ok(s) => views.push(s),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    let Some(first) = views.first().cloned() else {
+        return Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no endpoint to ask")));
+    };
+    let regions: Vec<RegionStatus> = views.iter().filter_map(|v| v.region.clone()).collect();
+    Ok((first, merge(regions)))
+}
+
+/// One view of a region from several partitions' views.
+pub fn merge(views: Vec<RegionStatus>) -> RegionStatus {
+    let mut it = views.into_iter();
+    let Some(mut out) = it.next() else {
+        return RegionStatus::default();
+    };
+    for v in it {
+        if v.applied_primary_index > out.applied_primary_index
+            || (v.applied_primary_index == out.applied_primary_index
+                && v.primary_index > out.primary_index)
+        {
+            let (accepted, regions) = (out.accepted.clone(), out.regions.clone());
+            out = RegionStatus {
+                accepted,
+                regions,
+                ..v.clone()
+            };
+        }
+        for p in v.regions {
+            match out.regions.iter_mut().find(|q| q.name == p.name) {
+                Some(q)
+                    if p.last_seen_seconds_ago.unwrap_or(u64::MAX)
+                        < q.last_seen_seconds_ago.unwrap_or(u64::MAX) =>
+                {
+                    *q = p
+                }
+                Some(_) => {}
+                None => out.regions.push(p),
+            }
+        }
+        if out.accepted.is_empty() {
+            out.accepted = v.accepted;
+        }
+    }
+    out
 }
 
 /// One line of `region list`.
@@ -91,8 +161,14 @@ pub fn rows(pool_name: &str, r: &RegionStatus) -> Vec<Row> {
             position: seen.map(|p| p.acknowledged_index),
             lag_entries: seen.map(|p| p.lag_entries),
             note: match seen.and_then(|p| p.last_seen_seconds_ago) {
-                Some(s) => format!("seen {s}s ago by this partition; CA sha256 {}", short(&a.ca_sha256)),
-                None => format!("not seen by this partition; CA sha256 {}", short(&a.ca_sha256)),
+                Some(s) => format!(
+                    "seen {s}s ago by this partition; CA sha256 {}",
+                    short(&a.ca_sha256)
+                ),
+                None => format!(
+                    "not seen by this partition; CA sha256 {}",
+                    short(&a.ca_sha256)
+                ),
             },
         });
     }
@@ -128,7 +204,10 @@ pub fn list_text(rows: &[Row]) -> String {
 pub fn status_text(pool_name: &str, r: &RegionStatus) -> String {
     let mut s = String::new();
     let mut line = |k: &str, v: String| s.push_str(&format!("{k:<24}{v}\n"));
-    line("region", r.name.clone().unwrap_or_else(|| pool_name.to_string()));
+    line(
+        "region",
+        r.name.clone().unwrap_or_else(|| pool_name.to_string()),
+    );
     line("role", role(r.role).into());
     line("epoch", r.epoch.to_string());
     if r.role == RegionRole::Replica {
@@ -174,7 +253,33 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[1].position, rows[1].lag_entries), (Some(40), Some(2)));
         let text = list_text(&rows);
-        assert!(text.contains("primary (this pool)") && text.contains("seen 0s ago"), "{text}");
+        assert!(
+            text.contains("primary (this pool)") && text.contains("seen 0s ago"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn partition_views_merge_into_the_furthest_position_and_the_freshest_acknowledgements() {
+        let seen = |ack, ago| PeerRegionStatus {
+            name: "b".into(),
+            acknowledged_index: ack,
+            lag_entries: 0,
+            last_seen_seconds_ago: ago,
+        };
+        let a = RegionStatus {
+            applied_primary_index: 5,
+            regions: vec![seen(3, Some(9))],
+            ..RegionStatus::default()
+        };
+        let b = RegionStatus {
+            applied_primary_index: 7,
+            regions: vec![seen(6, Some(0))],
+            ..RegionStatus::default()
+        };
+        let m = merge(vec![a, b]);
+        assert_eq!(m.applied_primary_index, 7);
+        assert_eq!(m.regions, vec![seen(6, Some(0))]);
     }
 
     #[test]

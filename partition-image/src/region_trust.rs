@@ -88,7 +88,9 @@ pub fn verify_chain(verifier: &dyn ClientCertVerifier, chain: &[CertificateDer<'
     let Some((ee, rest)) = chain.split_first() else {
         return false;
     };
-    verifier.verify_client_cert(ee, rest, UnixTime::now()).is_ok()
+    verifier
+        .verify_client_cert(ee, rest, UnixTime::now())
+        .is_ok()
 }
 
 type Verifiers = Vec<(String, Arc<dyn ClientCertVerifier>)>;
@@ -191,7 +193,10 @@ mod tests {
         );
         trust.sync(&accepted);
         assert_eq!(trust.region_of(&chain).as_deref(), Some("b"));
-        assert!(!verify_chain(chain_verifier(&a.cert_pem).unwrap().as_ref(), &chain));
+        assert!(!verify_chain(
+            chain_verifier(&a.cert_pem).unwrap().as_ref(),
+            &chain
+        ));
         assert_eq!(trust.region_of(&[]), None);
     }
 }

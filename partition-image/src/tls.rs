@@ -162,8 +162,11 @@ impl ReloadingAcceptor {
         let context = "the changed TLS files do not form a valid configuration; still serving the previous certificate";
         let cfg = server_config(&cert, &key, Some(&ca)).context(context)?;
         let chain = PoolChain::new(&ca).context(context)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
-            (tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), digest, chain);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (
+            tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+            digest,
+            chain,
+        );
         Ok(true)
     }
 }

@@ -80,10 +80,16 @@ async fn a_replica_region_serves_the_primarys_keys_forwards_its_writes_and_signs
             "write through B partition {i} (forwarded to A, applied in B): {:.1} ms",
             ms(started.elapsed())
         );
-        assert!(b.has_key(i, &name).await, "B partition {i} reads its own write at once");
+        assert!(
+            b.has_key(i, &name).await,
+            "B partition {i} reads its own write at once"
+        );
         let (s, v) = a.call(0, Method::GET, &format!("/keys/{name}"), None).await;
         assert_eq!(s, StatusCode::OK, "the write landed in A: {v}");
-        assert_eq!(v["key"]["x"], created["key"]["x"], "the same key in both regions");
+        assert_eq!(
+            v["key"]["x"], created["key"]["x"],
+            "the same key in both regions"
+        );
     }
 
     // A signature made in B verifies with A's public key.
@@ -142,7 +148,10 @@ async fn a_replica_region_serves_the_primarys_keys_forwards_its_writes_and_signs
         "keystead_region_lag_seconds",
         "keystead_region_primary_reachable 1",
     ] {
-        assert!(metrics.contains(m), "{m} missing from B's metrics:\n{metrics}");
+        assert!(
+            metrics.contains(m),
+            "{m} missing from B's metrics:\n{metrics}"
+        );
     }
     // The join is audited on both sides.
     let joined_in_b = (0..N).any(|i| {
@@ -155,7 +164,10 @@ async fn a_replica_region_serves_the_primarys_keys_forwards_its_writes_and_signs
             .iter()
             .any(|r| r["operation"] == "RegionJoin" && r["status"] == 200)
     });
-    assert!(joined_in_a && joined_in_b, "the join is audited in A and in B");
+    assert!(
+        joined_in_a && joined_in_b,
+        "the join is audited in A and in B"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +182,11 @@ async fn with_every_primary_partition_killed_the_replica_serves_reads_and_crypto
     }
     for i in 0..N {
         assert!(b.has_key(i, "before").await, "B partition {i} still reads");
-        assert_eq!(b.sign(i, "before").await, StatusCode::OK, "B partition {i} still signs");
+        assert_eq!(
+            b.sign(i, "before").await,
+            StatusCode::OK,
+            "B partition {i} still signs"
+        );
     }
     let (s, v) = b
         .call(
@@ -276,11 +292,19 @@ async fn a_pool_the_primary_does_not_name_cannot_obtain_the_domain() {
         (true, StatusCode::FORBIDDEN),
         (false, StatusCode::UNAUTHORIZED),
     ] {
-        let r = client(with_cert).post(&url).json(&body).send().await.unwrap();
+        let r = client(with_cert)
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status();
         let v: Value = r.json().await.unwrap_or(Value::Null);
         assert_eq!(status, want, "{v}");
-        assert!(v.get("blob").is_none(), "no domain for an unnamed pool: {v}");
+        assert!(
+            v.get("blob").is_none(),
+            "no domain for an unnamed pool: {v}"
+        );
         if with_cert {
             assert_eq!(v["error"]["code"], "RegionNotAccepted", "{v}");
         }

@@ -116,9 +116,7 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         // The accepted regions' CAs as the state has them now (rebuilt only on a change).
-        app.regions
-            .trust
-            .sync(&app.store.read().region.accepted);
+        app.regions.trust.sync(&app.store.read().region.accepted);
         tokio::spawn(connection(
             tcp,
             peer,

@@ -535,6 +535,23 @@ fn announce(opts: &LocalOptions, pool: &PoolFile) -> anyhow::Result<()> {
         pool.admin_token_file.display()
     );
     println!();
+    if let Some(primary) = &opts.extend {
+        println!(
+            "This pool is region '{}', a replica region of the pool of {}: it receives the primary's",
+            opts.pool_name,
+            primary.display()
+        );
+        println!(
+            "security domain when it joins (no ceremony) and follows its changes; writes sent"
+        );
+        println!("here are forwarded to the primary. The primary's admin token works here too.");
+        println!(
+            "  kubectl hsm --pool {} region status",
+            dir.join("pool.json").display()
+        );
+        println!("Stop with Ctrl-C; run the same command again to resume this pool.");
+        return Ok(());
+    }
     println!("Next steps (security-domain ceremony, a role for key operations, a first key):");
     println!(
         "  alias khsm=\"kubectl hsm --pool {}\"",

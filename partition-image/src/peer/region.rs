@@ -35,6 +35,19 @@ fn refuse(status: StatusCode, code: &str, msg: &str) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// A refused request (small, unlike a `Response`, for `Result`s).
+struct Refusal(StatusCode, &'static str, String);
+
+impl Refusal {
+    fn bad(msg: String) -> Refusal {
+        Refusal(StatusCode::BAD_REQUEST, "BadParameter", msg)
+    }
+
+    fn into_response(self) -> Response {
+        refuse(self.0, self.1, &self.2)
+    }
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(b) => (
@@ -165,15 +178,11 @@ async fn serve(
             );
         }
     };
-    let num = |n: &str, default: u64| -> Result<u64, Response> {
+    let num = |n: &str, default: u64| -> Result<u64, Refusal> {
         match q(n) {
             None => Ok(default),
             Some(v) => v.parse().map_err(|_| {
-                refuse(
-                    StatusCode::BAD_REQUEST,
-                    "BadParameter",
-                    &format!("{n} must be a non-negative integer, got '{v}'"),
-                )
+                Refusal::bad(format!("{n} must be a non-negative integer, got '{v}'"))
             }),
         }
     };
@@ -181,7 +190,7 @@ async fn serve(
         ($e:expr, $op:expr) => {
             match $e {
                 Ok(v) => v,
-                Err(r) => return (r, $op, None),
+                Err(r) => return (r.into_response(), $op, None),
             }
         };
     }
@@ -195,7 +204,11 @@ async fn serve(
             let max = tri!(num("max", 256), "RegionFeed").min(MAX_ENTRIES as u64) as usize;
             let wait = Duration::from_millis(tri!(num("waitMs", 0), "RegionFeed")).min(MAX_WAIT);
             app.regions.acknowledged(region, after);
-            (feed(app, &replica, after, max, wait).await, "RegionFeed", None)
+            (
+                feed(app, &replica, after, max, wait).await,
+                "RegionFeed",
+                None,
+            )
         }
         (Method::GET, "/internal/region/position") => {
             let primary_index = replica.sm.applied().map(|l| l.index).unwrap_or(0);
@@ -214,9 +227,16 @@ async fn serve(
                     // One consistent copy: the state and its applied index under one lock.
                     let (state, through) = {
                         let st = replica.sm.state.read().unwrap_or_else(|p| p.into_inner());
-                        (st.clone(), replica.sm.applied().map(|l| l.index).unwrap_or(0))
+                        (
+                            st.clone(),
+                            replica.sm.applied().map(|l| l.index).unwrap_or(0),
+                        )
                     };
-                    json(&app.regions.sessions.start(state, through, crate::region::EPOCH))
+                    json(
+                        &app.regions
+                            .sessions
+                            .start(state, through, crate::region::EPOCH),
+                    )
                 }
                 Some(s) => {
                     let page = tri!(num("page", 0), "RegionSnapshot");
@@ -238,21 +258,20 @@ async fn serve(
             (forward(&replica, cmd).await, "RegionWriteForwarded", key)
         }
         _ => (
-            refuse(StatusCode::NOT_FOUND, "NotFound", "no such region operation"),
+            refuse(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "no such region operation",
+            ),
             "Region",
             None,
         ),
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| {
-        refuse(
-            StatusCode::BAD_REQUEST,
-            "BadParameter",
-            &format!("the region request does not parse: {e}"),
-        )
-    })
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body)
+        .map_err(|e| Refusal::bad(format!("the region request does not parse: {e}")))
 }
 
 /// The key a forwarded command names (for the audit record).

@@ -23,7 +23,9 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// and pull; every partition runs it, so a new leader takes over within a round.
 pub async fn run(app: Arc<App>, link: Arc<PrimaryLink>) {
     let Some(replica) = app.store.replica().cloned() else {
-        tracing::error!("a replica region needs a replicated pool (peers); not following the primary");
+        tracing::error!(
+            "a replica region needs a replicated pool (peers); not following the primary"
+        );
         return;
     };
     loop {
@@ -35,7 +37,10 @@ pub async fn run(app: Arc<App>, link: Arc<PrimaryLink>) {
         let result = match joined {
             None => join(&app, &link).await,
             Some(r) if r.epoch != super::EPOCH => {
-                tracing::error!(epoch = r.epoch, "this region follows another epoch of its primary; not applying");
+                tracing::error!(
+                    epoch = r.epoch,
+                    "this region follows another epoch of its primary; not applying"
+                );
                 Err(anyhow::anyhow!("epoch mismatch"))
             }
             Some(r) => pull(&app, &link, r.applied_primary_index).await,
@@ -50,7 +55,10 @@ pub async fn run(app: Arc<App>, link: Arc<PrimaryLink>) {
 /// A partition that does not lead: keep what its status says of the primary fresh.
 async fn link_idle(app: &App, link: &PrimaryLink) {
     if let Ok(p) = link.position().await {
-        link.saw(p.primary_index, app.store.read().region.applied_primary_index());
+        link.saw(
+            p.primary_index,
+            app.store.read().region.applied_primary_index(),
+        );
     }
     tokio::time::sleep(IDLE_POLL).await;
 }
@@ -125,7 +133,11 @@ async fn pull(app: &Arc<App>, link: &PrimaryLink, after: u64) -> anyhow::Result<
         super::EPOCH
     );
     if feed.snapshot_required {
-        tracing::warn!(after, primary_index = feed.primary_index, "the primary's log no longer reaches this region's position; catching up from a snapshot");
+        tracing::warn!(
+            after,
+            primary_index = feed.primary_index,
+            "the primary's log no longer reaches this region's position; catching up from a snapshot"
+        );
         return bootstrap(app, link).await;
     }
     link.saw(feed.primary_index, after);
@@ -178,6 +190,10 @@ async fn bootstrap(app: &Arc<App>, link: &PrimaryLink) -> anyhow::Result<()> {
         })
         .await?;
     link.saw(through, through);
-    tracing::info!(through, keys = key_count, "caught up from the primary's snapshot");
+    tracing::info!(
+        through,
+        keys = key_count,
+        "caught up from the primary's snapshot"
+    );
     Ok(())
 }

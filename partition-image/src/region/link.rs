@@ -8,8 +8,7 @@ use crate::consensus::ProposeError;
 use crate::consensus::region::{Forwarded, PrimaryForwarder};
 use crate::state::Command;
 use keystead_core::region::{
-    Feed, ForwardReply, JoinReply, JoinRequest, PRIMARY_UNREACHABLE, PrimarySource,
-    SnapshotPage,
+    Feed, ForwardReply, JoinReply, JoinRequest, PRIMARY_UNREACHABLE, PrimarySource, SnapshotPage,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Mutex;
@@ -17,11 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// A page of the primary's state as it streams (key records, deleted keys, RBAC).
-pub type StatePage = SnapshotPage<
-    crate::state::KeyRecord,
-    crate::state::DeletedKey,
-    keystead_core::rbac::RbacState,
->;
+pub type StatePage =
+    SnapshotPage<crate::state::KeyRecord, crate::state::DeletedKey, keystead_core::rbac::RbacState>;
 
 /// Why a call to the primary failed.
 #[derive(Debug, thiserror::Error)]
@@ -233,11 +229,11 @@ impl PrimaryForwarder for PrimaryLink {
                 Err(LinkError::Unreachable { detail, .. }) => Err(
                     ProposeError::PrimaryUnreachable(self.unreachable_message(&detail)),
                 ),
-                Err(LinkError::Status { status, body, .. }) if status == 503 => {
-                    Err(ProposeError::PrimaryUnreachable(self.unreachable_message(
-                        &format!("it cannot commit changes now: {body}"),
-                    )))
-                }
+                Err(LinkError::Status {
+                    status: 503, body, ..
+                }) => Err(ProposeError::PrimaryUnreachable(self.unreachable_message(
+                    &format!("it cannot commit changes now: {body}"),
+                ))),
                 Err(e @ LinkError::Status { .. }) => Err(ProposeError::Storage(format!(
                     "the primary region refused the forwarded change: {e}"
                 ))),

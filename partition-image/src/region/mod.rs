@@ -89,6 +89,9 @@ impl Regions {
             epoch: EPOCH,
             ..RegionStatus::default()
         };
+        if st.region.replica.is_none() && self.link.is_none() {
+            s.primary_index = applied;
+        }
         if let Some(r) = &st.region.replica {
             s.role = RegionRole::Replica;
             s.epoch = r.epoch;

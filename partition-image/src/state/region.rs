@@ -96,8 +96,7 @@ impl PoolState {
             Command::PutRegion { name, ca_pem, now } => {
                 if self.region.replica.is_some() {
                     return Err(StateError::RegionRole(
-                        "a replica region does not accept regions; name them on the primary"
-                            .into(),
+                        "a replica region does not accept regions; name them on the primary".into(),
                     ));
                 }
                 let added = self

@@ -180,7 +180,12 @@ impl LogStore {
 
     /// The entries after `after` up to `upto` (at most `max`), for a replica region's feed;
     /// `None` when the log was purged past `after` (the region needs a snapshot).
-    pub fn entries_after(&self, after: u64, upto: u64, max: usize) -> Option<Vec<Entry<TypeConfig>>> {
+    pub fn entries_after(
+        &self,
+        after: u64,
+        upto: u64,
+        max: usize,
+    ) -> Option<Vec<Entry<TypeConfig>>> {
         let i = self.lock();
         if i.last_purged.is_some_and(|p| p.index > after) {
             return None;

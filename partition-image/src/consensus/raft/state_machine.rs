@@ -314,7 +314,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.shared.activation_changed.notify_waiters();
         }
         self.shared.region_applied.send_if_modified(|v| {
-            let now = self.shared.state.read().unwrap_or_else(|p| p.into_inner()).region.applied_primary_index();
+            let now = self
+                .shared
+                .state
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .region
+                .applied_primary_index();
             let changed = *v != now;
             *v = now;
             changed
@@ -362,7 +368,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 (meta.last_log_id, meta.last_membership.clone());
         }
         self.shared.activation_changed.notify_waiters();
-        let index = self.shared.state.read().unwrap_or_else(|p| p.into_inner()).region.applied_primary_index();
+        let index = self
+            .shared
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .region
+            .applied_primary_index();
         self.shared.region_applied.send_replace(index);
         Ok(())
     }
