@@ -11,7 +11,15 @@ use axum::response::Response;
 use keystead_core::rbac::DataAction;
 use keystead_core::region::{AcceptRegionRequest, AcceptedRegion, check_region_name};
 
-fn list_body(ctx: &Ctx) -> Vec<AcceptedRegion> {
+/// The accepted regions, as every operation answers them.
+fn answer(ctx: &Ctx) -> Response {
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "value": accepted(ctx) }),
+    )
+}
+
+fn accepted(ctx: &Ctx) -> Vec<AcceptedRegion> {
     ctx.app
         .store
         .read()
@@ -30,10 +38,7 @@ fn list_body(ctx: &Ctx) -> Vec<AcceptedRegion> {
 pub fn list(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.operation = "RegionList";
     ctx.authorize(DataAction::SecurityDomainDownloadRead, "/")?;
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({ "value": list_body(ctx) }),
-    ))
+    Ok(answer(ctx))
 }
 
 /// `PUT /admin/regions/{name}` with an [`AcceptRegionRequest`].
@@ -63,10 +68,7 @@ pub async fn put(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
             now: crate::service::now(),
         })
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({ "value": list_body(ctx) }),
-    ))
+    Ok(answer(ctx))
 }
 
 /// `DELETE /admin/regions/{name}`: the region's partitions are refused from now on.
@@ -80,8 +82,5 @@ pub async fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
             name: name.to_string(),
         })
         .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({ "value": list_body(ctx) }),
-    ))
+    Ok(answer(ctx))
 }

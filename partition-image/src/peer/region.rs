@@ -7,12 +7,12 @@
 //! checked after the TLS handshake (`region_trust`). Joins, forwarded writes and every
 //! refusal of a presented certificate are audited.
 
+use super::json;
 use crate::audit::AuditRecord;
 use crate::region_trust::ClientIdentity;
 use crate::service::app::App;
 use crate::state::{Activation, Command};
 use crate::tls::ClientAddr;
-use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -45,22 +45,6 @@ impl Refusal {
 
     fn into_response(self) -> Response {
         refuse(self.0, self.1, &self.2)
-    }
-}
-
-fn json<T: serde::Serialize>(v: &T) -> Response {
-    match serde_json::to_vec(v) {
-        Ok(b) => (
-            StatusCode::OK,
-            [("content-type", "application/json")],
-            Body::from(b),
-        )
-            .into_response(),
-        Err(_) => refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            "cannot encode the answer",
-        ),
     }
 }
 

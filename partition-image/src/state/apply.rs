@@ -15,6 +15,17 @@ impl PoolState {
         }
     }
 
+    /// Activation by the domain `fingerprint` is possible: not activated by another one.
+    pub(super) fn check_activation(&self, fingerprint: &str) -> Result<(), StateError> {
+        match &self.activation {
+            Activation::Activated {
+                fingerprint: current,
+                ..
+            } if current != fingerprint => Err(StateError::AlreadyActivated(current.clone())),
+            _ => Ok(()),
+        }
+    }
+
     fn retention_secs(&self) -> i64 {
         // Saturating: a command from a peer or from disk may carry any number (fuzz target
         // `state_apply`); an overflow must not panic or wrap into the past.
@@ -332,14 +343,7 @@ impl PoolState {
                 fingerprint,
                 now,
             } => {
-                if let Activation::Activated {
-                    fingerprint: current,
-                    ..
-                } = &self.activation
-                    && current != fingerprint
-                {
-                    return Err(StateError::AlreadyActivated(current.clone()));
-                }
+                self.check_activation(fingerprint)?;
                 self.activation = Activation::Activated {
                     domain_id: domain_id.clone(),
                     fingerprint: fingerprint.clone(),

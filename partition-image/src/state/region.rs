@@ -128,14 +128,7 @@ impl PoolState {
                 settings,
                 now,
             } => {
-                if let Activation::Activated {
-                    fingerprint: current,
-                    ..
-                } = &self.activation
-                    && current != fingerprint
-                {
-                    return Err(StateError::AlreadyActivated(current.clone()));
-                }
+                self.check_activation(fingerprint)?;
                 if !self.region.accepted.is_empty() {
                     return Err(StateError::RegionRole(
                         "this pool accepts regions (it is a primary); it cannot join another"

@@ -192,6 +192,22 @@ impl StateMachine {
 }
 
 impl StateMachine {
+    /// Tell waiting writers (`consensus::region`) the region position now applied.
+    fn publish_region_applied(&self) {
+        let now = self
+            .shared
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .region
+            .applied_primary_index();
+        self.shared.region_applied.send_if_modified(|v| {
+            let changed = *v != now;
+            *v = now;
+            changed
+        });
+    }
+
     /// After a region command: tell the keyring of each primary entry applied (it evicts
     /// material as for a local command) and keep the entries' outcomes for their proposers.
     /// Called with the state's write lock held (through `apply`).
@@ -313,18 +329,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if activation_changed {
             self.shared.activation_changed.notify_waiters();
         }
-        self.shared.region_applied.send_if_modified(|v| {
-            let now = self
-                .shared
-                .state
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .region
-                .applied_primary_index();
-            let changed = *v != now;
-            *v = now;
-            changed
-        });
+        self.publish_region_applied();
         Ok(out)
     }
 
@@ -368,14 +373,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 (meta.last_log_id, meta.last_membership.clone());
         }
         self.shared.activation_changed.notify_waiters();
-        let index = self
-            .shared
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .region
-            .applied_primary_index();
-        self.shared.region_applied.send_replace(index);
+        self.publish_region_applied();
         Ok(())
     }
 
