@@ -26,6 +26,7 @@ pub mod pool_file;
 pub mod principal;
 pub mod rbac;
 pub mod region;
+pub mod region_token;
 pub mod sd;
 pub mod status;
 #[cfg(feature = "store")]

@@ -168,6 +168,13 @@ pub struct Feed<C> {
     pub through: u64,
     /// `after` is below the primary's compacted log: bootstrap from a snapshot.
     pub snapshot_required: bool,
+    /// The primary's pool id.
+    #[serde(default)]
+    pub pool_id: String,
+    /// A promoted primary: the index of its promotion (a demoted old primary follows it
+    /// from there, without re-seeding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<u64>,
 }
 
 /// `GET /internal/region/snapshot?session=S&page=P`: one page of a consistent copy of the
@@ -197,6 +204,34 @@ pub struct SnapshotPage<K, D, R> {
 #[serde(rename_all = "camelCase")]
 pub struct ForwardReply {
     pub index: u64,
+}
+
+/// `POST /admin/regions/demote` (on the primary): stop taking writes, hand over to `to`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DemoteRequest {
+    /// The accepted region to promote next.
+    pub to: String,
+    /// Its partitions' endpoints (this pool follows it once it is promoted; their server
+    /// certificates chain to the CA the region was accepted with).
+    pub endpoints: Vec<String>,
+}
+
+/// `POST /admin/regions/demote` answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DemoteReply {
+    /// The signed demotion token to promote `to` with.
+    pub token: String,
+    pub epoch: u64,
+    pub last_index: u64,
+}
+
+/// `POST /admin/regions/promote` (on a replica region).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PromoteRequest {
+    pub token: String,
 }
 
 /// This pool's role.
@@ -241,6 +276,9 @@ pub struct RegionStatus {
     pub primary_reachable: bool,
     /// Milliseconds since the last successful contact with the primary.
     pub last_contact_ms_ago: Option<u64>,
+    /// A demoted primary: the region it hands over to, and the token to promote it with.
+    pub demoted_to: Option<String>,
+    pub demotion_token: Option<String>,
     /// Primary: the accepted regions and, where this partition served them, their lag.
     pub accepted: Vec<AcceptedRegion>,
     pub regions: Vec<PeerRegionStatus>,

@@ -4,7 +4,7 @@
 
 use crate::client::{Output, PoolArgs, print_json};
 use clap::Subcommand;
-use keystead_core::region::{RegionRole, RegionStatus};
+use keystead_core::region::{DemoteReply, DemoteRequest, PromoteRequest, RegionRole, RegionStatus};
 use keystead_core::status::PoolStatus;
 
 #[derive(Subcommand, Debug)]
@@ -13,9 +13,55 @@ pub enum RegionCommand {
     List,
     /// This pool's region role, epoch, applied primary index and lag.
     Status,
+    /// Planned switchover, step 1 (on the primary): stop taking changes, hand over to an
+    /// accepted region; prints the demotion token to promote it with.
+    Demote {
+        /// The accepted region to promote next.
+        #[arg(long)]
+        to: String,
+        /// Its pool file (a local pool), for its endpoints.
+        #[arg(long, conflicts_with = "endpoint_of_new_primary")]
+        to_pool: Option<std::path::PathBuf>,
+        /// Its partitions' endpoints (repeat), when there is no pool file.
+        #[arg(long = "new-primary-endpoint")]
+        endpoint_of_new_primary: Vec<String>,
+    },
+    /// Planned switchover, step 2 (on the region named by the token): become the primary
+    /// once every change of the demoted primary is applied here.
+    Promote {
+        /// The demotion token `region demote` printed (or region.demotionToken of the
+        /// demoted primary's status).
+        #[arg(long)]
+        token: String,
+    },
 }
 
 pub async fn run(pool: &PoolArgs, cmd: RegionCommand) -> anyhow::Result<()> {
+    let cmd = match cmd {
+        RegionCommand::Demote {
+            to,
+            to_pool,
+            endpoint_of_new_primary,
+        } => return demote(pool, to, to_pool, endpoint_of_new_primary).await,
+        RegionCommand::Promote { token } => {
+            let c = pool.client()?;
+            let status: RegionStatus = c
+                .call(
+                    reqwest::Method::POST,
+                    "/admin/regions/promote",
+                    Some(&PromoteRequest { token }),
+                )
+                .await?;
+            return match pool.output {
+                Output::Json => print_json(&status),
+                Output::Text => {
+                    print!("{}", status_text("", &status));
+                    Ok(())
+                }
+            };
+        }
+        other => other,
+    };
     let (s, r) = pool_view(pool).await?;
     match (cmd, pool.output) {
         (RegionCommand::Status, Output::Json) => print_json(&r),
@@ -26,6 +72,43 @@ pub async fn run(pool: &PoolArgs, cmd: RegionCommand) -> anyhow::Result<()> {
         }
         (RegionCommand::List, Output::Text) => {
             print!("{}", list_text(&rows(&s.pool_name, &r)));
+            Ok(())
+        }
+        (RegionCommand::Demote { .. } | RegionCommand::Promote { .. }, _) => Ok(()),
+    }
+}
+
+async fn demote(
+    pool: &PoolArgs,
+    to: String,
+    to_pool: Option<std::path::PathBuf>,
+    endpoints: Vec<String>,
+) -> anyhow::Result<()> {
+    let endpoints = match to_pool {
+        Some(p) => keystead_core::pool_file::PoolFile::load(&p)?.endpoints,
+        None => endpoints,
+    };
+    anyhow::ensure!(
+        !endpoints.is_empty(),
+        "give the new primary's endpoints: --to-pool ITS/pool.json or --new-primary-endpoint URL (repeat)"
+    );
+    let c = pool.client()?;
+    let reply: DemoteReply = c
+        .call(
+            reqwest::Method::POST,
+            "/admin/regions/demote",
+            Some(&DemoteRequest { to, endpoints }),
+        )
+        .await?;
+    match pool.output {
+        Output::Json => print_json(&reply),
+        Output::Text => {
+            println!(
+                "demoted at index {} (next epoch {})",
+                reply.last_index, reply.epoch
+            );
+            println!("promote the new primary with:");
+            println!("  kubectl hsm region promote --token {}", reply.token);
             Ok(())
         }
     }
@@ -222,6 +305,13 @@ pub fn status_text(pool_name: &str, r: &RegionStatus) -> String {
     } else {
         let names: Vec<&str> = r.accepted.iter().map(|a| a.name.as_str()).collect();
         line("acceptedRegions", names.join(", "));
+        if let Some(to) = &r.demoted_to {
+            line("demotedTo", to.clone());
+            line(
+                "demotionToken",
+                r.demotion_token.clone().unwrap_or_default(),
+            );
+        }
     }
     s
 }

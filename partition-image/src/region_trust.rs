@@ -148,13 +148,17 @@ impl RegionTrust {
     }
 }
 
-/// Who the client of a connection is, as the TLS layer established it.
+/// The client certificate chain of a connection (its key proven in the handshake), for the
+/// region API to classify at each request — the accepted regions may change while a
+/// connection stays open.
 #[derive(Clone, Debug, Default)]
-pub struct ClientIdentity {
-    /// A certificate was presented (and its key proven), whatever issued it.
-    pub presented: bool,
-    /// The accepted region whose CA issued it.
-    pub region: Option<String>,
+pub struct ClientChain(pub Arc<Vec<CertificateDer<'static>>>);
+
+impl ClientChain {
+    /// A certificate was presented, whatever issued it.
+    pub fn presented(&self) -> bool {
+        !self.0.is_empty()
+    }
 }
 
 #[cfg(test)]

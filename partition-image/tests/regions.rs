@@ -33,6 +33,18 @@ where
     start.elapsed()
 }
 
+/// The end of every partition's log (on a failure).
+fn dump_logs(pools: &[&Cluster]) {
+    for c in pools {
+        for cfg in &c.configs {
+            let log = std::fs::read_to_string(cfg.with_file_name("stderr.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!("== {}\n{}", cfg.display(), tail.join("\n"));
+        }
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -322,4 +334,136 @@ async fn a_pool_the_primary_does_not_name_cannot_obtain_the_domain() {
         .filter(|r| r["operation"] == "RegionRefused" && r["status"] == 403)
         .count();
     assert!(refused >= 1, "the refusal is audited on the primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_under_continuous_writes_loses_nothing_and_the_old_primary_follows() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let (a, b) = two_regions().await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Writers through both regions, every partition, all the time.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (a, b, acked, stop) = (a.clone(), b.clone(), acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let name = format!("w{w}-{n}");
+                    n += 1;
+                    let region = if w % 2 == 0 { &a } else { &b };
+                    if region.create(n % N, &name).await.is_ok() {
+                        acked.lock().unwrap().push(name);
+                    }
+                }
+            })
+        })
+        .collect();
+    let count = || acked.lock().unwrap().len();
+    time_until("writes are acknowledged", 60, || async { count() >= 20 }).await;
+
+    let started = Instant::now();
+    let (s, v) = a
+        .call(
+            0,
+            Method::POST,
+            "/admin/regions/demote",
+            Some(json!({"to": "west", "endpoints": (0..N).map(|i| b.url(i)).collect::<Vec<_>>()})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    assert_eq!(v["epoch"], 2, "{v}");
+    // A forged or altered token is refused.
+    let mut forged = token.clone();
+    forged.insert(3, 'x');
+    let (s, _) = b
+        .call(
+            1,
+            Method::POST,
+            "/admin/regions/promote",
+            Some(json!({"token": forged})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = b
+        .call(
+            1,
+            Method::POST,
+            "/admin/regions/promote",
+            Some(json!({"token": token})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["role"].as_str(), v["epoch"].as_u64()),
+        (Some("Primary"), Some(2)),
+        "{v}"
+    );
+    let before = count();
+    time_until("writes continue after the switchover", 60, || async {
+        count() >= before + 20
+    })
+    .await;
+    println!(
+        "planned switchover: demote to promote {:.0} ms; {} writes acknowledged so far",
+        ms(started.elapsed()),
+        count()
+    );
+    // The old primary follows the new one (no re-seeding), and writes sent to it land in B.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(a.region(0).await, Some(r) if r["role"] == "Replica" && r["primary"] == "west" && r["epoch"] == 2)
+    {
+        if Instant::now() > deadline {
+            dump_logs(&[&a, &b]);
+            panic!("A does not follow B: {:?}", a.region(0).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let written_through_a = a
+        .create(2, "through-a-after")
+        .await
+        .expect("a write sent to A");
+    let (s, v) = b.call(0, Method::GET, "/keys/through-a-after", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["key"]["x"], written_through_a["key"]["x"]);
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Zero loss: every acknowledged write is in both regions.
+    let acked = acked.lock().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut missing = Vec::new();
+        for (k, name) in acked.iter().enumerate() {
+            for (c, region) in [(&a, "A"), (&b, "B")] {
+                if !c.has_key(k % N, name).await {
+                    missing.push(format!("{name} in {region} (partition {})", k % N));
+                }
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            dump_logs(&[&a, &b]);
+            panic!("acknowledged writes missing: {missing:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "{} acknowledged writes, all present in both regions",
+        acked.len()
+    );
+    let audited = |c: &Cluster, op: &str| {
+        (0..N).any(|i| {
+            c.audit_records(i)
+                .iter()
+                .any(|r| r["operation"] == op && r["status"] == 200)
+        })
+    };
+    assert!(audited(&a, "RegionDemote") && audited(&b, "RegionPromote"));
 }

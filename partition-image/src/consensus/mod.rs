@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLockReadGuard};
 pub struct Store {
     backend: Backend,
     /// Set in a replica region: where region-replicated commands go.
-    forwarder: std::sync::OnceLock<Arc<dyn region::PrimaryForwarder>>,
+    forwarder: std::sync::RwLock<Option<Arc<dyn region::PrimaryForwarder>>>,
 }
 
 enum Backend {

@@ -21,18 +21,22 @@ pub trait PrimaryForwarder: Send + Sync {
 }
 
 impl Store {
-    /// Make this store a replica region's: region-replicated commands go to the primary
-    /// from now on (once; later calls are ignored).
-    pub fn set_primary_forwarder(&self, f: Arc<dyn PrimaryForwarder>) {
-        let _ = self.forwarder.set(f);
+    /// Route region-replicated commands to a primary region from now on (`None`: this pool
+    /// is a primary and commits them itself). A write that races the switch is refused by
+    /// the state machine's region fence, the same way on every partition.
+    pub fn set_primary_forwarder(&self, f: Option<Arc<dyn PrimaryForwarder>>) {
+        *self.forwarder.write().unwrap_or_else(|p| p.into_inner()) = f;
     }
 
     /// Whether `cmd` is to be forwarded to the primary region.
     pub(super) fn forwarder_for(&self, cmd: &Command) -> Option<Arc<dyn PrimaryForwarder>> {
+        if !cmd.is_region_replicated() {
+            return None;
+        }
         self.forwarder
-            .get()
-            .filter(|_| cmd.is_region_replicated())
-            .cloned()
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Forward `cmd` to the primary and wait until this region has applied it.

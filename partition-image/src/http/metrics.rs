@@ -155,7 +155,7 @@ struct RegionLabels {
 fn region_metrics(r: &mut Registry, app: &App) {
     let status = {
         let st = app.store.read();
-        app.regions.status(&st, app.store.applied_index())
+        app.regions.status(&st, app.store.applied_index(), None)
     };
     let Some(s) = status else {
         return;

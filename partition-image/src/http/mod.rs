@@ -194,6 +194,8 @@ async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
         R::ListRegions => regions::list(ctx),
         R::PutRegion { name } => regions::put(ctx, &name).await,
         R::DeleteRegion { name } => regions::delete(ctx, &name).await,
+        R::DemoteRegion => regions::demote(ctx).await,
+        R::PromoteRegion => regions::promote(ctx).await,
     }
 }
 

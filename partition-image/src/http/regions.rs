@@ -1,5 +1,6 @@
 //! `/admin/regions`: the regions a primary accepts (docs/regions.md) — list, name one with
-//! its pool CA, remove one. Authorised like membership: listing needs
+//! its pool CA, remove one — and the planned switchover (demote the primary, promote a
+//! region with the demotion token). Authorised like membership: listing needs
 //! `securitydomain/download/read`, a change `securitydomain/download/action` at `/` (a named
 //! region obtains the security domain).
 
@@ -9,7 +10,9 @@ use crate::state::Command;
 use axum::http::StatusCode;
 use axum::response::Response;
 use keystead_core::rbac::DataAction;
-use keystead_core::region::{AcceptRegionRequest, AcceptedRegion, check_region_name};
+use keystead_core::region::{
+    AcceptRegionRequest, AcceptedRegion, DemoteRequest, PromoteRequest, check_region_name,
+};
 
 /// The accepted regions, as every operation answers them.
 fn answer(ctx: &Ctx) -> Response {
@@ -53,7 +56,7 @@ pub async fn put(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
             "caCertificate is not a usable CA certificate (PEM): {e:#}"
         ))
     })?;
-    if ctx.app.regions.link.is_some() {
+    if ctx.app.regions.link().is_some() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "RegionNotPrimary",
@@ -83,4 +86,28 @@ pub async fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         })
         .await?;
     Ok(answer(ctx))
+}
+
+/// `POST /admin/regions/demote` with a [`DemoteRequest`]: the demotion token.
+pub async fn demote(ctx: &mut Ctx) -> Result<Response, ApiError> {
+    ctx.audit.operation = "RegionDemote";
+    ctx.authorize(DataAction::SecurityDomainDownload, "/")?;
+    let req: DemoteRequest = ctx.json()?;
+    ctx.audit.member = Some(req.to.clone());
+    let reply = crate::region::switchover::demote(&ctx.app, &req).await?;
+    Ok(json_response(StatusCode::OK, &reply))
+}
+
+/// `POST /admin/regions/promote` with a [`PromoteRequest`]: this region's status after.
+pub async fn promote(ctx: &mut Ctx) -> Result<Response, ApiError> {
+    ctx.audit.operation = "RegionPromote";
+    ctx.authorize(DataAction::SecurityDomainDownload, "/")?;
+    let req: PromoteRequest = ctx.json()?;
+    crate::region::switchover::promote(&ctx.app, &req.token).await?;
+    let st = ctx.app.store.read();
+    let status = ctx
+        .app
+        .regions
+        .status(&st, ctx.app.store.applied_index(), None);
+    Ok(json_response(StatusCode::OK, &status))
 }

@@ -142,6 +142,10 @@ pub enum Route {
     DeleteRegion {
         name: String,
     },
+    /// `POST /admin/regions/demote`
+    DemoteRegion,
+    /// `POST /admin/regions/promote`
+    PromoteRegion,
 }
 
 impl Route {
@@ -209,6 +213,8 @@ impl Route {
             R::ListRegions => "RegionList",
             R::PutRegion { .. } => "RegionAccept",
             R::DeleteRegion { .. } => "RegionRemove",
+            R::DemoteRegion => "RegionDemote",
+            R::PromoteRegion => "RegionPromote",
         }
     }
 
@@ -239,7 +245,9 @@ impl Route {
             | R::RemoveMember { .. }
             | R::ReplaceMember { .. }
             | R::PutRegion { .. }
-            | R::DeleteRegion { .. } => true,
+            | R::DeleteRegion { .. }
+            | R::DemoteRegion
+            | R::PromoteRegion => true,
             R::Rbac { method, .. } => *method != Method::GET,
             R::GetKey { .. }
             | R::ListKeys
@@ -402,6 +410,8 @@ pub fn parse(method: &Method, path: &str) -> Option<Route> {
         },
         ["admin", "status"] if m == Method::GET => Route::AdminStatus,
         ["admin", "regions"] | ["admin", "regions", ""] if m == Method::GET => Route::ListRegions,
+        ["admin", "regions", "demote"] if m == Method::POST => Route::DemoteRegion,
+        ["admin", "regions", "promote"] if m == Method::POST => Route::PromoteRegion,
         ["admin", "regions", name] if m == Method::PUT && !name.is_empty() => Route::PutRegion {
             name: name.to_string(),
         },

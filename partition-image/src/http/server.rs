@@ -121,7 +121,6 @@ pub async fn serve(
             tcp,
             peer,
             tls.acceptor(),
-            app.regions.trust.clone(),
             router.clone(),
             limits.clone(),
             slot,
@@ -136,7 +135,6 @@ async fn connection(
     tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     (acceptor, pool_chain): (TlsAcceptor, crate::tls::PoolChain),
-    regions: Arc<crate::region_trust::RegionTrust>,
     router: Router,
     limits: Arc<Limits>,
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -154,17 +152,17 @@ async fn connection(
         }
     };
     // The handshake accepted any certificate whose key the client holds: a pool partition's
-    // name only for a chain to the pool CA; a region only for a chain to its accepted CA.
+    // name only for a chain to the pool CA; a region (decided per request, peer::region)
+    // only for a chain to its accepted CA.
     let chain = tls.get_ref().1.peer_certificates().unwrap_or(&[]);
     let cert_name = PeerCertName(if pool_chain.verifies(chain) {
         chain.first().and_then(|c| cert_common_name(c))
     } else {
         None
     });
-    let identity = crate::region_trust::ClientIdentity {
-        presented: !chain.is_empty(),
-        region: regions.region_of(chain),
-    };
+    let identity = crate::region_trust::ClientChain(std::sync::Arc::new(
+        chain.iter().map(|c| c.clone().into_owned()).collect(),
+    ));
     let activity = Arc::new(Activity::new());
     let svc = {
         let activity = activity.clone();

@@ -9,7 +9,7 @@
 
 use super::json;
 use crate::audit::AuditRecord;
-use crate::region_trust::ClientIdentity;
+use crate::region_trust::ClientChain;
 use crate::service::app::App;
 use crate::state::{Activation, Command};
 use crate::tls::ClientAddr;
@@ -62,14 +62,17 @@ pub async fn handle(app: Arc<App>, req: Request) -> Response {
         .get::<ClientAddr>()
         .map(|c| c.0.to_string())
         .unwrap_or_else(|| "unknown".into());
-    let identity = req
+    let chain = req
         .extensions()
-        .get::<ClientIdentity>()
+        .get::<ClientChain>()
         .cloned()
         .unwrap_or_default();
-    let (response, operation, key) = match &identity.region {
+    // The accepted regions as the state has them now (rebuilt only on a change).
+    app.regions.trust.sync(&app.store.read().region.accepted);
+    let region = app.regions.trust.region_of(&chain.0);
+    let (response, operation, key) = match &region {
         Some(region) => serve(&app, region, req).await,
-        None if identity.presented => (
+        None if chain.presented() => (
             refuse(
                 StatusCode::FORBIDDEN,
                 NOT_ACCEPTED,
@@ -89,12 +92,11 @@ pub async fn handle(app: Arc<App>, req: Request) -> Response {
         ),
     };
     let status = response.status();
-    if audited(&path) || (identity.presented && identity.region.is_none()) {
+    if audited(&path) || (chain.presented() && region.is_none()) {
         app.audit.record(AuditRecord {
             request_id: uuid::Uuid::new_v4().to_string(),
             partition: app.cfg.partition_id.clone(),
-            caller: identity
-                .region
+            caller: region
                 .as_ref()
                 .map(|r| format!("region:{r}"))
                 .unwrap_or_else(|| "anonymous".into()),
@@ -102,7 +104,7 @@ pub async fn handle(app: Arc<App>, req: Request) -> Response {
             method: method.to_string(),
             path,
             operation: operation.into(),
-            member: identity.region.clone(),
+            member: region.clone(),
             key_name: key,
             status: status.as_u16(),
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -125,7 +127,7 @@ async fn serve(
             None,
         );
     };
-    if app.store.read().region.replica.is_some() || app.regions.link.is_some() {
+    if !app.regions.serves_regions(&app.store.read()) {
         return (
             refuse(
                 StatusCode::CONFLICT,
@@ -148,6 +150,14 @@ async fn serve(
         .unwrap_or_default();
     let q = |n: &str| query.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
     let method = req.method().clone();
+    let (epoch, pool_id, promoted_at) = {
+        let st = app.store.read();
+        (
+            st.region.epoch(),
+            st.settings.pool_id.clone(),
+            st.region.promoted_at,
+        )
+    };
     let body = match axum::body::to_bytes(req.into_body(), BODY_LIMIT).await {
         Ok(b) => b,
         Err(_) => {
@@ -188,20 +198,20 @@ async fn serve(
             let max = tri!(num("max", 256), "RegionFeed").min(MAX_ENTRIES as u64) as usize;
             let wait = Duration::from_millis(tri!(num("waitMs", 0), "RegionFeed")).min(MAX_WAIT);
             app.regions.acknowledged(region, after);
-            (
-                feed(app, &replica, after, max, wait).await,
-                "RegionFeed",
-                None,
-            )
+            let mut f = feed(&replica, after, max, wait).await;
+            (f.epoch, f.pool_id, f.promoted_at) = (epoch, pool_id, promoted_at);
+            (json(&f), "RegionFeed", None)
         }
         (Method::GET, "/internal/region/position") => {
             let primary_index = replica.sm.applied().map(|l| l.index).unwrap_or(0);
             let f: Feed<Command> = Feed {
-                epoch: crate::region::EPOCH,
+                epoch,
                 primary_index,
                 entries: Vec::new(),
                 through: 0,
                 snapshot_required: false,
+                pool_id,
+                promoted_at,
             };
             (json(&f), "RegionPosition", None)
         }
@@ -216,15 +226,11 @@ async fn serve(
                             replica.sm.applied().map(|l| l.index).unwrap_or(0),
                         )
                     };
-                    json(
-                        &app.regions
-                            .sessions
-                            .start(state, through, crate::region::EPOCH),
-                    )
+                    json(&app.regions.sessions.start(state, through, epoch))
                 }
                 Some(s) => {
                     let page = tri!(num("page", 0), "RegionSnapshot");
-                    match app.regions.sessions.page(s, page, crate::region::EPOCH) {
+                    match app.regions.sessions.page(s, page, epoch) {
                         Some(p) => json(&p),
                         None => refuse(
                             StatusCode::NOT_FOUND,
@@ -301,7 +307,11 @@ fn join(app: &App, region: &str, r: &JoinRequest) -> Response {
         (
             domain_id.clone(),
             fingerprint.clone(),
-            (st.settings.pool_name.clone(), st.settings.pool_id.clone()),
+            (
+                app.regions.name(&st),
+                st.settings.pool_id.clone(),
+                st.region.epoch(),
+            ),
             ReplicatedSettings {
                 soft_delete_retention_days: st.settings.soft_delete_retention_days,
                 purge_protection: st.settings.purge_protection,
@@ -332,14 +342,9 @@ fn join(app: &App, region: &str, r: &JoinRequest) -> Response {
                 blob,
                 fingerprint,
                 domain_id,
-                primary: app
-                    .regions
-                    .config
-                    .as_ref()
-                    .map(|c| c.name.clone())
-                    .unwrap_or(pool.0),
+                primary: pool.0,
                 primary_pool_id: pool.1,
-                epoch: crate::region::EPOCH,
+                epoch: pool.2,
                 settings,
             })
         }
@@ -351,14 +356,14 @@ fn join(app: &App, region: &str, r: &JoinRequest) -> Response {
     }
 }
 
-/// The committed, region-replicated entries after `after` this partition has applied.
+/// The committed, region-replicated entries after `after` this partition has applied (the
+/// caller fills in the epoch, pool id and promotion index).
 async fn feed(
-    _app: &App,
     replica: &crate::consensus::raft::Replica,
     after: u64,
     max: usize,
     wait: Duration,
-) -> Response {
+) -> Feed<Command> {
     let applied = || replica.sm.applied().map(|l| l.index).unwrap_or(0);
     if applied() <= after && !wait.is_zero() {
         let _ = replica
@@ -367,15 +372,32 @@ async fn feed(
             .applied_index_at_least(Some(after + 1), "region feed")
             .await;
     }
-    let upto = applied();
+    // A demoted primary took no change after its demotion index (every later one was refused
+    // by its fence): its regions get nothing beyond it, so none of them applies one.
+    let demoted_at = replica
+        .sm
+        .state
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .region
+        .demoted
+        .as_ref()
+        .map(|d| d.last_index);
+    let upto = demoted_at.map_or(applied(), |l| applied().min(l));
+    if demoted_at.is_some_and(|l| after >= l) {
+        // Nothing will come: answer after the long poll, not at once (no busy loop).
+        tokio::time::sleep(wait).await;
+    }
     let Some(entries) = replica.log.entries_after(after, upto, max) else {
-        return json(&Feed::<Command> {
-            epoch: crate::region::EPOCH,
+        return Feed {
+            epoch: 0,
             primary_index: upto,
             entries: Vec::new(),
             through: after,
             snapshot_required: true,
-        });
+            pool_id: String::new(),
+            promoted_at: None,
+        };
     };
     let through = entries.last().map(|e| e.log_id.index).unwrap_or(after);
     let entries = entries
@@ -388,13 +410,15 @@ async fn feed(
             _ => None,
         })
         .collect();
-    json(&Feed {
-        epoch: crate::region::EPOCH,
+    Feed {
+        epoch: 0,
         primary_index: upto,
         entries,
         through,
         snapshot_required: false,
-    })
+        pool_id: String::new(),
+        promoted_at: None,
+    }
 }
 
 /// Commit a replica region's write here and answer its primary index.
@@ -404,6 +428,23 @@ async fn forward(replica: &crate::consensus::raft::Replica, cmd: Command) -> Res
             StatusCode::FORBIDDEN,
             "Forbidden",
             "only changes of keys and RBAC are forwarded by a region",
+        );
+    }
+    if let Some(d) = &replica
+        .sm
+        .state
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .region
+        .demoted
+    {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "RegionDemoted",
+            &format!(
+                "this primary was demoted and hands over to region '{}': retry once it is promoted",
+                d.to
+            ),
         );
     }
     match replica.propose_indexed(cmd).await {

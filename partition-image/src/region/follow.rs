@@ -6,7 +6,7 @@
 use super::link::{LinkError, PrimaryLink};
 use crate::audit::AuditRecord;
 use crate::service::app::App;
-use crate::state::Command;
+use crate::state::{Command, ReplicaOf};
 use keystead_core::region::JoinRequest;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,39 +15,51 @@ use std::time::Duration;
 const FEED_MAX: usize = 256;
 const FEED_WAIT: Duration = Duration::from_millis(1000);
 /// Pause after a failure (the primary unreachable, no leader here).
-const RETRY: Duration = Duration::from_millis(500);
-/// How often a partition that does not lead asks the primary for its position.
-const IDLE_POLL: Duration = Duration::from_secs(1);
+pub(super) const RETRY: Duration = Duration::from_millis(500);
+/// How often a partition that does not lead asks the primary for its position (and one
+/// that follows no primary looks again).
+pub(super) const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// Run for the life of the partition: only while it leads its region's group does it join
-/// and pull; every partition runs it, so a new leader takes over within a round.
-pub async fn run(app: Arc<App>, link: Arc<PrimaryLink>) {
+/// Run for the life of the partition: it follows a primary only while the pool is a replica
+/// region (configured, or after a switchover), and only while it leads its region's group
+/// does it join and pull; every partition runs it, so a new leader takes over within a round.
+pub async fn run(app: Arc<App>) {
     let Some(replica) = app.store.replica().cloned() else {
-        tracing::error!(
-            "a replica region needs a replicated pool (peers); not following the primary"
-        );
         return;
     };
+    let mut failures = 0u64;
     loop {
+        app.regions.reconcile(&app.store);
+        let Some(link) = app.regions.link() else {
+            tokio::time::sleep(IDLE_POLL).await;
+            continue;
+        };
         if !replica.is_leader() || !app.store.read().bootstrapped {
             link_idle(&app, &link).await;
             continue;
         }
-        let joined = app.store.read().region.replica.clone();
-        let result = match joined {
-            None => join(&app, &link).await,
-            Some(r) if r.epoch != super::EPOCH => {
-                tracing::error!(
-                    epoch = r.epoch,
-                    "this region follows another epoch of its primary; not applying"
-                );
-                Err(anyhow::anyhow!("epoch mismatch"))
-            }
-            Some(r) => pull(&app, &link, r.applied_primary_index).await,
+        let (joined, demoted) = {
+            let st = app.store.read();
+            (st.region.replica.clone(), st.region.demoted.clone())
         };
-        if let Err(e) = result {
-            tracing::debug!(error = %format!("{e:#}"), "region replication round failed; retrying");
-            tokio::time::sleep(RETRY).await;
+        let result = match (joined, demoted) {
+            (Some(r), _) => pull(&app, &link, &r).await,
+            (None, Some(d)) => super::switchover::follow_promoted(&app, &link, &d).await,
+            (None, None) => join(&app, &link).await,
+        };
+        match result {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                // The first failure and then one a minute: a primary that is down for long
+                // does not flood the log.
+                if failures.is_multiple_of(120) {
+                    tracing::warn!(error = %format!("{e:#}"), failures = failures + 1, "region replication round failed; retrying");
+                } else {
+                    tracing::debug!(error = %format!("{e:#}"), "region replication round failed; retrying");
+                }
+                failures += 1;
+                tokio::time::sleep(RETRY).await;
+            }
         }
     }
 }
@@ -116,8 +128,9 @@ async fn join(app: &Arc<App>, link: &PrimaryLink) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One feed round: apply what the primary has after `after`.
-async fn pull(app: &Arc<App>, link: &PrimaryLink, after: u64) -> anyhow::Result<()> {
+/// One feed round: apply what the primary has after this region's position.
+async fn pull(app: &Arc<App>, link: &PrimaryLink, r: &ReplicaOf) -> anyhow::Result<()> {
+    let after = r.applied_primary_index;
     let feed = match link.feed(after, FEED_MAX, FEED_WAIT).await {
         Ok(f) => f,
         Err(e @ LinkError::Unreachable { .. }) => {
@@ -127,10 +140,11 @@ async fn pull(app: &Arc<App>, link: &PrimaryLink, after: u64) -> anyhow::Result<
         Err(e) => return Err(e.into()),
     };
     anyhow::ensure!(
-        feed.epoch == super::EPOCH,
-        "the primary is at epoch {}, this region follows epoch {}",
+        feed.epoch == r.epoch,
+        "the primary '{}' is at epoch {}, this region follows epoch {}",
+        r.primary,
         feed.epoch,
-        super::EPOCH
+        r.epoch
     );
     if feed.snapshot_required {
         tracing::warn!(
@@ -159,7 +173,9 @@ async fn pull(app: &Arc<App>, link: &PrimaryLink, after: u64) -> anyhow::Result<
 async fn bootstrap(app: &Arc<App>, link: &PrimaryLink) -> anyhow::Result<()> {
     let id = uuid::Uuid::new_v4().to_string();
     app.store
-        .propose_local(Command::RestoreBegin { id: id.clone() })
+        .propose_local(Command::RegionStage {
+            command: Box::new(Command::RestoreBegin { id: id.clone() }),
+        })
         .await?;
     let mut page = link.snapshot_page(None, 0).await?;
     let (session, through, settings) = (page.session.clone(), page.through, page.settings.clone());
@@ -168,11 +184,13 @@ async fn bootstrap(app: &Arc<App>, link: &PrimaryLink) -> anyhow::Result<()> {
         let last = page.last;
         let next = page.page + 1;
         app.store
-            .propose_local(Command::RestoreStage {
-                id: id.clone(),
-                keys: page.keys,
-                deleted: page.deleted,
-                rbac: page.rbac.map(Box::new),
+            .propose_local(Command::RegionStage {
+                command: Box::new(Command::RestoreStage {
+                    id: id.clone(),
+                    keys: page.keys,
+                    deleted: page.deleted,
+                    rbac: page.rbac.map(Box::new),
+                }),
             })
             .await?;
         if last {

@@ -3,12 +3,11 @@
 //! trying the primary's endpoints in turn (the last one that answered first), and what the
 //! link has learnt (primary index, reachability) for the status and metrics.
 
-use crate::config::PartitionConfig;
 use crate::consensus::ProposeError;
 use crate::consensus::region::{Forwarded, PrimaryForwarder};
 use crate::state::Command;
 use keystead_core::region::{
-    Feed, ForwardReply, JoinReply, JoinRequest, PRIMARY_UNREACHABLE, PrimarySource, SnapshotPage,
+    Feed, ForwardReply, JoinReply, JoinRequest, PRIMARY_UNREACHABLE, SnapshotPage,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Mutex;
@@ -48,30 +47,33 @@ pub struct Progress {
     pub behind_since: Option<Instant>,
 }
 
+/// The primary a link goes to: its region name, endpoints and CA (PEM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub ca_pem: String,
+}
+
 pub struct PrimaryLink {
-    pub primary: PrimarySource,
+    pub primary: Target,
     http: reqwest::Client,
     preferred: AtomicUsize,
     progress: Mutex<Progress>,
 }
 
 impl PrimaryLink {
-    pub fn new(cfg: &PartitionConfig, primary: &PrimarySource) -> anyhow::Result<PrimaryLink> {
-        let (cert, key, _) = crate::tls::read_files(&cfg.tls)?;
-        let ca = std::fs::read_to_string(&primary.ca_file).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot read the primary region's CA {}: {e}",
-                primary.ca_file.display()
-            )
-        })?;
-        let tls = crate::tls::client_config(&ca, Some((&cert, &key)))?;
+    /// A link to `primary` presenting this partition's certificate (`tls`).
+    pub fn new(tls: &crate::config::TlsFiles, primary: Target) -> anyhow::Result<PrimaryLink> {
+        let (cert, key, _) = crate::tls::read_files(tls)?;
+        let tls = crate::tls::client_config(&primary.ca_pem, Some((&cert, &key)))?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
         Ok(PrimaryLink {
-            primary: primary.clone(),
+            primary,
             http,
             preferred: AtomicUsize::new(0),
             progress: Mutex::new(Progress::default()),

@@ -144,6 +144,7 @@ impl From<ProposeError> for Error {
                     S::AlreadyBootstrapped => Error::conflict("Conflict", msg),
                     S::RegionNotFound(_) => Error::not_found("RegionNotFound", msg),
                     S::RegionRole(_) => Error::conflict("Conflict", msg),
+                    S::RegionFenced(_) => Error::new(Kind::Unavailable, "RegionNotPrimary", msg),
                     S::RestoreNotStaged(_) | S::RestoreIncomplete { .. } => {
                         Error::conflict("Conflict", msg)
                     }

@@ -28,15 +28,14 @@ impl App {
         let regions = Regions::new(region, &cfg)?;
         let replica = Replica::start(&cfg).await?;
         let store = Store::replicated(replica);
-        if let Some(link) = &regions.link {
-            store.set_primary_forwarder(link.clone());
-        }
+        // A replica region forwards its writes from the first request on.
+        regions.reconcile(&store);
         let app = App::with_store(cfg, store, regions)?;
         let a = app.clone();
         tokio::spawn(async move { a.replication_tasks().await });
-        if let Some(link) = app.regions.link.clone() {
-            tokio::spawn(crate::region::follow::run(app.clone(), link));
-        }
+        // Every partition of a replicated pool: idle until it follows a primary region
+        // (configured, or after a switchover).
+        tokio::spawn(crate::region::follow::run(app.clone()));
         Ok(app)
     }
 

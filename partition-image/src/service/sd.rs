@@ -100,7 +100,7 @@ fn verify_file(file: &str, fingerprint: &str, n: usize) -> Result<(), Error> {
 /// A replica region receives its primary's domain when it joins (docs/regions.md): a domain
 /// of its own, downloaded or uploaded, would make it a different pool.
 fn replica_region_waits_for_its_primary(app: &App) -> Result<(), Error> {
-    match &app.regions.link {
+    match app.regions.link() {
         Some(link) => Err(Error::conflict(
             "RegionReplica",
             format!(

@@ -71,7 +71,16 @@ impl PoolState {
         })
     }
 
+    /// Apply one command. Pure and deterministic; on error the state is unchanged. A replica
+    /// region or a demoted primary refuses changes of keys and RBAC made directly in it (they
+    /// come from the primary, inside `RegionApply`): docs/regions.md.
     pub fn apply(&mut self, cmd: &Command) -> Result<Outcome, StateError> {
+        self.region_fence(cmd)?;
+        self.apply_command(cmd)
+    }
+
+    /// [`PoolState::apply`] without the region fence.
+    pub(super) fn apply_command(&mut self, cmd: &Command) -> Result<Outcome, StateError> {
         match cmd {
             Command::Bootstrap {
                 settings,
@@ -360,7 +369,11 @@ impl PoolState {
             | Command::DeleteRegion { .. }
             | Command::RegionJoined { .. }
             | Command::RegionApply { .. }
-            | Command::RegionInstall { .. } => self.apply_region(cmd),
+            | Command::RegionInstall { .. }
+            | Command::RegionStage { .. }
+            | Command::RegionDemote { .. }
+            | Command::RegionPromote { .. }
+            | Command::RegionFollow { .. } => self.apply_region(cmd),
         }
     }
 }

@@ -141,6 +141,36 @@ pub enum Command {
         entries: Vec<super::region::RegionEntry>,
         through: u64,
     },
+    /// Stage part of a primary's snapshot (`RestoreBegin` or `RestoreStage`, which a replica
+    /// region refuses on their own).
+    #[serde(rename_all = "camelCase")]
+    RegionStage { command: Box<Command> },
+    /// Planned switchover, on the primary: stop taking writes (from the index of this
+    /// command on) and hand over to region `to` under epoch `epoch`.
+    #[serde(rename_all = "camelCase")]
+    RegionDemote {
+        to: String,
+        endpoints: Vec<String>,
+        ca_pem: String,
+        epoch: u64,
+    },
+    /// Planned switchover, on the region promoted with a demotion token: become the primary
+    /// of `epoch`, accepting the old primary (its CA) as a region.
+    #[serde(rename_all = "camelCase")]
+    RegionPromote {
+        epoch: u64,
+        old_primary: String,
+        old_primary_ca: String,
+        now: i64,
+    },
+    /// A demoted primary follows the promoted region from its promotion index `from`.
+    #[serde(rename_all = "camelCase")]
+    RegionFollow {
+        primary: String,
+        primary_pool_id: String,
+        epoch: u64,
+        from: u64,
+    },
     /// Replace keys, deleted keys and RBAC with the staged snapshot `id` of the primary and
     /// set the position to `through` (catch-up from a snapshot).
     #[serde(rename_all = "camelCase")]
@@ -203,6 +233,9 @@ pub enum StateError {
     RegionNotFound(String),
     #[error("{0}")]
     RegionRole(String),
+    /// A change made directly in a replica region or a demoted primary.
+    #[error("{0}")]
+    RegionFenced(String),
     #[error("restore {0} is not being staged (another restore started since); nothing was changed")]
     RestoreNotStaged(String),
     #[error(

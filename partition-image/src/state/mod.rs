@@ -227,4 +227,4 @@ mod region;
 mod tests;
 
 pub use command::{ChangeHook, Command, Outcome, StateChange, StateError};
-pub use region::{AcceptedRegionRecord, RegionOutcomes, RegionState, ReplicaOf};
+pub use region::{AcceptedRegionRecord, Demotion, RegionOutcomes, RegionState, ReplicaOf};

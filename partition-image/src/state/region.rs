@@ -23,6 +23,20 @@ pub struct ReplicaOf {
     pub applied_primary_index: u64,
 }
 
+/// A primary demoted for a planned switchover.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Demotion {
+    /// The region to promote, its endpoints and CA (this pool follows it once promoted).
+    pub to: String,
+    pub endpoints: Vec<String>,
+    pub ca_pem: String,
+    /// The epoch the promoted region starts.
+    pub epoch: u64,
+    /// The log index of the demotion: no change of keys or RBAC was made here after it.
+    pub last_index: u64,
+}
+
 /// The region state of a pool.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -31,11 +45,49 @@ pub struct RegionState {
     pub accepted: BTreeMap<String, AcceptedRegionRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<ReplicaOf>,
+    /// This pool's epoch as a primary (0: the first, reported as 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demoted: Option<Demotion>,
+    /// The log index at which this pool was promoted to primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl RegionState {
     pub fn is_empty(&self) -> bool {
-        self.accepted.is_empty() && self.replica.is_none()
+        self.accepted.is_empty()
+            && self.replica.is_none()
+            && self.epoch == 0
+            && self.demoted.is_none()
+            && self.promoted_at.is_none()
+    }
+
+    /// The epoch this pool is in: its own as a primary, its primary's as a replica.
+    pub fn epoch(&self) -> u64 {
+        match &self.replica {
+            Some(r) => r.epoch,
+            None => self.epoch.max(1),
+        }
+    }
+
+    /// Record the log index of a committed demotion or promotion (called by the replicated
+    /// state machine, which knows the index, right after applying `cmd` successfully).
+    pub fn note_committed(&mut self, cmd: &Command, index: u64) {
+        match cmd {
+            Command::RegionDemote { .. } => {
+                if let Some(d) = &mut self.demoted {
+                    d.last_index = index;
+                }
+            }
+            Command::RegionPromote { .. } => self.promoted_at = Some(index),
+            _ => {}
+        }
     }
 
     /// The applied primary index of a replica region (0 for a primary).
@@ -84,12 +136,40 @@ impl Command {
             | Command::DeleteRegion { .. }
             | Command::RegionJoined { .. }
             | Command::RegionApply { .. }
-            | Command::RegionInstall { .. } => false,
+            | Command::RegionInstall { .. }
+            | Command::RegionStage { .. }
+            | Command::RegionDemote { .. }
+            | Command::RegionPromote { .. }
+            | Command::RegionFollow { .. } => false,
         }
     }
 }
 
 impl PoolState {
+    /// A replica region or a demoted primary takes changes of keys and RBAC only from its
+    /// primary: one made directly in it (a write racing a switchover) is refused, the same
+    /// way on every partition.
+    pub(super) fn region_fence(&self, cmd: &Command) -> Result<(), StateError> {
+        if !cmd.is_region_replicated() {
+            return Ok(());
+        }
+        if let Some(r) = &self.region.replica {
+            return Err(StateError::RegionFenced(format!(
+                "this pool is a replica region of '{}': changes are made on the primary (retry: they are forwarded)",
+                r.primary
+            )));
+        }
+        if let Some(d) = &self.region.demoted {
+            return Err(StateError::RegionFenced(format!(
+                "this pool was demoted and hands over to region '{}' ({}): writes resume once '{}' is promoted with the demotion token (GET /admin/status, region.demotionToken)",
+                d.to,
+                d.endpoints.join(", "),
+                d.to
+            )));
+        }
+        Ok(())
+    }
+
     /// Apply a region command (the caller has matched it).
     pub(super) fn apply_region(&mut self, cmd: &Command) -> Result<Outcome, StateError> {
         match cmd {
@@ -164,7 +244,7 @@ impl PoolState {
                         continue; // applied before: exactly once by primary index
                     }
                     let r = if e.command.is_region_replicated() {
-                        self.apply(&e.command)
+                        self.apply_command(&e.command)
                     } else {
                         Err(StateError::RegionRole(format!(
                             "primary entry {} is not a replicated change; skipped",
@@ -186,13 +266,99 @@ impl PoolState {
                 settings,
             } => {
                 self.joined()?;
-                self.apply(&Command::RestoreCommit {
+                self.apply_command(&Command::RestoreCommit {
                     id: id.clone(),
                     key_count: *key_count,
                     deleted_count: *deleted_count,
                 })?;
                 self.copy_settings(settings);
                 self.joined_mut()?.applied_primary_index = *through;
+                Ok(Outcome::None)
+            }
+            Command::RegionStage { command } => {
+                self.joined()?;
+                match **command {
+                    Command::RestoreBegin { .. } | Command::RestoreStage { .. } => {
+                        self.apply_command(command)
+                    }
+                    _ => Err(StateError::RegionRole(
+                        "only snapshot staging is carried by RegionStage".into(),
+                    )),
+                }
+            }
+            Command::RegionDemote {
+                to,
+                endpoints,
+                ca_pem,
+                epoch,
+            } => {
+                if self.region.replica.is_some() || self.region.demoted.is_some() {
+                    return Err(StateError::RegionRole(
+                        "only a primary that is not demoted yet can be demoted".into(),
+                    ));
+                }
+                if !self.region.accepted.contains_key(to) {
+                    return Err(StateError::RegionNotFound(to.clone()));
+                }
+                self.region.demoted = Some(Demotion {
+                    to: to.clone(),
+                    endpoints: endpoints.clone(),
+                    ca_pem: ca_pem.clone(),
+                    epoch: *epoch,
+                    last_index: 0,
+                });
+                Ok(Outcome::None)
+            }
+            Command::RegionPromote {
+                epoch,
+                old_primary,
+                old_primary_ca,
+                now,
+            } => {
+                let r = self.joined()?;
+                if *epoch <= r.epoch {
+                    return Err(StateError::RegionRole(format!(
+                        "promotion to epoch {epoch} is not after this region's epoch {}",
+                        r.epoch
+                    )));
+                }
+                self.region.replica = None;
+                self.region.epoch = *epoch;
+                self.region.demoted = None;
+                self.region.accepted.insert(
+                    old_primary.clone(),
+                    AcceptedRegionRecord {
+                        ca_pem: old_primary_ca.clone(),
+                        added: *now,
+                    },
+                );
+                Ok(Outcome::None)
+            }
+            Command::RegionFollow {
+                primary,
+                primary_pool_id,
+                epoch,
+                from,
+            } => {
+                let Some(d) = &self.region.demoted else {
+                    return Err(StateError::RegionRole(
+                        "only a demoted primary follows the region it handed over to".into(),
+                    ));
+                };
+                if d.to != *primary || d.epoch != *epoch {
+                    return Err(StateError::RegionRole(format!(
+                        "this pool handed over to '{}' at epoch {}, not to '{primary}' at epoch {epoch}",
+                        d.to, d.epoch
+                    )));
+                }
+                self.region.replica = Some(ReplicaOf {
+                    primary: primary.clone(),
+                    primary_pool_id: primary_pool_id.clone(),
+                    epoch: *epoch,
+                    applied_primary_index: *from,
+                });
+                self.region.accepted.clear();
+                self.region.promoted_at = None;
                 Ok(Outcome::None)
             }
             _ => Err(StateError::RegionRole("not a region command".into())),

@@ -301,6 +301,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             activation_changed = true;
                         }
                         let r = state.apply(cmd);
+                        if r.is_ok() {
+                            state.region.note_committed(cmd, entry.log_id.index);
+                        }
                         if let (Ok(outcome), Some(hook)) = (&r, self.shared.on_change.get()) {
                             hook(StateChange::Applied(cmd, outcome));
                         }
