@@ -227,11 +227,16 @@ pub struct DemoteReply {
     pub last_index: u64,
 }
 
-/// `POST /admin/regions/promote` (on a replica region).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// `POST /admin/regions/promote` (on a replica region): with the demotion token of a planned
+/// switchover, or `force` (failover: the primary is lost; changes this region has not
+/// applied are lost with it).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PromoteRequest {
-    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// This pool's role.

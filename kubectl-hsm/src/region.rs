@@ -31,8 +31,12 @@ pub enum RegionCommand {
     Promote {
         /// The demotion token `region demote` printed (or region.demotionToken of the
         /// demoted primary's status).
-        #[arg(long)]
-        token: String,
+        #[arg(long, required_unless_present = "force")]
+        token: Option<String>,
+        /// Failover: the primary is lost; promote at the position this region has applied
+        /// (what it has not applied is lost). Keep the old primary stopped.
+        #[arg(long, conflicts_with = "token")]
+        force: bool,
     },
 }
 
@@ -43,13 +47,13 @@ pub async fn run(pool: &PoolArgs, cmd: RegionCommand) -> anyhow::Result<()> {
             to_pool,
             endpoint_of_new_primary,
         } => return demote(pool, to, to_pool, endpoint_of_new_primary).await,
-        RegionCommand::Promote { token } => {
+        RegionCommand::Promote { token, force } => {
             let c = pool.client()?;
             let status: RegionStatus = c
                 .call(
                     reqwest::Method::POST,
                     "/admin/regions/promote",
-                    Some(&PromoteRequest { token }),
+                    Some(&PromoteRequest { token, force }),
                 )
                 .await?;
             return match pool.output {

@@ -183,7 +183,7 @@ async fn a_replica_region_serves_the_primarys_keys_forwards_its_writes_and_signs
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_every_primary_partition_killed_the_replica_serves_reads_and_crypto_and_refuses_writes()
+async fn with_every_primary_partition_killed_the_replica_serves_reads_and_crypto_refuses_writes_until_failed_over()
  {
     let (a, b) = two_regions().await;
     a.create(0, "before").await.expect("create in A");
@@ -218,6 +218,26 @@ async fn with_every_primary_partition_killed_the_replica_serves_reads_and_crypto
     })
     .await;
     assert!(!b.has_key(0, "after").await, "nothing was written");
+    // Failover: B is promoted without a token and takes writes under the next epoch.
+    let (s, v) = b
+        .call(
+            2,
+            Method::POST,
+            "/admin/regions/promote",
+            Some(json!({"force": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["role"].as_str(), v["epoch"].as_u64()),
+        (Some("Primary"), Some(2)),
+        "{v}"
+    );
+    b.until("B takes writes after the failover", 30, || async {
+        b.create(0, "after").await.is_ok()
+    })
+    .await;
+    assert!(b.has_key(1, "after").await && b.has_key(2, "before").await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

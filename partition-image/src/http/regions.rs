@@ -103,7 +103,15 @@ pub async fn promote(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.operation = "RegionPromote";
     ctx.authorize(DataAction::SecurityDomainDownload, "/")?;
     let req: PromoteRequest = ctx.json()?;
-    crate::region::switchover::promote(&ctx.app, &req.token).await?;
+    match (&req.token, req.force) {
+        (Some(token), false) => crate::region::switchover::promote(&ctx.app, token).await?,
+        (None, true) => crate::region::switchover::fail_over(&ctx.app).await?,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give either the demotion token of a planned switchover (token) or force: true for a failover, not both",
+            ));
+        }
+    }
     let st = ctx.app.store.read();
     let status = ctx
         .app

@@ -207,7 +207,7 @@ impl PrimaryLink {
     /// The 503 message of a write this region cannot forward.
     fn unreachable_message(&self, detail: &str) -> String {
         format!(
-            "the primary region '{}' is unreachable ({detail}; endpoints: {}): this replica region refuses writes ({PRIMARY_UNREACHABLE}) and keeps serving reads and cryptographic operations. Writes resume when the primary answers again. To take writes here instead, promote this region (docs/regions.md, Promotion)",
+            "the primary region '{}' is unreachable ({detail}; endpoints: {}): this replica region refuses writes ({PRIMARY_UNREACHABLE}) and keeps serving reads and cryptographic operations. Writes resume when the primary answers again. To take writes here instead, promote this region: planned, with the primary's demotion token, or as a failover (kubectl hsm region promote --force; docs/regions.md)",
             self.primary.name,
             self.primary.endpoints.join(", ")
         )

@@ -189,6 +189,34 @@ pub async fn promote(app: &App, token: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// `POST /admin/regions/promote {"force": true}`: failover — the primary is lost; become the
+/// primary of the next epoch at the position this region has applied. Changes of the old
+/// primary beyond it are lost (the lag at the time of loss, reported in the status).
+pub async fn fail_over(app: &App) -> Result<(), Error> {
+    let r = app.store.read().region.replica.clone().ok_or_else(|| {
+        Error::conflict(
+            "RegionNotReplica",
+            "only a replica region that has joined its primary can be promoted",
+        )
+    })?;
+    let old_primary_ca = app
+        .regions
+        .link()
+        .map(|l| l.primary.ca_pem.clone())
+        .unwrap_or_default();
+    app.store
+        .propose_local(Command::RegionPromote {
+            epoch: r.epoch + 1,
+            old_primary: r.primary.clone(),
+            old_primary_ca,
+            now: crate::service::now(),
+        })
+        .await?;
+    app.regions.reconcile(&app.store);
+    tracing::warn!(epoch = r.epoch + 1, old_primary = %r.primary, at = r.applied_primary_index, "failover: this region was promoted without a demotion token; the old primary must stay stopped until it is re-seeded from this one");
+    Ok(())
+}
+
 /// A demoted primary: once the region it handed over to was promoted (same epoch), follow
 /// it from the index of its promotion.
 pub(super) async fn follow_promoted(
