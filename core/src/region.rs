@@ -239,6 +239,19 @@ pub struct PromoteRequest {
     pub force: bool,
 }
 
+/// `POST /internal/region/fence`: a region promoted by failover tells the old primary.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FenceRequest {
+    /// The new primary (the caller's region) and its endpoints.
+    pub primary: String,
+    pub endpoints: Vec<String>,
+    pub epoch: u64,
+    /// The old primary's index the new primary had applied when promoted: every change of
+    /// the old primary after it is discarded.
+    pub common_index: u64,
+}
+
 /// This pool's role.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RegionRole {
@@ -284,6 +297,8 @@ pub struct RegionStatus {
     /// A demoted primary: the region it hands over to, and the token to promote it with.
     pub demoted_to: Option<String>,
     pub demotion_token: Option<String>,
+    /// An old primary fenced by a failover: its changes the new primary never had.
+    pub discarded_writes: Vec<String>,
     /// Primary: the accepted regions and, where this partition served them, their lag.
     pub accepted: Vec<AcceptedRegion>,
     pub regions: Vec<PeerRegionStatus>,

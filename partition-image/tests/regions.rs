@@ -487,3 +487,80 @@ async fn planned_switchover_under_continuous_writes_loses_nothing_and_the_old_pr
     };
     assert!(audited(&a, "RegionDemote") && audited(&b, "RegionPromote"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_the_returning_old_primary_is_fenced_lists_its_lost_writes_and_follows() {
+    let (a, b) = two_regions().await;
+    a.create(0, "before").await.expect("create in A");
+    b.until("B serves the key", 30, || b.has_key(0, "before"))
+        .await;
+    // Region B is down while A takes a write (B never gets it); then A is lost and B back.
+    for i in 0..N {
+        b.kill(i);
+    }
+    a.create(1, "lost").await.expect("a write A acknowledged");
+    for i in 0..N {
+        a.kill(i);
+    }
+    for i in 0..N {
+        b.spawn(i);
+    }
+    for i in 0..N {
+        b.until("B is back with its domain", 60, || b.domain_loaded(i))
+            .await;
+    }
+    assert!(b.has_key(0, "before").await && !b.has_key(0, "lost").await);
+    let (s, v) = b
+        .call(
+            0,
+            Method::POST,
+            "/admin/regions/promote",
+            Some(json!({"force": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    b.until("B takes writes after the failover", 30, || async {
+        b.create(1, "after").await.is_ok()
+    })
+    .await;
+    // A comes back: it learns of epoch 2, stops, lists what it loses, re-seeds and follows.
+    for i in 0..N {
+        a.spawn(i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = a.region(0).await;
+        if matches!(&r, Some(r) if r["role"] == "Replica" && r["primary"] == "west" && r["epoch"] == 2)
+            && a.has_key(0, "after").await
+        {
+            let r = r.unwrap();
+            let discarded = r["discardedWrites"].to_string();
+            assert!(discarded.contains("lost/"), "the lost write is listed: {r}");
+            assert!(!discarded.contains("before"), "{r}");
+            println!("old primary fenced; discarded writes: {discarded}");
+            break;
+        }
+        if Instant::now() > deadline {
+            dump_logs(&[&a, &b]);
+            panic!("A was not fenced: {r:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !a.has_key(1, "lost").await,
+        "the discarded write is gone from A"
+    );
+    assert!(a.has_key(2, "before").await);
+    let fenced = (0..N).any(|i| {
+        a.audit_records(i).iter().any(|r| {
+            r["operation"] == "RegionFenced"
+                && r["keyName"].as_str().is_some_and(|k| k.contains("lost/"))
+        })
+    });
+    assert!(fenced, "the discarded writes are in A's audit log");
+    // Writes sent to A now go to B.
+    a.create(2, "via-a")
+        .await
+        .expect("a write through the old primary");
+    assert!(b.has_key(0, "via-a").await);
+}

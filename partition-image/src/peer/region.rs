@@ -17,7 +17,8 @@ use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keystead_core::region::{
-    Feed, FeedEntry, ForwardReply, JoinReply, JoinRequest, NOT_ACCEPTED, ReplicatedSettings,
+    Feed, FeedEntry, FenceRequest, ForwardReply, JoinReply, JoinRequest, NOT_ACCEPTED,
+    ReplicatedSettings,
 };
 use keystead_core::sd::{ExchangeCertificate, seal_to_exchange_key};
 use openraft::EntryPayload;
@@ -49,7 +50,10 @@ impl Refusal {
 }
 
 fn audited(path: &str) -> bool {
-    matches!(path, "/internal/region/join" | "/internal/region/forward")
+    matches!(
+        path,
+        "/internal/region/join" | "/internal/region/forward" | "/internal/region/fence"
+    )
 }
 
 /// Entry point of `/internal/region/...`.
@@ -242,6 +246,11 @@ async fn serve(
             };
             (r, "RegionSnapshot", None)
         }
+        (Method::POST, "/internal/region/fence") => {
+            let r: FenceRequest = tri!(parse(&body), "RegionFenced");
+            let (response, discarded) = fence(app, &replica, region, &r).await;
+            (response, "RegionFenced", discarded)
+        }
         (Method::POST, "/internal/region/forward") => {
             let cmd: Command = tri!(parse(&body), "RegionWriteForwarded");
             let key = command_key(&cmd);
@@ -275,6 +284,112 @@ fn command_key(cmd: &Command) -> Option<String> {
         | Command::SetRotationPolicy { name, .. } => Some(name.clone()),
         Command::RestoreKey { key } => Some(key.name.clone()),
         _ => None,
+    }
+}
+
+/// What a discarded command changed, in the user's terms (key name and version).
+fn describe(cmd: &Command) -> Option<String> {
+    Some(match cmd {
+        Command::AddKeyVersion { name, version, .. } => format!("{name}/{}", version.version),
+        Command::UpdateKeyVersion { name, version, .. } => {
+            format!(
+                "{name}/{} (update)",
+                version.as_deref().unwrap_or("current")
+            )
+        }
+        Command::DeleteKey { name, .. } => format!("{name} (delete)"),
+        Command::RecoverKey { name } => format!("{name} (recover)"),
+        Command::PurgeKey { name, .. } => format!("{name} (purge)"),
+        Command::RestoreKey { key } => format!("{} (restore)", key.name),
+        Command::SetRotationPolicy { name, .. } => format!("{name} (rotation policy)"),
+        Command::PutRoleAssignment { name, .. } => format!("role assignment {name}"),
+        Command::DeleteRoleAssignment { name, .. } => format!("role assignment {name} (delete)"),
+        Command::PutRoleDefinition { name, .. } => format!("role definition {name}"),
+        Command::DeleteRoleDefinition { name, .. } => format!("role definition {name} (delete)"),
+        c if c.is_region_replicated() => "a restore or purge of the pool".to_string(),
+        _ => return None,
+    })
+}
+
+/// A failover replaced this primary: stop taking changes, list the ones the new primary
+/// never had (the audit record names them), re-seed from it and follow it.
+async fn fence(
+    app: &App,
+    replica: &crate::consensus::raft::Replica,
+    region: &str,
+    r: &FenceRequest,
+) -> (Response, Option<String>) {
+    let (ca_pem, already) = {
+        let st = app.store.read();
+        let already = st
+            .region
+            .demoted
+            .as_ref()
+            .is_some_and(|d| d.to == r.primary && d.epoch == r.epoch);
+        (
+            st.region.accepted.get(region).map(|a| a.ca_pem.clone()),
+            already,
+        )
+    };
+    if already {
+        return (json(&serde_json::json!({"fenced": true})), None);
+    }
+    let Some(ca_pem) = ca_pem.filter(|_| r.primary == region) else {
+        return (
+            refuse(
+                StatusCode::FORBIDDEN,
+                NOT_ACCEPTED,
+                "a fence names the region whose certificate sends it",
+            ),
+            None,
+        );
+    };
+    let applied = replica.sm.applied().map(|l| l.index).unwrap_or(0);
+    let mut discarded: Vec<String> = match replica.log.entries_after(
+        r.common_index,
+        applied,
+        usize::MAX,
+    ) {
+        Some(entries) => entries
+            .iter()
+            .filter_map(|e| match &e.payload {
+                EntryPayload::Normal(c) => describe(c),
+                _ => None,
+            })
+            .collect(),
+        None => vec![format!(
+            "changes after index {} (this partition's log was compacted past it; see the audit log of that period)",
+            r.common_index
+        )],
+    };
+    discarded.dedup();
+    match app
+        .store
+        .propose_local(Command::RegionFenced {
+            to: r.primary.clone(),
+            endpoints: r.endpoints.clone(),
+            ca_pem,
+            epoch: r.epoch,
+            discarded: discarded.clone(),
+        })
+        .await
+    {
+        Ok(_) => {
+            app.regions.reconcile(&app.store);
+            tracing::warn!(new_primary = %r.primary, epoch = r.epoch, discarded = ?discarded, "fenced by a failover: this pool takes no more changes, drops the listed ones and follows the new primary");
+            (
+                json(&serde_json::json!({"fenced": true, "discarded": discarded})),
+                Some(discarded.join(", ")),
+            )
+        }
+        Err(e) => (
+            refuse(
+                StatusCode::CONFLICT,
+                "Conflict",
+                &format!("the fence was not committed: {e}"),
+            ),
+            None,
+        ),
     }
 }
 

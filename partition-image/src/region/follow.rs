@@ -31,6 +31,13 @@ pub async fn run(app: Arc<App>) {
     loop {
         app.regions.reconcile(&app.store);
         let Some(link) = app.regions.link() else {
+            // A primary promoted by failover fences the old primary once it answers.
+            let old = app.store.read().region.fence_old.clone();
+            if let Some(old) = old.filter(|_| replica.is_leader())
+                && let Err(e) = super::switchover::fence_old_primary(&app, &old).await
+            {
+                tracing::debug!(error = %format!("{e:#}"), "the old primary is not fenced yet");
+            }
             tokio::time::sleep(IDLE_POLL).await;
             continue;
         };
@@ -130,6 +137,10 @@ async fn join(app: &Arc<App>, link: &PrimaryLink) -> anyhow::Result<()> {
 
 /// One feed round: apply what the primary has after this region's position.
 async fn pull(app: &Arc<App>, link: &PrimaryLink, r: &ReplicaOf) -> anyhow::Result<()> {
+    if app.store.read().region.reseed {
+        // A fenced old primary: its own changes after the common index go.
+        return bootstrap(app, link).await;
+    }
     let after = r.applied_primary_index;
     let feed = match link.feed(after, FEED_MAX, FEED_WAIT).await {
         Ok(f) => f,

@@ -7,7 +7,7 @@ use crate::consensus::ProposeError;
 use crate::consensus::region::{Forwarded, PrimaryForwarder};
 use crate::state::Command;
 use keystead_core::region::{
-    Feed, ForwardReply, JoinReply, JoinRequest, PRIMARY_UNREACHABLE, SnapshotPage,
+    Feed, FenceRequest, ForwardReply, JoinReply, JoinRequest, PRIMARY_UNREACHABLE, SnapshotPage,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Mutex;
@@ -183,6 +183,17 @@ impl PrimaryLink {
             wait.as_millis()
         );
         self.call(&path, None, wait + Duration::from_secs(10)).await
+    }
+
+    /// Tell an old primary it was replaced by a failover.
+    pub async fn fence(&self, req: &FenceRequest) -> Result<serde_json::Value, LinkError> {
+        let body = serde_json::to_vec(req).unwrap_or_default();
+        self.call(
+            "/internal/region/fence",
+            Some(body),
+            Duration::from_secs(30),
+        )
+        .await
     }
 
     /// The primary's epoch and index (no entries; not an acknowledgement).

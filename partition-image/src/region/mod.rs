@@ -80,6 +80,15 @@ impl Regions {
         self.link.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// A link to another region's `target`, with this partition's certificate.
+    pub fn link_to(&self, target: Target) -> anyhow::Result<PrimaryLink> {
+        let tls = self
+            .tls
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no TLS files for a region link"))?;
+        PrimaryLink::new(tls, target)
+    }
+
     /// This region's name: configured, else the pool's name.
     pub fn name(&self, st: &PoolState) -> String {
         self.config
@@ -167,6 +176,7 @@ impl Regions {
             primary_index: applied,
             demoted_to: st.region.demoted.as_ref().map(|d| d.to.clone()),
             demotion_token: token,
+            discarded_writes: st.region.discarded.clone(),
             ..RegionStatus::default()
         };
         let link = self.link();

@@ -7,8 +7,8 @@
 use super::link::PrimaryLink;
 use crate::service::app::App;
 use crate::service::error::{Error, Kind};
-use crate::state::{Command, Demotion, PoolState};
-use keystead_core::region::{DemoteReply, DemoteRequest};
+use crate::state::{Command, Demotion, FenceTarget, PoolState};
+use keystead_core::region::{DemoteReply, DemoteRequest, FenceRequest};
 use keystead_core::region_token::DemotionToken;
 use std::sync::Arc;
 use std::time::Duration;
@@ -182,6 +182,7 @@ pub async fn promote(app: &App, token: &str) -> Result<(), Error> {
             old_primary: r.primary.clone(),
             old_primary_ca,
             now: crate::service::now(),
+            fence: None,
         })
         .await?;
     app.regions.reconcile(&app.store);
@@ -199,21 +200,54 @@ pub async fn fail_over(app: &App) -> Result<(), Error> {
             "only a replica region that has joined its primary can be promoted",
         )
     })?;
-    let old_primary_ca = app
-        .regions
-        .link()
-        .map(|l| l.primary.ca_pem.clone())
-        .unwrap_or_default();
+    let old = app.regions.link().map(|l| l.primary.clone());
+    let fence = old.as_ref().map(|t| FenceTarget {
+        name: r.primary.clone(),
+        endpoints: t.endpoints.clone(),
+        ca_pem: t.ca_pem.clone(),
+        epoch: r.epoch + 1,
+        common_index: r.applied_primary_index,
+    });
     app.store
         .propose_local(Command::RegionPromote {
             epoch: r.epoch + 1,
             old_primary: r.primary.clone(),
-            old_primary_ca,
+            old_primary_ca: old.map(|t| t.ca_pem).unwrap_or_default(),
             now: crate::service::now(),
+            fence,
         })
         .await?;
     app.regions.reconcile(&app.store);
-    tracing::warn!(epoch = r.epoch + 1, old_primary = %r.primary, at = r.applied_primary_index, "failover: this region was promoted without a demotion token; the old primary must stay stopped until it is re-seeded from this one");
+    tracing::warn!(epoch = r.epoch + 1, old_primary = %r.primary, at = r.applied_primary_index, "failover: this region was promoted without a demotion token; the old primary is fenced when it answers");
+    Ok(())
+}
+
+/// A primary promoted by failover: tell the old primary (when it answers) that it is fenced,
+/// then forget it.
+pub(super) async fn fence_old_primary(app: &Arc<App>, old: &FenceTarget) -> anyhow::Result<()> {
+    let link = app.regions.link_to(super::link::Target {
+        name: old.name.clone(),
+        endpoints: old.endpoints.clone(),
+        ca_pem: old.ca_pem.clone(),
+    })?;
+    let (name, endpoints) = {
+        let st = app.store.read();
+        let urls = app
+            .store
+            .replica()
+            .map(|r| r.status().members.into_iter().map(|m| m.url).collect())
+            .unwrap_or_default();
+        (app.regions.name(&st), urls)
+    };
+    link.fence(&FenceRequest {
+        primary: name,
+        endpoints,
+        epoch: old.epoch,
+        common_index: old.common_index,
+    })
+    .await?;
+    app.store.propose_local(Command::RegionFenceDone).await?;
+    tracing::warn!(old_primary = %old.name, "the old primary acknowledged its fence");
     Ok(())
 }
 

@@ -373,7 +373,9 @@ impl PoolState {
             | Command::RegionStage { .. }
             | Command::RegionDemote { .. }
             | Command::RegionPromote { .. }
-            | Command::RegionFollow { .. } => self.apply_region(cmd),
+            | Command::RegionFollow { .. }
+            | Command::RegionFenced { .. }
+            | Command::RegionFenceDone => self.apply_region(cmd),
         }
     }
 }

@@ -162,7 +162,22 @@ pub enum Command {
         old_primary: String,
         old_primary_ca: String,
         now: i64,
+        /// A failover: the old primary to fence.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<super::region::FenceTarget>,
     },
+    /// An old primary learns of a failover: it stops taking changes, lists the ones the new
+    /// primary never had, and re-seeds from it before following it.
+    #[serde(rename_all = "camelCase")]
+    RegionFenced {
+        to: String,
+        endpoints: Vec<String>,
+        ca_pem: String,
+        epoch: u64,
+        discarded: Vec<String>,
+    },
+    /// The old primary acknowledged its fence.
+    RegionFenceDone,
     /// A demoted primary follows the promoted region from its promotion index `from`.
     #[serde(rename_all = "camelCase")]
     RegionFollow {

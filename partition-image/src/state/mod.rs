@@ -227,4 +227,6 @@ mod region;
 mod tests;
 
 pub use command::{ChangeHook, Command, Outcome, StateChange, StateError};
-pub use region::{AcceptedRegionRecord, Demotion, RegionOutcomes, RegionState, ReplicaOf};
+pub use region::{
+    AcceptedRegionRecord, Demotion, FenceTarget, RegionOutcomes, RegionState, ReplicaOf,
+};

@@ -37,6 +37,17 @@ pub struct Demotion {
     pub last_index: u64,
 }
 
+/// An old primary a failover left behind: the new primary tells it (docs/regions.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FenceTarget {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub ca_pem: String,
+    pub epoch: u64,
+    pub common_index: u64,
+}
+
 /// The region state of a pool.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -53,6 +64,16 @@ pub struct RegionState {
     /// The log index at which this pool was promoted to primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_at: Option<u64>,
+    /// Promoted by failover: the old primary still to be fenced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_old: Option<FenceTarget>,
+    /// Fenced old primary: its changes the new primary never had (listed, then dropped by
+    /// the re-seed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discarded: Vec<String>,
+    /// Fenced old primary: re-seed from a snapshot of the new primary before following it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reseed: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -66,6 +87,8 @@ impl RegionState {
             && self.epoch == 0
             && self.demoted.is_none()
             && self.promoted_at.is_none()
+            && self.fence_old.is_none()
+            && self.discarded.is_empty()
     }
 
     /// The epoch this pool is in: its own as a primary, its primary's as a replica.
@@ -80,7 +103,7 @@ impl RegionState {
     /// state machine, which knows the index, right after applying `cmd` successfully).
     pub fn note_committed(&mut self, cmd: &Command, index: u64) {
         match cmd {
-            Command::RegionDemote { .. } => {
+            Command::RegionDemote { .. } | Command::RegionFenced { .. } => {
                 if let Some(d) = &mut self.demoted {
                     d.last_index = index;
                 }
@@ -140,7 +163,9 @@ impl Command {
             | Command::RegionStage { .. }
             | Command::RegionDemote { .. }
             | Command::RegionPromote { .. }
-            | Command::RegionFollow { .. } => false,
+            | Command::RegionFollow { .. }
+            | Command::RegionFenced { .. }
+            | Command::RegionFenceDone => false,
         }
     }
 }
@@ -273,6 +298,7 @@ impl PoolState {
                 })?;
                 self.copy_settings(settings);
                 self.joined_mut()?.applied_primary_index = *through;
+                self.region.reseed = false;
                 Ok(Outcome::None)
             }
             Command::RegionStage { command } => {
@@ -314,6 +340,7 @@ impl PoolState {
                 old_primary,
                 old_primary_ca,
                 now,
+                fence,
             } => {
                 let r = self.joined()?;
                 if *epoch <= r.epoch {
@@ -322,9 +349,13 @@ impl PoolState {
                         r.epoch
                     )));
                 }
+                // The common index is the position applied when the promotion applies (a
+                // page of the old primary may have been applied since it was proposed).
+                let common_index = r.applied_primary_index;
                 self.region.replica = None;
                 self.region.epoch = *epoch;
                 self.region.demoted = None;
+                self.region.fence_old = fence.clone().map(|f| FenceTarget { common_index, ..f });
                 self.region.accepted.insert(
                     old_primary.clone(),
                     AcceptedRegionRecord {
@@ -355,10 +386,44 @@ impl PoolState {
                     primary: primary.clone(),
                     primary_pool_id: primary_pool_id.clone(),
                     epoch: *epoch,
-                    applied_primary_index: *from,
+                    // A fenced old primary re-seeds from a snapshot first.
+                    applied_primary_index: if self.region.reseed { 0 } else { *from },
                 });
                 self.region.accepted.clear();
                 self.region.promoted_at = None;
+                Ok(Outcome::None)
+            }
+            Command::RegionFenced {
+                to,
+                endpoints,
+                ca_pem,
+                epoch,
+                discarded,
+            } => {
+                if self.region.replica.is_some() || *epoch <= self.region.epoch() {
+                    return Err(StateError::RegionRole(format!(
+                        "a fence of epoch {epoch} does not apply to this pool (epoch {}, {})",
+                        self.region.epoch(),
+                        if self.region.replica.is_some() {
+                            "a replica"
+                        } else {
+                            "a primary"
+                        }
+                    )));
+                }
+                self.region.demoted = Some(Demotion {
+                    to: to.clone(),
+                    endpoints: endpoints.clone(),
+                    ca_pem: ca_pem.clone(),
+                    epoch: *epoch,
+                    last_index: 0,
+                });
+                self.region.discarded = discarded.clone();
+                self.region.reseed = true;
+                Ok(Outcome::None)
+            }
+            Command::RegionFenceDone => {
+                self.region.fence_old = None;
                 Ok(Outcome::None)
             }
             _ => Err(StateError::RegionRole("not a region command".into())),
