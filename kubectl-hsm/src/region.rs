@@ -306,6 +306,9 @@ pub fn status_text(pool_name: &str, r: &RegionStatus) -> String {
         line("lagEntries", r.lag_entries.to_string());
         line("lagMs", r.lag_ms.to_string());
         line("primaryReachable", r.primary_reachable.to_string());
+        if !r.discarded_writes.is_empty() {
+            line("discardedWrites", r.discarded_writes.join(", "));
+        }
     } else {
         let names: Vec<&str> = r.accepted.iter().map(|a| a.name.as_str()).collect();
         line("acceptedRegions", names.join(", "));

@@ -49,6 +49,19 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Promote region `c` through partition `i` with `body`; it is the primary of epoch 2.
+async fn promote(c: &Cluster, i: usize, body: Value) {
+    let (s, v) = c
+        .call(i, Method::POST, "/admin/regions/promote", Some(body))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["role"].as_str(), v["epoch"].as_u64()),
+        (Some("Primary"), Some(2)),
+        "{v}"
+    );
+}
+
 /// A primary activated and a replica region `west` of it that has joined.
 async fn two_regions() -> (Cluster, Cluster) {
     let a = Cluster::start().await;
@@ -219,20 +232,7 @@ async fn with_every_primary_partition_killed_the_replica_serves_reads_and_crypto
     .await;
     assert!(!b.has_key(0, "after").await, "nothing was written");
     // Failover: B is promoted without a token and takes writes under the next epoch.
-    let (s, v) = b
-        .call(
-            2,
-            Method::POST,
-            "/admin/regions/promote",
-            Some(json!({"force": true})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(
-        (v["role"].as_str(), v["epoch"].as_u64()),
-        (Some("Primary"), Some(2)),
-        "{v}"
-    );
+    promote(&b, 2, json!({"force": true})).await;
     b.until("B takes writes after the failover", 30, || async {
         b.create(0, "after").await.is_ok()
     })
@@ -408,20 +408,7 @@ async fn planned_switchover_under_continuous_writes_loses_nothing_and_the_old_pr
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, v) = b
-        .call(
-            1,
-            Method::POST,
-            "/admin/regions/promote",
-            Some(json!({"token": token})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(
-        (v["role"].as_str(), v["epoch"].as_u64()),
-        (Some("Primary"), Some(2)),
-        "{v}"
-    );
+    promote(&b, 1, json!({"token": token})).await;
     let before = count();
     time_until("writes continue after the switchover", 60, || async {
         count() >= before + 20
@@ -510,15 +497,7 @@ async fn after_a_failover_the_returning_old_primary_is_fenced_lists_its_lost_wri
             .await;
     }
     assert!(b.has_key(0, "before").await && !b.has_key(0, "lost").await);
-    let (s, v) = b
-        .call(
-            0,
-            Method::POST,
-            "/admin/regions/promote",
-            Some(json!({"force": true})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    promote(&b, 0, json!({"force": true})).await;
     b.until("B takes writes after the failover", 30, || async {
         b.create(1, "after").await.is_ok()
     })

@@ -287,6 +287,18 @@ fn command_key(cmd: &Command) -> Option<String> {
     }
 }
 
+/// This primary's demotion, if it was demoted.
+fn demotion(replica: &crate::consensus::raft::Replica) -> Option<crate::state::Demotion> {
+    replica
+        .sm
+        .state
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .region
+        .demoted
+        .clone()
+}
+
 /// What a discarded command changed, in the user's terms (key name and version).
 fn describe(cmd: &Command) -> Option<String> {
     Some(match cmd {
@@ -489,15 +501,7 @@ async fn feed(
     }
     // A demoted primary took no change after its demotion index (every later one was refused
     // by its fence): its regions get nothing beyond it, so none of them applies one.
-    let demoted_at = replica
-        .sm
-        .state
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .region
-        .demoted
-        .as_ref()
-        .map(|d| d.last_index);
+    let demoted_at = demotion(replica).map(|d| d.last_index);
     let upto = demoted_at.map_or(applied(), |l| applied().min(l));
     if demoted_at.is_some_and(|l| after >= l) {
         // Nothing will come: answer after the long poll, not at once (no busy loop).
@@ -545,14 +549,7 @@ async fn forward(replica: &crate::consensus::raft::Replica, cmd: Command) -> Res
             "only changes of keys and RBAC are forwarded by a region",
         );
     }
-    if let Some(d) = &replica
-        .sm
-        .state
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .region
-        .demoted
-    {
+    if let Some(d) = demotion(replica) {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "RegionDemoted",
