@@ -6,9 +6,12 @@
 //!   to B lands in A and is readable in B at once; a signature made in B verifies with A's
 //!   public key; lag is reported in the status and the metrics;
 //! - SIGKILL of every partition of A: B keeps serving reads and crypto and refuses writes
-//!   with a 503 Key Vault error naming the primary and how to promote;
+//!   with a 503 Key Vault error naming the primary and how to promote; failover then;
+//! - planned switchover under continuous writes loses nothing; the old primary follows;
+//! - after a failover the returning old primary is fenced, lists its lost writes, follows;
 //! - a region joining after A's log was compacted catches up from a streamed snapshot;
-//! - a pool whose CA A does not accept cannot obtain the domain (refused and audited).
+//! - a pool whose CA A does not accept cannot obtain the domain (refused and audited); named,
+//!   it obtains it sealed to its transfer key; removed, it is refused on its open connection.
 
 mod cluster;
 mod common;
@@ -297,7 +300,7 @@ async fn a_region_joining_after_the_primarys_log_was_compacted_catches_up_from_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pool_the_primary_does_not_name_cannot_obtain_the_domain() {
+async fn only_a_pool_the_primary_names_obtains_the_domain_and_removal_cuts_it_off() {
     let a = Cluster::start().await;
     a.activate().await;
     // A pool of its own CA (its partition's certificate), never named on A.
@@ -354,6 +357,36 @@ async fn a_pool_the_primary_does_not_name_cannot_obtain_the_domain() {
         .filter(|r| r["operation"] == "RegionRefused" && r["status"] == 403)
         .count();
     assert!(refused >= 1, "the refusal is audited on the primary");
+
+    // Once named (its CA), the same pool obtains the domain sealed to its transfer key over
+    // the same kind of connection; removed again, it is refused on its open connection.
+    let named = client(true);
+    let (s, v) = a
+        .call(
+            0,
+            Method::PUT,
+            "/admin/regions/rogue",
+            Some(json!({"caCertificate": std::fs::read_to_string(&cfg.tls.ca_file).unwrap()})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let r = named.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let reply: Value = r.json().await.unwrap();
+    let secret = exchange
+        .open_transfer_blob(reply["blob"].as_str().unwrap(), "rogue-pool")
+        .expect("the blob opens with the transfer key only");
+    assert_eq!(reply["fingerprint"], secret.fingerprint());
+    let (s, _) = a
+        .call(0, Method::DELETE, "/admin/regions/rogue", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let r = named.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "removed: refused at once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
