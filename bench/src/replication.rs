@@ -183,6 +183,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
         dir: opts.dir.clone(),
         partitions: 3,
         pool_name: "bench-replication".into(),
+        extend: None,
     })?;
     let data_dirs = configs
         .iter()

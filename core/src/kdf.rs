@@ -36,6 +36,8 @@ pub const LABEL_INTERNAL_IDENTITY: &str = "keystead/v1/internal-identity";
 pub const LABEL_AUDIT: &str = "keystead/v1/audit";
 /// Sealing the domain at rest on a partition (with a seal provider's key).
 pub const LABEL_DOMAIN_SEAL: &str = "keystead/v1/domain-seal";
+/// The MAC of a region demotion token (docs/regions.md, switchover).
+pub const LABEL_REGION_DEMOTION: &str = "keystead/v1/region-demotion";
 
 /// Every label defined by this version, for documentation and uniqueness tests.
 pub const ALL_LABELS: &[&str] = &[
@@ -46,6 +48,7 @@ pub const ALL_LABELS: &[&str] = &[
     LABEL_INTERNAL_IDENTITY,
     LABEL_AUDIT,
     LABEL_DOMAIN_SEAL,
+    LABEL_REGION_DEMOTION,
 ];
 
 /// HKDF output length marker for a 32-byte key.

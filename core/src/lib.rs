@@ -8,6 +8,7 @@
 //! - [`principal`]: principal namespaces of the trusted token issuers.
 //! - [`status`]: a partition's `GET /admin/status`.
 //! - [`pool_file`]: the pool file of a local pool.
+//! - [`region`]: region replication (configuration, the primary's region API, status).
 
 pub mod aead;
 pub mod audit;
@@ -26,6 +27,8 @@ pub mod partition_config;
 pub mod pool_file;
 pub mod principal;
 pub mod rbac;
+pub mod region;
+pub mod region_token;
 pub mod sd;
 pub mod status;
 #[cfg(feature = "store")]

@@ -14,6 +14,9 @@ pub struct PoolFile {
     /// Where the local issuer's key lives (for `kubectl hsm token`).
     pub issuer_dir: PathBuf,
     pub audience: String,
+    /// The pool's name (its region name when extended; absent in older pool files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_name: Option<String>,
 }
 
 /// A pool file that cannot be read.

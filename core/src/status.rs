@@ -86,6 +86,8 @@ pub struct PoolStatus {
     pub security_domain_redownloads: u64,
     pub last_security_domain_redownload: Option<DomainRedownload>,
     pub replication: Option<ReplicationStatus>,
+    /// Region replication (docs/regions.md): this pool's role, position and lag.
+    pub region: Option<crate::region::RegionStatus>,
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod backup;
 mod client;
 mod keys;
 mod members;
+mod region;
 mod role;
 mod sd;
 mod sd_online;
@@ -56,6 +57,9 @@ enum Command {
     /// Raft membership of a replicated pool: list, add, remove, replace partitions.
     #[command(subcommand)]
     Members(members::MembersCommand),
+    /// Region replication: this pool's role, its primary or replica regions, lag.
+    #[command(subcommand)]
+    Region(region::RegionCommand),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -74,6 +78,7 @@ async fn main() -> std::process::ExitCode {
         } => token(&cli.pool, &subject, ttl_minutes),
         Command::Status => status(&cli.pool).await,
         Command::Members(cmd) => members::run(&cli.pool, cmd).await,
+        Command::Region(cmd) => region::run(&cli.pool, cmd).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,7 +6,8 @@
 // The layers, from the edge down (each only imports the ones below it):
 pub mod consensus; // the Store: a pool of one's log, or the Raft group
 pub mod http; // the data plane: listener, router, the request chain, thin handlers
-pub mod peer; // the internal API between partitions
+pub mod peer; // the internal API between partitions (and the primary's region API)
+pub mod region; // region replication: both sides (docs/regions.md)
 pub mod service; // the domain work: keys, security domain, backup, members
 pub mod state; // Command and PoolState::apply
 // Beside them, used by every layer above:
@@ -20,6 +21,7 @@ pub mod keygen;
 pub mod keyring;
 pub mod local;
 pub mod pki;
+pub mod region_trust;
 pub mod tls;
 
 /// The backup service, under the path other crates have always used.

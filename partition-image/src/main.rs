@@ -22,6 +22,10 @@ enum Command {
         /// Partition configuration (JSON, see docs/local-pool.md).
         #[arg(long, env = "KEYSTEAD_CONFIG")]
         config: PathBuf,
+        /// Region configuration (JSON, docs/regions.md): this region's name and, for a
+        /// replica region, its primary.
+        #[arg(long, env = "KEYSTEAD_REGION_CONFIG")]
+        region_config: Option<PathBuf>,
     },
     /// Run a whole pool on this machine: loopback ports, a generated CA and token issuer.
     Local {
@@ -31,6 +35,10 @@ enum Command {
         /// Name of the pool.
         #[arg(long, default_value = "local")]
         name: String,
+        /// Run this pool as a replica region of the running local pool whose pool file this
+        /// is (docs/regions.md); the pool's name is then its region name.
+        #[arg(long, value_name = "PRIMARY/pool.json")]
+        extend: Option<PathBuf>,
     },
 }
 
@@ -69,15 +77,19 @@ async fn shutdown_signal() {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            region_config,
+        } => {
             init_tracing();
-            serve(config).await
+            serve(config, region_config).await
         }
-        Command::Local { dir, name } => {
+        Command::Local { dir, name, extend } => {
             local::run(local::LocalOptions {
                 dir,
                 partitions: 3,
                 pool_name: name,
+                extend,
             })
             .await
         }
@@ -91,13 +103,18 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve(config: PathBuf) -> anyhow::Result<()> {
+async fn serve(config: PathBuf, region_config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = PartitionConfig::load(&config)?;
+    let region = region_config
+        .map(|p| keystead_core::region::RegionConfig::load(&p))
+        .transpose()?;
     let listener = server::bind(&cfg.listen)?;
-    let app = if cfg.peers.is_empty() {
-        App::open(cfg)?
-    } else {
-        App::open_replicated(cfg).await?
+    let app = match (cfg.peers.is_empty(), region) {
+        (true, None) => App::open(cfg)?,
+        (true, Some(_)) => anyhow::bail!(
+            "a region needs a replicated pool: --region-config is only for partitions with peers"
+        ),
+        (false, region) => App::open_in_region(cfg, region).await?,
     };
     tracing::info!(listen = %app.cfg.listen, partition = %app.cfg.partition_id, "partition serving");
     server::serve(app, listener, shutdown_signal()).await

@@ -18,7 +18,7 @@ fn certs(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
+pub(crate) fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs(ca_pem)? {
         roots
@@ -29,7 +29,9 @@ fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
 }
 
 /// Server configuration; with `client_ca` it also accepts (but does not require) client
-/// certificates from that CA, which the peer API checks.
+/// certificates: any certificate whose key the client proves it holds. Whether it chains to
+/// the pool CA (a partition, for the peer API) or to an accepted region's CA is decided
+/// after the handshake ([`PoolChain`], `region_trust`).
 pub fn server_config(
     cert_pem: &str,
     key_pem: &str,
@@ -42,13 +44,11 @@ pub fn server_config(
         .with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(ca) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots(ca)?),
-                provider(),
-            )
-            .allow_unauthenticated()
-            .build()?;
-            builder.with_client_cert_verifier(verifier)
+            // The CA must be a usable trust anchor (checked here, used after the handshake).
+            roots(ca)?;
+            builder.with_client_cert_verifier(Arc::new(crate::region_trust::AnyClientCert::new(
+                &provider(),
+            )))
         }
         None => builder.with_no_client_auth(),
     };
@@ -106,36 +106,49 @@ pub(crate) fn files_digest(cert: &str, key: &str, ca: &str) -> [u8; 32] {
 /// Secret's files; new connections get the new certificate, open ones keep theirs.
 pub struct ReloadingAcceptor {
     files: crate::config::TlsFiles,
-    current: std::sync::RwLock<(tokio_rustls::TlsAcceptor, [u8; 32])>,
+    current: std::sync::RwLock<(tokio_rustls::TlsAcceptor, [u8; 32], PoolChain)>,
+}
+
+/// Checks that a client chain was issued by the pool CA (a partition of this pool).
+#[derive(Clone)]
+pub struct PoolChain(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl PoolChain {
+    pub fn new(ca_pem: &str) -> anyhow::Result<PoolChain> {
+        Ok(PoolChain(crate::region_trust::chain_verifier(ca_pem)?))
+    }
+
+    /// Whether `chain` (end entity first) chains to the pool CA.
+    pub fn verifies(&self, chain: &[CertificateDer<'_>]) -> bool {
+        crate::region_trust::verify_chain(self.0.as_ref(), chain)
+    }
 }
 
 impl ReloadingAcceptor {
     pub fn load(files: &crate::config::TlsFiles) -> anyhow::Result<ReloadingAcceptor> {
-        let (acceptor, digest) = Self::build(files)?;
+        let (acceptor, digest, chain) = Self::build(files)?;
         Ok(ReloadingAcceptor {
             files: files.clone(),
-            current: std::sync::RwLock::new((acceptor, digest)),
+            current: std::sync::RwLock::new((acceptor, digest, chain)),
         })
     }
 
     fn build(
         files: &crate::config::TlsFiles,
-    ) -> anyhow::Result<(tokio_rustls::TlsAcceptor, [u8; 32])> {
+    ) -> anyhow::Result<(tokio_rustls::TlsAcceptor, [u8; 32], PoolChain)> {
         let (cert, key, ca) = read_files(files)?;
         let cfg = server_config(&cert, &key, Some(&ca))?;
         Ok((
             tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
             files_digest(&cert, &key, &ca),
+            PoolChain::new(&ca)?,
         ))
     }
 
-    /// The acceptor for the next connection.
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone()
+    /// The acceptor for the next connection, and the pool-CA check of its client chain.
+    pub fn acceptor(&self) -> (tokio_rustls::TlsAcceptor, PoolChain) {
+        let g = self.current.read().unwrap_or_else(|p| p.into_inner());
+        (g.0.clone(), g.2.clone())
     }
 
     /// Re-read the files; switch to them if their contents changed and they form a valid
@@ -146,11 +159,14 @@ impl ReloadingAcceptor {
         if digest == self.current.read().unwrap_or_else(|p| p.into_inner()).1 {
             return Ok(false);
         }
-        let cfg = server_config(&cert, &key, Some(&ca)).context(
-            "the changed TLS files do not form a valid configuration; still serving the previous certificate",
-        )?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
-            (tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), digest);
+        let context = "the changed TLS files do not form a valid configuration; still serving the previous certificate";
+        let cfg = server_config(&cert, &key, Some(&ca)).context(context)?;
+        let chain = PoolChain::new(&ca).context(context)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = (
+            tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+            digest,
+            chain,
+        );
         Ok(true)
     }
 }
@@ -212,7 +228,7 @@ mod tests {
         let first = issue(&files);
         let r = ReloadingAcceptor::load(&files).unwrap();
         assert_eq!(
-            served_cert(r.acceptor(), &ca.cert_pem).await,
+            served_cert(r.acceptor().0, &ca.cert_pem).await,
             der_of(&first)
         );
         assert!(!r.reload_if_changed().unwrap(), "nothing changed yet");
@@ -220,7 +236,7 @@ mod tests {
         let second = issue(&files);
         assert!(r.reload_if_changed().unwrap());
         assert_eq!(
-            served_cert(r.acceptor(), &ca.cert_pem).await,
+            served_cert(r.acceptor().0, &ca.cert_pem).await,
             der_of(&second)
         );
 
@@ -233,7 +249,7 @@ mod tests {
             "{e:#}"
         );
         assert_eq!(
-            served_cert(r.acceptor(), &ca.cert_pem).await,
+            served_cert(r.acceptor().0, &ca.cert_pem).await,
             der_of(&second)
         );
     }

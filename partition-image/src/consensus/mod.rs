@@ -6,6 +6,7 @@
 //! HTTP or the services above it.
 
 pub mod raft;
+pub mod region;
 pub mod single;
 
 use crate::state::{ChangeHook, Command, Outcome, PoolState, StateError};
@@ -16,6 +17,8 @@ use std::sync::{Arc, RwLockReadGuard};
 /// The partition's state: a single-partition log or the pool's Raft group.
 pub struct Store {
     backend: Backend,
+    /// Set in a replica region: where region-replicated commands go.
+    forwarder: std::sync::RwLock<Option<Arc<dyn region::PrimaryForwarder>>>,
 }
 
 enum Backend {
@@ -37,6 +40,7 @@ impl Store {
     pub fn open(dir: &Path) -> anyhow::Result<Arc<Store>> {
         Ok(Arc::new(Store {
             backend: Backend::Single(Box::new(SingleStore::open(dir)?)),
+            forwarder: Default::default(),
         }))
     }
 
@@ -44,6 +48,7 @@ impl Store {
     pub fn replicated(replica: Arc<raft::Replica>) -> Arc<Store> {
         Arc::new(Store {
             backend: Backend::Raft(replica),
+            forwarder: Default::default(),
         })
     }
 
@@ -81,8 +86,18 @@ impl Store {
         }
     }
 
-    /// Commit a command (through the leader in a replicated pool) and apply it.
+    /// Commit a command (through the leader in a replicated pool; through the primary
+    /// region for a change of keys or RBAC in a replica region) and apply it.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        if let Some(f) = self.forwarder_for(&cmd) {
+            return self.propose_in_region(f.as_ref(), cmd).await;
+        }
+        self.propose_local(cmd).await
+    }
+
+    /// Commit a command through this pool's own group, whatever its region role (the
+    /// region follower applies the primary's changes with it).
+    pub async fn propose_local(&self, cmd: Command) -> Result<Outcome, ProposeError> {
         match &self.backend {
             Backend::Single(s) => s.propose(cmd),
             Backend::Raft(r) => r.propose(cmd).await,
@@ -139,4 +154,7 @@ pub enum ProposeError {
     /// The change may or may not have been committed (the leader was lost mid-way).
     #[error("the outcome of the change is unknown: {0}")]
     Uncertain(String),
+    /// A replica region could not reach its primary region (nothing was changed).
+    #[error("{0}")]
+    PrimaryUnreachable(String),
 }

@@ -140,7 +140,65 @@ fn registry(app: &App) -> Registry {
             lag,
         );
     }
+    region_metrics(&mut r, app);
     r
+}
+
+/// The label of a per-region series (region names are operator-chosen DNS labels).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegionLabels {
+    region: String,
+}
+
+/// Region replication (docs/regions.md): a replica's position and lag, a primary's view of
+/// each region it served here.
+fn region_metrics(r: &mut Registry, app: &App) {
+    let status = {
+        let st = app.store.read();
+        app.regions.status(&st, app.store.applied_index(), None)
+    };
+    let Some(s) = status else {
+        return;
+    };
+    if s.role == keystead_core::region::RegionRole::Replica {
+        gauge(
+            r,
+            "keystead_region_applied_primary_index",
+            "The primary's log index this replica region has applied",
+            s.applied_primary_index,
+        );
+        gauge(
+            r,
+            "keystead_region_lag_entries",
+            "Primary log entries this replica region has not applied yet",
+            s.lag_entries,
+        );
+        let secs: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+        secs.set(s.lag_ms as f64 / 1000.0);
+        r.register(
+            "keystead_region_lag_seconds",
+            "Seconds since this replica region was last caught up with its primary (0 when caught up)",
+            secs,
+        );
+        gauge(
+            r,
+            "keystead_region_primary_reachable",
+            "1 when the primary region answered the last request",
+            u8::from(s.primary_reachable),
+        );
+    }
+    let lag = Family::<RegionLabels, Gauge>::default();
+    for p in &s.regions {
+        lag.get_or_create(&RegionLabels {
+            region: p.name.clone(),
+        })
+        .set(i64::try_from(p.lag_entries).unwrap_or(i64::MAX));
+    }
+    r.register(
+        "keystead_region_peer_lag_entries",
+        "Entries a replica region is behind this primary partition (as of its last request here)",
+        lag,
+    );
 }
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Response {

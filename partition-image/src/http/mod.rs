@@ -15,6 +15,7 @@ mod keys;
 mod members;
 pub mod metrics;
 mod rbac;
+mod regions;
 mod rotation;
 pub mod route;
 mod sd;
@@ -190,6 +191,11 @@ async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
         R::AddMember => members::add(ctx).await,
         R::RemoveMember { id } => members::remove(ctx, &id).await,
         R::ReplaceMember { id } => members::replace(ctx, &id).await,
+        R::ListRegions => regions::list(ctx),
+        R::PutRegion { name } => regions::put(ctx, &name).await,
+        R::DeleteRegion { name } => regions::delete(ctx, &name).await,
+        R::DemoteRegion => regions::demote(ctx).await,
+        R::PromoteRegion => regions::promote(ctx).await,
     }
 }
 

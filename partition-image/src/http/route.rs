@@ -132,6 +132,20 @@ pub enum Route {
     ReplaceMember {
         id: String,
     },
+    /// `GET /admin/regions`
+    ListRegions,
+    /// `PUT /admin/regions/{name}`
+    PutRegion {
+        name: String,
+    },
+    /// `DELETE /admin/regions/{name}`
+    DeleteRegion {
+        name: String,
+    },
+    /// `POST /admin/regions/demote`
+    DemoteRegion,
+    /// `POST /admin/regions/promote`
+    PromoteRegion,
 }
 
 impl Route {
@@ -196,6 +210,11 @@ impl Route {
             R::AddMember => "MemberAdd",
             R::RemoveMember { .. } => "MemberRemove",
             R::ReplaceMember { .. } => "MemberReplace",
+            R::ListRegions => "RegionList",
+            R::PutRegion { .. } => "RegionAccept",
+            R::DeleteRegion { .. } => "RegionRemove",
+            R::DemoteRegion => "RegionDemote",
+            R::PromoteRegion => "RegionPromote",
         }
     }
 
@@ -224,7 +243,11 @@ impl Route {
             | R::SelectiveRestore { .. }
             | R::AddMember
             | R::RemoveMember { .. }
-            | R::ReplaceMember { .. } => true,
+            | R::ReplaceMember { .. }
+            | R::PutRegion { .. }
+            | R::DeleteRegion { .. }
+            | R::DemoteRegion
+            | R::PromoteRegion => true,
             R::Rbac { method, .. } => *method != Method::GET,
             R::GetKey { .. }
             | R::ListKeys
@@ -241,7 +264,8 @@ impl Route {
             | R::PreRestore
             | R::RestorePending { .. }
             | R::AdminStatus
-            | R::ListMembers => false,
+            | R::ListMembers
+            | R::ListRegions => false,
         }
     }
 }
@@ -385,6 +409,17 @@ pub fn parse(method: &Method, path: &str) -> Option<Route> {
             job: job.to_string(),
         },
         ["admin", "status"] if m == Method::GET => Route::AdminStatus,
+        ["admin", "regions"] | ["admin", "regions", ""] if m == Method::GET => Route::ListRegions,
+        ["admin", "regions", "demote"] if m == Method::POST => Route::DemoteRegion,
+        ["admin", "regions", "promote"] if m == Method::POST => Route::PromoteRegion,
+        ["admin", "regions", name] if m == Method::PUT && !name.is_empty() => Route::PutRegion {
+            name: name.to_string(),
+        },
+        ["admin", "regions", name] if m == Method::DELETE && !name.is_empty() => {
+            Route::DeleteRegion {
+                name: name.to_string(),
+            }
+        }
         ["admin", "members"] | ["admin", "members", ""] if m == Method::GET => Route::ListMembers,
         ["admin", "members"] | ["admin", "members", ""] if m == Method::POST => Route::AddMember,
         ["admin", "members", id] if m == Method::DELETE && !id.is_empty() => {

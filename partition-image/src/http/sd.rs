@@ -172,6 +172,11 @@ pub fn admin_status(ctx: &mut Ctx) -> Result<Response, ApiError> {
         security_domain_redownloads: st.domain_redownloads,
         last_security_domain_redownload: st.last_domain_redownload.clone(),
         replication: ctx.app.store.replica().map(|r| r.status()),
+        region: ctx.app.regions.status(
+            &st,
+            ctx.app.store.applied_index(),
+            crate::region::switchover::demotion_token(&ctx.app, &st),
+        ),
     };
     Ok(json_response(StatusCode::OK, &body))
 }

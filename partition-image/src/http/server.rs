@@ -115,6 +115,8 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
+        // The accepted regions' CAs as the state has them now (rebuilt only on a change).
+        app.regions.trust.sync(&app.store.read().region.accepted);
         tokio::spawn(connection(
             tcp,
             peer,
@@ -132,7 +134,7 @@ pub async fn serve(
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    acceptor: TlsAcceptor,
+    (acceptor, pool_chain): (TlsAcceptor, crate::tls::PoolChain),
     router: Router,
     limits: Arc<Limits>,
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -149,13 +151,18 @@ async fn connection(
             return;
         }
     };
-    let cert_name = PeerCertName(
-        tls.get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| cert_common_name(c)),
-    );
+    // The handshake accepted any certificate whose key the client holds: a pool partition's
+    // name only for a chain to the pool CA; a region (decided per request, peer::region)
+    // only for a chain to its accepted CA.
+    let chain = tls.get_ref().1.peer_certificates().unwrap_or(&[]);
+    let cert_name = PeerCertName(if pool_chain.verifies(chain) {
+        chain.first().and_then(|c| cert_common_name(c))
+    } else {
+        None
+    });
+    let identity = crate::region_trust::ClientChain(std::sync::Arc::new(
+        chain.iter().map(|c| c.clone().into_owned()).collect(),
+    ));
     let activity = Arc::new(Activity::new());
     let svc = {
         let activity = activity.clone();
@@ -163,6 +170,7 @@ async fn connection(
             .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(ClientAddr(peer));
                 req.extensions_mut().insert(cert_name.clone());
+                req.extensions_mut().insert(identity.clone());
                 req
             })
             .map_future(move |fut| {

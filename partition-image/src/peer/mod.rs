@@ -1,6 +1,7 @@
 //! The peer API (`/internal/...`), server side: Raft RPCs, forwarded writes, read-index,
 //! group state, the domain handover; it calls services and consensus only (the client is
-//! `consensus::raft::client`).
+//! `consensus::raft::client`). `/internal/region/...` is the primary's region API
+//! ([`region`]), for partitions of other regions.
 //!
 //! Every `/internal` request must present BOTH a client certificate issued by the pool CA,
 //! AND a bearer token of a configured issuer whose subject is `partition:<the certificate's
@@ -12,6 +13,8 @@
 //! state are open to any other pool partition (a configured peer at bootstrap, a member
 //! this partition has not learned of yet). Refusals happen before the body is read. The
 //! domain handover and membership requests are audited.
+
+mod region;
 
 use crate::audit::AuditRecord;
 use crate::consensus::raft::{ForwardReply, ReadIndexReply, Standing};
@@ -129,6 +132,10 @@ fn audited(path: &str) -> bool {
 /// `peer_request` span carrying the request id of their audit record; Raft traffic is not.
 pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
+    if path.starts_with("/internal/region/") {
+        // Partitions of other regions, authenticated by their region's CA (docs/regions.md).
+        return region::handle(app, req).await;
+    }
     if !audited(&path) {
         return serve(&app, req).await.0;
     }

@@ -29,6 +29,8 @@ pub struct App {
     pub upload_status: tokio::sync::Mutex<Option<(String, String)>>,
     /// Backup and restore jobs started on this partition.
     pub jobs: super::backup::job::Jobs,
+    /// Region replication (docs/regions.md).
+    pub regions: crate::region::Regions,
 }
 
 impl std::fmt::Debug for App {
@@ -88,12 +90,16 @@ impl App {
                 .propose_single(bootstrap_command(&cfg))
                 .map_err(|e| anyhow::anyhow!("cannot bootstrap the pool: {e}"))?;
         }
-        let app = Self::with_store(cfg, store)?;
+        let app = Self::with_store(cfg, store, Default::default())?;
         app.unseal_from_disk()?;
         Ok(app)
     }
 
-    pub(super) fn with_store(cfg: PartitionConfig, store: Arc<Store>) -> anyhow::Result<Arc<App>> {
+    pub(super) fn with_store(
+        cfg: PartitionConfig,
+        store: Arc<Store>,
+        regions: crate::region::Regions,
+    ) -> anyhow::Result<Arc<App>> {
         let signer = match crate::audit::CheckpointSigner::from_pem_file(
             &cfg.partition_id,
             &cfg.tls.key_file,
@@ -125,6 +131,7 @@ impl App {
             exchange: Default::default(),
             upload_status: Default::default(),
             jobs: Default::default(),
+            regions,
             cfg,
         });
         Ok(app)

@@ -122,6 +122,11 @@ impl From<ProposeError> for Error {
                     "the change may or may not have been committed ({m}); read the resource back before retrying"
                 ),
             ),
+            ProposeError::PrimaryUnreachable(m) => Error::new(
+                Kind::Unavailable,
+                keystead_core::region::PRIMARY_UNREACHABLE,
+                m,
+            ),
             ProposeError::Refused(s) => {
                 let msg = s.to_string();
                 match s {
@@ -137,6 +142,9 @@ impl From<ProposeError> for Error {
                     S::Rbac(r) => Error::new(Kind::from_status(r.status()), r.code(), msg),
                     S::AlreadyActivated(_) => Error::conflict("Conflict", msg),
                     S::AlreadyBootstrapped => Error::conflict("Conflict", msg),
+                    S::RegionNotFound(_) => Error::not_found("RegionNotFound", msg),
+                    S::RegionRole(_) => Error::conflict("Conflict", msg),
+                    S::RegionFenced(_) => Error::new(Kind::Unavailable, "RegionNotPrimary", msg),
                     S::RestoreNotStaged(_) | S::RestoreIncomplete { .. } => {
                         Error::conflict("Conflict", msg)
                     }

@@ -7,6 +7,8 @@ use super::sd::fetch_domain;
 use crate::config::PartitionConfig;
 use crate::consensus::raft::Replica;
 use crate::consensus::{ProposeError, Store};
+use crate::region::Regions;
+use keystead_core::region::RegionConfig;
 use std::sync::Arc;
 
 impl App {
@@ -14,10 +16,26 @@ impl App {
     /// background) form or join the group, bootstrap a new pool, and obtain the domain from
     /// the sealed copy on disk or from a healthy peer. Serve the router right after this.
     pub async fn open_replicated(cfg: PartitionConfig) -> anyhow::Result<Arc<App>> {
+        Self::open_in_region(cfg, None).await
+    }
+
+    /// [`App::open_replicated`] with a region configuration (docs/regions.md): a replica
+    /// region forwards its writes to the primary and follows the primary's changes.
+    pub async fn open_in_region(
+        cfg: PartitionConfig,
+        region: Option<RegionConfig>,
+    ) -> anyhow::Result<Arc<App>> {
+        let regions = Regions::new(region, &cfg)?;
         let replica = Replica::start(&cfg).await?;
-        let app = App::with_store(cfg, Store::replicated(replica))?;
+        let store = Store::replicated(replica);
+        // A replica region forwards its writes from the first request on.
+        regions.reconcile(&store);
+        let app = App::with_store(cfg, store, regions)?;
         let a = app.clone();
         tokio::spawn(async move { a.replication_tasks().await });
+        // Every partition of a replicated pool: idle until it follows a primary region
+        // (configured, or after a switchover).
+        tokio::spawn(crate::region::follow::run(app.clone()));
         Ok(app)
     }
 

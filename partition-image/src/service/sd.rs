@@ -72,6 +72,7 @@ pub async fn download(app: &App, principal: &str, req: &CertificateInfo) -> Resu
             "the pool is waiting for a security-domain upload (recovery was started with GET /securitydomain/upload); upload the transfer blob made for its exchange key",
         )),
         Activation::Provisioned => {
+            replica_region_waits_for_its_primary(app)?;
             let pool = app.store.read().settings.pool_name.clone();
             let secret = DomainSecret::generate(&pool);
             let fingerprint = secret.fingerprint();
@@ -94,6 +95,21 @@ fn verify_file(file: &str, fingerprint: &str, n: usize) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// A replica region receives its primary's domain when it joins (docs/regions.md): a domain
+/// of its own, downloaded or uploaded, would make it a different pool.
+fn replica_region_waits_for_its_primary(app: &App) -> Result<(), Error> {
+    match app.regions.link() {
+        Some(link) => Err(Error::conflict(
+            "RegionReplica",
+            format!(
+                "this pool is a replica region of '{}': it receives that primary's security domain when it joins (see GET /admin/status, region); no download or upload here",
+                link.primary.name
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// `GET /securitydomain/upload`: the exchange key custodians build a transfer blob for —
@@ -128,6 +144,7 @@ pub async fn transfer_key(app: &Arc<App>) -> Result<TransferKey, Error> {
             .ok_or_else(|| Error::internal("no exchange key"))?;
         return Ok(key.transfer_key());
     }
+    replica_region_waits_for_its_primary(app)?;
     let mut slot = app.exchange.lock().await;
     let reuse = matches!((&activation, slot.as_ref()),
         (Activation::RecoveryPending { exchange_thumbprint, .. }, Some(k)) if *exchange_thumbprint == k.thumbprint());

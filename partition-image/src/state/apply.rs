@@ -20,6 +20,17 @@ impl PoolState {
         }
     }
 
+    /// Activation by the domain `fingerprint` is possible: not activated by another one.
+    pub(super) fn check_activation(&self, fingerprint: &str) -> Result<(), StateError> {
+        match &self.activation {
+            Activation::Activated {
+                fingerprint: current,
+                ..
+            } if current != fingerprint => Err(StateError::AlreadyActivated(current.clone())),
+            _ => Ok(()),
+        }
+    }
+
     fn retention_secs(&self) -> i64 {
         // Saturating: a command from a peer or from disk may carry any number (fuzz target
         // `state_apply`); an overflow must not panic or wrap into the past.
@@ -67,7 +78,16 @@ impl PoolState {
         })
     }
 
+    /// Apply one command. Pure and deterministic; on error the state is unchanged. A replica
+    /// region or a demoted primary refuses changes of keys and RBAC made directly in it (they
+    /// come from the primary, inside `RegionApply`): docs/regions.md.
     pub fn apply(&mut self, cmd: &Command) -> Result<Outcome, StateError> {
+        self.region_fence(cmd)?;
+        self.apply_command(cmd)
+    }
+
+    /// [`PoolState::apply`] without the region fence.
+    pub(super) fn apply_command(&mut self, cmd: &Command) -> Result<Outcome, StateError> {
         match cmd {
             Command::Bootstrap {
                 settings,
@@ -339,14 +359,7 @@ impl PoolState {
                 fingerprint,
                 now,
             } => {
-                if let Activation::Activated {
-                    fingerprint: current,
-                    ..
-                } = &self.activation
-                    && current != fingerprint
-                {
-                    return Err(StateError::AlreadyActivated(current.clone()));
-                }
+                self.check_activation(fingerprint)?;
                 self.activation = Activation::Activated {
                     domain_id: domain_id.clone(),
                     fingerprint: fingerprint.clone(),
@@ -359,6 +372,17 @@ impl PoolState {
                 self.last_domain_redownload = Some(download.clone());
                 Ok(Outcome::None)
             }
+            Command::PutRegion { .. }
+            | Command::DeleteRegion { .. }
+            | Command::RegionJoined { .. }
+            | Command::RegionApply { .. }
+            | Command::RegionInstall { .. }
+            | Command::RegionStage { .. }
+            | Command::RegionDemote { .. }
+            | Command::RegionPromote { .. }
+            | Command::RegionFollow { .. }
+            | Command::RegionFenced { .. }
+            | Command::RegionFenceDone => self.apply_region(cmd),
         }
     }
 }

@@ -113,6 +113,89 @@ pub enum Command {
     /// The activated domain is being handed out again: recorded before the file is.
     #[serde(rename_all = "camelCase")]
     RecordDomainRedownload { download: DomainRedownload },
+    /// A primary names a region it accepts (its pool CA) — docs/regions.md.
+    #[serde(rename_all = "camelCase")]
+    PutRegion {
+        name: String,
+        ca_pem: String,
+        now: i64,
+    },
+    /// A primary stops accepting a region.
+    #[serde(rename_all = "camelCase")]
+    DeleteRegion { name: String },
+    /// This pool joined a primary region: activated with the primary's domain.
+    #[serde(rename_all = "camelCase")]
+    RegionJoined {
+        primary: String,
+        primary_pool_id: String,
+        epoch: u64,
+        domain_id: String,
+        fingerprint: String,
+        settings: keystead_core::region::ReplicatedSettings,
+        now: i64,
+    },
+    /// Apply the primary's entries after this region's position (each at most once), then
+    /// advance the position to `through`.
+    #[serde(rename_all = "camelCase")]
+    RegionApply {
+        entries: Vec<super::region::RegionEntry>,
+        through: u64,
+    },
+    /// Stage part of a primary's snapshot (`RestoreBegin` or `RestoreStage`, which a replica
+    /// region refuses on their own).
+    #[serde(rename_all = "camelCase")]
+    RegionStage { command: Box<Command> },
+    /// Planned switchover, on the primary: stop taking writes (from the index of this
+    /// command on) and hand over to region `to` under epoch `epoch`.
+    #[serde(rename_all = "camelCase")]
+    RegionDemote {
+        to: String,
+        endpoints: Vec<String>,
+        ca_pem: String,
+        epoch: u64,
+    },
+    /// Planned switchover, on the region promoted with a demotion token: become the primary
+    /// of `epoch`, accepting the old primary (its CA) as a region.
+    #[serde(rename_all = "camelCase")]
+    RegionPromote {
+        epoch: u64,
+        old_primary: String,
+        old_primary_ca: String,
+        now: i64,
+        /// A failover: the old primary to fence.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<super::region::FenceTarget>,
+    },
+    /// An old primary learns of a failover: it stops taking changes, lists the ones the new
+    /// primary never had, and re-seeds from it before following it.
+    #[serde(rename_all = "camelCase")]
+    RegionFenced {
+        to: String,
+        endpoints: Vec<String>,
+        ca_pem: String,
+        epoch: u64,
+        discarded: Vec<String>,
+    },
+    /// The old primary acknowledged its fence.
+    RegionFenceDone,
+    /// A demoted primary follows the promoted region from its promotion index `from`.
+    #[serde(rename_all = "camelCase")]
+    RegionFollow {
+        primary: String,
+        primary_pool_id: String,
+        epoch: u64,
+        from: u64,
+    },
+    /// Replace keys, deleted keys and RBAC with the staged snapshot `id` of the primary and
+    /// set the position to `through` (catch-up from a snapshot).
+    #[serde(rename_all = "camelCase")]
+    RegionInstall {
+        id: String,
+        key_count: u64,
+        deleted_count: u64,
+        through: u64,
+        settings: keystead_core::region::ReplicatedSettings,
+    },
 }
 
 /// What applying a command produced (the request handler turns it into a response).
@@ -124,6 +207,8 @@ pub enum Outcome {
     Purged(Vec<String>),
     RoleAssignment(Box<RoleAssignment>),
     RoleDefinition(Box<RoleDefinition>),
+    /// What each primary entry of a `RegionApply` produced.
+    Region(super::region::RegionOutcomes),
 }
 
 /// Deterministic refusals of a command (the same on every partition).
@@ -159,6 +244,13 @@ pub enum StateError {
     AlreadyActivated(String),
     #[error("the pool was already bootstrapped")]
     AlreadyBootstrapped,
+    #[error("region '{0}' is not accepted by this pool; list them with GET /admin/regions")]
+    RegionNotFound(String),
+    #[error("{0}")]
+    RegionRole(String),
+    /// A change made directly in a replica region or a demoted primary.
+    #[error("{0}")]
+    RegionFenced(String),
     #[error("restore {0} is not being staged (another restore started since); nothing was changed")]
     RestoreNotStaged(String),
     #[error(

@@ -198,6 +198,9 @@ pub struct PoolState {
     pub domain_redownloads: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_domain_redownload: Option<DomainRedownload>,
+    /// Region replication: accepted regions (a primary) or the primary followed (a replica).
+    #[serde(default, skip_serializing_if = "RegionState::is_empty")]
+    pub region: RegionState,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -219,7 +222,11 @@ pub struct RestoreStaging {
 
 mod apply;
 mod command;
+mod region;
 #[cfg(test)]
 mod tests;
 
 pub use command::{ChangeHook, Command, Outcome, StateChange, StateError};
+pub use region::{
+    AcceptedRegionRecord, Demotion, FenceTarget, RegionOutcomes, RegionState, ReplicaOf,
+};

@@ -72,7 +72,11 @@ pub struct Cluster {
     cuts: Mutex<Cuts>,
     token: String,
     pub http: reqwest::Client,
+    /// `serve --region-config` of a replica region's partitions (region.rs).
+    region_config: Option<PathBuf>,
 }
+
+mod region;
 
 /// Name of the test pool.
 const POOL: &str = "faults";
@@ -93,12 +97,12 @@ pub fn bin() -> PathBuf {
 
 impl Cluster {
     pub async fn start() -> Cluster {
-        Self::start_inner(|_, _| {}, |_, _| {}).await
+        Self::start_inner(|_, _| {}, |_, _| {}, (POOL, None)).await
     }
 
     /// Start the pool after `edit` changed partition `i`'s configuration.
     pub async fn start_with(edit: impl Fn(usize, &mut PartitionConfig)) -> Cluster {
-        Self::start_inner(edit, |_, _| {}).await
+        Self::start_inner(edit, |_, _| {}, (POOL, None)).await
     }
 
     /// [`Cluster::start`], calling `edit(pool directory, configuration files)` after the
@@ -106,21 +110,27 @@ impl Cluster {
     /// read back without validation: a test may start partitions with a configuration they
     /// refuse).
     pub async fn start_with_files(edit: impl FnOnce(&std::path::Path, &[PathBuf])) -> Cluster {
-        Self::start_inner(|_, _| {}, edit).await
+        Self::start_inner(|_, _| {}, edit, (POOL, None)).await
     }
 
     async fn start_inner(
         edit: impl Fn(usize, &mut PartitionConfig),
         edit_files: impl FnOnce(&std::path::Path, &[PathBuf]),
+        (pool_name, extend): (&str, Option<PathBuf>),
     ) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pool");
         let (configs, pool) = prepare(&LocalOptions {
             dir: dir.clone(),
             partitions: N,
-            pool_name: POOL.into(),
+            pool_name: pool_name.into(),
+            extend: extend.clone(),
         })
         .unwrap();
+        let region_config = match extend {
+            Some(primary) => Some(region::name_on_primary(&primary, pool_name, &pool).await),
+            None => None,
+        };
         let mut cfgs: Vec<PartitionConfig> = configs
             .iter()
             .map(|p| PartitionConfig::load(p).unwrap())
@@ -166,6 +176,7 @@ impl Cluster {
             cuts: Mutex::default(),
             token,
             http,
+            region_config,
         };
         for i in 0..N {
             c.spawn(i);
@@ -179,10 +190,12 @@ impl Cluster {
             .append(true)
             .open(self.configs[i].with_file_name("stderr.log"))
             .unwrap();
-        let child = Command::new(bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.configs[i])
+        let mut command = Command::new(bin());
+        command.arg("serve").arg("--config").arg(&self.configs[i]);
+        if let Some(r) = &self.region_config {
+            command.arg("--region-config").arg(r);
+        }
+        let child = command
             .env("KEYSTEAD_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)

@@ -178,6 +178,30 @@ impl LogStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The entries after `after` up to `upto` (at most `max`), for a replica region's feed;
+    /// `None` when the log was purged past `after` (the region needs a snapshot).
+    pub fn entries_after(
+        &self,
+        after: u64,
+        upto: u64,
+        max: usize,
+    ) -> Option<Vec<Entry<TypeConfig>>> {
+        let i = self.lock();
+        if i.last_purged.is_some_and(|p| p.index > after) {
+            return None;
+        }
+        if after >= upto {
+            return Some(Vec::new());
+        }
+        Some(
+            i.entries
+                .range(after + 1..=upto)
+                .take(max)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        )
+    }
+
     /// Whether nothing was ever logged or voted here (a fresh or wiped partition).
     pub fn is_pristine(&self) -> bool {
         let i = self.lock();

@@ -51,6 +51,9 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// How long a write or a read barrier waits for a leader before giving up.
 pub(crate) const LEADER_WAIT: Duration = Duration::from_secs(10);
 
+/// A committed command's log index and what the state machine produced for it.
+pub type Indexed = (u64, Result<Outcome, crate::state::StateError>);
+
 /// Answer of the leader to a forwarded write.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct ForwardReply {
@@ -69,6 +72,8 @@ pub use keystead_core::status::{MemberStatus, ReplicationStatus};
 /// The running Raft member of this partition.
 pub struct Replica {
     pub raft: Raft,
+    /// The log (shared with the Raft core): a primary serves its regions' feed from it.
+    pub log: log_store::LogStore,
     pub sm: Arc<state_machine::Shared>,
     pub id: u64,
     pub name: String,
@@ -194,7 +199,7 @@ impl Replica {
             me.id,
             Arc::new(raft_config(&cfg.pool_name)?),
             factory,
-            log,
+            log.clone(),
             sm,
         )
         .await
@@ -213,6 +218,7 @@ impl Replica {
         );
         let replica = Arc::new(Replica {
             raft,
+            log,
             sm: shared,
             id: me.id,
             name: me.name,
@@ -367,10 +373,11 @@ impl Replica {
             })
     }
 
-    async fn outcome(&self, index: u64) -> Result<Outcome, ProposeError> {
+    /// What the state machine produced for the command at `index` (applied here first).
+    async fn outcome(&self, index: u64) -> Result<Indexed, ProposeError> {
         self.wait_applied(index, LEADER_WAIT).await?;
         match self.sm.take_outcome(index) {
-            Some(r) => r.map_err(ProposeError::Refused),
+            Some(r) => Ok((index, r)),
             None => Err(ProposeError::Uncertain(format!(
                 "the change was committed at index {index} but this partition caught up from a snapshot and has not kept its result; read the resource to see it"
             ))),
@@ -380,6 +387,13 @@ impl Replica {
     /// Commit `cmd` through the group (forwarded to the leader if needed) and return what
     /// the state machine produced.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        let (_, r) = self.propose_indexed(cmd).await?;
+        r.map_err(ProposeError::Refused)
+    }
+
+    /// [`Replica::propose`], with the log index the command was committed at (a command the
+    /// state machine refused was committed all the same).
+    pub async fn propose_indexed(&self, cmd: Command) -> Result<Indexed, ProposeError> {
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -40,6 +40,11 @@ pub struct Shared {
     pub state: RwLock<PoolState>,
     applied: Mutex<Applied>,
     outcomes: Mutex<BTreeMap<u64, Result<Outcome, StateError>>>,
+    /// Outcomes of a replica region's primary entries, by primary index (for the partition
+    /// that forwarded the write to the primary).
+    region_outcomes: Mutex<BTreeMap<u64, Result<Outcome, StateError>>>,
+    /// The primary index this replica region has applied (docs/regions.md).
+    pub region_applied: tokio::sync::watch::Sender<u64>,
     /// Signalled whenever the activation state changes (the keyring fetches the domain).
     pub activation_changed: tokio::sync::Notify,
     /// Told of every applied command and installed snapshot (the keyring evicts material).
@@ -58,6 +63,14 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&index)
+    }
+
+    /// Take the outcome of the primary entry at `primary_index` (once).
+    pub fn take_region_outcome(&self, primary_index: u64) -> Option<Result<Outcome, StateError>> {
+        self.region_outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&primary_index)
     }
 
     pub fn applied(&self) -> Option<LogId<NodeId>> {
@@ -107,11 +120,14 @@ impl StateMachine {
             }
         };
         let on_disk = applied.0;
+        let region_applied = tokio::sync::watch::Sender::new(state.region.applied_primary_index());
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 state: RwLock::new(state),
                 applied: Mutex::new(applied),
                 outcomes: Mutex::new(BTreeMap::new()),
+                region_outcomes: Mutex::new(BTreeMap::new()),
+                region_applied,
                 activation_changed: tokio::sync::Notify::new(),
                 on_change: std::sync::OnceLock::new(),
                 dir,
@@ -175,6 +191,58 @@ impl StateMachine {
     }
 }
 
+impl StateMachine {
+    /// Tell waiting writers (`consensus::region`) the region position now applied.
+    fn publish_region_applied(&self) {
+        let now = self
+            .shared
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .region
+            .applied_primary_index();
+        self.shared.region_applied.send_if_modified(|v| {
+            let changed = *v != now;
+            *v = now;
+            changed
+        });
+    }
+
+    /// After a region command: tell the keyring of each primary entry applied (it evicts
+    /// material as for a local command) and keep the entries' outcomes for their proposers.
+    /// Called with the state's write lock held (through `apply`).
+    fn region_applied(&self, cmd: &Command, r: &Result<Outcome, StateError>) {
+        match (cmd, r) {
+            (Command::RegionApply { entries, .. }, Ok(Outcome::Region(results))) => {
+                let mut outcomes = self
+                    .shared
+                    .region_outcomes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                for (index, result) in results {
+                    if let (Ok(o), Some(hook), Some(e)) = (
+                        result,
+                        self.shared.on_change.get(),
+                        entries.iter().find(|e| e.index == *index),
+                    ) {
+                        hook(StateChange::Applied(&e.command, o));
+                    }
+                    outcomes.insert(*index, result.clone());
+                }
+                while outcomes.len() > OUTCOMES_KEPT {
+                    outcomes.pop_first();
+                }
+            }
+            (Command::RegionInstall { .. }, Ok(_)) => {
+                if let Some(hook) = self.shared.on_change.get() {
+                    hook(StateChange::Replaced);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let snap = self.current_snapshot_file();
@@ -226,14 +294,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     EntryPayload::Normal(cmd) => {
                         if matches!(
                             cmd,
-                            Command::Activate { .. } | Command::BeginRecovery { .. }
+                            Command::Activate { .. }
+                                | Command::BeginRecovery { .. }
+                                | Command::RegionJoined { .. }
                         ) {
                             activation_changed = true;
                         }
                         let r = state.apply(cmd);
+                        if r.is_ok() {
+                            state.region.note_committed(cmd, entry.log_id.index);
+                        }
                         if let (Ok(outcome), Some(hook)) = (&r, self.shared.on_change.get()) {
                             hook(StateChange::Applied(cmd, outcome));
                         }
+                        self.region_applied(cmd, &r);
                         outcomes.insert(entry.log_id.index, r);
                         while outcomes.len() > OUTCOMES_KEPT {
                             outcomes.pop_first();
@@ -258,6 +332,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if activation_changed {
             self.shared.activation_changed.notify_waiters();
         }
+        self.publish_region_applied();
         Ok(out)
     }
 
@@ -301,6 +376,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 (meta.last_log_id, meta.last_membership.clone());
         }
         self.shared.activation_changed.notify_waiters();
+        self.publish_region_applied();
         Ok(())
     }
 

@@ -27,7 +27,12 @@ pub struct LocalOptions {
     pub dir: PathBuf,
     pub partitions: usize,
     pub pool_name: String,
+    /// The pool file of a running local pool this pool extends as a replica region.
+    pub extend: Option<PathBuf>,
 }
+
+mod extend;
+pub use extend::{REGION_CONFIG, name_region_on_primary, primary_of};
 
 use crate::fsutil::write_private;
 
@@ -57,6 +62,11 @@ pub struct LocalPki {
     pub ca_file: PathBuf,
     pub issuer: LocalIssuer,
     jwks_file: PathBuf,
+    issuer_dir: PathBuf,
+    /// The issuer URL and audience the partitions trust (a replica region's are its
+    /// primary's: one principal is the same principal in every region).
+    issuer_url: String,
+    audience: String,
     secrets: PathBuf,
 }
 
@@ -71,6 +81,16 @@ impl std::fmt::Debug for LocalPki {
 impl LocalPki {
     /// Load the pool directory's CA and issuer, creating them the first time.
     pub fn open_or_create(dir: &Path, pool_name: &str) -> anyhow::Result<LocalPki> {
+        Self::open_with_issuer(dir, pool_name, None)
+    }
+
+    /// [`LocalPki::open_or_create`]; with `primary`, the token issuer and audience are the
+    /// primary pool's (a replica region), the CA still this pool's own.
+    pub fn open_with_issuer(
+        dir: &Path,
+        pool_name: &str,
+        primary: Option<&PoolFile>,
+    ) -> anyhow::Result<LocalPki> {
         let dir = std::path::absolute(dir)?;
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the pool directory {}", dir.display()))?;
@@ -87,11 +107,20 @@ impl LocalPki {
             std::fs::write(&ca_file, &ca.cert_pem)?;
             ca
         };
-        let issuer_dir = dir.join("issuer");
+        let (issuer_dir, issuer_url, audience) = match primary {
+            Some(p) => (p.issuer_dir.clone(), p.issuer.clone(), p.audience.clone()),
+            None => (
+                dir.join("issuer"),
+                issuer_url(pool_name),
+                local_audience(pool_name),
+            ),
+        };
         std::fs::create_dir_all(&issuer_dir)?;
-        let issuer = LocalIssuer::load_or_create(&issuer_dir, &issuer_url(pool_name))?;
+        let issuer = LocalIssuer::load_or_create(&issuer_dir, &issuer_url)?;
         let jwks_file = issuer_dir.join("jwks.json");
-        std::fs::write(&jwks_file, serde_json::to_vec_pretty(&issuer.jwks())?)?;
+        if primary.is_none() {
+            std::fs::write(&jwks_file, serde_json::to_vec_pretty(&issuer.jwks())?)?;
+        }
         let secrets = dir.join("secrets");
         std::fs::create_dir_all(&secrets)?;
         Ok(LocalPki {
@@ -101,6 +130,9 @@ impl LocalPki {
             ca_file,
             issuer,
             jwks_file,
+            issuer_dir,
+            issuer_url,
+            audience,
             secrets,
         })
     }
@@ -147,10 +179,10 @@ impl LocalPki {
                     ca_file: self.ca_file.clone(),
                 },
                 auth: AuthSettings {
-                    audience: Some(local_audience(&self.pool_name)),
+                    audience: Some(self.audience.clone()),
                     authority: "https://login.keystead.local/keystead".into(),
                     issuers: vec![IssuerSettings {
-                        issuer: issuer_url(&self.pool_name),
+                        issuer: self.issuer_url.clone(),
                         audiences: vec![],
                         // The pool's only issuer: no prefix (`partition:<id>` and
                         // `local-admin` are its principals).
@@ -205,7 +237,13 @@ impl LocalPki {
 
 /// Create or load the pool's files; returns the configuration path of each partition.
 pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> {
-    let pki = LocalPki::open_or_create(&opts.dir, &opts.pool_name)?;
+    let primary = opts
+        .extend
+        .as_deref()
+        .map(PoolFile::load)
+        .transpose()
+        .context("--extend names no usable pool file")?;
+    let pki = LocalPki::open_with_issuer(&opts.dir, &opts.pool_name, primary.as_ref())?;
     let mut configs = Vec::new();
     let mut endpoints = Vec::new();
     let mut audience = None;
@@ -233,7 +271,7 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
         // The configurations of a resumed pool keep the audience they were created with.
         audience.get_or_insert_with(|| cfg.audience());
     }
-    let audience = audience.unwrap_or_else(|| local_audience(&opts.pool_name));
+    let audience = audience.unwrap_or_else(|| pki.audience.clone());
     let token_file = pki.dir.join("admin.token");
     let token = pki.issuer.issue(ADMIN_SUBJECT, &audience, TOKEN_TTL)?;
     write_private(&token_file, token.as_bytes())?;
@@ -241,10 +279,14 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
         endpoints,
         ca_file: pki.ca_file.clone(),
         admin_token_file: token_file,
-        issuer: issuer_url(&opts.pool_name),
-        issuer_dir: pki.dir.join("issuer"),
+        issuer: pki.issuer_url.clone(),
+        issuer_dir: pki.issuer_dir.clone(),
         audience,
+        pool_name: Some(opts.pool_name.clone()),
     };
+    if let Some(p) = &primary {
+        extend::write_region_config(&pki.dir, &opts.pool_name, p)?;
+    }
     std::fs::write(pki.dir.join("pool.json"), serde_json::to_vec_pretty(&pool)?)?;
     Ok((configs, pool))
 }
@@ -299,6 +341,17 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let (configs, pool) = prepare(&opts)?;
+    // A replica region: named on its primary (with the primary's admin token) before its
+    // partitions start and ask to join.
+    let region_config = match &opts.extend {
+        Some(primary_file) => {
+            let primary = PoolFile::load(primary_file)?;
+            let ca = std::fs::read_to_string(&pool.ca_file)?;
+            name_region_on_primary(&primary, &opts.pool_name, &ca).await?;
+            Some(opts.dir.join(REGION_CONFIG))
+        }
+        None => None,
+    };
     let exe = std::env::current_exe()?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let supervisors: Vec<_> = configs
@@ -309,7 +362,12 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
                 .and_then(|d| d.file_name())
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| cfg.display().to_string());
-            tokio::spawn(supervise(name, exe.clone(), cfg.clone(), stopping.clone()))
+            tokio::spawn(supervise(
+                name,
+                exe.clone(),
+                (cfg.clone(), region_config.clone()),
+                stopping.clone(),
+            ))
         })
         .collect();
     let ready = tokio::select! {
@@ -346,16 +404,18 @@ pub async fn run(opts: LocalOptions) -> anyhow::Result<()> {
 async fn supervise(
     name: String,
     exe: PathBuf,
-    cfg: PathBuf,
+    (cfg, region_config): (PathBuf, Option<PathBuf>),
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut backoff = RESTART_BACKOFF_MIN;
     let mut restarts = 0u32;
     loop {
-        let spawned = tokio::process::Command::new(&exe)
-            .arg("serve")
-            .arg("--config")
-            .arg(&cfg)
+        let mut command = tokio::process::Command::new(&exe);
+        command.arg("serve").arg("--config").arg(&cfg);
+        if let Some(r) = &region_config {
+            command.arg("--region-config").arg(r);
+        }
+        let spawned = command
             // Its own process group: a Ctrl-C in the terminal reaches only the runner, which
             // stops the partitions itself (and does not mistake their exit for a crash).
             .process_group(0)
@@ -475,6 +535,23 @@ fn announce(opts: &LocalOptions, pool: &PoolFile) -> anyhow::Result<()> {
         pool.admin_token_file.display()
     );
     println!();
+    if let Some(primary) = &opts.extend {
+        println!(
+            "This pool is region '{}', a replica region of the pool of {}: it receives the primary's",
+            opts.pool_name,
+            primary.display()
+        );
+        println!(
+            "security domain when it joins (no ceremony) and follows its changes; writes sent"
+        );
+        println!("here are forwarded to the primary. The primary's admin token works here too.");
+        println!(
+            "  kubectl hsm --pool {} region status",
+            dir.join("pool.json").display()
+        );
+        println!("Stop with Ctrl-C; run the same command again to resume this pool.");
+        return Ok(());
+    }
     println!("Next steps (security-domain ceremony, a role for key operations, a first key):");
     println!(
         "  alias khsm=\"kubectl hsm --pool {}\"",

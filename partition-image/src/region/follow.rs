@@ -1,0 +1,228 @@
+//! A replica region's side (docs/regions.md): its Raft leader joins the primary (domain
+//! sealed to a one-time transfer key), then pulls the primary's committed changes in order
+//! and applies them through its own Raft group exactly once by primary index, or catches up
+//! from a streamed snapshot when the primary's log no longer reaches back far enough.
+
+use super::link::{LinkError, PrimaryLink};
+use crate::audit::AuditRecord;
+use crate::service::app::App;
+use crate::state::{Command, ReplicaOf};
+use keystead_core::region::JoinRequest;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Entries per feed request, and how long the primary holds a request with nothing new.
+const FEED_MAX: usize = 256;
+const FEED_WAIT: Duration = Duration::from_millis(1000);
+/// Pause after a failure (the primary unreachable, no leader here).
+pub(super) const RETRY: Duration = Duration::from_millis(500);
+/// How often a partition that does not lead asks the primary for its position (and one
+/// that follows no primary looks again).
+pub(super) const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Run for the life of the partition: it follows a primary only while the pool is a replica
+/// region (configured, or after a switchover), and only while it leads its region's group
+/// does it join and pull; every partition runs it, so a new leader takes over within a round.
+pub async fn run(app: Arc<App>) {
+    let Some(replica) = app.store.replica().cloned() else {
+        return;
+    };
+    let mut failures = 0u64;
+    loop {
+        app.regions.reconcile(&app.store);
+        let Some(link) = app.regions.link() else {
+            // A primary promoted by failover fences the old primary once it answers.
+            let old = app.store.read().region.fence_old.clone();
+            if let Some(old) = old.filter(|_| replica.is_leader())
+                && let Err(e) = super::switchover::fence_old_primary(&app, &old).await
+            {
+                tracing::debug!(error = %format!("{e:#}"), "the old primary is not fenced yet");
+            }
+            tokio::time::sleep(IDLE_POLL).await;
+            continue;
+        };
+        if !replica.is_leader() || !app.store.read().bootstrapped {
+            link_idle(&app, &link).await;
+            continue;
+        }
+        let (joined, demoted) = {
+            let st = app.store.read();
+            (st.region.replica.clone(), st.region.demoted.clone())
+        };
+        let result = match (joined, demoted) {
+            (Some(r), _) => pull(&app, &link, &r).await,
+            (None, Some(d)) => super::switchover::follow_promoted(&app, &link, &d).await,
+            (None, None) => join(&app, &link).await,
+        };
+        match result {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                // The first failure and then one a minute: a primary that is down for long
+                // does not flood the log.
+                if failures.is_multiple_of(120) {
+                    tracing::warn!(error = %format!("{e:#}"), failures = failures + 1, "region replication round failed; retrying");
+                } else {
+                    tracing::debug!(error = %format!("{e:#}"), "region replication round failed; retrying");
+                }
+                failures += 1;
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+/// A partition that does not lead: keep what its status says of the primary fresh.
+async fn link_idle(app: &App, link: &PrimaryLink) {
+    if let Ok(p) = link.position().await {
+        link.saw(
+            p.primary_index,
+            app.store.read().region.applied_primary_index(),
+        );
+    }
+    tokio::time::sleep(IDLE_POLL).await;
+}
+
+/// Obtain the domain from the primary and commit `RegionJoined`.
+async fn join(app: &Arc<App>, link: &PrimaryLink) -> anyhow::Result<()> {
+    let Some(cfg) = &app.regions.config else {
+        anyhow::bail!("no region configuration");
+    };
+    let pool_id = app.store.read().settings.pool_id.clone();
+    // The transfer key: generated here, held in memory only, used once.
+    let ek = app.keygen.exchange_key(&pool_id).await?;
+    let reply = link
+        .join(&JoinRequest {
+            region: cfg.name.clone(),
+            exchange_certificate: ek.certificate_pem(),
+        })
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "joining the primary region failed");
+            e
+        })?;
+    let secret = ek.open_transfer_blob(&reply.blob, &pool_id)?;
+    anyhow::ensure!(
+        secret.fingerprint() == reply.fingerprint,
+        "the primary sent a domain whose fingerprint is not the one it announced"
+    );
+    app.install_domain(secret)?;
+    let r = app
+        .store
+        .propose_local(Command::RegionJoined {
+            primary: reply.primary.clone(),
+            primary_pool_id: reply.primary_pool_id.clone(),
+            epoch: reply.epoch,
+            domain_id: reply.domain_id.clone(),
+            fingerprint: reply.fingerprint.clone(),
+            settings: reply.settings.clone(),
+            now: crate::service::now(),
+        })
+        .await;
+    app.audit.record(AuditRecord {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        partition: app.cfg.partition_id.clone(),
+        caller: format!("region:{}", reply.primary),
+        client_address: "outbound".into(),
+        method: "POST".into(),
+        path: "/internal/region/join".into(),
+        operation: "RegionJoined".into(),
+        member: Some(reply.primary.clone()),
+        status: if r.is_ok() { 200 } else { 500 },
+        ..AuditRecord::default()
+    });
+    r?;
+    tracing::info!(primary = %reply.primary, fingerprint = %reply.fingerprint, "joined the primary region: the security domain was sealed to this region's transfer key");
+    Ok(())
+}
+
+/// One feed round: apply what the primary has after this region's position.
+async fn pull(app: &Arc<App>, link: &PrimaryLink, r: &ReplicaOf) -> anyhow::Result<()> {
+    if app.store.read().region.reseed {
+        // A fenced old primary: its own changes after the common index go.
+        return bootstrap(app, link).await;
+    }
+    let after = r.applied_primary_index;
+    let feed = match link.feed(after, FEED_MAX, FEED_WAIT).await {
+        Ok(f) => f,
+        Err(e @ LinkError::Unreachable { .. }) => {
+            link.saw(0, after);
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    anyhow::ensure!(
+        feed.epoch == r.epoch,
+        "the primary '{}' is at epoch {}, this region follows epoch {}",
+        r.primary,
+        feed.epoch,
+        r.epoch
+    );
+    if feed.snapshot_required {
+        tracing::warn!(
+            after,
+            primary_index = feed.primary_index,
+            "the primary's log no longer reaches this region's position; catching up from a snapshot"
+        );
+        return bootstrap(app, link).await;
+    }
+    link.saw(feed.primary_index, after);
+    if feed.through <= after {
+        return Ok(());
+    }
+    app.store
+        .propose_local(Command::RegionApply {
+            entries: feed.entries,
+            through: feed.through,
+        })
+        .await?;
+    link.saw(feed.primary_index, feed.through);
+    Ok(())
+}
+
+/// Catch up from a streamed snapshot: stage its pages through the region's own group, then
+/// install it at the primary index it was taken at.
+async fn bootstrap(app: &Arc<App>, link: &PrimaryLink) -> anyhow::Result<()> {
+    let id = uuid::Uuid::new_v4().to_string();
+    app.store
+        .propose_local(Command::RegionStage {
+            command: Box::new(Command::RestoreBegin { id: id.clone() }),
+        })
+        .await?;
+    let mut page = link.snapshot_page(None, 0).await?;
+    let (session, through, settings) = (page.session.clone(), page.through, page.settings.clone());
+    let (key_count, deleted_count) = (page.key_count, page.deleted_count);
+    loop {
+        let last = page.last;
+        let next = page.page + 1;
+        app.store
+            .propose_local(Command::RegionStage {
+                command: Box::new(Command::RestoreStage {
+                    id: id.clone(),
+                    keys: page.keys,
+                    deleted: page.deleted,
+                    rbac: page.rbac.map(Box::new),
+                }),
+            })
+            .await?;
+        if last {
+            break;
+        }
+        page = link.snapshot_page(Some(&session), next).await?;
+    }
+    app.store
+        .propose_local(Command::RegionInstall {
+            id,
+            key_count,
+            deleted_count,
+            through,
+            settings,
+        })
+        .await?;
+    link.saw(through, through);
+    tracing::info!(
+        through,
+        keys = key_count,
+        "caught up from the primary's snapshot"
+    );
+    Ok(())
+}

@@ -1,0 +1,449 @@
+//! The region part of the pool state (docs/regions.md): the regions a primary accepts, a
+//! replica region's position in its primary's log, and how the region commands apply.
+
+use super::*;
+use keystead_core::region::{FeedEntry, ReplicatedSettings};
+
+/// A region this pool (as a primary) accepts: its pool CA.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AcceptedRegionRecord {
+    pub ca_pem: String,
+    pub added: i64,
+}
+
+/// What a replica region follows.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaOf {
+    pub primary: String,
+    pub primary_pool_id: String,
+    pub epoch: u64,
+    /// The last primary log index this region has applied (or skipped as not replicated).
+    pub applied_primary_index: u64,
+}
+
+/// A primary demoted for a planned switchover.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Demotion {
+    /// The region to promote, its endpoints and CA (this pool follows it once promoted).
+    pub to: String,
+    pub endpoints: Vec<String>,
+    pub ca_pem: String,
+    /// The epoch the promoted region starts.
+    pub epoch: u64,
+    /// The log index of the demotion: no change of keys or RBAC was made here after it.
+    pub last_index: u64,
+}
+
+/// An old primary a failover left behind: the new primary tells it (docs/regions.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FenceTarget {
+    pub name: String,
+    pub endpoints: Vec<String>,
+    pub ca_pem: String,
+    pub epoch: u64,
+    pub common_index: u64,
+}
+
+/// The region state of a pool.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionState {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub accepted: BTreeMap<String, AcceptedRegionRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaOf>,
+    /// This pool's epoch as a primary (0: the first, reported as 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demoted: Option<Demotion>,
+    /// The log index at which this pool was promoted to primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<u64>,
+    /// Promoted by failover: the old primary still to be fenced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_old: Option<FenceTarget>,
+    /// Fenced old primary: its changes the new primary never had (listed, then dropped by
+    /// the re-seed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub discarded: Vec<String>,
+    /// Fenced old primary: re-seed from a snapshot of the new primary before following it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reseed: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl RegionState {
+    pub fn is_empty(&self) -> bool {
+        self.accepted.is_empty()
+            && self.replica.is_none()
+            && self.epoch == 0
+            && self.demoted.is_none()
+            && self.promoted_at.is_none()
+            && self.fence_old.is_none()
+            && self.discarded.is_empty()
+    }
+
+    /// The epoch this pool is in: its own as a primary, its primary's as a replica.
+    pub fn epoch(&self) -> u64 {
+        match &self.replica {
+            Some(r) => r.epoch,
+            None => self.epoch.max(1),
+        }
+    }
+
+    /// Record the log index of a committed demotion or promotion (called by the replicated
+    /// state machine, which knows the index, right after applying `cmd` successfully).
+    pub fn note_committed(&mut self, cmd: &Command, index: u64) {
+        match cmd {
+            Command::RegionDemote { .. } | Command::RegionFenced { .. } => {
+                if let Some(d) = &mut self.demoted {
+                    d.last_index = index;
+                }
+            }
+            Command::RegionPromote { .. } => self.promoted_at = Some(index),
+            _ => {}
+        }
+    }
+
+    /// The applied primary index of a replica region (0 for a primary).
+    pub fn applied_primary_index(&self) -> u64 {
+        self.replica
+            .as_ref()
+            .map(|r| r.applied_primary_index)
+            .unwrap_or(0)
+    }
+}
+
+/// The outcome of each primary entry a `RegionApply` applied, by primary index.
+pub type RegionOutcomes = Vec<(u64, Result<Outcome, StateError>)>;
+
+/// The region commands (carried by [`Command`]).
+pub type RegionEntry = FeedEntry<Command>;
+
+impl Command {
+    /// Whether the command is a change of the pool's keys or RBAC that a primary replicates
+    /// to its regions (and a replica region forwards to its primary). Bootstrap, activation,
+    /// recovery, re-download records and the region commands themselves stay local.
+    pub fn is_region_replicated(&self) -> bool {
+        match self {
+            Command::AddKeyVersion { .. }
+            | Command::UpdateKeyVersion { .. }
+            | Command::DeleteKey { .. }
+            | Command::RecoverKey { .. }
+            | Command::PurgeKey { .. }
+            | Command::PurgeExpired { .. }
+            | Command::RestoreKey { .. }
+            | Command::SetRotationPolicy { .. }
+            | Command::PutRoleAssignment { .. }
+            | Command::DeleteRoleAssignment { .. }
+            | Command::PutRoleDefinition { .. }
+            | Command::DeleteRoleDefinition { .. }
+            | Command::RestoreAll { .. }
+            | Command::RestoreBegin { .. }
+            | Command::RestoreStage { .. }
+            | Command::RestoreCommit { .. }
+            | Command::RestoreAbort { .. } => true,
+            Command::Bootstrap { .. }
+            | Command::BeginRecovery { .. }
+            | Command::Activate { .. }
+            | Command::RecordDomainRedownload { .. }
+            | Command::PutRegion { .. }
+            | Command::DeleteRegion { .. }
+            | Command::RegionJoined { .. }
+            | Command::RegionApply { .. }
+            | Command::RegionInstall { .. }
+            | Command::RegionStage { .. }
+            | Command::RegionDemote { .. }
+            | Command::RegionPromote { .. }
+            | Command::RegionFollow { .. }
+            | Command::RegionFenced { .. }
+            | Command::RegionFenceDone => false,
+        }
+    }
+}
+
+impl PoolState {
+    /// A replica region or a demoted primary takes changes of keys and RBAC only from its
+    /// primary: one made directly in it (a write racing a switchover) is refused, the same
+    /// way on every partition.
+    pub(super) fn region_fence(&self, cmd: &Command) -> Result<(), StateError> {
+        if !cmd.is_region_replicated() {
+            return Ok(());
+        }
+        if let Some(r) = &self.region.replica {
+            return Err(StateError::RegionFenced(format!(
+                "this pool is a replica region of '{}': changes are made on the primary (retry: they are forwarded)",
+                r.primary
+            )));
+        }
+        if let Some(d) = &self.region.demoted {
+            return Err(StateError::RegionFenced(format!(
+                "this pool was demoted and hands over to region '{}' ({}): writes resume once '{}' is promoted with the demotion token (GET /admin/status, region.demotionToken)",
+                d.to,
+                d.endpoints.join(", "),
+                d.to
+            )));
+        }
+        Ok(())
+    }
+
+    /// Apply a region command (the caller has matched it).
+    pub(super) fn apply_region(&mut self, cmd: &Command) -> Result<Outcome, StateError> {
+        match cmd {
+            Command::PutRegion { name, ca_pem, now } => {
+                if self.region.replica.is_some() {
+                    return Err(StateError::RegionRole(
+                        "a replica region does not accept regions; name them on the primary".into(),
+                    ));
+                }
+                let added = self
+                    .region
+                    .accepted
+                    .get(name)
+                    .filter(|r| r.ca_pem == *ca_pem)
+                    .map(|r| r.added)
+                    .unwrap_or(*now);
+                self.region.accepted.insert(
+                    name.clone(),
+                    AcceptedRegionRecord {
+                        ca_pem: ca_pem.clone(),
+                        added,
+                    },
+                );
+                Ok(Outcome::None)
+            }
+            Command::DeleteRegion { name } => match self.region.accepted.remove(name) {
+                Some(_) => Ok(Outcome::None),
+                None => Err(StateError::RegionNotFound(name.clone())),
+            },
+            Command::RegionJoined {
+                primary,
+                primary_pool_id,
+                epoch,
+                domain_id,
+                fingerprint,
+                settings,
+                now,
+            } => {
+                self.check_activation(fingerprint)?;
+                if !self.region.accepted.is_empty() {
+                    return Err(StateError::RegionRole(
+                        "this pool accepts regions (it is a primary); it cannot join another"
+                            .into(),
+                    ));
+                }
+                self.activation = Activation::Activated {
+                    domain_id: domain_id.clone(),
+                    fingerprint: fingerprint.clone(),
+                    since: *now,
+                };
+                self.copy_settings(settings);
+                let applied = self
+                    .region
+                    .replica
+                    .as_ref()
+                    .filter(|r| r.primary_pool_id == *primary_pool_id)
+                    .map(|r| r.applied_primary_index)
+                    .unwrap_or(0);
+                self.region.replica = Some(ReplicaOf {
+                    primary: primary.clone(),
+                    primary_pool_id: primary_pool_id.clone(),
+                    epoch: *epoch,
+                    applied_primary_index: applied,
+                });
+                Ok(Outcome::None)
+            }
+            Command::RegionApply { entries, through } => {
+                let mut applied = self.joined()?.applied_primary_index;
+                let mut results: RegionOutcomes = Vec::new();
+                for e in entries {
+                    if e.index <= applied {
+                        continue; // applied before: exactly once by primary index
+                    }
+                    let r = if e.command.is_region_replicated() {
+                        self.apply_command(&e.command)
+                    } else {
+                        Err(StateError::RegionRole(format!(
+                            "primary entry {} is not a replicated change; skipped",
+                            e.index
+                        )))
+                    };
+                    results.push((e.index, r));
+                    applied = e.index;
+                }
+                let replica = self.joined_mut()?;
+                replica.applied_primary_index = applied.max(*through);
+                Ok(Outcome::Region(results))
+            }
+            Command::RegionInstall {
+                id,
+                key_count,
+                deleted_count,
+                through,
+                settings,
+            } => {
+                self.joined()?;
+                self.apply_command(&Command::RestoreCommit {
+                    id: id.clone(),
+                    key_count: *key_count,
+                    deleted_count: *deleted_count,
+                })?;
+                self.copy_settings(settings);
+                self.joined_mut()?.applied_primary_index = *through;
+                self.region.reseed = false;
+                Ok(Outcome::None)
+            }
+            Command::RegionStage { command } => {
+                self.joined()?;
+                match **command {
+                    Command::RestoreBegin { .. } | Command::RestoreStage { .. } => {
+                        self.apply_command(command)
+                    }
+                    _ => Err(StateError::RegionRole(
+                        "only snapshot staging is carried by RegionStage".into(),
+                    )),
+                }
+            }
+            Command::RegionDemote {
+                to,
+                endpoints,
+                ca_pem,
+                epoch,
+            } => {
+                if self.region.replica.is_some() || self.region.demoted.is_some() {
+                    return Err(StateError::RegionRole(
+                        "only a primary that is not demoted yet can be demoted".into(),
+                    ));
+                }
+                if !self.region.accepted.contains_key(to) {
+                    return Err(StateError::RegionNotFound(to.clone()));
+                }
+                self.region.demoted = Some(Demotion {
+                    to: to.clone(),
+                    endpoints: endpoints.clone(),
+                    ca_pem: ca_pem.clone(),
+                    epoch: *epoch,
+                    last_index: 0,
+                });
+                Ok(Outcome::None)
+            }
+            Command::RegionPromote {
+                epoch,
+                old_primary,
+                old_primary_ca,
+                now,
+                fence,
+            } => {
+                let r = self.joined()?;
+                if *epoch <= r.epoch {
+                    return Err(StateError::RegionRole(format!(
+                        "promotion to epoch {epoch} is not after this region's epoch {}",
+                        r.epoch
+                    )));
+                }
+                // The common index is the position applied when the promotion applies (a
+                // page of the old primary may have been applied since it was proposed).
+                let common_index = r.applied_primary_index;
+                self.region.replica = None;
+                self.region.epoch = *epoch;
+                self.region.demoted = None;
+                self.region.fence_old = fence.clone().map(|f| FenceTarget { common_index, ..f });
+                self.region.accepted.insert(
+                    old_primary.clone(),
+                    AcceptedRegionRecord {
+                        ca_pem: old_primary_ca.clone(),
+                        added: *now,
+                    },
+                );
+                Ok(Outcome::None)
+            }
+            Command::RegionFollow {
+                primary,
+                primary_pool_id,
+                epoch,
+                from,
+            } => {
+                let Some(d) = &self.region.demoted else {
+                    return Err(StateError::RegionRole(
+                        "only a demoted primary follows the region it handed over to".into(),
+                    ));
+                };
+                if d.to != *primary || d.epoch != *epoch {
+                    return Err(StateError::RegionRole(format!(
+                        "this pool handed over to '{}' at epoch {}, not to '{primary}' at epoch {epoch}",
+                        d.to, d.epoch
+                    )));
+                }
+                self.region.replica = Some(ReplicaOf {
+                    primary: primary.clone(),
+                    primary_pool_id: primary_pool_id.clone(),
+                    epoch: *epoch,
+                    // A fenced old primary re-seeds from a snapshot first.
+                    applied_primary_index: if self.region.reseed { 0 } else { *from },
+                });
+                self.region.accepted.clear();
+                self.region.promoted_at = None;
+                Ok(Outcome::None)
+            }
+            Command::RegionFenced {
+                to,
+                endpoints,
+                ca_pem,
+                epoch,
+                discarded,
+            } => {
+                if self.region.replica.is_some() || *epoch <= self.region.epoch() {
+                    return Err(StateError::RegionRole(format!(
+                        "a fence of epoch {epoch} does not apply to this pool (epoch {}, {})",
+                        self.region.epoch(),
+                        if self.region.replica.is_some() {
+                            "a replica"
+                        } else {
+                            "a primary"
+                        }
+                    )));
+                }
+                self.region.demoted = Some(Demotion {
+                    to: to.clone(),
+                    endpoints: endpoints.clone(),
+                    ca_pem: ca_pem.clone(),
+                    epoch: *epoch,
+                    last_index: 0,
+                });
+                self.region.discarded = discarded.clone();
+                self.region.reseed = true;
+                Ok(Outcome::None)
+            }
+            Command::RegionFenceDone => {
+                self.region.fence_old = None;
+                Ok(Outcome::None)
+            }
+            _ => Err(StateError::RegionRole("not a region command".into())),
+        }
+    }
+
+    fn copy_settings(&mut self, s: &ReplicatedSettings) {
+        self.settings.soft_delete_retention_days = s.soft_delete_retention_days;
+        self.settings.purge_protection = s.purge_protection;
+    }
+
+    fn joined(&self) -> Result<&ReplicaOf, StateError> {
+        self.region.replica.as_ref().ok_or_else(|| {
+            StateError::RegionRole("this pool has not joined a primary region".into())
+        })
+    }
+
+    fn joined_mut(&mut self) -> Result<&mut ReplicaOf, StateError> {
+        self.region.replica.as_mut().ok_or_else(|| {
+            StateError::RegionRole("this pool has not joined a primary region".into())
+        })
+    }
+}

@@ -1,0 +1,578 @@
+//! Region replication on real processes (docs/regions.md): pool A (three `serve` processes)
+//! and pool B, a replica region of A (three more, with a CA of their own), as
+//! `keystead-partition local --extend` runs them.
+//!
+//! - a key created in A is served by B (replication lag measured and printed); a write sent
+//!   to B lands in A and is readable in B at once; a signature made in B verifies with A's
+//!   public key; lag is reported in the status and the metrics;
+//! - SIGKILL of every partition of A: B keeps serving reads and crypto and refuses writes
+//!   with a 503 Key Vault error naming the primary and how to promote; failover then;
+//! - planned switchover under continuous writes loses nothing; the old primary follows;
+//! - after a failover the returning old primary is fenced, lists its lost writes, follows;
+//! - a region joining after A's log was compacted catches up from a streamed snapshot;
+//! - a pool whose CA A does not accept cannot obtain the domain (refused and audited); named,
+//!   it obtains it sealed to its transfer key; removed, it is refused on its open connection.
+
+mod cluster;
+mod common;
+
+use cluster::{Cluster, N};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Poll `cond` until it holds; how long that took (fails after `secs`).
+async fn time_until<F, Fut>(what: &str, secs: u64, mut cond: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    start.elapsed()
+}
+
+/// The end of every partition's log (on a failure).
+fn dump_logs(pools: &[&Cluster]) {
+    for c in pools {
+        for cfg in &c.configs {
+            let log = std::fs::read_to_string(cfg.with_file_name("stderr.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!("== {}\n{}", cfg.display(), tail.join("\n"));
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Promote region `c` through partition `i` with `body`; it is the primary of epoch 2.
+async fn promote(c: &Cluster, i: usize, body: Value) {
+    let (s, v) = c
+        .call(i, Method::POST, "/admin/regions/promote", Some(body))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["role"].as_str(), v["epoch"].as_u64()),
+        (Some("Primary"), Some(2)),
+        "{v}"
+    );
+}
+
+/// A primary activated and a replica region `west` of it that has joined.
+async fn two_regions() -> (Cluster, Cluster) {
+    let a = Cluster::start().await;
+    a.activate().await;
+    let b = Cluster::extend(&a, "west").await;
+    b.until_joined().await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_region_serves_the_primarys_keys_forwards_its_writes_and_signs_with_the_same_keys()
+ {
+    let (a, b) = two_regions().await;
+
+    // Keys created in A are served by B: the lag, from A's answer to B serving the key.
+    let mut lags = Vec::new();
+    for n in 0..20 {
+        let name = format!("k{n}");
+        a.create(n % N, &name).await.expect("create in A");
+        let b_partition = (n + 1) % N;
+        lags.push(
+            time_until("B serves a key created in A", 30, || {
+                b.has_key(b_partition, &name)
+            })
+            .await,
+        );
+    }
+    lags.sort();
+    println!(
+        "replication lag A -> B (create acknowledged in A until served by B), 20 keys: p50 {:.1} ms, max {:.1} ms",
+        ms(lags[lags.len() / 2]),
+        ms(lags[lags.len() - 1])
+    );
+
+    // A write sent to B lands in A and is readable in B at once (read-your-writes).
+    for i in 0..N {
+        let name = format!("from-b{i}");
+        let started = Instant::now();
+        let created = b.create(i, &name).await.expect("a write sent to B");
+        println!(
+            "write through B partition {i} (forwarded to A, applied in B): {:.1} ms",
+            ms(started.elapsed())
+        );
+        assert!(
+            b.has_key(i, &name).await,
+            "B partition {i} reads its own write at once"
+        );
+        let (s, v) = a.call(0, Method::GET, &format!("/keys/{name}"), None).await;
+        assert_eq!(s, StatusCode::OK, "the write landed in A: {v}");
+        assert_eq!(
+            v["key"]["x"], created["key"]["x"],
+            "the same key in both regions"
+        );
+    }
+
+    // A signature made in B verifies with A's public key.
+    let message = b"signed in region west";
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, message);
+    let (s, sig) = b
+        .call(
+            2,
+            Method::POST,
+            "/keys/k0/sign",
+            Some(json!({"alg": "ES256", "value": keystead_core::b64::encode_url(digest.as_ref())})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{sig}");
+    let sig = keystead_core::b64::decode_url(sig["value"].as_str().unwrap()).unwrap();
+    let (s, key) = a.call(1, Method::GET, "/keys/k0", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let mut point = vec![4u8];
+    for c in ["x", "y"] {
+        point.extend(keystead_core::b64::decode_url(key["key"][c].as_str().unwrap()).unwrap());
+    }
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        &point,
+    )
+    .verify(message, &sig)
+    .expect("B's signature verifies with A's public key");
+
+    // Lag and role in the status of both regions, and in B's metrics.
+    let r = b.region(0).await.unwrap();
+    assert_eq!(r["role"], "Replica", "{r}");
+    assert_eq!(r["primary"], "faults", "{r}");
+    b.until("B reports no lag", 30, || async {
+        matches!(b.region(0).await, Some(r) if r["lagEntries"] == 0 && r["primaryReachable"] == true)
+    })
+    .await;
+    let r = b.region(0).await.unwrap();
+    println!("B's region status: {r}");
+    let applied = r["appliedPrimaryIndex"].as_u64().unwrap();
+    assert!(applied > 20, "{r}");
+    let primary = a.region(a.leader(&[0, 1, 2]).await).await.unwrap();
+    assert_eq!(primary["role"], "Primary", "{primary}");
+    assert_eq!(primary["accepted"][0]["name"], "west", "{primary}");
+    let metrics = b
+        .http
+        .get(format!("{}/metrics", b.url(0)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for m in [
+        "keystead_region_applied_primary_index",
+        "keystead_region_lag_entries 0",
+        "keystead_region_lag_seconds",
+        "keystead_region_primary_reachable 1",
+    ] {
+        assert!(
+            metrics.contains(m),
+            "{m} missing from B's metrics:\n{metrics}"
+        );
+    }
+    // The join is audited on both sides.
+    let joined_in_b = (0..N).any(|i| {
+        b.audit_records(i)
+            .iter()
+            .any(|r| r["operation"] == "RegionJoined")
+    });
+    let joined_in_a = (0..N).any(|i| {
+        a.audit_records(i)
+            .iter()
+            .any(|r| r["operation"] == "RegionJoin" && r["status"] == 200)
+    });
+    assert!(
+        joined_in_a && joined_in_b,
+        "the join is audited in A and in B"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_primary_partition_killed_the_replica_serves_reads_and_crypto_refuses_writes_until_failed_over()
+ {
+    let (a, b) = two_regions().await;
+    a.create(0, "before").await.expect("create in A");
+    b.until("B serves the key", 30, || b.has_key(1, "before"))
+        .await;
+    for i in 0..N {
+        a.kill(i);
+    }
+    for i in 0..N {
+        assert!(b.has_key(i, "before").await, "B partition {i} still reads");
+        assert_eq!(
+            b.sign(i, "before").await,
+            StatusCode::OK,
+            "B partition {i} still signs"
+        );
+    }
+    let (s, v) = b
+        .call(
+            0,
+            Method::POST,
+            "/keys/after/create",
+            Some(json!({"kty": "EC", "crv": "P-256"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["error"]["code"], "RegionPrimaryUnreachable", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("'faults'") && msg.contains("promote"), "{msg}");
+    println!("write refused by B with the primary down: {msg}");
+    b.until("B reports the primary unreachable", 30, || async {
+        matches!(b.region(0).await, Some(r) if r["primaryReachable"] == false)
+    })
+    .await;
+    assert!(!b.has_key(0, "after").await, "nothing was written");
+    // Failover: B is promoted without a token and takes writes under the next epoch.
+    promote(&b, 2, json!({"force": true})).await;
+    b.until("B takes writes after the failover", 30, || async {
+        b.create(0, "after").await.is_ok()
+    })
+    .await;
+    assert!(b.has_key(1, "after").await && b.has_key(2, "before").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_joining_after_the_primarys_log_was_compacted_catches_up_from_a_snapshot() {
+    let a = std::sync::Arc::new(Cluster::start().await);
+    a.activate().await;
+    // More than one snapshot interval (2,000 entries): the log's head is purged.
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (a, next) = (a.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n >= 2_300 {
+                        return;
+                    }
+                    a.create(w % N, &format!("bulk{n}")).await.expect("create");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    a.until("A took a snapshot and compacted its log", 60, || async {
+        matches!(a.status(0).await, Some(v) if v["replication"]["snapshotIndex"].as_u64() > Some(0))
+    })
+    .await;
+    let started = Instant::now();
+    let b = Cluster::extend(&a, "west").await;
+    b.until_joined().await;
+    b.until("B holds every key of A", 120, || async {
+        matches!(b.status(0).await, Some(v) if v["keys"] == 2_300)
+    })
+    .await;
+    println!(
+        "region bootstrap from a snapshot of 2,300 keys (start of B's processes to all keys served): {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let logs: String = b
+        .configs
+        .iter()
+        .map(|c| std::fs::read_to_string(c.with_file_name("stderr.log")).unwrap_or_default())
+        .collect();
+    assert!(
+        logs.contains("catching up from a snapshot"),
+        "B caught up from a snapshot, not from the log"
+    );
+    // The feed continues after the snapshot.
+    a.create(1, "after-snapshot").await.expect("create in A");
+    b.until("B serves a key created after its snapshot", 30, || {
+        b.has_key(2, "after-snapshot")
+    })
+    .await;
+    assert!(b.has_key(0, "bulk0").await && b.has_key(1, "bulk2299").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_pool_the_primary_names_obtains_the_domain_and_removal_cuts_it_off() {
+    let a = Cluster::start().await;
+    a.activate().await;
+    // A pool of its own CA (its partition's certificate), never named on A.
+    let tmp = tempfile::tempdir().unwrap();
+    let rogue = keystead_partition::local::LocalPki::open_or_create(tmp.path(), "rogue").unwrap();
+    let (_, cfg) = rogue
+        .partition("p0", keystead_partition::local::free_port().unwrap(), &[])
+        .unwrap();
+    let mut identity = std::fs::read(&cfg.tls.cert_file).unwrap();
+    identity.extend(std::fs::read(&cfg.tls.key_file).unwrap());
+    let a_ca = std::fs::read(a.dir.join("ca.pem")).unwrap();
+    let client = |with_cert: bool| {
+        let mut b = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&a_ca).unwrap());
+        if with_cert {
+            b = b.identity(reqwest::Identity::from_pem(&identity).unwrap());
+        }
+        b.build().unwrap()
+    };
+    let exchange = keystead_core::sd::ExchangeKey::generate("rogue-pool").unwrap();
+    let body = json!({"region": "rogue", "exchangeCertificate": exchange.certificate_pem()});
+    let url = format!("{}/internal/region/join", a.url(0));
+    for (with_cert, want) in [
+        (true, StatusCode::FORBIDDEN),
+        (false, StatusCode::UNAUTHORIZED),
+    ] {
+        let r = client(with_cert)
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, want, "{v}");
+        assert!(
+            v.get("blob").is_none(),
+            "no domain for an unnamed pool: {v}"
+        );
+        if with_cert {
+            assert_eq!(v["error"]["code"], "RegionNotAccepted", "{v}");
+        }
+    }
+    // Nor may it read the feed or forward a write.
+    let r = client(true)
+        .get(format!("{}/internal/region/feed?after=0", a.url(1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let refused = a
+        .audit_records(0)
+        .into_iter()
+        .filter(|r| r["operation"] == "RegionRefused" && r["status"] == 403)
+        .count();
+    assert!(refused >= 1, "the refusal is audited on the primary");
+
+    // Once named (its CA), the same pool obtains the domain sealed to its transfer key over
+    // the same kind of connection; removed again, it is refused on its open connection.
+    let named = client(true);
+    let (s, v) = a
+        .call(
+            0,
+            Method::PUT,
+            "/admin/regions/rogue",
+            Some(json!({"caCertificate": std::fs::read_to_string(&cfg.tls.ca_file).unwrap()})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let r = named.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let reply: Value = r.json().await.unwrap();
+    let secret = exchange
+        .open_transfer_blob(reply["blob"].as_str().unwrap(), "rogue-pool")
+        .expect("the blob opens with the transfer key only");
+    assert_eq!(reply["fingerprint"], secret.fingerprint());
+    let (s, _) = a
+        .call(0, Method::DELETE, "/admin/regions/rogue", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let r = named.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "removed: refused at once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_under_continuous_writes_loses_nothing_and_the_old_primary_follows() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let (a, b) = two_regions().await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Writers through both regions, every partition, all the time.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (a, b, acked, stop) = (a.clone(), b.clone(), acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let name = format!("w{w}-{n}");
+                    n += 1;
+                    let region = if w % 2 == 0 { &a } else { &b };
+                    if region.create(n % N, &name).await.is_ok() {
+                        acked.lock().unwrap().push(name);
+                    }
+                }
+            })
+        })
+        .collect();
+    let count = || acked.lock().unwrap().len();
+    time_until("writes are acknowledged", 60, || async { count() >= 20 }).await;
+
+    let started = Instant::now();
+    let (s, v) = a
+        .call(
+            0,
+            Method::POST,
+            "/admin/regions/demote",
+            Some(json!({"to": "west", "endpoints": (0..N).map(|i| b.url(i)).collect::<Vec<_>>()})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = v["token"].as_str().unwrap().to_string();
+    assert_eq!(v["epoch"], 2, "{v}");
+    // A forged or altered token is refused.
+    let mut forged = token.clone();
+    forged.insert(3, 'x');
+    let (s, _) = b
+        .call(
+            1,
+            Method::POST,
+            "/admin/regions/promote",
+            Some(json!({"token": forged})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    promote(&b, 1, json!({"token": token})).await;
+    let before = count();
+    time_until("writes continue after the switchover", 60, || async {
+        count() >= before + 20
+    })
+    .await;
+    println!(
+        "planned switchover: demote to promote {:.0} ms; {} writes acknowledged so far",
+        ms(started.elapsed()),
+        count()
+    );
+    // The old primary follows the new one (no re-seeding), and writes sent to it land in B.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(a.region(0).await, Some(r) if r["role"] == "Replica" && r["primary"] == "west" && r["epoch"] == 2)
+    {
+        if Instant::now() > deadline {
+            dump_logs(&[&a, &b]);
+            panic!("A does not follow B: {:?}", a.region(0).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let written_through_a = a
+        .create(2, "through-a-after")
+        .await
+        .expect("a write sent to A");
+    let (s, v) = b.call(0, Method::GET, "/keys/through-a-after", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["key"]["x"], written_through_a["key"]["x"]);
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Zero loss: every acknowledged write is in both regions.
+    let acked = acked.lock().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut missing = Vec::new();
+        for (k, name) in acked.iter().enumerate() {
+            for (c, region) in [(&a, "A"), (&b, "B")] {
+                if !c.has_key(k % N, name).await {
+                    missing.push(format!("{name} in {region} (partition {})", k % N));
+                }
+            }
+        }
+        if missing.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            dump_logs(&[&a, &b]);
+            panic!("acknowledged writes missing: {missing:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "{} acknowledged writes, all present in both regions",
+        acked.len()
+    );
+    let audited = |c: &Cluster, op: &str| {
+        (0..N).any(|i| {
+            c.audit_records(i)
+                .iter()
+                .any(|r| r["operation"] == op && r["status"] == 200)
+        })
+    };
+    assert!(audited(&a, "RegionDemote") && audited(&b, "RegionPromote"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_the_returning_old_primary_is_fenced_lists_its_lost_writes_and_follows() {
+    let (a, b) = two_regions().await;
+    a.create(0, "before").await.expect("create in A");
+    b.until("B serves the key", 30, || b.has_key(0, "before"))
+        .await;
+    // Region B is down while A takes a write (B never gets it); then A is lost and B back.
+    for i in 0..N {
+        b.kill(i);
+    }
+    a.create(1, "lost").await.expect("a write A acknowledged");
+    for i in 0..N {
+        a.kill(i);
+    }
+    for i in 0..N {
+        b.spawn(i);
+    }
+    for i in 0..N {
+        b.until("B is back with its domain", 60, || b.domain_loaded(i))
+            .await;
+    }
+    assert!(b.has_key(0, "before").await && !b.has_key(0, "lost").await);
+    promote(&b, 0, json!({"force": true})).await;
+    b.until("B takes writes after the failover", 30, || async {
+        b.create(1, "after").await.is_ok()
+    })
+    .await;
+    // A comes back: it learns of epoch 2, stops, lists what it loses, re-seeds and follows.
+    for i in 0..N {
+        a.spawn(i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = a.region(0).await;
+        if matches!(&r, Some(r) if r["role"] == "Replica" && r["primary"] == "west" && r["epoch"] == 2)
+            && a.has_key(0, "after").await
+        {
+            let r = r.unwrap();
+            let discarded = r["discardedWrites"].to_string();
+            assert!(discarded.contains("lost/"), "the lost write is listed: {r}");
+            assert!(!discarded.contains("before"), "{r}");
+            println!("old primary fenced; discarded writes: {discarded}");
+            break;
+        }
+        if Instant::now() > deadline {
+            dump_logs(&[&a, &b]);
+            panic!("A was not fenced: {r:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !a.has_key(1, "lost").await,
+        "the discarded write is gone from A"
+    );
+    assert!(a.has_key(2, "before").await);
+    let fenced = (0..N).any(|i| {
+        a.audit_records(i).iter().any(|r| {
+            r["operation"] == "RegionFenced"
+                && r["keyName"].as_str().is_some_and(|k| k.contains("lost/"))
+        })
+    });
+    assert!(fenced, "the discarded writes are in A's audit log");
+    // Writes sent to A now go to B.
+    a.create(2, "via-a")
+        .await
+        .expect("a write through the old primary");
+    assert!(b.has_key(0, "via-a").await);
+}
