@@ -269,3 +269,79 @@ where
 pub fn job_start_time(job: &JobStatus) -> Option<Time> {
     plan::time_of(job.start_time)
 }
+
+/// The fields a job condition sets in the status of a Backup or a Restore.
+pub trait JobStatusFields: Clone {
+    fn set_phase(&mut self, reason: JobReason);
+    fn fields(
+        &mut self,
+    ) -> (
+        &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+        &mut Option<i64>,
+        &mut Option<String>,
+        &mut Option<Time>,
+    );
+}
+
+impl JobStatusFields for crate::crd::BackupStatus {
+    fn set_phase(&mut self, reason: JobReason) {
+        self.phase = Some(reason.backup_phase());
+    }
+    fn fields(
+        &mut self,
+    ) -> (
+        &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+        &mut Option<i64>,
+        &mut Option<String>,
+        &mut Option<Time>,
+    ) {
+        (
+            &mut self.conditions,
+            &mut self.observed_generation,
+            &mut self.error,
+            &mut self.completion_time,
+        )
+    }
+}
+
+impl JobStatusFields for crate::crd::RestoreStatus {
+    fn set_phase(&mut self, reason: JobReason) {
+        self.phase = Some(reason.restore_phase());
+    }
+    fn fields(
+        &mut self,
+    ) -> (
+        &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+        &mut Option<i64>,
+        &mut Option<String>,
+        &mut Option<Time>,
+    ) {
+        (
+            &mut self.conditions,
+            &mut self.observed_generation,
+            &mut self.error,
+            &mut self.completion_time,
+        )
+    }
+}
+
+/// `prev` with the job condition of `reason` and `message`: the phase, the generation
+/// observed, and for a final failure the error and the completion time.
+pub fn job_status<S: JobStatusFields>(
+    prev: &S,
+    reason: JobReason,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> S {
+    let mut st = prev.clone();
+    st.set_phase(reason);
+    let (conditions, observed, error, completion) = st.fields();
+    *conditions = plan::job_conditions(conditions, reason, message, generation, now);
+    *observed = generation;
+    if reason.status() == Status::False {
+        *error = Some(message.to_string());
+        *completion = completion.take().or_else(|| Some(now.clone()));
+    }
+    st
+}

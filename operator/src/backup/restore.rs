@@ -2,15 +2,13 @@
 //! destination), start one restore job on a Ready partition, and poll it to its end.
 
 use super::jobs::{
-    POLL, Poll, Wait, destination_parameters, job_start_time, poll_job, record, start_job,
-    wait_delay,
+    POLL, Poll, Wait, destination_parameters, job_start_time, job_status, poll_job, record,
+    start_job, wait_delay,
 };
 use super::plan::{self, JobReason};
-use crate::conditions::Status;
 use crate::context::{At, Context, Error, namespace_of, now_time, reconciling};
 use crate::crd::{Backup, BackupPhase, Restore, RestorePhase, RestoreStatus};
 use crate::pool::client::JobPath;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use keystead_core::store::{self, StorageParameters};
 use kube::Api;
 use kube::runtime::controller::Action as Requeue;
@@ -18,24 +16,6 @@ use serde_json::json;
 use std::sync::Arc;
 
 pub const RESTORE_CONTROLLER: &str = "restore";
-
-fn restore_status(
-    prev: &RestoreStatus,
-    reason: JobReason,
-    message: &str,
-    generation: Option<i64>,
-    now: &Time,
-) -> RestoreStatus {
-    let mut st = prev.clone();
-    st.conditions = plan::job_conditions(&prev.conditions, reason, message, generation, now);
-    st.phase = Some(reason.restore_phase());
-    st.observed_generation = generation;
-    if reason.status() == Status::False {
-        st.error = Some(message.to_string());
-        st.completion_time = st.completion_time.or_else(|| Some(now.clone()));
-    }
-    st
-}
 
 pub async fn reconcile_restore(r: Arc<Restore>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     reconciling(&ctx, RESTORE_CONTROLLER, &*r, restore_apply(&r, &ctx)).await
@@ -116,7 +96,7 @@ async fn restore_apply(r: &Restore, ctx: &Context) -> Result<Requeue, Error> {
     let generation = r.metadata.generation;
     let pool = &r.spec.hsm_ref.name;
     let set = |reason: JobReason, msg: &str, st: &RestoreStatus| {
-        restore_status(st, reason, msg, generation, &now)
+        job_status(st, reason, msg, generation, &now)
     };
     let write = |st: RestoreStatus, reason: JobReason, msg: String| {
         let changed = r.status.as_ref() != Some(&st);

@@ -3,15 +3,13 @@
 //! object goes (its finalizer).
 
 use super::jobs::{
-    POLL, Poll, destination_parameters, job_start_time, poll_job, record, start_job, target,
-    wait_delay,
+    POLL, Poll, destination_parameters, job_start_time, job_status, poll_job, record, start_job,
+    target, wait_delay,
 };
 use super::plan::{self, BACKUP_FINALIZER, JobReason, KEEP_FOLDER_ANNOTATION};
-use crate::conditions::Status;
 use crate::context::{At, Context, Error, namespace_of, now_time, publish_on, reconciling};
 use crate::crd::{Backup, BackupPhase, BackupStatus};
 use crate::pool::client::JobPath;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use keystead_core::store::{self, StorageParameters};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
@@ -22,24 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const BACKUP_CONTROLLER: &str = "backup";
-
-fn backup_status(
-    prev: &BackupStatus,
-    reason: JobReason,
-    message: &str,
-    generation: Option<i64>,
-    now: &Time,
-) -> BackupStatus {
-    let mut st = prev.clone();
-    st.conditions = plan::job_conditions(&prev.conditions, reason, message, generation, now);
-    st.phase = Some(reason.backup_phase());
-    st.observed_generation = generation;
-    if reason.status() == Status::False {
-        st.error = Some(message.to_string());
-        st.completion_time = st.completion_time.or_else(|| Some(now.clone()));
-    }
-    st
-}
 
 pub async fn reconcile_backup(b: Arc<Backup>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     reconciling(&ctx, BACKUP_CONTROLLER, &*b, async {
@@ -65,7 +45,7 @@ async fn backup_apply(b: &Backup, ctx: &Context) -> Result<Requeue, Error> {
     let generation = b.metadata.generation;
     let pool = &b.spec.hsm_ref.name;
     let set = |reason: JobReason, msg: &str, st: &BackupStatus| {
-        backup_status(st, reason, msg, generation, &now)
+        job_status(st, reason, msg, generation, &now)
     };
     let write = |st: BackupStatus, reason: JobReason, msg: String| {
         let changed = b.status.as_ref() != Some(&st);
@@ -198,7 +178,8 @@ async fn namespace_deleted(ctx: &Context, ns: &str) -> Result<bool, Error> {
         .get_opt(ns)
         .await
         .at("reading the Backup's namespace")?;
-    Ok(n.is_none_or(|n| n.metadata.deletion_timestamp.is_some()))
+    // (A Backup cannot outlive its namespace object: a missing one is not "being deleted".)
+    Ok(n.is_some_and(|n| n.metadata.deletion_timestamp.is_some()))
 }
 
 /// The finalizer of a scheduled Backup: wait for a running job, delete the folder (kept when
