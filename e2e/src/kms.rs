@@ -4,12 +4,13 @@
 //! real processes, stopped on drop. Binaries come from `KEYSTEAD_BIN_DIR`, or the directory
 //! of the test executable's target profile (`cargo build --workspace --bins` builds them).
 
+use crate::steps::eventually;
 use anyhow::{Context, bail};
 use keystead_kms_plugin::proto::KeyManagementServiceClient;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The principal the plugin authenticates as (Managed HSM Crypto User on its key only).
 pub const PLUGIN_PRINCIPAL: &str = "kms-plugin";
@@ -37,28 +38,6 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(p)
-}
-
-/// Poll `cond` every 100 ms until it returns `Some`, failing after `deadline` with `what`
-/// and the last error.
-pub async fn until<T, F, Fut>(what: &str, deadline: Duration, mut cond: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let start = Instant::now();
-    let mut last = String::new();
-    loop {
-        match cond().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if start.elapsed() > deadline {
-            bail!("{what}: not reached within {deadline:?} (last error: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A local pool (three partitions under the runner), activated, with one key for the plugin.
@@ -90,7 +69,7 @@ impl LocalPool {
             key: key.to_string(),
             token_file: dir.join("kms-plugin.token"),
         };
-        until("the local pool answers", Duration::from_secs(60), || {
+        eventually("the local pool answers", Duration::from_secs(60), || {
             let ok = pool.pool_file().exists() && pool.hsm(&["sd", "status"]).is_ok();
             async move { Ok(ok.then_some(())) }
         })
@@ -124,33 +103,14 @@ impl LocalPool {
         ])?;
         // The administrator manages the key (as the README's first steps do); the plugin's
         // principal only wraps and unwraps with it.
-        pool.hsm(&[
-            "role",
-            "assignment",
-            "create",
-            "--role",
-            "Managed HSM Crypto User",
-            "--principal",
-            "local-admin",
-        ])?;
+        pool.grant_crypto_user("local-admin", "/")?;
         let mut create = vec!["key", "create", key, "--kty", kty, "--op", "wrapKey"];
         create.extend(["--op", "unwrapKey"]);
         if kty == "oct" {
             create.extend(["--size", "256"]);
         }
         pool.hsm(&create)?;
-        let scope = format!("/keys/{key}");
-        pool.hsm(&[
-            "role",
-            "assignment",
-            "create",
-            "--role",
-            "Managed HSM Crypto User",
-            "--principal",
-            PLUGIN_PRINCIPAL,
-            "--scope",
-            &scope,
-        ])?;
+        pool.grant_crypto_user(PLUGIN_PRINCIPAL, &format!("/keys/{key}"))?;
         let token = pool.hsm(&[
             "token",
             "--subject",
@@ -179,6 +139,22 @@ impl LocalPool {
             .args(args)
             .current_dir(&self.dir);
         crate::output_of(cmd, &format!("kubectl hsm {}", args.join(" ")))
+    }
+
+    /// Give `principal` the Managed HSM Crypto User role at `scope`.
+    pub fn grant_crypto_user(&self, principal: &str, scope: &str) -> anyhow::Result<()> {
+        let role = "Managed HSM Crypto User";
+        let args = [
+            "role",
+            "assignment",
+            "create",
+            "--role",
+            role,
+            "--principal",
+            principal,
+        ];
+        self.hsm(&[&args[..], &["--scope", scope]].concat())?;
+        Ok(())
     }
 
     /// Rotate the key; the new version.
@@ -289,7 +265,7 @@ impl Plugin {
             .context("cannot start keystead-kms-plugin")?;
         let mut plugin = Plugin { child, socket, log };
         let s = plugin.socket.clone();
-        until("the plugin's socket", Duration::from_secs(20), || {
+        eventually("the plugin's socket", Duration::from_secs(20), || {
             let s = s.clone();
             async move { Ok(tokio::net::UnixStream::connect(&s).await.ok().map(|_| ())) }
         })

@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Secret;
 use keystead_core::b64;
 use keystead_e2e::Cluster;
-use keystead_e2e::kms::{LocalPool, Plugin, bin_dir, until};
+use keystead_e2e::kms::{LocalPool, Plugin, bin_dir};
+use keystead_e2e::steps::eventually;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use std::path::{Path, PathBuf};
@@ -239,7 +240,7 @@ async fn scenario(
     anyhow::ensure!(v2 != v1, "rotation kept the version");
     let kid2 = format!("kek/{v2}");
     let m0b = marker("s0b");
-    until(
+    eventually(
         "a rewritten Secret under the new version",
         Duration::from_secs(120),
         || {
@@ -279,7 +280,7 @@ async fn scenario(
     // server's DEK cache; writes fail once the write DEK expires.
     pool.signal(&["p0", "p1", "p2"], "-STOP")?;
     let unreachable = async {
-        let verbose = until(
+        let verbose = eventually(
             "readyz reports the KMS provider failing",
             Duration::from_secs(60),
             || {
@@ -292,7 +293,7 @@ async fn scenario(
         anyhow::ensure!(read_marker(&api, "old").await? == m_old);
         // One Secret rewritten again and again (each write encrypts), polled with a deadline.
         let mut i = 0;
-        let err = until("Secret writes fail", Duration::from_secs(240), || {
+        let err = eventually("Secret writes fail", Duration::from_secs(240), || {
             i += 1;
             let patch = serde_json::json!({"stringData": {"value": format!("x{i}")}});
             let api = &api;
@@ -321,7 +322,7 @@ async fn scenario(
     // Back: healthy again and writes succeed (the API server retries Status every 10 s).
     wait_ready(&cluster, "after the pool returned").await?;
     let m2 = marker("s2");
-    until(
+    eventually(
         "Secret writes succeed again",
         Duration::from_secs(60),
         || {
@@ -348,7 +349,7 @@ async fn scenario(
 
 /// `/readyz` passes (KMS included), within 90 s.
 async fn wait_ready(cluster: &Cluster, when: &str) -> anyhow::Result<()> {
-    until(
+    eventually(
         &format!("kube-apiserver ready {when}"),
         Duration::from_secs(90),
         || {

@@ -6,7 +6,8 @@
 //! fail within the plugin's budget. `kms_latency` (ignored) is the benchmark of
 //! docs/benchmarks.md.
 
-use keystead_e2e::kms::{LocalPool, Plugin, until};
+use keystead_e2e::kms::{LocalPool, Plugin};
+use keystead_e2e::steps::eventually;
 use keystead_kms_plugin::plugin::ALG_ANNOTATION;
 use keystead_kms_plugin::proto::{DecryptRequest, EncryptRequest, KeyManagementServiceClient};
 use keystead_kms_plugin::tonic::Code;
@@ -220,7 +221,7 @@ async fn kms_plugin_grpc_surface_on_a_local_pool() {
         "{}",
         e.message()
     );
-    until("Status healthy again", Duration::from_secs(60), || {
+    eventually("Status healthy again", Duration::from_secs(60), || {
         let mut c = c.clone();
         async move { Ok(c.status().await.ok().filter(|s| s.healthz == "ok")) }
     })
