@@ -3,8 +3,7 @@
 //! (RSA-OAEP-256) key; bad input (unknown key id, tampered ciphertext, oversized requests,
 //! missing annotations) gets a clear error and never kills the plugin; the token file is
 //! re-read when it changes; a dead endpoint is failed over; an unreachable pool makes Status
-//! fail within the plugin's budget. `kms_latency` (ignored) is the benchmark of
-//! docs/benchmarks.md.
+//! fail within the plugin's budget. The latency benchmark is `kms_bench.rs`.
 
 use keystead_e2e::kms::{LocalPool, Plugin};
 use keystead_e2e::steps::eventually;
@@ -295,59 +294,4 @@ async fn kms_plugin_rsa_key_and_failover() {
     .await;
     pool.signal(&["p0"], "-CONT").unwrap();
     result
-}
-
-/// Encrypt/Decrypt latency through the plugin against a local pool (docs/benchmarks.md):
-/// `cargo nextest run -p keystead-e2e --test kms_grpc --run-ignored only kms_latency
-/// --no-capture` after `cargo build --workspace --bins` (add `--release` to both for a
-/// release figure).
-#[tokio::test]
-#[ignore = "benchmark: run on demand (docs/benchmarks.md)"]
-async fn kms_latency() {
-    let tmp = tempfile::tempdir().unwrap();
-    let n: usize = std::env::var("KMS_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    for (kty, key, alg) in [("oct", "kek", "A256KW"), ("RSA", "rsa-kek", "RSA-OAEP-256")] {
-        let dir = tmp.path().join(kty);
-        let pool = LocalPool::start(&dir, key, kty).await.unwrap();
-        let args = Plugin::pool_args(&pool).unwrap();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let plugin = Plugin::start(&dir, kty, key, &args).await.unwrap();
-        let mut c = plugin.client().await.unwrap();
-        let (_, _) = round_trip(&mut c, alg).await; // warm up connections
-        let (mut enc, mut dec) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for i in 0..n {
-            let t = Instant::now();
-            let r = c
-                .encrypt(EncryptRequest {
-                    plaintext: seed(),
-                    uid: format!("b{i}"),
-                })
-                .await
-                .unwrap();
-            enc.push(t.elapsed());
-            let t = Instant::now();
-            c.decrypt(DecryptRequest {
-                ciphertext: r.ciphertext,
-                uid: format!("b{i}"),
-                key_id: r.key_id,
-                annotations: r.annotations,
-            })
-            .await
-            .unwrap();
-            dec.push(t.elapsed());
-        }
-        for (name, mut v) in [("Encrypt", enc), ("Decrypt", dec)] {
-            v.sort();
-            let q = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
-            println!(
-                "{alg} {name}: n={n} p50={:.2} ms p99={:.2} ms max={:.2} ms",
-                q(0.50).as_secs_f64() * 1e3,
-                q(0.99).as_secs_f64() * 1e3,
-                v[v.len() - 1].as_secs_f64() * 1e3
-            );
-        }
-    }
 }
