@@ -182,28 +182,9 @@ impl LocalPool {
         Ok(())
     }
 
-    /// The partitions' pids by name (`p0`..`p2`): children of the runner whose command line
-    /// names `<name>/config.json`.
+    /// The partitions' pids by name (`p0`..`p2`).
     pub fn partition_pids(&self) -> BTreeMap<String, u32> {
-        let mut out = BTreeMap::new();
-        let tasks = format!("/proc/{}/task", self.runner.id());
-        for task in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for pid in children
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
-            {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmdline = String::from_utf8_lossy(&cmdline);
-                for i in 0..3 {
-                    if cmdline.contains(&format!("p{i}/config.json")) {
-                        out.insert(format!("p{i}"), pid);
-                    }
-                }
-            }
-        }
-        out
+        keystead_core::pool_file::partition_pids(self.runner.id())
     }
 
     /// Send `signal` (`-STOP`, `-CONT`, `-KILL`) to the named partitions.
