@@ -186,6 +186,18 @@ async fn kms_plugin_grpc_surface_on_a_local_pool() {
     assert!(plugin.running(), "the plugin exited: {}", plugin.log_text());
     round_trip(&mut c, "A256KW").await;
 
+    // Rotation: Status names the new version at once, Encrypt uses it, and what the old
+    // version wrapped still decrypts with the old key id.
+    let v2 = pool.rotate().unwrap();
+    let (_, new_id) = round_trip(&mut c, "A256KW").await;
+    assert_eq!(new_id, format!("kek/{v2}"));
+    assert_ne!(new_id, key_id);
+    let old = c
+        .decrypt(decrypt(ct.clone(), &key_id, ann.clone()))
+        .await
+        .unwrap();
+    assert_eq!(old.plaintext, seed());
+
     // The token file is read again when it changes: a principal without a role is refused,
     // the plugin's own token works again.
     let good = std::fs::read_to_string(&pool.token_file).unwrap();
