@@ -84,6 +84,16 @@ impl Drop for OwnCluster {
             .arg("down")
             .arg(&self.dir)
             .output();
+        // A pod process the node agent could not stop (it lost its API server, say) still
+        // runs in a pod directory of this cluster: stop it too.
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let in_cluster = std::fs::read_link(entry.path().join("cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(&self.dir));
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            if in_cluster && pid.bytes().all(|b| b.is_ascii_digit()) {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+        }
     }
 }
 
