@@ -8,18 +8,21 @@
 #   scripts/dev-cluster.sh down DIR   stop everything `up` started in DIR (DIR is kept for
 #                                     inspection; the next `up DIR` starts afresh)
 #   scripts/dev-cluster.sh env DIR    print the cluster's settings (KEY=VALUE)
+#   scripts/dev-cluster.sh restart-apiserver DIR   stop and start only kube-apiserver, with
+#                                     the same flags, and wait until it is live (not ready)
 #
 # Settings (environment): KEYSTEAD_DEV_NET=N (0..63) puts pods on 100.(64+N).0.0/16 (added to
 # the loopback interface, one /32 per pod) and Services on 127.(100+N).0.0/16 (default: random
 # N, so clusters on one machine do not collide);
 # KEYSTEAD_BIN_DIR: where keystead-operator, keystead-partition and keystead-node-agent are
-# (default: built with cargo into target/debug).
+# (default: built with cargo into target/debug); KEYSTEAD_DEV_ENCRYPTION_CONFIG: an
+# EncryptionConfiguration for kube-apiserver (reloaded automatically; docs/kms-plugin.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cmd="${1:-}"
 DIR="${2:-}"
 [ -n "$cmd" ] && [ -n "$DIR" ] || {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 mkdir -p "$DIR"
@@ -82,7 +85,20 @@ if [ "$cmd" = env ]; then
   cat "$DIR/cluster.env"
   exit 0
 fi
-[ "$cmd" = up ] || die "unknown command $cmd (up, down, env)"
+if [ "$cmd" = restart-apiserver ]; then
+  # The command line `up` recorded (NUL-separated); logs are appended to the same file.
+  [ -f "$DIR/run/kube-apiserver.cmd" ] || die "no kube-apiserver command in $DIR/run (is the cluster up?)"
+  mapfile -d '' APISERVER_CMD <"$DIR/run/kube-apiserver.cmd"
+  stop_pid kube-apiserver
+  setsid "${APISERVER_CMD[@]}" >>"$DIR/logs/kube-apiserver.log" 2>&1 </dev/null &
+  echo $! >"$DIR/run/kube-apiserver.pid"
+  # Live, not ready: with its KMS plugin down the API server is not ready at all (its cache
+  # of encrypted resources cannot sync); the caller waits for /readyz if it wants it.
+  wait_for 90 "kube-apiserver live" "$TOOLS/kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /livez
+  log "kube-apiserver restarted"
+  exit 0
+fi
+[ "$cmd" = up ] || die "unknown command $cmd (up, down, env, restart-apiserver)"
 if ls "$DIR"/run/*.pid >/dev/null 2>&1; then
   die "$DIR already has a running cluster (scripts/dev-cluster.sh down $DIR first)"
 fi
@@ -218,7 +234,7 @@ ENCRYPTION_ARGS=()
 if [ -n "${KEYSTEAD_DEV_ENCRYPTION_CONFIG:-}" ]; then
   ENCRYPTION_ARGS=(--encryption-provider-config "$KEYSTEAD_DEV_ENCRYPTION_CONFIG" --encryption-provider-config-automatic-reload=true)
 fi
-start kube-apiserver "$CP/kube-apiserver" \
+APISERVER_CMD=("$CP/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$API_PORT" \
   --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
@@ -230,7 +246,9 @@ start kube-apiserver "$CP/kube-apiserver" \
   --audit-log-path "$DIR/logs/audit.log" --audit-policy-file "$DIR/audit-policy.yaml" \
   --audit-log-maxsize 200 --audit-log-maxbackup 1 \
   --allow-privileged=true --profiling=false \
-  "${ENCRYPTION_ARGS[@]}"
+  "${ENCRYPTION_ARGS[@]}")
+printf '%s\0' "${APISERVER_CMD[@]}" >"$DIR/run/kube-apiserver.cmd"
+start kube-apiserver "${APISERVER_CMD[@]}"
 KUBECTL=("$TOOLS/kubectl" --kubeconfig "$DIR/kubeconfig")
 wait_for 90 "kube-apiserver ready" "${KUBECTL[@]}" get --raw /readyz
 

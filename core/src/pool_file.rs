@@ -35,3 +35,33 @@ impl PoolFile {
         serde_json::from_str(&text).map_err(|e| PoolFileError::Parse(path.display().to_string(), e))
     }
 }
+
+/// The pids of a local pool's partition processes by partition name (`p0`, `p1`, ...): the
+/// children of the runner (`keystead-partition local`, pid `runner`) whose command line names
+/// `<name>/config.json`, read from `/proc` (Linux). For tests and tools that signal one
+/// partition of a local pool.
+pub fn partition_pids(runner: u32) -> std::collections::BTreeMap<String, u32> {
+    let mut out = std::collections::BTreeMap::new();
+    let tasks = format!("/proc/{runner}/task");
+    for task in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            let name = cmdline
+                .split('\0')
+                .filter_map(|arg| arg.strip_suffix("/config.json"))
+                .filter_map(|dir| dir.rsplit('/').next())
+                .find(|n| {
+                    n.len() > 1 && n.starts_with('p') && n[1..].bytes().all(|b| b.is_ascii_digit())
+                });
+            if let Some(n) = name {
+                out.insert(n.to_string(), pid);
+            }
+        }
+    }
+    out
+}

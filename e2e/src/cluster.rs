@@ -41,6 +41,11 @@ impl Cluster {
                  export {DEV_CLUSTER_ENV}=DIR"
             );
         };
+        Self::dev_at(dir).await
+    }
+
+    /// The dev cluster in `dir` (a test that starts its own cluster).
+    pub async fn dev_at(dir: PathBuf) -> anyhow::Result<Cluster> {
         let text = std::fs::read_to_string(dir.join("cluster.env"))
             .with_context(|| format!("{} is not a dev cluster directory", dir.display()))?;
         let settings: BTreeMap<String, String> = text

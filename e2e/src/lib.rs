@@ -1,9 +1,11 @@
 //! Helpers of the end-to-end suites (see `e2e/README.md`): the cluster (the dev cluster's
 //! real control plane, or kind), a namespace per test (kept and dumped on failure), waits on
-//! conditions with deadlines, `kubectl` / `kubectl hsm` runners and a port-forward to a pool.
+//! conditions with deadlines, `kubectl` / `kubectl hsm` runners, a port-forward to a pool, and
+//! a local pool with the KMS plugin (`kms`).
 
 pub mod cluster;
 pub mod gate;
+pub mod kms;
 pub mod pool;
 pub mod steps;
 

@@ -50,28 +50,9 @@ impl Pool {
         std::fs::read_to_string(self.dir.with_extension("runner.log")).unwrap_or_default()
     }
 
-    /// The pids of the runner's partition processes, by partition name (`p0`, ...), from
-    /// `/proc` (children of the runner whose command line names `<name>/config.json`).
+    /// The pids of the runner's partition processes, by partition name (`p0`, ...).
     fn partition_pids(&self) -> std::collections::BTreeMap<String, u32> {
-        let mut out = std::collections::BTreeMap::new();
-        let tasks = format!("/proc/{}/task", self.child.id());
-        for task in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
-            let children =
-                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for pid in children
-                .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok())
-            {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                let cmdline = String::from_utf8_lossy(&cmdline);
-                for i in 0..3 {
-                    if cmdline.contains(&format!("p{i}/config.json")) {
-                        out.insert(format!("p{i}"), pid);
-                    }
-                }
-            }
-        }
-        out
+        keystead_core::pool_file::partition_pids(self.child.id())
     }
 
     fn start(dir: &Path) -> Pool {
