@@ -4,94 +4,11 @@
 //! (docs/regions.md, Join).
 
 use crate::state::AcceptedRegionRecord;
-use rustls::DistinguishedName;
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use crate::tls::{chain_verifier, verify_chain};
+use rustls::pki_types::CertificateDer;
+use rustls::server::danger::ClientCertVerifier;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-
-/// The handshake's client-certificate check: any certificate, with a valid proof of
-/// possession of its key (the handshake signature). Whom it belongs to is decided after the
-/// handshake ([`verify_chain`], [`RegionTrust::region_of`]), never by this verifier.
-#[derive(Debug)]
-pub struct AnyClientCert {
-    schemes: WebPkiSupportedAlgorithms,
-}
-
-impl AnyClientCert {
-    pub fn new(provider: &rustls::crypto::CryptoProvider) -> AnyClientCert {
-        AnyClientCert {
-            schemes: provider.signature_verification_algorithms,
-        }
-    }
-}
-
-impl ClientCertVerifier for AnyClientCert {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.schemes)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.schemes)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.schemes.supported_schemes()
-    }
-}
-
-/// A chain verifier for one CA (PEM).
-pub fn chain_verifier(ca_pem: &str) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
-    let roots = crate::tls::roots(ca_pem)?;
-    Ok(rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-    )
-    .build()?)
-}
-
-/// Whether `chain` (end entity first) verifies for client authentication under `verifier`.
-pub fn verify_chain(verifier: &dyn ClientCertVerifier, chain: &[CertificateDer<'_>]) -> bool {
-    let Some((ee, rest)) = chain.split_first() else {
-        return false;
-    };
-    verifier
-        .verify_client_cert(ee, rest, UnixTime::now())
-        .is_ok()
-}
 
 type Verifiers = Vec<(String, Arc<dyn ClientCertVerifier>)>;
 

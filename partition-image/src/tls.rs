@@ -1,9 +1,15 @@
-//! rustls configuration (aws-lc-rs provider only), and what the TLS acceptor learns about a
-//! connection (client address, pool-CA certificate name) for the layers above.
+//! rustls configuration (aws-lc-rs provider only), the client-certificate checks (any proven
+//! key at the handshake; the chain checked after it against the pool CA or a region's CA), and
+//! what the TLS acceptor learns about a connection (client address, pool-CA certificate name).
 
 use anyhow::Context;
+use rustls::DistinguishedName;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use std::sync::Arc;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -46,9 +52,7 @@ pub fn server_config(
         Some(ca) => {
             // The CA must be a usable trust anchor (checked here, used after the handshake).
             roots(ca)?;
-            builder.with_client_cert_verifier(Arc::new(crate::region_trust::AnyClientCert::new(
-                &provider(),
-            )))
+            builder.with_client_cert_verifier(Arc::new(AnyClientCert::new(&provider())))
         }
         None => builder.with_no_client_auth(),
     };
@@ -115,12 +119,12 @@ pub struct PoolChain(Arc<dyn rustls::server::danger::ClientCertVerifier>);
 
 impl PoolChain {
     pub fn new(ca_pem: &str) -> anyhow::Result<PoolChain> {
-        Ok(PoolChain(crate::region_trust::chain_verifier(ca_pem)?))
+        Ok(PoolChain(chain_verifier(ca_pem)?))
     }
 
     /// Whether `chain` (end entity first) chains to the pool CA.
     pub fn verifies(&self, chain: &[CertificateDer<'_>]) -> bool {
-        crate::region_trust::verify_chain(self.0.as_ref(), chain)
+        verify_chain(self.0.as_ref(), chain)
     }
 }
 
@@ -253,4 +257,85 @@ mod tests {
             der_of(&second)
         );
     }
+}
+
+/// The handshake's client-certificate check: any certificate, with a valid proof of
+/// possession of its key (the handshake signature). Whom it belongs to is decided after the
+/// handshake ([`verify_chain`], [`crate::region_trust::RegionTrust::region_of`]), never by this verifier.
+#[derive(Debug)]
+pub struct AnyClientCert {
+    schemes: WebPkiSupportedAlgorithms,
+}
+
+impl AnyClientCert {
+    pub fn new(provider: &rustls::crypto::CryptoProvider) -> AnyClientCert {
+        AnyClientCert {
+            schemes: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.schemes)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.schemes)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes.supported_schemes()
+    }
+}
+
+/// A chain verifier for one CA (PEM).
+pub fn chain_verifier(ca_pem: &str) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let roots = crate::tls::roots(ca_pem)?;
+    Ok(rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    )
+    .build()?)
+}
+
+/// Whether `chain` (end entity first) verifies for client authentication under `verifier`.
+pub fn verify_chain(verifier: &dyn ClientCertVerifier, chain: &[CertificateDer<'_>]) -> bool {
+    let Some((ee, rest)) = chain.split_first() else {
+        return false;
+    };
+    verifier
+        .verify_client_cert(ee, rest, UnixTime::now())
+        .is_ok()
 }

@@ -51,7 +51,7 @@ pub async fn put(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
     ctx.authorize(DataAction::SecurityDomainDownload, "/")?;
     check_region_name(name).map_err(ApiError::bad_request)?;
     let req: AcceptRegionRequest = ctx.json()?;
-    crate::region_trust::chain_verifier(&req.ca_certificate).map_err(|e| {
+    crate::tls::chain_verifier(&req.ca_certificate).map_err(|e| {
         ApiError::bad_request(format!(
             "caCertificate is not a usable CA certificate (PEM): {e:#}"
         ))

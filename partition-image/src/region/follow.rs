@@ -3,7 +3,7 @@
 //! and applies them through its own Raft group exactly once by primary index, or catches up
 //! from a streamed snapshot when the primary's log no longer reaches back far enough.
 
-use super::link::{LinkError, PrimaryLink};
+use super::link::{LinkError, PrimaryLink, RETRY};
 use crate::audit::AuditRecord;
 use crate::service::app::App;
 use crate::state::{Command, ReplicaOf};
@@ -14,8 +14,6 @@ use std::time::Duration;
 /// Entries per feed request, and how long the primary holds a request with nothing new.
 const FEED_MAX: usize = 256;
 const FEED_WAIT: Duration = Duration::from_millis(1000);
-/// Pause after a failure (the primary unreachable, no leader here).
-pub(super) const RETRY: Duration = Duration::from_millis(500);
 /// How often a partition that does not lead asks the primary for its position (and one
 /// that follows no primary looks again).
 pub(super) const IDLE_POLL: Duration = Duration::from_secs(1);

@@ -273,7 +273,7 @@ pub(super) async fn follow_promoted(
             Ok(())
         }
         _ => {
-            tokio::time::sleep(super::follow::RETRY).await;
+            tokio::time::sleep(super::link::RETRY).await;
             Ok(())
         }
     }
