@@ -5,6 +5,8 @@
 //! administrator the Crypto User role, creates an RSA-2048 and a P-256 key, checks each
 //! operation once for a correct result, then runs N closed-loop clients per operation —
 //! each its own HTTP/1.1 keep-alive connection over rustls (aws-lc-rs) — for a fixed time.
+//!
+//! One file on purpose (~660 lines of code): one command, its pool set-up and its report.
 
 use crate::stats::{CpuSample, OpResult, machine_cores, server_pids};
 use anyhow::Context;

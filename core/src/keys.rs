@@ -9,6 +9,9 @@
 //! [`CurveName::parse`], [`SignatureAlgorithm::parse`], [`EncryptionAlgorithm::parse`] and
 //! [`KeyOperation::parse`], which return an [`UnknownValue`] error whose message lists the
 //! supported values (map it to a 400 `BadParameter`).
+//!
+//! One file on purpose (~720 lines of code): it is the whole `keys.json` wire contract, kept
+//! together so that a change of the wire shape has one place.
 
 use std::collections::BTreeMap;
 use std::fmt;

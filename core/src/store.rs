@@ -30,6 +30,9 @@
 //! own; a caller-chosen endpoint (an S3 `aws_endpoint`, a path-style or custom Azure host, a
 //! GCS key's `gcs_base_url`) needs complete static credentials in the request, and its host
 //! must not be link-local, multicast or (unless [`LocalPaths::loopback_endpoints`]) loopback.
+//!
+//! One file on purpose (~640 lines of code): the URI → store mapping and the endpoint and
+//! option rules that keep it safe are read and changed together.
 
 use object_store::ClientConfigKey;
 use object_store::ObjectStore;

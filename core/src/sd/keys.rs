@@ -6,6 +6,9 @@
 //! for a bare public key, `b64url(SHA-256(SubjectPublicKeyInfo DER))`. Every custodian also has
 //! a *public-key thumbprint*, `b64url(SHA-256(SPKI DER))`, which is how a private key (which
 //! has no certificate) finds its share.
+//!
+//! One file on purpose (~730 lines): every custodian key format (certificate, PKCS#8,
+//! encrypted PKCS#8) and the checks between them, which a change to one must keep in step.
 
 use std::fmt;
 use std::num::NonZeroU32;

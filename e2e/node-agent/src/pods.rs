@@ -2,6 +2,9 @@
 //! them as a local process (the image names the binary), probe it, restart it by the pod's
 //! policy with back-off, report the pod's status, and on deletion stop it (SIGTERM, SIGKILL
 //! after the grace period) before removing the pod — a kubelet without a container engine.
+//!
+//! One file on purpose (~640 lines): the pod lifecycle is one state machine (start, probe,
+//! restart, report, stop), read as a whole.
 
 use crate::Agent;
 use crate::probes::{Probe, Verdict};
