@@ -196,6 +196,28 @@ fn last_line(file: &mut File) -> std::io::Result<(Option<String>, bool)> {
     }
 }
 
+/// Cut `file` back to the end of its last complete line (after its last newline, or to
+/// nothing), durably; the number of bytes removed.
+fn cut_incomplete_tail(file: &mut File) -> std::io::Result<u64> {
+    let len = file.seek(SeekFrom::End(0))?;
+    let mut end = len;
+    let mut keep = 0;
+    while end > 0 {
+        let start = end.saturating_sub(64 * 1024);
+        file.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::new();
+        Read::by_ref(file).take(end - start).read_to_end(&mut buf)?;
+        if let Some(nl) = buf.iter().rposition(|b| *b == b'\n') {
+            keep = start + nl as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    file.set_len(keep)?;
+    file.sync_all()?;
+    Ok(len - keep)
+}
+
 impl AuditSink {
     /// Opens (or creates, mode 0600) the audit file and resumes the chain from its last line.
     /// A damaged last line is an error: the partition must not start a chain it cannot link.
@@ -223,7 +245,16 @@ impl AuditSink {
             file.set_permissions(std::fs::Permissions::from_mode(0o600))
                 .map_err(open_err)?;
         }
-        let (last, ends_with_newline) = last_line(&mut file).map_err(open_err)?;
+        let (mut last, mut ends_with_newline) = last_line(&mut file).map_err(open_err)?;
+        if last.is_some() && !ends_with_newline && AuditChain::resume(last.as_deref()).is_err() {
+            // An unreadable last record without its newline is a write cut off by a crash
+            // or a power loss (records are complete with their newline): it never was a
+            // record, so it is cut off and the chain goes on from the last complete one. A
+            // damaged *complete* record is still refused below.
+            let cut = cut_incomplete_tail(&mut file).map_err(open_err)?;
+            tracing::warn!(file = %path.display(), bytes = cut, "the audit log ended with an incomplete record (a write cut off by a crash); removed it");
+            (last, ends_with_newline) = last_line(&mut file).map_err(open_err)?;
+        }
         let chain = AuditChain::resume(last.as_deref()).map_err(|e| AuditError::DamagedTail {
             path: path.clone(),
             reason: e.reason,
@@ -432,14 +463,46 @@ mod tests {
     }
 
     #[test]
-    fn refuses_to_start_on_a_damaged_last_line() {
+    fn an_incomplete_last_record_is_cut_and_the_chain_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let s = sink(&path).unwrap();
+        s.record(rec(0));
+        s.record(rec(1));
+        drop(s);
+        let intact = std::fs::read(&path).unwrap();
+        let last_start = intact[..intact.len() - 1]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .unwrap()
+            + 1;
+        // A power loss tears the last record anywhere inside it, or leaves zeros after it.
+        for cut in last_start + 1..intact.len() - 1 {
+            let mut torn = intact[..cut].to_vec();
+            if cut % 2 == 0 {
+                torn.extend(std::iter::repeat_n(0u8, intact.len() - cut));
+            }
+            std::fs::write(&path, &torn).unwrap();
+            let s = sink(&path).unwrap_or_else(|e| panic!("torn at {cut}: {e}"));
+            s.record(rec(2));
+            drop(s);
+            let report = verify_file(&path);
+            assert_eq!(
+                report.records, 2,
+                "torn at {cut}: the first record and the new one"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_to_start_on_a_damaged_complete_last_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         let s = sink(&path).unwrap();
         s.record(rec(0));
         drop(s);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(b"{\"seq\":2,\"prevHa").unwrap();
+        f.write_all(b"{\"seq\":2,\"prevHa\n").unwrap();
         drop(f);
         let err = sink(&path).unwrap_err();
         assert!(matches!(err, AuditError::DamagedTail { .. }), "{err}");

@@ -69,6 +69,38 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// The power-loss tests' ledger of durable lengths (`KEYSTEAD_FAULT_SYNC_LEDGER`, read once):
+/// when set, every fsync of an append-only log records `<length>\t<path>` there, so that a
+/// test can drop what a power loss would have dropped (the bytes after the last fsync) from a
+/// killed partition's files. It holds lengths and paths only, never content; unset (as in
+/// production) it costs one check of a `OnceLock`.
+static SYNC_LEDGER: std::sync::OnceLock<Option<std::sync::Mutex<File>>> =
+    std::sync::OnceLock::new();
+
+/// Record that the append-only log `path` (open as `file`) was just fsync'd whole, so its
+/// current length is durable (see [`SYNC_LEDGER`]); nothing unless
+/// `KEYSTEAD_FAULT_SYNC_LEDGER` names a file.
+pub fn note_durable(path: &Path, file: &File) {
+    let ledger = SYNC_LEDGER.get_or_init(|| {
+        let at = std::env::var_os("KEYSTEAD_FAULT_SYNC_LEDGER")?;
+        match restricted_append(Path::new(&at)) {
+            Ok(f) => Some(std::sync::Mutex::new(f)),
+            Err(e) => {
+                tracing::error!(ledger = %Path::new(&at).display(), error = %e, "cannot open the fault-test sync ledger");
+                None
+            }
+        }
+    });
+    if let Some(f) = ledger
+        && let Ok(meta) = file.metadata()
+    {
+        let len = meta.len();
+        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+        // A test aid: a failed write only weakens the test's simulation.
+        let _ = writeln!(f, "{len}\t{}", path.display());
+    }
+}
+
 /// Create `dir` if needed, durably: its own entry is fsync'd in its parent.
 pub fn create_dir_durably(dir: &Path) -> anyhow::Result<()> {
     if dir.is_dir() {

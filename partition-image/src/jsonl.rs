@@ -97,6 +97,12 @@ pub fn settle_log(
     if !existed && let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(dir).with_context(|| format!("cannot fsync the directory {}", dir.display()))?;
     }
+    // What was replayed is made durable before anything acts on it: records written
+    // without an fsync of their own by the last run (a committed marker) could otherwise
+    // still be lost to a power loss after this run relied on them.
+    file.sync_data()
+        .with_context(|| format!("cannot fsync {what} {}", path.display()))?;
+    crate::fsutil::note_durable(path, file);
     Ok(())
 }
 

@@ -1,21 +1,27 @@
 //! Linearizability of the replicated pool under faults, checked on recorded histories.
 //!
-//! Three real `keystead-partition serve` processes; peer traffic goes through one in-test
-//! TCP proxy per ordered pair of partitions (`tests/cluster`). Concurrent clients create,
-//! update (tags), delete, purge, recover, read (GET) and sign a few keys on random
-//! partitions and record every operation as `ok` (a definite answer, 404 and 409 included),
-//! `fail` (the answer said the change was not committed and is safe to retry) or `info`
-//! (timeout, broken connection, any other 5xx: it may or may not have taken effect); nothing
-//! is retried. Meanwhile a nemesis injects faults held longer than an election timeout:
-//! the leader or a follower cut off, a link cut (the third partition bridges), SIGSTOP /
-//! SIGCONT, SIGKILL + restart, SIGKILL + wiped disk + restart, and two faults overlapping.
-//! Every history is checked by `history::check` (a per-key register model, WGL search).
-//! A read sent to a cut-off partition must be refused (an error, never data): asserted
-//! explicitly on the first isolation of a leader and of a follower.
+//! Three real `keystead-partition serve` processes, each on a host of its own (a network
+//! namespace on a bridge, `tests/cluster/netns.rs`) where the machine allows it. Concurrent
+//! clients create, update (tags), delete, purge, recover, read (GET) and sign a few keys on
+//! random partitions and record every operation as `ok` (a definite answer, 404 and 409
+//! included), `fail` (the answer said the change was not committed and is safe to retry) or
+//! `info` (timeout, broken connection, any other 5xx: it may or may not have taken effect);
+//! nothing is retried. Meanwhile a nemesis injects faults held longer than an election
+//! timeout: the leader or a follower cut off (the 2/1 majority/minority split of three), a
+//! link cut (the third partition bridges), a one-way cut (what one partition sends to another
+//! dropped), a slow link (the leader's traffic at 64–256 kbit/s), SIGSTOP / SIGCONT, SIGKILL +
+//! restart, SIGKILL + wiped disk + restart, a power loss (SIGKILL, then the unsynced end of
+//! each log dropped or zeroed as the partition's own fsync ledger says, the audit log torn),
+//! and two faults overlapping. Every history is checked by `history::check` (a per-key
+//! register model, WGL search). A read sent to a cut-off partition must be refused (an
+//! error, never data): asserted explicitly on the first isolation of a leader and of a
+//! follower.
 //!
-//! Network faults are a loopback-only fallback: TCP proxies on 127.0.0.1 that drop
-//! connections (no network namespaces or `tc netem` here: delay, loss and one-way cuts are
-//! not simulated).
+//! Network cuts drop packets in the kernel (blackhole routes); `tc netem` is not in this
+//! kernel, so there is no fixed delay or random loss: the slow link stands for delay. Where
+//! network namespaces cannot be made (not root, no iproute2, `KEYSTEAD_FAULTS_LOOPBACK=1`)
+//! the run falls back to TCP proxies on 127.0.0.1 that close connections, without one-way
+//! cuts or slow links, and its first line says so.
 //!
 //! - `short_randomized_faults_every_history_is_linearizable`: in the default suite, ~75 s.
 //! - the long run: `KEYSTEAD_LONG_FAULTS=1`, see docs/reliability.md.
@@ -98,9 +104,18 @@ enum Fault {
     KillWipe,
     /// Two of the above on two partitions, overlapping in time.
     Overlap,
+    /// SIGKILL with the unsynced end of every log dropped or zeroed, and the audit log
+    /// torn (a power loss, simulated in storage), then restart (the leader half of the time).
+    PowerLoss,
+    /// What one partition sends to another is dropped, the answers still pass (hosts only).
+    OneWay,
+    /// The leader's outgoing traffic trickles at 64–256 kbit/s: heartbeats and entries
+    /// arrive late (hosts only: the delay a kernel without `tc netem` can make).
+    Slow,
 }
 
-const KINDS: [Fault; 7] = [
+/// Every kind; [`kinds`] leaves out those the network cannot make.
+const KINDS: [Fault; 10] = [
     Fault::IsolateLeader,
     Fault::IsolateFollower,
     Fault::Bridge,
@@ -108,7 +123,19 @@ const KINDS: [Fault; 7] = [
     Fault::KillRestart,
     Fault::KillWipe,
     Fault::Overlap,
+    Fault::PowerLoss,
+    Fault::OneWay,
+    Fault::Slow,
 ];
+
+/// The kinds this run can inject: one-way cuts and slow links need hosts of their own.
+fn kinds(c: &Cluster) -> Vec<Fault> {
+    KINDS
+        .iter()
+        .copied()
+        .filter(|k| c.on_hosts() || !matches!(k, Fault::OneWay | Fault::Slow))
+        .collect()
+}
 
 /// One run's shared state: the pool, the clock, the history.
 struct Run {
@@ -371,19 +398,25 @@ enum Held {
     Link(usize, usize),
     Paused(usize),
     Killed(usize),
+    /// Killed by a power loss (the `u64` picks what is dropped).
+    PowerLost(usize, u64),
+    /// What the first sends to the second dropped (hosts only).
+    OneWay(usize, usize),
+    /// Outgoing traffic at 128 kbit/s (hosts only).
+    Slow(usize),
 }
 
-fn begin(c: &Cluster, h: Held, wipe: bool) {
+fn begin(c: &Cluster, h: Held) {
     match h {
         Held::Isolated(i) => c.isolate(i, true),
         Held::Link(a, b) => c.cut_link(a, b, true),
         Held::Paused(i) => c.pause(i),
-        Held::Killed(i) => {
-            c.kill(i);
-            if wipe {
-                c.wipe(i);
-            }
+        Held::Killed(i) => c.kill(i),
+        Held::PowerLost(i, r) => {
+            c.power_loss(i, r);
         }
+        Held::OneWay(a, b) => c.cut_one_way(a, b, true),
+        Held::Slow(i) => c.slow(i, Some(128)),
     }
 }
 
@@ -392,7 +425,9 @@ fn end(c: &Cluster, h: Held) {
         Held::Isolated(i) => c.isolate(i, false),
         Held::Link(a, b) => c.cut_link(a, b, false),
         Held::Paused(i) => c.resume(i),
-        Held::Killed(i) => c.spawn(i),
+        Held::Killed(i) | Held::PowerLost(i, _) => c.spawn(i),
+        Held::OneWay(a, b) => c.cut_one_way(a, b, false),
+        Held::Slow(i) => c.slow(i, None),
     }
 }
 
@@ -470,22 +505,52 @@ async fn inject(
             c.spawn(i);
             format!("KillWipe {i}")
         }
+        Fault::PowerLoss => {
+            let i = any(rng);
+            let dropped = c.power_loss(i, rng.next());
+            tokio::time::sleep(rng.millis(200, 1500)).await;
+            c.spawn(i);
+            format!("PowerLoss {i} ({dropped})")
+        }
+        Fault::OneWay => {
+            let (from, to) = if rng.below(2) == 0 {
+                (leader, follower)
+            } else {
+                (follower, leader)
+            };
+            c.cut_one_way(from, to, true);
+            tokio::time::sleep(rng.millis(1500, 4000)).await;
+            c.cut_one_way(from, to, false);
+            format!("OneWay {from}->{to} dropped")
+        }
+        Fault::Slow => {
+            let kbit = [64, 128, 256][rng.below(3) as usize];
+            c.slow(leader, Some(kbit));
+            tokio::time::sleep(rng.millis(1500, 4000)).await;
+            c.slow(leader, None);
+            format!("Slow {leader} at {kbit} kbit/s")
+        }
         Fault::Overlap => {
             let a = any(rng);
             let b = (a + 1 + rng.below(2) as usize) % N;
-            let first = match rng.below(3) {
+            // Network faults of the kinds this network can make.
+            let net = if c.on_hosts() { 5 } else { 3 };
+            let first = match rng.below(net) {
                 0 => Held::Isolated(a),
                 1 => Held::Paused(a),
-                _ => Held::Link(a, b),
+                2 => Held::Link(a, b),
+                3 => Held::OneWay(a, b),
+                _ => Held::Slow(a),
             };
-            let second = match rng.below(3) {
+            let second = match rng.below(4) {
                 0 => Held::Isolated(b),
                 1 => Held::Paused(b),
-                _ => Held::Killed(b),
+                2 => Held::Killed(b),
+                _ => Held::PowerLost(b, rng.next()),
             };
-            begin(c, first, false);
+            begin(c, first);
             tokio::time::sleep(rng.millis(300, 1500)).await;
-            begin(c, second, false);
+            begin(c, second);
             tokio::time::sleep(rng.millis(1000, 3000)).await;
             // Either one may end first.
             if rng.below(2) == 0 {
@@ -626,7 +691,7 @@ async fn epoch(
 }
 
 async fn start() -> Arc<Run> {
-    let c = Arc::new(Cluster::start().await);
+    let c = Arc::new(Cluster::start_on_hosts().await);
     c.activate().await;
     // Purge and recover need the Crypto Officer role too.
     c.assign_role(
@@ -690,19 +755,21 @@ fn report(seed: u64, started: Instant, faults: &Faults, e: &[Epoch]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_randomized_faults_every_history_is_linearizable() {
     let seed = seed();
-    eprintln!(
-        "linearizability short run: seed {seed} (replay: KEYSTEAD_FAULTS_SEED={seed}); network faults: loopback-only fallback (TCP proxies on 127.0.0.1, no network namespaces or tc netem)"
-    );
     let started = Instant::now();
     let run = start().await;
+    eprintln!(
+        "linearizability short run: seed {seed} (replay: KEYSTEAD_FAULTS_SEED={seed}); network: {}",
+        run.c.network()
+    );
+    let kinds = kinds(&run.c);
     let mut rng = Rng::new(seed ^ 0x5eed);
     // Every kind once, in random order; then two more at random.
-    let mut plan = KINDS.to_vec();
+    let mut plan = kinds.clone();
     for i in (1..plan.len()).rev() {
         plan.swap(i, rng.below(i as u64 + 1) as usize);
     }
     for _ in 0..2 {
-        plan.push(KINDS[rng.below(KINDS.len() as u64) as usize]);
+        plan.push(kinds[rng.below(kinds.len() as u64) as usize]);
     }
     let mut faults = Faults::default();
     let e = epoch(
@@ -748,18 +815,20 @@ async fn long_randomized_faults_run_with_keystead_long_faults_1() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let seed = seed();
-    eprintln!(
-        "linearizability long run: {per_kind} faults of every kind, seed {seed} (replay: KEYSTEAD_FAULTS_SEED={seed}); network faults: loopback-only fallback (TCP proxies on 127.0.0.1, no network namespaces or tc netem)"
-    );
     let started = Instant::now();
     let run = start().await;
+    eprintln!(
+        "linearizability long run: {per_kind} faults of every kind, seed {seed} (replay: KEYSTEAD_FAULTS_SEED={seed}); network: {}",
+        run.c.network()
+    );
+    let kinds = kinds(&run.c);
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut faults = Faults::default();
     let mut epochs = Vec::new();
     let mut n = 0u64;
     loop {
         let done = |k: &Fault| faults.by_kind.get(k).copied().unwrap_or(0) >= per_kind;
-        let left: Vec<Fault> = KINDS.iter().copied().filter(|k| !done(k)).collect();
+        let left: Vec<Fault> = kinds.iter().copied().filter(|k| !done(k)).collect();
         if left.is_empty() {
             break;
         }

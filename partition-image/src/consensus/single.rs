@@ -66,6 +66,7 @@ impl Log {
             .and_then(|()| self.file.sync_data())
         else {
             self.len += record.len() as u64;
+            crate::fsutil::note_durable(path, &self.file);
             return Ok(());
         };
         match self

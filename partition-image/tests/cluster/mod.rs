@@ -57,8 +57,41 @@ pub async fn proxy(target: SocketAddr) -> Proxy {
     Proxy { port, on: tx }
 }
 
-/// Isolated partitions, and links (a, b) with a < b cut both ways.
-type Cuts = (BTreeSet<usize>, BTreeSet<(usize, usize)>);
+/// What is cut: isolated partitions, links (a, b) with a < b cut both ways, and one-way
+/// cuts (from, to).
+#[derive(Default)]
+struct Cuts {
+    isolated: BTreeSet<usize>,
+    links: BTreeSet<(usize, usize)>,
+    one_way: BTreeSet<(usize, usize)>,
+}
+
+impl Cuts {
+    /// Whether what `from` sends to `to` is dropped.
+    fn drops(&self, from: usize, to: usize) -> bool {
+        self.isolated.contains(&from)
+            || self.isolated.contains(&to)
+            || self.links.contains(&(from.min(to), from.max(to)))
+            || self.one_way.contains(&(from, to))
+    }
+}
+
+/// How peer traffic flows, and so how it is cut.
+enum Net {
+    /// One TCP proxy per ordered pair on 127.0.0.1 (a cut closes connections; one-way cuts
+    /// and slow links cannot be made).
+    Proxies(HashMap<(usize, usize), Proxy>),
+    /// Each partition on a host of its own (a network namespace): cuts drop packets.
+    Hosts(netns::Namespaces),
+}
+
+/// How [`Cluster::start_inner`] starts a pool.
+pub(crate) struct Opts<'a> {
+    pool_name: &'a str,
+    extend: Option<PathBuf>,
+    /// Put each partition on a host of its own (network namespaces) when the machine allows.
+    hosts: bool,
+}
 
 pub struct Cluster {
     _tmp: tempfile::TempDir,
@@ -67,8 +100,9 @@ pub struct Cluster {
     pub configs: Vec<PathBuf>,
     pub cfgs: Vec<PartitionConfig>,
     children: Mutex<Vec<Option<Child>>>,
-    proxies: HashMap<(usize, usize), Proxy>,
-    /// What is cut: isolated partitions, and links (a, b) with a < b cut both ways.
+    net: Net,
+    /// Why the pool is not on hosts of its own, when it was asked to be.
+    pub hosts_refused: Option<String>,
     cuts: Mutex<Cuts>,
     token: String,
     pub http: reqwest::Client,
@@ -76,10 +110,54 @@ pub struct Cluster {
     region_config: Option<PathBuf>,
 }
 
+pub mod netns;
 mod region;
 
 /// Name of the test pool.
 const POOL: &str = "faults";
+
+impl<'a> Opts<'a> {
+    fn pool(pool_name: &'a str) -> Opts<'a> {
+        Opts {
+            pool_name,
+            extend: None,
+            hosts: false,
+        }
+    }
+}
+
+/// Move the pool's partitions onto the hosts of `ns`: each listens on its host's address
+/// (same port), its peers are reached there, and its certificate names that address too.
+fn place_on_hosts(dir: &std::path::Path, ns: &netns::Namespaces, cfgs: &mut [PartitionConfig]) {
+    let ca = keystead_partition::pki::CaMaterial {
+        cert_pem: std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(dir.join("ca-key.pem")).unwrap(),
+    };
+    let mut urls = Vec::new();
+    for (i, cfg) in cfgs.iter_mut().enumerate() {
+        let port = cfg.listen.rsplit_once(':').unwrap().1.to_string();
+        let addr = ns.addr(i);
+        cfg.listen = format!("{addr}:{port}");
+        cfg.public_url = format!("https://{addr}:{port}");
+        urls.push(cfg.public_url.clone());
+        let leaf = keystead_partition::pki::issue_leaf(
+            &ca,
+            &cfg.partition_id,
+            &["localhost".to_string()],
+            &["127.0.0.1".parse().unwrap(), std::net::IpAddr::V4(addr)],
+            30,
+        )
+        .unwrap();
+        std::fs::write(&cfg.tls.cert_file, &leaf.cert_pem).unwrap();
+        keystead_partition::fsutil::write_private(&cfg.tls.key_file, leaf.key_pem.as_bytes())
+            .unwrap();
+    }
+    for cfg in cfgs.iter_mut() {
+        for (b, url) in urls.iter().enumerate() {
+            cfg.peers[b].url = url.clone();
+        }
+    }
+}
 
 impl Drop for Cluster {
     fn drop(&mut self) {
@@ -97,12 +175,47 @@ pub fn bin() -> PathBuf {
 
 impl Cluster {
     pub async fn start() -> Cluster {
-        Self::start_inner(|_, _| {}, |_, _| {}, (POOL, None)).await
+        Self::start_inner(|_, _| {}, |_, _| {}, Opts::pool(POOL)).await
+    }
+
+    /// [`Cluster::start`] with each partition on a host of its own (a network namespace,
+    /// see `netns.rs`) where the machine allows it, else on loopback proxies
+    /// ([`Cluster::network`] says which, and why).
+    pub async fn start_on_hosts() -> Cluster {
+        Self::start_inner(
+            |_, _| {},
+            |_, _| {},
+            Opts {
+                hosts: true,
+                ..Opts::pool(POOL)
+            },
+        )
+        .await
+    }
+
+    /// How the pool's peer traffic flows, for a test's output.
+    pub fn network(&self) -> String {
+        match (&self.net, &self.hosts_refused) {
+            (Net::Hosts(ns), _) => format!(
+                "each partition on a host of its own (network namespaces {}…{}, bridge, real packet loss; slow links by tc tbf; no tc netem in this kernel: no fixed delay or random loss)",
+                ns.ns(0),
+                ns.ns(N - 1)
+            ),
+            (Net::Proxies(_), Some(why)) => format!(
+                "loopback-only fallback (TCP proxies on 127.0.0.1; no one-way cuts, no slow links): network namespaces unavailable: {why}"
+            ),
+            (Net::Proxies(_), None) => "loopback TCP proxies on 127.0.0.1".into(),
+        }
+    }
+
+    /// Whether cuts drop packets on hosts of their own (one-way cuts and slow links work).
+    pub fn on_hosts(&self) -> bool {
+        matches!(self.net, Net::Hosts(_))
     }
 
     /// Start the pool after `edit` changed partition `i`'s configuration.
     pub async fn start_with(edit: impl Fn(usize, &mut PartitionConfig)) -> Cluster {
-        Self::start_inner(edit, |_, _| {}, (POOL, None)).await
+        Self::start_inner(edit, |_, _| {}, Opts::pool(POOL)).await
     }
 
     /// [`Cluster::start`], calling `edit(pool directory, configuration files)` after the
@@ -110,14 +223,19 @@ impl Cluster {
     /// read back without validation: a test may start partitions with a configuration they
     /// refuse).
     pub async fn start_with_files(edit: impl FnOnce(&std::path::Path, &[PathBuf])) -> Cluster {
-        Self::start_inner(|_, _| {}, edit, (POOL, None)).await
+        Self::start_inner(|_, _| {}, edit, Opts::pool(POOL)).await
     }
 
-    async fn start_inner(
+    pub(crate) async fn start_inner(
         edit: impl Fn(usize, &mut PartitionConfig),
         edit_files: impl FnOnce(&std::path::Path, &[PathBuf]),
-        (pool_name, extend): (&str, Option<PathBuf>),
+        opts: Opts<'_>,
     ) -> Cluster {
+        let Opts {
+            pool_name,
+            extend,
+            hosts,
+        } = opts;
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pool");
         let (configs, pool) = prepare(&LocalOptions {
@@ -135,19 +253,36 @@ impl Cluster {
             .iter()
             .map(|p| PartitionConfig::load(p).unwrap())
             .collect();
-        // Route each partition's peer traffic through a proxy per ordered pair.
-        let mut proxies = HashMap::new();
-        for a in 0..N {
-            for b in 0..N {
-                if a == b {
-                    continue;
-                }
-                let target: SocketAddr = cfgs[b].listen.parse().unwrap();
-                let p = proxy(target).await;
-                cfgs[a].peers[b].url = format!("https://127.0.0.1:{}", p.port);
-                proxies.insert((a, b), p);
+        let (hosts, hosts_refused) = if hosts {
+            match netns::Namespaces::create(N) {
+                Ok(ns) => (Some(ns), None),
+                Err(why) => (None, Some(why)),
             }
-        }
+        } else {
+            (None, None)
+        };
+        let net = match hosts {
+            Some(ns) => {
+                place_on_hosts(&dir, &ns, &mut cfgs);
+                Net::Hosts(ns)
+            }
+            None => {
+                // Route each partition's peer traffic through a proxy per ordered pair.
+                let mut proxies = HashMap::new();
+                for a in 0..N {
+                    for b in 0..N {
+                        if a == b {
+                            continue;
+                        }
+                        let target: SocketAddr = cfgs[b].listen.parse().unwrap();
+                        let p = proxy(target).await;
+                        cfgs[a].peers[b].url = format!("https://127.0.0.1:{}", p.port);
+                        proxies.insert((a, b), p);
+                    }
+                }
+                Net::Proxies(proxies)
+            }
+        };
         for (i, cfg) in cfgs.iter_mut().enumerate() {
             edit(i, cfg);
         }
@@ -172,7 +307,8 @@ impl Cluster {
             configs,
             cfgs,
             children: Mutex::new((0..N).map(|_| None).collect()),
-            proxies,
+            net,
+            hosts_refused,
             cuts: Mutex::default(),
             token,
             http,
@@ -190,13 +326,17 @@ impl Cluster {
             .append(true)
             .open(self.configs[i].with_file_name("stderr.log"))
             .unwrap();
-        let mut command = Command::new(bin());
+        let mut command = match &self.net {
+            Net::Hosts(ns) if i < N => ns.command(i, &bin()),
+            _ => Command::new(bin()),
+        };
         command.arg("serve").arg("--config").arg(&self.configs[i]);
         if let Some(r) = &self.region_config {
             command.arg("--region-config").arg(r);
         }
         let child = command
             .env("KEYSTEAD_LOG", "warn")
+            .env("KEYSTEAD_FAULT_SYNC_LEDGER", self.ledger(i))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -232,6 +372,80 @@ impl Cluster {
 
     pub fn wipe(&self, i: usize) {
         let _ = std::fs::remove_dir_all(&self.cfgs[i].data_dir);
+        let _ = std::fs::remove_file(self.ledger(i));
+    }
+
+    /// Where partition `i` records the durable length of its logs after each fsync
+    /// (`KEYSTEAD_FAULT_SYNC_LEDGER`), for [`Cluster::power_loss`].
+    fn ledger(&self, i: usize) -> PathBuf {
+        self.configs[i].with_file_name("sync.ledger")
+    }
+
+    /// A power loss of partition `i`, simulated in its storage (the kernel cannot drop a
+    /// process's unsynced pages): SIGKILL, then every log loses what a power loss may lose —
+    /// the bytes written after its last fsync (by the partition's ledger) are cut at a point
+    /// chosen by `r`, or left as zeros (a file whose length reached the disk before its
+    /// data); the audit log, which is not fsync'd per record, is torn inside its last record.
+    /// What was dropped, for the fault log.
+    pub fn power_loss(&self, i: usize, mut r: u64) -> String {
+        self.kill(i);
+        let mut durable: BTreeMap<PathBuf, u64> = BTreeMap::new();
+        for line in std::fs::read_to_string(self.ledger(i))
+            .unwrap_or_default()
+            .lines()
+        {
+            if let Some((len, path)) = line.split_once('\t')
+                && let Ok(len) = len.parse()
+            {
+                durable.insert(PathBuf::from(path), len);
+            }
+        }
+        let mut next = || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r
+        };
+        let mut what = Vec::new();
+        for (path, keep) in &durable {
+            let Ok(len) = std::fs::metadata(path).map(|m| m.len()) else {
+                continue;
+            };
+            if len <= *keep {
+                continue;
+            }
+            let cut = keep + next() % (len - keep + 1);
+            tear(path, cut, next() % 2 == 0);
+            what.push(format!(
+                "{}: {} unsynced bytes, cut at +{}",
+                path.file_name().unwrap().to_string_lossy(),
+                len - keep,
+                cut - keep
+            ));
+        }
+        let audit = self.cfgs[i].audit_file();
+        if let Ok(bytes) = std::fs::read(&audit)
+            && bytes.len() > 1
+        {
+            let last = bytes[..bytes.len() - 1]
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |p| p + 1);
+            let span = (bytes.len() - last) as u64;
+            let cut = last as u64 + 1 + next() % span;
+            if cut < bytes.len() as u64 {
+                tear(&audit, cut, next() % 2 == 0);
+                what.push(format!(
+                    "audit log torn {} bytes into its last record",
+                    cut - last as u64
+                ));
+            }
+        }
+        if what.is_empty() {
+            "nothing unsynced".into()
+        } else {
+            what.join("; ")
+        }
     }
 
     /// Cut partition `i` off from its peers (both ways), or reconnect it. Links cut with
@@ -239,9 +453,9 @@ impl Cluster {
     pub fn isolate(&self, i: usize, cut: bool) {
         let mut cuts = self.cuts.lock().unwrap();
         if cut {
-            cuts.0.insert(i);
+            cuts.isolated.insert(i);
         } else {
-            cuts.0.remove(&i);
+            cuts.isolated.remove(&i);
         }
         self.apply_cuts(&cuts);
     }
@@ -252,27 +466,58 @@ impl Cluster {
         let mut cuts = self.cuts.lock().unwrap();
         let pair = (a.min(b), a.max(b));
         if cut {
-            cuts.1.insert(pair);
+            cuts.links.insert(pair);
         } else {
-            cuts.1.remove(&pair);
+            cuts.links.remove(&pair);
         }
         self.apply_cuts(&cuts);
+    }
+
+    /// Drop what partition `from` sends to partition `to` (their answers still arrive), or
+    /// pass it again. Only on hosts of their own ([`Cluster::on_hosts`]).
+    pub fn cut_one_way(&self, from: usize, to: usize, cut: bool) {
+        assert!(self.on_hosts(), "one-way cuts need hosts of their own");
+        let mut cuts = self.cuts.lock().unwrap();
+        if cut {
+            cuts.one_way.insert((from, to));
+        } else {
+            cuts.one_way.remove(&(from, to));
+        }
+        self.apply_cuts(&cuts);
+    }
+
+    /// Make everything partition `i` sends trickle out at `kbit` kbit/s, or lift it. Only on
+    /// hosts of their own.
+    pub fn slow(&self, i: usize, kbit: Option<u32>) {
+        match &self.net {
+            Net::Hosts(ns) => ns.set_slow(i, kbit),
+            Net::Proxies(_) => panic!("slow links need hosts of their own"),
+        }
     }
 
     /// Reconnect everything.
     pub fn heal_network(&self) {
         let mut cuts = self.cuts.lock().unwrap();
-        cuts.0.clear();
-        cuts.1.clear();
+        *cuts = Cuts::default();
         self.apply_cuts(&cuts);
     }
 
     fn apply_cuts(&self, cuts: &Cuts) {
-        for ((a, b), p) in &self.proxies {
-            let off = cuts.0.contains(a)
-                || cuts.0.contains(b)
-                || cuts.1.contains(&((*a).min(*b), (*a).max(*b)));
-            p.on.send_replace(!off);
+        match &self.net {
+            Net::Proxies(proxies) => {
+                for ((a, b), p) in proxies {
+                    // A connection carries both directions: either one cut cuts it.
+                    let off = cuts.drops(*a, *b) || cuts.drops(*b, *a);
+                    p.on.send_replace(!off);
+                }
+            }
+            Net::Hosts(ns) => {
+                for a in 0..N {
+                    for b in (0..N).filter(|b| *b != a) {
+                        ns.set_cut(a, b, cuts.drops(a, b));
+                    }
+                }
+            }
         }
     }
 
@@ -635,6 +880,16 @@ impl Cluster {
     /// The member list as partition `i` answers it (status, body).
     pub async fn members(&self, i: usize) -> (StatusCode, Value) {
         self.call(i, Method::GET, "/admin/members", None).await
+    }
+}
+
+/// Keep the first `at` bytes of `path`; with `zeros`, the rest of its length stays as zeros.
+fn tear(path: &std::path::Path, at: u64, zeros: bool) {
+    let len = std::fs::metadata(path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(at).unwrap();
+    if zeros {
+        f.set_len(len).unwrap();
     }
 }
 

@@ -24,7 +24,10 @@ impl Cluster {
         Self::start_inner(
             |_, _| {},
             |_, _| {},
-            (name, Some(primary.dir.join("pool.json"))),
+            super::Opts {
+                extend: Some(primary.dir.join("pool.json")),
+                ..super::Opts::pool(name)
+            },
         )
         .await
     }

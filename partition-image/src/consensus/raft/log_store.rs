@@ -72,7 +72,7 @@ fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 use crate::fsutil::restricted_append as open_append;
 
-use crate::fsutil::{create_dir_durably, write_atomically};
+use crate::fsutil::{create_dir_durably, note_durable, write_atomically};
 
 /// What replaying `log.jsonl` found.
 #[derive(Default)]
@@ -233,8 +233,10 @@ impl Inner {
             .file
             .write_all(&buf)
             .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
-        if let Err(e) = &res {
-            self.failed = Some(e.to_string());
+        match &res {
+            Err(e) => self.failed = Some(e.to_string()),
+            Ok(()) if sync => note_durable(&self.dir.join("log.jsonl"), &self.file),
+            Ok(()) => {}
         }
         res
     }
@@ -267,6 +269,7 @@ impl Inner {
         }
         write_atomically(&path, &buf)?;
         self.file = open_append(&path)?;
+        note_durable(&path, &self.file);
         Ok(())
     }
 }
