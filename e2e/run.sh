@@ -40,6 +40,7 @@ kind get clusters | grep -qx "$CLUSTER" || kind create cluster --config "$ROOT/e
 echo "e2e: building images"
 docker build -f "$ROOT/operator/Dockerfile" -t "$OPERATOR_IMAGE" "$ROOT"
 docker build -f "$ROOT/partition-image/Dockerfile" -t "$PARTITION_IMAGE" "$ROOT"
+docker build -f "$ROOT/kms-plugin/Dockerfile" -t "keystead-kms-plugin:$TAG" "$ROOT"
 docker tag "$PARTITION_IMAGE" "$PARTITION_IMAGE_NEXT"
 kind load docker-image --name "$CLUSTER" "$OPERATOR_IMAGE" "$PARTITION_IMAGE" "$PARTITION_IMAGE_NEXT"
 

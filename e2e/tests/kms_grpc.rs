@@ -287,7 +287,7 @@ async fn kms_plugin_rsa_key_and_failover() {
     let (ct, key_id) = round_trip(&mut c, "RSA-OAEP-256").await;
 
     pool.signal(&["p0"], "-STOP").unwrap();
-    let result = async {
+    async {
         // The plugin prefers the endpoint that answered last (p0): the first call after p0
         // stopped waits for one attempt timeout, then goes on.
         for _ in 0..3 {
@@ -312,5 +312,63 @@ async fn kms_plugin_rsa_key_and_failover() {
     }
     .await;
     pool.signal(&["p0"], "-CONT").unwrap();
-    result
+
+    // Moving to another pool key (here from RSA to oct): the new plugin encrypts with the new
+    // key and still decrypts what the old one wrote when the old key is named with
+    // --decrypt-key; without it, the old key id is refused with a message saying so.
+    pool.hsm(&[
+        "key",
+        "create",
+        "kek-new",
+        "--kty",
+        "oct",
+        "--size",
+        "256",
+        "--op",
+        "wrapKey",
+        "--op",
+        "unwrapKey",
+    ])
+    .unwrap();
+    pool.grant_crypto_user(keystead_e2e::kms::PLUGIN_PRINCIPAL, "/keys/kek-new")
+        .unwrap();
+    let (old_ct, old_id) = round_trip(&mut c, "RSA-OAEP-256").await;
+    let ann = |alg: &str| {
+        std::collections::HashMap::from([(ALG_ANNOTATION.to_string(), alg.as_bytes().to_vec())])
+    };
+    let base: Vec<String> = Plugin::pool_args(&pool).unwrap();
+    let mut moved_args: Vec<&str> = base.iter().map(String::as_str).collect();
+    moved_args.extend(["--decrypt-key", "rsa-kek"]);
+    let moved = Plugin::start(tmp.path(), "moved", "kek-new", &moved_args)
+        .await
+        .unwrap();
+    let mut m = moved.client().await.unwrap();
+    let (_, new_id) = round_trip(&mut m, "A256KW").await;
+    assert!(new_id.starts_with("kek-new/"), "{new_id}");
+    let dec = m
+        .decrypt(DecryptRequest {
+            ciphertext: old_ct.clone(),
+            uid: "old".into(),
+            key_id: old_id.clone(),
+            annotations: ann("RSA-OAEP-256"),
+        })
+        .await
+        .expect("the old key's ciphertext decrypts after the move");
+    assert_eq!(dec.plaintext, seed());
+    let plain_args: Vec<&str> = base.iter().map(String::as_str).collect();
+    let strict = Plugin::start(tmp.path(), "strict", "kek-new", &plain_args)
+        .await
+        .unwrap();
+    let mut s = strict.client().await.unwrap();
+    let e = s
+        .decrypt(DecryptRequest {
+            ciphertext: old_ct,
+            uid: "old".into(),
+            key_id: old_id,
+            annotations: ann("RSA-OAEP-256"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("--decrypt-key"), "{}", e.message());
 }

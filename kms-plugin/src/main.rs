@@ -24,6 +24,15 @@ struct Args {
     /// Name of the pool key (oct-HSM 256-bit: A256KW; RSA-HSM: RSA-OAEP-256).
     #[arg(long, env = "KEYSTEAD_KMS_KEY")]
     key: String,
+    /// A pool key data was written under before the plugin moved to --key (repeat for
+    /// several): Decrypt accepts its versions, Encrypt never uses it. Keep it until every
+    /// resource was rewritten (docs/kms-plugin.md, "Moving to another key").
+    #[arg(
+        long = "decrypt-key",
+        env = "KEYSTEAD_KMS_DECRYPT_KEYS",
+        value_delimiter = ','
+    )]
+    decrypt_keys: Vec<String>,
     /// A local pool's pool.json (endpoints, CA, admin token); explicit flags override it.
     #[arg(long, env = "KEYSTEAD_POOL")]
     pool_file: Option<PathBuf>,
@@ -108,11 +117,17 @@ async fn main() -> anyhow::Result<()> {
     let settings = settings(&args)?;
     let endpoints = settings.endpoints.join(", ");
     let pool = PoolClient::new(settings)?;
-    let plugin = Plugin::new(pool, args.key.clone(), args.timeout);
+    let plugin = Plugin::new(
+        pool,
+        args.key.clone(),
+        args.decrypt_keys.clone(),
+        args.timeout,
+    );
     let listener = serve::bind(&args.socket)?;
     tracing::info!(
         socket = %args.socket.display(),
         key = %args.key,
+        decrypt_keys = ?args.decrypt_keys,
         endpoints = %endpoints,
         timeout = ?args.timeout,
         "serving KMS v2"

@@ -66,11 +66,13 @@ pub fn key_id(name: &str, version: &str) -> String {
     format!("{name}/{version}")
 }
 
-/// Splits a `key_id` of the configured key into its version.
-pub fn parse_key_id<'a>(key_id: &'a str, key_name: &str) -> Result<&'a str, Status> {
+/// Splits a `key_id` into the key it names and its version, if that key is one this plugin
+/// decrypts with (`keys`: the configured key first, then the `--decrypt-key` keys).
+pub fn parse_key_id<'a>(key_id: &'a str, keys: &[String]) -> Result<(&'a str, &'a str), Status> {
+    let listed = keys.join(", ");
     let Some((name, version)) = key_id.split_once('/') else {
         return Err(Status::invalid_argument(format!(
-            "unknown key id {:?}: expected <key name>/<version> of key {key_name}",
+            "unknown key id {:?}: expected <key name>/<version> of key {listed}",
             truncate(key_id)
         )));
     };
@@ -79,13 +81,19 @@ pub fn parse_key_id<'a>(key_id: &'a str, key_name: &str) -> Result<&'a str, Stat
         && version
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if name != key_name || !version_ok {
+    if !version_ok {
         return Err(Status::invalid_argument(format!(
-            "unknown key id {:?}: this plugin decrypts only with versions of key {key_name}",
+            "unknown key id {:?}: not <key name>/<version> (the version is 1 to 64 letters, digits, - or _)",
             truncate(key_id)
         )));
     }
-    Ok(version)
+    if !keys.iter().any(|k| k == name) {
+        return Err(Status::invalid_argument(format!(
+            "unknown key id {:?}: this plugin decrypts only with versions of key {listed}; data written under another pool key needs that key named with --decrypt-key",
+            truncate(key_id)
+        )));
+    }
+    Ok((name, version))
 }
 
 /// The version from a `kid` (`https://host/keys/<name>/<version>`).
@@ -100,11 +108,15 @@ fn truncate(s: &str) -> String {
     s.chars().take(80).collect()
 }
 
-/// The plugin: one pool key, a pool client and the time budget of one call.
+/// The plugin: the pool key it encrypts with, the keys it decrypts with, a pool client and the
+/// time budget of one call.
 #[derive(Debug)]
 pub struct Plugin {
     pool: PoolClient,
     key_name: String,
+    /// `key_name` first, then keys data was written under before the plugin moved to
+    /// `key_name` (`--decrypt-key`): Decrypt only.
+    decrypt_keys: Vec<String>,
     budget: Duration,
     /// The wrap algorithm of the key, learnt from its type by Status or the first Encrypt
     /// (a rotation keeps the key type).
@@ -114,10 +126,24 @@ pub struct Plugin {
 impl Plugin {
     /// `budget`: the longest a call may take in all (below the API server's KMS `timeout`);
     /// a shorter `grpc-timeout` from the caller wins.
-    pub fn new(pool: PoolClient, key_name: String, budget: Duration) -> Arc<Self> {
+    /// `older_keys`: pool keys Decrypt also accepts (a move to a new key), never used to
+    /// encrypt.
+    pub fn new(
+        pool: PoolClient,
+        key_name: String,
+        older_keys: Vec<String>,
+        budget: Duration,
+    ) -> Arc<Self> {
+        let mut decrypt_keys = vec![key_name.clone()];
+        for k in older_keys {
+            if !decrypt_keys.contains(&k) {
+                decrypt_keys.push(k);
+            }
+        }
         Arc::new(Self {
             pool,
             key_name,
+            decrypt_keys,
             budget,
             alg: Mutex::new(None),
         })
@@ -264,7 +290,7 @@ impl KeyManagementService for Plugin {
             annotations,
         } = req.into_inner();
         let result = async {
-            let version = parse_key_id(&key_id, &self.key_name)?;
+            let (key_name, version) = parse_key_id(&key_id, &self.decrypt_keys)?;
             if ciphertext.is_empty() || ciphertext.len() > MAX_CIPHERTEXT {
                 return Err(Status::invalid_argument(format!(
                     "the ciphertext is {} bytes; 1..={MAX_CIPHERTEXT} bytes are expected",
@@ -282,14 +308,14 @@ impl KeyManagementService for Plugin {
                 })?;
             let plaintext = self
                 .pool
-                .unwrap(&self.key_name, version, alg.as_str(), &ciphertext, deadline)
+                .unwrap(key_name, version, alg.as_str(), &ciphertext, deadline)
                 .await
                 .map_err(|e| match e {
                     PoolError::Refused { status: 400, message, .. } => Status::invalid_argument(format!(
                         "the ciphertext does not unwrap under key {key_id} ({}): it was altered or made with another key; the pool said: {message}",
                         alg.as_str()
                     )),
-                    other => to_status(&self.key_name, other),
+                    other => to_status(key_name, other),
                 })?;
             Ok(DecryptResponse { plaintext })
         }
@@ -351,15 +377,26 @@ mod tests {
 
     #[test]
     fn key_ids_of_other_keys_or_malformed_are_refused() {
-        assert_eq!(parse_key_id("k1/abc-123", "k1").unwrap(), "abc-123");
+        let k1 = ["k1".to_string()];
+        assert_eq!(parse_key_id("k1/abc-123", &k1).unwrap(), ("k1", "abc-123"));
         for bad in ["", "k1", "k2/abc", "k1/", "k1/a/b", "k1/../x", "k1/a b"] {
-            let e = parse_key_id(bad, "k1").unwrap_err();
+            let e = parse_key_id(bad, &k1).unwrap_err();
             assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
             assert!(e.message().contains("unknown key id"), "{}", e.message());
         }
+        let e = parse_key_id("k2/abc", &k1).unwrap_err();
+        assert!(e.message().contains("--decrypt-key"), "{}", e.message());
         let long = format!("k1/{}", "a".repeat(5000));
-        let e = parse_key_id(&long, "k1").unwrap_err();
+        let e = parse_key_id(&long, &k1).unwrap_err();
         assert!(e.message().len() < 300, "the error quotes a bounded prefix");
+    }
+
+    #[test]
+    fn key_ids_of_older_keys_named_for_decrypt_are_accepted() {
+        let keys = ["new".to_string(), "old".to_string()];
+        assert_eq!(parse_key_id("old/v1", &keys).unwrap(), ("old", "v1"));
+        assert_eq!(parse_key_id("new/v2", &keys).unwrap(), ("new", "v2"));
+        assert!(parse_key_id("other/v1", &keys).is_err());
     }
 
     #[test]

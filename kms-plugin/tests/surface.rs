@@ -35,7 +35,7 @@ async fn start() -> Running {
         attempt_timeout: Duration::from_millis(500),
     })
     .unwrap();
-    let plugin = Plugin::new(pool, "kek".into(), Duration::from_secs(1));
+    let plugin = Plugin::new(pool, "kek".into(), Vec::new(), Duration::from_secs(1));
     let socket = dir.path().join("kms.sock");
     let listener = serve::bind(&socket).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
