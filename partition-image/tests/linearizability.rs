@@ -47,7 +47,12 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
+        // splitmix64 first: seeds that differ only in their lowest bit must not give the
+        // same sequence (`seed | 1` did, and two parallel long runs made the same faults).
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Rng((z ^ (z >> 31)) | 1)
     }
 
     fn next(&mut self) -> u64 {
@@ -129,11 +134,17 @@ const KINDS: [Fault; 10] = [
 ];
 
 /// The kinds this run can inject: one-way cuts and slow links need hosts of their own.
+/// `KEYSTEAD_FAULTS_KINDS=OneWay,Slow` narrows a run to those kinds (to chase a finding).
 fn kinds(c: &Cluster) -> Vec<Fault> {
+    let only = std::env::var("KEYSTEAD_FAULTS_KINDS").ok();
     KINDS
         .iter()
         .copied()
         .filter(|k| c.on_hosts() || !matches!(k, Fault::OneWay | Fault::Slow))
+        .filter(|k| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|n| n.trim() == format!("{k:?}")))
+        })
         .collect()
 }
 
@@ -567,11 +578,14 @@ async fn inject(
     };
     *faults.by_kind.entry(kind).or_default() += 1;
     run.healthy().await;
-    faults.log.push(format!(
+    let line = format!(
         "{:.1}s {what} (leader was {leader}; healthy again after {:.1}s)",
         t as f64 / 1e9,
         (run.now() - t) as f64 / 1e9
-    ));
+    );
+    // Printed as it happens too, so that an anomaly can be set against the faults before it.
+    eprintln!("  fault: {line}");
+    faults.log.push(line);
 }
 
 /// What one epoch (fresh keys, clients, faults, final reads, check) produced.
@@ -666,13 +680,23 @@ async fn epoch(
     match history::check(&history) {
         Ok(s) => e.steps = s.steps,
         Err(anomalies) => {
-            let path = std::env::temp_dir().join(format!("keystead-history-{name}.txt"));
+            let path = std::env::temp_dir().join(format!("keystead-history-{seed}-{name}.txt"));
             let text: String = history.iter().map(|o| format!("{o}\n")).collect();
             let _ = std::fs::write(&path, text);
+            // The partitions' logs outlive the pool's directory (removed when the test ends).
+            let logs = std::env::temp_dir().join(format!("keystead-anomaly-{seed}-{name}"));
+            let _ = std::fs::create_dir_all(&logs);
+            for (i, cfg) in run.c.configs.iter().enumerate() {
+                let _ = std::fs::copy(
+                    cfg.with_file_name("stderr.log"),
+                    logs.join(format!("p{i}.stderr.log")),
+                );
+            }
             panic!(
-                "ANOMALY: {} key(s) of epoch {name} (seed {seed}) have no linearization; whole history in {}\n{}",
+                "ANOMALY: {} key(s) of epoch {name} (seed {seed}) have no linearization; whole history in {}, partition logs in {}\n{}",
                 anomalies.len(),
                 path.display(),
+                logs.display(),
                 anomalies
                     .iter()
                     .map(|a| a.to_string())
@@ -781,9 +805,6 @@ async fn short_randomized_faults_every_history_is_linearizable() {
         &mut faults,
     )
     .await;
-    for l in &faults.log {
-        eprintln!("  fault: {l}");
-    }
     for p in &faults.probes {
         eprintln!("  cut-off read: {p}");
     }

@@ -8,6 +8,8 @@
 //!   directory wiped and the process restarted: it heals from its peers (domain + state).
 //! - one partition cut off: the minority cannot commit, the majority continues, and after
 //!   reconnection all converge.
+//! - a leader restarted before its followers noticed does not resume leadership in its old
+//!   term (the stale reads the long fault run found, docs/reliability.md).
 //!
 //! The randomized fault runs with a linearizability checker are in `tests/linearizability.rs`
 //! (the long one opt-in with `KEYSTEAD_LONG_FAULTS=1`, see docs/reliability.md).
@@ -339,4 +341,44 @@ async fn a_pool_whose_partitions_all_lost_the_domain_takes_it_again_by_upload() 
     let mut acked = BTreeMap::new();
     acked.insert("kept".to_string(), kid_path(&k));
     c.assert_converged(&acked).await;
+}
+
+/// A leader killed and restarted before its followers could elect another must not take up
+/// its old term again: its commit index on disk may lag what it had acknowledged (the
+/// committed marker is written lazily, and a power loss drops it), and a leader restored from
+/// disk answers read-index requests with that index — stale reads, found by the long fault
+/// run. It must win a new election (a new term, a new no-op entry that every read waits for).
+/// The followers are paused meanwhile, so that the old leader would come back unopposed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_restarted_before_an_election_does_not_resume_its_old_term() {
+    let c = Cluster::start().await;
+    let leader = c.leader(&[0, 1, 2]).await;
+    let term = |v: &serde_json::Value| v["replication"]["term"].as_u64().unwrap_or(0);
+    let before = term(&c.status(leader).await.expect("the leader's status"));
+    let followers: Vec<usize> = (0..N).filter(|i| *i != leader).collect();
+    for &f in &followers {
+        c.pause(f);
+    }
+    c.kill(leader);
+    c.spawn(leader);
+    // The restarted partition answers; while its peers are paused it cannot be a leader of a
+    // new term, and it must not be the leader of the old one.
+    c.until("the restarted partition answers", 60, || async {
+        c.status(leader).await.is_some()
+    })
+    .await;
+    let restarted = c.status(leader).await.expect("status");
+    for &f in &followers {
+        c.resume(f);
+    }
+    assert!(
+        !(restarted["replication"]["role"] == "leader" && term(&restarted) == before),
+        "the restarted partition resumed leadership of term {before} from its disk: {restarted}"
+    );
+    let now = c.leader(&[0, 1, 2]).await;
+    let after = term(&c.status(now).await.expect("the new leader's status"));
+    assert!(
+        after > before,
+        "leadership must be won again in a new term (was {before}, now {after})"
+    );
 }

@@ -166,6 +166,26 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // A failed test keeps the partitions' logs (the pool directory goes with the test).
+        if std::thread::panicking() {
+            let keep = std::env::temp_dir().join(format!(
+                "keystead-failed-{}-{}",
+                std::process::id(),
+                self.dir
+                    .parent()
+                    .and_then(|p| p.file_name())
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            ));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for (i, cfg) in self.configs.iter().enumerate() {
+                    let _ = std::fs::copy(
+                        cfg.with_file_name("stderr.log"),
+                        keep.join(format!("p{i}.stderr.log")),
+                    );
+                }
+                eprintln!("the partitions' logs are kept in {}", keep.display());
+            }
+        }
     }
 }
 
@@ -335,7 +355,10 @@ impl Cluster {
             command.arg("--region-config").arg(r);
         }
         let child = command
-            .env("KEYSTEAD_LOG", "warn")
+            .env(
+                "KEYSTEAD_LOG",
+                std::env::var("KEYSTEAD_TEST_PARTITION_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("KEYSTEAD_FAULT_SYNC_LEDGER", self.ledger(i))
             .stdout(Stdio::null())
             .stderr(log)

@@ -147,7 +147,7 @@ impl LogStore {
             existed,
         )?;
         let vote_path = dir.join("vote.json");
-        let vote = match std::fs::read(&vote_path) {
+        let vote: Option<Vote<NodeId>> = match std::fs::read(&vote_path) {
             Ok(b) => Some(serde_json::from_slice(&b).with_context(|| {
                 format!(
                     "the Raft vote {} is damaged; move the partition's data directory away: the partition starts empty and copies the log from its peers",
@@ -160,6 +160,18 @@ impl LogStore {
                     .with_context(|| format!("cannot read the Raft vote {}", vote_path.display()))
             }
         };
+        // A partition never takes up leadership again from its disk. openraft restores a node
+        // whose stored vote is its own *committed* vote as the leader of that term at once,
+        // and such a leader answers read-index requests with the commit index it finds on
+        // disk — which may lag what it had acknowledged before it stopped (the committed
+        // marker is written lazily; a power loss drops its unsynced tail): stale reads, found
+        // by the long fault run (docs/reliability.md). Loaded uncommitted, the vote still
+        // binds the term (no second vote in it), and the partition must win a new election,
+        // whose no-op entry every read then waits for.
+        let vote = vote.map(|v| Vote {
+            committed: false,
+            ..v
+        });
         let inner = Inner {
             dir: dir.to_path_buf(),
             file,
