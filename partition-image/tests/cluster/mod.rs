@@ -189,8 +189,12 @@ impl Drop for Cluster {
     }
 }
 
+/// The partition binary: this build's, or `KEYSTEAD_TEST_PARTITION_BIN` (a long fault run
+/// keeps a copy of the binary it started with while the tree is rebuilt).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_keystead-partition"))
+    std::env::var_os("KEYSTEAD_TEST_PARTITION_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keystead-partition")))
 }
 
 impl Cluster {
