@@ -382,3 +382,54 @@ async fn a_leader_restarted_before_an_election_does_not_resume_its_old_term() {
         "leadership must be won again in a new term (was {before}, now {after})"
     );
 }
+
+/// A wiped partition has lost its vote; while it catches up it must not help a leader that
+/// was deposed without knowing it form a majority for that old term. Here the leader is cut
+/// off, the other two elect a new one, the third is wiped, and on restart it can reach only
+/// the deposed leader: a write sent there must not be acknowledged (it would be committed in
+/// the old term by the deposed leader and the wiped partition, unseen by the real leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_partition_does_not_form_a_majority_with_a_deposed_leader() {
+    let c = Cluster::start().await;
+    c.activate().await;
+    let old = c.leader(&[0, 1, 2]).await;
+    c.isolate(old, true);
+    let others: Vec<usize> = (0..N).filter(|i| *i != old).collect();
+    let new = c.leader(&others).await;
+    let wiped = others.iter().copied().find(|i| *i != new).unwrap();
+    // The deposed leader still thinks it leads (it hears from no one).
+    assert_eq!(
+        c.status(old).await.expect("status")["replication"]["role"],
+        "leader"
+    );
+    c.kill(wiped);
+    c.wipe(wiped);
+    // The wiped partition reaches only the deposed leader.
+    c.isolate(old, false);
+    c.cut_link(old, new, true);
+    c.cut_link(wiped, new, true);
+    c.spawn(wiped);
+    c.until("the wiped partition answers", 60, || async {
+        c.status(wiped).await.is_some()
+    })
+    .await;
+    // Long enough for the deposed leader's heartbeats to reach the wiped partition.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let mut n = 0;
+    while Instant::now() < deadline {
+        let name = format!("stale-{n}");
+        n += 1;
+        if let Ok(v) = c.create(old, &name).await {
+            panic!(
+                "the deposed leader acknowledged {name} with the wiped partition as its majority: {v}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Reconnected, it learns the current term, catches up and votes again.
+    c.heal_network();
+    c.until("the wiped partition has caught up", 90, || {
+        c.caught_up(wiped)
+    })
+    .await;
+}

@@ -268,7 +268,12 @@ async fn serve(app: &Arc<App>, req: Request) -> (Response, Option<String>, PeerA
     }
     let response = match (method, path.as_str()) {
         (Method::POST, "/internal/raft/append") => {
-            json(&replica.raft.append_entries(parse!(_)).await)
+            let req: openraft::raft::AppendEntriesRequest<crate::consensus::raft::TypeConfig> =
+                parse!(_);
+            match replica.accepts_leader_term(req.vote.leader_id().term) {
+                Ok(()) => json(&replica.raft.append_entries(req).await),
+                Err(why) => refuse(StatusCode::SERVICE_UNAVAILABLE, &why),
+            }
         }
         (Method::POST, "/internal/raft/vote") => {
             if replica.is_recovering() {
@@ -283,7 +288,12 @@ async fn serve(app: &Arc<App>, req: Request) -> (Response, Option<String>, PeerA
             }
         }
         (Method::POST, "/internal/raft/snapshot") => {
-            json(&replica.raft.install_snapshot(parse!(_)).await)
+            let req: openraft::raft::InstallSnapshotRequest<crate::consensus::raft::TypeConfig> =
+                parse!(_);
+            match replica.accepts_leader_term(req.vote.leader_id().term) {
+                Ok(()) => json(&replica.raft.install_snapshot(req).await),
+                Err(why) => refuse(StatusCode::SERVICE_UNAVAILABLE, &why),
+            }
         }
         (Method::POST, "/internal/forward") => {
             let cmd: crate::state::Command = parse!(_);

@@ -23,6 +23,10 @@ pub struct PeerState {
     /// Holds the security domain.
     #[serde(default)]
     pub domain_loaded: bool,
+    /// The term this partition is in (what a recovering peer learns before it accepts
+    /// replication: `Replica::term_floor`).
+    #[serde(default)]
+    pub term: u64,
 }
 
 /// Errors calling a peer.

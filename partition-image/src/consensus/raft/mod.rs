@@ -86,6 +86,10 @@ pub struct Replica {
     /// `dataDir/raft/recovering`: present while recovering, so that a restart before the
     /// partition has caught up (its disk is no longer empty then) keeps it from voting.
     recovering_marker: std::path::PathBuf,
+    /// While recovering: the lowest term of a leader whose replication this partition
+    /// accepts, learnt from enough peers to include one that knows the current term (`None`:
+    /// not learnt yet, nothing is accepted). See [`Replica::accepts_leader_term`].
+    term_floor: std::sync::Mutex<Option<u64>>,
     /// Read-index rounds shared by concurrent reads (here or via the leader).
     reads: read_index::Batcher,
     /// The same, as the leader only (for followers' `/internal/read-index`).
@@ -226,6 +230,7 @@ impl Replica {
             client,
             recovering: std::sync::atomic::AtomicBool::new(recovering),
             recovering_marker,
+            term_floor: std::sync::Mutex::new(None),
             reads,
             leader_reads,
             membership_lock: tokio::sync::Mutex::new(()),
@@ -289,10 +294,17 @@ impl Replica {
     /// (or added back) by the current leader.
     async fn initialize_when_ready(self: Arc<Self>) {
         let lowest = self.peers.iter().map(|p| p.id).min() == Some(self.id);
+        // Peers whose terms must be known before replication is accepted: enough that they
+        // include a member of every majority that can have elected a leader (this
+        // partition's own lost vote may have been one of it).
+        let majority = self.peers.len() / 2 + 1;
+        let need = self.peers.len() - majority + 1;
         loop {
             let mut all_fresh = true;
             let mut all_answered = true;
             let mut existing = false;
+            let mut answered = 0;
+            let mut max_term = 0;
             for p in self.peers.iter().filter(|p| p.id != self.id) {
                 match self
                     .client
@@ -303,6 +315,8 @@ impl Replica {
                         all_fresh &= !s.initialized;
                         // Beyond the initial membership entry: a group that has had a leader.
                         existing |= s.last_log_index >= 1;
+                        answered += 1;
+                        max_term = max_term.max(s.term);
                     }
                     Err(_) => {
                         all_fresh = false;
@@ -310,8 +324,13 @@ impl Replica {
                     }
                 }
             }
-            if existing {
+            if existing && answered >= need {
+                self.raise_term_floor(max_term);
                 break;
+            }
+            if existing {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
             }
             if all_answered {
                 // A new pool: nothing was committed anywhere, nothing can have been lost.
@@ -341,6 +360,40 @@ impl Replica {
         }
         self.finish_recovery();
         tracing::info!("caught up with the leader's commit index; voting again");
+    }
+
+    fn raise_term_floor(&self, term: u64) {
+        let mut f = self.term_floor.lock().unwrap_or_else(|p| p.into_inner());
+        *f = Some(f.map_or(term, |t| t.max(term)));
+        tracing::info!(
+            term_floor = term,
+            "recovering: replication accepted from leaders of this term or later"
+        );
+    }
+
+    /// Whether replication (append, snapshot) from a leader of `term` may be accepted. A
+    /// partition that lost its disk lost its vote too: until it has caught up it would
+    /// acknowledge any leader, and a leader that was deposed without knowing it (cut off,
+    /// paused) could make it the second member of a majority for that old term and commit,
+    /// or confirm reads, unseen by the real leader — an acknowledged write lost. So while
+    /// recovering it first learns the current term from enough peers, and accepts only
+    /// leaders of that term or later; once it has accepted a leader, openraft's own vote
+    /// (saved on disk) refuses older ones. A new pool (nothing committed anywhere) has no
+    /// floor to learn and accepts at once.
+    pub fn accepts_leader_term(&self, term: u64) -> Result<(), String> {
+        if !self.is_recovering() {
+            return Ok(());
+        }
+        match *self.term_floor.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(floor) if term < floor => Err(format!(
+                "recovering after an empty start: a leader of term {term} is older than the current term {floor}"
+            )),
+            Some(_) => Ok(()),
+            None => Err(
+                "recovering after an empty start: still learning the current term from the peers"
+                    .into(),
+            ),
+        }
     }
 
     fn finish_recovery(&self) {

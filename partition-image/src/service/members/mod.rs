@@ -53,6 +53,7 @@ pub async fn local_state(app: &App, replica: &Replica) -> PeerState {
         applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
         recovering: replica.is_recovering(),
         domain_loaded: app.keyring.is_unsealed(),
+        term: m.current_term,
     }
 }
 
