@@ -20,7 +20,7 @@ STAGES = [
     ("request span (tracing): create", [r"tracing::span::Span::new$"]),
     ("request span (tracing): enter/exit",
      [r"tracing_core::dispatcher::Dispatch::enter$", r"tracing_core::dispatcher::Dispatch::exit$"]),
-    ("the request chain (all below)",
+    ("tracing-instrumented futures: the request chain (below) and peer calls",
      [r"<tracing::instrument::Instrumented<T> as core::future::future::Future>::poll$"]),
     ("  token validation", [r"keystead_partition::auth::validator::TokenValidator::validate::\{\{closure\}\}$"]),
     ("  read barrier: the request's wait",
@@ -33,9 +33,8 @@ STAGES = [
     ("  audit record", [r"keystead_partition::http::chain::record_(outcome|intent)$"]),
     ("read barrier: leadership rounds (spawned)",
      [r"keystead_partition::consensus::raft::read_index::Batcher::read_index::\{\{closure\}\}::\{\{closure\}\}$"]),
-    ("Raft core task (heartbeats, read-index)",
-     [r"openraft::core::raft_core::RaftCore<C,N,LS,SM>::main::\{\{closure\}\}$",
-      r"openraft::core::raft_core::RaftCore<C,N,LS,SM>::runtime_loop::\{\{closure\}\}$"]),
+    ("Raft core task (heartbeats, read-index; within the instrumented futures)",
+     [r"openraft::core::raft_core::RaftCore<C,N,LS,SM>::do_main::\{\{closure\}\}::\{\{closure\}\}$"]),
 ]
 
 pat = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?)(?: \[[^\]]*\])?$")
