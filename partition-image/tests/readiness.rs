@@ -52,25 +52,9 @@ async fn a_resumed_partition_is_ready_only_once_it_holds_the_domain() {
 /// but no partition can serve a key, so none is ready, and each says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_of_an_activated_pool_without_the_domain_are_not_ready() {
-    use keystead_partition::config::{SealMode, SealSettings};
     let mut c = Cluster::start().await;
     c.activate().await;
-    for i in 0..N {
-        c.kill(i);
-        c.cfgs[i].seal = SealSettings {
-            mode: SealMode::MemoryOnly,
-            key_file: None,
-        };
-        std::fs::write(
-            &c.configs[i],
-            serde_json::to_vec_pretty(&c.cfgs[i]).unwrap(),
-        )
-        .unwrap();
-        let _ = std::fs::remove_file(c.cfgs[i].data_dir.join("domain.sealed"));
-    }
-    for i in 0..N {
-        c.spawn(i);
-    }
+    c.restart_all_without_domain();
     // Once a partition has caught up (its status says activated), it names the domain.
     for i in 0..N {
         c.until("the partition reports the activated pool", 60, || async {
