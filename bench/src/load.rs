@@ -181,6 +181,25 @@ impl Pool {
         }
     }
 
+    /// Why the pool should not be used yet: a partition that does not answer `/readyz`
+    /// with 200 (`None`: every partition is ready).
+    pub(crate) async fn not_ready(&self) -> Option<String> {
+        for ep in &self.endpoints {
+            match self.admin.get(format!("{ep}/readyz")).send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => {
+                    let s = r.status();
+                    return Some(format!(
+                        "{ep}/readyz answered {s}: {}",
+                        r.text().await.unwrap_or_default()
+                    ));
+                }
+                Err(e) => return Some(format!("{ep}/readyz: {e}")),
+            }
+        }
+        None
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}?api-version={API_VERSION}", self.endpoint)
     }
@@ -237,7 +256,9 @@ pub(crate) fn error_message(v: &Value) -> String {
         .unwrap_or_else(|| v.to_string().chars().take(300).collect())
 }
 
-/// Wait until `DIR/pool.json` exists and the pool answers `/admin/status`.
+/// Wait until `DIR/pool.json` exists and every partition answers `/readyz` (a resumed
+/// partition is ready once it has caught up and holds the security domain; a new pool is
+/// ready for its activation).
 async fn wait_ready(dir: &Path, runner: &mut Option<Runner>) -> anyhow::Result<Pool> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut last = String::from("pool.json not written yet");
@@ -252,12 +273,9 @@ async fn wait_ready(dir: &Path, runner: &mut Option<Runner>) -> anyhow::Result<P
         }
         if dir.join("pool.json").exists() {
             match Pool::load(dir) {
-                Ok(p) => match p.call(Method::GET, "/admin/status", None).await {
-                    Ok((s, _)) if s.is_success() => return Ok(p),
-                    Ok((s, v)) => {
-                        last = format!("/admin/status answered {s}: {}", error_message(&v))
-                    }
-                    Err(e) => last = format!("{e:#}"),
+                Ok(p) => match p.not_ready().await {
+                    None => return Ok(p),
+                    Some(why) => last = why,
                 },
                 Err(e) => last = format!("{e:#}"),
             }

@@ -6,10 +6,12 @@
 //! - `softhsm`: the same operations through PKCS#11 on SoftHSM2 (the usual baseline);
 //! - `replication`: replicated creates, sign on one partition vs three, and the healing
 //!   time of a wiped partition, on three partition processes run here;
-//! - `report`: a Markdown table with ratios from the JSON lines the others wrote.
+//! - `report`: a Markdown table with ratios from the JSON lines the others wrote;
+//! - `calls`: a fixed number of requests of one operation, for instruction-count profiles.
 //!
 //! `scripts/bench.sh` runs them all; `docs/benchmarks.md` has the numbers.
 
+mod calls;
 mod load;
 mod raw;
 mod replication;
@@ -52,6 +54,37 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// A fixed number of requests against a running pool, between two hook commands (for
+    /// callgrind instruction counts: scripts/profile-request.sh).
+    Calls(CallsArgs),
+}
+
+#[derive(Args, Debug)]
+struct CallsArgs {
+    /// The pool directory (holds pool.json); the pool must be running and activated.
+    #[arg(long)]
+    dir: PathBuf,
+    /// One of es256-sign, rs256-sign, rsa-oaep-256-wrap, rsa-oaep-256-encrypt, get-key.
+    #[arg(long, default_value = "es256-sign")]
+    op: String,
+    /// Concurrent keep-alive HTTPS clients (one connection each).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Requests before `--before` runs (at least one per client).
+    #[arg(long, default_value_t = 640)]
+    warmup_requests: usize,
+    /// Requests counted (sent between `--before` and `--after`).
+    #[arg(long, default_value_t = 2000)]
+    requests: usize,
+    /// Shell command run once the warm-up is done.
+    #[arg(long)]
+    before: Option<String>,
+    /// Shell command run once the counted requests are answered.
+    #[arg(long)]
+    after: Option<String>,
+    /// Which partition of pool.json to send to (0 = the first; default: the Raft leader).
+    #[arg(long)]
+    partition: Option<usize>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -253,6 +286,23 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("cannot write {}", p.display()))?;
             }
             check_errors(&rows)
+        }
+        Cmd::Calls(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(calls::run(&calls::CallOptions {
+                dir: std::path::absolute(&a.dir)?,
+                op: a.op,
+                clients: a.clients,
+                warmup_requests: a.warmup_requests,
+                requests: a.requests,
+                before: a.before,
+                after: a.after,
+                partition: a.partition,
+            }))
         }
         Cmd::Report { files } => {
             let mut rows = Vec::new();

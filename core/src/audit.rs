@@ -147,7 +147,7 @@ impl CheckpointKey {
 impl AuditRecord {
     /// The record as one JSON line (no trailing newline).
     pub fn to_json_line(&self) -> String {
-        canonical_json(&record_value(self))
+        crate::audit_line::line(self)
     }
 }
 
@@ -199,7 +199,7 @@ pub struct VerifyOptions {
 }
 
 /// Sorted-key, whitespace-free JSON: the form the chain hashes.
-fn canonical_json(v: &Value) -> String {
+pub(crate) fn canonical_json(v: &Value) -> String {
     let mut out = String::new();
     write_canonical(v, &mut out);
     out
@@ -235,9 +235,19 @@ fn write_canonical(v: &Value, out: &mut String) {
     }
 }
 
-fn record_value(record: &AuditRecord) -> Value {
+#[cfg(test)]
+pub(crate) fn record_value(record: &AuditRecord) -> Value {
     // Serialising a struct of strings and integers into a Value cannot fail.
     serde_json::to_value(record).unwrap_or(Value::Null)
+}
+
+/// `hex(SHA-256(prev_hash || canonical))`: `canonical` is a record's canonical JSON without
+/// its "hash" field.
+fn hash_of(prev_hash: &str, canonical: &[u8]) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(prev_hash.as_bytes());
+    ctx.update(canonical);
+    hex::encode(ctx.finish().as_ref())
 }
 
 /// `hex(SHA-256(prev_hash || canonical JSON of `object` without "hash"))`.
@@ -332,7 +342,13 @@ impl AuditChain {
     /// Sets `seq`, `prevHash` and `hash` of `record` (and normalises: the query string is
     /// dropped from `path`, an empty `caller` becomes `anonymous`, free-text fields are cut
     /// to [`MAX_FIELD_BYTES`]) and advances the chain.
-    pub fn seal(&mut self, mut record: AuditRecord) -> AuditRecord {
+    pub fn seal(&mut self, record: AuditRecord) -> AuditRecord {
+        self.seal_line(record).0
+    }
+
+    /// [`seal`](Self::seal), and the record's log line (its canonical JSON, no newline) made
+    /// in the same pass.
+    pub fn seal_line(&mut self, mut record: AuditRecord) -> (AuditRecord, String) {
         if let Some(i) = record.path.find('?') {
             record.path.truncate(i);
         }
@@ -370,14 +386,12 @@ impl AuditChain {
         record.seq = self.next_seq;
         record.prev_hash = self.last_hash.clone();
         record.hash = String::new();
-        let hash = match record_value(&record) {
-            Value::Object(object) => compute_hash(&record.prev_hash, &object),
-            _ => String::new(),
-        };
-        record.hash = hash;
+        let (unhashed, at) = crate::audit_line::unhashed(&record);
+        record.hash = hash_of(&record.prev_hash, &unhashed);
         self.next_seq = self.next_seq.saturating_add(1);
         self.last_hash = record.hash.clone();
-        record
+        let line = crate::audit_line::with_hash(&unhashed, at, &record.hash);
+        (record, line)
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod aead;
 pub mod audit;
+mod audit_line;
 pub mod b64;
 pub mod backup_format;
 pub mod backup_job;

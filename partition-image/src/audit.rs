@@ -118,6 +118,9 @@ impl CheckpointSigner {
 
 struct Inner {
     file: File,
+    /// The file's length (regular files only): where a partly written line is cut off
+    /// again, kept here instead of asking the file system before every record.
+    len: Option<u64>,
     chain: AuditChain,
     /// Records written since the last checkpoint.
     since_checkpoint: u64,
@@ -269,6 +272,11 @@ impl AuditSink {
             path,
             stdout,
             inner: Mutex::new(Inner {
+                len: file
+                    .metadata()
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len()),
                 file,
                 chain,
                 since_checkpoint: 0,
@@ -284,7 +292,7 @@ impl AuditSink {
             let cp = signer.checkpoint(&mut next);
             // An unwritable log does not stop the partition: it is counted, and changes are
             // refused while their records cannot be written (see try_record).
-            if let Err(e) = sink.append(&mut inner, next, &cp) {
+            if let Err(e) = sink.append(&mut inner, next, &cp, cp.to_json_line()) {
                 drop(inner);
                 sink.failed(&e);
             }
@@ -343,53 +351,60 @@ impl AuditSink {
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = inner.chain.clone();
-        let sealed = next.seal(record);
-        self.append(&mut inner, next, &sealed)?;
+        let (sealed, line) = next.seal_line(record);
+        self.append(&mut inner, next, &sealed, line)?;
         inner.since_checkpoint += 1;
         if let Some(signer) = &self.signer
             && inner.since_checkpoint >= CHECKPOINT_EVERY
         {
             let mut next = inner.chain.clone();
             let cp = signer.checkpoint(&mut next);
+            let line = cp.to_json_line();
             // The request's record is written; a checkpoint that cannot be is retried
             // after the next record (and counted as a failure).
-            if let Err(e) = self.append(&mut inner, next, &cp) {
+            if let Err(e) = self.append(&mut inner, next, &cp, line) {
                 self.failed(&e);
             }
         }
         Ok(sealed)
     }
 
-    /// Append `sealed` (already sealed into `next`, a copy of the chain) and advance the
-    /// chain to `next`; on a write error the chain stays and a partial line is cut off.
+    /// Append `sealed` (already sealed into `next`, a copy of the chain; `line` its log
+    /// line) and advance the chain to `next`; on a write error the chain stays and a
+    /// partial line is cut off.
     fn append(
         &self,
         inner: &mut Inner,
         next: AuditChain,
         sealed: &AuditRecord,
+        mut line: String,
     ) -> Result<(), AuditError> {
-        let mut line = sealed.to_json_line();
         line.push('\n');
         let write_err = |source| AuditError::Write {
             path: self.path.clone(),
             source,
         };
-        // Where a partly written line would be cut off again (regular files only).
-        let before = inner
-            .file
-            .metadata()
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len());
         if let Err(e) = inner
             .file
             .write_all(line.as_bytes())
             .and_then(|()| inner.file.flush())
         {
-            if let Some(len) = before {
-                let _ = inner.file.set_len(len);
+            // Cut a partly written line off again (regular files only), and learn the
+            // length anew if even that fails.
+            if let Some(len) = inner.len
+                && inner.file.set_len(len).is_err()
+            {
+                inner.len = inner
+                    .file
+                    .metadata()
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len());
             }
             return Err(write_err(e));
+        }
+        if let Some(len) = &mut inner.len {
+            *len += line.len() as u64;
         }
         inner.chain = next;
         if sealed.checkpoint.is_some() {

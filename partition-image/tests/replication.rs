@@ -250,7 +250,6 @@ async fn a_partition_restarted_before_catching_up_still_does_not_vote() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_whose_partitions_all_lost_the_domain_takes_it_again_by_upload() {
     use keystead_core::sd::{self, CustodianPrivateKey, ExchangeCertificate};
-    use keystead_partition::config::{SealMode, SealSettings};
     use reqwest::Method;
     use serde_json::json;
 
@@ -261,22 +260,7 @@ async fn a_pool_whose_partitions_all_lost_the_domain_takes_it_again_by_upload() 
     let k = c.create(0, "kept").await.expect("create");
 
     // All three restart with memory-only sealing: the domain is gone from every partition.
-    for i in 0..N {
-        c.kill(i);
-        c.cfgs[i].seal = SealSettings {
-            mode: SealMode::MemoryOnly,
-            key_file: None,
-        };
-        std::fs::write(
-            &c.configs[i],
-            serde_json::to_vec_pretty(&c.cfgs[i]).unwrap(),
-        )
-        .unwrap();
-        let _ = std::fs::remove_file(c.cfgs[i].data_dir.join("domain.sealed"));
-    }
-    for i in 0..N {
-        c.spawn(i);
-    }
+    c.restart_all_without_domain();
     for i in 0..N {
         c.until(
             "the partition answers, activated but without the domain",

@@ -29,10 +29,22 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 128 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(new_request_id);
     // The path stays in the audit record (cut there to a bounded length), not in every line.
     let span = tracing::info_span!("request", request_id = %request_id, method = %req.method());
     serve(app, req, request_id, started).instrument(span).await
+}
+
+/// A random (v4) UUID from aws-lc's user-space generator: `Uuid::new_v4` asks the kernel
+/// (`getrandom`) for every request that brings no `x-ms-client-request-id`.
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        return uuid::Uuid::new_v4().to_string();
+    }
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }
 
 /// What the outcome record says of the caller and the operation, learnt along the chain.

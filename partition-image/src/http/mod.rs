@@ -209,18 +209,49 @@ pub async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok")
 }
 
+/// Ready to take traffic behind a Service: the partition can serve what a client would ask
+/// of it now (docs/replication.md, "Readiness"). Replicated, it is part of a group with a
+/// leader, has caught up to the leader's commit index (one read barrier, at most
+/// [`READY_BARRIER_WAIT`]) and the pool is bootstrapped. And an activated pool's partition
+/// must hold the security domain: one that restarted and has not unsealed it yet (or been
+/// handed it by a peer) would answer every key operation with 503. A pool that is not
+/// activated (`Provisioned`, `RecoveryPending`) is ready without the domain: the ceremony
+/// that activates it must reach it.
 pub async fn readyz(State(app): State<Arc<App>>) -> Response {
-    // Ready to take traffic: serving, and (replicated) part of a group with a leader and a
-    // bootstrapped pool. Activation is reported by /admin/status.
+    match not_ready(&app).await {
+        None => (StatusCode::OK, Body::from("ready")).into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Body::from(format!("not ready: {why}")),
+        )
+            .into_response(),
+    }
+}
+
+/// How long one readiness check waits for its read barrier.
+pub const READY_BARRIER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Why this partition should not get traffic now, if it should not.
+pub async fn not_ready(app: &App) -> Option<&'static str> {
     if let Some(r) = app.store.replica() {
-        let has_leader = r.raft.metrics().borrow().current_leader.is_some();
-        if !has_leader || !app.store.read().bootstrapped {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Body::from("not ready: no leader or the pool is not bootstrapped yet"),
-            )
-                .into_response();
+        if r.raft.metrics().borrow().current_leader.is_none() {
+            return Some("no leader (a majority of the partitions must be up and connected)");
+        }
+        // Without this, a restarted partition reports the state it found on disk (perhaps
+        // `Provisioned`) until it has applied the rest of the log.
+        match tokio::time::timeout(READY_BARRIER_WAIT, app.store.read_barrier_raw()).await {
+            Ok(Ok(())) => {}
+            _ => return Some("not caught up with the leader's commit index yet"),
         }
     }
-    (StatusCode::OK, Body::from("ready")).into_response()
+    let st = app.store.read();
+    if app.store.replica().is_some() && !st.bootstrapped {
+        return Some("the pool is not bootstrapped yet");
+    }
+    if st.is_activated() && !app.keyring.is_unsealed() {
+        return Some(
+            "the pool is activated and this partition does not hold its security domain yet",
+        );
+    }
+    None
 }

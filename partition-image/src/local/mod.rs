@@ -291,7 +291,8 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
     Ok((configs, pool))
 }
 
-/// Wait until every endpoint answers `/healthz` over TLS, or the deadline passes.
+/// Wait until every endpoint answers `/readyz` over TLS (caught up, and holding the domain
+/// once the pool is activated), or the deadline passes.
 pub async fn wait_ready(pool: &PoolFile, deadline: Duration) -> anyhow::Result<()> {
     let ca = std::fs::read(&pool.ca_file)?;
     let client = reqwest::Client::builder()

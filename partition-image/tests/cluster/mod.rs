@@ -2,6 +2,8 @@
 //! three partitions in one Raft group, peer traffic through in-test TCP proxies (one per
 //! ordered pair of the first three partitions) so a partition can be cut off, plus any
 //! partitions a test adds later (reached directly).
+//!
+//! One file (~690 lines) on purpose: one harness type whose methods every fault test shares.
 #![allow(dead_code)]
 
 use keystead_partition::config::{PartitionConfig, PeerSettings};
@@ -387,6 +389,29 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n");
         Some(format!("exited with {status}; stderr tail:\n{tail}"))
+    }
+
+    /// Stop every partition and start it again with memory-only sealing and its sealed
+    /// domain file removed: the pool stays activated, but no partition holds the domain
+    /// (an upload must bring it back).
+    pub fn restart_all_without_domain(&mut self) {
+        use keystead_partition::config::{SealMode, SealSettings};
+        for i in 0..N {
+            self.kill(i);
+            self.cfgs[i].seal = SealSettings {
+                mode: SealMode::MemoryOnly,
+                key_file: None,
+            };
+            std::fs::write(
+                &self.configs[i],
+                serde_json::to_vec_pretty(&self.cfgs[i]).unwrap(),
+            )
+            .unwrap();
+            let _ = std::fs::remove_file(self.cfgs[i].data_dir.join("domain.sealed"));
+        }
+        for i in 0..N {
+            self.spawn(i);
+        }
     }
 
     pub fn kill(&self, i: usize) {

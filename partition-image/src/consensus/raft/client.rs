@@ -64,7 +64,14 @@ pub struct PeerClient {
     /// checked: a rotated certificate is used for new peer connections within 30 s.
     http: std::sync::RwLock<(reqwest::Client, [u8; 32], std::time::Instant)>,
     token_file: Option<PathBuf>,
+    /// The token as last read and when: re-read at most every [`PEER_TOKEN_REREAD`] (a
+    /// Raft heartbeat is sent to each follower several times a second under load).
+    token: std::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
+
+/// How long a read peer token is used before its file is read again. Kubernetes renews a
+/// projected token long before it expires (at 80 % of its lifetime, at least an hour here).
+const PEER_TOKEN_REREAD: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for PeerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,6 +100,7 @@ impl PeerClient {
                 std::time::Instant::now(),
             )),
             token_file: cfg.peer_token_file.clone(),
+            token: std::sync::Mutex::new(None),
         })
     }
 
@@ -169,9 +177,17 @@ impl PeerClient {
                 "peerTokenFile is not configured".to_string(),
             ));
         };
-        std::fs::read_to_string(f)
+        let mut cached = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, at)) = cached.as_ref()
+            && at.elapsed() < PEER_TOKEN_REREAD
+        {
+            return Ok(t.clone());
+        }
+        let t = std::fs::read_to_string(f)
             .map(|t| t.trim().to_string())
-            .map_err(|e| PeerError::Token(format!("{}: {e}", f.display())))
+            .map_err(|e| PeerError::Token(format!("{}: {e}", f.display())))?;
+        *cached = Some((t.clone(), std::time::Instant::now()));
+        Ok(t)
     }
 
     async fn send<Resp: DeserializeOwned>(

@@ -5,10 +5,17 @@
 //! arrived, confirmed by a quorum (openraft's `get_read_log_id`: a round of heartbeats).
 //! Done per request, every signature costs the leader two peer round trips and the
 //! followers two requests each. Here concurrent reads share rounds: a read joins the *next*
-//! round (never one already in flight, which may have started before it arrived); up to
-//! `MAX_ROUNDS` rounds overlap, each taking every read that waits when it starts. Under load this is one confirmation per
-//! round trip instead of one per request; alone, a read waits for exactly one round, as
-//! before.
+//! round (never one already in flight, which may have started before it arrived). One round
+//! runs at a time and takes every read waiting when it starts; only when the round in flight
+//! is slow (older than `SLOW_ROUND`) may another start beside it, up to `MAX_ROUNDS`. Under
+//! load this is one confirmation per round trip instead of one per request; alone, a read
+//! waits for exactly one round, as before.
+//!
+//! Overlapping rounds freely (a new round for every read that found all running rounds
+//! busy, as from 37eec2f) split the waiting reads into more, smaller rounds — twice the
+//! rounds per request: ES256 sign on a pinned pool cost ~95 µs of pool CPU per request
+//! instead of ~74 µs (the extra heartbeats over HTTPS to both followers and their answers;
+//! docs/benchmarks.md, issue 15).
 
 use super::client::PeerClient;
 use super::{Raft, ReadIndexReply, member_url};
@@ -37,10 +44,25 @@ pub type RoundResult = Result<u64, String>;
 /// (every request passes the barrier) from queueing behind it.
 const MAX_ROUNDS: usize = 4;
 
+/// A round in flight for longer than this is slow: a read arriving meanwhile may start
+/// another beside it (rounds on loopback take well under a millisecond).
+const SLOW_ROUND: Duration = Duration::from_millis(10);
+
 #[derive(Default)]
 struct Queue {
     running: usize,
+    /// When the latest round started.
+    last_start: Option<std::time::Instant>,
     next: Vec<oneshot::Sender<RoundResult>>,
+}
+
+impl Queue {
+    /// Whether a read that just queued should start a round of its own.
+    fn start_another(&self) -> bool {
+        self.running == 0
+            || (self.running < MAX_ROUNDS
+                && self.last_start.is_none_or(|t| t.elapsed() >= SLOW_ROUND))
+    }
 }
 
 /// Shares leadership confirmations between concurrent reads.
@@ -69,9 +91,10 @@ impl Batcher {
         let start = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             q.next.push(tx);
-            let start = q.running < MAX_ROUNDS;
+            let start = q.start_another();
             if start {
                 q.running += 1;
+                q.last_start = Some(std::time::Instant::now());
             }
             start
         };
@@ -91,6 +114,7 @@ impl Batcher {
                             q.running -= 1;
                             return;
                         }
+                        q.last_start = Some(std::time::Instant::now());
                         std::mem::take(&mut q.next)
                     };
                     // Every waiter taken here arrived before this round starts.
