@@ -89,7 +89,7 @@ fn invalid_fixture_reports_every_problem_with_a_typed_reason() {
             "SealSecretMissing",
             "RenewBeforeNotBelowValidity",
             "InvalidDnsName",
-            "RegionsUnsupported",
+            "Replication",
             "EmptyAudience",
             "PrincipalPrefixMissing",
             "PrincipalPrefix",

@@ -239,6 +239,21 @@ fn pod_template(hsm: &ManagedHsm, names: &Names, config_hash: &str) -> Value {
         );
         mounts.push(json!({"name": "seal", "mountPath": SEAL_DIR, "readOnly": true}));
     }
+    let mut args = vec![
+        "serve".to_string(),
+        "--config".into(),
+        format!("{CONFIG_DIR}/$(POD_NAME).json"),
+    ];
+    if spec.replication.is_some() {
+        // The region configuration (`replication::plan::region_config`): read at start.
+        use crate::replication::plan::{REGION_DIR, REGION_FILE};
+        volumes.push(json!({"name": "region", "configMap": {"name": names.region_config}}));
+        mounts.push(json!({"name": "region", "mountPath": REGION_DIR, "readOnly": true}));
+        args.extend([
+            "--region-config".into(),
+            format!("{REGION_DIR}/{REGION_FILE}"),
+        ]);
+    }
     for (i, v) in spec.backup_volumes.iter().enumerate() {
         let name = format!("backup-{i}");
         volumes.push(json!({"name": name, "persistentVolumeClaim": {"claimName": v.claim_name}}));
@@ -252,7 +267,7 @@ fn pod_template(hsm: &ManagedHsm, names: &Names, config_hash: &str) -> Value {
         "name": "partition",
         "image": spec.image,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["serve", "--config", format!("{CONFIG_DIR}/$(POD_NAME).json")],
+        "args": args,
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
