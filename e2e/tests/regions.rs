@@ -4,14 +4,15 @@
 //! custodians, serves the key created in A, reports its lag, `ReplicationHealthy=True` on
 //! both (awaited with `kubectl wait`); a planned switchover by editing the two resources
 //! (A names `west` primary → A's demotion token in its status → B names itself primary with
-//! it), a write to B lands and A follows; then a failover: cluster 2 (the primary B) stopped,
-//! A force-promoted, A takes writes.
+//! it), a write to B lands and A follows; then a failover: B (now the primary) takes a write
+//! A never gets, B's partitions are stopped (SIGSTOP), A is promoted by force and takes
+//! writes, B resumes, is fenced and lists the write it lost (status and a Warning Event).
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
 use keystead_e2e::own_cluster::OwnCluster;
-use keystead_e2e::pool::{APP_SA, POOL, Pool, PoolHttp};
-use keystead_e2e::steps::{eventually, first_key};
+use keystead_e2e::pool::{ADMIN_SA, APP_SA, POOL, Pool, PoolHttp};
+use keystead_e2e::steps::{PODS, eventually, first_key, partition_http};
 use keystead_e2e::{Cluster, TestNamespace};
 use keystead_operator::crd::ManagedHsm;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -101,6 +102,52 @@ async fn served(http: &PoolHttp, token: &str, key: &str, what: &str) -> anyhow::
     .await
 }
 
+/// Send `signal` to every partition of the pool (`-STOP`, `-CONT`).
+async fn signal_partitions(pool: &Pool, signal: &str) -> anyhow::Result<()> {
+    for pod in PODS {
+        let uid = pool.pod_uid(pod).await.context("pod uid")?;
+        pool.ns
+            .cluster
+            .signal_container(&pool.ns.name, pod, &uid, signal)?;
+    }
+    Ok(())
+}
+
+/// Until no partition of `b` has seen a request of region east for 6 s (a long poll of the
+/// feed lasts at most 5 s): nothing B commits now reaches the paused A.
+async fn polls_of_east_expired(b: &Pool, admin: &str) -> anyhow::Result<()> {
+    eventually(
+        "B's last poll from east expired",
+        Duration::from_secs(30),
+        || async {
+            for pod in PODS {
+                let http = partition_http(b, pod).await?;
+                let url = format!("https://{POOL}.{}.svc:8443/admin/status", b.ns.name);
+                let v: Value = http
+                    .get(&url)
+                    .bearer_auth(admin)
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let recent = v["region"]["regions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| {
+                        r["name"] == "east"
+                            && r["lastSeenSecondsAgo"].as_u64().is_none_or(|s| s < 6)
+                    });
+                if recent {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await
+}
+
 /// `https://<cluster IP of the pool's Service>:<port>`: an address the other cluster's
 /// processes reach (the dev clusters share the host's loopback), named in the certificates
 /// through `spec.tls.extraDnsNames`.
@@ -128,12 +175,12 @@ async fn a_pool_extended_to_a_second_cluster_switches_over_and_fails_over_declar
     let ns2 = TestNamespace::create_named_in(&c2, &ns1.name)
         .await
         .unwrap();
-    let r = scenario(ns1, ns2, &own2).await;
+    let r = scenario(ns1, ns2).await;
     eprintln!("scenario finished in {:?}", started.elapsed());
     r.unwrap();
 }
 
-async fn scenario(ns1: TestNamespace, ns2: TestNamespace, own2: &OwnCluster) -> anyhow::Result<()> {
+async fn scenario(ns1: TestNamespace, ns2: TestNamespace) -> anyhow::Result<()> {
     let t0 = Instant::now();
     // Pool A, region east, primary; it accepts west once west's CA is copied here.
     let a = Pool::create(
@@ -252,13 +299,25 @@ async fn scenario(ns1: TestNamespace, ns2: TestNamespace, own2: &OwnCluster) -> 
     served(&a_http, &a_app, "k2", "k2 served by A (following B)").await?;
     eprintln!("write to B served by A at {:?}", t0.elapsed());
 
-    // Failover: the primary's cluster (B) stops; A reports it unreachable, then is promoted
-    // by force and takes writes.
-    own2.down();
-    a.wait("A: primary west unreachable", WAIT, |st| {
-        Pool::reason(st, "ReplicationHealthy") == "PrimaryUnreachable"
-    })
-    .await?;
+    // Failover with a write the new primary never gets: A (now the replica) pauses; once
+    // B no longer holds a poll of A's, B takes k4; B pauses; A is promoted by force without
+    // k4 and takes k3; B resumes, is fenced by A, lists k4 as discarded (status and a Warning
+    // Event) and follows A once its resource names A primary.
+    let admin_b = b.token(ADMIN_SA).await?;
+    signal_partitions(&a, "-STOP").await?;
+    polls_of_east_expired(&b, &admin_b).await?;
+    let (s, v) = b_http
+        .call(
+            &b_app,
+            Method::POST,
+            "/keys/k4/create",
+            Some(json!({"kty": "EC", "crv": "P-256"})),
+        )
+        .await;
+    ensure!(s == StatusCode::OK, "create k4 on B: {s} {v}");
+    signal_partitions(&b, "-STOP").await?;
+    signal_partitions(&a, "-CONT").await?;
+    let paused = Instant::now();
     patch_spec(
         &a,
         json!({"replication": {"region": "east", "primary": "east", "force": true,
@@ -266,6 +325,12 @@ async fn scenario(ns1: TestNamespace, ns2: TestNamespace, own2: &OwnCluster) -> 
     )
     .await?;
     kubectl_wait(&a, "jsonpath={.status.replication.role}=Primary")?;
+    signal_partitions(&b, "-CONT").await?;
+    eprintln!(
+        "A promoted by force at {:?}; B was paused {:?}",
+        t0.elapsed(),
+        paused.elapsed()
+    );
     event_seen(&a, "Failover").await?;
     let (s, v) = a_http
         .call_until_served(
@@ -281,9 +346,42 @@ async fn scenario(ns1: TestNamespace, ns2: TestNamespace, own2: &OwnCluster) -> 
         "create k3 on A after the failover: {s} {v}"
     );
     let st = a.status().await;
-    if replication(&st)["epoch"].as_i64().unwrap_or(0) < 3 {
-        bail!("two promotions, epoch 3: {st:#}");
-    }
+    ensure!(
+        replication(&st)["epoch"] == 3,
+        "two promotions, epoch 3: {st:#}"
+    );
+    let st = b
+        .wait("B fenced, k4 listed as discarded", WAIT, |st| {
+            replication(st)["discardedWrites"]
+                .as_array()
+                .is_some_and(|d| {
+                    d.iter()
+                        .any(|w| w.as_str().is_some_and(|w| w.contains("k4")))
+                })
+        })
+        .await?;
+    eprintln!(
+        "B fenced at {:?}: discarded {}",
+        t0.elapsed(),
+        replication(&st)["discardedWrites"]
+    );
+    event_seen(&b, "DiscardedWrites").await?;
+    patch_spec(
+        &b,
+        json!({"replication": {"region": "west", "primary": "east", "promotionToken": null,
+            "regions": [{"name": "east", "endpoints": [a_endpoint], "caConfigMap": {"name": "east-ca"}}]}}),
+    )
+    .await?;
+    kubectl_wait(&b, "condition=ReplicationHealthy")?;
+    served(
+        &b_http,
+        &b_app,
+        "k3",
+        "k3 (written to A after the failover) served by B",
+    )
+    .await?;
+    let (s, _) = b_http.call(&b_app, Method::GET, "/keys/k4", None).await;
+    ensure!(s == StatusCode::NOT_FOUND, "k4 discarded from B: {s}");
     eprintln!("failover done at {:?}", t0.elapsed());
     a.ns.pass();
     b.ns.pass();

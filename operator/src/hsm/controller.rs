@@ -269,6 +269,7 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
     };
     phase_event(&ctx, &hsm, &status).await;
     write_status(&ctx, &hsm, status).await?;
+    let replication_acted = replicated.as_ref().is_some_and(|o| o.acted);
     if let Some(out) = replicated {
         replication::publish_events(&ctx, &hsm, out.events).await;
     }
@@ -338,6 +339,9 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
     }
     let requeue = if action != Action::None {
         Duration::from_secs(5)
+    } else if replication_acted {
+        // A region call was made (named, demoted, promoted): report its effect soon.
+        Duration::from_secs(2)
     } else if hsm.spec.replication.is_some() {
         // Lag and role changes come from the partitions, not from a watch.
         derived

@@ -112,6 +112,8 @@ pub struct Outcome {
     pub condition: Cond,
     /// The Events to raise once the status is written.
     pub events: Vec<plan::Note>,
+    /// A call was made: its effect shows in the partitions' view shortly, look again soon.
+    pub acted: bool,
 }
 
 /// Merge the partitions' views, make the calls the spec asks for, derive the status.
@@ -127,10 +129,8 @@ pub async fn reconcile(
     let view = (!views.is_empty()).then(|| keystead_core::region::merge_views(views));
     let steps = plan::next_steps(spec, &view, &cas.known);
     let mut step_error = None;
-    if !steps.is_empty()
-        && ctx.read_partitions
-        && let Err(e) = run_steps(ctx, hsm, names, ca_pem, &steps).await
-    {
+    let acted = !steps.is_empty() && ctx.read_partitions;
+    if acted && let Err(e) = run_steps(ctx, hsm, names, ca_pem, &steps).await {
         tracing::warn!(pool = %names.pool, error = %e, "a region call failed");
         step_error = Some(e);
     }
@@ -145,6 +145,7 @@ pub async fn reconcile(
         status,
         condition,
         events,
+        acted,
     })
 }
 
