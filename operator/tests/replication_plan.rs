@@ -312,3 +312,19 @@ fn events_mark_a_join_a_demotion_a_switchover_a_failover_and_discarded_writes() 
         d.2
     );
 }
+
+#[test]
+fn the_network_policy_opens_the_other_regions_ports_not_open_already() {
+    let mut s = spec("east", "east", &["west", "north"]);
+    s.regions[0].endpoints = vec![
+        "https://west.example.com:8443/".into(),
+        "https://10.0.0.1:9443".into(),
+    ];
+    s.regions[1].endpoints = vec![
+        "https://north.example.com".into(),
+        "https://n:6443".into(),
+        "https://[fd00::1]:7443".into(),
+    ];
+    assert_eq!(plan::endpoint_ports(Some(&s)), vec![7443, 8443, 9443]);
+    assert!(plan::endpoint_ports(None).is_empty());
+}

@@ -87,6 +87,27 @@ pub fn region_config(spec: &ReplicationSpec) -> RegionConfig {
     }
 }
 
+/// The ports of the other regions' endpoints the NetworkPolicy does not open already (443
+/// and 6443 are open to the token issuers).
+pub fn endpoint_ports(spec: Option<&ReplicationSpec>) -> Vec<i32> {
+    let mut out: Vec<i32> = spec
+        .into_iter()
+        .flat_map(|s| s.regions.iter().flat_map(|r| r.endpoints.iter()))
+        .filter_map(|e| {
+            let authority = e.strip_prefix("https://")?.split('/').next()?;
+            let port = match authority.strip_prefix('[') {
+                Some(v6) => v6.split_once("]:").map(|(_, p)| p),
+                None => authority.rsplit_once(':').map(|(_, p)| p),
+            };
+            port.map_or(Some(443), |p| p.parse().ok())
+        })
+        .filter(|p| ![443, 6443].contains(p))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// SHA-256 (hex) of a PEM certificate's DER, as the partitions list accepted regions.
 pub fn ca_sha256(pem_text: &str) -> Option<String> {
     let p = pem::parse(pem_text.as_bytes()).ok()?;

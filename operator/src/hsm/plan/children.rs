@@ -477,6 +477,16 @@ pub fn build(
             ],
         }}),
     )?;
+    // Other regions (spec.replication) on ports not open above.
+    let region_ports = crate::replication::plan::endpoint_ports(spec.replication.as_ref());
+    if !region_ports.is_empty()
+        && let Some(egress) = network_policy.spec.as_mut().and_then(|s| s.egress.as_mut())
+    {
+        egress.push(typed(
+            "NetworkPolicy egress",
+            json!({"ports": region_ports.iter().map(|p| json!({"port": p, "protocol": "TCP"})).collect::<Vec<_>>()}),
+        )?);
+    }
     network_policy.metadata = meta(hsm, &names, &names.network_policy)?;
 
     Ok(Children {
