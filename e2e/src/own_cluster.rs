@@ -83,27 +83,18 @@ impl Drop for OwnCluster {
                 self.apiserver_log_tail()
             );
         }
-        let _ = Command::new("bash")
-            .arg(Self::script())
-            .arg("down")
-            .arg(&self.dir)
-            .output();
-        self.kill_leftovers();
+        self.down();
     }
 }
 
 impl OwnCluster {
-    /// `dev-cluster.sh down DIR` now (the drop does it again, harmlessly).
+    /// `dev-cluster.sh down DIR` (the drop does it, again harmlessly when done before).
     pub fn down(&self) {
         let _ = Command::new("bash")
             .arg(Self::script())
             .arg("down")
             .arg(&self.dir)
             .output();
-        self.kill_leftovers();
-    }
-
-    fn kill_leftovers(&self) {
         // A pod process the node agent could not stop (it lost its API server, say) still
         // runs in a pod directory of this cluster: stop it too.
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {

@@ -91,6 +91,21 @@ async fn event_seen(pool: &Pool, reason: &str) -> anyhow::Result<()> {
     .await
 }
 
+/// Create EC key `key` as `token` (retried while the pool answers 503).
+async fn create_key(http: &PoolHttp, token: &str, key: &str, what: &str) -> anyhow::Result<()> {
+    let (s, v) = http
+        .call_until_served(
+            token,
+            Method::POST,
+            &format!("/keys/{key}/create"),
+            Some(json!({"kty": "EC", "crv": "P-256"})),
+            Duration::from_secs(60),
+        )
+        .await;
+    ensure!(s == StatusCode::OK, "create {key} {what}: {s} {v}");
+    Ok(())
+}
+
 /// Until `GET /keys/{key}` answers 200 to `token`.
 async fn served(http: &PoolHttp, token: &str, key: &str, what: &str) -> anyhow::Result<Value> {
     eventually(what, Duration::from_secs(60), || async {
@@ -283,19 +298,7 @@ async fn scenario(ns1: TestNamespace, ns2: TestNamespace) -> anyhow::Result<()> 
     kubectl_wait(&b, "condition=ReplicationHealthy")?;
 
     // A write to B lands; A follows and serves it.
-    let (s, v) = b_http
-        .call_until_served(
-            &b_app,
-            Method::POST,
-            "/keys/k2/create",
-            Some(json!({"kty": "EC", "crv": "P-256"})),
-            Duration::from_secs(60),
-        )
-        .await;
-    ensure!(
-        s == StatusCode::OK,
-        "create k2 on B (the new primary): {s} {v}"
-    );
+    create_key(&b_http, &b_app, "k2", "on B (the new primary)").await?;
     served(&a_http, &a_app, "k2", "k2 served by A (following B)").await?;
     eprintln!("write to B served by A at {:?}", t0.elapsed());
 
@@ -332,19 +335,7 @@ async fn scenario(ns1: TestNamespace, ns2: TestNamespace) -> anyhow::Result<()> 
         paused.elapsed()
     );
     event_seen(&a, "Failover").await?;
-    let (s, v) = a_http
-        .call_until_served(
-            &a_app,
-            Method::POST,
-            "/keys/k3/create",
-            Some(json!({"kty": "EC", "crv": "P-256"})),
-            Duration::from_secs(60),
-        )
-        .await;
-    ensure!(
-        s == StatusCode::OK,
-        "create k3 on A after the failover: {s} {v}"
-    );
+    create_key(&a_http, &a_app, "k3", "on A after the failover").await?;
     let st = a.status().await;
     ensure!(
         replication(&st)["epoch"] == 3,
