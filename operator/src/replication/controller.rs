@@ -112,7 +112,8 @@ pub struct Outcome {
     pub condition: Cond,
     /// The Events to raise once the status is written.
     pub events: Vec<plan::Note>,
-    /// A call was made: its effect shows in the partitions' view shortly, look again soon.
+    /// The calls succeeded: their effect shows in the partitions' view shortly, look again
+    /// soon (a refused call waits for the usual requeue).
     pub acted: bool,
 }
 
@@ -129,10 +130,15 @@ pub async fn reconcile(
     let view = (!views.is_empty()).then(|| keystead_core::region::merge_views(views));
     let steps = plan::next_steps(spec, &view, &cas.known);
     let mut step_error = None;
-    let acted = !steps.is_empty() && ctx.read_partitions;
-    if acted && let Err(e) = run_steps(ctx, hsm, names, ca_pem, &steps).await {
-        tracing::warn!(pool = %names.pool, error = %e, "a region call failed");
-        step_error = Some(e);
+    let mut acted = false;
+    if !steps.is_empty() && ctx.read_partitions {
+        match run_steps(ctx, hsm, names, ca_pem, &steps).await {
+            Ok(()) => acted = true,
+            Err(e) => {
+                tracing::warn!(pool = %names.pool, error = %e, "a region call failed");
+                step_error = Some(e);
+            }
+        }
     }
     let status = view.as_ref().map(|v| plan::status(spec, v));
     let condition = plan::condition(spec, &view, &cas.missing, step_error.as_deref());
