@@ -6,8 +6,9 @@
 #   e2e/run.sh              the kind end-to-end suite (needs Docker and kind)
 # The e2e tests on a real control plane (e2e/tests/{cluster,operator,backups}.rs) are part of the default run:
 # this script starts the dev cluster (scripts/dev-cluster.sh) and stops it at the end.
-# e2e/tests/kms.rs starts a dev cluster of its own (its API server uses the KMS plugin), with
-# the binaries `cargo build --workspace --bins` builds below (keystead-kms-plugin among them).
+# e2e/tests/kms.rs starts a dev cluster of its own (its API server uses the KMS plugin), and
+# e2e/tests/regions.rs two (two regions, two operators), with the binaries
+# `cargo build --workspace --bins` builds below (keystead-kms-plugin among them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

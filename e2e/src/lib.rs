@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod gate;
 pub mod kms;
+pub mod own_cluster;
 pub mod pool;
 pub mod steps;
 
@@ -40,9 +41,15 @@ impl TestNamespace {
 
     /// A namespace in `cluster`.
     pub async fn create_in(cluster: &Cluster, prefix: &str) -> anyhow::Result<Self> {
-        let client = cluster.client.clone();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let name = format!("e2e-{prefix}-{}", &suffix[..6]);
+        Self::create_named_in(cluster, &format!("e2e-{prefix}-{}", &suffix[..6])).await
+    }
+
+    /// The namespace `name` in `cluster` (the same name in two clusters: the regions test,
+    /// whose service-account principals must be the same in both).
+    pub async fn create_named_in(cluster: &Cluster, name: &str) -> anyhow::Result<Self> {
+        let client = cluster.client.clone();
+        let name = name.to_string();
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "labels": {"keystead.io/e2e": "true"}}
         }))?;

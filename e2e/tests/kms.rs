@@ -12,105 +12,14 @@ use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::Secret;
 use keystead_core::b64;
 use keystead_e2e::Cluster;
-use keystead_e2e::kms::{LocalPool, Plugin, bin_dir};
+use keystead_e2e::kms::{LocalPool, Plugin};
+use keystead_e2e::own_cluster::OwnCluster;
 use keystead_e2e::steps::eventually;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const PROVIDER: &str = "keystead";
-
-/// A dev cluster of this test's own (`down` on drop; logs printed when the test fails).
-struct OwnCluster {
-    dir: PathBuf,
-}
-
-impl OwnCluster {
-    fn script() -> PathBuf {
-        Cluster::repo_root().join("scripts/dev-cluster.sh")
-    }
-
-    fn up(dir: &Path, encryption_config: &Path) -> anyhow::Result<OwnCluster> {
-        let net = free_dev_net();
-        let out = Command::new("bash")
-            .arg(Self::script())
-            .arg("up")
-            .arg(dir)
-            .env("KEYSTEAD_BIN_DIR", bin_dir())
-            .env("KEYSTEAD_DEV_ENCRYPTION_CONFIG", encryption_config)
-            .env("KEYSTEAD_DEV_NET", net.to_string())
-            .output()?;
-        let cluster = OwnCluster {
-            dir: dir.to_path_buf(),
-        };
-        if !out.status.success() {
-            bail!(
-                "dev-cluster.sh up failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(cluster)
-    }
-
-    fn restart_apiserver(&self) -> anyhow::Result<()> {
-        let mut cmd = Command::new("bash");
-        cmd.arg(Self::script())
-            .arg("restart-apiserver")
-            .arg(&self.dir);
-        keystead_e2e::output_of(cmd, "dev-cluster.sh restart-apiserver").map(|_| ())
-    }
-
-    fn apiserver_log_tail(&self) -> String {
-        let text =
-            std::fs::read_to_string(self.dir.join("logs/kube-apiserver.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- kube-apiserver log (tail)\n{}",
-                self.apiserver_log_tail()
-            );
-        }
-        let _ = Command::new("bash")
-            .arg(Self::script())
-            .arg("down")
-            .arg(&self.dir)
-            .output();
-        // A pod process the node agent could not stop (it lost its API server, say) still
-        // runs in a pod directory of this cluster: stop it too.
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let in_cluster = std::fs::read_link(entry.path().join("cwd"))
-                .is_ok_and(|cwd| cwd.starts_with(&self.dir));
-            let pid = entry.file_name().to_string_lossy().into_owned();
-            if in_cluster && pid.bytes().all(|b| b.is_ascii_digit()) {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-            }
-        }
-    }
-}
-
-/// A `KEYSTEAD_DEV_NET` no other cluster on this machine uses: random, avoiding the pod
-/// networks already on the loopback interface.
-fn free_dev_net() -> u8 {
-    let addrs = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "dev", "lo"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let seed = uuid::Uuid::new_v4().as_u128();
-    (0..64u128)
-        .map(|i| ((seed + i) % 64) as u8)
-        .find(|n| !addrs.contains(&format!(" 100.{}.", 64 + n)))
-        .unwrap_or((seed % 64) as u8)
-}
 
 /// The raw value etcd holds for a Secret (etcd's v3 JSON gateway on its client URL).
 async fn etcd_value(cluster: &Cluster, ns: &str, name: &str) -> anyhow::Result<Vec<u8>> {
@@ -212,7 +121,11 @@ async fn kms_v2_plugin_encrypts_secrets_on_a_real_api_server() {
         ),
     )
     .unwrap();
-    let own = OwnCluster::up(&tmp.path().join("cluster"), &config).unwrap();
+    let own = OwnCluster::up(
+        &tmp.path().join("cluster"),
+        &[("KEYSTEAD_DEV_ENCRYPTION_CONFIG", config.as_os_str())],
+    )
+    .unwrap();
     let result = scenario(&own, &pool, &plugin, &v1).await;
     if let Err(e) = &result {
         eprintln!("--- plugin log\n{}", plugin.log_text());

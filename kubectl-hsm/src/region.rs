@@ -155,42 +155,8 @@ async fn pool_view(pool: &PoolArgs) -> anyhow::Result<(PoolStatus, RegionStatus)
     Ok((first, merge(regions)))
 }
 
-/// One view of a region from several partitions' views.
-pub fn merge(views: Vec<RegionStatus>) -> RegionStatus {
-    let mut it = views.into_iter();
-    let Some(mut out) = it.next() else {
-        return RegionStatus::default();
-    };
-    for v in it {
-        if v.applied_primary_index > out.applied_primary_index
-            || (v.applied_primary_index == out.applied_primary_index
-                && v.primary_index > out.primary_index)
-        {
-            let (accepted, regions) = (out.accepted.clone(), out.regions.clone());
-            out = RegionStatus {
-                accepted,
-                regions,
-                ..v.clone()
-            };
-        }
-        for p in v.regions {
-            match out.regions.iter_mut().find(|q| q.name == p.name) {
-                Some(q)
-                    if p.last_seen_seconds_ago.unwrap_or(u64::MAX)
-                        < q.last_seen_seconds_ago.unwrap_or(u64::MAX) =>
-                {
-                    *q = p
-                }
-                Some(_) => {}
-                None => out.regions.push(p),
-            }
-        }
-        if out.accepted.is_empty() {
-            out.accepted = v.accepted;
-        }
-    }
-    out
-}
+/// One view of a region from several partitions' views (shared with the operator).
+pub use keystead_core::region::merge_views as merge;
 
 /// One line of `region list`.
 #[derive(serde::Serialize, Debug, PartialEq)]

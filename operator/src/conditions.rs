@@ -11,6 +11,8 @@ pub const SECURITY_DOMAIN_ACTIVATED: &str = "SecurityDomainActivated";
 pub const LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
 /// Only while `spec.backupVolumes` lists claims.
 pub const BACKUP_VOLUMES_READY: &str = "BackupVolumesReady";
+/// Only while `spec.replication` is set (docs/regions.md).
+pub const REPLICATION_HEALTHY: &str = "ReplicationHealthy";
 
 /// Every reason the operator writes into a ManagedHsm condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +45,17 @@ pub enum Reason {
     VolumeMissing,
     VolumeNotShared,
     VolumeNotBound,
+    // ReplicationHealthy
+    RegionsFollowing,
+    RegionNotFollowing,
+    Following,
+    Joining,
+    PrimaryUnreachable,
+    WaitingForPromotion,
+    Demoting,
+    Demoted,
+    RegionCaMissing,
+    RegionCallFailed,
 }
 
 impl Reason {
@@ -71,6 +84,16 @@ impl Reason {
             Self::VolumeMissing => "VolumeMissing",
             Self::VolumeNotShared => "VolumeNotShared",
             Self::VolumeNotBound => "VolumeNotBound",
+            Self::RegionsFollowing => "RegionsFollowing",
+            Self::RegionNotFollowing => "RegionNotFollowing",
+            Self::Following => "Following",
+            Self::Joining => "Joining",
+            Self::PrimaryUnreachable => "PrimaryUnreachable",
+            Self::WaitingForPromotion => "WaitingForPromotion",
+            Self::Demoting => "Demoting",
+            Self::Demoted => "Demoted",
+            Self::RegionCaMissing => "RegionCaMissing",
+            Self::RegionCallFailed => "RegionCallFailed",
         }
     }
 }

@@ -18,6 +18,11 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod replication;
+pub use replication::{
+    CaConfigMapRef, PeerRegion, RegionLag, ReplicationRole, ReplicationSpec, ReplicationStatus,
+};
+
 pub const GROUP: &str = "keystead.io";
 pub const VERSION: &str = "v1alpha1";
 
@@ -77,6 +82,7 @@ pub struct SecretRef {
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.readyPartitions","description":"Ready partitions out of the pool's partitions"}"#,
     printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Region","type":"string","jsonPath":".status.replication.role","description":"Region role (spec.replication)"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -148,10 +154,10 @@ pub struct ManagedHsmSpec {
     #[serde(default)]
     pub service: ServiceSpec,
 
-    /// Extended regions: peer pools in other clusters that follow this pool asynchronously.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1))]
-    pub regions: Vec<RegionSpec>,
+    /// Region replication (docs/regions.md): this pool as the primary or a replica region
+    /// of a topology of pools in several clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationSpec>,
 
     /// Re-create a soft-deleted pool of the same name from its retained data instead of
     /// provisioning a new one.
@@ -414,21 +420,6 @@ pub enum ServiceType {
     NodePort,
 }
 
-/// An extended region: a peer pool in another cluster that receives the same security
-/// domain and follows this pool's changes asynchronously.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RegionSpec {
-    /// Name of the region (informational, appears in status).
-    #[schemars(length(min = 1, max = 63))]
-    pub name: String,
-    /// Data-plane endpoint of the peer pool.
-    #[schemars(regex(pattern = r"^https://"))]
-    pub endpoint: String,
-    /// Secret with `ca.crt` of the peer pool.
-    pub ca_secret: SecretRef,
-}
-
 /// Observed state of a pool.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -437,7 +428,7 @@ pub struct ManagedHsmStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<HsmPhase>,
     /// `Ready`, `PartitionsHealthy`, `SecurityDomainActivated`, `LastBackupSucceeded`,
-    /// `RegionReplicated`; see docs/operator.md for every reason.
+    /// `ReplicationHealthy`; see docs/operator.md for every reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The generation these conditions describe.
@@ -472,9 +463,9 @@ pub struct ManagedHsmStatus {
     /// Next scheduled backup of any BackupSchedule for this pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_backup_time: Option<Time>,
-    /// Asynchronous replication lag to extended regions, in seconds.
+    /// Region replication: role, epoch, position and lag (`spec.replication` set).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replication_lag_seconds: Option<i64>,
+    pub replication: Option<ReplicationStatus>,
     /// Set while the pool is soft-deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_purge_time: Option<Time>,

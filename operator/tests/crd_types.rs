@@ -107,7 +107,7 @@ fn every_kind_has_a_short_name_and_printer_columns() {
         .into_iter()
         .map(|c| c.name)
         .collect();
-    assert_eq!(cols, ["Phase", "Ready", "Endpoint", "Age"]);
+    assert_eq!(cols, ["Phase", "Ready", "Endpoint", "Region", "Age"]);
 }
 
 #[test]

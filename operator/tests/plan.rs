@@ -89,7 +89,7 @@ fn invalid_fixture_reports_every_problem_with_a_typed_reason() {
             "SealSecretMissing",
             "RenewBeforeNotBelowValidity",
             "InvalidDnsName",
-            "RegionsUnsupported",
+            "Replication",
             "EmptyAudience",
             "PrincipalPrefixMissing",
             "PrincipalPrefix",
@@ -1164,4 +1164,18 @@ fn the_redownload_policy_reaches_the_partition_config() {
         parsed.security_domain_redownload,
         keystead_core::partition_config::RedownloadPolicy::Refused
     );
+}
+
+#[test]
+fn a_partition_certificate_that_misses_an_extra_name_or_address_is_not_kept() {
+    let now = time::OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap();
+    let ca = tls::generate_ca("pool", "hsm", 365, now).unwrap();
+    let names = vec!["pool-0".to_string(), "127.100.0.7".to_string()];
+    let cert = tls::issue_partition_cert(&ca, "pool-0", &names, 90, now).unwrap();
+    assert!(tls::names_cover(&cert.cert_pem, &names));
+    assert!(tls::names_cover(&cert.cert_pem, &names[..1]));
+    let more = [names.clone(), vec!["127.100.0.8".to_string()]].concat();
+    assert!(!tls::names_cover(&cert.cert_pem, &more), "a new address");
+    let more = [names, vec!["hsm.example.com".to_string()]].concat();
+    assert!(!tls::names_cover(&cert.cert_pem, &more), "a new DNS name");
 }

@@ -17,6 +17,7 @@ use crate::conditions as c;
 use crate::context::{At, Cause, Context, Error, namespace_of, now_time, reconciling};
 use crate::crd::{ManagedHsm, ManagedHsmStatus};
 use crate::pool::names::{Names, pool_audience};
+use crate::replication::controller as replication;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DeleteParams;
@@ -166,6 +167,16 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
         .await;
     }
     let ca_pem = tls.ca.cert_pem.clone();
+    // Region replication: the other regions' CAs, and the partitions' region configuration
+    // before the StatefulSet that mounts it.
+    let region_cas = match &hsm.spec.replication {
+        Some(r) => {
+            let cas = replication::read_cas(&ctx, &ns, r).await?;
+            replication::apply_region_config(&ctx, &hsm, &names, r, &cas).await?;
+            Some(cas)
+        }
+        None => None,
+    };
     let children = children::build(&hsm, &tls, &ctx.settings).at("building the pool's objects")?;
     let desired = children::desired_template_hash(&children.statefulset).unwrap_or_default();
     let written = apply_children(&ctx.client, &ns, children, secrets.both()).await?;
@@ -194,6 +205,22 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
         previous_conditions.retain(|c| c.type_ != c::BACKUP_VOLUMES_READY);
     }
     derived.conditions.extend(volumes_cond);
+    // ReplicationHealthy and status.replication from the partitions' region view.
+    let replicated = match (&hsm.spec.replication, &region_cas) {
+        (Some(r), Some(cas)) => {
+            let views = observed
+                .iter()
+                .filter_map(|p| p.admin.as_ref()?.region.clone())
+                .collect();
+            let out = replication::reconcile(&ctx, &hsm, &names, &ca_pem, r, views, cas).await?;
+            derived.conditions.push(out.condition.clone());
+            Some(out)
+        }
+        _ => {
+            previous_conditions.retain(|c| c.type_ != c::REPLICATION_HEALTHY);
+            None
+        }
+    };
     let next_backup_time = observe::next_backup_time(&ctx, &ns, &names.pool).await?;
     let conds = c::merge(&previous_conditions, &derived.conditions, generation, &now);
     let ready = c::find(&conds, c::READY).is_some_and(|r| r.status == "True");
@@ -236,8 +263,16 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
         .await;
         status.security_domain_redownloads = Some(count);
     }
+    status.replication = match &replicated {
+        Some(out) => out.status.clone().or(previous.replication.clone()),
+        None => None,
+    };
     phase_event(&ctx, &hsm, &status).await;
     write_status(&ctx, &hsm, status).await?;
+    let replication_acted = replicated.as_ref().is_some_and(|o| o.acted);
+    if let Some(out) = replicated {
+        replication::publish_events(&ctx, &hsm, out.events).await;
+    }
 
     // The next disruptive action.
     let action = lifecycle::next_action(
@@ -304,6 +339,15 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
     }
     let requeue = if action != Action::None {
         Duration::from_secs(5)
+    } else if replication_acted {
+        // A region call was made (named, demoted, promoted): report its effect soon.
+        Duration::from_secs(2)
+    } else if hsm.spec.replication.is_some() {
+        // Lag and role changes come from the partitions, not from a watch.
+        derived
+            .requeue_after
+            .unwrap_or(crate::replication::plan::REQUEUE)
+            .min(crate::replication::plan::REQUEUE)
     } else {
         derived.requeue_after.unwrap_or(Duration::from_secs(300))
     };

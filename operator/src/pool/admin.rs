@@ -35,6 +35,9 @@ pub struct AdminStatus {
     /// member's lag. `hsm::plan::observed::fill_replication` copies it into `role`, `term` and `lag`.
     #[serde(default)]
     pub replication: Option<ReplicationView>,
+    /// Region replication (docs/regions.md): role, epoch, position, lag, accepted regions.
+    #[serde(default)]
+    pub region: Option<keystead_core::region::RegionStatus>,
 }
 
 /// `replication` of `GET /admin/status`.

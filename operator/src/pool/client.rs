@@ -352,4 +352,48 @@ impl PoolClient {
         .await?;
         Ok(())
     }
+
+    /// `PUT /admin/regions/{name}`: name a region this primary accepts, by its pool CA.
+    pub async fn accept_region(
+        &self,
+        base: &str,
+        name: &str,
+        ca_pem: &str,
+    ) -> Result<(), PoolError> {
+        let body = keystead_core::region::AcceptRegionRequest {
+            ca_certificate: ca_pem.to_string(),
+        };
+        let url = format!("{base}/admin/regions/{name}");
+        self.call(reqwest::Method::PUT, &url, Some(&json!(body)))
+            .await
+            .map(drop)
+    }
+
+    /// `POST /admin/regions/demote` (switchover, step 1): the demotion token.
+    pub async fn demote(
+        &self,
+        base: &str,
+        req: &keystead_core::region::DemoteRequest,
+    ) -> Result<keystead_core::region::DemoteReply, PoolError> {
+        let url = format!("{base}/admin/regions/demote");
+        let v = self
+            .call(reqwest::Method::POST, &url, Some(&json!(req)))
+            .await?;
+        serde_json::from_value(v).map_err(|e| PoolError::BadAnswer {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    /// `POST /admin/regions/promote` (switchover with a token, failover with `force`).
+    pub async fn promote(
+        &self,
+        base: &str,
+        req: &keystead_core::region::PromoteRequest,
+    ) -> Result<(), PoolError> {
+        let url = format!("{base}/admin/regions/promote");
+        self.call(reqwest::Method::POST, &url, Some(&json!(req)))
+            .await
+            .map(drop)
+    }
 }

@@ -34,6 +34,8 @@ pub struct Names {
     pub tls_secret: String,
     pub pdb: String,
     pub network_policy: String,
+    /// The partitions' region configuration (`spec.replication`).
+    pub region_config: String,
 }
 
 impl Names {
@@ -51,6 +53,7 @@ impl Names {
             tls_secret: format!("{pool}-tls"),
             pdb: pool.into(),
             network_policy: pool.into(),
+            region_config: format!("{pool}-region"),
         }
     }
 

@@ -375,11 +375,27 @@ async fn fence(
         )],
     };
     discarded.dedup();
+    // The new primary sends its members' URLs, which may be internal to its cluster; when
+    // this pool's region configuration names that region (as the primary it was created to
+    // follow), its endpoints there come first.
+    let mut endpoints: Vec<String> = app
+        .regions
+        .config
+        .as_ref()
+        .and_then(|c| c.primary.as_ref())
+        .filter(|p| p.name == r.primary)
+        .map(|p| p.endpoints.clone())
+        .unwrap_or_default();
+    for e in &r.endpoints {
+        if !endpoints.contains(e) {
+            endpoints.push(e.clone());
+        }
+    }
     match app
         .store
         .propose_local(Command::RegionFenced {
             to: r.primary.clone(),
-            endpoints: r.endpoints.clone(),
+            endpoints,
             ca_pem,
             epoch: r.epoch,
             discarded: discarded.clone(),

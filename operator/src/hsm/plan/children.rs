@@ -239,6 +239,21 @@ fn pod_template(hsm: &ManagedHsm, names: &Names, config_hash: &str) -> Value {
         );
         mounts.push(json!({"name": "seal", "mountPath": SEAL_DIR, "readOnly": true}));
     }
+    let mut args = vec![
+        "serve".to_string(),
+        "--config".into(),
+        format!("{CONFIG_DIR}/$(POD_NAME).json"),
+    ];
+    if spec.replication.is_some() {
+        // The region configuration (`replication::plan::region_config`): read at start.
+        use crate::replication::plan::{REGION_DIR, REGION_FILE};
+        volumes.push(json!({"name": "region", "configMap": {"name": names.region_config}}));
+        mounts.push(json!({"name": "region", "mountPath": REGION_DIR, "readOnly": true}));
+        args.extend([
+            "--region-config".into(),
+            format!("{REGION_DIR}/{REGION_FILE}"),
+        ]);
+    }
     for (i, v) in spec.backup_volumes.iter().enumerate() {
         let name = format!("backup-{i}");
         volumes.push(json!({"name": name, "persistentVolumeClaim": {"claimName": v.claim_name}}));
@@ -252,7 +267,7 @@ fn pod_template(hsm: &ManagedHsm, names: &Names, config_hash: &str) -> Value {
         "name": "partition",
         "image": spec.image,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["serve", "--config", format!("{CONFIG_DIR}/$(POD_NAME).json")],
+        "args": args,
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -462,6 +477,16 @@ pub fn build(
             ],
         }}),
     )?;
+    // Other regions (spec.replication) on ports not open above.
+    let region_ports = crate::replication::plan::endpoint_ports(spec.replication.as_ref());
+    if !region_ports.is_empty()
+        && let Some(egress) = network_policy.spec.as_mut().and_then(|s| s.egress.as_mut())
+    {
+        egress.push(typed(
+            "NetworkPolicy egress",
+            json!({"ports": region_ports.iter().map(|p| json!({"port": p, "protocol": "TCP"})).collect::<Vec<_>>()}),
+        )?);
+    }
     network_policy.metadata = meta(hsm, &names, &names.network_policy)?;
 
     Ok(Children {

@@ -104,6 +104,35 @@ pub fn cert_not_after(pem_text: &str, what: &str) -> Result<OffsetDateTime, TlsE
     Ok(cert.validity().not_after.to_datetime())
 }
 
+/// Whether the certificate `pem` names every host of `names` (a DNS name, or an IP address
+/// as an IP address entry).
+pub fn names_cover(pem_text: &str, names: &[String]) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok(block) = pem::parse(pem_text.as_bytes()) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(block.contents()) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    let mut dns = Vec::new();
+    let mut ips = Vec::new();
+    for n in &san.value.general_names {
+        match n {
+            GeneralName::DNSName(d) => dns.push(d.to_string()),
+            GeneralName::IPAddress(b) => ips.push(b.to_vec()),
+            _ => {}
+        }
+    }
+    names.iter().all(|n| match n.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ips.contains(&ip.octets().to_vec()),
+        Ok(std::net::IpAddr::V6(ip)) => ips.contains(&ip.octets().to_vec()),
+        Err(_) => dns.contains(n),
+    })
+}
+
 /// Decide which certificates to keep, issue or renew. `existing_*` are the PEM certificates
 /// found in the Secrets (the keys are not needed to decide).
 pub fn plan_tls(
@@ -268,7 +297,12 @@ pub fn material(
     };
     let mut partitions = BTreeMap::new();
     for pod in pods {
-        let keep = plan.partitions.get(pod) == Some(&CertAction::Keep) && changes.is_empty();
+        let dns = names.partition_dns_names(pod, cluster_domain, &spec.extra_dns_names);
+        // A certificate that does not name every host it must (spec.tls.extraDnsNames
+        // changed) is re-issued like an expiring one.
+        let keep = plan.partitions.get(pod) == Some(&CertAction::Keep)
+            && changes.is_empty()
+            && existing.get(pod).is_some_and(|pem| names_cover(pem, &dns));
         let existing_pair = tls_secret.and_then(|s| {
             Some(CertAndKey {
                 cert_pem: secret_str(s, &format!("{pod}.crt"))?,
@@ -279,7 +313,6 @@ pub fn material(
             (true, Some(pair)) => pair,
             _ => {
                 changes.push(format!("certificate of {pod}"));
-                let dns = names.partition_dns_names(pod, cluster_domain, &spec.extra_dns_names);
                 issue_partition_cert(&ca, pod, &dns, spec.certificate_validity_days, now)?
             }
         };

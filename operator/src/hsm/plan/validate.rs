@@ -43,10 +43,8 @@ pub enum InvalidSpec {
         "spec.image is empty; name the partition image (e.g. ghcr.io/keystead/keystead-partition:0.1.0)"
     )]
     EmptyImage,
-    #[error(
-        "spec.regions (extended regions) is not supported by this operator version yet; remove it"
-    )]
-    RegionsUnsupported,
+    #[error("spec.replication: {0}")]
+    Replication(String),
     #[error(
         "spec.authentication.issuers: issuer {issuer:?} has no principalPrefix; set one such as \"{suggestion}:\" — its tokens' subjects become principals `<prefix><subject>`, so it cannot mint the principals of the cluster's service accounts or of another issuer"
     )]
@@ -76,7 +74,7 @@ impl InvalidSpec {
             Self::RenewBeforeNotBelowValidity { .. } => "RenewBeforeNotBelowValidity",
             Self::InvalidDnsName(_) => "InvalidDnsName",
             Self::EmptyImage => "EmptyImage",
-            Self::RegionsUnsupported => "RegionsUnsupported",
+            Self::Replication(_) => "Replication",
             Self::PrincipalPrefixMissing { .. } => "PrincipalPrefixMissing",
             Self::ClusterIssuerListed { .. } => "ClusterIssuerListed",
             Self::PrincipalPrefix(_) => "PrincipalPrefix",
@@ -208,8 +206,12 @@ pub fn validate(hsm: &ManagedHsm, settings: &Settings) -> Vec<InvalidSpec> {
             out.push(InvalidSpec::InvalidDnsName(dns.clone()));
         }
     }
-    if !spec.regions.is_empty() {
-        out.push(InvalidSpec::RegionsUnsupported);
+    if let Some(r) = &spec.replication {
+        out.extend(
+            crate::replication::plan::validate(r)
+                .into_iter()
+                .map(InvalidSpec::Replication),
+        );
     }
     validate_authentication(hsm, settings, &mut out);
     out
