@@ -1,12 +1,15 @@
 //! What every controller shares: the [`Context`] (client, Event recorder, metrics, the
-//! operator's [`Settings`], its token source), the [`Error`] of a reconcile (the step that
+//! operator's [`Settings`], its token source, the watch caches and the reads through them), the [`Error`] of a reconcile (the step that
 //! failed and why), and the steps every controller takes the same way: the reconcile span
 //! with its metrics, status writes, Events and the requeue after a failure.
 
+use crate::cache::{self, Caches};
+use crate::crd::{Backup, BackupSchedule, ManagedHsm};
 use crate::metrics::Metrics;
 use crate::pool::client::TokenSource;
 use crate::pool::names::{BuildError, FIELD_MANAGER};
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -58,6 +61,55 @@ pub struct Context {
     pub tokens: TokenSource,
     /// When false, the admin API of the partitions is not called (tests without partitions).
     pub read_partitions: bool,
+    /// The watch caches while the controllers run (`run::run_controllers` sets them);
+    /// without them (the scenario tests) reads go to the API server.
+    pub caches: std::sync::RwLock<Option<Caches>>,
+}
+
+impl Context {
+    fn caches(&self) -> Option<Caches> {
+        self.caches.read().ok().and_then(|c| c.clone())
+    }
+
+    /// A partition pod (watch cache).
+    pub async fn pod(&self, ns: &str, name: &str) -> Result<Option<Pod>, Error> {
+        let c = self.caches();
+        cache::get(c.as_ref().map(|c| &c.pods), &self.client, ns, name)
+            .await
+            .at(format!("reading the Pod {name}"))
+    }
+
+    /// A ManagedHsm (watch cache).
+    pub async fn hsm(&self, ns: &str, name: &str) -> Result<Option<ManagedHsm>, Error> {
+        let c = self.caches();
+        cache::get(c.as_ref().map(|c| &c.hsms), &self.client, ns, name)
+            .await
+            .at(format!("reading the ManagedHsm {name}"))
+    }
+
+    /// A Backup (watch cache).
+    pub async fn backup(&self, ns: &str, name: &str) -> Result<Option<Backup>, Error> {
+        let c = self.caches();
+        cache::get(c.as_ref().map(|c| &c.backups), &self.client, ns, name)
+            .await
+            .at(format!("reading the Backup {name}"))
+    }
+
+    /// The Backups of a namespace (watch cache).
+    pub async fn backups(&self, ns: &str) -> Result<Vec<Backup>, Error> {
+        let c = self.caches();
+        cache::list(c.as_ref().map(|c| &c.backups), &self.client, ns)
+            .await
+            .at("listing the Backups")
+    }
+
+    /// The BackupSchedules of a namespace (watch cache).
+    pub async fn schedules(&self, ns: &str) -> Result<Vec<BackupSchedule>, Error> {
+        let c = self.caches();
+        cache::list(c.as_ref().map(|c| &c.schedules), &self.client, ns)
+            .await
+            .at("listing the BackupSchedules")
+    }
 }
 
 impl std::fmt::Debug for Context {

@@ -490,7 +490,7 @@ pub struct PartitionStatus {
     pub name: String,
     /// Whether the partition serves requests.
     pub ready: bool,
-    /// Raft role: `Leader`, `Follower`, `Candidate`, `Learner` or `Unknown`.
+    /// Raft role as the partition reports it: `leader`, `follower`, `candidate` or `learner`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

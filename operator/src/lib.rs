@@ -3,12 +3,13 @@
 //! `security_domain` (SecurityDomain), `backup` (Backup, Restore, BackupSchedule), each a
 //! controller beside its pure plan, and `replication` (a ManagedHsm's region topology, run
 //! by the ManagedHsm reconcile); below them `context` (the shared context and error),
-//! `pool` (names, addresses and the HTTPS client of a pool), `conditions`, `metrics`,
+//! `cache` (the shared watch caches), `pool` (names, addresses and the HTTPS client of a pool), `conditions`, `metrics`,
 //! `leader`; at the ground the API contract `crd` and its generator `crdgen`.
 
 #![forbid(unsafe_code)]
 
 pub mod backup;
+pub mod cache;
 pub mod conditions;
 pub mod context;
 pub mod crd;

@@ -2,8 +2,9 @@
 //! endpoint, JSON logs and graceful shutdown.
 
 use crate::backup::{restore, schedule, take};
+use crate::cache::{OWNED_SELECTOR, Watches};
 use crate::context::{Context, Settings, error_policy};
-use crate::crd::{Backup, BackupSchedule, ManagedHsm, Restore, SecurityDomain};
+use crate::crd::{ManagedHsm, Restore};
 use crate::hsm::{controller, soft_delete};
 use crate::leader;
 use crate::metrics::Metrics;
@@ -158,6 +159,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         settings,
         tokens: TokenSource::new(client.clone(), identity),
         read_partitions: true,
+        caches: Default::default(),
     });
 
     let shutdown = shutdown_signal();
@@ -207,40 +209,38 @@ async fn finish(
 }
 
 /// The ManagedHsm a partition pod belongs to (label `app.kubernetes.io/instance`).
-fn pool_of_pod(pod: Pod) -> Option<ObjectRef<ManagedHsm>> {
+fn pool_of_pod(pod: &Pod) -> Option<ObjectRef<ManagedHsm>> {
     let pool = pod.labels().get("app.kubernetes.io/instance")?;
     Some(ObjectRef::new(pool).within(&pod.namespace()?))
 }
 
-/// Both controllers, until `stop` fires (graceful: in-flight reconciles finish).
+/// Every controller, until `stop` fires (graceful: in-flight reconciles finish). Each
+/// watched type is watched once ([`Watches`]); the controllers it triggers subscribe to the
+/// same events, and the reconciles read the caches those events filled (`crate::cache`).
 pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Receiver<bool>) {
-    let hsms: Api<ManagedHsm> = Api::all(client.clone());
-    let cfg = watcher::Config::default();
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=keystead-operator");
+    let owned = watcher::Config::default().labels(OWNED_SELECTOR);
     let stop_signal = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
-    let hsm_ctl = Controller::new(hsms, cfg.clone())
+    let mut watches = Watches::new(&client);
+    let caches = watches.caches();
+    let hsm_ctl = Controller::for_shared_stream(watches.hsms.subscribe(), caches.hsms.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         // A Backup that finishes changes its pool's LastBackupSucceeded.
-        .watches(Api::<Backup>::all(client.clone()), cfg.clone(), |b| {
+        .watches_shared_stream(watches.backups.subscribe(), |b| {
             let ns = b.metadata.namespace.clone()?;
             Some(ObjectRef::<ManagedHsm>::new(&b.spec.hsm_ref.name).within(&ns))
         })
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<ConfigMap>::all(client.clone()), owned.clone())
-        .owns(Api::<Secret>::all(client.clone()), owned.clone())
+        .owns(Api::<Secret>::all(client.clone()), owned)
         // Partition pods belong to the StatefulSet, not to the ManagedHsm: map them to their
         // pool by label, so readiness changes and deletions are seen at once.
-        .watches(Api::<Pod>::all(client.clone()), owned.clone(), pool_of_pod)
+        .watches_shared_stream(watches.pods.subscribe(), |p| pool_of_pod(&p))
         // A ceremony's progress (activation, recovery) changes what the partitions report.
-        .watches(
-            Api::<SecurityDomain>::all(client.clone()),
-            cfg.clone(),
-            |sd: SecurityDomain| {
-                Some(ObjectRef::<ManagedHsm>::new(&sd.spec.hsm_ref.name).within(&sd.namespace()?))
-            },
-        )
+        .watches_shared_stream(watches.ceremonies.subscribe(), |sd| {
+            Some(ObjectRef::<ManagedHsm>::new(&sd.spec.hsm_ref.name).within(&sd.namespace()?))
+        })
         .graceful_shutdown_on(stop_signal(stop.clone()))
         .run(controller::reconcile, controller::error_policy, ctx.clone())
         .for_each(|r| async move {
@@ -248,14 +248,11 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
                 tracing::debug!(error = %e, "managedhsm controller");
             }
         });
-    let sd_ctl = Controller::new(Api::<SecurityDomain>::all(client.clone()), cfg.clone());
     // A pool's status change (partitions ready, recovery pending) wakes its ceremonies.
-    let ceremonies = sd_ctl.store();
-    let sd_ctl = sd_ctl
-        .watches(
-            Api::<ManagedHsm>::all(client.clone()),
-            cfg.clone(),
-            move |hsm| {
+    let ceremonies = caches.ceremonies.clone();
+    let sd_ctl =
+        Controller::for_shared_stream(watches.ceremonies.subscribe(), caches.ceremonies.clone())
+            .watches_shared_stream(watches.hsms.subscribe(), move |hsm| {
                 ceremonies
                     .state()
                     .into_iter()
@@ -265,56 +262,85 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
                     })
                     .map(|sd| ObjectRef::from_obj(&*sd))
                     .collect::<Vec<_>>()
-            },
-        )
-        .graceful_shutdown_on(stop_signal(stop.clone()))
-        .run(
-            sd_controller::reconcile,
-            error_policy(sd_controller::CONTROLLER),
-            ctx.clone(),
-        )
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "securitydomain controller");
+            })
+            .graceful_shutdown_on(stop_signal(stop.clone()))
+            .run(
+                sd_controller::reconcile,
+                error_policy(sd_controller::CONTROLLER),
+                ctx.clone(),
+            )
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "securitydomain controller");
+                }
+            });
+    let backup_ctl =
+        Controller::for_shared_stream(watches.backups.subscribe(), caches.backups.clone())
+            .graceful_shutdown_on(stop_signal(stop.clone()))
+            .run(
+                take::reconcile_backup,
+                error_policy(take::BACKUP_CONTROLLER),
+                ctx.clone(),
+            )
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "backup controller");
+                }
+            });
+    let restore_ctl = Controller::new(
+        Api::<Restore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(stop_signal(stop.clone()))
+    .run(
+        restore::reconcile_restore,
+        error_policy(restore::RESTORE_CONTROLLER),
+        ctx.clone(),
+    )
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "restore controller");
+        }
+    });
+    let schedule_ctl =
+        Controller::for_shared_stream(watches.schedules.subscribe(), caches.schedules.clone())
+            .owns_shared_stream(watches.backups.subscribe())
+            .graceful_shutdown_on(stop_signal(stop.clone()))
+            .run(
+                schedule::reconcile_schedule,
+                error_policy(schedule::SCHEDULE_CONTROLLER),
+                ctx.clone(),
+            )
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "backupschedule controller");
+                }
+            });
+    let reflectors = {
+        let all = futures::future::join_all(watches.run());
+        let stopped = stop_signal(stop.clone());
+        async move {
+            tokio::select! {
+                _ = all => {}
+                _ = stopped => {}
             }
-        });
-    let backup_ctl = Controller::new(Api::<Backup>::all(client.clone()), cfg.clone())
-        .graceful_shutdown_on(stop_signal(stop.clone()))
-        .run(
-            take::reconcile_backup,
-            error_policy(take::BACKUP_CONTROLLER),
-            ctx.clone(),
-        )
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "backup controller");
+        }
+    };
+    // The controllers start once every cache holds its first list: a reconcile must not
+    // read "no such pod" from a cache that has not listed yet.
+    let ready = {
+        let caches = caches.clone();
+        let ctx = ctx.clone();
+        async move {
+            if caches.wait_until_ready().await.is_ok() {
+                *ctx.caches.write().unwrap_or_else(|e| e.into_inner()) = Some(caches);
+                tracing::info!("watch caches filled: starting the reconciles");
+                true
+            } else {
+                false
             }
-        });
-    let restore_ctl = Controller::new(Api::<Restore>::all(client.clone()), cfg.clone())
-        .graceful_shutdown_on(stop_signal(stop.clone()))
-        .run(
-            restore::reconcile_restore,
-            error_policy(restore::RESTORE_CONTROLLER),
-            ctx.clone(),
-        )
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "restore controller");
-            }
-        });
-    let schedule_ctl = Controller::new(Api::<BackupSchedule>::all(client.clone()), cfg.clone())
-        .owns(Api::<Backup>::all(client.clone()), cfg)
-        .graceful_shutdown_on(stop_signal(stop.clone()))
-        .run(
-            schedule::reconcile_schedule,
-            error_policy(schedule::SCHEDULE_CONTROLLER),
-            ctx,
-        )
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "backupschedule controller");
-            }
-        });
+        }
+    };
     let sweeper = {
         let mut stop = stop.clone();
         let client = client.clone();
@@ -333,6 +359,8 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
         }
     };
     futures::join!(
+        reflectors,
+        ready,
         hsm_ctl,
         sd_ctl,
         backup_ctl,
@@ -340,4 +368,6 @@ pub async fn run_controllers(client: Client, ctx: Arc<Context>, stop: watch::Rec
         schedule_ctl,
         sweeper
     );
+    // The next leadership term starts with caches of its own.
+    *ctx.caches.write().unwrap_or_else(|e| e.into_inner()) = None;
 }

@@ -4,6 +4,7 @@
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use keystead_core::status::PoolStatus;
 use keystead_operator::conditions::{self as c, Cond, Reason, Status};
 use keystead_operator::context::Settings;
 use keystead_operator::crd::{HsmPhase, ManagedHsm, ManagedHsmStatus};
@@ -13,7 +14,6 @@ use keystead_operator::hsm::plan::observed::{self, ObservedPartition};
 use keystead_operator::hsm::plan::status;
 use keystead_operator::hsm::plan::tls::{self, CertAction, TlsState};
 use keystead_operator::hsm::plan::validate::{self, InvalidSpec};
-use keystead_operator::pool::admin::AdminStatus;
 use keystead_operator::pool::names::{self, Names};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -916,7 +916,7 @@ fn healthy_partitions_clear_their_unhealthy_clock() {
     }))
     .unwrap();
     let obs: Vec<ObservedPartition> = serde_json::from_value(serde_json::json!([
-        {"name": "pool-0", "podExists": true, "podReady": true, "templateHash": "h", "admin": {"activation": "Activated"}}
+        {"name": "pool-0", "podExists": true, "podReady": true, "templateHash": "h", "admin": {"activation": "Activated", "domainLoaded": true}}
     ]))
     .unwrap();
     let d = status::derive_status(&spec, &obs, "h", Some(&prev), &now);
@@ -1034,12 +1034,13 @@ fn raft_role_term_and_lag_come_from_the_partitions_replication_view() {
         })
         .collect();
     fill_replication(&mut observed);
+    use keystead_operator::hsm::plan::observed::{role, term};
     let a = |i: usize| observed[i].admin.clone().unwrap();
-    assert_eq!(a(1).role.as_deref(), Some("leader"));
-    assert_eq!(a(0).role.as_deref(), Some("follower"));
-    assert_eq!(a(0).term, Some(3));
-    assert_eq!(a(2).lag, Some(5));
-    assert_eq!(a(0).lag, Some(0));
+    assert_eq!(role(&a(1)), Some("leader"));
+    assert_eq!(role(&a(0)), Some("follower"));
+    assert_eq!(term(&a(0)), Some(3));
+    assert_eq!(observed[2].lag, Some(5));
+    assert_eq!(observed[0].lag, Some(0));
 }
 
 #[test]
@@ -1112,7 +1113,7 @@ fn backup_volumes_are_mounted_in_every_partition_and_named_in_its_config() {
 /// yet gives one Warning Event note naming who and when; once counted, none.
 #[test]
 fn a_security_domain_redownload_is_reported_once_naming_who() {
-    let admin = |n: i64| -> AdminStatus {
+    let admin = |n: i64| -> PoolStatus {
         serde_json::from_value(serde_json::json!({
             "activation": "Activated", "securityDomainRedownloads": n,
             "lastSecurityDomainRedownload": {"principal": "system:serviceaccount:ops:mallory",

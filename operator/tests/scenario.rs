@@ -155,6 +155,7 @@ fn context_with(client: kube::Client, settings: Settings) -> Arc<Context> {
         settings,
         tokens: TokenSource::new(client.clone(), None),
         read_partitions: false,
+        caches: Default::default(),
         client,
     })
 }

@@ -5,10 +5,10 @@
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use keystead_core::status::PoolStatus;
 use keystead_operator::crd::{
     DownloadSpec, ManagedHsm, SecurityDomain, SecurityDomainPhase, SecurityDomainStatus,
 };
-use keystead_operator::pool::admin::AdminStatus;
 use keystead_operator::pool::names::Names;
 use keystead_operator::security_domain::plan::{self, Ceremony, Custodians, Outcome};
 use kube::runtime::controller::Action as Requeue;
@@ -294,7 +294,7 @@ fn an_upload_publishes_the_exchange_key_then_waits_for_the_blob() {
 
 #[test]
 fn a_refused_upload_counts_when_the_pool_already_holds_its_domain() {
-    let admin = |activation: &str, loaded: bool| -> AdminStatus {
+    let admin = |activation: &str, loaded: bool| -> PoolStatus {
         serde_json::from_value(json!({"activation": activation, "domainLoaded": loaded})).unwrap()
     };
     assert!(plan::already_uploaded(Some(&admin("Activated", true))));

@@ -11,11 +11,11 @@
 use super::plan::{self, JobOutcome, JobReason};
 use crate::conditions::{self as c, Status};
 use crate::context::{At, Context, Error, Namespaced, apply_status, publish_on};
-use crate::crd::{BackupDestination, ManagedHsm};
+use crate::crd::BackupDestination;
 use crate::pool::client::{JobPath, PoolClient};
 use crate::pool::names::Names;
 use crate::pool::reach::{ca_bundle, connect};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use keystead_core::backup_job::JobStatus;
 use keystead_core::store::StorageParameters;
@@ -48,12 +48,7 @@ pub async fn target(
     partition: Option<&str>,
     storage_uri: Option<&str>,
 ) -> Result<Result<Target, Wait>, Error> {
-    let hsms: Api<ManagedHsm> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(hsm) = hsms
-        .get_opt(pool)
-        .await
-        .at(format!("reading the ManagedHsm {pool}"))?
-    else {
+    let Some(hsm) = ctx.hsm(ns, pool).await? else {
         return Ok(Err((
             JobReason::PoolNotFound,
             format!("the ManagedHsm {pool} does not exist in this namespace"),
@@ -92,10 +87,7 @@ pub async fn target(
         )));
     };
     // The partition's pod IP (TLS still verifies its DNS name; see docs/operator.md).
-    let pod = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-        .get_opt(&partition)
-        .await
-        .at(format!("reading the Pod {partition}"))?;
+    let pod = ctx.pod(ns, &partition).await?;
     match connect(&ctx.tokens, &hsm, &names, &ca, &[pod]).await {
         Ok(client) => Ok(Ok(Target {
             url: names.partition_url(&partition),

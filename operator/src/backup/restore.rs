@@ -6,11 +6,10 @@ use super::jobs::{
     start_job, wait_delay,
 };
 use super::plan::{self, JobReason};
-use crate::context::{At, Context, Error, namespace_of, now_time, reconciling};
-use crate::crd::{Backup, BackupPhase, Restore, RestorePhase, RestoreStatus};
+use crate::context::{Context, Error, namespace_of, now_time, reconciling};
+use crate::crd::{BackupPhase, Restore, RestorePhase, RestoreStatus};
 use crate::pool::client::JobPath;
 use keystead_core::store::{self, StorageParameters};
-use kube::Api;
 use kube::runtime::controller::Action as Requeue;
 use serde_json::json;
 use std::sync::Arc;
@@ -29,11 +28,7 @@ async fn restore_source(
 ) -> Result<Result<(StorageParameters, String), Wait>, Error> {
     let (destination, folder_url) = match (&r.spec.backup_name, &r.spec.source) {
         (Some(name), _) => {
-            let Some(b) = Api::<Backup>::namespaced(ctx.client.clone(), ns)
-                .get_opt(name)
-                .await
-                .at(format!("reading the Backup {name}"))?
-            else {
+            let Some(b) = ctx.backup(ns, name).await? else {
                 return Ok(Err((
                     JobReason::BackupNotFound,
                     format!("the Backup {name} does not exist in this namespace"),

@@ -20,7 +20,7 @@ use crate::pool::names::{Names, pool_audience};
 use crate::replication::controller as replication;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -296,9 +296,7 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
                 reason.clone(),
             )
             .await;
-            pods.delete(pod, &DeleteParams::default())
-                .await
-                .at(format!("deleting the Pod {pod}"))?;
+            delete_observed_pod(&pods, &observed, pod).await?;
         }
         Action::ReplacePodAndVolume { pod, pvc, reason } => {
             publish(
@@ -316,9 +314,7 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
             pvcs.delete(pvc, &DeleteParams::default())
                 .await
                 .at(format!("deleting the PersistentVolumeClaim {pvc}"))?;
-            pods.delete(pod, &DeleteParams::default())
-                .await
-                .at(format!("deleting the Pod {pod}"))?;
+            delete_observed_pod(&pods, &observed, pod).await?;
         }
         Action::UpgradePod { pod } => {
             publish(
@@ -332,9 +328,7 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
                 ),
             )
             .await;
-            pods.delete(pod, &DeleteParams::default())
-                .await
-                .at(format!("deleting the Pod {pod}"))?;
+            delete_observed_pod(&pods, &observed, pod).await?;
         }
     }
     let requeue = if action != Action::None {
@@ -352,4 +346,32 @@ async fn apply(hsm: Arc<ManagedHsm>, ctx: Arc<Context>) -> Result<Requeue, Error
         derived.requeue_after.unwrap_or(Duration::from_secs(300))
     };
     Ok(Requeue::requeue(requeue))
+}
+
+/// Delete the pod that was observed — by uid, so a pod the StatefulSet re-created since the
+/// observation (which came from the watch cache) stays. Already gone or replaced: done.
+async fn delete_observed_pod(
+    pods: &Api<Pod>,
+    observed: &[observed::ObservedPartition],
+    pod: &str,
+) -> Result<(), Error> {
+    let uid = observed
+        .iter()
+        .find(|p| p.name == pod)
+        .and_then(|p| p.pod_uid.clone());
+    let params = DeleteParams {
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match pods.delete(pod, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+            tracing::info!(pod, "the observed pod is already gone or replaced");
+            Ok(())
+        }
+        Err(e) => Err(e).at(format!("deleting the Pod {pod}")),
+    }
 }

@@ -7,13 +7,12 @@ use super::plan::lifecycle::PURGE_AFTER_ANNOTATION;
 use super::plan::observed::{ObservedPartition, fill_replication};
 use crate::backup::plan::{ClaimFound, ClaimState, PoolBackup};
 use crate::context::{At, Context, Error};
-use crate::crd::{Backup, BackupSchedule, ManagedHsm};
+use crate::crd::ManagedHsm;
 use crate::pool::names::Names;
 use crate::pool::reach::{connect, pod_ready};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 /// The pool's CA and TLS Secrets as this reconcile read them (each read once).
@@ -97,14 +96,10 @@ pub async fn partitions(
     names: &Names,
     ca_pem: &str,
 ) -> Result<Vec<ObservedPartition>, Error> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let mut found = Vec::new();
     for name in names.pods(hsm.spec.partitions) {
-        let pod = pods
-            .get_opt(&name)
-            .await
-            .at(format!("reading the Pod {name}"))?;
+        let pod = ctx.pod(&names.namespace, &name).await?;
         let pvc_name = names.pvc(&name);
         let pvc = pvcs
             .get_opt(&pvc_name)
@@ -139,11 +134,13 @@ pub async fn partitions(
             template_hash: pod
                 .as_ref()
                 .and_then(|p| p.annotations().get(TEMPLATE_HASH_ANNOTATION).cloned()),
+            pod_uid: pod.as_ref().and_then(|p| p.metadata.uid.clone()),
             pod_created: pod
                 .as_ref()
                 .and_then(|p| p.metadata.creation_timestamp.clone()),
             data_lost: data_lost(pvc.as_ref(), pod.as_ref()),
             admin,
+            lag: None,
             admin_error,
             unschedulable: pod.as_ref().and_then(unschedulable),
         });
@@ -179,12 +176,9 @@ pub async fn backup_claims(
 
 /// The Backups of `pool` in `ns` (any creator) as the pool's condition needs them.
 pub async fn pool_backups(ctx: &Context, ns: &str, pool: &str) -> Result<Vec<PoolBackup>, Error> {
-    let all = Api::<Backup>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .at("listing the Backups")?;
-    Ok(all
-        .items
+    Ok(ctx
+        .backups(ns)
+        .await?
         .iter()
         .filter(|b| b.spec.hsm_ref.name == pool && b.metadata.deletion_timestamp.is_none())
         .map(PoolBackup::of)
@@ -193,11 +187,9 @@ pub async fn pool_backups(ctx: &Context, ns: &str, pool: &str) -> Result<Vec<Poo
 
 /// The earliest next run of the pool's BackupSchedules.
 pub async fn next_backup_time(ctx: &Context, ns: &str, pool: &str) -> Result<Option<Time>, Error> {
-    Ok(Api::<BackupSchedule>::namespaced(ctx.client.clone(), ns)
-        .list(&ListParams::default())
-        .await
-        .at("listing the BackupSchedules")?
-        .items
+    Ok(ctx
+        .schedules(ns)
+        .await?
         .into_iter()
         .filter(|s| s.spec.hsm_ref.name == pool)
         .filter_map(|s| s.status.and_then(|st| st.next_schedule_time))

@@ -3,10 +3,10 @@
 //! It authenticates with a short-lived token of its own ServiceAccount (TokenRequest, audience
 //! = the pool's audience) and trusts only the pool's CA. It moves encrypted blobs only.
 
-use super::admin::AdminStatus;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use keystead_core::backup_job::JobStatus;
+use keystead_core::status::PoolStatus;
 use kube::Api;
 use kube::api::PostParams;
 use serde::Deserialize;
@@ -235,7 +235,7 @@ impl PoolClient {
     }
 
     /// `GET {partition}/admin/status`.
-    pub async fn admin_status(&self, base: &str) -> Result<AdminStatus, PoolError> {
+    pub async fn admin_status(&self, base: &str) -> Result<PoolStatus, PoolError> {
         let url = format!("{base}/admin/status");
         let v = self.call(reqwest::Method::GET, &url, None).await?;
         serde_json::from_value(v).map_err(|e| PoolError::BadAnswer {

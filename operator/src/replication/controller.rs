@@ -10,7 +10,7 @@ use crate::context::{At, Context, Error, publish_on};
 use crate::crd::{ManagedHsm, ReplicationSpec, ReplicationStatus};
 use crate::pool::names::{FIELD_MANAGER, Names, labels};
 use crate::pool::reach::connect;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::ConfigMap;
 use keystead_core::region::{DemoteRequest, PromoteRequest, RegionStatus};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -175,10 +175,13 @@ async fn run_steps(
     ca_pem: &str,
     steps: &[Step],
 ) -> Result<(), String> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let mut live = Vec::new();
     for p in names.pods(hsm.spec.partitions) {
-        live.push(pods.get_opt(&p).await.map_err(|e| e.to_string())?);
+        live.push(
+            ctx.pod(&names.namespace, &p)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
     }
     let client = connect(&ctx.tokens, hsm, names, ca_pem, &live).await?;
     let ready: Vec<String> = live

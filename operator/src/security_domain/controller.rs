@@ -95,10 +95,7 @@ async fn ceremony(sd: &SecurityDomain, ctx: &Context) -> Result<Outcome, Error> 
     let cer = Ceremony::of(sd, now_time());
 
     // Dereference the pool.
-    let hsm = Api::<ManagedHsm>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&cer.pool)
-        .await
-        .at(format!("reading the ManagedHsm {}", cer.pool))?;
+    let hsm = ctx.hsm(&ns, &cer.pool).await?;
     let hsm = match cer.pool(hsm) {
         Ok(hsm) => hsm,
         Err(stop) => return Ok(stop),
@@ -111,10 +108,9 @@ async fn ceremony(sd: &SecurityDomain, ctx: &Context) -> Result<Outcome, Error> 
         return Ok(cer.no_ca_bundle(&names));
     };
     // The partition it talks to, reached at its pod IP.
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mut live = Vec::new();
     for p in names.pods(hsm.spec.partitions) {
-        live.push(pods.get_opt(&p).await.at(format!("reading the Pod {p}"))?);
+        live.push(ctx.pod(&ns, &p).await?);
     }
     let endpoint = names.partition_url(&plan::target(&names, &live));
     let pool = Reached {

@@ -15,7 +15,6 @@ use crate::conditions as c;
 use crate::crd::{
     DownloadSpec, ManagedHsm, SecurityDomain, SecurityDomainPhase, SecurityDomainStatus,
 };
-use crate::pool::admin::{Activation, AdminStatus};
 use crate::pool::names::FIELD_MANAGER;
 use crate::pool::names::Names;
 use crate::pool::reach::pod_ready;
@@ -23,6 +22,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use keystead_core::sd::CustodianKey;
+use keystead_core::status::{Activation, PoolStatus};
 use kube::ResourceExt;
 use kube::runtime::controller::Action as Requeue;
 use std::collections::BTreeMap;
@@ -384,8 +384,8 @@ pub fn target(names: &Names, pods: &[Option<Pod>]) -> String {
 
 /// A refused upload that repeats an earlier successful one of this ceremony (a reconcile
 /// from a stale cache): the pool already holds its domain, so the ceremony is complete.
-pub fn already_uploaded(admin: Option<&AdminStatus>) -> bool {
-    admin.is_some_and(|a| a.activation == Activation::Activated && a.domain_loaded == Some(true))
+pub fn already_uploaded(admin: Option<&PoolStatus>) -> bool {
+    admin.is_some_and(|a| a.activation == Activation::Activated && a.domain_loaded)
 }
 
 /// The Secret with the encrypted domain file; no ownerReference: it must outlive the

@@ -8,7 +8,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::BTreeMap;
 
 /// Log entries a peer may lag behind while another partition is taken down for an upgrade.
-pub const MAX_UPGRADE_LAG: i64 = 16;
+pub const MAX_UPGRADE_LAG: u64 = 16;
 /// Annotation set on retained PVCs and Secrets while a pool is soft-deleted (RFC 3339).
 pub const PURGE_AFTER_ANNOTATION: &str = "keystead.io/purge-after";
 /// Annotation recording whether the soft-deleted pool had purge protection.
@@ -90,7 +90,7 @@ pub fn next_action(
     let all_good = observed.iter().all(ObservedPartition::healthy)
         && observed
             .iter()
-            .all(|p| p.admin.as_ref().and_then(|a| a.lag).unwrap_or(0) <= MAX_UPGRADE_LAG);
+            .all(|p| p.lag.unwrap_or(0) <= MAX_UPGRADE_LAG);
     if !all_good || observed.len() < QUORUM + 1 {
         return Action::None;
     }

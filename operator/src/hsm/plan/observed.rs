@@ -2,30 +2,36 @@
 //! admin API), and what follows from that alone: each partition's health, the Raft roles
 //! and lags, a domain lost everywhere, re-downloads not reported yet. Pure functions only.
 
-use crate::pool::admin::{Activation, AdminStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use keystead_core::status::{Activation, PoolStatus};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// Partitions needed for quorum in a group of three.
 pub const QUORUM: usize = 2;
 
-pub(super) fn is_leader(a: &AdminStatus) -> bool {
-    a.role
-        .as_deref()
-        .is_some_and(|r| r.eq_ignore_ascii_case("leader"))
+/// The partition's Raft role as it reports it (`leader`, `follower`, `candidate`,
+/// `learner`); `None` for a single-partition pool.
+pub fn role(a: &PoolStatus) -> Option<&str> {
+    a.replication
+        .as_ref()
+        .map(|r| r.role.as_str())
+        .filter(|r| !r.is_empty())
 }
 
-/// Fill each partition's `role` and `term` from its own Raft view and its `lag` from the
-/// leader's view of the members (a follower does not know its own lag).
+/// The partition's Raft term; `None` for a single-partition pool.
+pub fn term(a: &PoolStatus) -> Option<u64> {
+    a.replication.as_ref().map(|r| r.term)
+}
+
+pub(super) fn is_leader(a: &PoolStatus) -> bool {
+    role(a).is_some_and(|r| r.eq_ignore_ascii_case("leader"))
+}
+
+/// Fill each partition's `lag` from the leader's view of the members (a follower does not
+/// know its own lag).
 pub fn fill_replication(observed: &mut [ObservedPartition]) {
-    for a in observed.iter_mut().filter_map(|p| p.admin.as_mut()) {
-        if let Some(r) = &a.replication {
-            a.role = a.role.clone().or(r.role.clone());
-            a.term = a.term.or(r.term);
-        }
-    }
-    let lags: BTreeMap<String, i64> = observed
+    let lags: BTreeMap<String, u64> = observed
         .iter()
         .filter_map(|p| p.admin.as_ref())
         .filter(|a| is_leader(a))
@@ -34,9 +40,7 @@ pub fn fill_replication(observed: &mut [ObservedPartition]) {
         .filter_map(|m| Some((m.name.clone(), m.lag?)))
         .collect();
     for p in observed.iter_mut() {
-        if let Some(a) = p.admin.as_mut() {
-            a.lag = a.lag.or(lags.get(&p.name).copied());
-        }
+        p.lag = p.lag.or(lags.get(&p.name).copied());
     }
 }
 
@@ -49,11 +53,18 @@ pub struct ObservedPartition {
     pub pod_terminating: bool,
     pub pod_ready: bool,
     pub template_hash: Option<String>,
+    /// The pod's uid: a delete names it, so a pod re-created since the observation (read
+    /// from the watch cache) is never deleted by mistake.
+    pub pod_uid: Option<String>,
     /// The pod's `creationTimestamp`.
     pub pod_created: Option<Time>,
     /// The partition's volume is gone (PVC phase `Lost`, or its node no longer exists).
     pub data_lost: bool,
-    pub admin: Option<AdminStatus>,
+    /// `GET /admin/status` of the partition (the contract of keystead-core).
+    pub admin: Option<PoolStatus>,
+    /// Entries behind the leader's last log index, from the leader's view
+    /// ([`fill_replication`]).
+    pub lag: Option<u64>,
     /// Why the admin API could not be read (no secrets in it).
     pub admin_error: Option<String>,
     /// The scheduler's message when the pod cannot be placed (its `PodScheduled` condition
@@ -68,9 +79,10 @@ impl ObservedPartition {
         self.pod_exists
             && !self.pod_terminating
             && self.pod_ready
-            && self.admin.as_ref().is_some_and(|a| {
-                a.activation != Activation::Activated || a.domain_loaded != Some(false)
-            })
+            && self
+                .admin
+                .as_ref()
+                .is_some_and(|a| a.activation != Activation::Activated || a.domain_loaded)
     }
 
     /// The pod serves and its admin API answers (whatever the domain's state).
@@ -104,11 +116,15 @@ impl ObservedPartition {
 /// can fetch it from a peer and replacing pods does not bring it back: the custodians upload
 /// it again (SecurityDomain mode Upload).
 pub fn domain_lost_everywhere(observed: &[ObservedPartition]) -> bool {
-    let answering: Vec<&AdminStatus> = observed.iter().filter_map(|p| p.admin.as_ref()).collect();
+    let answering: Vec<&PoolStatus> = observed.iter().filter_map(|p| p.admin.as_ref()).collect();
     answering.len() >= QUORUM
         && answering
             .iter()
-            .all(|a| a.activation == Activation::Activated && a.domain_loaded == Some(false))
+            .all(|a| a.activation == Activation::Activated && !a.domain_loaded)
+}
+
+fn redownloads(a: &PoolStatus) -> i64 {
+    i64::try_from(a.security_domain_redownloads).unwrap_or(i64::MAX)
 }
 
 /// A Warning Event's note for re-downloads of the security domain the operator has not
@@ -118,9 +134,9 @@ pub fn redownload_note(observed: &[ObservedPartition], reported: i64) -> Option<
     let newest = observed
         .iter()
         .filter_map(|p| p.admin.as_ref())
-        .filter(|a| a.security_domain_redownloads.unwrap_or(0) > reported)
-        .max_by_key(|a| a.security_domain_redownloads.unwrap_or(0))?;
-    let count = newest.security_domain_redownloads.unwrap_or(0);
+        .filter(|a| redownloads(a) > reported)
+        .max_by_key(|a| redownloads(a))?;
+    let count = redownloads(newest);
     let who = newest
         .last_security_domain_redownload
         .as_ref()

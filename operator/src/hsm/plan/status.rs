@@ -2,12 +2,12 @@
 //! PartitionsHealthy, SecurityDomainActivated, LastBackupSucceeded), each partition's status
 //! and when to look again. Pure functions only.
 
-use super::observed::{ObservedPartition, QUORUM, domain_lost_everywhere};
+use super::observed::{self, ObservedPartition, QUORUM, domain_lost_everywhere};
 use crate::conditions::{self as c, Cond, Reason, Status};
 use crate::crd::{ManagedHsmSpec, ManagedHsmStatus, PartitionStatus};
-use crate::pool::admin::{Activation, AdminStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use keystead_core::status::{Activation, PoolStatus};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -82,10 +82,12 @@ pub fn derive_status(
             PartitionStatus {
                 name: p.name.clone(),
                 ready: ok(p),
-                role: a.and_then(|a| a.role.clone()),
-                term: a.and_then(|a| a.term),
-                applied_index: a.and_then(|a| a.applied_index),
-                lag: a.and_then(|a| a.lag),
+                role: a.and_then(observed::role).map(str::to_string),
+                term: a
+                    .and_then(observed::term)
+                    .and_then(|t| i64::try_from(t).ok()),
+                applied_index: a.and_then(|a| i64::try_from(a.applied_index).ok()),
+                lag: p.lag.and_then(|l| i64::try_from(l).ok()),
                 unhealthy_since,
                 message: p.problem(),
             }
@@ -93,7 +95,7 @@ pub fn derive_status(
         .collect();
 
     // Security domain: from any partition that answers; the last known state otherwise.
-    let statuses: Vec<&AdminStatus> = observed.iter().filter_map(|p| p.admin.as_ref()).collect();
+    let statuses: Vec<&PoolStatus> = observed.iter().filter_map(|p| p.admin.as_ref()).collect();
     let activated = statuses
         .iter()
         .find(|a| a.activation == Activation::Activated);
