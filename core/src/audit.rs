@@ -15,6 +15,8 @@ use std::io::BufRead;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::audit_record::{AuditRecord, Checkpoint};
+
 /// `prevHash` of the first record of a chain.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -38,75 +40,8 @@ fn cap(value: &mut String) {
     value.push_str(&marker);
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
-/// One audited request.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AuditRecord {
-    /// RFC 3339 UTC time the request was received.
-    pub time: String,
-    pub request_id: String,
-    /// Name of the partition that served the request.
-    pub partition: String,
-    /// The authenticated principal id, or `anonymous`.
-    pub caller: String,
-    pub client_address: String,
-    pub method: String,
-    /// Request path without the query string.
-    pub path: String,
-    /// Operation name, e.g. `KeySign`.
-    pub operation: String,
-    /// The data action checked, e.g. `Microsoft.KeyVault/managedHsm/keys/sign/action`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data_action: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_version: Option<String>,
-    /// The pool member (partition name) a membership change or a domain handover concerns.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub member: Option<String>,
-    /// That member's Raft node id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub member_id: Option<u64>,
-    /// Written before a change is carried out (`status` 0); the outcome follows in a
-    /// record with the same `requestId`. Omitted (false) on every other record.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub intent: bool,
-    /// HTTP status code of the response (0 on an intent record).
-    pub status: u16,
-    /// Key Vault error code of a failed request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_code: Option<String>,
-    /// Milliseconds from receiving the request to the response (rounded to microseconds).
-    pub latency_ms: f64,
-    /// Position in the chain, starting at 1.
-    pub seq: u64,
-    pub prev_hash: String,
-    pub hash: String,
-    /// Set on the partition's signed checkpoints (operation [`CHECKPOINT_OPERATION`]): a
-    /// signature by the partition's identity key over the chain so far.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint: Option<Checkpoint>,
-}
-
 /// `operation` of a checkpoint record.
 pub const CHECKPOINT_OPERATION: &str = "AuditCheckpoint";
-
-/// A checkpoint's signature: ECDSA P-256 / SHA-256 (ASN.1 DER, base64url) by the key whose
-/// public point hashes to `keyId`, over [`checkpoint_message`]. Because `prevHash` commits to
-/// every earlier record, rewriting or deleting anything before a checkpoint breaks it unless
-/// the signer's private key is held too.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Checkpoint {
-    /// Lowercase hex SHA-256 of the signer's uncompressed public point.
-    pub key_id: String,
-    pub signature: String,
-}
 
 /// What a checkpoint signs: domain-separated, every field that places it in its chain.
 pub fn checkpoint_message(partition: &str, seq: u64, time: &str, prev_hash: &str) -> Vec<u8> {
@@ -141,13 +76,6 @@ impl CheckpointKey {
             return Err("the certificate's key is not an uncompressed P-256 point (partitions sign checkpoints with ECDSA P-256)".into());
         }
         Ok(Self::from_public_point(&point))
-    }
-}
-
-impl AuditRecord {
-    /// The record as one JSON line (no trailing newline).
-    pub fn to_json_line(&self) -> String {
-        crate::audit_line::line(self)
     }
 }
 
@@ -386,11 +314,11 @@ impl AuditChain {
         record.seq = self.next_seq;
         record.prev_hash = self.last_hash.clone();
         record.hash = String::new();
-        let (unhashed, at) = crate::audit_line::unhashed(&record);
+        let (unhashed, at) = crate::audit_record::unhashed(&record);
         record.hash = hash_of(&record.prev_hash, &unhashed);
         self.next_seq = self.next_seq.saturating_add(1);
         self.last_hash = record.hash.clone();
-        let line = crate::audit_line::with_hash(&unhashed, at, &record.hash);
+        let line = crate::audit_record::with_hash(&unhashed, at, &record.hash);
         (record, line)
     }
 }

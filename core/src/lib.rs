@@ -12,7 +12,7 @@
 
 pub mod aead;
 pub mod audit;
-mod audit_line;
+mod audit_record;
 pub mod b64;
 pub mod backup_format;
 pub mod backup_job;

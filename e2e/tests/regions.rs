@@ -6,7 +6,8 @@
 //! (A names `west` primary → A's demotion token in its status → B names itself primary with
 //! it), a write to B lands and A follows; then a failover: B (now the primary) takes a write
 //! A never gets, B's partitions are stopped (SIGSTOP), A is promoted by force and takes
-//! writes, B resumes, is fenced and lists the write it lost (status and a Warning Event).
+//! writes, B resumes, is fenced and lists the write it lost (status and a Warning Event);
+//! last, A's resource drops west and A's operator removes it (B's polls are refused).
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -374,6 +375,41 @@ async fn scenario(ns1: TestNamespace, ns2: TestNamespace) -> anyhow::Result<()> 
     let (s, _) = b_http.call(&b_app, Method::GET, "/keys/k4", None).await;
     ensure!(s == StatusCode::NOT_FOUND, "k4 discarded from B: {s}");
     eprintln!("failover done at {:?}", t0.elapsed());
+
+    // Removal: A's resource no longer lists west → A's operator removes it from the pool
+    // (DELETE /admin/regions/west): no partition of A accepts west any more, and B, whose
+    // polls are now refused, is no longer ReplicationHealthy.
+    let admin_a = a.token(ADMIN_SA).await?;
+    patch_spec(
+        &a,
+        json!({"replication": {"region": "east", "primary": "east", "force": null, "regions": []}}),
+    )
+    .await?;
+    eventually("west no longer accepted by A", WAIT, || async {
+        for pod in PODS {
+            let http = partition_http(&a, pod).await?;
+            let url = format!("https://{POOL}.{}.svc:8443/admin/status", a.ns.name);
+            let v: Value = http
+                .get(&url)
+                .bearer_auth(&admin_a)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let accepted = v["region"]["accepted"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["name"] == "west");
+            if accepted {
+                return Ok(None);
+            }
+        }
+        Ok(Some(()))
+    })
+    .await?;
+    kubectl_wait(&b, "condition=ReplicationHealthy=False")?;
+    eprintln!("west removed at {:?}", t0.elapsed());
     a.ns.pass();
     b.ns.pass();
     Ok(())

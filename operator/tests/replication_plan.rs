@@ -138,6 +138,34 @@ fn a_primary_names_every_region_whose_ca_it_can_read_and_renames_a_changed_ca() 
 }
 
 #[test]
+fn a_primary_removes_the_regions_the_spec_no_longer_lists() {
+    let west = ca_pem("west");
+    let north = ca_pem("north");
+    let cas = BTreeMap::from([("west".to_string(), west.clone())]);
+    // north was named (by an earlier spec or by hand) and is gone from the spec: removed;
+    // west stays; the primary's own name is never removed.
+    let s = spec("east", "east", &["west"]);
+    let view = primary_view(&[("west", &west), ("north", &north), ("east", &west)]);
+    assert_eq!(
+        plan::next_steps(&s, &Some(view), &cas),
+        vec![Step::Remove {
+            name: "north".into()
+        }]
+    );
+    // Nothing listed any more: every named region goes.
+    let alone = spec("east", "east", &[]);
+    let steps = plan::next_steps(&alone, &Some(primary_view(&[("west", &west)])), &cas);
+    assert_eq!(
+        steps,
+        vec![Step::Remove {
+            name: "west".into()
+        }]
+    );
+    // A replica removes nothing (it names no region).
+    assert!(plan::next_steps(&alone, &Some(replica_view(true, true)), &cas).is_empty());
+}
+
+#[test]
 fn naming_another_primary_demotes_once_the_successor_is_named() {
     let s = spec("east", "west", &["west"]);
     let west = ca_pem("west");

@@ -369,6 +369,14 @@ impl PoolClient {
             .map(drop)
     }
 
+    /// `DELETE /admin/regions/{name}`: the region's partitions are refused from now on.
+    pub async fn remove_region(&self, base: &str, name: &str) -> Result<(), PoolError> {
+        let url = format!("{base}/admin/regions/{name}");
+        self.call(reqwest::Method::DELETE, &url, None)
+            .await
+            .map(drop)
+    }
+
     /// `POST /admin/regions/demote` (switchover, step 1): the demotion token.
     pub async fn demote(
         &self,

@@ -197,6 +197,7 @@ async fn run_steps(
             let base = names.partition_url(pod);
             let r = match step {
                 Step::Accept { name, ca_pem } => client.accept_region(&base, name, ca_pem).await,
+                Step::Remove { name } => client.remove_region(&base, name).await,
                 Step::Demote { to, endpoints } => client
                     .demote(
                         &base,

@@ -133,6 +133,8 @@ pub fn role(v: &RegionStatus) -> ReplicationRole {
 pub enum Step {
     /// `PUT /admin/regions/{name}` with its CA.
     Accept { name: String, ca_pem: String },
+    /// `DELETE /admin/regions/{name}`: a region no longer in `spec.replication.regions`.
+    Remove { name: String },
     /// `POST /admin/regions/demote` (switchover, step 1).
     Demote { to: String, endpoints: Vec<String> },
     /// `POST /admin/regions/promote` with the token (switchover, step 2).
@@ -146,6 +148,7 @@ impl Step {
     pub fn label(&self) -> &'static str {
         match self {
             Step::Accept { .. } => "naming a region",
+            Step::Remove { .. } => "removing a region no longer listed",
             Step::Demote { .. } => "demoting this primary",
             Step::Promote { .. } => "promoting with the demotion token",
             Step::ForcePromote => "promoting by force (failover)",
@@ -179,6 +182,15 @@ pub fn next_steps(
                     out.push(Step::Accept {
                         name: r.name.clone(),
                         ca_pem: pem.clone(),
+                    });
+                }
+            }
+            // Refuse every region the spec no longer lists (the spec is the whole truth of
+            // the topology; a region named by hand and not in the spec is removed too).
+            for a in &v.accepted {
+                if a.name != spec.region && !spec.regions.iter().any(|r| r.name == a.name) {
+                    out.push(Step::Remove {
+                        name: a.name.clone(),
                     });
                 }
             }

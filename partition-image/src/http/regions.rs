@@ -94,7 +94,7 @@ pub async fn demote(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.authorize(DataAction::SecurityDomainDownload, "/")?;
     let req: DemoteRequest = ctx.json()?;
     ctx.audit.member = Some(req.to.clone());
-    let reply = crate::region::switchover::demote(&ctx.app, &req).await?;
+    let reply = crate::service::regions::switchover::demote(&ctx.app, &req).await?;
     Ok(json_response(StatusCode::OK, &reply))
 }
 
@@ -104,8 +104,10 @@ pub async fn promote(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.authorize(DataAction::SecurityDomainDownload, "/")?;
     let req: PromoteRequest = ctx.json()?;
     match (&req.token, req.force) {
-        (Some(token), false) => crate::region::switchover::promote(&ctx.app, token).await?,
-        (None, true) => crate::region::switchover::fail_over(&ctx.app).await?,
+        (Some(token), false) => {
+            crate::service::regions::switchover::promote(&ctx.app, token).await?
+        }
+        (None, true) => crate::service::regions::switchover::fail_over(&ctx.app).await?,
         _ => {
             return Err(ApiError::bad_request(
                 "give either the demotion token of a planned switchover (token) or force: true for a failover, not both",

@@ -175,7 +175,7 @@ pub fn admin_status(ctx: &mut Ctx) -> Result<Response, ApiError> {
         region: ctx.app.regions.status(
             &st,
             ctx.app.store.applied_index(),
-            crate::region::switchover::demotion_token(&ctx.app, &st),
+            crate::service::regions::switchover::demotion_token(&ctx.app, &st),
         ),
     };
     Ok(json_response(StatusCode::OK, &body))

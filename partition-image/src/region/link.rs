@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Pause after a failure of the link (the primary unreachable, no leader here).
-pub(super) const RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+pub const RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A page of the primary's state as it streams (key records, deleted keys, RBAC).
 pub type StatePage =

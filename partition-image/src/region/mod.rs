@@ -2,13 +2,11 @@
 //! configuration, the CAs of accepted regions, the link to the primary it follows (a replica
 //! region, or a primary demoted for a switchover), what each replica region acknowledged
 //! here (a primary), snapshot sessions — and the region view of `/admin/status` and
-//! `/metrics`. The primary's side of the protocol is `peer::region`; the replica's is
-//! [`follow`]; switchover is [`switchover`].
+//! `/metrics`. Below the services: the primary's side of the protocol is `peer::region`;
+//! the replica's is `service::regions::follow`; switchover is `service::regions::switchover`.
 
-pub mod follow;
 pub mod link;
 pub mod snapshot;
-pub mod switchover;
 
 use crate::consensus::Store;
 use crate::region_trust::RegionTrust;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod keys;
 pub mod members;
 pub mod rbac;
+pub mod regions;
 mod replication;
 pub mod sd;
 

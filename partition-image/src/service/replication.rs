@@ -35,7 +35,7 @@ impl App {
         tokio::spawn(async move { a.replication_tasks().await });
         // Every partition of a replicated pool: idle until it follows a primary region
         // (configured, or after a switchover).
-        tokio::spawn(crate::region::follow::run(app.clone()));
+        tokio::spawn(super::regions::follow::run(app.clone()));
         Ok(app)
     }
 

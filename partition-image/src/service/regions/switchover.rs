@@ -4,7 +4,7 @@
 //! demoted primary's last index (zero loss) and starts a new epoch; the old primary then
 //! follows it from the index of its promotion, without re-seeding.
 
-use super::link::PrimaryLink;
+use crate::region::link::PrimaryLink;
 use crate::service::app::App;
 use crate::service::error::{Error, Kind};
 use crate::state::{Command, Demotion, FenceTarget, PoolState};
@@ -225,7 +225,7 @@ pub async fn fail_over(app: &App) -> Result<(), Error> {
 /// A primary promoted by failover: tell the old primary (when it answers) that it is fenced,
 /// then forget it.
 pub(super) async fn fence_old_primary(app: &Arc<App>, old: &FenceTarget) -> anyhow::Result<()> {
-    let link = app.regions.link_to(super::link::Target {
+    let link = app.regions.link_to(crate::region::link::Target {
         name: old.name.clone(),
         endpoints: old.endpoints.clone(),
         ca_pem: old.ca_pem.clone(),
@@ -273,7 +273,7 @@ pub(super) async fn follow_promoted(
             Ok(())
         }
         _ => {
-            tokio::time::sleep(super::link::RETRY).await;
+            tokio::time::sleep(crate::region::link::RETRY).await;
             Ok(())
         }
     }

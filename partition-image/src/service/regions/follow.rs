@@ -3,8 +3,8 @@
 //! and applies them through its own Raft group exactly once by primary index, or catches up
 //! from a streamed snapshot when the primary's log no longer reaches back far enough.
 
-use super::link::{LinkError, PrimaryLink, RETRY};
 use crate::audit::AuditRecord;
+use crate::region::link::{LinkError, PrimaryLink, RETRY};
 use crate::service::app::App;
 use crate::state::{Command, ReplicaOf};
 use keystead_core::region::JoinRequest;

@@ -1,10 +1,85 @@
-//! The canonical JSON of an audit record written field by field — byte for byte what the
-//! generic form (`serde_json::Value`, keys sorted, no whitespace) gives, without building a
-//! map per record. Sealing a record on the request path used to cost more than an ES256
-//! signature; the hash input and the log line now come from one pass over the fields.
+//! One audit record: its fields ([`AuditRecord`], [`Checkpoint`]) and its canonical JSON
+//! written field by field — byte for byte what the generic form (`serde_json::Value`, keys
+//! sorted, no whitespace) gives, without building a map per record. Sealing a record on the
+//! request path used to cost more than an ES256 signature; the hash input and the log line
+//! now come from one pass over the fields. The chain, its verification and checkpoints are
+//! `audit`.
 
-use crate::audit::AuditRecord;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// One audited request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// RFC 3339 UTC time the request was received.
+    pub time: String,
+    pub request_id: String,
+    /// Name of the partition that served the request.
+    pub partition: String,
+    /// The authenticated principal id, or `anonymous`.
+    pub caller: String,
+    pub client_address: String,
+    pub method: String,
+    /// Request path without the query string.
+    pub path: String,
+    /// Operation name, e.g. `KeySign`.
+    pub operation: String,
+    /// The data action checked, e.g. `Microsoft.KeyVault/managedHsm/keys/sign/action`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_version: Option<String>,
+    /// The pool member (partition name) a membership change or a domain handover concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// That member's Raft node id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member_id: Option<u64>,
+    /// Written before a change is carried out (`status` 0); the outcome follows in a
+    /// record with the same `requestId`. Omitted (false) on every other record.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub intent: bool,
+    /// HTTP status code of the response (0 on an intent record).
+    pub status: u16,
+    /// Key Vault error code of a failed request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Milliseconds from receiving the request to the response (rounded to microseconds).
+    pub latency_ms: f64,
+    /// Position in the chain, starting at 1.
+    pub seq: u64,
+    pub prev_hash: String,
+    pub hash: String,
+    /// Set on the partition's signed checkpoints (operation [`CHECKPOINT_OPERATION`]): a
+    /// signature by the partition's identity key over the chain so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A checkpoint's signature: ECDSA P-256 / SHA-256 (ASN.1 DER, base64url) by the key whose
+/// public point hashes to `keyId`, over [`checkpoint_message`]. Because `prevHash` commits to
+/// every earlier record, rewriting or deleting anything before a checkpoint breaks it unless
+/// the signer's private key is held too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// Lowercase hex SHA-256 of the signer's uncompressed public point.
+    pub key_id: String,
+    pub signature: String,
+}
+
+impl AuditRecord {
+    /// The record as one JSON line (no trailing newline).
+    pub fn to_json_line(&self) -> String {
+        line(self)
+    }
+}
 
 /// One field, written the way `serde_json` writes it in compact form.
 fn field<T: Serialize + ?Sized>(out: &mut Vec<u8>, first: &mut bool, key: &str, value: &T) {

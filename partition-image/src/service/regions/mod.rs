@@ -1,0 +1,7 @@
+//! Region replication's services (docs/regions.md): a replica region following its primary
+//! ([`follow`]) and the planned switchover and failover ([`switchover`]). The runtime they
+//! drive (configuration, link to the primary, accepted regions' CAs, region status) is
+//! `crate::region`, below the services; the primary's side of the protocol is `peer::region`.
+
+pub mod follow;
+pub mod switchover;
