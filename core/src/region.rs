@@ -292,6 +292,9 @@ pub struct RegionStatus {
     /// Milliseconds since this region was last fully caught up (0 when caught up).
     pub lag_ms: u64,
     pub primary_reachable: bool,
+    /// Replica: the primary answers but refuses this region ([`NOT_ACCEPTED`]): it was
+    /// removed on the primary, or named there with another CA.
+    pub primary_refuses: bool,
     /// Milliseconds since the last successful contact with the primary.
     pub last_contact_ms_ago: Option<u64>,
     /// A demoted primary: the region it hands over to, and the token to promote it with.
@@ -339,6 +342,8 @@ pub fn merge_views(views: Vec<RegionStatus>) -> RegionStatus {
         if out.accepted.is_empty() {
             out.accepted = v.accepted;
         }
+        // One partition told it is refused is enough to say so.
+        out.primary_refuses |= v.primary_refuses;
     }
     out
 }

@@ -409,6 +409,7 @@ async fn scenario(ns1: TestNamespace, ns2: TestNamespace) -> anyhow::Result<()> 
     })
     .await?;
     kubectl_wait(&b, "condition=ReplicationHealthy=False")?;
+    kubectl_wait(&b, "jsonpath={.status.replication.primaryRefuses}=true")?;
     eprintln!("west removed at {:?}", t0.elapsed());
     a.ns.pass();
     b.ns.pass();

@@ -1,10 +1,14 @@
-//! `kubectl hsm region list|status`: the pool's region role, its position and lag behind
-//! its primary, and (on a primary) the regions it accepts and how far behind each is
-//! (docs/regions.md). Reads `GET /admin/status`.
+//! `kubectl hsm region list|status|add|remove|demote|promote`: the pool's region role, its
+//! position and lag behind its primary, and (on a primary) the regions it accepts and how far
+//! behind each is (docs/regions.md; reads `GET /admin/status`); naming and removing the
+//! regions a primary accepts; switchover and failover.
 
 use crate::client::{Output, PoolArgs, print_json};
 use clap::Subcommand;
-use keystead_core::region::{DemoteReply, DemoteRequest, PromoteRequest, RegionRole, RegionStatus};
+use keystead_core::region::{
+    AcceptRegionRequest, AcceptedRegion, DemoteReply, DemoteRequest, PromoteRequest, RegionRole,
+    RegionStatus,
+};
 use keystead_core::status::PoolStatus;
 
 #[derive(Subcommand, Debug)]
@@ -13,6 +17,18 @@ pub enum RegionCommand {
     List,
     /// This pool's region role, epoch, applied primary index and lag.
     Status,
+    /// On the primary: accept region NAME, identified by its pool CA (it may then join and
+    /// obtain the security domain). Naming it again with another CA replaces the CA.
+    Add {
+        name: String,
+        /// The region's pool CA certificate (PEM): its `ca.crt` (a local pool's
+        /// `ca.crt` beside its pool.json).
+        #[arg(long)]
+        ca: std::path::PathBuf,
+    },
+    /// On the primary: stop accepting region NAME — its partitions are refused from their
+    /// next request on (existing connections included).
+    Remove { name: String },
     /// Planned switchover, step 1 (on the primary): stop taking changes, hand over to an
     /// accepted region; prints the demotion token to promote it with.
     Demote {
@@ -47,6 +63,31 @@ pub async fn run(pool: &PoolArgs, cmd: RegionCommand) -> anyhow::Result<()> {
             to_pool,
             endpoint_of_new_primary,
         } => return demote(pool, to, to_pool, endpoint_of_new_primary).await,
+        RegionCommand::Add { name, ca } => {
+            let ca_certificate = std::fs::read_to_string(&ca).map_err(|e| {
+                anyhow::anyhow!("cannot read the region's CA {}: {e}", ca.display())
+            })?;
+            let c = pool.client()?;
+            let v: AcceptedList = c
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/admin/regions/{name}"),
+                    Some(&AcceptRegionRequest { ca_certificate }),
+                )
+                .await?;
+            return print_accepted(pool.output, &v.value);
+        }
+        RegionCommand::Remove { name } => {
+            let c = pool.client()?;
+            let v: AcceptedList = c
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/admin/regions/{name}"),
+                    None::<&()>,
+                )
+                .await?;
+            return print_accepted(pool.output, &v.value);
+        }
         RegionCommand::Promote { token, force } => {
             let c = pool.client()?;
             let status: RegionStatus = c
@@ -78,7 +119,34 @@ pub async fn run(pool: &PoolArgs, cmd: RegionCommand) -> anyhow::Result<()> {
             print!("{}", list_text(&rows(&s.pool_name, &r)));
             Ok(())
         }
-        (RegionCommand::Demote { .. } | RegionCommand::Promote { .. }, _) => Ok(()),
+        (
+            RegionCommand::Demote { .. }
+            | RegionCommand::Promote { .. }
+            | RegionCommand::Add { .. }
+            | RegionCommand::Remove { .. },
+            _,
+        ) => Ok(()),
+    }
+}
+
+/// The answer of `PUT`/`DELETE /admin/regions/{name}`: the regions accepted now.
+#[derive(serde::Deserialize)]
+struct AcceptedList {
+    value: Vec<AcceptedRegion>,
+}
+
+fn print_accepted(output: Output, accepted: &[AcceptedRegion]) -> anyhow::Result<()> {
+    match output {
+        Output::Json => print_json(&accepted),
+        Output::Text => {
+            if accepted.is_empty() {
+                println!("this primary accepts no region");
+            }
+            for a in accepted {
+                println!("accepted: {} (CA sha256 {})", a.name, a.ca_sha256);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -199,7 +267,9 @@ pub fn rows(pool_name: &str, r: &RegionStatus) -> Vec<Row> {
             role: "primary".into(),
             position: Some(r.primary_index),
             lag_entries: None,
-            note: if r.primary_reachable {
+            note: if r.primary_refuses {
+                "REFUSES this region (removed there): name it again on the primary".into()
+            } else if r.primary_reachable {
                 "reachable".into()
             } else {
                 "UNREACHABLE: writes are refused here".into()
@@ -272,6 +342,12 @@ pub fn status_text(pool_name: &str, r: &RegionStatus) -> String {
         line("lagEntries", r.lag_entries.to_string());
         line("lagMs", r.lag_ms.to_string());
         line("primaryReachable", r.primary_reachable.to_string());
+        if r.primary_refuses {
+            line(
+                "primaryRefuses",
+                "true (removed on the primary, or named there with another CA)".into(),
+            );
+        }
         if !r.discarded_writes.is_empty() {
             line("discardedWrites", r.discarded_writes.join(", "));
         }

@@ -249,6 +249,19 @@ fn a_replica_reports_its_lag_and_is_healthy_while_it_follows() {
         (Status::False, Reason::PrimaryUnreachable)
     );
     assert!(c.message.contains("promote"), "{}", c.message);
+    // Removed on the primary: it answers, but refuses this region.
+    let refused = RegionStatus {
+        primary_refuses: true,
+        ..replica_view(true, true)
+    };
+    let c = plan::condition(&s, &Some(refused.clone()), &[], None);
+    assert_eq!(
+        (c.status, c.reason),
+        (Status::False, Reason::PrimaryRefuses)
+    );
+    assert!(c.message.contains("name this region"), "{}", c.message);
+    assert_eq!(plan::status(&s, &refused).primary_refuses, Some(true));
+    assert_eq!(st.primary_refuses, None);
     let c = plan::condition(&s, &None, &[], None);
     assert_eq!(c.reason, Reason::PartitionsUnreachable);
     let c = plan::condition(&s, &Some(replica_view(true, true)), &["east".into()], None);

@@ -1,6 +1,9 @@
-//! `keystead-partition local --extend` on real processes (docs/regions.md, Local mode): pool
-//! B started by the runner as a replica region of the running local pool A; A's key served by
-//! B; either pool's admin token accepted by both; `kubectl hsm region status` on B's pool file.
+//! `keystead-partition local --extend` on real processes (docs/regions.md, Local mode): pools
+//! B and C started by the runner as replica regions of the running local pool A (three
+//! regions); A's key served by B and C; a write through C lands in A and is served by B;
+//! either pool's admin token accepted by both; `kubectl hsm region status|list|remove|add`:
+//! a region removed on the primary is refused (its writes fail, nothing new reaches it), named
+//! again it catches up.
 
 mod cluster;
 mod common;
@@ -65,6 +68,43 @@ async fn ready_pool(dir: &Path) -> PoolFile {
     pool
 }
 
+/// `kubectl hsm --pool POOL ARGS… -o json` (the workspace's build); its JSON answer.
+fn kubectl_hsm(pool: &Path, args: &[&str]) -> Value {
+    let hsm = partition_bin().with_file_name("kubectl-hsm");
+    assert!(hsm.exists(), "build the workspace first (kubectl-hsm)");
+    let out = Command::new(&hsm)
+        .arg("--pool")
+        .arg(pool)
+        .args(args)
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl hsm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Until `GET /keys/{key}` on `pool` answers 200 (fails after 60 s).
+async fn until_served(pool: &PoolFile, token_of: &PoolFile, key: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while call(
+        pool,
+        token_of,
+        reqwest::Method::GET,
+        &format!("/keys/{key}"),
+        None,
+    )
+    .await
+    .0 != StatusCode::OK
+    {
+        assert!(Instant::now() < deadline, "{what}: never served {key}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn client(pool: &PoolFile) -> reqwest::Client {
     let ca = std::fs::read(&pool.ca_file).unwrap();
     reqwest::Client::builder()
@@ -97,7 +137,7 @@ async fn call(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_runner_extends_a_running_local_pool_into_a_replica_region() {
+async fn the_runner_extends_a_running_local_pool_into_two_replica_regions_and_one_is_removed() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir_a, dir_b) = (tmp.path().join("A"), tmp.path().join("B"));
     let _a = Runner::start(&dir_a, &["--name", "east"]);
@@ -158,20 +198,7 @@ async fn the_runner_extends_a_running_local_pool_into_a_replica_region() {
     let (s, _) = call(&a, &b, reqwest::Method::GET, "/keys/k1", None).await;
     assert_eq!(s, StatusCode::OK, "B's token works against A");
 
-    let hsm = partition_bin().with_file_name("kubectl-hsm");
-    assert!(hsm.exists(), "build the workspace first (kubectl-hsm)");
-    let out = Command::new(&hsm)
-        .arg("--pool")
-        .arg(dir_b.join("pool.json"))
-        .args(["region", "status", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = kubectl_hsm(&dir_b.join("pool.json"), &["region", "status"]);
     assert_eq!(
         (
             r["name"].as_str(),
@@ -184,4 +211,113 @@ async fn the_runner_extends_a_running_local_pool_into_a_replica_region() {
     assert_eq!(r["joined"], true, "{r}");
     let log = std::fs::read_to_string(dir_b.with_extension("runner.log")).unwrap();
     assert!(log.contains("replica region of the pool of"), "{log}");
+
+    // A third region, C (north), extends A too: it serves A's key; a write sent to C lands
+    // in A and reaches B.
+    let dir_c = tmp.path().join("C");
+    let _c = Runner::start(
+        &dir_c,
+        &[
+            "--name",
+            "north",
+            "--extend",
+            dir_a.join("pool.json").to_str().unwrap(),
+        ],
+    );
+    let c = ready_pool(&dir_c).await;
+    until_served(&c, &a, "k1", "C (north)").await;
+    let (s, v) = call(
+        &c,
+        &c,
+        reqwest::Method::POST,
+        "/keys/from-north/create",
+        Some(json!({"kty": "EC", "crv": "P-256"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "a write sent to C: {v}");
+    let (s, _) = call(&a, &a, reqwest::Method::GET, "/keys/from-north", None).await;
+    assert_eq!(s, StatusCode::OK, "C's write landed in A");
+    until_served(&b, &a, "from-north", "B (west), a write taken by C").await;
+    let pool_a = dir_a.join("pool.json");
+    let names = |list: &Value| -> Vec<String> {
+        let mut n: Vec<String> = list
+            .as_array()
+            .unwrap_or_else(|| panic!("a list: {list}"))
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(String::from))
+            .collect();
+        n.sort();
+        n
+    };
+    let listed = kubectl_hsm(&pool_a, &["region", "list"]);
+    assert!(
+        ["east", "north", "west"]
+            .iter()
+            .all(|r| names(&listed).contains(&r.to_string())),
+        "A's topology lists the three regions: {listed}"
+    );
+
+    // Remove north on A: C's writes are refused, and what A takes no longer reaches C
+    // (B still gets it).
+    let left = kubectl_hsm(&pool_a, &["region", "remove", "north"]);
+    assert_eq!(names(&left), vec!["west".to_string()], "{left}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = call(
+            &c,
+            &c,
+            reqwest::Method::POST,
+            "/keys/after-removal/create",
+            Some(json!({"kty": "EC", "crv": "P-256"})),
+        )
+        .await;
+        if !s.is_success() {
+            assert!(
+                s.is_server_error() || s == StatusCode::FORBIDDEN,
+                "a removed region's write fails cleanly: {s} {v}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "C's writes still land 30 s after its removal: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, v) = call(
+        &a,
+        &a,
+        reqwest::Method::POST,
+        "/keys/k2/create",
+        Some(json!({"kty": "EC", "crv": "P-256"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    until_served(&b, &a, "k2", "B (west), still accepted").await;
+    let (s, _) = call(&c, &a, reqwest::Method::GET, "/keys/k2", None).await;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "B already serves k2; C, removed, does not"
+    );
+    let c_view = kubectl_hsm(&dir_c.join("pool.json"), &["region", "status"]);
+    assert_eq!(c_view["primaryRefuses"], true, "{c_view}");
+
+    // Named again with its CA, C follows again and catches up.
+    let back = kubectl_hsm(
+        &pool_a,
+        &[
+            "region",
+            "add",
+            "north",
+            "--ca",
+            c.ca_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        names(&back),
+        vec!["north".to_string(), "west".to_string()],
+        "{back}"
+    );
+    until_served(&c, &a, "k2", "C (north) named again").await;
 }

@@ -135,6 +135,10 @@ pub struct ReplicationStatus {
     pub lag_seconds: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_reachable: Option<bool>,
+    /// A replica: the primary answers but refuses this region (removed there, or named with
+    /// another CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_refuses: Option<bool>,
     /// A primary: each region of `spec.replication.regions` and how far it follows.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub regions: Vec<RegionLag>,

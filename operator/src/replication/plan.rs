@@ -257,6 +257,7 @@ pub fn status(spec: &ReplicationSpec, v: &RegionStatus) -> ReplicationStatus {
         lag_entries: replica.then_some(v.lag_entries as i64),
         lag_seconds: replica.then(|| seconds(v.lag_ms)),
         primary_reachable: replica.then_some(v.primary_reachable),
+        primary_refuses: (replica && v.primary_refuses).then_some(true),
         regions,
         demoted_to: v.demoted_to.clone(),
         demotion_token: v.demotion_token.clone(),
@@ -365,6 +366,14 @@ pub fn condition(
             c::Reason::Joining,
             format!(
                 "joining primary region {}: it must name this region (its spec.replication.regions) and be reachable",
+                v.primary.clone().unwrap_or_default()
+            ),
+        ),
+        (ReplicationRole::Replica, false) if v.primary_refuses => cond(
+            false,
+            c::Reason::PrimaryRefuses,
+            format!(
+                "primary region {} refuses this region (removed from its spec.replication.regions, or named there with another CA): nothing new arrives here and writes are refused; name this region on the primary again",
                 v.primary.clone().unwrap_or_default()
             ),
         ),

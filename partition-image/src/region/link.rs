@@ -7,7 +7,8 @@ use crate::consensus::ProposeError;
 use crate::consensus::region::{Forwarded, PrimaryForwarder};
 use crate::state::Command;
 use keystead_core::region::{
-    Feed, FenceRequest, ForwardReply, JoinReply, JoinRequest, PRIMARY_UNREACHABLE, SnapshotPage,
+    Feed, FenceRequest, ForwardReply, JoinReply, JoinRequest, NOT_ACCEPTED, PRIMARY_UNREACHABLE,
+    SnapshotPage,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Mutex;
@@ -45,6 +46,8 @@ pub struct Progress {
     /// The primary's applied index as last reported.
     pub primary_index: u64,
     pub reachable: bool,
+    /// The primary answered that it does not accept this region (`RegionNotAccepted`).
+    pub refused: bool,
     pub last_contact: Option<Instant>,
     /// Since when this region has been behind the primary (None: caught up).
     pub behind_since: Option<Instant>,
@@ -106,6 +109,13 @@ impl PrimaryLink {
         }
     }
 
+    fn refused(&self, refused: bool) {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refused = refused;
+    }
+
     /// One call, on the endpoints in turn until one is reached.
     async fn call<T: DeserializeOwned>(
         &self,
@@ -148,6 +158,10 @@ impl PrimaryLink {
                 url: url.clone(),
                 detail: e.to_string(),
             })?;
+            self.refused(
+                status == reqwest::StatusCode::FORBIDDEN
+                    && String::from_utf8_lossy(&bytes).contains(NOT_ACCEPTED),
+            );
             if !status.is_success() {
                 let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).to_string();
                 return Err(LinkError::Status {

@@ -197,6 +197,7 @@ impl Regions {
                 p.behind_since.map(millis_since).unwrap_or(0)
             };
             s.primary_reachable = p.reachable;
+            s.primary_refuses = p.refused;
             s.last_contact_ms_ago = p.last_contact.map(millis_since);
         }
         s.regions = self
