@@ -67,11 +67,7 @@ async fn promote(c: &Cluster, i: usize, body: Value) {
 
 /// A primary activated and a replica region `west` of it that has joined.
 async fn two_regions() -> (Cluster, Cluster) {
-    let a = Cluster::start().await;
-    a.activate().await;
-    let b = Cluster::extend(&a, "west").await;
-    b.until_joined().await;
-    (a, b)
+    Cluster::primary_and_replica().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,15 @@ impl Cluster {
         .await
     }
 
+    /// A primary activated and a replica region `west` of it that has joined.
+    pub async fn primary_and_replica() -> (Cluster, Cluster) {
+        let a = Cluster::start().await;
+        a.activate().await;
+        let b = Cluster::extend(&a, "west").await;
+        b.until_joined().await;
+        (a, b)
+    }
+
     /// The region part of partition `i`'s status.
     pub async fn region(&self, i: usize) -> Option<Value> {
         self.status(i).await.map(|v| v["region"].clone())
