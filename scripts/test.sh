@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The whole default test suite. Slow tiers are opt-in:
+#   KEYSTEAD_LONG_REGION_FAULTS=N  the long randomized fault run across two regions (N faults)
 #   KEYSTEAD_LONG_FAULTS=1  the long randomized fault run, every history checked for
 #                           linearizability (hours; see docs/reliability.md)
 #   KEYSTEAD_FUZZ_SECONDS=600 scripts/fuzz.sh   the long fuzzing run (the smoke run is below)
@@ -41,6 +42,11 @@ cargo nextest run --workspace --no-fail-fast --failure-output final
 if [ "${KEYSTEAD_LONG_FAULTS:-}" = "1" ]; then
   echo "== long randomized fault run, every history checked (KEYSTEAD_LONG_FAULTS=1)"
   cargo nextest run -p keystead-partition --test linearizability --run-ignored only --no-capture
+fi
+
+if [ -n "${KEYSTEAD_LONG_REGION_FAULTS:-}" ]; then
+  echo "== long randomized region fault run: ${KEYSTEAD_LONG_REGION_FAULTS} faults (KEYSTEAD_LONG_REGION_FAULTS)"
+  cargo nextest run -p keystead-partition --test regions_faults --run-ignored only --no-capture
 fi
 
 echo "== chart, CRD and example validation"
