@@ -154,6 +154,20 @@ impl Caches {
     }
 }
 
+/// A namespaced kind the operator reads through a cache or the API server.
+pub trait Namespaced:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug
+{
+}
+
+impl<K> Namespaced for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+{
+}
+
 /// One object by namespace and name: from `store` when the operator runs its caches, from
 /// the API server otherwise (the scenario tests' in-memory API server has no watch).
 pub async fn get<K>(
@@ -163,10 +177,7 @@ pub async fn get<K>(
     name: &str,
 ) -> Result<Option<K>, kube::Error>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
+    K: Namespaced,
 {
     match store {
         Some(s) => Ok(s
@@ -183,10 +194,7 @@ pub async fn list<K>(
     ns: &str,
 ) -> Result<Vec<K>, kube::Error>
 where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
+    K: Namespaced,
 {
     match store {
         Some(s) => Ok(s
