@@ -6,6 +6,8 @@
 //! - `softhsm`: the same operations through PKCS#11 on SoftHSM2 (the usual baseline);
 //! - `replication`: replicated creates, sign on one partition vs three, and the healing
 //!   time of a wiped partition, on three partition processes run here;
+//! - `regions`: a replica region's bootstrap time, the primary's write throughput with and
+//!   without it, and the replication lag under sustained writes;
 //! - `report`: a Markdown table with ratios from the JSON lines the others wrote;
 //! - `calls`: a fixed number of requests of one operation, for instruction-count profiles.
 //!
@@ -14,6 +16,7 @@
 mod calls;
 mod load;
 mod raw;
+mod regions;
 mod replication;
 mod report;
 mod runner;
@@ -46,6 +49,8 @@ enum Cmd {
     Raw(BaselineArgs),
     /// The replicated pool: creates, sign on 1 vs 3 partitions, healing of a wiped partition.
     Replication(ReplicationArgs),
+    /// A replica region: bootstrap time, primary write throughput with and without it, lag.
+    Regions(RegionsArgs),
     /// SoftHSM2 through PKCS#11 (a temporary token is made when SOFTHSM2_CONF is unset).
     Softhsm(SofthsmArgs),
     /// Print a Markdown table with ratios from result files (JSON lines).
@@ -147,6 +152,30 @@ struct ReplicationArgs {
     /// Write the healing figures (JSON) to this file.
     #[arg(long, value_name = "FILE")]
     heal_json: Option<PathBuf>,
+    #[command(flatten)]
+    timing: Timing,
+}
+
+#[derive(Args, Debug)]
+struct RegionsArgs {
+    /// A scratch directory (the primary in A/, the region in B/; a previous run is removed).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The partition binary (default: keystead-partition next to this program).
+    #[arg(long, value_name = "BIN")]
+    bin: Option<PathBuf>,
+    /// Concurrent keep-alive HTTPS clients creating on the primary.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Worker threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Keys in the primary when the region joins (its bootstrap).
+    #[arg(long, default_value_t = 100_000)]
+    bootstrap_keys: usize,
+    /// Write the bootstrap and lag figures (JSON) to this file.
+    #[arg(long, value_name = "FILE")]
+    figures_json: Option<PathBuf>,
     #[command(flatten)]
     timing: Timing,
 }
@@ -283,6 +312,30 @@ fn main() -> anyhow::Result<()> {
             write_json(a.timing.json.as_ref(), &rows)?;
             if let Some(p) = &a.heal_json {
                 std::fs::write(p, serde_json::to_vec_pretty(&heal)?)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+            }
+            check_errors(&rows)
+        }
+        Cmd::Regions(a) => {
+            anyhow::ensure!(a.threads > 0, "--threads must be at least 1");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(a.threads)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let opts = regions::Options {
+                bin: a.bin.clone().unwrap_or_else(replication::default_bin),
+                dir: std::path::absolute(&a.dir)?,
+                clients: a.clients,
+                threads: a.threads,
+                warmup: a.timing.warmup,
+                measure: a.timing.duration,
+                bootstrap_keys: a.bootstrap_keys,
+            };
+            let (rows, figures) = rt.block_on(regions::run(&opts))?;
+            write_json(a.timing.json.as_ref(), &rows)?;
+            if let Some(p) = &a.figures_json {
+                std::fs::write(p, serde_json::to_vec_pretty(&figures)?)
                     .with_context(|| format!("cannot write {}", p.display()))?;
             }
             check_errors(&rows)

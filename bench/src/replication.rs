@@ -55,23 +55,46 @@ pub struct HealResult {
 }
 
 /// Three partition processes, killed when dropped.
-struct Procs {
-    bin: PathBuf,
-    configs: Vec<PathBuf>,
-    data_dirs: Vec<PathBuf>,
-    children: Vec<Option<Child>>,
+pub(crate) struct Procs {
+    pub bin: PathBuf,
+    pub configs: Vec<PathBuf>,
+    pub data_dirs: Vec<PathBuf>,
+    pub children: Vec<Option<Child>>,
+    /// A replica region's `serve --region-config` file.
+    pub region_config: Option<PathBuf>,
 }
 
 impl Procs {
-    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+    /// The processes of the pool whose partition configurations are `configs` (not started).
+    pub fn of(
+        bin: PathBuf,
+        configs: Vec<PathBuf>,
+        region_config: Option<PathBuf>,
+    ) -> anyhow::Result<Procs> {
+        let data_dirs = configs
+            .iter()
+            .map(|c| PartitionConfig::load(c).map(|c| c.data_dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Procs {
+            bin,
+            children: (0..configs.len()).map(|_| None).collect(),
+            configs,
+            data_dirs,
+            region_config,
+        })
+    }
+
+    pub fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.configs[i].with_file_name("stderr.log"))?;
-        let child = Command::new(&self.bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.configs[i])
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve").arg("--config").arg(&self.configs[i]);
+        if let Some(r) = &self.region_config {
+            cmd.arg("--region-config").arg(r);
+        }
+        let child = cmd
             .env("KEYSTEAD_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -82,7 +105,7 @@ impl Procs {
         Ok(())
     }
 
-    fn kill(&mut self, i: usize) {
+    pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.children[i].take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -98,7 +121,7 @@ impl Drop for Procs {
     }
 }
 
-async fn status(pool: &Pool, i: usize) -> Option<Value> {
+pub(crate) async fn status(pool: &Pool, i: usize) -> Option<Value> {
     match pool
         .via(&pool.endpoints[i])
         .call(Method::GET, "/admin/status", None)
@@ -110,7 +133,7 @@ async fn status(pool: &Pool, i: usize) -> Option<Value> {
 }
 
 /// Poll `cond` every 20 ms until it holds; the error names `what` after `secs` seconds.
-async fn until<F, Fut>(what: &str, secs: u64, mut cond: F) -> anyhow::Result<()>
+pub(crate) async fn until<F, Fut>(what: &str, secs: u64, mut cond: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -123,7 +146,7 @@ where
     Ok(())
 }
 
-async fn leader(pool: &Pool) -> anyhow::Result<usize> {
+pub(crate) async fn leader(pool: &Pool) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         for i in 0..pool.endpoints.len() {
@@ -138,13 +161,14 @@ async fn leader(pool: &Pool) -> anyhow::Result<usize> {
     }
 }
 
-/// Create `n` EC keys with 32 concurrent creators spread over the partitions.
-async fn preload(pool: &Pool, n: usize) -> anyhow::Result<()> {
+/// Create `n` EC keys (`{prefix}-{k}`) with 32 concurrent creators spread over the partitions.
+pub(crate) async fn preload(pool: &Pool, prefix: &str, n: usize) -> anyhow::Result<()> {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for w in 0..32 {
         let p = pool.via(&pool.endpoints[w % pool.endpoints.len()]);
         let next = next.clone();
+        let prefix = prefix.to_string();
         tasks.push(tokio::spawn(async move {
             loop {
                 let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -153,7 +177,7 @@ async fn preload(pool: &Pool, n: usize) -> anyhow::Result<()> {
                 }
                 p.ok(
                     Method::POST,
-                    &format!("/keys/heal-{k}/create"),
+                    &format!("/keys/{prefix}-{k}/create"),
                     Some(&json!({"kty": "EC-HSM", "crv": "P-256"})),
                 )
                 .await?;
@@ -166,7 +190,7 @@ async fn preload(pool: &Pool, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sign_body(alg: &str) -> bytes::Bytes {
+pub(crate) fn sign_body(alg: &str) -> bytes::Bytes {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"replication bench");
     use base64::Engine;
     let value = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
@@ -185,16 +209,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
         pool_name: "bench-replication".into(),
         extend: None,
     })?;
-    let data_dirs = configs
-        .iter()
-        .map(|c| PartitionConfig::load(c).map(|c| c.data_dir))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut procs = Procs {
-        bin: opts.bin.clone(),
-        children: (0..configs.len()).map(|_| None).collect(),
-        configs,
-        data_dirs,
-    };
+    let mut procs = Procs::of(opts.bin.clone(), configs, None)?;
     for i in 0..3 {
         procs.spawn(i)?;
     }
@@ -306,7 +321,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
     drop(clients);
 
     // 3. Healing of a wiped follower.
-    preload(&pool, opts.heal_keys).await?;
+    preload(&pool, "heal", opts.heal_keys).await?;
     let lead = leader(&pool).await?;
     let f = (lead + 1) % 3;
     let commit = status(&pool, lead)

@@ -1,0 +1,279 @@
+//! `keystead-bench regions`: what a replica region costs the primary and how far behind it is
+//! (docs/regions.md, docs/benchmarks.md).
+//!
+//! Prepares primary pool A (three `serve` processes, the local runner's files) and, later,
+//! replica region B extending it (`local::prepare` with `extend`, named on A, three more
+//! processes with `--region-config`). Then:
+//!
+//! 1. A holds `--bootstrap-keys` EC keys (32 concurrent creators);
+//! 2. **primary write throughput without a region**: closed-loop replicated creates on A's
+//!    leader (each client adding versions to its own key);
+//! 3. **bootstrap**: B is started; the time until every partition of B has joined (holds the
+//!    domain sealed to its transfer key) and has applied A's position (lag 0) — snapshot
+//!    catch-up of every key;
+//! 4. **primary write throughput with the region**: the same creates on A while B follows;
+//! 5. **replication lag under sustained writes**: during (4) a probe creates a key on A every
+//!    100 ms and measures from A's answer until a partition of B (in turn) serves it.
+
+use crate::load::{self, Pool, Window};
+use crate::replication::{Procs, leader, preload, status, until};
+use crate::stats::{OpResult, server_pids};
+use anyhow::Context;
+use keystead_partition::local::{
+    LocalOptions, PoolFile, REGION_CONFIG, name_region_on_primary, prepare,
+};
+use reqwest::Method;
+use serde::Serialize;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub bin: PathBuf,
+    /// A scratch directory: the primary in `A/`, the region in `B/` (a previous run removed).
+    pub dir: PathBuf,
+    pub clients: usize,
+    pub threads: usize,
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub bootstrap_keys: usize,
+}
+
+/// The figures that are not throughput rows.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionFigures {
+    pub bootstrap_keys: usize,
+    /// From the start of B's processes until every partition of B joined and reached lag 0.
+    pub bootstrap_s: f64,
+    pub lag_samples: usize,
+    pub lag_p50_ms: f64,
+    pub lag_p99_ms: f64,
+    pub lag_max_ms: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let k = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[k.min(sorted.len() - 1)]
+}
+
+async fn pool_up(procs: &mut Procs, dir: &std::path::Path) -> anyhow::Result<Pool> {
+    for i in 0..procs.configs.len() {
+        procs.spawn(i)?;
+    }
+    let pool = Pool::load(dir)?;
+    until("the three partitions answer", 120, || async {
+        for i in 0..3 {
+            if status(&pool, i).await.is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+    Ok(pool)
+}
+
+pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures)> {
+    anyhow::ensure!(opts.clients > 0, "--clients must be at least 1");
+    if opts.dir.exists() {
+        std::fs::remove_dir_all(&opts.dir)
+            .with_context(|| format!("cannot remove the previous run in {}", opts.dir.display()))?;
+    }
+    let (dir_a, dir_b) = (opts.dir.join("A"), opts.dir.join("B"));
+    let (configs, _) = prepare(&LocalOptions {
+        dir: dir_a.clone(),
+        partitions: 3,
+        pool_name: "east".into(),
+        extend: None,
+    })?;
+    let mut procs_a = Procs::of(opts.bin.clone(), configs, None)?;
+    let a = pool_up(&mut procs_a, &dir_a).await?;
+    load::ensure_active(&a).await?;
+    load::ensure_crypto_user(&a).await?;
+    until("every partition of A holds the domain", 60, || async {
+        for i in 0..3 {
+            match status(&a, i).await {
+                Some(v) if v["domainLoaded"] == true => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await?;
+    let lead = leader(&a).await?;
+
+    // 1. The keys B will bootstrap.
+    let t = Instant::now();
+    preload(&a, "boot", opts.bootstrap_keys).await?;
+    eprintln!(
+        "primary ready: leader p{lead}; {} keys created in {:.1} s",
+        opts.bootstrap_keys,
+        t.elapsed().as_secs_f64()
+    );
+
+    let clients: Vec<reqwest::Client> = (0..opts.clients)
+        .map(|_| load::https_client(&a.ca_pem))
+        .collect::<anyhow::Result<_>>()?;
+    let auth: Arc<str> = Arc::from(format!("Bearer {}", a.token));
+    let create = bytes::Bytes::from(json!({"kty": "EC-HSM", "crv": "P-256"}).to_string());
+    let urls: Vec<Arc<str>> = (0..opts.clients)
+        .map(|c| {
+            Arc::from(
+                a.via(&a.endpoints[lead])
+                    .url(&format!("/keys/bench-create-{c}/create")),
+            )
+        })
+        .collect();
+    let window = |pids: Vec<u32>| Window {
+        clients: &clients,
+        urls: urls.clone(),
+        auth: auth.clone(),
+        body: create.clone(),
+        warmup: opts.warmup,
+        measure: opts.measure,
+        pids,
+        threads: opts.threads,
+    };
+    let mut rows = Vec::new();
+    let mut push = |mut r: OpResult, label: &str| {
+        r.label = Some(label.to_string());
+        println!("{} [{label}]", r.line());
+        rows.push(r);
+    };
+
+    // 2. Without a region.
+    push(
+        load::measure(
+            "ec-p256-create",
+            window(server_pids(&dir_a.to_string_lossy())),
+        )
+        .await?,
+        "primary creates on the leader, no region",
+    );
+
+    // 3. B joins and bootstraps.
+    let (configs_b, pool_b) = prepare(&LocalOptions {
+        dir: dir_b.clone(),
+        partitions: 3,
+        pool_name: "west".into(),
+        extend: Some(dir_a.join("pool.json")),
+    })?;
+    let primary = PoolFile::load(&dir_a.join("pool.json"))?;
+    let ca_b = std::fs::read_to_string(&pool_b.ca_file)?;
+    name_region_on_primary(&primary, "west", &ca_b).await?;
+    let target = status(&a, lead)
+        .await
+        .and_then(|v| v["appliedIndex"].as_u64())
+        .context("the primary's leader does not report its applied index")?;
+    let mut procs_b = Procs::of(opts.bin.clone(), configs_b, Some(dir_b.join(REGION_CONFIG)))?;
+    let t0 = Instant::now();
+    let b = pool_up(&mut procs_b, &dir_b).await?;
+    until(
+        "every partition of B joined and caught up",
+        1800,
+        || async {
+            for i in 0..3 {
+                match status(&b, i).await {
+                    Some(v)
+                        if v["region"]["joined"] == true
+                            && v["domainLoaded"] == true
+                            && v["region"]["appliedPrimaryIndex"].as_u64() >= Some(target) => {}
+                    _ => return false,
+                }
+            }
+            true
+        },
+    )
+    .await?;
+    let bootstrap = t0.elapsed();
+    println!(
+        "bootstrap: region B joined and applied {} keys (primary index {target}) in {:.2} s",
+        opts.bootstrap_keys,
+        bootstrap.as_secs_f64()
+    );
+
+    // 4 and 5. With the region, and the lag probe beside the load.
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = {
+        let (a, b, stop) = (
+            a.via(&a.endpoints[lead]),
+            b.via(&b.endpoints[0]),
+            stop.clone(),
+        );
+        let warmup = opts.warmup;
+        tokio::spawn(async move {
+            tokio::time::sleep(warmup).await;
+            let mut lags = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("probe-{n}");
+                let started = Instant::now();
+                let created = a
+                    .call(
+                        Method::POST,
+                        &format!("/keys/{name}/create"),
+                        Some(&json!({"kty": "EC-HSM", "crv": "P-256"})),
+                    )
+                    .await;
+                if !matches!(&created, Ok((s, _)) if s.is_success()) {
+                    anyhow::bail!("probe create {name} on A failed: {created:?}");
+                }
+                let acked = Instant::now();
+                let via = b.via(&b.endpoints[n % b.endpoints.len()]);
+                loop {
+                    if let Ok((s, _)) = via.call(Method::GET, &format!("/keys/{name}"), None).await
+                        && s.is_success()
+                    {
+                        break;
+                    }
+                    anyhow::ensure!(
+                        acked.elapsed() < Duration::from_secs(60),
+                        "B did not serve {name} within 60 s"
+                    );
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                lags.push(acked.elapsed().as_secs_f64() * 1000.0);
+                n += 1;
+                let next = started + Duration::from_millis(100);
+                tokio::time::sleep_until(next.into()).await;
+            }
+            anyhow::Ok(lags)
+        })
+    };
+    let mut pids = server_pids(&dir_a.to_string_lossy());
+    pids.extend(server_pids(&dir_b.to_string_lossy()));
+    push(
+        load::measure("ec-p256-create", window(pids)).await?,
+        "primary creates on the leader, one replica region following",
+    );
+    stop.store(true, Ordering::Relaxed);
+    let mut lags = probe.await.context("the lag probe panicked")??;
+    lags.sort_by(f64::total_cmp);
+    let figures = RegionFigures {
+        bootstrap_keys: opts.bootstrap_keys,
+        bootstrap_s: bootstrap.as_secs_f64(),
+        lag_samples: lags.len(),
+        lag_p50_ms: percentile(&lags, 0.50),
+        lag_p99_ms: percentile(&lags, 0.99),
+        lag_max_ms: lags.last().copied().unwrap_or(f64::NAN),
+    };
+    println!(
+        "replication lag under sustained creates ({} clients on A): {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        opts.clients,
+        figures.lag_samples,
+        figures.lag_p50_ms,
+        figures.lag_p99_ms,
+        figures.lag_max_ms
+    );
+    drop(clients);
+    drop(procs_b);
+    drop(procs_a);
+    Ok((rows, figures))
+}
