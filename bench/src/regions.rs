@@ -47,12 +47,28 @@ pub struct Options {
 #[serde(rename_all = "camelCase")]
 pub struct RegionFigures {
     pub bootstrap_keys: usize,
+    /// After the preload: the largest resident set of A's partitions, and the size of the
+    /// leader's latest snapshot on disk (what a bootstrapping region receives, in pages).
+    pub primary_rss_mb: f64,
+    pub snapshot_mb: f64,
     /// From the start of B's processes until every partition of B joined and reached lag 0.
     pub bootstrap_s: f64,
     pub lag_samples: usize,
     pub lag_p50_ms: f64,
     pub lag_p99_ms: f64,
     pub lag_max_ms: f64,
+}
+
+/// Resident set of a process (MiB), from `/proc/PID/status`.
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -112,8 +128,14 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
     // 1. The keys B will bootstrap.
     let t = Instant::now();
     preload(&a, "boot", opts.bootstrap_keys).await?;
-    eprintln!(
-        "primary ready: leader p{lead}; {} keys created in {:.1} s",
+    let primary_rss_mb = server_pids(&dir_a.to_string_lossy())
+        .into_iter()
+        .map(rss_mb)
+        .fold(0.0, f64::max);
+    let snapshot_mb = std::fs::metadata(procs_a.data_dirs[lead].join("raft/snapshot.json"))
+        .map_or(f64::NAN, |m| m.len() as f64 / (1024.0 * 1024.0));
+    println!(
+        "primary: {} keys created in {:.1} s; largest partition RSS {primary_rss_mb:.0} MiB; leader's snapshot {snapshot_mb:.1} MiB",
         opts.bootstrap_keys,
         t.elapsed().as_secs_f64()
     );
@@ -258,6 +280,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
     lags.sort_by(f64::total_cmp);
     let figures = RegionFigures {
         bootstrap_keys: opts.bootstrap_keys,
+        primary_rss_mb,
+        snapshot_mb,
         bootstrap_s: bootstrap.as_secs_f64(),
         lag_samples: lags.len(),
         lag_p50_ms: percentile(&lags, 0.50),
