@@ -89,19 +89,56 @@ impl Fault {
     }
 }
 
+/// On a failure (the test thread unwinding), the six partitions' logs are copied to
+/// `$TMPDIR/keystead-failed-regions-<pid>/` (the pools' directories go with the test).
+struct KeepLogs(Arc<[Cluster; 2]>);
+
+impl Drop for KeepLogs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let keep =
+            std::env::temp_dir().join(format!("keystead-failed-regions-{}", std::process::id()));
+        if std::fs::create_dir_all(&keep).is_err() {
+            return;
+        }
+        for (c, region) in self.0.iter().zip(["A", "B"]) {
+            for (i, cfg) in c.configs.iter().enumerate() {
+                let _ = std::fs::copy(
+                    cfg.with_file_name("stderr.log"),
+                    keep.join(format!("{region}-p{i}.stderr.log")),
+                );
+            }
+        }
+        eprintln!("the partitions' logs are kept in {}", keep.display());
+    }
+}
+
+/// Each partition's status, printed when a region does not serve again in time.
+async fn print_statuses(regions: &[Cluster; 2]) {
+    for (c, region) in regions.iter().zip(["A", "B"]) {
+        for i in 0..N {
+            eprintln!("{region} p{i}: {:?}", c.status(i).await);
+        }
+    }
+}
+
 /// What a region must show again after a fault: every partition ready with its domain, and
 /// (the replica) joined.
-async fn serving_again(c: &Cluster, replica: bool) {
+async fn serving_again(regions: &[Cluster; 2], region: usize) {
+    let c = &regions[region];
+    let deadline = Instant::now() + Duration::from_secs(120);
     for i in 0..N {
-        c.until(
-            "the partition serves again after the fault",
-            120,
-            || async move {
-                matches!(c.status(i).await, Some(v)
-                if v["domainLoaded"] == true && (!replica || v["region"]["joined"] == true))
-            },
-        )
-        .await;
+        while !matches!(c.status(i).await, Some(v)
+            if v["domainLoaded"] == true && (region == 0 || v["region"]["joined"] == true))
+        {
+            if Instant::now() > deadline {
+                print_statuses(regions).await;
+                panic!("partition {i} of region {region} does not serve again within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -113,6 +150,7 @@ async fn run(faults: usize) {
     let mut rng = Rng(seed);
     let (a, b) = Cluster::primary_and_replica().await;
     let regions = Arc::new([a, b]);
+    let _keep = KeepLogs(regions.clone());
     // Acknowledged creates: name → (kid path, public x), and every name attempted.
     let acked = Arc::new(Mutex::new(BTreeMap::<String, (String, Value)>::new()));
     let tried = Arc::new(Mutex::new(BTreeSet::<String>::new()));
@@ -181,7 +219,7 @@ async fn run(faults: usize) {
             }
         }
         *by_kind.entry(f.kind()).or_default() += 1;
-        serving_again(c, f.region() == 1).await;
+        serving_again(&regions, f.region()).await;
         // Progress: writes are acknowledged again after every fault.
         let healed = count();
         regions[0]

@@ -49,7 +49,7 @@ impl Cluster {
     /// Wait until every partition of this replica region has joined and holds the domain.
     pub async fn until_joined(&self) {
         for i in 0..N {
-            self.until("the region joined its primary", 60, || async move {
+            self.until("the region joined its primary", 120, || async move {
                 matches!(self.status(i).await, Some(v) if v["domainLoaded"] == true && v["region"]["joined"] == true)
             })
             .await;

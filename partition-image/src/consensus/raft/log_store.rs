@@ -52,7 +52,16 @@ struct Inner {
     vote: Option<Vote<NodeId>>,
     /// Set when a write to `log.jsonl` failed: what is on disk is unknown from then on.
     failed: Option<String>,
+    /// Entries purged from the log (after a snapshot), kept in memory only for replica
+    /// regions' feeds ([`LogStore::entries_after`]), at most [`REGION_TAIL_BYTES`] of them.
+    /// A region behind the log by less than this resumes from it instead of re-reading a
+    /// snapshot — which, under sustained writes, could take longer than the log lasts.
+    tail: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    tail_bytes: usize,
 }
+
+/// Serialized bytes of purged entries kept for replica regions (in memory, per partition).
+pub const REGION_TAIL_BYTES: usize = 16 * 1024 * 1024;
 
 /// The log store (cheap to clone; clones share the same log).
 #[derive(Clone)]
@@ -180,6 +189,8 @@ impl LogStore {
             committed: replayed.committed,
             vote,
             failed: None,
+            tail: BTreeMap::new(),
+            tail_bytes: 0,
         };
         Ok(LogStore {
             inner: Arc::new(Mutex::new(inner)),
@@ -199,19 +210,17 @@ impl LogStore {
         max: usize,
     ) -> Option<Vec<Entry<TypeConfig>>> {
         let i = self.lock();
-        if i.last_purged.is_some_and(|p| p.index > after) {
+        let purged_past = i.last_purged.is_some_and(|p| p.index > after);
+        // Purged past `after`: served from the kept tail if it still reaches back that far.
+        if purged_past && !i.tail.contains_key(&(after + 1)) {
             return None;
         }
         if after >= upto {
             return Some(Vec::new());
         }
-        Some(
-            i.entries
-                .range(after + 1..=upto)
-                .take(max)
-                .map(|(_, e)| e.clone())
-                .collect(),
-        )
+        let from_tail = i.tail.range(after + 1..=upto).map(|(_, (e, _))| e.clone());
+        let from_log = i.entries.range(after + 1..=upto).map(|(_, e)| e.clone());
+        Some(from_tail.chain(from_log).take(max).collect())
     }
 
     /// Whether nothing was ever logged or voted here (a fresh or wiped partition).
@@ -388,7 +397,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut i = self.lock();
-        i.entries = i.entries.split_off(&(log_id.index + 1));
+        let kept = i.entries.split_off(&(log_id.index + 1));
+        let purged = std::mem::replace(&mut i.entries, kept);
+        // The tail stays one contiguous run ending where the log now starts; anything else
+        // (a snapshot installed over a gap) starts it afresh, or empties it.
+        let first = purged.first_key_value().map(|(&k, _)| k);
+        let contiguous = first.is_some_and(|f| {
+            purged.len() as u64 == log_id.index + 1 - f
+                && purged
+                    .last_key_value()
+                    .is_some_and(|(&l, _)| l == log_id.index)
+        });
+        let continues = i
+            .tail
+            .last_key_value()
+            .is_none_or(|(&l, _)| Some(l + 1) == first);
+        if !contiguous || !continues {
+            i.tail.clear();
+            i.tail_bytes = 0;
+        }
+        for (index, e) in purged.into_iter().filter(|_| contiguous) {
+            let n = serde_json::to_vec(&e).map_or(0, |v| v.len());
+            i.tail_bytes += n;
+            i.tail.insert(index, (e, n));
+        }
+        while i.tail_bytes > REGION_TAIL_BYTES {
+            let Some((_, (_, n))) = i.tail.pop_first() else {
+                break;
+            };
+            i.tail_bytes -= n;
+        }
         i.last_purged = Some(log_id);
         i.compact().map_err(io_err)?;
         Ok(())
@@ -454,6 +492,36 @@ mod tests {
             log.blocking_append([e.clone()]).await.expect("append");
         }
         std::fs::read(dir.join("log.jsonl")).expect("read log.jsonl")
+    }
+
+    #[tokio::test]
+    async fn a_region_feed_reads_purged_entries_from_the_kept_tail_and_never_across_a_gap() {
+        use openraft::storage::RaftLogStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        for i in 1..=10 {
+            log.blocking_append([entry(1, i, &format!("k{i}"))])
+                .await
+                .unwrap();
+        }
+        let ids = |v: Option<Vec<Entry<TypeConfig>>>| {
+            v.map(|v| v.iter().map(|e| e.log_id.index).collect::<Vec<_>>())
+        };
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 5))
+            .await
+            .unwrap();
+        // Purged from the log, still served to a region from the tail, in order, bounded.
+        assert_eq!(ids(log.entries_after(2, 10, 100)), Some((3..=10).collect()));
+        assert_eq!(ids(log.entries_after(0, 10, 4)), Some(vec![1, 2, 3, 4]));
+        assert_eq!(ids(log.entries_after(7, 10, 100)), Some(vec![8, 9, 10]));
+        // A purge past what this log holds (a snapshot installed over a gap): the tail goes,
+        // a region behind it needs a snapshot — never entries after a hole.
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 20))
+            .await
+            .unwrap();
+        assert_eq!(ids(log.entries_after(2, 30, 100)), None);
+        assert_eq!(ids(log.entries_after(12, 30, 100)), None);
+        assert_eq!(ids(log.entries_after(20, 30, 100)), Some(vec![]));
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ pub use keystead_core::store as dest;
 pub mod format;
 pub mod job;
 mod restore;
+pub(crate) use restore::{STAGE_BYTES, stages};
 pub mod run;
 pub use restore::{RestoreReport, check_backup, restore_full, restore_key};
 

@@ -171,14 +171,14 @@ pub async fn restore_full(
 /// the backup: an append request of up to 64 of them must reach a follower, be parsed and
 /// made durable within openraft's append timeout (one heartbeat interval, 150 ms), and
 /// stay far below a peer request's size limit (docs/backup.md).
-const STAGE_BYTES: usize = 16 * 1024;
+pub(crate) const STAGE_BYTES: usize = 16 * 1024;
 
 /// Stage commands proposed at once during a full restore.
 const STAGES_IN_FLIGHT: usize = 32;
 
 /// Split `items` into runs of at most `budget` bytes of JSON (a larger item goes alone;
 /// `None`: one run).
-fn stages<T: serde::Serialize>(
+pub(crate) fn stages<T: serde::Serialize>(
     items: Vec<T>,
     budget: Option<usize>,
 ) -> Result<Vec<Vec<T>>, BackupError> {

@@ -6,6 +6,7 @@
 use crate::audit::AuditRecord;
 use crate::region::link::{LinkError, PrimaryLink, RETRY};
 use crate::service::app::App;
+use crate::service::backup::{STAGE_BYTES, stages};
 use crate::state::{Command, ReplicaOf};
 use keystead_core::region::JoinRequest;
 use std::sync::Arc;
@@ -192,16 +193,41 @@ async fn bootstrap(app: &Arc<App>, link: &PrimaryLink) -> anyhow::Result<()> {
     loop {
         let last = page.last;
         let next = page.page + 1;
-        app.store
-            .propose_local(Command::RegionStage {
-                command: Box::new(Command::RestoreStage {
-                    id: id.clone(),
-                    keys: page.keys,
-                    deleted: page.deleted,
-                    rbac: page.rbac.map(Box::new),
-                }),
-            })
-            .await?;
+        // A page (<= 256 KiB on the wire) is staged in commands of the restore's bounded
+        // size: an append request of 64 of them must reach a follower of this region and be
+        // made durable within one heartbeat interval (pages staged whole stalled this
+        // region's own group under load).
+        let keys = stages(page.keys, Some(STAGE_BYTES)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let deleted =
+            stages(page.deleted, Some(STAGE_BYTES)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let runs = keys
+            .into_iter()
+            .map(|k| (k, Vec::new()))
+            .chain(deleted.into_iter().map(|d| (Vec::new(), d)));
+        for (keys, deleted) in runs {
+            app.store
+                .propose_local(Command::RegionStage {
+                    command: Box::new(Command::RestoreStage {
+                        id: id.clone(),
+                        keys,
+                        deleted,
+                        rbac: None,
+                    }),
+                })
+                .await?;
+        }
+        if let Some(rbac) = page.rbac {
+            app.store
+                .propose_local(Command::RegionStage {
+                    command: Box::new(Command::RestoreStage {
+                        id: id.clone(),
+                        keys: Vec::new(),
+                        deleted: Vec::new(),
+                        rbac: Some(Box::new(rbac)),
+                    }),
+                })
+                .await?;
+        }
         if last {
             break;
         }
