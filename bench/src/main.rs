@@ -293,12 +293,7 @@ fn main() -> anyhow::Result<()> {
             check_errors(&rows)
         }
         Cmd::Replication(a) => {
-            anyhow::ensure!(a.threads > 0, "--threads must be at least 1");
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(a.threads)
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
+            let rt = runtime(a.threads)?;
             let opts = replication::Options {
                 bin: a.bin.clone().unwrap_or_else(replication::default_bin),
                 dir: std::path::absolute(&a.dir)?,
@@ -310,19 +305,11 @@ fn main() -> anyhow::Result<()> {
             };
             let (rows, heal) = rt.block_on(replication::run(&opts))?;
             write_json(a.timing.json.as_ref(), &rows)?;
-            if let Some(p) = &a.heal_json {
-                std::fs::write(p, serde_json::to_vec_pretty(&heal)?)
-                    .with_context(|| format!("cannot write {}", p.display()))?;
-            }
+            write_figures(a.heal_json.as_ref(), &heal)?;
             check_errors(&rows)
         }
         Cmd::Regions(a) => {
-            anyhow::ensure!(a.threads > 0, "--threads must be at least 1");
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(a.threads)
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
+            let rt = runtime(a.threads)?;
             let opts = regions::Options {
                 bin: a.bin.clone().unwrap_or_else(replication::default_bin),
                 dir: std::path::absolute(&a.dir)?,
@@ -334,10 +321,7 @@ fn main() -> anyhow::Result<()> {
             };
             let (rows, figures) = rt.block_on(regions::run(&opts))?;
             write_json(a.timing.json.as_ref(), &rows)?;
-            if let Some(p) = &a.figures_json {
-                std::fs::write(p, serde_json::to_vec_pretty(&figures)?)
-                    .with_context(|| format!("cannot write {}", p.display()))?;
-            }
+            write_figures(a.figures_json.as_ref(), &figures)?;
             check_errors(&rows)
         }
         Cmd::Calls(a) => {
@@ -366,6 +350,25 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A multi-threaded runtime with `threads` workers (the load generator's threads).
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    anyhow::ensure!(threads > 0, "--threads must be at least 1");
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Figures that are not result rows, as pretty JSON, when a file was asked for.
+fn write_figures(path: Option<&PathBuf>, figures: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, serde_json::to_vec_pretty(figures)?)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    Ok(())
 }
 
 fn check_errors_if_any(rows: &[OpResult]) -> anyhow::Result<()> {

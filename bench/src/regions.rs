@@ -15,8 +15,8 @@
 //! 5. **replication lag under sustained writes**: during (4) a probe creates a key on A every
 //!    100 ms and measures from A's answer until a partition of B (in turn) serves it.
 
-use crate::load::{self, Pool, Window};
-use crate::replication::{Procs, leader, preload, status, until};
+use crate::load::{self, Window};
+use crate::replication::{Procs, activate, preload, start_pool, status, until};
 use crate::stats::{OpResult, server_pids};
 use anyhow::Context;
 use keystead_partition::local::{
@@ -79,23 +79,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[k.min(sorted.len() - 1)]
 }
 
-async fn pool_up(procs: &mut Procs, dir: &std::path::Path) -> anyhow::Result<Pool> {
-    for i in 0..procs.configs.len() {
-        procs.spawn(i)?;
-    }
-    let pool = Pool::load(dir)?;
-    until("the three partitions answer", 120, || async {
-        for i in 0..3 {
-            if status(&pool, i).await.is_none() {
-                return false;
-            }
-        }
-        true
-    })
-    .await?;
-    Ok(pool)
-}
-
 pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures)> {
     anyhow::ensure!(opts.clients > 0, "--clients must be at least 1");
     if opts.dir.exists() {
@@ -110,20 +93,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         extend: None,
     })?;
     let mut procs_a = Procs::of(opts.bin.clone(), configs, None)?;
-    let a = pool_up(&mut procs_a, &dir_a).await?;
-    load::ensure_active(&a).await?;
-    load::ensure_crypto_user(&a).await?;
-    until("every partition of A holds the domain", 60, || async {
-        for i in 0..3 {
-            match status(&a, i).await {
-                Some(v) if v["domainLoaded"] == true => {}
-                _ => return false,
-            }
-        }
-        true
-    })
-    .await?;
-    let lead = leader(&a).await?;
+    let a = start_pool(&mut procs_a, &dir_a).await?;
+    let lead = activate(&a).await?;
 
     // 1. The keys B will bootstrap.
     let t = Instant::now();
@@ -196,7 +167,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         .context("the primary's leader does not report its applied index")?;
     let mut procs_b = Procs::of(opts.bin.clone(), configs_b, Some(dir_b.join(REGION_CONFIG)))?;
     let t0 = Instant::now();
-    let b = pool_up(&mut procs_b, &dir_b).await?;
+    let b = start_pool(&mut procs_b, &dir_b).await?;
     until(
         "every partition of B joined and caught up",
         1800,

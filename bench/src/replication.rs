@@ -190,6 +190,42 @@ pub(crate) async fn preload(pool: &Pool, prefix: &str, n: usize) -> anyhow::Resu
     Ok(())
 }
 
+/// Start `procs` and wait until its three partitions answer (the pool's files in `dir`).
+pub(crate) async fn start_pool(procs: &mut Procs, dir: &Path) -> anyhow::Result<Pool> {
+    for i in 0..procs.configs.len() {
+        procs.spawn(i)?;
+    }
+    let pool = Pool::load(dir)?;
+    until("the three partitions answer", 120, || async {
+        for i in 0..3 {
+            if status(&pool, i).await.is_none() {
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+    Ok(pool)
+}
+
+/// Activate the pool (a throwaway download), grant the admin Crypto User, wait until every
+/// partition holds the domain; the leader's index.
+pub(crate) async fn activate(pool: &Pool) -> anyhow::Result<usize> {
+    load::ensure_active(pool).await?;
+    load::ensure_crypto_user(pool).await?;
+    until("every partition holds the domain", 60, || async {
+        for i in 0..3 {
+            match status(pool, i).await {
+                Some(v) if v["domainLoaded"] == true => {}
+                _ => return false,
+            }
+        }
+        true
+    })
+    .await?;
+    leader(pool).await
+}
+
 pub(crate) fn sign_body(alg: &str) -> bytes::Bytes {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"replication bench");
     use base64::Engine;
@@ -210,32 +246,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
         extend: None,
     })?;
     let mut procs = Procs::of(opts.bin.clone(), configs, None)?;
-    for i in 0..3 {
-        procs.spawn(i)?;
-    }
-    let pool = Pool::load(&opts.dir)?;
-    until("the three partitions answer", 120, || async {
-        for i in 0..3 {
-            if status(&pool, i).await.is_none() {
-                return false;
-            }
-        }
-        true
-    })
-    .await?;
-    load::ensure_active(&pool).await?;
-    load::ensure_crypto_user(&pool).await?;
-    until("every partition holds the domain", 60, || async {
-        for i in 0..3 {
-            match status(&pool, i).await {
-                Some(v) if v["domainLoaded"] == true => {}
-                _ => return false,
-            }
-        }
-        true
-    })
-    .await?;
-    let lead = leader(&pool).await?;
+    let pool = start_pool(&mut procs, &opts.dir).await?;
+    let lead = activate(&pool).await?;
     eprintln!(
         "pool ready: leader p{lead}; {} clients, {} generator thread(s), {:?} + {:?} per run",
         opts.clients, opts.threads, opts.warmup, opts.measure
