@@ -175,6 +175,36 @@ pub struct Feed<C> {
     /// from there, without re-seeding).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_at: Option<u64>,
+    /// A demoted primary: whom every region it fed follows next, from which index on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
+}
+
+/// A demoted primary's hand-over (planned switchover), in its feed and position answers: a
+/// region that has applied `last_index` follows `to` once `to` is promoted at `epoch`, and
+/// `to` accepts the other regions (`regions`) when it is promoted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Handover {
+    pub to: String,
+    /// The new primary's endpoints (as the demotion named them).
+    pub endpoints: Vec<String>,
+    /// The CA `to` was accepted with (its partitions' certificates chain to it).
+    pub ca_certificate: String,
+    pub epoch: u64,
+    /// The demoted primary's last index: nothing replicated comes after it.
+    pub last_index: u64,
+    /// The other regions the demoted primary accepted, with their CAs.
+    #[serde(default)]
+    pub regions: Vec<HandoverRegion>,
+}
+
+/// A region handed over with a switchover: its name and the CA it was accepted with.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoverRegion {
+    pub name: String,
+    pub ca_certificate: String,
 }
 
 /// `GET /internal/region/snapshot?session=S&page=P`: one page of a consistent copy of the
@@ -215,7 +245,15 @@ pub struct DemoteRequest {
     /// Its partitions' endpoints (this pool follows it once it is promoted; their server
     /// certificates chain to the CA the region was accepted with).
     pub endpoints: Vec<String>,
+    /// How long to wait for every region to apply the demoted primary's last index before
+    /// answering (default 60, at most 300). The demotion stands when the wait runs out:
+    /// calling demote again with the same `to` waits again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<u64>,
 }
+
+/// The error code of a demotion whose regions have not all applied its last index yet.
+pub const REGIONS_NOT_CAUGHT_UP: &str = "RegionsNotCaughtUp";
 
 /// `POST /admin/regions/demote` answer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -169,7 +169,11 @@ async fn demote(
         .call(
             reqwest::Method::POST,
             "/admin/regions/demote",
-            Some(&DemoteRequest { to, endpoints }),
+            Some(&DemoteRequest {
+                to,
+                endpoints,
+                wait_seconds: None,
+            }),
         )
         .await?;
     match pool.output {

@@ -8,6 +8,8 @@
 //! - SIGKILL of every partition of A: B keeps serving reads and crypto and refuses writes
 //!   with a 503 Key Vault error naming the primary and how to promote; failover then;
 //! - planned switchover under continuous writes loses nothing; the old primary follows;
+//! - with three regions, the demotion waits until every region applied its last index, and
+//!   the third region follows the new primary by itself;
 //! - after a failover the returning old primary is fenced, lists its lost writes, follows;
 //! - a region joining after A's log was compacted catches up from a streamed snapshot;
 //! - a pool whose CA A does not accept cannot obtain the domain (refused and audited); named,
@@ -514,6 +516,122 @@ async fn planned_switchover_under_continuous_writes_loses_nothing_and_the_old_pr
         })
     };
     assert!(audited(&a, "RegionDemote") && audited(&b, "RegionPromote"));
+}
+
+/// Until every partition of `c` follows `primary` at `epoch`.
+async fn until_following(c: &Cluster, primary: &str, epoch: u64, pools: &[&Cluster]) {
+    for i in 0..N {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(c.region(i).await, Some(r) if r["role"] == "Replica" && r["primary"] == primary && r["epoch"] == epoch)
+        {
+            if Instant::now() > deadline {
+                dump_logs(pools);
+                panic!(
+                    "partition {i} does not follow {primary} at epoch {epoch}: {:?}",
+                    c.region(i).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_waits_for_every_region_and_the_third_region_follows_the_new_primary() {
+    let (a, b) = two_regions().await;
+    let c = Cluster::extend(&a, "north").await;
+    c.until_joined().await;
+    let before: Vec<String> = (0..6).map(|k| format!("before-{k}")).collect();
+    for (k, name) in before.iter().enumerate() {
+        a.create(k % N, name).await.expect("a write in A");
+    }
+    // North is stopped: the demotion cannot hand over while it has not applied A's last
+    // index — it answers which region is behind, publishes no token, and takes no writes.
+    for i in 0..N {
+        c.pause(i);
+    }
+    let endpoints: Vec<String> = (0..N).map(|i| b.url(i).to_string()).collect();
+    let (s, v) = a
+        .call(
+            0,
+            Method::POST,
+            "/admin/regions/demote",
+            Some(json!({"to": "west", "endpoints": endpoints, "waitSeconds": 2})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    let text = v.to_string();
+    assert!(
+        text.contains("RegionsNotCaughtUp") && text.contains("'north'"),
+        "{v}"
+    );
+    for i in 0..N {
+        let r = a.region(i).await.expect("A's status");
+        assert!(r["demotionToken"].is_null(), "token published early: {r}");
+        assert_eq!(r["demotedTo"], "west", "{r}");
+    }
+    assert!(
+        a.create(1, "after-demotion").await.is_err(),
+        "a demoted primary takes no writes"
+    );
+    for i in 0..N {
+        c.resume(i);
+    }
+    // Called again, the demotion waits again: north catches up and the token is published.
+    let (s, v) = a
+        .call(
+            1,
+            Method::POST,
+            "/admin/regions/demote",
+            Some(json!({"to": "west", "endpoints": endpoints})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = v["token"].as_str().expect("a token").to_string();
+    a.until("every partition of A publishes the token", 30, || async {
+        let mut all = true;
+        for i in 0..N {
+            all &= matches!(a.region(i).await, Some(r) if r["demotionToken"] == token.as_str());
+        }
+        all
+    })
+    .await;
+    promote(&b, 0, json!({"token": token})).await;
+    // The old primary and north both follow west, without re-seeding.
+    until_following(&a, "west", 2, &[&a, &b, &c]).await;
+    until_following(&c, "west", 2, &[&a, &b, &c]).await;
+    let a_name = a.region(0).await.expect("A's status")["name"].clone();
+    let west = b.region(0).await.expect("west's status");
+    let accepted: Vec<&Value> = west["accepted"]
+        .as_array()
+        .map(|l| l.iter().map(|r| &r["name"]).collect())
+        .unwrap_or_default();
+    assert!(
+        accepted.contains(&&json!("north")) && accepted.contains(&&a_name),
+        "west accepts A and north: {west}"
+    );
+    // A write through north lands in west and is served by north at once.
+    let through_north = c.create(2, "through-north").await.expect("a write via north");
+    assert!(b.has_key(0, "through-north").await);
+    let (s, v) = c.call(1, Method::GET, "/keys/through-north", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["key"]["x"], through_north["key"]["x"]);
+    // A write in west reaches north and A; everything written before is everywhere.
+    b.create(1, "in-west").await.expect("a write in west");
+    for (pool, name) in [(&a, "A"), (&c, "north")] {
+        pool.until(&format!("west's write reaches {name}"), 30, || async {
+            pool.has_key(0, "in-west").await
+        })
+        .await;
+    }
+    for (k, key) in before.iter().enumerate() {
+        for pool in [&a, &b, &c] {
+            assert!(pool.has_key(k % N, key).await, "{key} is missing");
+        }
+    }
+    for pool in [&a, &b, &c] {
+        assert!(!pool.has_key(0, "after-demotion").await);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

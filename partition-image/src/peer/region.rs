@@ -72,7 +72,7 @@ pub async fn handle(app: Arc<App>, req: Request) -> Response {
         .cloned()
         .unwrap_or_default();
     // The accepted regions as the state has them now (rebuilt only on a change).
-    app.regions.trust.sync(&app.store.read().region.accepted);
+    app.regions.trust.sync(&app.store.read().region.known_regions());
     let region = app.regions.trust.region_of(&chain.0);
     let (response, operation, key) = match &region {
         Some(region) => serve(&app, region, req).await,
@@ -131,6 +131,30 @@ async fn serve(
             None,
         );
     };
+    let handed_over = {
+        let st = app.store.read();
+        (!app.regions.serves_regions(&st))
+            .then(|| crate::service::regions::switchover::handover(&st))
+            .flatten()
+    };
+    if let Some(h) = handed_over {
+        // A demoted primary that follows its successor now: it tells the regions it fed
+        // where to go (at its old epoch, which they follow), and nothing else.
+        let path = req.uri().path();
+        if path == "/internal/region/feed" || path == "/internal/region/position" {
+            let f: Feed<Command> = Feed {
+                epoch: h.epoch.saturating_sub(1),
+                primary_index: h.last_index,
+                entries: Vec::new(),
+                through: 0,
+                snapshot_required: false,
+                pool_id: app.store.read().settings.pool_id.clone(),
+                promoted_at: None,
+                handover: Some(h),
+            };
+            return (json(&f), "RegionFeed", None);
+        }
+    }
     if !app.regions.serves_regions(&app.store.read()) {
         return (
             refuse(
@@ -154,12 +178,13 @@ async fn serve(
         .unwrap_or_default();
     let q = |n: &str| query.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
     let method = req.method().clone();
-    let (epoch, pool_id, promoted_at) = {
+    let (epoch, pool_id, promoted_at, handover) = {
         let st = app.store.read();
         (
             st.region.epoch(),
             st.settings.pool_id.clone(),
             st.region.promoted_at,
+            crate::service::regions::switchover::handover(&st),
         )
     };
     let body = match axum::body::to_bytes(req.into_body(), BODY_LIMIT).await {
@@ -204,6 +229,8 @@ async fn serve(
             app.regions.acknowledged(region, after);
             let mut f = feed(&replica, after, max, wait).await;
             (f.epoch, f.pool_id, f.promoted_at) = (epoch, pool_id, promoted_at);
+            // Read after the long poll: a demotion committed meanwhile is announced.
+            f.handover = crate::service::regions::switchover::handover(&app.store.read());
             (json(&f), "RegionFeed", None)
         }
         (Method::GET, "/internal/region/position") => {
@@ -216,6 +243,7 @@ async fn serve(
                 snapshot_required: false,
                 pool_id,
                 promoted_at,
+                handover,
             };
             (json(&f), "RegionPosition", None)
         }
@@ -532,6 +560,7 @@ async fn feed(
             snapshot_required: true,
             pool_id: String::new(),
             promoted_at: None,
+            handover: None,
         };
     };
     let through = entries.last().map(|e| e.log_id.index).unwrap_or(after);
@@ -553,6 +582,7 @@ async fn feed(
         snapshot_required: false,
         pool_id: String::new(),
         promoted_at: None,
+        handover: None,
     }
 }
 

@@ -7,8 +7,8 @@ use crate::consensus::ProposeError;
 use crate::consensus::region::{Forwarded, PrimaryForwarder};
 use crate::state::Command;
 use keystead_core::region::{
-    Feed, FenceRequest, ForwardReply, JoinReply, JoinRequest, NOT_ACCEPTED, PRIMARY_UNREACHABLE,
-    SnapshotPage,
+    Feed, FenceRequest, ForwardReply, Handover, JoinReply, JoinRequest, NOT_ACCEPTED,
+    PRIMARY_UNREACHABLE, SnapshotPage,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Mutex;
@@ -66,6 +66,8 @@ pub struct PrimaryLink {
     http: reqwest::Client,
     preferred: AtomicUsize,
     progress: Mutex<Progress>,
+    /// The hand-over the primary last announced (a planned switchover).
+    handover: Mutex<Option<Handover>>,
 }
 
 impl PrimaryLink {
@@ -83,7 +85,21 @@ impl PrimaryLink {
             http,
             preferred: AtomicUsize::new(0),
             progress: Mutex::new(Progress::default()),
+            handover: Mutex::new(None),
         })
+    }
+
+    /// The hand-over the primary last announced, if any.
+    pub fn handover(&self) -> Option<Handover> {
+        self.handover
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Remember the hand-over the primary announced.
+    pub fn note_handover(&self, h: &Handover) {
+        *self.handover.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.clone());
     }
 
     pub fn progress(&self) -> Progress {
@@ -259,10 +275,14 @@ impl PrimaryForwarder for PrimaryLink {
                 Err(LinkError::Unreachable { detail, .. }) => Err(
                     ProposeError::PrimaryUnreachable(self.unreachable_message(&detail)),
                 ),
+                // Unavailable, or not (yet) taking this region's writes: a switchover in
+                // progress (the next primary is not promoted yet), a region removed.
                 Err(LinkError::Status {
-                    status: 503, body, ..
+                    status: status @ (403 | 409 | 503),
+                    body,
+                    ..
                 }) => Err(ProposeError::PrimaryUnreachable(self.unreachable_message(
-                    &format!("it cannot commit changes now: {body}"),
+                    &format!("it cannot commit this region's changes now ({status}): {body}"),
                 ))),
                 Err(e @ LinkError::Status { .. }) => Err(ProposeError::Storage(format!(
                     "the primary region refused the forwarded change: {e}"

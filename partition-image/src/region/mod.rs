@@ -96,9 +96,10 @@ impl Regions {
     }
 
     /// What this pool follows, by its state and configuration: nothing once promoted; the
-    /// region it handed over to once demoted; else the configured primary.
+    /// region it moves to once its primary handed over, or it was demoted; else the
+    /// configured primary.
     fn desired(&self, st: &PoolState) -> Option<Target> {
-        if let Some(d) = &st.region.demoted {
+        if let Some(d) = st.region.repoint.as_ref().or(st.region.demoted.as_ref()) {
             return Some(Target {
                 name: d.to.clone(),
                 endpoints: d.endpoints.clone(),
@@ -148,6 +149,16 @@ impl Regions {
         st.region.replica.is_none() && (self.link().is_none() || st.region.demoted.is_some())
     }
 
+    /// The position each region acknowledged at this partition.
+    pub fn acks(&self) -> BTreeMap<String, u64> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, (at, _))| (name.clone(), *at))
+            .collect()
+    }
+
     /// A primary partition: region `name` asked for entries after `after`.
     pub fn acknowledged(&self, name: &str, after: u64) {
         self.peers
@@ -172,7 +183,12 @@ impl Regions {
             role: RegionRole::Primary,
             epoch: st.region.epoch(),
             primary_index: applied,
-            demoted_to: st.region.demoted.as_ref().map(|d| d.to.clone()),
+            demoted_to: st
+                .region
+                .demoted
+                .as_ref()
+                .filter(|_| st.region.replica.is_none())
+                .map(|d| d.to.clone()),
             demotion_token: token,
             discarded_writes: st.region.discarded.clone(),
             ..RegionStatus::default()

@@ -381,6 +381,8 @@ impl PoolState {
             | Command::RegionDemote { .. }
             | Command::RegionPromote { .. }
             | Command::RegionFollow { .. }
+            | Command::RegionHandoverReady { .. }
+            | Command::RegionRepoint { .. }
             | Command::RegionFenced { .. }
             | Command::RegionFenceDone => self.apply_region(cmd),
         }

@@ -165,6 +165,24 @@ pub enum Command {
         /// A failover: the old primary to fence.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fence: Option<super::region::FenceTarget>,
+        /// A planned switchover: the other regions the demoted primary accepted (name, CA);
+        /// they follow this region next.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also_accept: Vec<(String, String)>,
+    },
+    /// Planned switchover, on the demoted primary: every region it accepted has applied its
+    /// last index; the demotion token may be published.
+    #[serde(rename_all = "camelCase")]
+    RegionHandoverReady { epoch: u64 },
+    /// Planned switchover, on a replica region that has applied the demoted primary's last
+    /// index: follow `to` once it is promoted at `epoch` (as the demoted primary does).
+    #[serde(rename_all = "camelCase")]
+    RegionRepoint {
+        to: String,
+        endpoints: Vec<String>,
+        ca_pem: String,
+        epoch: u64,
+        last_index: u64,
     },
     /// An old primary learns of a failover: it stops taking changes, lists the ones the new
     /// primary never had, and re-seeds from it before following it.
@@ -178,7 +196,8 @@ pub enum Command {
     },
     /// The old primary acknowledged its fence.
     RegionFenceDone,
-    /// A demoted primary follows the promoted region from its promotion index `from`.
+    /// A demoted primary, or a replica region it handed over, follows the promoted region
+    /// from its promotion index `from`.
     #[serde(rename_all = "camelCase")]
     RegionFollow {
         primary: String,

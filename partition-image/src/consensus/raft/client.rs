@@ -27,6 +27,9 @@ pub struct PeerState {
     /// replication: `Replica::term_floor`).
     #[serde(default)]
     pub term: u64,
+    /// A primary: the position each replica region acknowledged at this partition.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub region_acks: std::collections::BTreeMap<String, u64>,
 }
 
 /// Errors calling a peer.

@@ -44,14 +44,25 @@ pub async fn run(app: Arc<App>) {
             link_idle(&app, &link).await;
             continue;
         }
-        let (joined, demoted) = {
+        let (joined, demoted, repoint) = {
             let st = app.store.read();
-            (st.region.replica.clone(), st.region.demoted.clone())
+            (
+                st.region.replica.clone(),
+                st.region.demoted.clone(),
+                st.region.repoint.clone(),
+            )
         };
-        let result = match (joined, demoted) {
-            (Some(r), _) => pull(&app, &link, &r).await,
-            (None, Some(d)) => super::switchover::follow_promoted(&app, &link, &d).await,
-            (None, None) => join(&app, &link).await,
+        let result = match (joined, demoted, repoint) {
+            // Its primary handed over: follow the region promoted next.
+            (Some(_), _, Some(p)) => super::switchover::follow_promoted(&app, &link, &p).await,
+            (Some(r), _, None) => pull(&app, &link, &r).await,
+            (None, Some(d), _) => {
+                if let Err(e) = super::switchover::mark_handover_ready(&app, &d).await {
+                    tracing::debug!(error = %format!("{e:#}"), "the hand-over is not marked ready yet");
+                }
+                super::switchover::follow_promoted(&app, &link, &d).await
+            }
+            (None, None, _) => join(&app, &link).await,
         };
         match result {
             Ok(()) => failures = 0,
@@ -165,16 +176,46 @@ async fn pull(app: &Arc<App>, link: &PrimaryLink, r: &ReplicaOf) -> anyhow::Resu
         return bootstrap(app, link).await;
     }
     link.saw(feed.primary_index, after);
-    if feed.through <= after {
+    if feed.through > after {
+        app.store
+            .propose_local(Command::RegionApply {
+                entries: feed.entries,
+                through: feed.through,
+            })
+            .await?;
+        link.saw(feed.primary_index, feed.through);
+    }
+    match feed.handover {
+        Some(h) => repoint(app, link, &h, feed.through.max(after)).await,
+        None => Ok(()),
+    }
+}
+
+/// The primary was demoted (planned switchover): once this region has applied its last
+/// index, follow the region promoted next — unless this region is the one promoted, which
+/// waits for its promotion with the demotion token.
+async fn repoint(
+    app: &Arc<App>,
+    link: &PrimaryLink,
+    h: &keystead_core::region::Handover,
+    applied: u64,
+) -> anyhow::Result<()> {
+    link.note_handover(h);
+    let me = app.regions.name(&app.store.read());
+    if h.to == me || applied < h.last_index {
         return Ok(());
     }
     app.store
-        .propose_local(Command::RegionApply {
-            entries: feed.entries,
-            through: feed.through,
+        .propose_local(Command::RegionRepoint {
+            to: h.to.clone(),
+            endpoints: h.endpoints.clone(),
+            ca_pem: h.ca_certificate.clone(),
+            epoch: h.epoch,
+            last_index: h.last_index,
         })
         .await?;
-    link.saw(feed.primary_index, feed.through);
+    app.regions.reconcile(&app.store);
+    tracing::warn!(primary = %h.to, epoch = h.epoch, "the primary handed over: this region follows the new primary once it is promoted");
     Ok(())
 }
 
