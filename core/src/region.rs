@@ -19,7 +19,21 @@ pub struct RegionConfig {
     /// The primary region (absent: this pool is a primary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<PrimarySource>,
+    /// While this pool is a primary with accepted regions: refuse changes of keys and RBAC
+    /// when no replica region has polled it for this long (closes the split-brain window of
+    /// a failover at the cost of availability; docs/regions.md "Write lease"). 3,000 to
+    /// 300,000 ms; absent: no lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_lease_ms: Option<u64>,
 }
+
+/// The shortest write lease: a region polls at least once a second (long poll), with
+/// room for a slow round trip.
+pub const MIN_WRITE_LEASE_MS: u64 = 3_000;
+/// The longest write lease.
+pub const MAX_WRITE_LEASE_MS: u64 = 300_000;
+/// The error code of a write a primary refuses because its write lease ran out.
+pub const WRITE_LEASE_EXPIRED: &str = "RegionWriteLeaseExpired";
 
 /// Where the primary region is.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -58,6 +72,13 @@ impl RegionConfig {
     /// The checks `load` makes.
     pub fn validate(&self) -> Result<(), String> {
         check_region_name(&self.name)?;
+        if let Some(ms) = self.write_lease_ms
+            && !(MIN_WRITE_LEASE_MS..=MAX_WRITE_LEASE_MS).contains(&ms)
+        {
+            return Err(format!(
+                "writeLeaseMs {ms} is out of range: give {MIN_WRITE_LEASE_MS} to {MAX_WRITE_LEASE_MS} ms (a region polls about once a second), or leave it out for no lease"
+            ));
+        }
         if let Some(p) = &self.primary {
             check_region_name(&p.name)?;
             if p.name == self.name {
@@ -178,6 +199,9 @@ pub struct Feed<C> {
     /// A demoted primary: whom every region it fed follows next, from which index on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handover: Option<Handover>,
+    /// The primary's write lease (ms), if it runs one: a failover waits it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_lease_ms: Option<u64>,
 }
 
 /// A demoted primary's hand-over (planned switchover), in its feed and position answers: a
@@ -340,6 +364,12 @@ pub struct RegionStatus {
     pub demotion_token: Option<String>,
     /// An old primary fenced by a failover: its changes the new primary never had.
     pub discarded_writes: Vec<String>,
+    /// A primary with a write lease: its length (ms), and whether it refuses writes now
+    /// (no region polled within it).
+    pub write_lease_ms: Option<u64>,
+    pub writes_refused_by_lease: bool,
+    /// A replica: the write lease its primary announced (a failover waits it out).
+    pub primary_write_lease_ms: Option<u64>,
     /// Primary: the accepted regions and, where this partition served them, their lag.
     pub accepted: Vec<AcceptedRegion>,
     pub regions: Vec<PeerRegionStatus>,
@@ -407,8 +437,14 @@ mod tests {
                 endpoints: vec!["https://127.0.0.1:1".into()],
                 ca_file: "/ca.pem".into(),
             }),
+            write_lease_ms: None,
         };
         assert!(c.validate().is_ok());
+        for (ms, ok) in [(2_999, false), (3_000, true), (300_000, true), (300_001, false)] {
+            c.write_lease_ms = Some(ms);
+            assert_eq!(c.validate().is_ok(), ok, "{ms}");
+        }
+        c.write_lease_ms = None;
         c.primary.as_mut().unwrap().endpoints = vec!["http://x".into()];
         assert!(c.validate().unwrap_err().contains("https"));
         c.primary.as_mut().unwrap().endpoints = vec![];

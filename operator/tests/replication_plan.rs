@@ -38,6 +38,7 @@ fn spec(me: &str, primary: &str, others: &[&str]) -> ReplicationSpec {
         promotion_token: None,
         force: None,
         regions: others.iter().map(|o| peer(o)).collect(),
+        write_lease_seconds: None,
     }
 }
 
@@ -109,6 +110,12 @@ fn a_replica_starts_with_the_primary_in_its_region_config_a_primary_without() {
     assert!(p.ca_file.ends_with(plan::PRIMARY_CA_FILE));
     let r = plan::region_config(&spec("east", "east", &["west"]));
     assert_eq!((r.name.as_str(), r.primary), ("east", None));
+    // The write lease is carried in seconds in the spec, in ms in the partitions' file.
+    let mut s = spec("east", "east", &["west"]);
+    s.write_lease_seconds = Some(5);
+    let r = plan::region_config(&s);
+    assert_eq!(r.write_lease_ms, Some(5_000));
+    assert!(r.validate().is_ok());
 }
 
 #[test]

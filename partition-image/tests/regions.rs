@@ -11,6 +11,8 @@
 //! - with three regions, the demotion waits until every region applied its last index, and
 //!   the third region follows the new primary by itself;
 //! - after a failover the returning old primary is fenced, lists its lost writes, follows;
+//! - with a write lease, a primary no region polls refuses writes (reads and crypto go on)
+//!   and resumes when a region polls again; a failover waits the lease out;
 //! - a region joining after A's log was compacted catches up from a streamed snapshot;
 //! - a pool whose CA A does not accept cannot obtain the domain (refused and audited); named,
 //!   it obtains it sealed to its transfer key; removed, it is refused on its open connection.
@@ -270,16 +272,7 @@ async fn a_region_joining_after_the_primarys_log_was_compacted_catches_up_from_a
     .await;
     // The purged entries stay in memory for regions (the log tail, docs/regions.md) until a
     // restart: restart A so that only a snapshot can bring B up to date.
-    for i in 0..N {
-        a.kill(i);
-    }
-    for i in 0..N {
-        a.spawn(i);
-    }
-    for i in 0..N {
-        a.until("A is back with its domain", 60, || a.domain_loaded(i))
-            .await;
-    }
+    a.restart_all().await;
     let started = Instant::now();
     let b = Cluster::extend(&a, "west").await;
     b.until_joined().await;
@@ -632,6 +625,81 @@ async fn a_switchover_waits_for_every_region_and_the_third_region_follows_the_ne
     for pool in [&a, &b, &c] {
         assert!(!pool.has_key(0, "after-demotion").await);
     }
+}
+
+/// Until every partition of `c` reports `refused` for its write lease.
+async fn until_lease(c: &Cluster, refused: bool) {
+    for i in 0..N {
+        c.until(
+            &format!("partition {i}: writes refused by the lease = {refused}"),
+            60,
+            || async move {
+                matches!(c.region(i).await, Some(r) if r["writeLeaseMs"] == 3000 && r["writesRefusedByLease"] == refused)
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_write_lease_a_primary_cut_off_from_every_region_stops_taking_writes_and_a_failover_waits_it_out()
+ {
+    let (mut a, b) = two_regions().await;
+    let name = a.region(0).await.expect("A's status")["name"].clone();
+    a.restart_with_region_config(&json!({"name": name, "writeLeaseMs": 3000}))
+        .await;
+    // West polls A: the lease holds and A takes writes.
+    until_lease(&a, false).await;
+    a.create(0, "leased-1").await.expect("a write under the lease");
+    b.until("west serves the key", 30, || b.has_key(0, "leased-1"))
+        .await;
+    // West learns A's lease (a failover waits it out).
+    b.until("west knows A's lease", 30, || async {
+        matches!(b.region(0).await, Some(r) if r["primaryWriteLeaseMs"] == 3000)
+    })
+    .await;
+    // Every region stopped: once the lease has run out A refuses writes, saying why; reads
+    // and signatures continue.
+    for i in 0..N {
+        b.pause(i);
+    }
+    until_lease(&a, true).await;
+    match a.create(1, "leased-2").await {
+        Err((status, body)) => {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert!(
+                body.to_string().contains("RegionWriteLeaseExpired"),
+                "{body}"
+            );
+        }
+        Ok(v) => panic!("a primary past its lease took a write: {v}"),
+    }
+    assert!(a.has_key(1, "leased-1").await);
+    assert_eq!(a.sign(2, "leased-1").await, StatusCode::OK);
+    // West polls again: writes resume.
+    for i in 0..N {
+        b.resume(i);
+    }
+    until_lease(&a, false).await;
+    a.create(2, "leased-3").await.expect("writes resume");
+    b.until("west serves the key", 30, || b.has_key(0, "leased-3"))
+        .await;
+    // A is lost; a forced promotion of west returns only once A's lease (and the margin)
+    // has run out since west last reached it: a cut-off A would have stopped by then.
+    let lost = Instant::now();
+    for i in 0..N {
+        a.kill(i);
+    }
+    promote(&b, 0, json!({"force": true})).await;
+    assert!(
+        lost.elapsed() >= Duration::from_millis(3000),
+        "the failover did not wait out the lease: {:?}",
+        lost.elapsed()
+    );
+    assert!(!b.has_key(0, "leased-2").await);
+    b.create(1, "after-failover")
+        .await
+        .expect("west takes writes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

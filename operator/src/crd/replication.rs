@@ -51,6 +51,14 @@ pub struct ReplicationSpec {
     #[schemars(length(max = 8))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub regions: Vec<PeerRegion>,
+    /// While this pool is the primary: refuse changes of keys and RBAC when no other region
+    /// has polled it for this many seconds (3–300). Closes the split-brain window of a
+    /// failover (a primary cut off from every region stops taking writes the failover would
+    /// discard) at the cost of availability when every region is unreachable; a forced
+    /// promotion waits the lease out. Absent: no lease (docs/regions.md, "Write lease").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3, max = 300))]
+    pub write_lease_seconds: Option<u32>,
 }
 
 /// Another region of the topology (a pool in another cluster).

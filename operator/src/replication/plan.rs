@@ -84,6 +84,7 @@ pub fn region_config(spec: &ReplicationSpec) -> RegionConfig {
     RegionConfig {
         name: spec.region.clone(),
         primary,
+        write_lease_ms: spec.write_lease_seconds.map(|s| u64::from(s) * 1000),
     }
 }
 

@@ -151,6 +151,7 @@ async fn serve(
                 pool_id: app.store.read().settings.pool_id.clone(),
                 promoted_at: None,
                 handover: Some(h),
+                write_lease_ms: None,
             };
             return (json(&f), "RegionFeed", None);
         }
@@ -178,6 +179,11 @@ async fn serve(
         .unwrap_or_default();
     let q = |n: &str| query.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
     let method = req.method().clone();
+    let write_lease_ms = app
+        .regions
+        .lease
+        .as_ref()
+        .map(|l| u64::try_from(l.ttl.as_millis()).unwrap_or(u64::MAX));
     let (epoch, pool_id, promoted_at, handover) = {
         let st = app.store.read();
         (
@@ -231,6 +237,7 @@ async fn serve(
             (f.epoch, f.pool_id, f.promoted_at) = (epoch, pool_id, promoted_at);
             // Read after the long poll: a demotion committed meanwhile is announced.
             f.handover = crate::service::regions::switchover::handover(&app.store.read());
+            f.write_lease_ms = write_lease_ms;
             (json(&f), "RegionFeed", None)
         }
         (Method::GET, "/internal/region/position") => {
@@ -244,6 +251,7 @@ async fn serve(
                 pool_id,
                 promoted_at,
                 handover,
+                write_lease_ms,
             };
             (json(&f), "RegionPosition", None)
         }
@@ -282,7 +290,11 @@ async fn serve(
         (Method::POST, "/internal/region/forward") => {
             let cmd: Command = tri!(parse(&body), "RegionWriteForwarded");
             let key = command_key(&cmd);
-            (forward(&replica, cmd).await, "RegionWriteForwarded", key)
+            (
+                forward(app, &replica, cmd).await,
+                "RegionWriteForwarded",
+                key,
+            )
         }
         _ => (
             refuse(
@@ -561,6 +573,7 @@ async fn feed(
             pool_id: String::new(),
             promoted_at: None,
             handover: None,
+            write_lease_ms: None,
         };
     };
     let through = entries.last().map(|e| e.log_id.index).unwrap_or(after);
@@ -583,11 +596,12 @@ async fn feed(
         pool_id: String::new(),
         promoted_at: None,
         handover: None,
+        write_lease_ms: None,
     }
 }
 
 /// Commit a replica region's write here and answer its primary index.
-async fn forward(replica: &crate::consensus::raft::Replica, cmd: Command) -> Response {
+async fn forward(app: &App, replica: &crate::consensus::raft::Replica, cmd: Command) -> Response {
     if !cmd.is_region_replicated() {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -603,6 +617,13 @@ async fn forward(replica: &crate::consensus::raft::Replica, cmd: Command) -> Res
                 "this primary was demoted and hands over to region '{}': retry once it is promoted",
                 d.to
             ),
+        );
+    }
+    if let Some(why) = app.store.lease_refusal(&cmd) {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            keystead_core::region::WRITE_LEASE_EXPIRED,
+            &why,
         );
     }
     match replica.propose_indexed(cmd).await {

@@ -5,6 +5,7 @@
 //! `/metrics`. Below the services: the primary's side of the protocol is `peer::region`;
 //! the replica's is `service::regions::follow`; switchover is `service::regions::switchover`.
 
+pub mod lease;
 pub mod link;
 pub mod snapshot;
 
@@ -36,6 +37,8 @@ pub struct Regions {
     pub peers: Mutex<BTreeMap<String, (u64, Instant)>>,
     /// A primary: consistent copies of the state being streamed to regions.
     pub sessions: snapshot::Sessions,
+    /// `writeLeaseMs` of the region configuration (docs/regions.md "Write lease").
+    pub lease: Option<Arc<lease::Lease>>,
 }
 
 impl std::fmt::Debug for Regions {
@@ -65,10 +68,15 @@ impl Regions {
             }),
             None => None,
         };
+        let lease = config
+            .as_ref()
+            .and_then(|c| c.write_lease_ms)
+            .map(|ms| Arc::new(lease::Lease::new(std::time::Duration::from_millis(ms))));
         Ok(Regions {
             config,
             configured,
             tls: Some(cfg.tls.clone()),
+            lease,
             ..Regions::default()
         })
     }
@@ -165,6 +173,27 @@ impl Regions {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), (after, Instant::now()));
+        if let Some(l) = &self.lease {
+            l.touch(std::time::Duration::ZERO);
+        }
+    }
+
+    /// Milliseconds since a region last polled this partition (None: none has).
+    pub fn region_contact_ms(&self) -> Option<u64> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(_, at)| millis_since(*at))
+            .min()
+    }
+
+    /// Milliseconds since this partition last reached the primary it follows (None: it
+    /// follows none, or has not reached it since it started).
+    pub fn primary_contact_ms(&self) -> Option<u64> {
+        self.link()
+            .and_then(|l| l.progress().last_contact)
+            .map(millis_since)
     }
 
     /// The region view of this partition (`applied` is its applied log index; `token` the
@@ -199,6 +228,12 @@ impl Regions {
             s.primary = Some(r.primary.clone());
             s.joined = true;
             s.applied_primary_index = r.applied_primary_index;
+            s.primary_write_lease_ms = r.primary_write_lease_ms;
+        }
+        if let Some(l) = &self.lease {
+            use crate::consensus::region::WriteLease;
+            s.write_lease_ms = Some(u64::try_from(l.ttl.as_millis()).unwrap_or(u64::MAX));
+            s.writes_refused_by_lease = l.refusal(st).is_some();
         }
         if let Some(link) = link.filter(|_| st.region.demoted.is_none() || s.joined) {
             s.role = RegionRole::Replica;

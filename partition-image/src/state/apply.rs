@@ -382,6 +382,7 @@ impl PoolState {
             | Command::RegionPromote { .. }
             | Command::RegionFollow { .. }
             | Command::RegionHandoverReady { .. }
+            | Command::RegionPrimaryLease { .. }
             | Command::RegionRepoint { .. }
             | Command::RegionFenced { .. }
             | Command::RegionFenceDone => self.apply_region(cmd),

@@ -170,6 +170,10 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         also_accept: Vec<(String, String)>,
     },
+    /// A replica region: the write lease its primary announces (None: none), which a
+    /// failover waits out.
+    #[serde(rename_all = "camelCase")]
+    RegionPrimaryLease { ms: Option<u64> },
     /// Planned switchover, on the demoted primary: every region it accepted has applied its
     /// last index; the demotion token may be published.
     #[serde(rename_all = "camelCase")]

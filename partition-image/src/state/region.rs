@@ -21,6 +21,9 @@ pub struct ReplicaOf {
     pub epoch: u64,
     /// The last primary log index this region has applied (or skipped as not replicated).
     pub applied_primary_index: u64,
+    /// The primary's write lease (ms), as it announces it: a failover waits it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_write_lease_ms: Option<u64>,
 }
 
 /// A primary demoted for a planned switchover.
@@ -204,6 +207,7 @@ impl Command {
             | Command::RegionPromote { .. }
             | Command::RegionFollow { .. }
             | Command::RegionHandoverReady { .. }
+            | Command::RegionPrimaryLease { .. }
             | Command::RegionRepoint { .. }
             | Command::RegionFenced { .. }
             | Command::RegionFenceDone => false,
@@ -298,6 +302,7 @@ impl PoolState {
                     primary: primary.clone(),
                     primary_pool_id: primary_pool_id.clone(),
                     epoch: *epoch,
+                    primary_write_lease_ms: None,
                     applied_primary_index: applied,
                 });
                 Ok(Outcome::None)
@@ -387,6 +392,10 @@ impl PoolState {
                     "no hand-over of epoch {epoch} is in progress here"
                 ))),
             },
+            Command::RegionPrimaryLease { ms } => {
+                self.joined_mut()?.primary_write_lease_ms = *ms;
+                Ok(Outcome::None)
+            }
             Command::RegionRepoint {
                 to,
                 endpoints,
@@ -479,6 +488,7 @@ impl PoolState {
                         primary: primary.clone(),
                         primary_pool_id: primary_pool_id.clone(),
                         epoch: *epoch,
+                        primary_write_lease_ms: None,
                         applied_primary_index: *from,
                     });
                     return Ok(Outcome::None);
@@ -498,6 +508,7 @@ impl PoolState {
                     primary_pool_id: primary_pool_id.clone(),
                     epoch: *epoch,
                     // A fenced old primary re-seeds from a snapshot first.
+                    primary_write_lease_ms: None,
                     applied_primary_index: if self.region.reseed { 0 } else { *from },
                 });
                 self.region.accepted.clear();

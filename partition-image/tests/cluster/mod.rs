@@ -391,6 +391,22 @@ impl Cluster {
         Some(format!("exited with {status}; stderr tail:\n{tail}"))
     }
 
+    /// Stop every partition, start it again, and wait until each holds the domain again.
+    pub async fn restart_all(&self) {
+        for i in 0..N {
+            self.kill(i);
+        }
+        for i in 0..N {
+            self.spawn(i);
+        }
+        for i in 0..N {
+            self.until("the restarted partition holds the domain", 90, || {
+                self.domain_loaded(i)
+            })
+            .await;
+        }
+    }
+
     /// Stop every partition and start it again with memory-only sealing and its sealed
     /// domain file removed: the pool stays activated, but no partition holds the domain
     /// (an upload must bring it back).

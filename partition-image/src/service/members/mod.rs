@@ -55,6 +55,8 @@ pub async fn local_state(app: &App, replica: &Replica) -> PeerState {
         domain_loaded: app.keyring.is_unsealed(),
         term: m.current_term,
         region_acks: app.regions.acks(),
+        region_contact_ms: app.regions.region_contact_ms(),
+        primary_contact_ms: app.regions.primary_contact_ms(),
     }
 }
 

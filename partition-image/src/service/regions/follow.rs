@@ -176,6 +176,14 @@ async fn pull(app: &Arc<App>, link: &PrimaryLink, r: &ReplicaOf) -> anyhow::Resu
         return bootstrap(app, link).await;
     }
     link.saw(feed.primary_index, after);
+    if feed.write_lease_ms != r.primary_write_lease_ms {
+        // Kept in the replicated state: a failover on any partition waits the lease out.
+        app.store
+            .propose_local(Command::RegionPrimaryLease {
+                ms: feed.write_lease_ms,
+            })
+            .await?;
+    }
     if feed.through > after {
         app.store
             .propose_local(Command::RegionApply {

@@ -359,6 +359,9 @@ pub async fn fail_over(app: &App) -> Result<(), Error> {
             "only a replica region that has joined its primary can be promoted",
         )
     })?;
+    if let Some(ms) = r.primary_write_lease_ms {
+        super::lease::wait_out_primary_lease(app, ms).await?;
+    }
     let old = app.regions.link().map(|l| l.primary.clone());
     let fence = old.as_ref().map(|t| FenceTarget {
         name: r.primary.clone(),
