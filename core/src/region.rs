@@ -9,6 +9,17 @@ use std::path::PathBuf;
 pub const PRIMARY_UNREACHABLE: &str = "RegionPrimaryUnreachable";
 /// The error code of a region request from a certificate no accepted region issued.
 pub const NOT_ACCEPTED: &str = "RegionNotAccepted";
+/// The error code (410) of a region request from a region the primary removed.
+pub const REMOVED: &str = "RegionRemoved";
+
+/// A primary's answer (410 Gone) to a region it removed: a Key Vault error body and the
+/// removal notice (`region_token::RemovalNotice`, sealed) the region purges its pool on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedAnswer {
+    pub error: crate::error::ErrorDetail,
+    pub removal_notice: String,
+}
 
 /// `serve --region-config FILE`: how a partition of a replica region reaches its primary.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -354,9 +365,14 @@ pub struct RegionStatus {
     /// Milliseconds since this region was last fully caught up (0 when caught up).
     pub lag_ms: u64,
     pub primary_reachable: bool,
-    /// Replica: the primary answers but refuses this region ([`NOT_ACCEPTED`]): it was
-    /// removed on the primary, or named there with another CA.
+    /// Replica: the primary answers but refuses this region ([`NOT_ACCEPTED`]): named
+    /// there with another CA, or removed while this region could not check the notice.
     pub primary_refuses: bool,
+    /// A former replica region its primary removed: its pool was purged (keys, RBAC and
+    /// the security domain gone) when the primary's removal notice verified. The primary's
+    /// name and the removal time (Unix seconds).
+    pub removed_by: Option<String>,
+    pub removed_at: Option<i64>,
     /// Milliseconds since the last successful contact with the primary.
     pub last_contact_ms_ago: Option<u64>,
     /// A demoted primary: the region it hands over to, and the token to promote it with.

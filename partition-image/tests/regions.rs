@@ -384,11 +384,27 @@ async fn only_a_pool_the_primary_names_obtains_the_domain_and_removal_cuts_it_of
         .call(0, Method::DELETE, "/admin/regions/rogue", None)
         .await;
     assert_eq!(s, StatusCode::OK);
+    // Removed: answered at once (on the open connection) with 410 and a removal notice
+    // that verifies under the domain only — what a removed region purges its pool on.
     let r = named.post(&url).json(&body).send().await.unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::FORBIDDEN,
-        "removed: refused at once"
+    assert_eq!(r.status(), StatusCode::GONE, "removed: refused at once");
+    let v: Value = r.json().await.unwrap();
+    assert!(v.get("blob").is_none(), "{v}");
+    assert_eq!(v["error"]["code"], "RegionRemoved", "{v}");
+    let notice = v["removalNotice"].as_str().expect("a removal notice");
+    let n = keystead_core::region_token::RemovalNotice::open(notice, secret.master_key())
+        .expect("the notice verifies under the domain");
+    assert_eq!(n.region, "rogue");
+    assert!(
+        keystead_core::region_token::RemovalNotice::open(notice, &[9; 32]).is_err(),
+        "and under no other key"
+    );
+    assert!(
+        (0..N).any(|i| a
+            .audit_records(i)
+            .iter()
+            .any(|r| r["operation"] == "RegionRemovedNotice" && r["status"] == 410)),
+        "the notice is audited"
     );
 }
 

@@ -17,9 +17,10 @@ use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keystead_core::region::{
-    Feed, FeedEntry, FenceRequest, ForwardReply, JoinReply, JoinRequest, NOT_ACCEPTED,
-    ReplicatedSettings,
+    Feed, FeedEntry, FenceRequest, ForwardReply, JoinReply, JoinRequest, NOT_ACCEPTED, REMOVED,
+    RemovedAnswer, ReplicatedSettings,
 };
+use keystead_core::region_token::RemovalNotice;
 use keystead_core::sd::{ExchangeCertificate, seal_to_exchange_key};
 use openraft::EntryPayload;
 use std::sync::Arc;
@@ -96,7 +97,7 @@ pub async fn handle(app: Arc<App>, req: Request) -> Response {
         ),
     };
     let status = response.status();
-    if audited(&path) || (chain.presented() && region.is_none()) {
+    if audited(&path) || (chain.presented() && region.is_none()) || status == StatusCode::GONE {
         app.audit.record(AuditRecord {
             request_id: uuid::Uuid::new_v4().to_string(),
             partition: app.cfg.partition_id.clone(),
@@ -131,6 +132,9 @@ async fn serve(
             None,
         );
     };
+    if let Some(r) = removed_answer(app, region) {
+        return (r, "RegionRemovedNotice", None);
+    }
     let handed_over = {
         let st = app.store.read();
         (!app.regions.serves_regions(&st))
@@ -306,6 +310,43 @@ async fn serve(
             None,
         ),
     }
+}
+
+/// A region this pool removed (and has not named again): 410 with the removal notice,
+/// sealed under the domain, on which the region purges its pool.
+fn removed_answer(app: &App, region: &str) -> Option<Response> {
+    let notice = {
+        let st = app.store.read();
+        if st.region.accepted.contains_key(region) {
+            return None;
+        }
+        let r = st.region.removed.get(region)?;
+        RemovalNotice {
+            primary: app.regions.name(&st),
+            pool_id: st.settings.pool_id.clone(),
+            fingerprint: st.fingerprint().unwrap_or_default().to_string(),
+            region: region.to_string(),
+            removed_at: r.removed_at,
+        }
+    };
+    let Some(unsealed) = app.keyring.unsealed() else {
+        return Some(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PartitionSealed",
+            "this partition does not hold the security domain; retry on another partition",
+        ));
+    };
+    let body = RemovedAnswer {
+        error: keystead_core::error::ErrorBody::new(
+            REMOVED,
+            format!(
+                "region '{region}' was removed by this primary: it purges its pool (keys and security domain) on this notice; name it again (PUT /admin/regions/{region}) to have it join anew"
+            ),
+        )
+        .error,
+        removal_notice: notice.seal(unsealed.secret.master_key()),
+    };
+    Some((StatusCode::GONE, axum::Json(body)).into_response())
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {

@@ -8,7 +8,7 @@ use crate::consensus::region::{Forwarded, PrimaryForwarder};
 use crate::state::Command;
 use keystead_core::region::{
     Feed, FenceRequest, ForwardReply, Handover, JoinReply, JoinRequest, NOT_ACCEPTED,
-    PRIMARY_UNREACHABLE, SnapshotPage,
+    PRIMARY_UNREACHABLE, REMOVED, RemovedAnswer, SnapshotPage,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Mutex;
@@ -38,6 +38,9 @@ pub enum LinkError {
     /// The request may have reached the primary but no answer came back.
     #[error("the request to primary region endpoint {url} failed: {detail}")]
     Transport { url: String, detail: String },
+    /// The primary removed this region (410): its removal notice, sealed.
+    #[error("the primary region removed this region ({REMOVED})")]
+    Removed { notice: String },
 }
 
 /// What the link has learnt.
@@ -175,9 +178,17 @@ impl PrimaryLink {
                 detail: e.to_string(),
             })?;
             self.refused(
-                status == reqwest::StatusCode::FORBIDDEN
-                    && String::from_utf8_lossy(&bytes).contains(NOT_ACCEPTED),
+                status == reqwest::StatusCode::GONE
+                    || (status == reqwest::StatusCode::FORBIDDEN
+                        && String::from_utf8_lossy(&bytes).contains(NOT_ACCEPTED)),
             );
+            if status == reqwest::StatusCode::GONE
+                && let Ok(r) = serde_json::from_slice::<RemovedAnswer>(&bytes)
+            {
+                return Err(LinkError::Removed {
+                    notice: r.removal_notice,
+                });
+            }
             if !status.is_success() {
                 let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).to_string();
                 return Err(LinkError::Status {
@@ -287,6 +298,9 @@ impl PrimaryForwarder for PrimaryLink {
                 Err(e @ LinkError::Status { .. }) => Err(ProposeError::Storage(format!(
                     "the primary region refused the forwarded change: {e}"
                 ))),
+                Err(e @ LinkError::Removed { .. }) => Err(ProposeError::PrimaryUnreachable(
+                    format!("this region takes no writes: {e}; its pool is purged"),
+                )),
                 Err(e @ LinkError::Transport { .. }) => Err(ProposeError::Uncertain(format!(
                     "the change was sent to the primary region but no answer came back: {e}"
                 ))),

@@ -220,6 +220,8 @@ impl Regions {
                 .map(|d| d.to.clone()),
             demotion_token: token,
             discarded_writes: st.region.discarded.clone(),
+            removed_by: st.region.purged.as_ref().map(|p| p.primary.clone()),
+            removed_at: st.region.purged.as_ref().map(|p| p.removed_at),
             ..RegionStatus::default()
         };
         let link = self.link();

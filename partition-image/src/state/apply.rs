@@ -382,6 +382,8 @@ impl PoolState {
             | Command::RegionPromote { .. }
             | Command::RegionFollow { .. }
             | Command::RegionHandoverReady { .. }
+            | Command::RegionPurge { .. }
+            | Command::RegionRejoin
             | Command::RegionPrimaryLease { .. }
             | Command::RegionRepoint { .. }
             | Command::RegionFenced { .. }

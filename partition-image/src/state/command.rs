@@ -120,9 +120,20 @@ pub enum Command {
         ca_pem: String,
         now: i64,
     },
-    /// A primary stops accepting a region.
+    /// A primary stops accepting a region; it answers the region's next request with a
+    /// removal notice (the region purges its pool).
     #[serde(rename_all = "camelCase")]
-    DeleteRegion { name: String },
+    DeleteRegion {
+        name: String,
+        #[serde(default)]
+        now: i64,
+    },
+    /// A replica region its primary removed (the notice verified under the domain): purge
+    /// keys, deleted keys and RBAC; the partitions drop the domain.
+    #[serde(rename_all = "camelCase")]
+    RegionPurge { primary: String, removed_at: i64 },
+    /// A purged region its primary accepts again: join it anew.
+    RegionRejoin,
     /// This pool joined a primary region: activated with the primary's domain.
     #[serde(rename_all = "camelCase")]
     RegionJoined {

@@ -12,6 +12,23 @@ pub struct AcceptedRegionRecord {
     pub added: i64,
 }
 
+/// A region a primary removed: the CA it was accepted with (its partitions are still
+/// recognised, to be told they were removed).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedRegionRecord {
+    pub ca_pem: String,
+    pub removed_at: i64,
+}
+
+/// A former replica region its primary removed: its pool was purged.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Purged {
+    pub primary: String,
+    pub removed_at: i64,
+}
+
 /// What a replica region follows.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -102,6 +119,12 @@ pub struct RegionState {
     /// A demoted primary that follows its successor: the hand-over it still answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handed_over: Option<HandedOver>,
+    /// A primary: the regions it removed (answered with a removal notice).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub removed: BTreeMap<String, RemovedRegionRecord>,
+    /// A former replica region its primary removed: purged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged: Option<Purged>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -119,6 +142,8 @@ impl RegionState {
             && self.discarded.is_empty()
             && self.repoint.is_none()
             && self.handed_over.is_none()
+            && self.removed.is_empty()
+            && self.purged.is_none()
     }
 
     /// The regions whose client certificates this pool recognises: the accepted ones, and
@@ -129,6 +154,13 @@ impl RegionState {
             for (name, r) in &h.regions {
                 all.entry(name.clone()).or_insert_with(|| r.clone());
             }
+        }
+        for (name, r) in &self.removed {
+            all.entry(name.clone())
+                .or_insert_with(|| AcceptedRegionRecord {
+                    ca_pem: r.ca_pem.clone(),
+                    added: 0,
+                });
         }
         all
     }
@@ -207,6 +239,8 @@ impl Command {
             | Command::RegionPromote { .. }
             | Command::RegionFollow { .. }
             | Command::RegionHandoverReady { .. }
+            | Command::RegionPurge { .. }
+            | Command::RegionRejoin
             | Command::RegionPrimaryLease { .. }
             | Command::RegionRepoint { .. }
             | Command::RegionFenced { .. }
@@ -263,11 +297,55 @@ impl PoolState {
                         added,
                     },
                 );
+                self.region.removed.remove(name);
                 Ok(Outcome::None)
             }
-            Command::DeleteRegion { name } => match self.region.accepted.remove(name) {
-                Some(_) => Ok(Outcome::None),
+            Command::DeleteRegion { name, now } => match self.region.accepted.remove(name) {
+                Some(r) => {
+                    self.region.removed.insert(
+                        name.clone(),
+                        RemovedRegionRecord {
+                            ca_pem: r.ca_pem,
+                            removed_at: *now,
+                        },
+                    );
+                    Ok(Outcome::None)
+                }
                 None => Err(StateError::RegionNotFound(name.clone())),
+            },
+            Command::RegionPurge {
+                primary,
+                removed_at,
+            } => {
+                let r = self.joined()?;
+                if r.primary != *primary {
+                    return Err(StateError::RegionRole(format!(
+                        "a removal by '{primary}' does not apply to a region of '{}'",
+                        r.primary
+                    )));
+                }
+                // Keys, deleted keys and RBAC go; the pool keeps its name, id and
+                // membership, and reads as not activated (its partitions drop the domain).
+                self.keys.clear();
+                self.deleted.clear();
+                self.rbac = Default::default();
+                self.restore_staging = None;
+                self.activation = Activation::default();
+                let purged = Purged {
+                    primary: primary.clone(),
+                    removed_at: *removed_at,
+                };
+                self.region = RegionState {
+                    purged: Some(purged),
+                    ..RegionState::default()
+                };
+                Ok(Outcome::None)
+            }
+            Command::RegionRejoin => match self.region.purged.take() {
+                Some(_) => Ok(Outcome::None),
+                None => Err(StateError::RegionRole(
+                    "this pool was not purged by a removal".into(),
+                )),
             },
             Command::RegionJoined {
                 primary,

@@ -9,6 +9,7 @@ use crate::service::app::App;
 use crate::service::backup::{STAGE_BYTES, stages};
 use crate::state::{Command, ReplicaOf};
 use keystead_core::region::JoinRequest;
+use keystead_core::region_token::RemovalNotice;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ pub async fn run(app: Arc<App>) {
     let mut failures = 0u64;
     loop {
         app.regions.reconcile(&app.store);
+        if app.store.read().region.purged.is_some() {
+            purged(&app, &replica).await;
+            continue;
+        }
         let Some(link) = app.regions.link() else {
             // A primary promoted by failover fences the old primary once it answers.
             let old = app.store.read().region.fence_old.clone();
@@ -66,6 +71,14 @@ pub async fn run(app: Arc<App>) {
         };
         match result {
             Ok(()) => failures = 0,
+            Err(e) if matches!(e.downcast_ref::<LinkError>(), Some(LinkError::Removed { .. })) => {
+                if let Some(LinkError::Removed { notice }) = e.downcast_ref::<LinkError>()
+                    && let Err(e) = purge(&app, notice).await
+                {
+                    tracing::error!(error = %format!("{e:#}"), "the primary answers that it removed this region, but its notice was not acted on");
+                }
+                tokio::time::sleep(RETRY).await;
+            }
             Err(e) => {
                 // The first failure and then one a minute: a primary that is down for long
                 // does not flood the log.
@@ -79,6 +92,74 @@ pub async fn run(app: Arc<App>) {
             }
         }
     }
+}
+
+/// The primary answered that it removed this region: check its notice under this region's
+/// own domain (only a holder of the domain can make one) and purge the pool —
+/// `RegionPurge` drops keys and deleted keys on every partition, and each partition then
+/// deletes the domain from its memory and disk.
+async fn purge(app: &Arc<App>, notice: &str) -> anyhow::Result<()> {
+    let (joined, me, fingerprint) = {
+        let st = app.store.read();
+        (
+            st.region.replica.clone(),
+            app.regions.name(&st),
+            st.fingerprint().map(str::to_string),
+        )
+    };
+    let Some(r) = joined else {
+        return Ok(()); // not joined: nothing to purge
+    };
+    let unsealed = app.keyring.unsealed().ok_or_else(|| {
+        anyhow::anyhow!("this partition does not hold the domain: it cannot check the notice")
+    })?;
+    let n = RemovalNotice::open(notice, unsealed.secret.master_key())
+        .map_err(|e| anyhow::anyhow!("the removal notice was refused: {e}"))?;
+    anyhow::ensure!(
+        n.region == me && n.pool_id == r.primary_pool_id && Some(&n.fingerprint) == fingerprint.as_ref(),
+        "the removal notice names region '{}' of primary pool {} (this is region '{me}' of {})",
+        n.region,
+        n.pool_id,
+        r.primary_pool_id
+    );
+    let result = app
+        .store
+        .propose_local(Command::RegionPurge {
+            primary: r.primary.clone(),
+            removed_at: n.removed_at,
+        })
+        .await;
+    app.audit.record(AuditRecord {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        partition: app.cfg.partition_id.clone(),
+        caller: format!("region:{}", r.primary),
+        client_address: "outbound".into(),
+        method: "GET".into(),
+        path: "/internal/region/feed".into(),
+        operation: "RegionPurged".into(),
+        member: Some(r.primary.clone()),
+        status: if result.is_ok() { 200 } else { 500 },
+        ..AuditRecord::default()
+    });
+    result?;
+    tracing::warn!(primary = %r.primary, "the primary removed this region: its keys and its security domain were purged");
+    Ok(())
+}
+
+/// A region its primary removed: every partition deletes the domain (again after a
+/// restart); the leader asks the primary now and then whether it accepts the region again
+/// (named again): then the region joins anew, from nothing.
+async fn purged(app: &Arc<App>, replica: &crate::consensus::raft::Replica) {
+    app.shred_domain();
+    if let Some(link) = app.regions.link().filter(|_| replica.is_leader())
+        && link.position().await.is_ok()
+    {
+        match app.store.propose_local(Command::RegionRejoin).await {
+            Ok(_) => tracing::warn!(primary = %link.primary.name, "the primary accepts this region again: joining it anew"),
+            Err(e) => tracing::debug!(error = %e, "rejoin not committed yet"),
+        }
+    }
+    tokio::time::sleep(5 * IDLE_POLL).await;
 }
 
 /// A partition that does not lead: keep what its status says of the primary fresh.
