@@ -178,16 +178,28 @@ impl Drop for Cluster {
                     .and_then(|p| p.file_name())
                     .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
             ));
-            if std::fs::create_dir_all(&keep).is_ok() {
-                for (i, cfg) in self.configs.iter().enumerate() {
-                    let _ = std::fs::copy(
-                        cfg.with_file_name("stderr.log"),
-                        keep.join(format!("p{i}.stderr.log")),
-                    );
-                }
-                eprintln!("the partitions' logs are kept in {}", keep.display());
-            }
+            self.keep_logs(&keep, "");
         }
+    }
+}
+
+impl Cluster {
+    /// Copy the partitions' logs to `keep` as `<prefix>p<i>.stderr.log` (a failed test keeps
+    /// them: the pool directory goes with the test).
+    pub fn keep_logs(&self, keep: &std::path::Path, prefix: &str) {
+        if std::fs::create_dir_all(keep).is_err() {
+            return;
+        }
+        for (i, cfg) in self.configs.iter().enumerate() {
+            let _ = std::fs::copy(
+                cfg.with_file_name("stderr.log"),
+                keep.join(format!("{prefix}p{i}.stderr.log")),
+            );
+        }
+        eprintln!(
+            "the partitions' logs ({prefix}p*) are kept in {}",
+            keep.display()
+        );
     }
 }
 
