@@ -161,6 +161,14 @@ pub struct ReplicationStatus {
     /// versions, deletions, role assignments), also in a Warning Event `DiscardedWrites`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub discarded_writes: Vec<String>,
+    /// A former replica its primary removed: its pool was purged (keys and security domain
+    /// gone; Warning Event `RegionPurged`). The primary's region name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_by: Option<String>,
+    /// A primary with `writeLeaseSeconds`: no region polled it within the lease, so it
+    /// refuses writes (reads and crypto go on) until one polls again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_lease_expired: Option<bool>,
 }
 
 /// One region as the primary sees it.
