@@ -237,6 +237,7 @@ async fn serve(
             let max = tri!(num("max", 256), "RegionFeed").min(MAX_ENTRIES as u64) as usize;
             let wait = Duration::from_millis(tri!(num("waitMs", 0), "RegionFeed")).min(MAX_WAIT);
             app.regions.acknowledged(region, after);
+            arm_lease(app);
             let mut f = feed(&replica, after, max, wait).await;
             (f.epoch, f.pool_id, f.promoted_at) = (epoch, pool_id, promoted_at);
             // Read after the long poll: a demotion committed meanwhile is announced.
@@ -310,6 +311,31 @@ async fn serve(
             None,
         ),
     }
+}
+
+/// A primary with a write lease: the first poll of a region at this epoch arms it
+/// (committed in the background; a duplicate changes nothing).
+fn arm_lease(app: &Arc<App>) {
+    let epoch = {
+        let st = app.store.read();
+        if app.regions.lease.is_none()
+            || st.region.replica.is_some()
+            || crate::region::lease::armed(&st)
+        {
+            return;
+        }
+        st.region.epoch()
+    };
+    let app = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = app
+            .store
+            .propose_local(Command::RegionLeaseArmed { epoch })
+            .await
+        {
+            tracing::debug!(error = %e, "the write lease is not armed yet");
+        }
+    });
 }
 
 /// A region this pool removed (and has not named again): 410 with the removal notice,

@@ -29,6 +29,8 @@ impl Lease {
     }
 
     /// A region polled (this partition, now; or another one, `ago`).
+    ///
+    /// (Arming — the first poll at an epoch — is committed by the feed handler.)
     pub fn touch(&self, ago: Duration) {
         let Some(at) = Instant::now().checked_sub(ago) else {
             return;
@@ -45,12 +47,20 @@ impl Lease {
     }
 }
 
+/// Whether a region has polled this primary at its epoch (the lease applies).
+pub fn armed(st: &PoolState) -> bool {
+    st.region.lease_armed_epoch != 0 && st.region.lease_armed_epoch == st.region.epoch()
+}
+
 impl WriteLease for Lease {
     fn refusal(&self, st: &PoolState) -> Option<String> {
-        // Only a primary (not demoted) that accepts regions runs the lease.
+        // Only a primary (not demoted) that accepts regions runs the lease, once a region
+        // has polled it at its epoch (a region promoted by a failover, whose only region was
+        // the lost primary, takes writes until a region follows it).
         if st.region.replica.is_some()
             || st.region.demoted.is_some()
             || st.region.accepted.is_empty()
+            || !armed(st)
         {
             return None;
         }
@@ -76,6 +86,7 @@ mod tests {
 
     fn primary_with_a_region() -> PoolState {
         let mut st = PoolState::default();
+        st.region.lease_armed_epoch = 1;
         st.region.accepted.insert(
             "west".into(),
             AcceptedRegionRecord {
@@ -103,5 +114,12 @@ mod tests {
         assert!(why.contains("the last poll was"), "{why}");
         // Without regions there is nothing to lose in a failover.
         assert!(stale.refusal(&PoolState::default()).is_none());
+        // Not armed (no region polled at this epoch: a primary just promoted by a failover).
+        let mut unarmed = primary_with_a_region();
+        unarmed.region.lease_armed_epoch = 0;
+        assert!(stale.refusal(&unarmed).is_none());
+        unarmed.region.epoch = 2;
+        unarmed.region.lease_armed_epoch = 1;
+        assert!(stale.refusal(&unarmed).is_none(), "armed at an older epoch");
     }
 }

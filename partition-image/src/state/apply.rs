@@ -385,6 +385,7 @@ impl PoolState {
             | Command::RegionPurge { .. }
             | Command::RegionRejoin
             | Command::RegionPrimaryLease { .. }
+            | Command::RegionLeaseArmed { .. }
             | Command::RegionRepoint { .. }
             | Command::RegionFenced { .. }
             | Command::RegionFenceDone => self.apply_region(cmd),

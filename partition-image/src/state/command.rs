@@ -181,6 +181,11 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         also_accept: Vec<(String, String)>,
     },
+    /// A primary with a write lease: a region polled it at `epoch`, so the lease applies
+    /// from now on (a primary no region ever polled at its epoch — just promoted by a
+    /// failover — takes writes without it).
+    #[serde(rename_all = "camelCase")]
+    RegionLeaseArmed { epoch: u64 },
     /// A replica region: the write lease its primary announces (None: none), which a
     /// failover waits out.
     #[serde(rename_all = "camelCase")]

@@ -125,6 +125,10 @@ pub struct RegionState {
     /// A former replica region its primary removed: purged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purged: Option<Purged>,
+    /// A primary with a write lease: the epoch at which a region first polled it (the
+    /// lease applies at that epoch only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_armed_epoch: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -144,6 +148,7 @@ impl RegionState {
             && self.handed_over.is_none()
             && self.removed.is_empty()
             && self.purged.is_none()
+            && self.lease_armed_epoch == 0
     }
 
     /// The regions whose client certificates this pool recognises: the accepted ones, and
@@ -242,6 +247,7 @@ impl Command {
             | Command::RegionPurge { .. }
             | Command::RegionRejoin
             | Command::RegionPrimaryLease { .. }
+            | Command::RegionLeaseArmed { .. }
             | Command::RegionRepoint { .. }
             | Command::RegionFenced { .. }
             | Command::RegionFenceDone => false,
@@ -470,6 +476,16 @@ impl PoolState {
                     "no hand-over of epoch {epoch} is in progress here"
                 ))),
             },
+            Command::RegionLeaseArmed { epoch } => {
+                if self.region.replica.is_some() || *epoch != self.region.epoch() {
+                    return Err(StateError::RegionRole(format!(
+                        "the write lease is armed by a primary at its epoch ({}), not at epoch {epoch}",
+                        self.region.epoch()
+                    )));
+                }
+                self.region.lease_armed_epoch = *epoch;
+                Ok(Outcome::None)
+            }
             Command::RegionPrimaryLease { ms } => {
                 self.joined_mut()?.primary_write_lease_ms = *ms;
                 Ok(Outcome::None)
