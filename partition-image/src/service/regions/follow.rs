@@ -129,21 +129,39 @@ async fn purge(app: &Arc<App>, notice: &str) -> anyhow::Result<()> {
             removed_at: n.removed_at,
         })
         .await;
-    app.audit.record(AuditRecord {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        partition: app.cfg.partition_id.clone(),
-        caller: format!("region:{}", r.primary),
-        client_address: "outbound".into(),
-        method: "GET".into(),
-        path: "/internal/region/feed".into(),
-        operation: "RegionPurged".into(),
-        member: Some(r.primary.clone()),
-        status: if result.is_ok() { 200 } else { 500 },
-        ..AuditRecord::default()
-    });
+    audit_outbound(
+        app,
+        &r.primary,
+        ("GET", "/internal/region/feed"),
+        "RegionPurged",
+        result.is_ok(),
+    );
     result?;
     tracing::warn!(primary = %r.primary, "the primary removed this region: its keys and its security domain were purged");
     Ok(())
+}
+
+/// The audit record of what this region did on an answer of its primary (`call`: the
+/// method and path it called).
+fn audit_outbound(
+    app: &App,
+    primary: &str,
+    call: (&str, &str),
+    operation: &str,
+    committed: bool,
+) {
+    app.audit.record(AuditRecord {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        partition: app.cfg.partition_id.clone(),
+        caller: format!("region:{primary}"),
+        client_address: "outbound".into(),
+        method: call.0.into(),
+        path: call.1.into(),
+        operation: operation.into(),
+        member: Some(primary.to_string()),
+        status: if committed { 200 } else { 500 },
+        ..AuditRecord::default()
+    });
 }
 
 /// A region its primary removed: every partition deletes the domain (again after a
@@ -209,18 +227,13 @@ async fn join(app: &Arc<App>, link: &PrimaryLink) -> anyhow::Result<()> {
             now: crate::service::now(),
         })
         .await;
-    app.audit.record(AuditRecord {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        partition: app.cfg.partition_id.clone(),
-        caller: format!("region:{}", reply.primary),
-        client_address: "outbound".into(),
-        method: "POST".into(),
-        path: "/internal/region/join".into(),
-        operation: "RegionJoined".into(),
-        member: Some(reply.primary.clone()),
-        status: if r.is_ok() { 200 } else { 500 },
-        ..AuditRecord::default()
-    });
+    audit_outbound(
+        app,
+        &reply.primary,
+        ("POST", "/internal/region/join"),
+        "RegionJoined",
+        r.is_ok(),
+    );
     r?;
     tracing::info!(primary = %reply.primary, fingerprint = %reply.fingerprint, "joined the primary region: the security domain was sealed to this region's transfer key");
     Ok(())
