@@ -36,6 +36,9 @@ pub struct Options {
     pub bootstrap_keys: usize,
 }
 
+/// Lag probes running at once beside the load.
+const LAG_PROBES: usize = 8;
+
 /// The figures that are not throughput rows.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -186,54 +189,59 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         bootstrap.as_secs_f64()
     );
 
-    // 4 and 5. With the region, and the lag probe beside the load.
+    // 4 and 5. With the region, and the lag probes beside the load: each creates a key on A,
+    // then reads it on B until B serves it (the lag from A's acknowledgement), one after the
+    // other; several probes run at once so that a lag of seconds still yields many samples.
     let stop = Arc::new(AtomicBool::new(false));
-    let probe = {
-        let (a, b, stop) = (
-            a.via(&a.endpoints[lead]),
-            b.via(&b.endpoints[0]),
-            stop.clone(),
-        );
-        let warmup = opts.run.warmup;
-        tokio::spawn(async move {
-            tokio::time::sleep(warmup).await;
-            let mut lags = Vec::new();
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let name = format!("probe-{n}");
-                let started = Instant::now();
-                let created = a
-                    .call(
-                        Method::POST,
-                        &format!("/keys/{name}/create"),
-                        Some(&json!({"kty": "EC-HSM", "crv": "P-256"})),
-                    )
-                    .await;
-                if !matches!(&created, Ok((s, _)) if s.is_success()) {
-                    anyhow::bail!("probe create {name} on A failed: {created:?}");
-                }
-                let acked = Instant::now();
-                let via = b.via(&b.endpoints[n % b.endpoints.len()]);
-                loop {
-                    if let Ok((s, _)) = via.call(Method::GET, &format!("/keys/{name}"), None).await
-                        && s.is_success()
-                    {
-                        break;
+    let probes: Vec<_> = (0..LAG_PROBES)
+        .map(|p| {
+            let (a, b, stop) = (
+                a.via(&a.endpoints[lead]),
+                b.via(&b.endpoints[0]),
+                stop.clone(),
+            );
+            let warmup = opts.run.warmup;
+            tokio::spawn(async move {
+                tokio::time::sleep(warmup).await;
+                let mut lags = Vec::new();
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let name = format!("probe-{p}-{n}");
+                    let started = Instant::now();
+                    let created = a
+                        .call(
+                            Method::POST,
+                            &format!("/keys/{name}/create"),
+                            Some(&json!({"kty": "EC-HSM", "crv": "P-256"})),
+                        )
+                        .await;
+                    if !matches!(&created, Ok((s, _)) if s.is_success()) {
+                        anyhow::bail!("probe create {name} on A failed: {created:?}");
                     }
-                    anyhow::ensure!(
-                        acked.elapsed() < Duration::from_secs(60),
-                        "B did not serve {name} within 60 s"
-                    );
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let acked = Instant::now();
+                    let via = b.via(&b.endpoints[(p + n) % b.endpoints.len()]);
+                    loop {
+                        if let Ok((s, _)) =
+                            via.call(Method::GET, &format!("/keys/{name}"), None).await
+                            && s.is_success()
+                        {
+                            break;
+                        }
+                        anyhow::ensure!(
+                            acked.elapsed() < Duration::from_secs(60),
+                            "B did not serve {name} within 60 s"
+                        );
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    lags.push(acked.elapsed().as_secs_f64() * 1000.0);
+                    n += 1;
+                    let next = started + Duration::from_millis(100);
+                    tokio::time::sleep_until(next.into()).await;
                 }
-                lags.push(acked.elapsed().as_secs_f64() * 1000.0);
-                n += 1;
-                let next = started + Duration::from_millis(100);
-                tokio::time::sleep_until(next.into()).await;
-            }
-            anyhow::Ok(lags)
+                anyhow::Ok(lags)
+            })
         })
-    };
+        .collect();
     let mut pids = server_pids(&dir_a.to_string_lossy());
     pids.extend(server_pids(&dir_b.to_string_lossy()));
     push(
@@ -241,7 +249,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         "primary creates on the leader, one replica region following",
     );
     stop.store(true, Ordering::Relaxed);
-    let mut lags = probe.await.context("the lag probe panicked")??;
+    let mut lags = Vec::new();
+    for probe in probes {
+        lags.extend(probe.await.context("a lag probe panicked")??);
+    }
     lags.sort_by(f64::total_cmp);
     let figures = RegionFigures {
         bootstrap_keys: opts.bootstrap_keys,
