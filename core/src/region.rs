@@ -232,6 +232,11 @@ pub struct Handover {
     /// The other regions the demoted primary accepted, with their CAs.
     #[serde(default)]
     pub regions: Vec<HandoverRegion>,
+    /// Every region has acknowledged `last_index` (the demotion token is published): a
+    /// region follows `to` only then — until then it keeps polling the demoted primary,
+    /// whose next poll is its acknowledgement.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 /// A region handed over with a switchover: its name and the CA it was accepted with.

@@ -294,8 +294,9 @@ async fn pull(app: &Arc<App>, link: &PrimaryLink, r: &ReplicaOf) -> anyhow::Resu
 }
 
 /// The primary was demoted (planned switchover): once this region has applied its last
-/// index, follow the region promoted next — unless this region is the one promoted, which
-/// waits for its promotion with the demotion token.
+/// index and every region has acknowledged it (the hand-over is ready: this region's polls
+/// after the last index are its acknowledgement), follow the region promoted next — unless
+/// this region is the one promoted, which waits for its promotion with the demotion token.
 async fn repoint(
     app: &Arc<App>,
     link: &PrimaryLink,
@@ -304,7 +305,7 @@ async fn repoint(
 ) -> anyhow::Result<()> {
     link.note_handover(h);
     let me = app.regions.name(&app.store.read());
-    if h.to == me || applied < h.last_index {
+    if h.to == me || applied < h.last_index || !h.ready {
         return Ok(());
     }
     app.store

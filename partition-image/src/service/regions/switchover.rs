@@ -112,6 +112,7 @@ pub fn handover(st: &PoolState) -> Option<Handover> {
         ca_certificate: d.ca_pem.clone(),
         epoch: d.epoch,
         last_index: d.last_index,
+        ready: d.ready,
         regions: regions
             .iter()
             .filter(|(name, _)| **name != d.to)
