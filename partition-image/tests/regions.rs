@@ -586,13 +586,14 @@ async fn a_switchover_waits_for_every_region_and_the_third_region_follows_the_ne
     for i in 0..N {
         c.resume(i);
     }
-    // Called again, the demotion waits again: north catches up and the token is published.
+    // Called again, the demotion waits again (within the test client's 30 s): north
+    // catches up and the token is published.
     let (s, v) = a
         .call(
             1,
             Method::POST,
             "/admin/regions/demote",
-            Some(json!({"to": "west", "endpoints": endpoints})),
+            Some(json!({"to": "west", "endpoints": endpoints, "waitSeconds": 25})),
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");

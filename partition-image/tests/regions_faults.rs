@@ -109,16 +109,26 @@ async fn switchover(regions: &[Cluster; 2], from: usize, kill: Option<usize>) {
     let (old, new) = (&regions[from], &regions[1 - from]);
     let to = new.region(0).await.expect("the status of the region promoted")["name"].clone();
     let endpoints: Vec<String> = (0..N).map(|i| new.url(i).to_string()).collect();
-    let (s, v) = old
-        .call(
-            0,
-            Method::POST,
-            "/admin/regions/demote",
-            Some(serde_json::json!({"to": to, "endpoints": endpoints})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "demote: {v}");
-    let token = v["token"].as_str().expect("a demotion token").to_string();
+    // The demotion waits (here 20 s a call, under the test client's 30 s) until the other
+    // region applied the last index; called again, it waits again.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let token = loop {
+        let (s, v) = old
+            .call(
+                0,
+                Method::POST,
+                "/admin/regions/demote",
+                Some(serde_json::json!({"to": to, "endpoints": endpoints, "waitSeconds": 20})),
+            )
+            .await;
+        if s == StatusCode::OK {
+            break v["token"].as_str().expect("a demotion token").to_string();
+        }
+        if Instant::now() > deadline {
+            print_statuses(regions).await;
+            panic!("the demotion does not hand over within 120 s: {s} {v}");
+        }
+    };
     if let Some(i) = kill {
         new.kill(i);
         new.spawn(i);
