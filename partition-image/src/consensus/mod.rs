@@ -22,6 +22,9 @@ pub struct Store {
     /// Set on a partition with a region write lease: refuses a primary's changes while no
     /// region has polled it for the lease.
     lease: std::sync::RwLock<Option<Arc<dyn region::WriteLease>>>,
+    /// Set in a pool with region configuration: brings the forwarder up to date with the
+    /// region state before a change of keys or RBAC.
+    router: std::sync::OnceLock<region::Router>,
 }
 
 enum Backend {
@@ -45,6 +48,7 @@ impl Store {
             backend: Backend::Single(Box::new(SingleStore::open(dir)?)),
             forwarder: Default::default(),
             lease: Default::default(),
+            router: Default::default(),
         }))
     }
 
@@ -54,6 +58,7 @@ impl Store {
             backend: Backend::Raft(replica),
             forwarder: Default::default(),
             lease: Default::default(),
+            router: Default::default(),
         })
     }
 
@@ -94,6 +99,11 @@ impl Store {
     /// Commit a command (through the leader in a replicated pool; through the primary
     /// region for a change of keys or RBAC in a replica region) and apply it.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        if cmd.is_region_replicated()
+            && let Some(route) = self.router.get()
+        {
+            route();
+        }
         if let Some(f) = self.forwarder_for(&cmd) {
             return self.propose_in_region(f.as_ref(), cmd).await;
         }

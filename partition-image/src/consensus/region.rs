@@ -20,6 +20,10 @@ pub trait PrimaryForwarder: Send + Sync {
     fn forward<'a>(&'a self, cmd: &'a Command) -> Forwarded<'a>;
 }
 
+/// Brings a store's forwarder up to date with the region state (set by the services, which
+/// hold the region runtime): a write never goes to a primary the state has moved away from.
+pub type Router = Box<dyn Fn() + Send + Sync>;
+
 /// A primary region's write lease (implemented by `region::lease`; docs/regions.md "Write
 /// lease"): why a change of keys or RBAC cannot be made now, if it cannot.
 pub trait WriteLease: Send + Sync {
@@ -32,6 +36,11 @@ impl Store {
     /// the state machine's region fence, the same way on every partition.
     pub fn set_primary_forwarder(&self, f: Option<Arc<dyn PrimaryForwarder>>) {
         *self.forwarder.write().unwrap_or_else(|p| p.into_inner()) = f;
+    }
+
+    /// Route each change of keys or RBAC with `router` first (once; later calls are ignored).
+    pub fn set_router(&self, router: Router) {
+        let _ = self.router.set(router);
     }
 
     /// Run with a region write lease from now on.

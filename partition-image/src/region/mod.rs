@@ -107,23 +107,47 @@ impl Regions {
     /// region it moves to once its primary handed over, or it was demoted; else the
     /// configured primary.
     fn desired(&self, st: &PoolState) -> Option<Target> {
+        self.desired_ref(st).map(|(name, endpoints, ca_pem)| Target {
+            name: name.to_string(),
+            endpoints: endpoints.to_vec(),
+            ca_pem: ca_pem.to_string(),
+        })
+    }
+
+    /// [`Regions::desired`], borrowed: (name, endpoints, CA).
+    fn desired_ref<'a>(&'a self, st: &'a PoolState) -> Option<(&'a str, &'a [String], &'a str)> {
         if let Some(d) = st.region.repoint.as_ref().or(st.region.demoted.as_ref()) {
-            return Some(Target {
-                name: d.to.clone(),
-                endpoints: d.endpoints.clone(),
-                ca_pem: d.ca_pem.clone(),
-            });
+            return Some((&d.to, &d.endpoints, &d.ca_pem));
         }
         if st.region.promoted_at.is_some() && st.region.replica.is_none() {
             return None;
         }
-        self.configured.clone()
+        self.configured
+            .as_ref()
+            .map(|t| (t.name.as_str(), t.endpoints.as_slice(), t.ca_pem.as_str()))
+    }
+
+    /// Whether the link this partition holds is the one the state asks for (cheap: nothing
+    /// is copied; the write path asks before every change of keys or RBAC).
+    fn up_to_date(&self, st: &PoolState) -> bool {
+        let link = self.link.read().unwrap_or_else(|p| p.into_inner());
+        match (self.desired_ref(st), link.as_ref()) {
+            (None, None) => true,
+            (Some((name, endpoints, ca)), Some(l)) => {
+                l.primary.name == name && l.primary.endpoints == endpoints && l.primary.ca_pem == ca
+            }
+            _ => false,
+        }
     }
 
     /// Follow the state: (re)build the link when what this pool follows changed, and route
     /// the store's region-replicated writes through it (or nowhere: a primary). Every
-    /// partition calls it (its follower task, and after a switchover step it served).
+    /// partition calls it (its follower task, after a switchover step it served, and before
+    /// each write it takes — a write never goes to a primary the state has moved away from).
     pub fn reconcile(&self, store: &Store) {
+        if self.up_to_date(&store.read()) {
+            return;
+        }
         let desired = self.desired(&store.read());
         let current = self.link().map(|l| l.primary.clone());
         if desired == current {

@@ -34,6 +34,12 @@ impl App {
             store.set_write_lease(lease.clone());
         }
         let app = App::with_store(cfg, store, regions)?;
+        let weak = Arc::downgrade(&app);
+        app.store.set_router(Box::new(move || {
+            if let Some(app) = weak.upgrade() {
+                app.regions.reconcile(&app.store);
+            }
+        }));
         let a = app.clone();
         tokio::spawn(async move { a.replication_tasks().await });
         // Every partition of a replicated pool: idle until it follows a primary region
