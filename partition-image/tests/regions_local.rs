@@ -268,7 +268,15 @@ async fn the_runner_extends_a_running_local_pool_into_two_replica_regions_and_on
             })
             .count()
     };
-    assert_eq!(sealed_domains(), 3, "C's partitions hold the sealed domain");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sealed_domains() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of C's partitions hold the sealed domain",
+            sealed_domains()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Remove north on A: C's writes are refused, and what A takes no longer reaches C
     // (B still gets it).
     let left = kubectl_hsm(&pool_a, &["region", "remove", "north"]);

@@ -330,11 +330,12 @@ impl PoolState {
                         r.primary
                     )));
                 }
-                // Keys, deleted keys and RBAC go; the pool keeps its name, id and
-                // membership, and reads as not activated (its partitions drop the domain).
+                // Keys and deleted keys go; the pool keeps its name, id, membership and role
+                // assignments (they name principals, no secret: its administrators still
+                // read its status), and reads as not activated (its partitions drop the
+                // domain).
                 self.keys.clear();
                 self.deleted.clear();
-                self.rbac = Default::default();
                 self.restore_staging = None;
                 self.activation = Activation::default();
                 let purged = Purged {
