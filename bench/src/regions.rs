@@ -79,8 +79,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures)> {
     anyhow::ensure!(opts.run.clients > 0, "--clients must be at least 1");
     if opts.run.dir.exists() {
-        std::fs::remove_dir_all(&opts.run.dir)
-            .with_context(|| format!("cannot remove the previous run in {}", opts.run.dir.display()))?;
+        std::fs::remove_dir_all(&opts.run.dir).with_context(|| {
+            format!(
+                "cannot remove the previous run in {}",
+                opts.run.dir.display()
+            )
+        })?;
     }
     let (dir_a, dir_b) = (opts.run.dir.join("A"), opts.run.dir.join("B"));
     let (configs, _) = prepare(&LocalOptions {
@@ -162,7 +166,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         .await
         .and_then(|v| v["appliedIndex"].as_u64())
         .context("the primary's leader does not report its applied index")?;
-    let mut procs_b = Procs::of(opts.run.bin.clone(), configs_b, Some(dir_b.join(REGION_CONFIG)))?;
+    let mut procs_b = Procs::of(
+        opts.run.bin.clone(),
+        configs_b,
+        Some(dir_b.join(REGION_CONFIG)),
+    )?;
     let t0 = Instant::now();
     let b = start_pool(&mut procs_b, &dir_b).await?;
     until(

@@ -242,8 +242,12 @@ pub(crate) fn sign_body(alg: &str) -> bytes::Bytes {
 pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> {
     anyhow::ensure!(opts.run.clients > 0, "--clients must be at least 1");
     if opts.run.dir.join("pool.json").exists() {
-        std::fs::remove_dir_all(&opts.run.dir)
-            .with_context(|| format!("cannot remove the previous run in {}", opts.run.dir.display()))?;
+        std::fs::remove_dir_all(&opts.run.dir).with_context(|| {
+            format!(
+                "cannot remove the previous run in {}",
+                opts.run.dir.display()
+            )
+        })?;
     }
     let (configs, _) = prepare(&LocalOptions {
         dir: opts.run.dir.clone(),

@@ -461,7 +461,12 @@ mod tests {
             write_lease_ms: None,
         };
         assert!(c.validate().is_ok());
-        for (ms, ok) in [(2_999, false), (3_000, true), (300_000, true), (300_001, false)] {
+        for (ms, ok) in [
+            (2_999, false),
+            (3_000, true),
+            (300_000, true),
+            (300_001, false),
+        ] {
             c.write_lease_ms = Some(ms);
             assert_eq!(c.validate().is_ok(), ok, "{ms}");
         }

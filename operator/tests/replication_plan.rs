@@ -291,7 +291,9 @@ fn a_replica_reports_its_lag_and_is_healthy_while_it_follows() {
     assert_eq!(now.removed_by.as_deref(), Some("east"));
     let notes = plan::events(Some(&was), &now, &s);
     assert!(
-        notes.iter().any(|(warning, r, _)| *warning && *r == "RegionPurged"),
+        notes
+            .iter()
+            .any(|(warning, r, _)| *warning && *r == "RegionPurged"),
         "{notes:?}"
     );
     let c = plan::condition(&s, &None, &[], None);

@@ -621,7 +621,10 @@ async fn a_switchover_waits_for_every_region_and_the_third_region_follows_the_ne
         "west accepts A and north: {west}"
     );
     // A write through north lands in west and is served by north at once.
-    let through_north = c.create(2, "through-north").await.expect("a write via north");
+    let through_north = c
+        .create(2, "through-north")
+        .await
+        .expect("a write via north");
     assert!(b.has_key(0, "through-north").await);
     let (s, v) = c.call(1, Method::GET, "/keys/through-north", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -667,7 +670,9 @@ async fn with_a_write_lease_a_primary_cut_off_from_every_region_stops_taking_wri
         .await;
     // West polls A: the lease holds and A takes writes.
     until_lease(&a, false).await;
-    a.create(0, "leased-1").await.expect("a write under the lease");
+    a.create(0, "leased-1")
+        .await
+        .expect("a write under the lease");
     b.until("west serves the key", 30, || b.has_key(0, "leased-1"))
         .await;
     // West learns A's lease (a failover waits it out).

@@ -54,13 +54,25 @@ fn seed() -> u64 {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
-    KillPartition { region: usize, i: usize },
-    PausePartition { region: usize, i: usize },
-    PauseRegion { region: usize },
-    KillRegion { region: usize },
+    KillPartition {
+        region: usize,
+        i: usize,
+    },
+    PausePartition {
+        region: usize,
+        i: usize,
+    },
+    PauseRegion {
+        region: usize,
+    },
+    KillRegion {
+        region: usize,
+    },
     /// The primary hands over to the other region; with `kill`, that partition of the
     /// other region is killed (and restarted) between the demotion and the promotion.
-    Switchover { kill: Option<usize> },
+    Switchover {
+        kill: Option<usize>,
+    },
 }
 
 impl Fault {
@@ -107,7 +119,11 @@ impl Fault {
 async fn switchover(regions: &[Cluster; 2], from: usize, kill: Option<usize>) {
     use reqwest::{Method, StatusCode};
     let (old, new) = (&regions[from], &regions[1 - from]);
-    let to = new.region(0).await.expect("the status of the region promoted")["name"].clone();
+    let to = new
+        .region(0)
+        .await
+        .expect("the status of the region promoted")["name"]
+        .clone();
     let endpoints: Vec<String> = (0..N).map(|i| new.url(i).to_string()).collect();
     // The demotion waits (here 20 s a call, under the test client's 30 s) until the other
     // region applied the last index; called again, it waits again.
@@ -313,9 +329,13 @@ async fn run(faults: usize) {
     let (a, b) = (&regions[primary], &regions[1 - primary]);
     // The replica catches up: lag 0 on every partition.
     for i in 0..N {
-        b.until("the replica caught up with the primary (lag 0)", 120, || async move {
-            matches!(b.region(i).await, Some(r) if r["lagEntries"] == 0 && r["joined"] == true)
-        })
+        b.until(
+            "the replica caught up with the primary (lag 0)",
+            120,
+            || async move {
+                matches!(b.region(i).await, Some(r) if r["lagEntries"] == 0 && r["joined"] == true)
+            },
+        )
         .await;
     }
     // Every acknowledged write, identical on the six partitions.

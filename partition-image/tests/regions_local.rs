@@ -315,7 +315,11 @@ async fn the_runner_extends_a_running_local_pool_into_two_replica_regions_and_on
     assert_eq!(s, StatusCode::OK, "{v}");
     until_served(&b, &a, "k2", "B (west), still accepted").await;
     let (s, _) = call(&c, &a, reqwest::Method::GET, "/keys/k2", None).await;
-    assert_ne!(s, StatusCode::OK, "B already serves k2; C, removed, does not");
+    assert_ne!(
+        s,
+        StatusCode::OK,
+        "B already serves k2; C, removed, does not"
+    );
     let c_view = kubectl_hsm(&dir_c.join("pool.json"), &["region", "status"]);
     assert_eq!(c_view["primaryRefuses"], true, "{c_view}");
     // And, as in Azure, C's pool is purged: A's removal notice verified under C's domain,

@@ -73,7 +73,9 @@ pub async fn handle(app: Arc<App>, req: Request) -> Response {
         .cloned()
         .unwrap_or_default();
     // The accepted regions as the state has them now (rebuilt only on a change).
-    app.regions.trust.sync(&app.store.read().region.known_regions());
+    app.regions
+        .trust
+        .sync(&app.store.read().region.known_regions());
     let region = app.regions.trust.region_of(&chain.0);
     let (response, operation, key) = match &region {
         Some(region) => serve(&app, region, req).await,

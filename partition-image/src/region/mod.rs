@@ -107,11 +107,12 @@ impl Regions {
     /// region it moves to once its primary handed over, or it was demoted; else the
     /// configured primary.
     fn desired(&self, st: &PoolState) -> Option<Target> {
-        self.desired_ref(st).map(|(name, endpoints, ca_pem)| Target {
-            name: name.to_string(),
-            endpoints: endpoints.to_vec(),
-            ca_pem: ca_pem.to_string(),
-        })
+        self.desired_ref(st)
+            .map(|(name, endpoints, ca_pem)| Target {
+                name: name.to_string(),
+                endpoints: endpoints.to_vec(),
+                ca_pem: ca_pem.to_string(),
+            })
     }
 
     /// [`Regions::desired`], borrowed: (name, endpoints, CA).

@@ -204,9 +204,13 @@ impl App {
     pub fn shred_domain(&self) {
         self.keyring.shred();
         match std::fs::remove_file(self.sealed_path()) {
-            Ok(()) => tracing::warn!("the sealed security domain was deleted from this partition (the region was removed by its primary)"),
+            Ok(()) => tracing::warn!(
+                "the sealed security domain was deleted from this partition (the region was removed by its primary)"
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::error!(error = %e, "cannot delete the sealed security domain of a removed region"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot delete the sealed security domain of a removed region")
+            }
         }
     }
 

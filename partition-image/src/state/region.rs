@@ -562,7 +562,11 @@ impl PoolState {
                 epoch,
                 from,
             } => {
-                let Some(d) = self.region.repoint.clone().or_else(|| self.region.demoted.clone())
+                let Some(d) = self
+                    .region
+                    .repoint
+                    .clone()
+                    .or_else(|| self.region.demoted.clone())
                 else {
                     return Err(StateError::RegionRole(
                         "only a demoted primary, or a region it handed over, follows the region promoted next".into(),

@@ -63,11 +63,7 @@ pub async fn local_state(app: &App, replica: &Replica) -> PeerState {
 type Probes = BTreeMap<u64, Result<PeerState, String>>;
 
 /// Ask every member (and `extra`) for its state, concurrently, with a short timeout.
-pub(crate) async fn probe(
-    app: &App,
-    replica: &Replica,
-    extra: Option<(u64, Member)>,
-) -> Probes {
+pub(crate) async fn probe(app: &App, replica: &Replica, extra: Option<(u64, Member)>) -> Probes {
     let mut nodes = replica.group().nodes;
     if let Some((id, n)) = extra {
         nodes.entry(id).or_insert(n);

@@ -71,7 +71,12 @@ pub async fn run(app: Arc<App>) {
         };
         match result {
             Ok(()) => failures = 0,
-            Err(e) if matches!(e.downcast_ref::<LinkError>(), Some(LinkError::Removed { .. })) => {
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<LinkError>(),
+                    Some(LinkError::Removed { .. })
+                ) =>
+            {
                 if let Some(LinkError::Removed { notice }) = e.downcast_ref::<LinkError>()
                     && let Err(e) = purge(&app, notice).await
                 {
@@ -116,7 +121,9 @@ async fn purge(app: &Arc<App>, notice: &str) -> anyhow::Result<()> {
     let n = RemovalNotice::open(notice, unsealed.secret.master_key())
         .map_err(|e| anyhow::anyhow!("the removal notice was refused: {e}"))?;
     anyhow::ensure!(
-        n.region == me && n.pool_id == r.primary_pool_id && Some(&n.fingerprint) == fingerprint.as_ref(),
+        n.region == me
+            && n.pool_id == r.primary_pool_id
+            && Some(&n.fingerprint) == fingerprint.as_ref(),
         "the removal notice names region '{}' of primary pool {} (this is region '{me}' of {})",
         n.region,
         n.pool_id,
@@ -143,13 +150,7 @@ async fn purge(app: &Arc<App>, notice: &str) -> anyhow::Result<()> {
 
 /// The audit record of what this region did on an answer of its primary (`call`: the
 /// method and path it called).
-fn audit_outbound(
-    app: &App,
-    primary: &str,
-    call: (&str, &str),
-    operation: &str,
-    committed: bool,
-) {
+fn audit_outbound(app: &App, primary: &str, call: (&str, &str), operation: &str, committed: bool) {
     app.audit.record(AuditRecord {
         request_id: uuid::Uuid::new_v4().to_string(),
         partition: app.cfg.partition_id.clone(),
@@ -173,7 +174,9 @@ async fn purged(app: &Arc<App>, replica: &crate::consensus::raft::Replica) {
         && link.position().await.is_ok()
     {
         match app.store.propose_local(Command::RegionRejoin).await {
-            Ok(_) => tracing::warn!(primary = %link.primary.name, "the primary accepts this region again: joining it anew"),
+            Ok(_) => {
+                tracing::warn!(primary = %link.primary.name, "the primary accepts this region again: joining it anew")
+            }
             Err(e) => tracing::debug!(error = %e, "rejoin not committed yet"),
         }
     }
