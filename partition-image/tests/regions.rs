@@ -43,11 +43,8 @@ where
 /// The end of every partition's log (on a failure).
 fn dump_logs(pools: &[&Cluster]) {
     for c in pools {
-        for cfg in &c.configs {
-            let log = std::fs::read_to_string(cfg.with_file_name("stderr.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            eprintln!("== {}\n{}", cfg.display(), tail.join("\n"));
+        for (i, cfg) in c.configs.iter().enumerate() {
+            eprintln!("== {}\n{}", cfg.display(), c.log_tail(i, 40));
         }
     }
 }

@@ -389,18 +389,18 @@ impl Cluster {
     pub fn exited(&self, i: usize) -> Option<String> {
         let mut children = self.children.lock().unwrap();
         let status = children[i].as_mut()?.try_wait().ok()??;
+        Some(format!(
+            "exited with {status}; stderr tail:\n{}",
+            self.log_tail(i, 40)
+        ))
+    }
+
+    /// The last `lines` lines of partition `i`'s stderr log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
         let log = std::fs::read_to_string(self.configs[i].with_file_name("stderr.log"))
             .unwrap_or_default();
-        let tail: String = log
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        Some(format!("exited with {status}; stderr tail:\n{tail}"))
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
     /// Stop every partition, start it again, and wait until each holds the domain again.
