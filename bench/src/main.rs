@@ -134,7 +134,21 @@ struct LoadArgs {
 
 #[derive(Args, Debug)]
 struct ReplicationArgs {
-    /// A scratch directory for the pool (a previous run's pool in it is removed).
+    #[command(flatten)]
+    pool: PoolRunArgs,
+    /// Keys in the pool when a partition is wiped for the healing measurement.
+    #[arg(long, default_value_t = 5000)]
+    heal_keys: usize,
+    /// Write the healing figures (JSON) to this file.
+    #[arg(long, value_name = "FILE")]
+    heal_json: Option<PathBuf>,
+}
+
+/// What the benchmarks that start their own pools (replication, regions) share.
+#[derive(Args, Debug)]
+struct PoolRunArgs {
+    /// A scratch directory for the pools (regions: the primary in A/, the region in B/); a
+    /// previous run in it is removed.
     #[arg(long)]
     dir: PathBuf,
     /// The partition binary (default: keystead-partition next to this program).
@@ -146,38 +160,33 @@ struct ReplicationArgs {
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Keys in the pool when a partition is wiped for the healing measurement.
-    #[arg(long, default_value_t = 5000)]
-    heal_keys: usize,
-    /// Write the healing figures (JSON) to this file.
-    #[arg(long, value_name = "FILE")]
-    heal_json: Option<PathBuf>,
     #[command(flatten)]
     timing: Timing,
 }
 
+impl PoolRunArgs {
+    fn run_options(&self) -> anyhow::Result<replication::RunOptions> {
+        Ok(replication::RunOptions {
+            bin: self.bin.clone().unwrap_or_else(replication::default_bin),
+            dir: std::path::absolute(&self.dir)?,
+            clients: self.clients,
+            threads: self.threads,
+            warmup: self.timing.warmup,
+            measure: self.timing.duration,
+        })
+    }
+}
+
 #[derive(Args, Debug)]
 struct RegionsArgs {
-    /// A scratch directory (the primary in A/, the region in B/; a previous run is removed).
-    #[arg(long)]
-    dir: PathBuf,
-    /// The partition binary (default: keystead-partition next to this program).
-    #[arg(long, value_name = "BIN")]
-    bin: Option<PathBuf>,
-    /// Concurrent keep-alive HTTPS clients creating on the primary.
-    #[arg(long, default_value_t = 64)]
-    clients: usize,
-    /// Worker threads of the load generator.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    #[command(flatten)]
+    pool: PoolRunArgs,
     /// Keys in the primary when the region joins (its bootstrap).
     #[arg(long, default_value_t = 100_000)]
     bootstrap_keys: usize,
     /// Write the bootstrap and lag figures (JSON) to this file.
     #[arg(long, value_name = "FILE")]
     figures_json: Option<PathBuf>,
-    #[command(flatten)]
-    timing: Timing,
 }
 
 #[derive(Args, Debug)]
@@ -293,34 +302,24 @@ fn main() -> anyhow::Result<()> {
             check_errors(&rows)
         }
         Cmd::Replication(a) => {
-            let rt = runtime(a.threads)?;
+            let rt = runtime(a.pool.threads)?;
             let opts = replication::Options {
-                bin: a.bin.clone().unwrap_or_else(replication::default_bin),
-                dir: std::path::absolute(&a.dir)?,
-                clients: a.clients,
-                threads: a.threads,
-                warmup: a.timing.warmup,
-                measure: a.timing.duration,
+                run: a.pool.run_options()?,
                 heal_keys: a.heal_keys,
             };
             let (rows, heal) = rt.block_on(replication::run(&opts))?;
-            write_json(a.timing.json.as_ref(), &rows)?;
+            write_json(a.pool.timing.json.as_ref(), &rows)?;
             write_figures(a.heal_json.as_ref(), &heal)?;
             check_errors(&rows)
         }
         Cmd::Regions(a) => {
-            let rt = runtime(a.threads)?;
+            let rt = runtime(a.pool.threads)?;
             let opts = regions::Options {
-                bin: a.bin.clone().unwrap_or_else(replication::default_bin),
-                dir: std::path::absolute(&a.dir)?,
-                clients: a.clients,
-                threads: a.threads,
-                warmup: a.timing.warmup,
-                measure: a.timing.duration,
+                run: a.pool.run_options()?,
                 bootstrap_keys: a.bootstrap_keys,
             };
             let (rows, figures) = rt.block_on(regions::run(&opts))?;
-            write_json(a.timing.json.as_ref(), &rows)?;
+            write_json(a.pool.timing.json.as_ref(), &rows)?;
             write_figures(a.figures_json.as_ref(), &figures)?;
             check_errors(&rows)
         }

@@ -25,22 +25,19 @@ use keystead_partition::local::{
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::json;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub bin: PathBuf,
-    /// A scratch directory: the primary in `A/`, the region in `B/` (a previous run removed).
-    pub dir: PathBuf,
-    pub clients: usize,
-    pub threads: usize,
-    pub warmup: Duration,
-    pub measure: Duration,
+    /// The scratch directory holds the primary in `A/`, the region in `B/`.
+    pub run: super::replication::RunOptions,
     pub bootstrap_keys: usize,
 }
+
+/// Lag probes running at once beside the load.
+const LAG_PROBES: usize = 8;
 
 /// The figures that are not throughput rows.
 #[derive(Debug, Clone, Serialize)]
@@ -80,19 +77,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures)> {
-    anyhow::ensure!(opts.clients > 0, "--clients must be at least 1");
-    if opts.dir.exists() {
-        std::fs::remove_dir_all(&opts.dir)
-            .with_context(|| format!("cannot remove the previous run in {}", opts.dir.display()))?;
+    anyhow::ensure!(opts.run.clients > 0, "--clients must be at least 1");
+    if opts.run.dir.exists() {
+        std::fs::remove_dir_all(&opts.run.dir).with_context(|| {
+            format!(
+                "cannot remove the previous run in {}",
+                opts.run.dir.display()
+            )
+        })?;
     }
-    let (dir_a, dir_b) = (opts.dir.join("A"), opts.dir.join("B"));
+    let (dir_a, dir_b) = (opts.run.dir.join("A"), opts.run.dir.join("B"));
     let (configs, _) = prepare(&LocalOptions {
         dir: dir_a.clone(),
         partitions: 3,
         pool_name: "east".into(),
         extend: None,
     })?;
-    let mut procs_a = Procs::of(opts.bin.clone(), configs, None)?;
+    let mut procs_a = Procs::of(opts.run.bin.clone(), configs, None)?;
     let a = start_pool(&mut procs_a, &dir_a).await?;
     let lead = activate(&a).await?;
 
@@ -111,12 +112,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         t.elapsed().as_secs_f64()
     );
 
-    let clients: Vec<reqwest::Client> = (0..opts.clients)
+    let clients: Vec<reqwest::Client> = (0..opts.run.clients)
         .map(|_| load::https_client(&a.ca_pem))
         .collect::<anyhow::Result<_>>()?;
     let auth: Arc<str> = Arc::from(format!("Bearer {}", a.token));
     let create = bytes::Bytes::from(json!({"kty": "EC-HSM", "crv": "P-256"}).to_string());
-    let urls: Vec<Arc<str>> = (0..opts.clients)
+    let urls: Vec<Arc<str>> = (0..opts.run.clients)
         .map(|c| {
             Arc::from(
                 a.via(&a.endpoints[lead])
@@ -129,10 +130,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         urls: urls.clone(),
         auth: auth.clone(),
         body: create.clone(),
-        warmup: opts.warmup,
-        measure: opts.measure,
+        warmup: opts.run.warmup,
+        measure: opts.run.measure,
         pids,
-        threads: opts.threads,
+        threads: opts.run.threads,
     };
     let mut rows = Vec::new();
     let mut push = |mut r: OpResult, label: &str| {
@@ -165,7 +166,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         .await
         .and_then(|v| v["appliedIndex"].as_u64())
         .context("the primary's leader does not report its applied index")?;
-    let mut procs_b = Procs::of(opts.bin.clone(), configs_b, Some(dir_b.join(REGION_CONFIG)))?;
+    let mut procs_b = Procs::of(
+        opts.run.bin.clone(),
+        configs_b,
+        Some(dir_b.join(REGION_CONFIG)),
+    )?;
     let t0 = Instant::now();
     let b = start_pool(&mut procs_b, &dir_b).await?;
     until(
@@ -192,54 +197,59 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         bootstrap.as_secs_f64()
     );
 
-    // 4 and 5. With the region, and the lag probe beside the load.
+    // 4 and 5. With the region, and the lag probes beside the load: each creates a key on A,
+    // then reads it on B until B serves it (the lag from A's acknowledgement), one after the
+    // other; several probes run at once so that a lag of seconds still yields many samples.
     let stop = Arc::new(AtomicBool::new(false));
-    let probe = {
-        let (a, b, stop) = (
-            a.via(&a.endpoints[lead]),
-            b.via(&b.endpoints[0]),
-            stop.clone(),
-        );
-        let warmup = opts.warmup;
-        tokio::spawn(async move {
-            tokio::time::sleep(warmup).await;
-            let mut lags = Vec::new();
-            let mut n = 0usize;
-            while !stop.load(Ordering::Relaxed) {
-                let name = format!("probe-{n}");
-                let started = Instant::now();
-                let created = a
-                    .call(
-                        Method::POST,
-                        &format!("/keys/{name}/create"),
-                        Some(&json!({"kty": "EC-HSM", "crv": "P-256"})),
-                    )
-                    .await;
-                if !matches!(&created, Ok((s, _)) if s.is_success()) {
-                    anyhow::bail!("probe create {name} on A failed: {created:?}");
-                }
-                let acked = Instant::now();
-                let via = b.via(&b.endpoints[n % b.endpoints.len()]);
-                loop {
-                    if let Ok((s, _)) = via.call(Method::GET, &format!("/keys/{name}"), None).await
-                        && s.is_success()
-                    {
-                        break;
+    let probes: Vec<_> = (0..LAG_PROBES)
+        .map(|p| {
+            let (a, b, stop) = (
+                a.via(&a.endpoints[lead]),
+                b.via(&b.endpoints[0]),
+                stop.clone(),
+            );
+            let warmup = opts.run.warmup;
+            tokio::spawn(async move {
+                tokio::time::sleep(warmup).await;
+                let mut lags = Vec::new();
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let name = format!("probe-{p}-{n}");
+                    let started = Instant::now();
+                    let created = a
+                        .call(
+                            Method::POST,
+                            &format!("/keys/{name}/create"),
+                            Some(&json!({"kty": "EC-HSM", "crv": "P-256"})),
+                        )
+                        .await;
+                    if !matches!(&created, Ok((s, _)) if s.is_success()) {
+                        anyhow::bail!("probe create {name} on A failed: {created:?}");
                     }
-                    anyhow::ensure!(
-                        acked.elapsed() < Duration::from_secs(60),
-                        "B did not serve {name} within 60 s"
-                    );
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    let acked = Instant::now();
+                    let via = b.via(&b.endpoints[(p + n) % b.endpoints.len()]);
+                    loop {
+                        if let Ok((s, _)) =
+                            via.call(Method::GET, &format!("/keys/{name}"), None).await
+                            && s.is_success()
+                        {
+                            break;
+                        }
+                        anyhow::ensure!(
+                            acked.elapsed() < Duration::from_secs(60),
+                            "B did not serve {name} within 60 s"
+                        );
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    lags.push(acked.elapsed().as_secs_f64() * 1000.0);
+                    n += 1;
+                    let next = started + Duration::from_millis(100);
+                    tokio::time::sleep_until(next.into()).await;
                 }
-                lags.push(acked.elapsed().as_secs_f64() * 1000.0);
-                n += 1;
-                let next = started + Duration::from_millis(100);
-                tokio::time::sleep_until(next.into()).await;
-            }
-            anyhow::Ok(lags)
+                anyhow::Ok(lags)
+            })
         })
-    };
+        .collect();
     let mut pids = server_pids(&dir_a.to_string_lossy());
     pids.extend(server_pids(&dir_b.to_string_lossy()));
     push(
@@ -247,7 +257,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         "primary creates on the leader, one replica region following",
     );
     stop.store(true, Ordering::Relaxed);
-    let mut lags = probe.await.context("the lag probe panicked")??;
+    let mut lags = Vec::new();
+    for probe in probes {
+        lags.extend(probe.await.context("a lag probe panicked")??);
+    }
     lags.sort_by(f64::total_cmp);
     let figures = RegionFigures {
         bootstrap_keys: opts.bootstrap_keys,
@@ -261,7 +274,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
     };
     println!(
         "replication lag under sustained creates ({} clients on A): {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        opts.clients,
+        opts.run.clients,
         figures.lag_samples,
         figures.lag_p50_ms,
         figures.lag_p99_ms,

@@ -30,16 +30,22 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Options {
+    pub run: RunOptions,
+    /// Keys created before the healing measurement.
+    pub heal_keys: usize,
+}
+
+/// What the benchmarks that start their own pools share (this one and `regions`).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
     /// The `keystead-partition` binary.
     pub bin: PathBuf,
-    /// A new directory for the pool's files (removed first if it holds a previous run).
+    /// A new directory for the pools' files (removed first if it holds a previous run).
     pub dir: PathBuf,
     pub clients: usize,
     pub threads: usize,
     pub warmup: Duration,
     pub measure: Duration,
-    /// Keys created before the healing measurement.
-    pub heal_keys: usize,
 }
 
 /// The healing measurement (seconds from the restart of the wiped partition).
@@ -234,39 +240,43 @@ pub(crate) fn sign_body(alg: &str) -> bytes::Bytes {
 }
 
 pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> {
-    anyhow::ensure!(opts.clients > 0, "--clients must be at least 1");
-    if opts.dir.join("pool.json").exists() {
-        std::fs::remove_dir_all(&opts.dir)
-            .with_context(|| format!("cannot remove the previous run in {}", opts.dir.display()))?;
+    anyhow::ensure!(opts.run.clients > 0, "--clients must be at least 1");
+    if opts.run.dir.join("pool.json").exists() {
+        std::fs::remove_dir_all(&opts.run.dir).with_context(|| {
+            format!(
+                "cannot remove the previous run in {}",
+                opts.run.dir.display()
+            )
+        })?;
     }
     let (configs, _) = prepare(&LocalOptions {
-        dir: opts.dir.clone(),
+        dir: opts.run.dir.clone(),
         partitions: 3,
         pool_name: "bench-replication".into(),
         extend: None,
     })?;
-    let mut procs = Procs::of(opts.bin.clone(), configs, None)?;
-    let pool = start_pool(&mut procs, &opts.dir).await?;
+    let mut procs = Procs::of(opts.run.bin.clone(), configs, None)?;
+    let pool = start_pool(&mut procs, &opts.run.dir).await?;
     let lead = activate(&pool).await?;
     eprintln!(
         "pool ready: leader p{lead}; {} clients, {} generator thread(s), {:?} + {:?} per run",
-        opts.clients, opts.threads, opts.warmup, opts.measure
+        opts.run.clients, opts.run.threads, opts.run.warmup, opts.run.measure
     );
 
-    let clients: Vec<reqwest::Client> = (0..opts.clients)
+    let clients: Vec<reqwest::Client> = (0..opts.run.clients)
         .map(|_| load::https_client(&pool.ca_pem))
         .collect::<anyhow::Result<_>>()?;
     let auth: Arc<str> = Arc::from(format!("Bearer {}", pool.token));
-    let pids = server_pids(&opts.dir.to_string_lossy());
+    let pids = server_pids(&opts.run.dir.to_string_lossy());
     let window = |urls: Vec<Arc<str>>, body: bytes::Bytes| Window {
         clients: &clients,
         urls,
         auth: auth.clone(),
         body,
-        warmup: opts.warmup,
-        measure: opts.measure,
+        warmup: opts.run.warmup,
+        measure: opts.run.measure,
         pids: pids.clone(),
-        threads: opts.threads,
+        threads: opts.run.threads,
     };
     let mut rows = Vec::new();
     let mut push = |mut r: OpResult, label: &str| {
@@ -279,7 +289,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
     //    contend on one name.
     let create = bytes::Bytes::from(json!({"kty": "EC-HSM", "crv": "P-256"}).to_string());
     let per_client = |endpoint_of: &dyn Fn(usize) -> usize| -> Vec<Arc<str>> {
-        (0..opts.clients)
+        (0..opts.run.clients)
             .map(|c| {
                 Arc::from(
                     pool.via(&pool.endpoints[endpoint_of(c)])

@@ -38,6 +38,8 @@ pub const LABEL_AUDIT: &str = "keystead/v1/audit";
 pub const LABEL_DOMAIN_SEAL: &str = "keystead/v1/domain-seal";
 /// The MAC of a region demotion token (docs/regions.md, switchover).
 pub const LABEL_REGION_DEMOTION: &str = "keystead/v1/region-demotion";
+/// The MAC of a region removal notice (docs/regions.md, removal).
+pub const LABEL_REGION_REMOVAL: &str = "keystead/v1/region-removal";
 
 /// Every label defined by this version, for documentation and uniqueness tests.
 pub const ALL_LABELS: &[&str] = &[
@@ -49,6 +51,7 @@ pub const ALL_LABELS: &[&str] = &[
     LABEL_AUDIT,
     LABEL_DOMAIN_SEAL,
     LABEL_REGION_DEMOTION,
+    LABEL_REGION_REMOVAL,
 ];
 
 /// HKDF output length marker for a 32-byte key.

@@ -9,6 +9,17 @@ use std::path::PathBuf;
 pub const PRIMARY_UNREACHABLE: &str = "RegionPrimaryUnreachable";
 /// The error code of a region request from a certificate no accepted region issued.
 pub const NOT_ACCEPTED: &str = "RegionNotAccepted";
+/// The error code (410) of a region request from a region the primary removed.
+pub const REMOVED: &str = "RegionRemoved";
+
+/// A primary's answer (410 Gone) to a region it removed: a Key Vault error body and the
+/// removal notice (`region_token::RemovalNotice`, sealed) the region purges its pool on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedAnswer {
+    pub error: crate::error::ErrorDetail,
+    pub removal_notice: String,
+}
 
 /// `serve --region-config FILE`: how a partition of a replica region reaches its primary.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -19,7 +30,21 @@ pub struct RegionConfig {
     /// The primary region (absent: this pool is a primary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<PrimarySource>,
+    /// While this pool is a primary with accepted regions: refuse changes of keys and RBAC
+    /// when no replica region has polled it for this long (closes the split-brain window of
+    /// a failover at the cost of availability; docs/regions.md "Write lease"). 3,000 to
+    /// 300,000 ms; absent: no lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_lease_ms: Option<u64>,
 }
+
+/// The shortest write lease: a region polls at least once a second (long poll), with
+/// room for a slow round trip.
+pub const MIN_WRITE_LEASE_MS: u64 = 3_000;
+/// The longest write lease.
+pub const MAX_WRITE_LEASE_MS: u64 = 300_000;
+/// The error code of a write a primary refuses because its write lease ran out.
+pub const WRITE_LEASE_EXPIRED: &str = "RegionWriteLeaseExpired";
 
 /// Where the primary region is.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -58,6 +83,13 @@ impl RegionConfig {
     /// The checks `load` makes.
     pub fn validate(&self) -> Result<(), String> {
         check_region_name(&self.name)?;
+        if let Some(ms) = self.write_lease_ms
+            && !(MIN_WRITE_LEASE_MS..=MAX_WRITE_LEASE_MS).contains(&ms)
+        {
+            return Err(format!(
+                "writeLeaseMs {ms} is out of range: give {MIN_WRITE_LEASE_MS} to {MAX_WRITE_LEASE_MS} ms (a region polls about once a second), or leave it out for no lease"
+            ));
+        }
         if let Some(p) = &self.primary {
             check_region_name(&p.name)?;
             if p.name == self.name {
@@ -175,6 +207,44 @@ pub struct Feed<C> {
     /// from there, without re-seeding).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_at: Option<u64>,
+    /// A demoted primary: whom every region it fed follows next, from which index on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
+    /// The primary's write lease (ms), if it runs one: a failover waits it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_lease_ms: Option<u64>,
+}
+
+/// A demoted primary's hand-over (planned switchover), in its feed and position answers: a
+/// region that has applied `last_index` follows `to` once `to` is promoted at `epoch`, and
+/// `to` accepts the other regions (`regions`) when it is promoted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Handover {
+    pub to: String,
+    /// The new primary's endpoints (as the demotion named them).
+    pub endpoints: Vec<String>,
+    /// The CA `to` was accepted with (its partitions' certificates chain to it).
+    pub ca_certificate: String,
+    pub epoch: u64,
+    /// The demoted primary's last index: nothing replicated comes after it.
+    pub last_index: u64,
+    /// The other regions the demoted primary accepted, with their CAs.
+    #[serde(default)]
+    pub regions: Vec<HandoverRegion>,
+    /// Every region has acknowledged `last_index` (the demotion token is published): a
+    /// region follows `to` only then — until then it keeps polling the demoted primary,
+    /// whose next poll is its acknowledgement.
+    #[serde(default)]
+    pub ready: bool,
+}
+
+/// A region handed over with a switchover: its name and the CA it was accepted with.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HandoverRegion {
+    pub name: String,
+    pub ca_certificate: String,
 }
 
 /// `GET /internal/region/snapshot?session=S&page=P`: one page of a consistent copy of the
@@ -215,7 +285,15 @@ pub struct DemoteRequest {
     /// Its partitions' endpoints (this pool follows it once it is promoted; their server
     /// certificates chain to the CA the region was accepted with).
     pub endpoints: Vec<String>,
+    /// How long to wait for every region to apply the demoted primary's last index before
+    /// answering (default 60, at most 300). The demotion stands when the wait runs out:
+    /// calling demote again with the same `to` waits again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<u64>,
 }
+
+/// The error code of a demotion whose regions have not all applied its last index yet.
+pub const REGIONS_NOT_CAUGHT_UP: &str = "RegionsNotCaughtUp";
 
 /// `POST /admin/regions/demote` answer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -292,9 +370,14 @@ pub struct RegionStatus {
     /// Milliseconds since this region was last fully caught up (0 when caught up).
     pub lag_ms: u64,
     pub primary_reachable: bool,
-    /// Replica: the primary answers but refuses this region ([`NOT_ACCEPTED`]): it was
-    /// removed on the primary, or named there with another CA.
+    /// Replica: the primary answers but refuses this region ([`NOT_ACCEPTED`]): named
+    /// there with another CA, or removed while this region could not check the notice.
     pub primary_refuses: bool,
+    /// A former replica region its primary removed: its pool was purged (keys, RBAC and
+    /// the security domain gone) when the primary's removal notice verified. The primary's
+    /// name and the removal time (Unix seconds).
+    pub removed_by: Option<String>,
+    pub removed_at: Option<i64>,
     /// Milliseconds since the last successful contact with the primary.
     pub last_contact_ms_ago: Option<u64>,
     /// A demoted primary: the region it hands over to, and the token to promote it with.
@@ -302,6 +385,12 @@ pub struct RegionStatus {
     pub demotion_token: Option<String>,
     /// An old primary fenced by a failover: its changes the new primary never had.
     pub discarded_writes: Vec<String>,
+    /// A primary with a write lease: its length (ms), and whether it refuses writes now
+    /// (no region polled within it).
+    pub write_lease_ms: Option<u64>,
+    pub writes_refused_by_lease: bool,
+    /// A replica: the write lease its primary announced (a failover waits it out).
+    pub primary_write_lease_ms: Option<u64>,
     /// Primary: the accepted regions and, where this partition served them, their lag.
     pub accepted: Vec<AcceptedRegion>,
     pub regions: Vec<PeerRegionStatus>,
@@ -369,8 +458,19 @@ mod tests {
                 endpoints: vec!["https://127.0.0.1:1".into()],
                 ca_file: "/ca.pem".into(),
             }),
+            write_lease_ms: None,
         };
         assert!(c.validate().is_ok());
+        for (ms, ok) in [
+            (2_999, false),
+            (3_000, true),
+            (300_000, true),
+            (300_001, false),
+        ] {
+            c.write_lease_ms = Some(ms);
+            assert_eq!(c.validate().is_ok(), ok, "{ms}");
+        }
+        c.write_lease_ms = None;
         c.primary.as_mut().unwrap().endpoints = vec!["http://x".into()];
         assert!(c.validate().unwrap_err().contains("https"));
         c.primary.as_mut().unwrap().endpoints = vec![];

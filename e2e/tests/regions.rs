@@ -279,10 +279,19 @@ async fn scenario(ns1: TestNamespace, ns2: TestNamespace) -> anyhow::Result<()> 
     )
     .await?;
     kubectl_wait(&a, "jsonpath={.status.replication.role}=Demoted")?;
-    let token = a.status().await["replication"]["demotionToken"]
-        .as_str()
-        .context("A's demotion token")?
-        .to_string();
+    // The token is published once every region has applied A's last index.
+    let deadline = std::time::Instant::now() + WAIT;
+    let token = loop {
+        if let Some(t) = a.status().await["replication"]["demotionToken"].as_str() {
+            break t.to_string();
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "A published no demotion token within {WAIT:?}: {}",
+            a.status().await["replication"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
     event_seen(&a, "Demoted").await?;
     // B names itself primary with the token.
     patch_spec(
@@ -410,6 +419,9 @@ async fn scenario(ns1: TestNamespace, ns2: TestNamespace) -> anyhow::Result<()> 
     .await?;
     kubectl_wait(&b, "condition=ReplicationHealthy=False")?;
     kubectl_wait(&b, "jsonpath={.status.replication.primaryRefuses}=true")?;
+    // As in Azure, the removed region's pool is purged (A's notice, checked under B's domain).
+    kubectl_wait(&b, "jsonpath={.status.replication.removedBy}=east")?;
+    event_seen(&b, "RegionPurged").await?;
     eprintln!("west removed at {:?}", t0.elapsed());
     a.ns.pass();
     b.ns.pass();

@@ -169,7 +169,11 @@ async fn demote(
         .call(
             reqwest::Method::POST,
             "/admin/regions/demote",
-            Some(&DemoteRequest { to, endpoints }),
+            Some(&DemoteRequest {
+                to,
+                endpoints,
+                wait_seconds: None,
+            }),
         )
         .await?;
     match pool.output {
@@ -351,9 +355,33 @@ pub fn status_text(pool_name: &str, r: &RegionStatus) -> String {
         if !r.discarded_writes.is_empty() {
             line("discardedWrites", r.discarded_writes.join(", "));
         }
+        if let Some(by) = &r.removed_by {
+            line(
+                "removedBy",
+                format!(
+                    "{by} (this pool was purged: keys and security domain gone; named again there, it joins anew)"
+                ),
+            );
+        }
+        if let Some(ms) = r.primary_write_lease_ms {
+            line("primaryWriteLeaseMs", ms.to_string());
+        }
     } else {
         let names: Vec<&str> = r.accepted.iter().map(|a| a.name.as_str()).collect();
         line("acceptedRegions", names.join(", "));
+        if let Some(ms) = r.write_lease_ms {
+            line(
+                "writeLeaseMs",
+                format!(
+                    "{ms}{}",
+                    if r.writes_refused_by_lease {
+                        " (EXPIRED: no region polled within it; writes are refused)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         if let Some(to) = &r.demoted_to {
             line("demotedTo", to.clone());
             line(

@@ -38,6 +38,7 @@ fn spec(me: &str, primary: &str, others: &[&str]) -> ReplicationSpec {
         promotion_token: None,
         force: None,
         regions: others.iter().map(|o| peer(o)).collect(),
+        write_lease_seconds: None,
     }
 }
 
@@ -109,6 +110,12 @@ fn a_replica_starts_with_the_primary_in_its_region_config_a_primary_without() {
     assert!(p.ca_file.ends_with(plan::PRIMARY_CA_FILE));
     let r = plan::region_config(&spec("east", "east", &["west"]));
     assert_eq!((r.name.as_str(), r.primary), ("east", None));
+    // The write lease is carried in seconds in the spec, in ms in the partitions' file.
+    let mut s = spec("east", "east", &["west"]);
+    s.write_lease_seconds = Some(5);
+    let r = plan::region_config(&s);
+    assert_eq!(r.write_lease_ms, Some(5_000));
+    assert!(r.validate().is_ok());
 }
 
 #[test]
@@ -186,6 +193,12 @@ fn naming_another_primary_demotes_once_the_successor_is_named() {
     );
     let mut demoted = primary_view(&[("west", &west)]);
     demoted.demoted_to = Some("west".into());
+    // Until every region has applied the last index, no token: still demoting, and the
+    // demotion is not made again.
+    assert!(plan::next_steps(&s, &Some(demoted.clone()), &cas).is_empty());
+    let c = plan::condition(&s, &Some(demoted.clone()), &[], None);
+    assert_eq!((c.status, c.reason), (Status::False, Reason::Demoting));
+    assert!(c.message.contains("every region"), "{}", c.message);
     demoted.demotion_token = Some("tok".into());
     assert!(plan::next_steps(&s, &Some(demoted.clone()), &cas).is_empty());
     let st = plan::status(&s, &demoted);
@@ -262,6 +275,27 @@ fn a_replica_reports_its_lag_and_is_healthy_while_it_follows() {
     assert!(c.message.contains("name this region"), "{}", c.message);
     assert_eq!(plan::status(&s, &refused).primary_refuses, Some(true));
     assert_eq!(st.primary_refuses, None);
+    // Removed and purged (the primary's notice verified): said so, and an Event.
+    let purged = RegionStatus {
+        removed_by: Some("east".into()),
+        ..refused.clone()
+    };
+    let c = plan::condition(&s, &Some(purged.clone()), &[], None);
+    assert_eq!(
+        (c.status, c.reason),
+        (Status::False, Reason::RemovedByPrimary)
+    );
+    assert!(c.message.contains("purged"), "{}", c.message);
+    let was = plan::status(&s, &refused);
+    let now = plan::status(&s, &purged);
+    assert_eq!(now.removed_by.as_deref(), Some("east"));
+    let notes = plan::events(Some(&was), &now, &s);
+    assert!(
+        notes
+            .iter()
+            .any(|(warning, r, _)| *warning && *r == "RegionPurged"),
+        "{notes:?}"
+    );
     let c = plan::condition(&s, &None, &[], None);
     assert_eq!(c.reason, Reason::PartitionsUnreachable);
     let c = plan::condition(&s, &Some(replica_view(true, true)), &["east".into()], None);
@@ -302,8 +336,17 @@ fn a_primary_is_healthy_once_every_region_follows_and_reports_each_lag() {
         (c.status, c.reason),
         (Status::True, Reason::RegionsFollowing)
     );
-    let c = plan::condition(&s, &Some(v), &[], Some("naming a region: 403"));
+    let c = plan::condition(&s, &Some(v.clone()), &[], Some("naming a region: 403"));
     assert_eq!(c.reason, Reason::RegionCallFailed);
+    // With a write lease no region polled within: not healthy, and said in the status.
+    v.write_lease_ms = Some(5000);
+    v.writes_refused_by_lease = true;
+    let c = plan::condition(&s, &Some(v.clone()), &[], None);
+    assert_eq!(
+        (c.status, c.reason),
+        (Status::False, Reason::WriteLeaseExpired)
+    );
+    assert_eq!(plan::status(&s, &v).write_lease_expired, Some(true));
 }
 
 #[test]

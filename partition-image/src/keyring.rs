@@ -188,6 +188,13 @@ impl Keyring {
             .retain(|(n, _), _| n != name);
     }
 
+    /// Drop the domain and every cached key (a region its primary removed: its pool is
+    /// purged).
+    pub fn shred(&self) {
+        *self.unsealed.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.clear();
+    }
+
     /// Forget every cached key.
     pub fn clear(&self) {
         self.cache
@@ -212,6 +219,7 @@ impl Keyring {
                     }
                 }
                 (Command::RestoreAll { .. } | Command::RestoreCommit { .. }, _) => self.clear(),
+                (Command::RegionPurge { .. }, _) => self.shred(),
                 _ => {}
             },
             StateChange::Replaced => self.clear(),

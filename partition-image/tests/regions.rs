@@ -8,7 +8,11 @@
 //! - SIGKILL of every partition of A: B keeps serving reads and crypto and refuses writes
 //!   with a 503 Key Vault error naming the primary and how to promote; failover then;
 //! - planned switchover under continuous writes loses nothing; the old primary follows;
+//! - with three regions, the demotion waits until every region applied its last index, and
+//!   the third region follows the new primary by itself;
 //! - after a failover the returning old primary is fenced, lists its lost writes, follows;
+//! - with a write lease, a primary no region polls refuses writes (reads and crypto go on)
+//!   and resumes when a region polls again; a failover waits the lease out;
 //! - a region joining after A's log was compacted catches up from a streamed snapshot;
 //! - a pool whose CA A does not accept cannot obtain the domain (refused and audited); named,
 //!   it obtains it sealed to its transfer key; removed, it is refused on its open connection.
@@ -39,11 +43,8 @@ where
 /// The end of every partition's log (on a failure).
 fn dump_logs(pools: &[&Cluster]) {
     for c in pools {
-        for cfg in &c.configs {
-            let log = std::fs::read_to_string(cfg.with_file_name("stderr.log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            eprintln!("== {}\n{}", cfg.display(), tail.join("\n"));
+        for (i, cfg) in c.configs.iter().enumerate() {
+            eprintln!("== {}\n{}", cfg.display(), c.log_tail(i, 40));
         }
     }
 }
@@ -268,16 +269,7 @@ async fn a_region_joining_after_the_primarys_log_was_compacted_catches_up_from_a
     .await;
     // The purged entries stay in memory for regions (the log tail, docs/regions.md) until a
     // restart: restart A so that only a snapshot can bring B up to date.
-    for i in 0..N {
-        a.kill(i);
-    }
-    for i in 0..N {
-        a.spawn(i);
-    }
-    for i in 0..N {
-        a.until("A is back with its domain", 60, || a.domain_loaded(i))
-            .await;
-    }
+    a.restart_all().await;
     let started = Instant::now();
     let b = Cluster::extend(&a, "west").await;
     b.until_joined().await;
@@ -389,11 +381,27 @@ async fn only_a_pool_the_primary_names_obtains_the_domain_and_removal_cuts_it_of
         .call(0, Method::DELETE, "/admin/regions/rogue", None)
         .await;
     assert_eq!(s, StatusCode::OK);
+    // Removed: answered at once (on the open connection) with 410 and a removal notice
+    // that verifies under the domain only — what a removed region purges its pool on.
     let r = named.post(&url).json(&body).send().await.unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::FORBIDDEN,
-        "removed: refused at once"
+    assert_eq!(r.status(), StatusCode::GONE, "removed: refused at once");
+    let v: Value = r.json().await.unwrap();
+    assert!(v.get("blob").is_none(), "{v}");
+    assert_eq!(v["error"]["code"], "RegionRemoved", "{v}");
+    let notice = v["removalNotice"].as_str().expect("a removal notice");
+    let n = keystead_core::region_token::RemovalNotice::open(notice, secret.master_key())
+        .expect("the notice verifies under the domain");
+    assert_eq!(n.region, "rogue");
+    assert!(
+        keystead_core::region_token::RemovalNotice::open(notice, &[9; 32]).is_err(),
+        "and under no other key"
+    );
+    assert!(
+        (0..N).any(|i| a
+            .audit_records(i)
+            .iter()
+            .any(|r| r["operation"] == "RegionRemovedNotice" && r["status"] == 410)),
+        "the notice is audited"
     );
 }
 
@@ -514,6 +522,203 @@ async fn planned_switchover_under_continuous_writes_loses_nothing_and_the_old_pr
         })
     };
     assert!(audited(&a, "RegionDemote") && audited(&b, "RegionPromote"));
+}
+
+/// Until every partition of `c` follows `primary` at `epoch`.
+async fn until_following(c: &Cluster, primary: &str, epoch: u64, pools: &[&Cluster]) {
+    for i in 0..N {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(c.region(i).await, Some(r) if r["role"] == "Replica" && r["primary"] == primary && r["epoch"] == epoch)
+        {
+            if Instant::now() > deadline {
+                dump_logs(pools);
+                panic!(
+                    "partition {i} does not follow {primary} at epoch {epoch}: {:?}",
+                    c.region(i).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_waits_for_every_region_and_the_third_region_follows_the_new_primary() {
+    let (a, b) = two_regions().await;
+    let c = Cluster::extend(&a, "north").await;
+    c.until_joined().await;
+    let before: Vec<String> = (0..6).map(|k| format!("before-{k}")).collect();
+    for (k, name) in before.iter().enumerate() {
+        a.create(k % N, name).await.expect("a write in A");
+    }
+    // North is stopped: the demotion cannot hand over while it has not applied A's last
+    // index — it answers which region is behind, publishes no token, and takes no writes.
+    for i in 0..N {
+        c.pause(i);
+    }
+    let endpoints: Vec<String> = (0..N).map(|i| b.url(i).to_string()).collect();
+    let (s, v) = a
+        .call(
+            0,
+            Method::POST,
+            "/admin/regions/demote",
+            Some(json!({"to": "west", "endpoints": endpoints, "waitSeconds": 2})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    let text = v.to_string();
+    assert!(
+        text.contains("RegionsNotCaughtUp") && text.contains("'north'"),
+        "{v}"
+    );
+    for i in 0..N {
+        let r = a.region(i).await.expect("A's status");
+        assert!(r["demotionToken"].is_null(), "token published early: {r}");
+        assert_eq!(r["demotedTo"], "west", "{r}");
+    }
+    assert!(
+        a.create(1, "after-demotion").await.is_err(),
+        "a demoted primary takes no writes"
+    );
+    for i in 0..N {
+        c.resume(i);
+    }
+    // Called again, the demotion waits again (within the test client's 30 s): north
+    // catches up and the token is published.
+    let (s, v) = a
+        .call(
+            1,
+            Method::POST,
+            "/admin/regions/demote",
+            Some(json!({"to": "west", "endpoints": endpoints, "waitSeconds": 25})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = v["token"].as_str().expect("a token").to_string();
+    a.until("every partition of A publishes the token", 30, || async {
+        let mut all = true;
+        for i in 0..N {
+            all &= matches!(a.region(i).await, Some(r) if r["demotionToken"] == token.as_str());
+        }
+        all
+    })
+    .await;
+    promote(&b, 0, json!({"token": token})).await;
+    // The old primary and north both follow west, without re-seeding.
+    until_following(&a, "west", 2, &[&a, &b, &c]).await;
+    until_following(&c, "west", 2, &[&a, &b, &c]).await;
+    let a_name = a.region(0).await.expect("A's status")["name"].clone();
+    let west = b.region(0).await.expect("west's status");
+    let accepted: Vec<&Value> = west["accepted"]
+        .as_array()
+        .map(|l| l.iter().map(|r| &r["name"]).collect())
+        .unwrap_or_default();
+    assert!(
+        accepted.contains(&&json!("north")) && accepted.contains(&&a_name),
+        "west accepts A and north: {west}"
+    );
+    // A write through north lands in west and is served by north at once.
+    let through_north = c
+        .create(2, "through-north")
+        .await
+        .expect("a write via north");
+    assert!(b.has_key(0, "through-north").await);
+    let (s, v) = c.call(1, Method::GET, "/keys/through-north", None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["key"]["x"], through_north["key"]["x"]);
+    // A write in west reaches north and A; everything written before is everywhere.
+    b.create(1, "in-west").await.expect("a write in west");
+    for (pool, name) in [(&a, "A"), (&c, "north")] {
+        pool.until(&format!("west's write reaches {name}"), 30, || async {
+            pool.has_key(0, "in-west").await
+        })
+        .await;
+    }
+    for (k, key) in before.iter().enumerate() {
+        for pool in [&a, &b, &c] {
+            assert!(pool.has_key(k % N, key).await, "{key} is missing");
+        }
+    }
+    for pool in [&a, &b, &c] {
+        assert!(!pool.has_key(0, "after-demotion").await);
+    }
+}
+
+/// Until every partition of `c` reports `refused` for its write lease.
+async fn until_lease(c: &Cluster, refused: bool) {
+    for i in 0..N {
+        c.until(
+            &format!("partition {i}: writes refused by the lease = {refused}"),
+            60,
+            || async move {
+                matches!(c.region(i).await, Some(r) if r["writeLeaseMs"] == 3000 && r["writesRefusedByLease"] == refused)
+            },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_write_lease_a_primary_cut_off_from_every_region_stops_taking_writes_and_a_failover_waits_it_out()
+ {
+    let (mut a, b) = two_regions().await;
+    let name = a.region(0).await.expect("A's status")["name"].clone();
+    a.restart_with_region_config(&json!({"name": name, "writeLeaseMs": 3000}))
+        .await;
+    // West polls A: the lease holds and A takes writes.
+    until_lease(&a, false).await;
+    a.create(0, "leased-1")
+        .await
+        .expect("a write under the lease");
+    b.until("west serves the key", 30, || b.has_key(0, "leased-1"))
+        .await;
+    // West learns A's lease (a failover waits it out).
+    b.until("west knows A's lease", 30, || async {
+        matches!(b.region(0).await, Some(r) if r["primaryWriteLeaseMs"] == 3000)
+    })
+    .await;
+    // Every region stopped: once the lease has run out A refuses writes, saying why; reads
+    // and signatures continue.
+    for i in 0..N {
+        b.pause(i);
+    }
+    until_lease(&a, true).await;
+    match a.create(1, "leased-2").await {
+        Err((status, body)) => {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert!(
+                body.to_string().contains("RegionWriteLeaseExpired"),
+                "{body}"
+            );
+        }
+        Ok(v) => panic!("a primary past its lease took a write: {v}"),
+    }
+    assert!(a.has_key(1, "leased-1").await);
+    assert_eq!(a.sign(2, "leased-1").await, StatusCode::OK);
+    // West polls again: writes resume.
+    for i in 0..N {
+        b.resume(i);
+    }
+    until_lease(&a, false).await;
+    a.create(2, "leased-3").await.expect("writes resume");
+    b.until("west serves the key", 30, || b.has_key(0, "leased-3"))
+        .await;
+    // A is lost; a forced promotion of west returns only once A's lease (and the margin)
+    // has run out since west last reached it: a cut-off A would have stopped by then.
+    let lost = Instant::now();
+    for i in 0..N {
+        a.kill(i);
+    }
+    promote(&b, 0, json!({"force": true})).await;
+    assert!(
+        lost.elapsed() >= Duration::from_millis(3000),
+        "the failover did not wait out the lease: {:?}",
+        lost.elapsed()
+    );
+    assert!(!b.has_key(0, "leased-2").await);
+    b.create(1, "after-failover")
+        .await
+        .expect("west takes writes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,9 +3,12 @@
 //! every partition while faults hit either region, one at a time, each held 0.5–3 s: SIGKILL
 //! and restart of a partition, SIGSTOP of a partition, SIGSTOP of a whole region (the region
 //! link is down: B keeps serving and refuses writes, A takes writes B gets later), SIGKILL and
-//! restart of a whole region. After each fault is healed the affected region must serve again;
-//! at the end every write acknowledged by either region is in both regions, identical (version,
-//! public point, creation time) on all six partitions; B serves no key A lacks; B's lag is 0.
+//! restart of a whole region; and planned switchovers (the primary demoted, the other region
+//! promoted with the token), some with a partition killed between demotion and promotion.
+//! After each fault is healed the affected region must serve again; at the end every write
+//! acknowledged by either region is in both regions, identical (version, public point,
+//! creation time) on all six partitions; the replica serves no key the primary lacks; its
+//! lag is 0.
 //!
 //! Default tier: 12 faults. Long tier (opt-in, ignored otherwise):
 //! `KEYSTEAD_LONG_REGION_FAULTS=N` runs N faults; `KEYSTEAD_FAULTS_SEED` replays a run.
@@ -51,10 +54,25 @@ fn seed() -> u64 {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
-    KillPartition { region: usize, i: usize },
-    PausePartition { region: usize, i: usize },
-    PauseRegion { region: usize },
-    KillRegion { region: usize },
+    KillPartition {
+        region: usize,
+        i: usize,
+    },
+    PausePartition {
+        region: usize,
+        i: usize,
+    },
+    PauseRegion {
+        region: usize,
+    },
+    KillRegion {
+        region: usize,
+    },
+    /// The primary hands over to the other region; with `kill`, that partition of the
+    /// other region is killed (and restarted) between the demotion and the promotion.
+    Switchover {
+        kill: Option<usize>,
+    },
 }
 
 impl Fault {
@@ -64,54 +82,118 @@ impl Fault {
             Fault::PausePartition { .. } => "PausePartition",
             Fault::PauseRegion { .. } => "PauseRegion",
             Fault::KillRegion { .. } => "KillRegion",
+            Fault::Switchover { .. } => "Switchover",
         }
     }
 
-    /// 0: the primary A, 1: the replica B.
-    fn region(&self) -> usize {
+    /// The region the fault hits (0: A, 1: B); a switchover: the one promoted.
+    fn region(&self, primary: usize) -> usize {
         match *self {
             Fault::KillPartition { region, .. }
             | Fault::PausePartition { region, .. }
             | Fault::PauseRegion { region }
             | Fault::KillRegion { region } => region,
+            Fault::Switchover { .. } => 1 - primary,
         }
     }
 
     fn pick(rng: &mut Rng) -> Fault {
         let region = rng.below(2) as usize;
         let i = rng.below(N as u64) as usize;
-        match rng.below(4) {
-            0 => Fault::KillPartition { region, i },
-            1 => Fault::PausePartition { region, i },
-            2 => Fault::PauseRegion { region },
-            _ => Fault::KillRegion { region },
+        match rng.below(9) {
+            0 | 1 => Fault::KillPartition { region, i },
+            2 | 3 => Fault::PausePartition { region, i },
+            4 | 5 => Fault::PauseRegion { region },
+            6 | 7 => Fault::KillRegion { region },
+            _ => Fault::Switchover {
+                kill: (rng.below(2) == 0).then_some(i),
+            },
         }
     }
 }
 
+/// A planned switchover from `regions[from]` to the other region, under the writers: the
+/// demotion (which waits until the other region applied its last index), optionally a
+/// partition of the other region killed and restarted, then the promotion with the token
+/// (retried on another partition while the killed one comes back).
+async fn switchover(regions: &[Cluster; 2], from: usize, kill: Option<usize>) {
+    use reqwest::{Method, StatusCode};
+    let (old, new) = (&regions[from], &regions[1 - from]);
+    let to = new
+        .region(0)
+        .await
+        .expect("the status of the region promoted")["name"]
+        .clone();
+    let endpoints: Vec<String> = (0..N).map(|i| new.url(i).to_string()).collect();
+    // The demotion waits (here 20 s a call, under the test client's 30 s) until the other
+    // region applied the last index; called again, it waits again.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let token = loop {
+        let (s, v) = old
+            .call(
+                0,
+                Method::POST,
+                "/admin/regions/demote",
+                Some(serde_json::json!({"to": to, "endpoints": endpoints, "waitSeconds": 20})),
+            )
+            .await;
+        if s == StatusCode::OK {
+            break v["token"].as_str().expect("a demotion token").to_string();
+        }
+        if Instant::now() > deadline {
+            print_statuses(regions).await;
+            panic!("the demotion does not hand over within 120 s: {s} {v}");
+        }
+    };
+    if let Some(i) = kill {
+        new.kill(i);
+        new.spawn(i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut k = 0;
+    loop {
+        let at = (kill.unwrap_or(N) + 1 + k) % N;
+        k += 1;
+        let (s, v) = new
+            .call(
+                at,
+                Method::POST,
+                "/admin/regions/promote",
+                Some(serde_json::json!({"token": token})),
+            )
+            .await;
+        if s == StatusCode::OK {
+            break;
+        }
+        if Instant::now() > deadline {
+            print_statuses(regions).await;
+            panic!("the promotion does not succeed within 120 s: {s} {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The old primary follows the new one.
+    for i in 0..N {
+        old.until("the old primary follows the new one", 120, || async move {
+            matches!(old.region(i).await, Some(r) if r["role"] == "Replica" && r["joined"] == true)
+        })
+        .await;
+    }
+}
+
 /// On a failure (the test thread unwinding), the six partitions' logs are copied to
-/// `$TMPDIR/keystead-failed-regions-<pid>/` (the pools' directories go with the test).
+/// `$TMPDIR/keystead-failed-regions-<pid>/` (the clusters themselves are shared with the
+/// writer tasks, so their own drop may not run on the failing thread).
 struct KeepLogs(Arc<[Cluster; 2]>);
 
 impl Drop for KeepLogs {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        let keep =
-            std::env::temp_dir().join(format!("keystead-failed-regions-{}", std::process::id()));
-        if std::fs::create_dir_all(&keep).is_err() {
-            return;
-        }
-        for (c, region) in self.0.iter().zip(["A", "B"]) {
-            for (i, cfg) in c.configs.iter().enumerate() {
-                let _ = std::fs::copy(
-                    cfg.with_file_name("stderr.log"),
-                    keep.join(format!("{region}-p{i}.stderr.log")),
-                );
+        if std::thread::panicking() {
+            let keep = std::env::temp_dir()
+                .join(format!("keystead-failed-regions-{}", std::process::id()));
+            for (c, region) in self.0.iter().zip(["A-", "B-"]) {
+                c.keep_logs(&keep, region);
             }
         }
-        eprintln!("the partitions' logs are kept in {}", keep.display());
     }
 }
 
@@ -126,12 +208,12 @@ async fn print_statuses(regions: &[Cluster; 2]) {
 
 /// What a region must show again after a fault: every partition ready with its domain, and
 /// (the replica) joined.
-async fn serving_again(regions: &[Cluster; 2], region: usize) {
+async fn serving_again(regions: &[Cluster; 2], region: usize, primary: usize) {
     let c = &regions[region];
     let deadline = Instant::now() + Duration::from_secs(120);
     for i in 0..N {
         while !matches!(c.status(i).await, Some(v)
-            if v["domainLoaded"] == true && (region == 0 || v["region"]["joined"] == true))
+            if v["domainLoaded"] == true && (region == primary || v["region"]["joined"] == true))
         {
             if Instant::now() > deadline {
                 print_statuses(regions).await;
@@ -186,11 +268,17 @@ async fn run(faults: usize) {
     let count = || acked.lock().unwrap().len();
     let started = Instant::now();
     let mut by_kind = BTreeMap::<&str, usize>::new();
+    // Which region is the primary (A at first; a switchover swaps them).
+    let mut primary = 0;
     for k in 0..faults {
-        let f = Fault::pick(&mut rng);
+        let mut f = Fault::pick(&mut rng);
+        // Every run makes at least one switchover (with a partition killed in the middle).
+        if k == faults / 2 && !by_kind.contains_key("Switchover") {
+            f = Fault::Switchover { kill: Some(k % N) };
+        }
         let hold = Duration::from_millis(500 + rng.below(2500));
         let before = count();
-        let c = &regions[f.region()];
+        let c = &regions[f.region(primary)];
         eprintln!(
             "fault {k}: {f:?} for {} ms ({} acknowledged so far)",
             hold.as_millis(),
@@ -217,12 +305,16 @@ async fn run(faults: usize) {
                 tokio::time::sleep(hold).await;
                 (0..N).for_each(|i| c.spawn(i));
             }
+            Fault::Switchover { kill } => {
+                switchover(&regions, primary, kill).await;
+                primary = 1 - primary;
+            }
         }
         *by_kind.entry(f.kind()).or_default() += 1;
-        serving_again(&regions, f.region()).await;
+        serving_again(&regions, f.region(primary), primary).await;
         // Progress: writes are acknowledged again after every fault.
         let healed = count();
-        regions[0]
+        regions[primary]
             .until("writes are acknowledged after the fault", 60, || async {
                 count() > healed
             })
@@ -233,12 +325,17 @@ async fn run(faults: usize) {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    let [a, b] = &*regions;
-    // B catches up: lag 0 on every partition.
+    // `a` is the primary now, `b` the replica (swapped by an odd number of switchovers).
+    let (a, b) = (&regions[primary], &regions[1 - primary]);
+    // The replica catches up: lag 0 on every partition.
     for i in 0..N {
-        b.until("B caught up with A (lag 0)", 120, || async move {
-            matches!(b.region(i).await, Some(r) if r["lagEntries"] == 0 && r["joined"] == true)
-        })
+        b.until(
+            "the replica caught up with the primary (lag 0)",
+            120,
+            || async move {
+                matches!(b.region(i).await, Some(r) if r["lagEntries"] == 0 && r["joined"] == true)
+            },
+        )
         .await;
     }
     // Every acknowledged write, identical on the six partitions.
@@ -257,11 +354,15 @@ async fn run(faults: usize) {
             "{name}: the acknowledged key"
         );
     }
-    // B never serves a key A lacks (every name ever tried, acknowledged or not).
+    // The replica never serves a key the primary lacks (every name ever tried,
+    // acknowledged or not).
     let tried = tried.lock().unwrap().clone();
     for name in &tried {
         if b.has_key(0, name).await {
-            assert!(a.has_key(0, name).await, "B serves {name}, A does not");
+            assert!(
+                a.has_key(0, name).await,
+                "the replica serves {name}, the primary does not"
+            );
         }
     }
     assert!(

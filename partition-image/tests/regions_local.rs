@@ -257,6 +257,26 @@ async fn the_runner_extends_a_running_local_pool_into_two_replica_regions_and_on
         "A's topology lists the three regions: {listed}"
     );
 
+    let sealed_domains = || {
+        (0..3)
+            .filter(|i| {
+                dir_c
+                    .join(format!("p{i}"))
+                    .join("data")
+                    .join("domain.sealed")
+                    .exists()
+            })
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sealed_domains() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of C's partitions hold the sealed domain",
+            sealed_domains()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Remove north on A: C's writes are refused, and what A takes no longer reaches C
     // (B still gets it).
     let left = kubectl_hsm(&pool_a, &["region", "remove", "north"]);
@@ -295,13 +315,29 @@ async fn the_runner_extends_a_running_local_pool_into_two_replica_regions_and_on
     assert_eq!(s, StatusCode::OK, "{v}");
     until_served(&b, &a, "k2", "B (west), still accepted").await;
     let (s, _) = call(&c, &a, reqwest::Method::GET, "/keys/k2", None).await;
-    assert_eq!(
+    assert_ne!(
         s,
-        StatusCode::NOT_FOUND,
+        StatusCode::OK,
         "B already serves k2; C, removed, does not"
     );
     let c_view = kubectl_hsm(&dir_c.join("pool.json"), &["region", "status"]);
     assert_eq!(c_view["primaryRefuses"], true, "{c_view}");
+    // And, as in Azure, C's pool is purged: A's removal notice verified under C's domain,
+    // so C dropped its keys, and every partition of C its domain (memory and disk).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let c_view = kubectl_hsm(&dir_c.join("pool.json"), &["region", "status"]);
+        let (s, _) = call(&c, &a, reqwest::Method::GET, "/keys/k1", None).await;
+        let sealed = sealed_domains();
+        if c_view["removedBy"] == "east" && s != StatusCode::OK && sealed == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "C is not purged 60 s after its removal: {c_view}, GET k1 {s}, {sealed} sealed domains"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // Named again with its CA, C follows again and catches up.
     let back = kubectl_hsm(
@@ -320,4 +356,14 @@ async fn the_runner_extends_a_running_local_pool_into_two_replica_regions_and_on
         "{back}"
     );
     until_served(&c, &a, "k2", "C (north) named again").await;
+    until_served(&c, &a, "k1", "C (north) named again, from nothing").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sealed_domains() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "C joined anew, but {} of its partitions hold the domain",
+            sealed_domains()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -397,14 +397,11 @@ async fn a_wiped_partition_does_not_form_a_majority_with_a_deposed_leader() {
     while c.status(wiped).await.is_none() {
         if Instant::now() > deadline {
             // A timeout here was seen once in a loaded CI run: say what the process did.
-            let log = c.configs[wiped].with_file_name("stderr.log");
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
             panic!(
                 "the wiped partition does not answer /admin/status within 90 s; exited: {:?}; /readyz: {}; log tail:\n{}",
                 c.exited(wiped),
                 c.ready(wiped).await,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                c.log_tail(wiped, 60)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

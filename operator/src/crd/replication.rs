@@ -51,6 +51,14 @@ pub struct ReplicationSpec {
     #[schemars(length(max = 8))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub regions: Vec<PeerRegion>,
+    /// While this pool is the primary: refuse changes of keys and RBAC when no other region
+    /// has polled it for this many seconds (3–300). Closes the split-brain window of a
+    /// failover (a primary cut off from every region stops taking writes the failover would
+    /// discard) at the cost of availability when every region is unreachable; a forced
+    /// promotion waits the lease out. Absent: no lease (docs/regions.md, "Write lease").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 3, max = 300))]
+    pub write_lease_seconds: Option<u32>,
 }
 
 /// Another region of the topology (a pool in another cluster).
@@ -153,6 +161,14 @@ pub struct ReplicationStatus {
     /// versions, deletions, role assignments), also in a Warning Event `DiscardedWrites`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub discarded_writes: Vec<String>,
+    /// A former replica its primary removed: its pool was purged (keys and security domain
+    /// gone; Warning Event `RegionPurged`). The primary's region name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_by: Option<String>,
+    /// A primary with `writeLeaseSeconds`: no region polled it within the lease, so it
+    /// refuses writes (reads and crypto go on) until one polls again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_lease_expired: Option<bool>,
 }
 
 /// One region as the primary sees it.

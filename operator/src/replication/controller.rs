@@ -198,16 +198,26 @@ async fn run_steps(
             let r = match step {
                 Step::Accept { name, ca_pem } => client.accept_region(&base, name, ca_pem).await,
                 Step::Remove { name } => client.remove_region(&base, name).await,
-                Step::Demote { to, endpoints } => client
+                // The demotion is committed at once; its token appears in the status once
+                // every region has applied its last index (the reconcile does not wait).
+                Step::Demote { to, endpoints } => match client
                     .demote(
                         &base,
                         &DemoteRequest {
                             to: to.clone(),
                             endpoints: endpoints.clone(),
+                            wait_seconds: Some(0),
                         },
                     )
                     .await
-                    .map(drop),
+                {
+                    Err(crate::pool::client::PoolError::Refused { message, .. })
+                        if message.contains(keystead_core::region::REGIONS_NOT_CAUGHT_UP) =>
+                    {
+                        Ok(())
+                    }
+                    r => r.map(drop),
+                },
                 Step::Promote { token } => {
                     client
                         .promote(

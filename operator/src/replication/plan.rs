@@ -84,6 +84,7 @@ pub fn region_config(spec: &ReplicationSpec) -> RegionConfig {
     RegionConfig {
         name: spec.region.clone(),
         primary,
+        write_lease_ms: spec.write_lease_seconds.map(|s| u64::from(s) * 1000),
     }
 }
 
@@ -262,6 +263,9 @@ pub fn status(spec: &ReplicationSpec, v: &RegionStatus) -> ReplicationStatus {
         demoted_to: v.demoted_to.clone(),
         demotion_token: v.demotion_token.clone(),
         discarded_writes: v.discarded_writes.clone(),
+        removed_by: v.removed_by.clone(),
+        write_lease_expired: (role == ReplicationRole::Primary && v.writes_refused_by_lease)
+            .then_some(true),
     }
 }
 
@@ -315,7 +319,17 @@ pub fn condition(
                 })
                 .map(|r| r.name.clone())
                 .collect();
-            if lagging.is_empty() {
+            if v.writes_refused_by_lease {
+                cond(
+                    false,
+                    c::Reason::WriteLeaseExpired,
+                    format!(
+                        "primary region {}: no region polled it within its write lease ({} ms), so it refuses writes until one polls again (reads and crypto go on)",
+                        spec.region,
+                        v.write_lease_ms.unwrap_or_default()
+                    ),
+                )
+            } else if lagging.is_empty() {
                 cond(
                     true,
                     c::Reason::RegionsFollowing,
@@ -344,6 +358,14 @@ pub fn condition(
                 spec.primary
             ),
         ),
+        (ReplicationRole::Demoted, _) if v.demotion_token.is_none() => cond(
+            false,
+            c::Reason::Demoting,
+            format!(
+                "demoted (no more writes here); the demotion token is published once every region has applied this primary's last index, then promote region {} with it",
+                v.demoted_to.clone().unwrap_or_default()
+            ),
+        ),
         (ReplicationRole::Demoted, _) => cond(
             false,
             c::Reason::Demoted,
@@ -367,6 +389,14 @@ pub fn condition(
             format!(
                 "joining primary region {}: it must name this region (its spec.replication.regions) and be reachable",
                 v.primary.clone().unwrap_or_default()
+            ),
+        ),
+        (ReplicationRole::Replica, false) if v.removed_by.is_some() => cond(
+            false,
+            c::Reason::RemovedByPrimary,
+            format!(
+                "primary region {} removed this region: its pool was purged (keys and security domain gone); name this region on the primary again to have it join anew",
+                v.removed_by.clone().unwrap_or_default()
             ),
         ),
         (ReplicationRole::Replica, false) if v.primary_refuses => cond(
@@ -437,6 +467,17 @@ pub fn events(
                 format!("region {} follows this primary region", r.name),
             ));
         }
+    }
+    if new.removed_by.is_some() && old.and_then(|o| o.removed_by.as_ref()).is_none() {
+        out.push((
+            true,
+            "RegionPurged",
+            format!(
+                "primary region {} removed region {}: its pool was purged (keys and security domain gone)",
+                new.removed_by.clone().unwrap_or_default(),
+                spec.region
+            ),
+        ));
     }
     if new.role == Some(ReplicationRole::Demoted) && old_role != Some(ReplicationRole::Demoted) {
         out.push((

@@ -19,6 +19,12 @@ pub struct Store {
     backend: Backend,
     /// Set in a replica region: where region-replicated commands go.
     forwarder: std::sync::RwLock<Option<Arc<dyn region::PrimaryForwarder>>>,
+    /// Set on a partition with a region write lease: refuses a primary's changes while no
+    /// region has polled it for the lease.
+    lease: std::sync::RwLock<Option<Arc<dyn region::WriteLease>>>,
+    /// Set in a pool with region configuration: brings the forwarder up to date with the
+    /// region state before a change of keys or RBAC.
+    router: std::sync::OnceLock<region::Router>,
 }
 
 enum Backend {
@@ -41,6 +47,8 @@ impl Store {
         Ok(Arc::new(Store {
             backend: Backend::Single(Box::new(SingleStore::open(dir)?)),
             forwarder: Default::default(),
+            lease: Default::default(),
+            router: Default::default(),
         }))
     }
 
@@ -49,6 +57,8 @@ impl Store {
         Arc::new(Store {
             backend: Backend::Raft(replica),
             forwarder: Default::default(),
+            lease: Default::default(),
+            router: Default::default(),
         })
     }
 
@@ -89,8 +99,16 @@ impl Store {
     /// Commit a command (through the leader in a replicated pool; through the primary
     /// region for a change of keys or RBAC in a replica region) and apply it.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        if cmd.is_region_replicated()
+            && let Some(route) = self.router.get()
+        {
+            route();
+        }
         if let Some(f) = self.forwarder_for(&cmd) {
             return self.propose_in_region(f.as_ref(), cmd).await;
+        }
+        if let Some(why) = self.lease_refusal(&cmd) {
+            return Err(ProposeError::LeaseExpired(why));
         }
         self.propose_local(cmd).await
     }
@@ -157,4 +175,7 @@ pub enum ProposeError {
     /// A replica region could not reach its primary region (nothing was changed).
     #[error("{0}")]
     PrimaryUnreachable(String),
+    /// A primary region's write lease ran out (nothing was changed).
+    #[error("{0}")]
+    LeaseExpired(String),
 }

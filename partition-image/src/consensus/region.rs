@@ -3,7 +3,7 @@
 //! applied that primary index, with what its own state machine produced (read-your-writes).
 
 use super::{ProposeError, Store};
-use crate::state::{Command, Outcome};
+use crate::state::{Command, Outcome, PoolState};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,12 +20,46 @@ pub trait PrimaryForwarder: Send + Sync {
     fn forward<'a>(&'a self, cmd: &'a Command) -> Forwarded<'a>;
 }
 
+/// Brings a store's forwarder up to date with the region state (set by the services, which
+/// hold the region runtime): a write never goes to a primary the state has moved away from.
+pub type Router = Box<dyn Fn() + Send + Sync>;
+
+/// A primary region's write lease (implemented by `region::lease`; docs/regions.md "Write
+/// lease"): why a change of keys or RBAC cannot be made now, if it cannot.
+pub trait WriteLease: Send + Sync {
+    fn refusal(&self, st: &PoolState) -> Option<String>;
+}
+
 impl Store {
     /// Route region-replicated commands to a primary region from now on (`None`: this pool
     /// is a primary and commits them itself). A write that races the switch is refused by
     /// the state machine's region fence, the same way on every partition.
     pub fn set_primary_forwarder(&self, f: Option<Arc<dyn PrimaryForwarder>>) {
         *self.forwarder.write().unwrap_or_else(|p| p.into_inner()) = f;
+    }
+
+    /// Route each change of keys or RBAC with `router` first (once; later calls are ignored).
+    pub fn set_router(&self, router: Router) {
+        let _ = self.router.set(router);
+    }
+
+    /// Run with a region write lease from now on.
+    pub fn set_write_lease(&self, lease: Arc<dyn WriteLease>) {
+        *self.lease.write().unwrap_or_else(|p| p.into_inner()) = Some(lease);
+    }
+
+    /// Why the write lease refuses `cmd` now (None: no lease, not a change of keys or RBAC,
+    /// or the lease holds).
+    pub fn lease_refusal(&self, cmd: &Command) -> Option<String> {
+        if !cmd.is_region_replicated() {
+            return None;
+        }
+        let lease = self
+            .lease
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        lease.refusal(&self.read())
     }
 
     /// Whether `cmd` is to be forwarded to the primary region.

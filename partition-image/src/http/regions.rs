@@ -83,6 +83,7 @@ pub async fn delete(ctx: &mut Ctx, name: &str) -> Result<Response, ApiError> {
         .store
         .propose(Command::DeleteRegion {
             name: name.to_string(),
+            now: crate::service::now(),
         })
         .await?;
     Ok(answer(ctx))

@@ -29,6 +29,7 @@ pub(super) fn write_region_config(
             endpoints: primary.endpoints.clone(),
             ca_file: primary.ca_file.clone(),
         }),
+        write_lease_ms: None,
     };
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("cannot extend the pool: {e}"))?;

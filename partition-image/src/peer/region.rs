@@ -17,9 +17,10 @@ use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keystead_core::region::{
-    Feed, FeedEntry, FenceRequest, ForwardReply, JoinReply, JoinRequest, NOT_ACCEPTED,
-    ReplicatedSettings,
+    Feed, FeedEntry, FenceRequest, ForwardReply, JoinReply, JoinRequest, NOT_ACCEPTED, REMOVED,
+    RemovedAnswer, ReplicatedSettings,
 };
+use keystead_core::region_token::RemovalNotice;
 use keystead_core::sd::{ExchangeCertificate, seal_to_exchange_key};
 use openraft::EntryPayload;
 use std::sync::Arc;
@@ -72,7 +73,9 @@ pub async fn handle(app: Arc<App>, req: Request) -> Response {
         .cloned()
         .unwrap_or_default();
     // The accepted regions as the state has them now (rebuilt only on a change).
-    app.regions.trust.sync(&app.store.read().region.accepted);
+    app.regions
+        .trust
+        .sync(&app.store.read().region.known_regions());
     let region = app.regions.trust.region_of(&chain.0);
     let (response, operation, key) = match &region {
         Some(region) => serve(&app, region, req).await,
@@ -96,7 +99,7 @@ pub async fn handle(app: Arc<App>, req: Request) -> Response {
         ),
     };
     let status = response.status();
-    if audited(&path) || (chain.presented() && region.is_none()) {
+    if audited(&path) || (chain.presented() && region.is_none()) || status == StatusCode::GONE {
         app.audit.record(AuditRecord {
             request_id: uuid::Uuid::new_v4().to_string(),
             partition: app.cfg.partition_id.clone(),
@@ -131,6 +134,34 @@ async fn serve(
             None,
         );
     };
+    if let Some(r) = removed_answer(app, region) {
+        return (r, "RegionRemovedNotice", None);
+    }
+    let handed_over = {
+        let st = app.store.read();
+        (!app.regions.serves_regions(&st))
+            .then(|| crate::service::regions::switchover::handover(&st))
+            .flatten()
+    };
+    if let Some(h) = handed_over {
+        // A demoted primary that follows its successor now: it tells the regions it fed
+        // where to go (at its old epoch, which they follow), and nothing else.
+        let path = req.uri().path();
+        if path == "/internal/region/feed" || path == "/internal/region/position" {
+            let f: Feed<Command> = Feed {
+                epoch: h.epoch.saturating_sub(1),
+                primary_index: h.last_index,
+                entries: Vec::new(),
+                through: 0,
+                snapshot_required: false,
+                pool_id: app.store.read().settings.pool_id.clone(),
+                promoted_at: None,
+                handover: Some(h),
+                write_lease_ms: None,
+            };
+            return (json(&f), "RegionFeed", None);
+        }
+    }
     if !app.regions.serves_regions(&app.store.read()) {
         return (
             refuse(
@@ -154,12 +185,18 @@ async fn serve(
         .unwrap_or_default();
     let q = |n: &str| query.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
     let method = req.method().clone();
-    let (epoch, pool_id, promoted_at) = {
+    let write_lease_ms = app
+        .regions
+        .lease
+        .as_ref()
+        .map(|l| u64::try_from(l.ttl.as_millis()).unwrap_or(u64::MAX));
+    let (epoch, pool_id, promoted_at, handover) = {
         let st = app.store.read();
         (
             st.region.epoch(),
             st.settings.pool_id.clone(),
             st.region.promoted_at,
+            crate::service::regions::switchover::handover(&st),
         )
     };
     let body = match axum::body::to_bytes(req.into_body(), BODY_LIMIT).await {
@@ -202,8 +239,12 @@ async fn serve(
             let max = tri!(num("max", 256), "RegionFeed").min(MAX_ENTRIES as u64) as usize;
             let wait = Duration::from_millis(tri!(num("waitMs", 0), "RegionFeed")).min(MAX_WAIT);
             app.regions.acknowledged(region, after);
+            arm_lease(app);
             let mut f = feed(&replica, after, max, wait).await;
             (f.epoch, f.pool_id, f.promoted_at) = (epoch, pool_id, promoted_at);
+            // Read after the long poll: a demotion committed meanwhile is announced.
+            f.handover = crate::service::regions::switchover::handover(&app.store.read());
+            f.write_lease_ms = write_lease_ms;
             (json(&f), "RegionFeed", None)
         }
         (Method::GET, "/internal/region/position") => {
@@ -216,6 +257,8 @@ async fn serve(
                 snapshot_required: false,
                 pool_id,
                 promoted_at,
+                handover,
+                write_lease_ms,
             };
             (json(&f), "RegionPosition", None)
         }
@@ -254,7 +297,11 @@ async fn serve(
         (Method::POST, "/internal/region/forward") => {
             let cmd: Command = tri!(parse(&body), "RegionWriteForwarded");
             let key = command_key(&cmd);
-            (forward(&replica, cmd).await, "RegionWriteForwarded", key)
+            (
+                forward(app, &replica, cmd).await,
+                "RegionWriteForwarded",
+                key,
+            )
         }
         _ => (
             refuse(
@@ -266,6 +313,68 @@ async fn serve(
             None,
         ),
     }
+}
+
+/// A primary with a write lease: the first poll of a region at this epoch arms it
+/// (committed in the background; a duplicate changes nothing).
+fn arm_lease(app: &Arc<App>) {
+    let epoch = {
+        let st = app.store.read();
+        if app.regions.lease.is_none()
+            || st.region.replica.is_some()
+            || crate::region::lease::armed(&st)
+        {
+            return;
+        }
+        st.region.epoch()
+    };
+    let app = app.clone();
+    tokio::spawn(async move {
+        if let Err(e) = app
+            .store
+            .propose_local(Command::RegionLeaseArmed { epoch })
+            .await
+        {
+            tracing::debug!(error = %e, "the write lease is not armed yet");
+        }
+    });
+}
+
+/// A region this pool removed (and has not named again): 410 with the removal notice,
+/// sealed under the domain, on which the region purges its pool.
+fn removed_answer(app: &App, region: &str) -> Option<Response> {
+    let notice = {
+        let st = app.store.read();
+        if st.region.accepted.contains_key(region) {
+            return None;
+        }
+        let r = st.region.removed.get(region)?;
+        RemovalNotice {
+            primary: app.regions.name(&st),
+            pool_id: st.settings.pool_id.clone(),
+            fingerprint: st.fingerprint().unwrap_or_default().to_string(),
+            region: region.to_string(),
+            removed_at: r.removed_at,
+        }
+    };
+    let Some(unsealed) = app.keyring.unsealed() else {
+        return Some(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "PartitionSealed",
+            "this partition does not hold the security domain; retry on another partition",
+        ));
+    };
+    let body = RemovedAnswer {
+        error: keystead_core::error::ErrorBody::new(
+            REMOVED,
+            format!(
+                "region '{region}' was removed by this primary: it purges its pool (keys and security domain) on this notice; name it again (PUT /admin/regions/{region}) to have it join anew"
+            ),
+        )
+        .error,
+        removal_notice: notice.seal(unsealed.secret.master_key()),
+    };
+    Some((StatusCode::GONE, axum::Json(body)).into_response())
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
@@ -532,6 +641,8 @@ async fn feed(
             snapshot_required: true,
             pool_id: String::new(),
             promoted_at: None,
+            handover: None,
+            write_lease_ms: None,
         };
     };
     let through = entries.last().map(|e| e.log_id.index).unwrap_or(after);
@@ -553,11 +664,13 @@ async fn feed(
         snapshot_required: false,
         pool_id: String::new(),
         promoted_at: None,
+        handover: None,
+        write_lease_ms: None,
     }
 }
 
 /// Commit a replica region's write here and answer its primary index.
-async fn forward(replica: &crate::consensus::raft::Replica, cmd: Command) -> Response {
+async fn forward(app: &App, replica: &crate::consensus::raft::Replica, cmd: Command) -> Response {
     if !cmd.is_region_replicated() {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -573,6 +686,13 @@ async fn forward(replica: &crate::consensus::raft::Replica, cmd: Command) -> Res
                 "this primary was demoted and hands over to region '{}': retry once it is promoted",
                 d.to
             ),
+        );
+    }
+    if let Some(why) = app.store.lease_refusal(&cmd) {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            keystead_core::region::WRITE_LEASE_EXPIRED,
+            &why,
         );
     }
     match replica.propose_indexed(cmd).await {

@@ -7,8 +7,8 @@ use crate::consensus::ProposeError;
 use crate::consensus::region::{Forwarded, PrimaryForwarder};
 use crate::state::Command;
 use keystead_core::region::{
-    Feed, FenceRequest, ForwardReply, JoinReply, JoinRequest, NOT_ACCEPTED, PRIMARY_UNREACHABLE,
-    SnapshotPage,
+    Feed, FenceRequest, ForwardReply, Handover, JoinReply, JoinRequest, NOT_ACCEPTED,
+    PRIMARY_UNREACHABLE, REMOVED, RemovedAnswer, SnapshotPage,
 };
 use serde::de::DeserializeOwned;
 use std::sync::Mutex;
@@ -38,6 +38,9 @@ pub enum LinkError {
     /// The request may have reached the primary but no answer came back.
     #[error("the request to primary region endpoint {url} failed: {detail}")]
     Transport { url: String, detail: String },
+    /// The primary removed this region (410): its removal notice, sealed.
+    #[error("the primary region removed this region ({REMOVED})")]
+    Removed { notice: String },
 }
 
 /// What the link has learnt.
@@ -66,6 +69,8 @@ pub struct PrimaryLink {
     http: reqwest::Client,
     preferred: AtomicUsize,
     progress: Mutex<Progress>,
+    /// The hand-over the primary last announced (a planned switchover).
+    handover: Mutex<Option<Handover>>,
 }
 
 impl PrimaryLink {
@@ -83,7 +88,21 @@ impl PrimaryLink {
             http,
             preferred: AtomicUsize::new(0),
             progress: Mutex::new(Progress::default()),
+            handover: Mutex::new(None),
         })
+    }
+
+    /// The hand-over the primary last announced, if any.
+    pub fn handover(&self) -> Option<Handover> {
+        self.handover
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Remember the hand-over the primary announced.
+    pub fn note_handover(&self, h: &Handover) {
+        *self.handover.lock().unwrap_or_else(|p| p.into_inner()) = Some(h.clone());
     }
 
     pub fn progress(&self) -> Progress {
@@ -159,9 +178,17 @@ impl PrimaryLink {
                 detail: e.to_string(),
             })?;
             self.refused(
-                status == reqwest::StatusCode::FORBIDDEN
-                    && String::from_utf8_lossy(&bytes).contains(NOT_ACCEPTED),
+                status == reqwest::StatusCode::GONE
+                    || (status == reqwest::StatusCode::FORBIDDEN
+                        && String::from_utf8_lossy(&bytes).contains(NOT_ACCEPTED)),
             );
+            if status == reqwest::StatusCode::GONE
+                && let Ok(r) = serde_json::from_slice::<RemovedAnswer>(&bytes)
+            {
+                return Err(LinkError::Removed {
+                    notice: r.removal_notice,
+                });
+            }
             if !status.is_success() {
                 let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).to_string();
                 return Err(LinkError::Status {
@@ -259,14 +286,21 @@ impl PrimaryForwarder for PrimaryLink {
                 Err(LinkError::Unreachable { detail, .. }) => Err(
                     ProposeError::PrimaryUnreachable(self.unreachable_message(&detail)),
                 ),
+                // Unavailable, or not (yet) taking this region's writes: a switchover in
+                // progress (the next primary is not promoted yet), a region removed.
                 Err(LinkError::Status {
-                    status: 503, body, ..
+                    status: status @ (403 | 409 | 503),
+                    body,
+                    ..
                 }) => Err(ProposeError::PrimaryUnreachable(self.unreachable_message(
-                    &format!("it cannot commit changes now: {body}"),
+                    &format!("it cannot commit this region's changes now ({status}): {body}"),
                 ))),
                 Err(e @ LinkError::Status { .. }) => Err(ProposeError::Storage(format!(
                     "the primary region refused the forwarded change: {e}"
                 ))),
+                Err(e @ LinkError::Removed { .. }) => Err(ProposeError::PrimaryUnreachable(
+                    format!("this region takes no writes: {e}; its pool is purged"),
+                )),
                 Err(e @ LinkError::Transport { .. }) => Err(ProposeError::Uncertain(format!(
                     "the change was sent to the primary region but no answer came back: {e}"
                 ))),

@@ -5,6 +5,7 @@
 //! `/metrics`. Below the services: the primary's side of the protocol is `peer::region`;
 //! the replica's is `service::regions::follow`; switchover is `service::regions::switchover`.
 
+pub mod lease;
 pub mod link;
 pub mod snapshot;
 
@@ -36,6 +37,8 @@ pub struct Regions {
     pub peers: Mutex<BTreeMap<String, (u64, Instant)>>,
     /// A primary: consistent copies of the state being streamed to regions.
     pub sessions: snapshot::Sessions,
+    /// `writeLeaseMs` of the region configuration (docs/regions.md "Write lease").
+    pub lease: Option<Arc<lease::Lease>>,
 }
 
 impl std::fmt::Debug for Regions {
@@ -65,10 +68,15 @@ impl Regions {
             }),
             None => None,
         };
+        let lease = config
+            .as_ref()
+            .and_then(|c| c.write_lease_ms)
+            .map(|ms| Arc::new(lease::Lease::new(std::time::Duration::from_millis(ms))));
         Ok(Regions {
             config,
             configured,
             tls: Some(cfg.tls.clone()),
+            lease,
             ..Regions::default()
         })
     }
@@ -96,25 +104,51 @@ impl Regions {
     }
 
     /// What this pool follows, by its state and configuration: nothing once promoted; the
-    /// region it handed over to once demoted; else the configured primary.
+    /// region it moves to once its primary handed over, or it was demoted; else the
+    /// configured primary.
     fn desired(&self, st: &PoolState) -> Option<Target> {
-        if let Some(d) = &st.region.demoted {
-            return Some(Target {
-                name: d.to.clone(),
-                endpoints: d.endpoints.clone(),
-                ca_pem: d.ca_pem.clone(),
-            });
+        self.desired_ref(st)
+            .map(|(name, endpoints, ca_pem)| Target {
+                name: name.to_string(),
+                endpoints: endpoints.to_vec(),
+                ca_pem: ca_pem.to_string(),
+            })
+    }
+
+    /// [`Regions::desired`], borrowed: (name, endpoints, CA).
+    fn desired_ref<'a>(&'a self, st: &'a PoolState) -> Option<(&'a str, &'a [String], &'a str)> {
+        if let Some(d) = st.region.repoint.as_ref().or(st.region.demoted.as_ref()) {
+            return Some((&d.to, &d.endpoints, &d.ca_pem));
         }
         if st.region.promoted_at.is_some() && st.region.replica.is_none() {
             return None;
         }
-        self.configured.clone()
+        self.configured
+            .as_ref()
+            .map(|t| (t.name.as_str(), t.endpoints.as_slice(), t.ca_pem.as_str()))
+    }
+
+    /// Whether the link this partition holds is the one the state asks for (cheap: nothing
+    /// is copied; the write path asks before every change of keys or RBAC).
+    fn up_to_date(&self, st: &PoolState) -> bool {
+        let link = self.link.read().unwrap_or_else(|p| p.into_inner());
+        match (self.desired_ref(st), link.as_ref()) {
+            (None, None) => true,
+            (Some((name, endpoints, ca)), Some(l)) => {
+                l.primary.name == name && l.primary.endpoints == endpoints && l.primary.ca_pem == ca
+            }
+            _ => false,
+        }
     }
 
     /// Follow the state: (re)build the link when what this pool follows changed, and route
     /// the store's region-replicated writes through it (or nowhere: a primary). Every
-    /// partition calls it (its follower task, and after a switchover step it served).
+    /// partition calls it (its follower task, after a switchover step it served, and before
+    /// each write it takes — a write never goes to a primary the state has moved away from).
     pub fn reconcile(&self, store: &Store) {
+        if self.up_to_date(&store.read()) {
+            return;
+        }
         let desired = self.desired(&store.read());
         let current = self.link().map(|l| l.primary.clone());
         if desired == current {
@@ -148,12 +182,43 @@ impl Regions {
         st.region.replica.is_none() && (self.link().is_none() || st.region.demoted.is_some())
     }
 
+    /// The position each region acknowledged at this partition.
+    pub fn acks(&self) -> BTreeMap<String, u64> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, (at, _))| (name.clone(), *at))
+            .collect()
+    }
+
     /// A primary partition: region `name` asked for entries after `after`.
     pub fn acknowledged(&self, name: &str, after: u64) {
         self.peers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), (after, Instant::now()));
+        if let Some(l) = &self.lease {
+            l.touch(std::time::Duration::ZERO);
+        }
+    }
+
+    /// Milliseconds since a region last polled this partition (None: none has).
+    pub fn region_contact_ms(&self) -> Option<u64> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|(_, at)| millis_since(*at))
+            .min()
+    }
+
+    /// Milliseconds since this partition last reached the primary it follows (None: it
+    /// follows none, or has not reached it since it started).
+    pub fn primary_contact_ms(&self) -> Option<u64> {
+        self.link()
+            .and_then(|l| l.progress().last_contact)
+            .map(millis_since)
     }
 
     /// The region view of this partition (`applied` is its applied log index; `token` the
@@ -172,9 +237,16 @@ impl Regions {
             role: RegionRole::Primary,
             epoch: st.region.epoch(),
             primary_index: applied,
-            demoted_to: st.region.demoted.as_ref().map(|d| d.to.clone()),
+            demoted_to: st
+                .region
+                .demoted
+                .as_ref()
+                .filter(|_| st.region.replica.is_none())
+                .map(|d| d.to.clone()),
             demotion_token: token,
             discarded_writes: st.region.discarded.clone(),
+            removed_by: st.region.purged.as_ref().map(|p| p.primary.clone()),
+            removed_at: st.region.purged.as_ref().map(|p| p.removed_at),
             ..RegionStatus::default()
         };
         let link = self.link();
@@ -183,6 +255,12 @@ impl Regions {
             s.primary = Some(r.primary.clone());
             s.joined = true;
             s.applied_primary_index = r.applied_primary_index;
+            s.primary_write_lease_ms = r.primary_write_lease_ms;
+        }
+        if let Some(l) = &self.lease {
+            use crate::consensus::region::WriteLease;
+            s.write_lease_ms = Some(u64::try_from(l.ttl.as_millis()).unwrap_or(u64::MAX));
+            s.writes_refused_by_lease = l.refusal(st).is_some();
         }
         if let Some(link) = link.filter(|_| st.region.demoted.is_none() || s.joined) {
             s.role = RegionRole::Replica;

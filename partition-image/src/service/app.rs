@@ -199,6 +199,21 @@ impl App {
 
     /// Hold a domain received from a peer: seal it to disk (if configured), then keep it in
     /// memory.
+    /// Drop the domain from memory and from this partition's disk (a region its primary
+    /// removed: what stays of its state is key material no one can unwrap any more).
+    pub fn shred_domain(&self) {
+        self.keyring.shred();
+        match std::fs::remove_file(self.sealed_path()) {
+            Ok(()) => tracing::warn!(
+                "the sealed security domain was deleted from this partition (the region was removed by its primary)"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot delete the sealed security domain of a removed region")
+            }
+        }
+    }
+
     pub fn install_domain(&self, secret: DomainSecret) -> anyhow::Result<()> {
         self.seal_to_disk(&secret)
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;

@@ -127,6 +127,11 @@ impl From<ProposeError> for Error {
                 keystead_core::region::PRIMARY_UNREACHABLE,
                 m,
             ),
+            ProposeError::LeaseExpired(m) => Error::new(
+                Kind::Unavailable,
+                keystead_core::region::WRITE_LEASE_EXPIRED,
+                m,
+            ),
             ProposeError::Refused(s) => {
                 let msg = s.to_string();
                 match s {

@@ -30,12 +30,22 @@ impl App {
         let store = Store::replicated(replica);
         // A replica region forwards its writes from the first request on.
         regions.reconcile(&store);
+        if let Some(lease) = &regions.lease {
+            store.set_write_lease(lease.clone());
+        }
         let app = App::with_store(cfg, store, regions)?;
+        let weak = Arc::downgrade(&app);
+        app.store.set_router(Box::new(move || {
+            if let Some(app) = weak.upgrade() {
+                app.regions.reconcile(&app.store);
+            }
+        }));
         let a = app.clone();
         tokio::spawn(async move { a.replication_tasks().await });
         // Every partition of a replicated pool: idle until it follows a primary region
         // (configured, or after a switchover).
         tokio::spawn(super::regions::follow::run(app.clone()));
+        tokio::spawn(super::regions::lease::run(app.clone()));
         Ok(app)
     }
 

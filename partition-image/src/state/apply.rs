@@ -381,6 +381,12 @@ impl PoolState {
             | Command::RegionDemote { .. }
             | Command::RegionPromote { .. }
             | Command::RegionFollow { .. }
+            | Command::RegionHandoverReady { .. }
+            | Command::RegionPurge { .. }
+            | Command::RegionRejoin
+            | Command::RegionPrimaryLease { .. }
+            | Command::RegionLeaseArmed { .. }
+            | Command::RegionRepoint { .. }
             | Command::RegionFenced { .. }
             | Command::RegionFenceDone => self.apply_region(cmd),
         }

@@ -120,9 +120,20 @@ pub enum Command {
         ca_pem: String,
         now: i64,
     },
-    /// A primary stops accepting a region.
+    /// A primary stops accepting a region; it answers the region's next request with a
+    /// removal notice (the region purges its pool).
     #[serde(rename_all = "camelCase")]
-    DeleteRegion { name: String },
+    DeleteRegion {
+        name: String,
+        #[serde(default)]
+        now: i64,
+    },
+    /// A replica region its primary removed (the notice verified under the domain): purge
+    /// keys, deleted keys and RBAC; the partitions drop the domain.
+    #[serde(rename_all = "camelCase")]
+    RegionPurge { primary: String, removed_at: i64 },
+    /// A purged region its primary accepts again: join it anew.
+    RegionRejoin,
     /// This pool joined a primary region: activated with the primary's domain.
     #[serde(rename_all = "camelCase")]
     RegionJoined {
@@ -165,6 +176,33 @@ pub enum Command {
         /// A failover: the old primary to fence.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fence: Option<super::region::FenceTarget>,
+        /// A planned switchover: the other regions the demoted primary accepted (name, CA);
+        /// they follow this region next.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        also_accept: Vec<(String, String)>,
+    },
+    /// A primary with a write lease: a region polled it at `epoch`, so the lease applies
+    /// from now on (a primary no region ever polled at its epoch — just promoted by a
+    /// failover — takes writes without it).
+    #[serde(rename_all = "camelCase")]
+    RegionLeaseArmed { epoch: u64 },
+    /// A replica region: the write lease its primary announces (None: none), which a
+    /// failover waits out.
+    #[serde(rename_all = "camelCase")]
+    RegionPrimaryLease { ms: Option<u64> },
+    /// Planned switchover, on the demoted primary: every region it accepted has applied its
+    /// last index; the demotion token may be published.
+    #[serde(rename_all = "camelCase")]
+    RegionHandoverReady { epoch: u64 },
+    /// Planned switchover, on a replica region that has applied the demoted primary's last
+    /// index: follow `to` once it is promoted at `epoch` (as the demoted primary does).
+    #[serde(rename_all = "camelCase")]
+    RegionRepoint {
+        to: String,
+        endpoints: Vec<String>,
+        ca_pem: String,
+        epoch: u64,
+        last_index: u64,
     },
     /// An old primary learns of a failover: it stops taking changes, lists the ones the new
     /// primary never had, and re-seeds from it before following it.
@@ -178,7 +216,8 @@ pub enum Command {
     },
     /// The old primary acknowledged its fence.
     RegionFenceDone,
-    /// A demoted primary follows the promoted region from its promotion index `from`.
+    /// A demoted primary, or a replica region it handed over, follows the promoted region
+    /// from its promotion index `from`.
     #[serde(rename_all = "camelCase")]
     RegionFollow {
         primary: String,

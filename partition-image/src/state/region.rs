@@ -12,6 +12,23 @@ pub struct AcceptedRegionRecord {
     pub added: i64,
 }
 
+/// A region a primary removed: the CA it was accepted with (its partitions are still
+/// recognised, to be told they were removed).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemovedRegionRecord {
+    pub ca_pem: String,
+    pub removed_at: i64,
+}
+
+/// A former replica region its primary removed: its pool was purged.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Purged {
+    pub primary: String,
+    pub removed_at: i64,
+}
+
 /// What a replica region follows.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -21,6 +38,9 @@ pub struct ReplicaOf {
     pub epoch: u64,
     /// The last primary log index this region has applied (or skipped as not replicated).
     pub applied_primary_index: u64,
+    /// The primary's write lease (ms), as it announces it: a failover waits it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_write_lease_ms: Option<u64>,
 }
 
 /// A primary demoted for a planned switchover.
@@ -35,6 +55,24 @@ pub struct Demotion {
     pub epoch: u64,
     /// The log index of the demotion: no change of keys or RBAC was made here after it.
     pub last_index: u64,
+    /// Every region this pool accepted has applied `last_index` (`RegionHandoverReady`):
+    /// the demotion token is published from then on. (Absent in states written before
+    /// the wait existed: ready.)
+    #[serde(default = "ready_by_default")]
+    pub ready: bool,
+}
+
+fn ready_by_default() -> bool {
+    true
+}
+
+/// A demoted primary that follows its successor now: what it tells the regions it fed
+/// (those that had not seen the hand-over yet), and their CAs (it still knows them).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HandedOver {
+    pub demotion: Demotion,
+    pub regions: BTreeMap<String, AcceptedRegionRecord>,
 }
 
 /// An old primary a failover left behind: the new primary tells it (docs/regions.md).
@@ -74,6 +112,23 @@ pub struct RegionState {
     /// Fenced old primary: re-seed from a snapshot of the new primary before following it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reseed: bool,
+    /// A replica region whose primary handed over (planned switchover): the region it
+    /// follows once that one is promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repoint: Option<Demotion>,
+    /// A demoted primary that follows its successor: the hand-over it still answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_over: Option<HandedOver>,
+    /// A primary: the regions it removed (answered with a removal notice).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub removed: BTreeMap<String, RemovedRegionRecord>,
+    /// A former replica region its primary removed: purged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged: Option<Purged>,
+    /// A primary with a write lease: the epoch at which a region first polled it (the
+    /// lease applies at that epoch only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lease_armed_epoch: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -89,6 +144,30 @@ impl RegionState {
             && self.promoted_at.is_none()
             && self.fence_old.is_none()
             && self.discarded.is_empty()
+            && self.repoint.is_none()
+            && self.handed_over.is_none()
+            && self.removed.is_empty()
+            && self.purged.is_none()
+            && self.lease_armed_epoch == 0
+    }
+
+    /// The regions whose client certificates this pool recognises: the accepted ones, and
+    /// those a demoted primary handed over (they may still ask where to go).
+    pub fn known_regions(&self) -> BTreeMap<String, AcceptedRegionRecord> {
+        let mut all = self.accepted.clone();
+        if let Some(h) = &self.handed_over {
+            for (name, r) in &h.regions {
+                all.entry(name.clone()).or_insert_with(|| r.clone());
+            }
+        }
+        for (name, r) in &self.removed {
+            all.entry(name.clone())
+                .or_insert_with(|| AcceptedRegionRecord {
+                    ca_pem: r.ca_pem.clone(),
+                    added: 0,
+                });
+        }
+        all
     }
 
     /// The epoch this pool is in: its own as a primary, its primary's as a replica.
@@ -164,6 +243,12 @@ impl Command {
             | Command::RegionDemote { .. }
             | Command::RegionPromote { .. }
             | Command::RegionFollow { .. }
+            | Command::RegionHandoverReady { .. }
+            | Command::RegionPurge { .. }
+            | Command::RegionRejoin
+            | Command::RegionPrimaryLease { .. }
+            | Command::RegionLeaseArmed { .. }
+            | Command::RegionRepoint { .. }
             | Command::RegionFenced { .. }
             | Command::RegionFenceDone => false,
         }
@@ -218,11 +303,56 @@ impl PoolState {
                         added,
                     },
                 );
+                self.region.removed.remove(name);
                 Ok(Outcome::None)
             }
-            Command::DeleteRegion { name } => match self.region.accepted.remove(name) {
-                Some(_) => Ok(Outcome::None),
+            Command::DeleteRegion { name, now } => match self.region.accepted.remove(name) {
+                Some(r) => {
+                    self.region.removed.insert(
+                        name.clone(),
+                        RemovedRegionRecord {
+                            ca_pem: r.ca_pem,
+                            removed_at: *now,
+                        },
+                    );
+                    Ok(Outcome::None)
+                }
                 None => Err(StateError::RegionNotFound(name.clone())),
+            },
+            Command::RegionPurge {
+                primary,
+                removed_at,
+            } => {
+                let r = self.joined()?;
+                if r.primary != *primary {
+                    return Err(StateError::RegionRole(format!(
+                        "a removal by '{primary}' does not apply to a region of '{}'",
+                        r.primary
+                    )));
+                }
+                // Keys and deleted keys go; the pool keeps its name, id, membership and role
+                // assignments (they name principals, no secret: its administrators still
+                // read its status), and reads as not activated (its partitions drop the
+                // domain).
+                self.keys.clear();
+                self.deleted.clear();
+                self.restore_staging = None;
+                self.activation = Activation::default();
+                let purged = Purged {
+                    primary: primary.clone(),
+                    removed_at: *removed_at,
+                };
+                self.region = RegionState {
+                    purged: Some(purged),
+                    ..RegionState::default()
+                };
+                Ok(Outcome::None)
+            }
+            Command::RegionRejoin => match self.region.purged.take() {
+                Some(_) => Ok(Outcome::None),
+                None => Err(StateError::RegionRole(
+                    "this pool was not purged by a removal".into(),
+                )),
             },
             Command::RegionJoined {
                 primary,
@@ -257,6 +387,7 @@ impl PoolState {
                     primary: primary.clone(),
                     primary_pool_id: primary_pool_id.clone(),
                     epoch: *epoch,
+                    primary_write_lease_ms: None,
                     applied_primary_index: applied,
                 });
                 Ok(Outcome::None)
@@ -332,6 +463,55 @@ impl PoolState {
                     ca_pem: ca_pem.clone(),
                     epoch: *epoch,
                     last_index: 0,
+                    ready: false,
+                });
+                self.region.handed_over = None;
+                Ok(Outcome::None)
+            }
+            Command::RegionHandoverReady { epoch } => match &mut self.region.demoted {
+                Some(d) if d.epoch == *epoch && self.region.replica.is_none() => {
+                    d.ready = true;
+                    Ok(Outcome::None)
+                }
+                _ => Err(StateError::RegionRole(format!(
+                    "no hand-over of epoch {epoch} is in progress here"
+                ))),
+            },
+            Command::RegionLeaseArmed { epoch } => {
+                if self.region.replica.is_some() || *epoch != self.region.epoch() {
+                    return Err(StateError::RegionRole(format!(
+                        "the write lease is armed by a primary at its epoch ({}), not at epoch {epoch}",
+                        self.region.epoch()
+                    )));
+                }
+                self.region.lease_armed_epoch = *epoch;
+                Ok(Outcome::None)
+            }
+            Command::RegionPrimaryLease { ms } => {
+                self.joined_mut()?.primary_write_lease_ms = *ms;
+                Ok(Outcome::None)
+            }
+            Command::RegionRepoint {
+                to,
+                endpoints,
+                ca_pem,
+                epoch,
+                last_index,
+            } => {
+                let r = self.joined()?;
+                if *epoch != r.epoch + 1 || r.applied_primary_index < *last_index {
+                    return Err(StateError::RegionRole(format!(
+                        "a hand-over to '{to}' at epoch {epoch} after index {last_index} does not fit this region (epoch {}, applied {})",
+                        r.epoch, r.applied_primary_index
+                    )));
+                }
+                self.region.repoint = Some(Demotion {
+                    to: to.clone(),
+                    endpoints: endpoints.clone(),
+                    ca_pem: ca_pem.clone(),
+                    epoch: *epoch,
+                    last_index: *last_index,
+                    ready: true,
                 });
                 Ok(Outcome::None)
             }
@@ -341,6 +521,7 @@ impl PoolState {
                 old_primary_ca,
                 now,
                 fence,
+                also_accept,
             } => {
                 let r = self.joined()?;
                 if *epoch <= r.epoch {
@@ -355,14 +536,24 @@ impl PoolState {
                 self.region.replica = None;
                 self.region.epoch = *epoch;
                 self.region.demoted = None;
+                self.region.repoint = None;
+                self.region.handed_over = None;
                 self.region.fence_old = fence.clone().map(|f| FenceTarget { common_index, ..f });
-                self.region.accepted.insert(
-                    old_primary.clone(),
-                    AcceptedRegionRecord {
-                        ca_pem: old_primary_ca.clone(),
-                        added: *now,
-                    },
+                let accept = std::iter::once((old_primary, old_primary_ca)).chain(
+                    also_accept
+                        .iter()
+                        .map(|(name, ca)| (name, ca))
+                        .filter(|(name, _)| *name != old_primary),
                 );
+                for (name, ca_pem) in accept {
+                    self.region.accepted.insert(
+                        name.clone(),
+                        AcceptedRegionRecord {
+                            ca_pem: ca_pem.clone(),
+                            added: *now,
+                        },
+                    );
+                }
                 Ok(Outcome::None)
             }
             Command::RegionFollow {
@@ -371,22 +562,52 @@ impl PoolState {
                 epoch,
                 from,
             } => {
-                let Some(d) = &self.region.demoted else {
+                let Some(d) = self
+                    .region
+                    .repoint
+                    .clone()
+                    .or_else(|| self.region.demoted.clone())
+                else {
                     return Err(StateError::RegionRole(
-                        "only a demoted primary follows the region it handed over to".into(),
+                        "only a demoted primary, or a region it handed over, follows the region promoted next".into(),
                     ));
                 };
                 if d.to != *primary || d.epoch != *epoch {
                     return Err(StateError::RegionRole(format!(
-                        "this pool handed over to '{}' at epoch {}, not to '{primary}' at epoch {epoch}",
+                        "this pool moves to '{}' at epoch {}, not to '{primary}' at epoch {epoch}",
                         d.to, d.epoch
                     )));
+                }
+                if self.region.repoint.take().is_some() {
+                    // A replica region of the demoted primary: it holds everything up to the
+                    // demoted primary's last index, as the promoted region did when promoted.
+                    // (`demoted` names the region a pool follows after a switchover.)
+                    self.region.demoted = Some(d.clone());
+                    self.region.replica = Some(ReplicaOf {
+                        primary: primary.clone(),
+                        primary_pool_id: primary_pool_id.clone(),
+                        epoch: *epoch,
+                        primary_write_lease_ms: None,
+                        applied_primary_index: *from,
+                    });
+                    return Ok(Outcome::None);
+                }
+                if !self.region.reseed {
+                    // Still answer the regions it fed where to go (a fenced primary's regions
+                    // were not waited for: they re-point by hand).
+                    let mut regions = self.region.accepted.clone();
+                    regions.remove(&d.to);
+                    self.region.handed_over = Some(HandedOver {
+                        demotion: d.clone(),
+                        regions,
+                    });
                 }
                 self.region.replica = Some(ReplicaOf {
                     primary: primary.clone(),
                     primary_pool_id: primary_pool_id.clone(),
                     epoch: *epoch,
                     // A fenced old primary re-seeds from a snapshot first.
+                    primary_write_lease_ms: None,
                     applied_primary_index: if self.region.reseed { 0 } else { *from },
                 });
                 self.region.accepted.clear();
@@ -417,6 +638,7 @@ impl PoolState {
                     ca_pem: ca_pem.clone(),
                     epoch: *epoch,
                     last_index: 0,
+                    ready: true,
                 });
                 self.region.discarded = discarded.clone();
                 self.region.reseed = true;

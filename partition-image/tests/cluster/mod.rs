@@ -178,16 +178,28 @@ impl Drop for Cluster {
                     .and_then(|p| p.file_name())
                     .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
             ));
-            if std::fs::create_dir_all(&keep).is_ok() {
-                for (i, cfg) in self.configs.iter().enumerate() {
-                    let _ = std::fs::copy(
-                        cfg.with_file_name("stderr.log"),
-                        keep.join(format!("p{i}.stderr.log")),
-                    );
-                }
-                eprintln!("the partitions' logs are kept in {}", keep.display());
-            }
+            self.keep_logs(&keep, "");
         }
+    }
+}
+
+impl Cluster {
+    /// Copy the partitions' logs to `keep` as `<prefix>p<i>.stderr.log` (a failed test keeps
+    /// them: the pool directory goes with the test).
+    pub fn keep_logs(&self, keep: &std::path::Path, prefix: &str) {
+        if std::fs::create_dir_all(keep).is_err() {
+            return;
+        }
+        for (i, cfg) in self.configs.iter().enumerate() {
+            let _ = std::fs::copy(
+                cfg.with_file_name("stderr.log"),
+                keep.join(format!("{prefix}p{i}.stderr.log")),
+            );
+        }
+        eprintln!(
+            "the partitions' logs ({prefix}p*) are kept in {}",
+            keep.display()
+        );
     }
 }
 
@@ -377,18 +389,34 @@ impl Cluster {
     pub fn exited(&self, i: usize) -> Option<String> {
         let mut children = self.children.lock().unwrap();
         let status = children[i].as_mut()?.try_wait().ok()??;
+        Some(format!(
+            "exited with {status}; stderr tail:\n{}",
+            self.log_tail(i, 40)
+        ))
+    }
+
+    /// The last `lines` lines of partition `i`'s stderr log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
         let log = std::fs::read_to_string(self.configs[i].with_file_name("stderr.log"))
             .unwrap_or_default();
-        let tail: String = log
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
-        Some(format!("exited with {status}; stderr tail:\n{tail}"))
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Stop every partition, start it again, and wait until each holds the domain again.
+    pub async fn restart_all(&self) {
+        for i in 0..N {
+            self.kill(i);
+        }
+        for i in 0..N {
+            self.spawn(i);
+        }
+        for i in 0..N {
+            self.until("the restarted partition holds the domain", 90, || {
+                self.domain_loaded(i)
+            })
+            .await;
+        }
     }
 
     /// Stop every partition and start it again with memory-only sealing and its sealed

@@ -64,6 +64,15 @@ impl Cluster {
             == StatusCode::OK
     }
 
+    /// Run every partition with region configuration `cfg` (JSON) from now on: restarted,
+    /// back with the domain.
+    pub async fn restart_with_region_config(&mut self, cfg: &Value) {
+        let path = self.dir.join("own-region.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
+        self.region_config = Some(path);
+        self.restart_all().await;
+    }
+
     /// A request to partition `i` with a bearer token of another pool (the same issuer).
     pub fn token(&self) -> &str {
         &self.token

@@ -27,6 +27,15 @@ pub struct PeerState {
     /// replication: `Replica::term_floor`).
     #[serde(default)]
     pub term: u64,
+    /// A primary: the position each replica region acknowledged at this partition.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub region_acks: std::collections::BTreeMap<String, u64>,
+    /// A primary: milliseconds since a region last polled this partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region_contact_ms: Option<u64>,
+    /// A replica region: milliseconds since this partition last reached its primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_contact_ms: Option<u64>,
 }
 
 /// Errors calling a peer.

@@ -396,6 +396,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        // The sizes of what the tail will hold are measured outside the lock (readers of
+        // the log and of the region feed wait on it), on a copy taken under it; no append or
+        // purge runs meanwhile (`&mut self`), so these are the entries purged below.
+        let copies: Vec<Entry<TypeConfig>> = self
+            .lock()
+            .entries
+            .range(..=log_id.index)
+            .map(|(_, e)| e.clone())
+            .collect();
+        let sizes: BTreeMap<u64, usize> = copies
+            .iter()
+            .map(|e| {
+                let n = serde_json::to_vec(e).map_or(0, |v| v.len());
+                (e.log_id.index, n)
+            })
+            .collect();
+        drop(copies);
         let mut i = self.lock();
         let kept = i.entries.split_off(&(log_id.index + 1));
         let purged = std::mem::replace(&mut i.entries, kept);
@@ -417,7 +434,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             i.tail_bytes = 0;
         }
         for (index, e) in purged.into_iter().filter(|_| contiguous) {
-            let n = serde_json::to_vec(&e).map_or(0, |v| v.len());
+            let n = sizes.get(&index).copied().unwrap_or(0);
             i.tail_bytes += n;
             i.tail.insert(index, (e, n));
         }

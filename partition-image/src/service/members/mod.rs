@@ -54,13 +54,16 @@ pub async fn local_state(app: &App, replica: &Replica) -> PeerState {
         recovering: replica.is_recovering(),
         domain_loaded: app.keyring.is_unsealed(),
         term: m.current_term,
+        region_acks: app.regions.acks(),
+        region_contact_ms: app.regions.region_contact_ms(),
+        primary_contact_ms: app.regions.primary_contact_ms(),
     }
 }
 
 type Probes = BTreeMap<u64, Result<PeerState, String>>;
 
 /// Ask every member (and `extra`) for its state, concurrently, with a short timeout.
-async fn probe(app: &App, replica: &Replica, extra: Option<(u64, Member)>) -> Probes {
+pub(crate) async fn probe(app: &App, replica: &Replica, extra: Option<(u64, Member)>) -> Probes {
     let mut nodes = replica.group().nodes;
     if let Some((id, n)) = extra {
         nodes.entry(id).or_insert(n);

@@ -9,6 +9,7 @@ use crate::service::app::App;
 use crate::service::backup::{STAGE_BYTES, stages};
 use crate::state::{Command, ReplicaOf};
 use keystead_core::region::JoinRequest;
+use keystead_core::region_token::RemovalNotice;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ pub async fn run(app: Arc<App>) {
     let mut failures = 0u64;
     loop {
         app.regions.reconcile(&app.store);
+        if app.store.read().region.purged.is_some() {
+            purged(&app, &replica).await;
+            continue;
+        }
         let Some(link) = app.regions.link() else {
             // A primary promoted by failover fences the old primary once it answers.
             let old = app.store.read().region.fence_old.clone();
@@ -44,17 +49,41 @@ pub async fn run(app: Arc<App>) {
             link_idle(&app, &link).await;
             continue;
         }
-        let (joined, demoted) = {
+        let (joined, demoted, repoint) = {
             let st = app.store.read();
-            (st.region.replica.clone(), st.region.demoted.clone())
+            (
+                st.region.replica.clone(),
+                st.region.demoted.clone(),
+                st.region.repoint.clone(),
+            )
         };
-        let result = match (joined, demoted) {
-            (Some(r), _) => pull(&app, &link, &r).await,
-            (None, Some(d)) => super::switchover::follow_promoted(&app, &link, &d).await,
-            (None, None) => join(&app, &link).await,
+        let result = match (joined, demoted, repoint) {
+            // Its primary handed over: follow the region promoted next.
+            (Some(_), _, Some(p)) => super::switchover::follow_promoted(&app, &link, &p).await,
+            (Some(r), _, None) => pull(&app, &link, &r).await,
+            (None, Some(d), _) => {
+                if let Err(e) = super::switchover::mark_handover_ready(&app, &d).await {
+                    tracing::debug!(error = %format!("{e:#}"), "the hand-over is not marked ready yet");
+                }
+                super::switchover::follow_promoted(&app, &link, &d).await
+            }
+            (None, None, _) => join(&app, &link).await,
         };
         match result {
             Ok(()) => failures = 0,
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<LinkError>(),
+                    Some(LinkError::Removed { .. })
+                ) =>
+            {
+                if let Some(LinkError::Removed { notice }) = e.downcast_ref::<LinkError>()
+                    && let Err(e) = purge(&app, notice).await
+                {
+                    tracing::error!(error = %format!("{e:#}"), "the primary answers that it removed this region, but its notice was not acted on");
+                }
+                tokio::time::sleep(RETRY).await;
+            }
             Err(e) => {
                 // The first failure and then one a minute: a primary that is down for long
                 // does not flood the log.
@@ -68,6 +97,90 @@ pub async fn run(app: Arc<App>) {
             }
         }
     }
+}
+
+/// The primary answered that it removed this region: check its notice under this region's
+/// own domain (only a holder of the domain can make one) and purge the pool —
+/// `RegionPurge` drops keys and deleted keys on every partition, and each partition then
+/// deletes the domain from its memory and disk.
+async fn purge(app: &Arc<App>, notice: &str) -> anyhow::Result<()> {
+    let (joined, me, fingerprint) = {
+        let st = app.store.read();
+        (
+            st.region.replica.clone(),
+            app.regions.name(&st),
+            st.fingerprint().map(str::to_string),
+        )
+    };
+    let Some(r) = joined else {
+        return Ok(()); // not joined: nothing to purge
+    };
+    let unsealed = app.keyring.unsealed().ok_or_else(|| {
+        anyhow::anyhow!("this partition does not hold the domain: it cannot check the notice")
+    })?;
+    let n = RemovalNotice::open(notice, unsealed.secret.master_key())
+        .map_err(|e| anyhow::anyhow!("the removal notice was refused: {e}"))?;
+    anyhow::ensure!(
+        n.region == me
+            && n.pool_id == r.primary_pool_id
+            && Some(&n.fingerprint) == fingerprint.as_ref(),
+        "the removal notice names region '{}' of primary pool {} (this is region '{me}' of {})",
+        n.region,
+        n.pool_id,
+        r.primary_pool_id
+    );
+    let result = app
+        .store
+        .propose_local(Command::RegionPurge {
+            primary: r.primary.clone(),
+            removed_at: n.removed_at,
+        })
+        .await;
+    audit_outbound(
+        app,
+        &r.primary,
+        ("GET", "/internal/region/feed"),
+        "RegionPurged",
+        result.is_ok(),
+    );
+    result?;
+    tracing::warn!(primary = %r.primary, "the primary removed this region: its keys and its security domain were purged");
+    Ok(())
+}
+
+/// The audit record of what this region did on an answer of its primary (`call`: the
+/// method and path it called).
+fn audit_outbound(app: &App, primary: &str, call: (&str, &str), operation: &str, committed: bool) {
+    app.audit.record(AuditRecord {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        partition: app.cfg.partition_id.clone(),
+        caller: format!("region:{primary}"),
+        client_address: "outbound".into(),
+        method: call.0.into(),
+        path: call.1.into(),
+        operation: operation.into(),
+        member: Some(primary.to_string()),
+        status: if committed { 200 } else { 500 },
+        ..AuditRecord::default()
+    });
+}
+
+/// A region its primary removed: every partition deletes the domain (again after a
+/// restart); the leader asks the primary now and then whether it accepts the region again
+/// (named again): then the region joins anew, from nothing.
+async fn purged(app: &Arc<App>, replica: &crate::consensus::raft::Replica) {
+    app.shred_domain();
+    if let Some(link) = app.regions.link().filter(|_| replica.is_leader())
+        && link.position().await.is_ok()
+    {
+        match app.store.propose_local(Command::RegionRejoin).await {
+            Ok(_) => {
+                tracing::warn!(primary = %link.primary.name, "the primary accepts this region again: joining it anew")
+            }
+            Err(e) => tracing::debug!(error = %e, "rejoin not committed yet"),
+        }
+    }
+    tokio::time::sleep(5 * IDLE_POLL).await;
 }
 
 /// A partition that does not lead: keep what its status says of the primary fresh.
@@ -117,18 +230,13 @@ async fn join(app: &Arc<App>, link: &PrimaryLink) -> anyhow::Result<()> {
             now: crate::service::now(),
         })
         .await;
-    app.audit.record(AuditRecord {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        partition: app.cfg.partition_id.clone(),
-        caller: format!("region:{}", reply.primary),
-        client_address: "outbound".into(),
-        method: "POST".into(),
-        path: "/internal/region/join".into(),
-        operation: "RegionJoined".into(),
-        member: Some(reply.primary.clone()),
-        status: if r.is_ok() { 200 } else { 500 },
-        ..AuditRecord::default()
-    });
+    audit_outbound(
+        app,
+        &reply.primary,
+        ("POST", "/internal/region/join"),
+        "RegionJoined",
+        r.is_ok(),
+    );
     r?;
     tracing::info!(primary = %reply.primary, fingerprint = %reply.fingerprint, "joined the primary region: the security domain was sealed to this region's transfer key");
     Ok(())
@@ -165,16 +273,55 @@ async fn pull(app: &Arc<App>, link: &PrimaryLink, r: &ReplicaOf) -> anyhow::Resu
         return bootstrap(app, link).await;
     }
     link.saw(feed.primary_index, after);
-    if feed.through <= after {
+    if feed.write_lease_ms != r.primary_write_lease_ms {
+        // Kept in the replicated state: a failover on any partition waits the lease out.
+        app.store
+            .propose_local(Command::RegionPrimaryLease {
+                ms: feed.write_lease_ms,
+            })
+            .await?;
+    }
+    if feed.through > after {
+        app.store
+            .propose_local(Command::RegionApply {
+                entries: feed.entries,
+                through: feed.through,
+            })
+            .await?;
+        link.saw(feed.primary_index, feed.through);
+    }
+    match feed.handover {
+        Some(h) => repoint(app, link, &h, feed.through.max(after)).await,
+        None => Ok(()),
+    }
+}
+
+/// The primary was demoted (planned switchover): once this region has applied its last
+/// index and every region has acknowledged it (the hand-over is ready: this region's polls
+/// after the last index are its acknowledgement), follow the region promoted next — unless
+/// this region is the one promoted, which waits for its promotion with the demotion token.
+async fn repoint(
+    app: &Arc<App>,
+    link: &PrimaryLink,
+    h: &keystead_core::region::Handover,
+    applied: u64,
+) -> anyhow::Result<()> {
+    link.note_handover(h);
+    let me = app.regions.name(&app.store.read());
+    if h.to == me || applied < h.last_index || !h.ready {
         return Ok(());
     }
     app.store
-        .propose_local(Command::RegionApply {
-            entries: feed.entries,
-            through: feed.through,
+        .propose_local(Command::RegionRepoint {
+            to: h.to.clone(),
+            endpoints: h.endpoints.clone(),
+            ca_pem: h.ca_certificate.clone(),
+            epoch: h.epoch,
+            last_index: h.last_index,
         })
         .await?;
-    link.saw(feed.primary_index, feed.through);
+    app.regions.reconcile(&app.store);
+    tracing::warn!(primary = %h.to, epoch = h.epoch, "the primary handed over: this region follows the new primary once it is promoted");
     Ok(())
 }
 

@@ -4,4 +4,5 @@
 //! `crate::region`, below the services; the primary's side of the protocol is `peer::region`.
 
 pub mod follow;
+pub mod lease;
 pub mod switchover;

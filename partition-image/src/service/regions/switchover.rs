@@ -1,20 +1,28 @@
 //! Planned switchover (docs/regions.md): the primary is demoted — it stops taking changes
-//! from the index of its demotion on and publishes a demotion token signed under the
-//! security domain; the named region is promoted with that token once it has applied the
-//! demoted primary's last index (zero loss) and starts a new epoch; the old primary then
-//! follows it from the index of its promotion, without re-seeding.
+//! from the index of its demotion on, waits until every region it accepted has applied that
+//! index, and publishes a demotion token signed under the security domain; the named region
+//! is promoted with that token once it has applied the demoted primary's last index (zero
+//! loss) and starts a new epoch, accepting the other regions; the old primary and every
+//! other region then follow it from the index of its promotion, without re-seeding.
 
 use crate::region::link::PrimaryLink;
 use crate::service::app::App;
 use crate::service::error::{Error, Kind};
 use crate::state::{Command, Demotion, FenceTarget, PoolState};
-use keystead_core::region::{DemoteReply, DemoteRequest, FenceRequest};
+use keystead_core::region::{
+    DemoteReply, DemoteRequest, FenceRequest, Handover, REGIONS_NOT_CAUGHT_UP,
+};
 use keystead_core::region_token::DemotionToken;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a promotion waits for this region to apply the demoted primary's last index.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+/// How long a demotion waits by default, and at most, for every region to apply its last
+/// index before it answers.
+const HANDOVER_WAIT: u64 = 60;
+const HANDOVER_WAIT_MAX: u64 = 300;
 
 /// The demotion token of a demoted primary that does not follow its successor yet, made with
 /// the domain this partition holds (`None` otherwise).
@@ -23,7 +31,7 @@ pub fn demotion_token(app: &App, st: &PoolState) -> Option<String> {
         .region
         .demoted
         .as_ref()
-        .filter(|_| st.region.replica.is_none())?;
+        .filter(|d| d.ready && st.region.replica.is_none())?;
     let unsealed = app.keyring.unsealed()?;
     let token = DemotionToken {
         primary: app.regions.name(st),
@@ -36,8 +44,159 @@ pub fn demotion_token(app: &App, st: &PoolState) -> Option<String> {
     Some(token.seal(unsealed.secret.master_key()))
 }
 
-/// `POST /admin/regions/demote`: stop taking changes and hand over to an accepted region.
+/// The position every region acknowledged in this pool (the furthest per region): a region
+/// pulls from whichever partition answers it, so each partition knows only its own part.
+async fn pool_acks(app: &App) -> BTreeMap<String, u64> {
+    let mut acks = app.regions.acks();
+    if let Some(replica) = app.store.replica() {
+        for state in crate::service::members::probe(app, replica, None)
+            .await
+            .into_values()
+            .flatten()
+        {
+            for (name, at) in state.region_acks {
+                let e = acks.entry(name).or_default();
+                *e = (*e).max(at);
+            }
+        }
+    }
+    acks
+}
+
+/// The accepted regions that have not acknowledged the demotion's last index yet, with
+/// the position they acknowledged.
+async fn regions_behind(app: &App, d: &Demotion) -> Vec<(String, u64)> {
+    let names: Vec<String> = app.store.read().region.accepted.keys().cloned().collect();
+    let acks = pool_acks(app).await;
+    names
+        .into_iter()
+        .map(|n| {
+            let at = acks.get(&n).copied().unwrap_or(0);
+            (n, at)
+        })
+        .filter(|(_, at)| *at < d.last_index)
+        .collect()
+}
+
+/// A demoted primary: once every region it accepted has applied its last index, commit
+/// `RegionHandoverReady` (the token is published from then on). The demote call and the
+/// leader's region task both try, so a demote that stopped waiting completes by itself.
+pub(super) async fn mark_handover_ready(app: &App, d: &Demotion) -> anyhow::Result<bool> {
+    if d.ready {
+        return Ok(true);
+    }
+    if d.last_index == 0 || !regions_behind(app, d).await.is_empty() {
+        return Ok(false);
+    }
+    app.store
+        .propose_local(Command::RegionHandoverReady { epoch: d.epoch })
+        .await?;
+    tracing::info!(to = %d.to, last_index = d.last_index, "every region applied the demoted primary's last index: the demotion token is published");
+    Ok(true)
+}
+
+/// What a demoted primary tells the regions it fed (in its feed and position answers):
+/// while it is demoted, and once it follows its successor. None for a fenced old primary
+/// (its regions may hold changes the new primary never had: they re-point by hand).
+pub fn handover(st: &PoolState) -> Option<Handover> {
+    let (d, regions) = match (&st.region.handed_over, &st.region.demoted) {
+        (Some(h), _) if st.region.replica.is_some() => (&h.demotion, &h.regions),
+        (_, Some(d)) if st.region.replica.is_none() && !st.region.reseed => {
+            (d, &st.region.accepted)
+        }
+        _ => return None,
+    };
+    Some(Handover {
+        to: d.to.clone(),
+        endpoints: d.endpoints.clone(),
+        ca_certificate: d.ca_pem.clone(),
+        epoch: d.epoch,
+        last_index: d.last_index,
+        ready: d.ready,
+        regions: regions
+            .iter()
+            .filter(|(name, _)| **name != d.to)
+            .map(|(name, r)| keystead_core::region::HandoverRegion {
+                name: name.clone(),
+                ca_certificate: r.ca_pem.clone(),
+            })
+            .collect(),
+    })
+}
+
+/// `POST /admin/regions/demote`: stop taking changes and hand over to an accepted region
+/// once every region has applied the last index. Called again with the same `to`, it waits
+/// again.
 pub async fn demote(app: &App, req: &DemoteRequest) -> Result<DemoteReply, Error> {
+    let wait = Duration::from_secs(
+        req.wait_seconds
+            .unwrap_or(HANDOVER_WAIT)
+            .min(HANDOVER_WAIT_MAX),
+    );
+    let again = {
+        let st = app.store.read();
+        st.region.replica.is_none()
+            && st.region.demoted.as_ref().is_some_and(|d| d.to == req.to)
+            && !st.region.reseed
+    };
+    if !again {
+        propose_demotion(app, req).await?;
+    }
+    app.regions.reconcile(&app.store);
+    let deadline = Instant::now() + wait;
+    let d = loop {
+        let d = {
+            let st = app.store.read();
+            st.region
+                .demoted
+                .clone()
+                .filter(|_| st.region.replica.is_none())
+        }
+        .ok_or_else(|| {
+            Error::conflict(
+                "RegionNotPrimary",
+                "this pool is no longer a demoted primary (it follows its successor): see GET /admin/status, region",
+            )
+        })?;
+        if mark_handover_ready(app, &d).await.unwrap_or(false) {
+            break d;
+        }
+        if Instant::now() >= deadline {
+            let behind = regions_behind(app, &d)
+                .await
+                .into_iter()
+                .map(|(name, at)| format!("'{name}' at index {at}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::new(
+                Kind::Unavailable,
+                REGIONS_NOT_CAUGHT_UP,
+                format!(
+                    "{REGIONS_NOT_CAUGHT_UP}: this pool is demoted (it takes no more changes from index {} on) but not every region has applied that index yet: {behind}. The demotion token is published (region.demotionToken in GET /admin/status) once they have; call demote again with the same region to wait again, or remove a region that is gone (DELETE /admin/regions/{{name}}) first",
+                    d.last_index
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let st = app.store.read();
+    let token = demotion_token(app, &st).ok_or_else(|| {
+        Error::new(
+            Kind::Unavailable,
+            "PartitionSealed",
+            "the pool is demoted, but this partition cannot sign the demotion token (it does not hold the domain); read region.demotionToken from GET /admin/status on another partition",
+        )
+    })?;
+    tracing::warn!(to = %req.to, epoch = d.epoch, last_index = d.last_index, "this primary region was demoted: it takes no more changes and hands over");
+    Ok(DemoteReply {
+        token,
+        epoch: d.epoch,
+        last_index: d.last_index,
+    })
+}
+
+/// Commit the demotion (`RegionDemote`) after checking the request.
+async fn propose_demotion(app: &App, req: &DemoteRequest) -> Result<(), Error> {
     let (ca_pem, epoch) = {
         let st = app.store.read();
         if st.region.replica.is_some() || st.region.demoted.is_some() {
@@ -70,27 +229,7 @@ pub async fn demote(app: &App, req: &DemoteRequest) -> Result<DemoteReply, Error
             epoch,
         })
         .await?;
-    app.regions.reconcile(&app.store);
-    let st = app.store.read();
-    let last_index = st
-        .region
-        .demoted
-        .as_ref()
-        .map(|d| d.last_index)
-        .unwrap_or(0);
-    let token = demotion_token(app, &st).ok_or_else(|| {
-        Error::new(
-            Kind::Unavailable,
-            "PartitionSealed",
-            "the pool is demoted, but this partition cannot sign the demotion token (it does not hold the domain); read region.demotionToken from GET /admin/status on another partition",
-        )
-    })?;
-    tracing::warn!(to = %req.to, epoch, last_index, "this primary region was demoted: it takes no more changes and hands over");
-    Ok(DemoteReply {
-        token,
-        epoch,
-        last_index,
-    })
+    Ok(())
 }
 
 /// `POST /admin/regions/promote`: become the primary with a demotion token, once this
@@ -170,12 +309,32 @@ pub async fn promote(app: &App, token: &str) -> Result<(), Error> {
         ));
     }
     // The old primary's partitions follow this region next: accept them by their CA (the
-    // CA this region trusts for the primary it followed).
-    let old_primary_ca = app
-        .regions
-        .link()
+    // CA this region trusts for the primary it followed); and the other regions the old
+    // primary handed over (it tells them, and their CAs, in its answers).
+    let link = app.regions.link();
+    let old_primary_ca = link
+        .as_ref()
         .map(|l| l.primary.ca_pem.clone())
         .unwrap_or_default();
+    let handover = match &link {
+        Some(l) => match l.position().await {
+            Ok(p) => p.handover.or_else(|| l.handover()),
+            Err(_) => l.handover(),
+        },
+        None => None,
+    };
+    let also_accept: Vec<(String, String)> = handover
+        .filter(|h| h.to == me && h.epoch == t.epoch)
+        .map(|h| {
+            h.regions
+                .into_iter()
+                .map(|r| (r.name, r.ca_certificate))
+                .collect()
+        })
+        .unwrap_or_default();
+    if also_accept.is_empty() {
+        tracing::info!("the demoted primary handed over no other region");
+    }
     app.store
         .propose_local(Command::RegionPromote {
             epoch: t.epoch,
@@ -183,6 +342,7 @@ pub async fn promote(app: &App, token: &str) -> Result<(), Error> {
             old_primary_ca,
             now: crate::service::now(),
             fence: None,
+            also_accept,
         })
         .await?;
     app.regions.reconcile(&app.store);
@@ -200,6 +360,9 @@ pub async fn fail_over(app: &App) -> Result<(), Error> {
             "only a replica region that has joined its primary can be promoted",
         )
     })?;
+    if let Some(ms) = r.primary_write_lease_ms {
+        super::lease::wait_out_primary_lease(app, ms).await?;
+    }
     let old = app.regions.link().map(|l| l.primary.clone());
     let fence = old.as_ref().map(|t| FenceTarget {
         name: r.primary.clone(),
@@ -215,6 +378,7 @@ pub async fn fail_over(app: &App) -> Result<(), Error> {
             old_primary_ca: old.map(|t| t.ca_pem).unwrap_or_default(),
             now: crate::service::now(),
             fence,
+            also_accept: Vec::new(),
         })
         .await?;
     app.regions.reconcile(&app.store);
@@ -251,8 +415,8 @@ pub(super) async fn fence_old_primary(app: &Arc<App>, old: &FenceTarget) -> anyh
     Ok(())
 }
 
-/// A demoted primary: once the region it handed over to was promoted (same epoch), follow
-/// it from the index of its promotion.
+/// A demoted primary, or a region it handed over: once the region promoted next was promoted
+/// (same epoch), follow it from the index of its promotion.
 pub(super) async fn follow_promoted(
     app: &Arc<App>,
     link: &PrimaryLink,
@@ -269,6 +433,7 @@ pub(super) async fn follow_promoted(
                     from: at,
                 })
                 .await?;
+            app.regions.reconcile(&app.store);
             tracing::info!(primary = %d.to, epoch = d.epoch, from = at, "following the promoted region");
             Ok(())
         }
