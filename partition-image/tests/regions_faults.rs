@@ -1,10 +1,16 @@
 //! Region replication under randomized faults on real processes (docs/regions.md): primary A
-//! and replica region B (three partitions each). Writers create keys through both regions and
-//! every partition while faults hit either region, one at a time, each held 0.5–3 s: SIGKILL
-//! and restart of a partition, SIGSTOP of a partition, SIGSTOP of a whole region (the region
-//! link is down: B keeps serving and refuses writes, A takes writes B gets later), SIGKILL and
-//! restart of a whole region; and planned switchovers (the primary demoted, the other region
-//! promoted with the token), some with a partition killed between demotion and promotion.
+//! and replica region B (three partitions each), each region on hosts of its own (network
+//! namespaces, one bridge per region, one link between the two bridges) where the machine
+//! allows it. Writers create keys through both regions and every partition while faults hit
+//! either region, one at a time, each held 0.5–3 s: SIGKILL and restart of a partition,
+//! SIGSTOP of a partition, a partition cut off from its region's peers (packets dropped),
+//! the link between the regions cut (packets dropped; both regions keep serving their own
+//! clients: B serves reads and signatures and refuses writes, A takes writes B gets later),
+//! SIGSTOP of a whole region, SIGKILL and restart of a whole region; and planned switchovers
+//! (the primary demoted, the other region promoted with the token), some with a partition
+//! killed between demotion and promotion. Without network namespaces (not root, no
+//! iproute2) the two network faults are replaced by SIGSTOP of the same partition / region
+//! and the run says so.
 //! After each fault is healed the affected region must serve again; at the end every write
 //! acknowledged by either region is in both regions, identical (version, public point,
 //! creation time) on all six partitions; the replica serves no key the primary lacks; its
@@ -62,6 +68,13 @@ enum Fault {
         region: usize,
         i: usize,
     },
+    /// Partition `i` cut off from its region's other partitions (network).
+    IsolatePartition {
+        region: usize,
+        i: usize,
+    },
+    /// The link between the two regions cut (network); both keep serving.
+    CutRegionLink,
     PauseRegion {
         region: usize,
     },
@@ -80,31 +93,41 @@ impl Fault {
         match self {
             Fault::KillPartition { .. } => "KillPartition",
             Fault::PausePartition { .. } => "PausePartition",
+            Fault::IsolatePartition { .. } => "IsolatePartition",
+            Fault::CutRegionLink => "CutRegionLink",
             Fault::PauseRegion { .. } => "PauseRegion",
             Fault::KillRegion { .. } => "KillRegion",
             Fault::Switchover { .. } => "Switchover",
         }
     }
 
-    /// The region the fault hits (0: A, 1: B); a switchover: the one promoted.
+    /// The region the fault hits (0: A, 1: B); a switchover: the one promoted; a cut
+    /// region link: the replica (the one that must join again).
     fn region(&self, primary: usize) -> usize {
         match *self {
             Fault::KillPartition { region, .. }
             | Fault::PausePartition { region, .. }
+            | Fault::IsolatePartition { region, .. }
             | Fault::PauseRegion { region }
             | Fault::KillRegion { region } => region,
-            Fault::Switchover { .. } => 1 - primary,
+            Fault::Switchover { .. } | Fault::CutRegionLink => 1 - primary,
         }
     }
 
-    fn pick(rng: &mut Rng) -> Fault {
+    /// A fault at random; `network`: whether network faults can be made (hosts of their
+    /// own), else each is replaced by the SIGSTOP of what it would cut off.
+    fn pick(rng: &mut Rng, network: bool) -> Fault {
         let region = rng.below(2) as usize;
         let i = rng.below(N as u64) as usize;
-        match rng.below(9) {
+        match rng.below(11) {
             0 | 1 => Fault::KillPartition { region, i },
-            2 | 3 => Fault::PausePartition { region, i },
+            2 => Fault::PausePartition { region, i },
+            3 if network => Fault::IsolatePartition { region, i },
+            3 => Fault::PausePartition { region, i },
+            4 | 5 if network => Fault::CutRegionLink,
             4 | 5 => Fault::PauseRegion { region },
-            6 | 7 => Fault::KillRegion { region },
+            6 => Fault::PauseRegion { region },
+            7 | 8 => Fault::KillRegion { region },
             _ => Fault::Switchover {
                 kill: (rng.below(2) == 0).then_some(i),
             },
@@ -206,6 +229,39 @@ async fn print_statuses(regions: &[Cluster; 2]) {
     }
 }
 
+/// While the region link is cut (for `hold`): the replica region still serves reads and
+/// signatures on every partition from its own copy (a key it held before the cut).
+async fn replica_serves_cut_off(regions: &[Cluster; 2], primary: usize, hold: Duration) {
+    let replica = &regions[1 - primary];
+    let until = Instant::now() + hold;
+    let held = first_key(replica).await;
+    for i in 0..N {
+        if let Some(name) = &held {
+            assert!(
+                replica.has_key(i, name).await,
+                "replica p{i} serves {name} with the region link cut"
+            );
+            assert_eq!(
+                replica.sign(i, name).await,
+                reqwest::StatusCode::OK,
+                "replica p{i} signs with {name} with the region link cut"
+            );
+        }
+    }
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+}
+
+/// A key region `c` serves (the first one listed), if any.
+async fn first_key(c: &Cluster) -> Option<String> {
+    let (s, v) = c
+        .call(0, reqwest::Method::GET, "/keys?maxresults=1", None)
+        .await;
+    (s == reqwest::StatusCode::OK)
+        .then(|| v["value"][0]["kid"].as_str().map(str::to_string))
+        .flatten()
+        .and_then(|kid| kid.rsplit('/').next().map(str::to_string))
+}
+
 /// What a region must show again after a fault: every partition ready with its domain, and
 /// (the replica) joined.
 async fn serving_again(regions: &[Cluster; 2], region: usize, primary: usize) {
@@ -230,7 +286,9 @@ async fn run(faults: usize) {
         "region fault run: {faults} faults, seed {seed} (replay: KEYSTEAD_FAULTS_SEED={seed})"
     );
     let mut rng = Rng(seed);
-    let (a, b) = Cluster::primary_and_replica().await;
+    let (a, b) = Cluster::primary_and_replica_on_hosts().await;
+    let network = a.on_hosts() && b.on_hosts();
+    eprintln!("network: {}", a.network());
     let regions = Arc::new([a, b]);
     let _keep = KeepLogs(regions.clone());
     // Acknowledged creates: name → (kid path, public x), and every name attempted.
@@ -271,7 +329,7 @@ async fn run(faults: usize) {
     // Which region is the primary (A at first; a switchover swaps them).
     let mut primary = 0;
     for k in 0..faults {
-        let mut f = Fault::pick(&mut rng);
+        let mut f = Fault::pick(&mut rng, network);
         // Every run makes at least one switchover (with a partition killed in the middle).
         if k == faults / 2 && !by_kind.contains_key("Switchover") {
             f = Fault::Switchover { kill: Some(k % N) };
@@ -294,6 +352,16 @@ async fn run(faults: usize) {
                 c.pause(i);
                 tokio::time::sleep(hold).await;
                 c.resume(i);
+            }
+            Fault::IsolatePartition { i, .. } => {
+                c.isolate(i, true);
+                tokio::time::sleep(hold).await;
+                c.isolate(i, false);
+            }
+            Fault::CutRegionLink => {
+                regions[0].cut_region_link(&regions[1], true);
+                replica_serves_cut_off(&regions, primary, hold).await;
+                regions[0].cut_region_link(&regions[1], false);
             }
             Fault::PauseRegion { .. } => {
                 (0..N).for_each(|i| c.pause(i));
@@ -391,4 +459,71 @@ async fn long_randomized_region_faults_with_keystead_long_region_faults() {
         .and_then(|v| v.parse().ok())
         .expect("set KEYSTEAD_LONG_REGION_FAULTS=N (the number of faults)");
     run(n).await;
+}
+
+/// The link between the two regions cut at the network level (packets dropped, not
+/// connections refused): the replica keeps serving reads and signatures on every partition,
+/// refuses a write with 503 naming the primary region, the primary keeps taking writes; once
+/// the link is back the replica catches up and takes writes again. Needs network namespaces
+/// (root, iproute2); elsewhere it says it cannot run and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_link_cut_replica_serves_refuses_writes_and_catches_up() {
+    use reqwest::StatusCode;
+    let (a, b) = Cluster::primary_and_replica_on_hosts().await;
+    if !(a.on_hosts() && b.on_hosts()) {
+        eprintln!(
+            "NOT RUN: a region link cut needs each region on hosts of its own: {}",
+            a.network()
+        );
+        return;
+    }
+    a.create(0, "before-cut").await.expect("create on the primary");
+    for i in 0..N {
+        b.until("the replica has the key made before the cut", 60, || async {
+            b.has_key(i, "before-cut").await
+        })
+        .await;
+    }
+    a.cut_region_link(&b, true);
+    for i in 0..N {
+        assert!(b.has_key(i, "before-cut").await, "replica p{i} reads, cut off");
+        assert_eq!(
+            b.sign(i, "before-cut").await,
+            StatusCode::OK,
+            "replica p{i} signs, cut off"
+        );
+    }
+    let (status, body) = b
+        .create(1, "during-cut")
+        .await
+        .expect_err("a write to the cut-off replica is refused");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("primary region"),
+        "the refusal names the primary region: {message}"
+    );
+    a.create(2, "primary-during-cut")
+        .await
+        .expect("the primary takes writes with the region link cut");
+    a.cut_region_link(&b, false);
+    for i in 0..N {
+        b.until("the replica catches up once the link is back", 60, || async {
+            b.has_key(i, "primary-during-cut").await
+        })
+        .await;
+    }
+    b.until("the replica takes writes again", 60, || async {
+        b.create(0, "after-cut").await.is_ok() || b.has_key(0, "after-cut").await
+    })
+    .await;
+    assert!(a.has_key(0, "after-cut").await, "the write landed in the primary");
+    // A write refused as uncertain may still land (its bytes were in flight when the link
+    // was cut); wherever it is, it is the same key in both regions.
+    for i in 0..N {
+        b.until("the regions agree on the write refused during the cut", 60, || async {
+            a.key_identity(0, "during-cut").await == b.key_identity(i, "during-cut").await
+        })
+        .await;
+    }
 }

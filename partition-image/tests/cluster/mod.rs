@@ -93,6 +93,8 @@ pub(crate) struct Opts<'a> {
     extend: Option<PathBuf>,
     /// Put each partition on a host of its own (network namespaces) when the machine allows.
     hosts: bool,
+    /// A pool on hosts of its own whose network this one's joins (two sites, one link).
+    join: Option<&'a Cluster>,
 }
 
 pub struct Cluster {
@@ -124,6 +126,7 @@ impl<'a> Opts<'a> {
             pool_name,
             extend: None,
             hosts: false,
+            join: None,
         }
     }
 }
@@ -159,6 +162,11 @@ fn place_on_hosts(dir: &std::path::Path, ns: &netns::Namespaces, cfgs: &mut [Par
             cfg.peers[b].url = url.clone();
         }
     }
+    // The pool file names the hosts too (a region extending this pool reaches them there).
+    let pool_json = dir.join("pool.json");
+    let mut pool: Value = serde_json::from_slice(&std::fs::read(&pool_json).unwrap()).unwrap();
+    pool["endpoints"] = serde_json::json!(urls);
+    std::fs::write(&pool_json, serde_json::to_vec_pretty(&pool).unwrap()).unwrap();
 }
 
 impl Drop for Cluster {
@@ -273,6 +281,7 @@ impl Cluster {
             pool_name,
             extend,
             hosts,
+            join,
         } = opts;
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("pool");
@@ -302,6 +311,10 @@ impl Cluster {
         let net = match hosts {
             Some(ns) => {
                 place_on_hosts(&dir, &ns, &mut cfgs);
+                if let Some(Net::Hosts(other)) = join.map(|c| &c.net) {
+                    ns.join(other)
+                        .unwrap_or_else(|e| panic!("cannot join the two pools' networks: {e}"));
+                }
                 Net::Hosts(ns)
             }
             None => {
@@ -572,6 +585,17 @@ impl Cluster {
         match &self.net {
             Net::Hosts(ns) => ns.set_slow(i, kbit),
             Net::Proxies(_) => panic!("slow links need hosts of their own"),
+        }
+    }
+
+    /// Cut the link between this pool's hosts and `other`'s (joined when `other` was
+    /// started with this one to join), or restore it. Both pools keep serving their own
+    /// clients (the test process reaches each on a leg of its own). Only when both are on
+    /// hosts of their own.
+    pub fn cut_region_link(&self, other: &Cluster, cut: bool) {
+        match (&self.net, &other.net) {
+            (Net::Hosts(a), Net::Hosts(b)) => a.set_joined(b, !cut),
+            _ => panic!("region link cuts need both pools on hosts of their own"),
         }
     }
 

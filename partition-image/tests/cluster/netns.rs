@@ -12,6 +12,13 @@
 //! one in each. A slow link is a token-bucket filter (`tc qdisc tbf`) on a partition's
 //! `eth0`. `tc netem` (delay, random loss) is not in this kernel (probed: "Specified qdisc
 //! kind is unknown"), nor are tc actions: delay is approximated by the slow link's queue.
+//!
+//! Two sets can be joined (two regions, each pool on its own hosts): a veth pair `j<m>` /
+//! `j<n>` between the hubs' bridges is the link between the two sites; every partition
+//! reaches `10.231.0.0/16` on its `eth0`, so once the bridges are joined it reaches the
+//! other set's partitions directly. Setting that veth pair down cuts the region link:
+//! packets are dropped, both ends see silence, and the test process (root namespace, a
+//! leg into each set) still reaches both regions, as each region's own clients would.
 #![allow(dead_code)]
 
 use std::net::Ipv4Addr;
@@ -142,8 +149,45 @@ impl Namespaces {
                 "eth0",
             ])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            // The other sets' partitions are on the same wire once the hubs are joined.
+            ip(&["-n", &ns, "route", "add", "10.231.0.0/16", "dev", "eth0"])?;
         }
         Ok(())
+    }
+
+    /// Join this set's bridge to `other`'s (the link between two sites), up.
+    pub fn join(&self, other: &Namespaces) -> Result<(), String> {
+        let (here, there) = (format!("j{}", other.n), format!("j{}", self.n));
+        ip(&[
+            "-n",
+            &self.hub(),
+            "link",
+            "add",
+            &here,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &there,
+            "netns",
+            &other.hub(),
+        ])?;
+        ip(&["-n", &self.hub(), "link", "set", &here, "master", "br0", "up"])?;
+        ip(&["-n", &other.hub(), "link", "set", &there, "master", "br0", "up"])?;
+        Ok(())
+    }
+
+    /// Cut (or restore) the link made by [`Namespaces::join`] with `other`: both ends of
+    /// the veth pair down (or up).
+    pub fn set_joined(&self, other: &Namespaces, up: bool) {
+        let state = if up { "up" } else { "down" };
+        for (hub, dev) in [
+            (self.hub(), format!("j{}", other.n)),
+            (other.hub(), format!("j{}", self.n)),
+        ] {
+            ip(&["-n", &hub, "link", "set", &dev, state])
+                .unwrap_or_else(|e| panic!("region link on {hub}: {e}"));
+        }
     }
 
     /// The command that runs `program` in partition `i`'s namespace (`ip netns exec` execs

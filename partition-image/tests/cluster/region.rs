@@ -41,6 +41,27 @@ impl Cluster {
         (a, b)
     }
 
+    /// [`Cluster::primary_and_replica`] with each region on hosts of its own (network
+    /// namespaces, `netns.rs`) joined by one link that [`Cluster::cut_region_link`] cuts,
+    /// where the machine allows it; else on loopback ([`Cluster::on_hosts`] says which).
+    pub async fn primary_and_replica_on_hosts() -> (Cluster, Cluster) {
+        let a = Cluster::start_on_hosts().await;
+        a.activate().await;
+        let b = Self::start_inner(
+            |_, _| {},
+            |_, _| {},
+            super::Opts {
+                extend: Some(a.dir.join("pool.json")),
+                hosts: a.on_hosts(),
+                join: Some(&a),
+                ..super::Opts::pool("west")
+            },
+        )
+        .await;
+        b.until_joined().await;
+        (a, b)
+    }
+
     /// The region part of partition `i`'s status.
     pub async fn region(&self, i: usize) -> Option<Value> {
         self.status(i).await.map(|v| v["region"].clone())
