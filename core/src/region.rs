@@ -207,12 +207,41 @@ pub struct Feed<C> {
     /// from there, without re-seeding).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_at: Option<u64>,
+    /// A promoted primary: the epoch it was promoted from and the position it had applied
+    /// then (a region that followed the same old primary continues in place only from
+    /// exactly that position; otherwise it re-seeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<Promotion>,
     /// A demoted primary: whom every region it fed follows next, from which index on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handover: Option<Handover>,
     /// The primary's write lease (ms), if it runs one: a failover waits it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_lease_ms: Option<u64>,
+}
+
+/// Where a promoted primary came from: the old primary's epoch and the old primary's index
+/// this region had applied when its promotion applied (the common index).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Promotion {
+    pub from_epoch: u64,
+    pub common_index: u64,
+}
+
+/// `POST /admin/regions/follow` on a replica region whose primary was lost and replaced by
+/// a failover: follow the promoted region `to` from now on (in place when this region had
+/// applied exactly what `to` had when promoted; otherwise re-seeded from `to`, the changes
+/// `to` never had listed as discarded).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowRequest {
+    /// The promoted region.
+    pub to: String,
+    /// Its partitions' endpoints.
+    pub endpoints: Vec<String>,
+    /// The CA its partitions' certificates chain to (PEM).
+    pub ca_certificate: String,
 }
 
 /// A demoted primary's hand-over (planned switchover), in its feed and position answers: a
@@ -294,6 +323,9 @@ pub struct DemoteRequest {
 
 /// The error code of a demotion whose regions have not all applied its last index yet.
 pub const REGIONS_NOT_CAUGHT_UP: &str = "RegionsNotCaughtUp";
+/// `POST /admin/regions/follow` refused: the region named is not (yet) a primary promoted
+/// after this region's epoch.
+pub const REGION_NOT_PROMOTED: &str = "RegionNotPromoted";
 
 /// `POST /admin/regions/demote` answer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -1,13 +1,14 @@
-//! `kubectl hsm region list|status|add|remove|demote|promote`: the pool's region role, its
+//! `kubectl hsm region list|status|add|remove|demote|promote|follow`: the pool's region role, its
 //! position and lag behind its primary, and (on a primary) the regions it accepts and how far
 //! behind each is (docs/regions.md; reads `GET /admin/status`); naming and removing the
-//! regions a primary accepts; switchover and failover.
+//! regions a primary accepts; switchover and failover, and re-pointing a region to the one a
+//! failover promoted.
 
 use crate::client::{Output, PoolArgs, print_json};
 use clap::Subcommand;
 use keystead_core::region::{
-    AcceptRegionRequest, AcceptedRegion, DemoteReply, DemoteRequest, PromoteRequest, RegionRole,
-    RegionStatus,
+    AcceptRegionRequest, AcceptedRegion, DemoteReply, DemoteRequest, FollowRequest, PromoteRequest,
+    RegionRole, RegionStatus,
 };
 use keystead_core::status::PoolStatus;
 
@@ -54,6 +55,25 @@ pub enum RegionCommand {
         #[arg(long, conflicts_with = "token")]
         force: bool,
     },
+    /// After a failover (on a replica region of the lost primary): follow the region the
+    /// failover promoted. In place when this region had applied exactly what that region had
+    /// when promoted; otherwise re-seeded from it, the changes it never had listed in this
+    /// region's status (discardedWrites) and audit log. The promoted region must accept this
+    /// region first (`region add` there).
+    Follow {
+        /// The promoted region.
+        #[arg(long)]
+        to: String,
+        /// Its pool file (a local pool), for its endpoints and CA.
+        #[arg(long, conflicts_with = "endpoint_of_new_primary")]
+        to_pool: Option<std::path::PathBuf>,
+        /// Its partitions' endpoints (repeat), when there is no pool file.
+        #[arg(long = "new-primary-endpoint", requires = "ca")]
+        endpoint_of_new_primary: Vec<String>,
+        /// Its pool CA certificate (PEM), when there is no pool file.
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+    },
 }
 
 pub async fn run(pool: &PoolArgs, cmd: RegionCommand) -> anyhow::Result<()> {
@@ -63,6 +83,12 @@ pub async fn run(pool: &PoolArgs, cmd: RegionCommand) -> anyhow::Result<()> {
             to_pool,
             endpoint_of_new_primary,
         } => return demote(pool, to, to_pool, endpoint_of_new_primary).await,
+        RegionCommand::Follow {
+            to,
+            to_pool,
+            endpoint_of_new_primary,
+            ca,
+        } => return follow(pool, to, to_pool, endpoint_of_new_primary, ca).await,
         RegionCommand::Add { name, ca } => {
             let ca_certificate = std::fs::read_to_string(&ca).map_err(|e| {
                 anyhow::anyhow!("cannot read the region's CA {}: {e}", ca.display())
@@ -122,6 +148,7 @@ pub async fn run(pool: &PoolArgs, cmd: RegionCommand) -> anyhow::Result<()> {
         (
             RegionCommand::Demote { .. }
             | RegionCommand::Promote { .. }
+            | RegionCommand::Follow { .. }
             | RegionCommand::Add { .. }
             | RegionCommand::Remove { .. },
             _,
@@ -185,6 +212,53 @@ async fn demote(
             );
             println!("promote the new primary with:");
             println!("  kubectl hsm region promote --token {}", reply.token);
+            Ok(())
+        }
+    }
+}
+
+async fn follow(
+    pool: &PoolArgs,
+    to: String,
+    to_pool: Option<std::path::PathBuf>,
+    endpoints: Vec<String>,
+    ca: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let (endpoints, ca) = match to_pool {
+        Some(p) => {
+            let f = keystead_core::pool_file::PoolFile::load(&p)?;
+            (f.endpoints, f.ca_file)
+        }
+        None => (
+            endpoints,
+            ca.ok_or_else(|| anyhow::anyhow!("give the promoted region's CA: --ca FILE"))?,
+        ),
+    };
+    anyhow::ensure!(
+        !endpoints.is_empty(),
+        "give the promoted region's endpoints: --to-pool ITS/pool.json or --new-primary-endpoint URL (repeat) with --ca FILE"
+    );
+    let ca_certificate = std::fs::read_to_string(&ca).map_err(|e| {
+        anyhow::anyhow!("cannot read the promoted region's CA {}: {e}", ca.display())
+    })?;
+    let c = pool.client()?;
+    let status: RegionStatus = c
+        .call(
+            reqwest::Method::POST,
+            "/admin/regions/follow",
+            Some(&FollowRequest {
+                to: to.clone(),
+                endpoints,
+                ca_certificate,
+            }),
+        )
+        .await?;
+    match pool.output {
+        Output::Json => print_json(&status),
+        Output::Text => {
+            println!(
+                "this region follows '{to}' from now on (in place, or re-seeded: see `kubectl hsm region status`)"
+            );
             Ok(())
         }
     }

@@ -412,3 +412,33 @@ fn the_network_policy_opens_the_other_regions_ports_not_open_already() {
     assert_eq!(plan::endpoint_ports(Some(&s)), vec![7443, 8443, 9443]);
     assert!(plan::endpoint_ports(None).is_empty());
 }
+
+#[test]
+fn a_replica_whose_spec_names_another_primary_follows_it_once_its_ca_is_known() {
+    // North follows east; east was lost and west promoted by a failover; north's spec now
+    // names west.
+    let s = spec("north", "west", &["east", "west"]);
+    let mut v = replica_view(true, false);
+    v.name = Some("north".into());
+    assert!(
+        plan::next_steps(&s, &Some(v.clone()), &BTreeMap::new()).is_empty(),
+        "nothing without west's CA"
+    );
+    let west = ca_pem("west");
+    let cas = BTreeMap::from([("west".to_string(), west.clone())]);
+    assert_eq!(
+        plan::next_steps(&s, &Some(v.clone()), &cas),
+        vec![Step::Follow {
+            to: "west".into(),
+            endpoints: vec!["https://west.example.com:443".into()],
+            ca_pem: west.clone(),
+        }]
+    );
+    // Following west already: nothing more.
+    v.primary = Some("west".into());
+    assert!(plan::next_steps(&s, &Some(v.clone()), &cas).is_empty());
+    // A region that never joined has nothing to re-point.
+    let mut fresh = replica_view(false, false);
+    fresh.name = Some("north".into());
+    assert!(plan::next_steps(&s, &Some(fresh), &cas).is_empty());
+}

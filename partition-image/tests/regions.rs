@@ -11,6 +11,8 @@
 //! - with three regions, the demotion waits until every region applied its last index, and
 //!   the third region follows the new primary by itself;
 //! - after a failover the returning old primary is fenced, lists its lost writes, follows;
+//! - after a failover a third region is re-pointed to the promoted region: in place when it
+//!   had applied what that region had, re-seeded with its lost writes listed when ahead;
 //! - with a write lease, a primary no region polls refuses writes (reads and crypto go on)
 //!   and resumes when a region polls again; a failover waits the lease out;
 //! - a region joining after A's log was compacted catches up from a streamed snapshot;
@@ -788,4 +790,175 @@ async fn after_a_failover_the_returning_old_primary_is_fenced_lists_its_lost_wri
         .await
         .expect("a write through the old primary");
     assert!(b.has_key(0, "via-a").await);
+}
+
+/// Accept region `name` (pool `region`) on primary `on`.
+async fn accept(on: &Cluster, name: &str, region: &Cluster) {
+    let ca = std::fs::read_to_string(region.dir.join("ca.pem")).expect("the region's CA");
+    let (s, v) = on
+        .call(
+            0,
+            Method::PUT,
+            &format!("/admin/regions/{name}"),
+            Some(json!({"caCertificate": ca})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+/// Re-point replica region `c` to `to` (pool `primary`), promoted by a failover.
+async fn follow(c: &Cluster, to: &str, primary: &Cluster) -> (StatusCode, Value) {
+    let ca = std::fs::read_to_string(primary.dir.join("ca.pem")).expect("the CA");
+    let endpoints: Vec<String> = (0..N).map(|i| primary.url(i).to_string()).collect();
+    c.call(
+        1,
+        Method::POST,
+        "/admin/regions/follow",
+        Some(json!({"to": to, "endpoints": endpoints, "caCertificate": ca})),
+    )
+    .await
+}
+
+/// Whether every partition of `c` serves `name`.
+async fn everywhere(c: &Cluster, name: &str) -> bool {
+    for i in 0..N {
+        if !c.has_key(i, name).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// The audit records of pool `c` with operation `op`.
+fn audited(c: &Cluster, op: &str) -> Vec<Value> {
+    (0..N)
+        .flat_map(|i| c.audit_records(i))
+        .filter(|r| r["operation"] == op)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_failover_a_third_region_follows_the_promoted_region_in_place_or_re_seeded_listing_what_it_drops()
+ {
+    let (a, b) = two_regions().await;
+    let c = Cluster::extend(&a, "north").await;
+    c.until_joined().await;
+    let a_name = a.region(0).await.expect("A's status")["name"]
+        .as_str()
+        .expect("A's region name")
+        .to_string();
+    a.create(0, "before").await.expect("a write in A");
+    for pool in [&b, &c] {
+        pool.until("both regions have A's write", 30, || {
+            everywhere(pool, "before")
+        })
+        .await;
+    }
+    // 1. West and north have applied the same position of A when A is lost: north follows
+    // west in place (no re-seed, nothing discarded).
+    for i in 0..N {
+        a.kill(i);
+    }
+    promote(&b, 0, json!({"force": true})).await;
+    // Refused, saying why, while west does not accept north.
+    let (s, v) = follow(&c, "west", &b).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(v.to_string().contains("RegionNotAccepted"), "{v}");
+    accept(&b, "north", &c).await;
+    let (s, v) = follow(&c, "west", &b).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    until_following(&c, "west", 2, &[&a, &b, &c]).await;
+    b.create(1, "in-west").await.expect("a write in west");
+    c.until("west's write reaches north", 30, || {
+        everywhere(&c, "in-west")
+    })
+    .await;
+    let r = c.region(0).await.expect("north's status");
+    assert!(
+        r["discardedWrites"].as_array().is_none_or(|l| l.is_empty()),
+        "{r}"
+    );
+    assert!(
+        !audited(&c, "RegionFollowInPlace").is_empty(),
+        "north followed in place"
+    );
+    assert!(audited(&c, "RegionFollowReseed").is_empty());
+    assert!(
+        !audited(&c, "RegionFollow").is_empty(),
+        "the call is audited"
+    );
+    // A comes back, is fenced by west and follows it.
+    for i in 0..N {
+        a.spawn(i);
+    }
+    until_following(&a, "west", 2, &[&a, &b, &c]).await;
+    a.until("A catches up with west", 60, || everywhere(&a, "in-west"))
+        .await;
+    // 2. A is down while west takes a write only north gets (killed, not paused: a paused
+    // process still receives the answer to a poll in flight); then west is lost and A
+    // promoted: north is ahead of A's position, so it re-seeds from A and lists the write
+    // it drops.
+    for i in 0..N {
+        a.kill(i);
+    }
+    c.create(2, "only-north")
+        .await
+        .expect("a write through north");
+    c.until("north has its write", 30, || everywhere(&c, "only-north"))
+        .await;
+    for i in 0..N {
+        b.kill(i);
+    }
+    for i in 0..N {
+        a.spawn(i);
+    }
+    for i in 0..N {
+        a.until("A is back with its domain", 60, || a.domain_loaded(i))
+            .await;
+    }
+    assert!(!a.has_key(0, "only-north").await);
+    let (s, v) = a
+        .call(
+            0,
+            Method::POST,
+            "/admin/regions/promote",
+            Some(json!({"force": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["epoch"], 3, "{v}");
+    accept(&a, "north", &c).await;
+    let (s, v) = follow(&c, &a_name, &a).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    until_following(&c, &a_name, 3, &[&a, &b, &c]).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = c.region(0).await;
+        let seeded =
+            matches!(&r, Some(r) if r["discardedWrites"].to_string().contains("only-north/"));
+        if seeded && !c.has_key(0, "only-north").await && everywhere(&c, "in-west").await {
+            break;
+        }
+        if Instant::now() > deadline {
+            dump_logs(&[&a, &b, &c]);
+            panic!("north did not re-seed from A listing its lost write: {r:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !everywhere(&c, "only-north").await && c.has_key(2, "before").await,
+        "north holds A's state"
+    );
+    let reseeded = audited(&c, "RegionFollowReseed");
+    assert!(
+        reseeded.iter().any(|r| r["keyName"]
+            .as_str()
+            .is_some_and(|k| k.contains("only-north/"))),
+        "the dropped write is in north's audit log: {reseeded:?}"
+    );
+    // Writes through north land in A and are served by north.
+    c.create(0, "via-north")
+        .await
+        .expect("a write through north");
+    assert!(a.has_key(0, "via-north").await);
 }

@@ -477,16 +477,23 @@ async fn region_link_cut_replica_serves_refuses_writes_and_catches_up() {
         );
         return;
     }
-    a.create(0, "before-cut").await.expect("create on the primary");
+    a.create(0, "before-cut")
+        .await
+        .expect("create on the primary");
     for i in 0..N {
-        b.until("the replica has the key made before the cut", 60, || async {
-            b.has_key(i, "before-cut").await
-        })
+        b.until(
+            "the replica has the key made before the cut",
+            60,
+            || async { b.has_key(i, "before-cut").await },
+        )
         .await;
     }
     a.cut_region_link(&b, true);
     for i in 0..N {
-        assert!(b.has_key(i, "before-cut").await, "replica p{i} reads, cut off");
+        assert!(
+            b.has_key(i, "before-cut").await,
+            "replica p{i} reads, cut off"
+        );
         assert_eq!(
             b.sign(i, "before-cut").await,
             StatusCode::OK,
@@ -508,22 +515,31 @@ async fn region_link_cut_replica_serves_refuses_writes_and_catches_up() {
         .expect("the primary takes writes with the region link cut");
     a.cut_region_link(&b, false);
     for i in 0..N {
-        b.until("the replica catches up once the link is back", 60, || async {
-            b.has_key(i, "primary-during-cut").await
-        })
+        b.until(
+            "the replica catches up once the link is back",
+            60,
+            || async { b.has_key(i, "primary-during-cut").await },
+        )
         .await;
     }
     b.until("the replica takes writes again", 60, || async {
         b.create(0, "after-cut").await.is_ok() || b.has_key(0, "after-cut").await
     })
     .await;
-    assert!(a.has_key(0, "after-cut").await, "the write landed in the primary");
+    assert!(
+        a.has_key(0, "after-cut").await,
+        "the write landed in the primary"
+    );
     // A write refused as uncertain may still land (its bytes were in flight when the link
     // was cut); wherever it is, it is the same key in both regions.
     for i in 0..N {
-        b.until("the regions agree on the write refused during the cut", 60, || async {
-            a.key_identity(0, "during-cut").await == b.key_identity(i, "during-cut").await
-        })
+        b.until(
+            "the regions agree on the write refused during the cut",
+            60,
+            || async {
+                a.key_identity(0, "during-cut").await == b.key_identity(i, "during-cut").await
+            },
+        )
         .await;
     }
 }

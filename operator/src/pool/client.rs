@@ -404,4 +404,16 @@ impl PoolClient {
             .await
             .map(drop)
     }
+
+    /// `POST /admin/regions/follow` (a replica region after a failover elsewhere).
+    pub async fn follow(
+        &self,
+        base: &str,
+        req: &keystead_core::region::FollowRequest,
+    ) -> Result<(), PoolError> {
+        let url = format!("{base}/admin/regions/follow");
+        self.call(reqwest::Method::POST, &url, Some(&json!(req)))
+            .await
+            .map(drop)
+    }
 }

@@ -11,7 +11,7 @@ use crate::crd::{ManagedHsm, ReplicationSpec, ReplicationStatus};
 use crate::pool::names::{FIELD_MANAGER, Names, labels};
 use crate::pool::reach::connect;
 use k8s_openapi::api::core::v1::ConfigMap;
-use keystead_core::region::{DemoteRequest, PromoteRequest, RegionStatus};
+use keystead_core::region::{DemoteRequest, FollowRequest, PromoteRequest, RegionStatus};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Api, Resource};
@@ -240,6 +240,29 @@ async fn run_steps(
                         )
                         .await
                 }
+                Step::Follow {
+                    to,
+                    endpoints,
+                    ca_pem,
+                } => match client
+                    .follow(
+                        &base,
+                        &FollowRequest {
+                            to: to.clone(),
+                            endpoints: endpoints.clone(),
+                            ca_certificate: ca_pem.clone(),
+                        },
+                    )
+                    .await
+                {
+                    // Not promoted yet: a planned switchover re-points this region by itself.
+                    Err(crate::pool::client::PoolError::Refused { message, .. })
+                        if message.contains(keystead_core::region::REGION_NOT_PROMOTED) =>
+                    {
+                        Ok(())
+                    }
+                    r => r,
+                },
             };
             match r {
                 Ok(()) => {

@@ -142,6 +142,13 @@ pub enum Step {
     Promote { token: String },
     /// `POST /admin/regions/promote` with `force` (failover).
     ForcePromote,
+    /// `POST /admin/regions/follow`: a replica region whose spec names another primary
+    /// than the one it follows (after a failover elsewhere).
+    Follow {
+        to: String,
+        endpoints: Vec<String>,
+        ca_pem: String,
+    },
 }
 
 impl Step {
@@ -153,6 +160,7 @@ impl Step {
             Step::Demote { .. } => "demoting this primary",
             Step::Promote { .. } => "promoting with the demotion token",
             Step::ForcePromote => "promoting by force (failover)",
+            Step::Follow { .. } => "following the region promoted by a failover",
         }
     }
 }
@@ -217,6 +225,21 @@ pub fn next_steps(
                 });
             } else if spec.force == Some(true) {
                 out.push(Step::ForcePromote);
+            }
+        }
+        // The spec names another primary than the one this region follows: re-point it
+        // (after a failover; a planned switchover re-points it by itself, and a call made
+        // before the promotion is answered "not promoted yet").
+        ReplicationRole::Replica if v.joined && v.primary.as_deref() != Some(&spec.primary) => {
+            if let (Some(to), Some(pem)) = (
+                spec.regions.iter().find(|r| r.name == spec.primary),
+                cas.get(&spec.primary),
+            ) {
+                out.push(Step::Follow {
+                    to: to.name.clone(),
+                    endpoints: to.endpoints.clone(),
+                    ca_pem: pem.clone(),
+                });
             }
         }
         _ => {}

@@ -196,6 +196,7 @@ async fn dispatch(route: Route, ctx: &mut Ctx) -> Result<Response, ApiError> {
         R::DeleteRegion { name } => regions::delete(ctx, &name).await,
         R::DemoteRegion => regions::demote(ctx).await,
         R::PromoteRegion => regions::promote(ctx).await,
+        R::FollowRegion => regions::follow(ctx).await,
     }
 }
 

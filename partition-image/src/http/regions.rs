@@ -11,7 +11,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use keystead_core::rbac::DataAction;
 use keystead_core::region::{
-    AcceptRegionRequest, AcceptedRegion, DemoteRequest, PromoteRequest, check_region_name,
+    AcceptRegionRequest, AcceptedRegion, DemoteRequest, FollowRequest, PromoteRequest,
+    check_region_name,
 };
 
 /// The accepted regions, as every operation answers them.
@@ -97,6 +98,22 @@ pub async fn demote(ctx: &mut Ctx) -> Result<Response, ApiError> {
     ctx.audit.member = Some(req.to.clone());
     let reply = crate::service::regions::switchover::demote(&ctx.app, &req).await?;
     Ok(json_response(StatusCode::OK, &reply))
+}
+
+/// `POST /admin/regions/follow` with a [`FollowRequest`] (a replica region after a
+/// failover elsewhere): this region's status after.
+pub async fn follow(ctx: &mut Ctx) -> Result<Response, ApiError> {
+    ctx.audit.operation = "RegionFollow";
+    ctx.authorize(DataAction::SecurityDomainDownload, "/")?;
+    let req: FollowRequest = ctx.json()?;
+    ctx.audit.member = Some(req.to.clone());
+    crate::service::regions::failover::follow(&ctx.app, &req).await?;
+    let st = ctx.app.store.read();
+    let status = ctx
+        .app
+        .regions
+        .status(&st, ctx.app.store.applied_index(), None);
+    Ok(json_response(StatusCode::OK, &status))
 }
 
 /// `POST /admin/regions/promote` with a [`PromoteRequest`]: this region's status after.

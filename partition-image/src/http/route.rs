@@ -146,6 +146,8 @@ pub enum Route {
     DemoteRegion,
     /// `POST /admin/regions/promote`
     PromoteRegion,
+    /// `POST /admin/regions/follow`
+    FollowRegion,
 }
 
 impl Route {
@@ -215,6 +217,7 @@ impl Route {
             R::DeleteRegion { .. } => "RegionRemove",
             R::DemoteRegion => "RegionDemote",
             R::PromoteRegion => "RegionPromote",
+            R::FollowRegion => "RegionFollow",
         }
     }
 
@@ -247,7 +250,8 @@ impl Route {
             | R::PutRegion { .. }
             | R::DeleteRegion { .. }
             | R::DemoteRegion
-            | R::PromoteRegion => true,
+            | R::PromoteRegion
+            | R::FollowRegion => true,
             R::Rbac { method, .. } => *method != Method::GET,
             R::GetKey { .. }
             | R::ListKeys
@@ -412,6 +416,7 @@ pub fn parse(method: &Method, path: &str) -> Option<Route> {
         ["admin", "regions"] | ["admin", "regions", ""] if m == Method::GET => Route::ListRegions,
         ["admin", "regions", "demote"] if m == Method::POST => Route::DemoteRegion,
         ["admin", "regions", "promote"] if m == Method::POST => Route::PromoteRegion,
+        ["admin", "regions", "follow"] if m == Method::POST => Route::FollowRegion,
         ["admin", "regions", name] if m == Method::PUT && !name.is_empty() => Route::PutRegion {
             name: name.to_string(),
         },

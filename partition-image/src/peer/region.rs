@@ -156,6 +156,7 @@ async fn serve(
                 snapshot_required: false,
                 pool_id: app.store.read().settings.pool_id.clone(),
                 promoted_at: None,
+                promotion: None,
                 handover: Some(h),
                 write_lease_ms: None,
             };
@@ -190,12 +191,13 @@ async fn serve(
         .lease
         .as_ref()
         .map(|l| u64::try_from(l.ttl.as_millis()).unwrap_or(u64::MAX));
-    let (epoch, pool_id, promoted_at, handover) = {
+    let (epoch, pool_id, promoted_at, promotion, handover) = {
         let st = app.store.read();
         (
             st.region.epoch(),
             st.settings.pool_id.clone(),
             st.region.promoted_at,
+            st.region.promotion,
             crate::service::regions::switchover::handover(&st),
         )
     };
@@ -241,7 +243,8 @@ async fn serve(
             app.regions.acknowledged(region, after);
             arm_lease(app);
             let mut f = feed(&replica, after, max, wait).await;
-            (f.epoch, f.pool_id, f.promoted_at) = (epoch, pool_id, promoted_at);
+            (f.epoch, f.pool_id, f.promoted_at, f.promotion) =
+                (epoch, pool_id, promoted_at, promotion);
             // Read after the long poll: a demotion committed meanwhile is announced.
             f.handover = crate::service::regions::switchover::handover(&app.store.read());
             f.write_lease_ms = write_lease_ms;
@@ -257,6 +260,7 @@ async fn serve(
                 snapshot_required: false,
                 pool_id,
                 promoted_at,
+                promotion,
                 handover,
                 write_lease_ms,
             };
@@ -408,30 +412,6 @@ fn demotion(replica: &crate::consensus::raft::Replica) -> Option<crate::state::D
         .clone()
 }
 
-/// What a discarded command changed, in the user's terms (key name and version).
-fn describe(cmd: &Command) -> Option<String> {
-    Some(match cmd {
-        Command::AddKeyVersion { name, version, .. } => format!("{name}/{}", version.version),
-        Command::UpdateKeyVersion { name, version, .. } => {
-            format!(
-                "{name}/{} (update)",
-                version.as_deref().unwrap_or("current")
-            )
-        }
-        Command::DeleteKey { name, .. } => format!("{name} (delete)"),
-        Command::RecoverKey { name } => format!("{name} (recover)"),
-        Command::PurgeKey { name, .. } => format!("{name} (purge)"),
-        Command::RestoreKey { key } => format!("{} (restore)", key.name),
-        Command::SetRotationPolicy { name, .. } => format!("{name} (rotation policy)"),
-        Command::PutRoleAssignment { name, .. } => format!("role assignment {name}"),
-        Command::DeleteRoleAssignment { name, .. } => format!("role assignment {name} (delete)"),
-        Command::PutRoleDefinition { name, .. } => format!("role definition {name}"),
-        Command::DeleteRoleDefinition { name, .. } => format!("role definition {name} (delete)"),
-        c if c.is_region_replicated() => "a restore or purge of the pool".to_string(),
-        _ => return None,
-    })
-}
-
 /// A failover replaced this primary: stop taking changes, list the ones the new primary
 /// never had (the audit record names them), re-seed from it and follow it.
 async fn fence(
@@ -474,7 +454,7 @@ async fn fence(
         Some(entries) => entries
             .iter()
             .filter_map(|e| match &e.payload {
-                EntryPayload::Normal(c) => describe(c),
+                EntryPayload::Normal(c) => c.describe_change(),
                 _ => None,
             })
             .collect(),
@@ -641,6 +621,7 @@ async fn feed(
             snapshot_required: true,
             pool_id: String::new(),
             promoted_at: None,
+            promotion: None,
             handover: None,
             write_lease_ms: None,
         };
@@ -664,6 +645,7 @@ async fn feed(
         snapshot_required: false,
         pool_id: String::new(),
         promoted_at: None,
+        promotion: None,
         handover: None,
         write_lease_ms: None,
     }

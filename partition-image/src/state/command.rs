@@ -203,6 +203,10 @@ pub enum Command {
         ca_pem: String,
         epoch: u64,
         last_index: u64,
+        /// Re-pointed by hand after a failover (`POST /admin/regions/follow`), not by a
+        /// hand-over: `epoch` is any later one and `last_index` is not known (0).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        failover: bool,
     },
     /// An old primary learns of a failover: it stops taking changes, lists the ones the new
     /// primary never had, and re-seeds from it before following it.
@@ -224,6 +228,14 @@ pub enum Command {
         primary_pool_id: String,
         epoch: u64,
         from: u64,
+        /// A region re-pointed after a failover that had not applied exactly what the
+        /// promoted region had: re-seed from a snapshot of it first.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reseed: bool,
+        /// What that re-seed drops: the old primary's changes this region had and the
+        /// promoted region never had (listed in the status and the audit log).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        discarded: Vec<String>,
     },
     /// Replace keys, deleted keys and RBAC with the staged snapshot `id` of the primary and
     /// set the position to `through` (catch-up from a snapshot).

@@ -60,6 +60,10 @@ pub struct Demotion {
     /// the wait existed: ready.)
     #[serde(default = "ready_by_default")]
     pub ready: bool,
+    /// A region re-pointed by hand after a failover (`POST /admin/regions/follow`): it
+    /// compares its position with the promoted region's before following in place.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failover: bool,
 }
 
 fn ready_by_default() -> bool {
@@ -102,6 +106,9 @@ pub struct RegionState {
     /// The log index at which this pool was promoted to primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_at: Option<u64>,
+    /// The epoch it was promoted from and the old primary's index it had applied then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<keystead_core::region::Promotion>,
     /// Promoted by failover: the old primary still to be fenced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_old: Option<FenceTarget>,
@@ -142,6 +149,7 @@ impl RegionState {
             && self.epoch == 0
             && self.demoted.is_none()
             && self.promoted_at.is_none()
+            && self.promotion.is_none()
             && self.fence_old.is_none()
             && self.discarded.is_empty()
             && self.repoint.is_none()
@@ -208,6 +216,35 @@ pub type RegionOutcomes = Vec<(u64, Result<Outcome, StateError>)>;
 pub type RegionEntry = FeedEntry<Command>;
 
 impl Command {
+    /// What a change does, in the user's terms (key name and version): how a discarded
+    /// change is listed (a fenced old primary, a region re-seeded after a failover).
+    pub fn describe_change(&self) -> Option<String> {
+        Some(match self {
+            Command::AddKeyVersion { name, version, .. } => format!("{name}/{}", version.version),
+            Command::UpdateKeyVersion { name, version, .. } => {
+                format!(
+                    "{name}/{} (update)",
+                    version.as_deref().unwrap_or("current")
+                )
+            }
+            Command::DeleteKey { name, .. } => format!("{name} (delete)"),
+            Command::RecoverKey { name } => format!("{name} (recover)"),
+            Command::PurgeKey { name, .. } => format!("{name} (purge)"),
+            Command::RestoreKey { key } => format!("{} (restore)", key.name),
+            Command::SetRotationPolicy { name, .. } => format!("{name} (rotation policy)"),
+            Command::PutRoleAssignment { name, .. } => format!("role assignment {name}"),
+            Command::DeleteRoleAssignment { name, .. } => {
+                format!("role assignment {name} (delete)")
+            }
+            Command::PutRoleDefinition { name, .. } => format!("role definition {name}"),
+            Command::DeleteRoleDefinition { name, .. } => {
+                format!("role definition {name} (delete)")
+            }
+            c if c.is_region_replicated() => "a restore or purge of the pool".to_string(),
+            _ => return None,
+        })
+    }
+
     /// Whether the command is a change of the pool's keys or RBAC that a primary replicates
     /// to its regions (and a replica region forwards to its primary). Bootstrap, activation,
     /// recovery, re-download records and the region commands themselves stay local.
@@ -464,6 +501,7 @@ impl PoolState {
                     epoch: *epoch,
                     last_index: 0,
                     ready: false,
+                    failover: false,
                 });
                 self.region.handed_over = None;
                 Ok(Outcome::None)
@@ -497,9 +535,16 @@ impl PoolState {
                 ca_pem,
                 epoch,
                 last_index,
+                failover,
             } => {
                 let r = self.joined()?;
-                if *epoch != r.epoch + 1 || r.applied_primary_index < *last_index {
+                if *failover && (*epoch <= r.epoch || *to == r.primary) {
+                    return Err(StateError::RegionRole(format!(
+                        "region '{to}' at epoch {epoch} did not replace this region's primary '{}' (epoch {})",
+                        r.primary, r.epoch
+                    )));
+                }
+                if !*failover && (*epoch != r.epoch + 1 || r.applied_primary_index < *last_index) {
                     return Err(StateError::RegionRole(format!(
                         "a hand-over to '{to}' at epoch {epoch} after index {last_index} does not fit this region (epoch {}, applied {})",
                         r.epoch, r.applied_primary_index
@@ -512,6 +557,7 @@ impl PoolState {
                     epoch: *epoch,
                     last_index: *last_index,
                     ready: true,
+                    failover: *failover,
                 });
                 Ok(Outcome::None)
             }
@@ -533,6 +579,10 @@ impl PoolState {
                 // The common index is the position applied when the promotion applies (a
                 // page of the old primary may have been applied since it was proposed).
                 let common_index = r.applied_primary_index;
+                self.region.promotion = Some(keystead_core::region::Promotion {
+                    from_epoch: r.epoch,
+                    common_index,
+                });
                 self.region.replica = None;
                 self.region.epoch = *epoch;
                 self.region.demoted = None;
@@ -561,6 +611,8 @@ impl PoolState {
                 primary_pool_id,
                 epoch,
                 from,
+                reseed,
+                discarded,
             } => {
                 let Some(d) = self
                     .region
@@ -581,14 +633,25 @@ impl PoolState {
                 if self.region.repoint.take().is_some() {
                     // A replica region of the demoted primary: it holds everything up to the
                     // demoted primary's last index, as the promoted region did when promoted.
-                    // (`demoted` names the region a pool follows after a switchover.)
+                    // (`demoted` names the region a pool follows after a switchover.) After a
+                    // failover it may not: then it re-seeds first.
+                    if *reseed && !d.failover {
+                        return Err(StateError::RegionRole(
+                            "only a region re-pointed after a failover re-seeds when it follows"
+                                .into(),
+                        ));
+                    }
                     self.region.demoted = Some(d.clone());
+                    self.region.reseed = *reseed;
+                    if *reseed {
+                        self.region.discarded = discarded.clone();
+                    }
                     self.region.replica = Some(ReplicaOf {
                         primary: primary.clone(),
                         primary_pool_id: primary_pool_id.clone(),
                         epoch: *epoch,
                         primary_write_lease_ms: None,
-                        applied_primary_index: *from,
+                        applied_primary_index: if *reseed { 0 } else { *from },
                     });
                     return Ok(Outcome::None);
                 }
@@ -612,6 +675,7 @@ impl PoolState {
                 });
                 self.region.accepted.clear();
                 self.region.promoted_at = None;
+                self.region.promotion = None;
                 Ok(Outcome::None)
             }
             Command::RegionFenced {
@@ -639,6 +703,7 @@ impl PoolState {
                     epoch: *epoch,
                     last_index: 0,
                     ready: true,
+                    failover: false,
                 });
                 self.region.discarded = discarded.clone();
                 self.region.reseed = true;

@@ -172,8 +172,26 @@ impl Namespaces {
             "netns",
             &other.hub(),
         ])?;
-        ip(&["-n", &self.hub(), "link", "set", &here, "master", "br0", "up"])?;
-        ip(&["-n", &other.hub(), "link", "set", &there, "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            &self.hub(),
+            "link",
+            "set",
+            &here,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            &other.hub(),
+            "link",
+            "set",
+            &there,
+            "master",
+            "br0",
+            "up",
+        ])?;
         Ok(())
     }
 

@@ -223,6 +223,15 @@ impl LogStore {
         Some(from_tail.chain(from_log).take(max).collect())
     }
 
+    /// Every entry still kept (the tail kept past a purge, then the log) up to `upto`, in
+    /// order: what a region re-pointed after a failover lists of its own past.
+    pub fn kept_entries(&self, upto: u64) -> Vec<Entry<TypeConfig>> {
+        let i = self.lock();
+        let from_tail = i.tail.range(..=upto).map(|(_, (e, _))| e.clone());
+        let from_log = i.entries.range(..=upto).map(|(_, e)| e.clone());
+        from_tail.chain(from_log).collect()
+    }
+
     /// Whether nothing was ever logged or voted here (a fresh or wiped partition).
     pub fn is_pristine(&self) -> bool {
         let i = self.lock();

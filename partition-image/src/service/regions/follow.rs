@@ -318,6 +318,7 @@ async fn repoint(
             ca_pem: h.ca_certificate.clone(),
             epoch: h.epoch,
             last_index: h.last_index,
+            failover: false,
         })
         .await?;
     app.regions.reconcile(&app.store);

@@ -422,6 +422,9 @@ pub(super) async fn follow_promoted(
     link: &PrimaryLink,
     d: &Demotion,
 ) -> anyhow::Result<()> {
+    if d.failover {
+        return super::failover::follow_promoted(app, link, d).await;
+    }
     let p = link.position().await?;
     match p.promoted_at {
         Some(at) if p.epoch == d.epoch => {
@@ -431,6 +434,8 @@ pub(super) async fn follow_promoted(
                     primary_pool_id: p.pool_id.clone(),
                     epoch: d.epoch,
                     from: at,
+                    reseed: false,
+                    discarded: Vec::new(),
                 })
                 .await?;
             app.regions.reconcile(&app.store);
