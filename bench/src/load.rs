@@ -485,6 +485,13 @@ struct ClientResult {
 }
 
 /// One closed-loop client: send, read the whole answer, repeat until `end`.
+/// An open-loop client's schedule: its first send and the interval between sends.
+#[derive(Clone, Copy)]
+struct Schedule {
+    first: Instant,
+    every: Duration,
+}
+
 async fn client_loop(
     http: reqwest::Client,
     url: Arc<str>,
@@ -492,14 +499,30 @@ async fn client_loop(
     body: bytes::Bytes,
     measure_from: Instant,
     end: Instant,
+    schedule: Option<Schedule>,
 ) -> ClientResult {
     let mut r = ClientResult {
         latencies_ns: Vec::with_capacity(4096),
         errors: 0,
         first_error: None,
     };
+    let mut next = schedule.map(|s| s.first);
     loop {
-        let t0 = Instant::now();
+        // Open loop: a request's latency counts from when it was due, so a late answer
+        // delays the next request's start and shows in that request's latency too (no
+        // coordinated omission).
+        let t0 = match (&mut next, schedule) {
+            (Some(due), Some(s)) => {
+                let t = *due;
+                *due += s.every;
+                if t >= end {
+                    break;
+                }
+                tokio::time::sleep_until(t.into()).await;
+                t
+            }
+            _ => Instant::now(),
+        };
         if t0 >= end {
             break;
         }
@@ -542,7 +565,9 @@ async fn client_loop(
 }
 
 /// What one measured window runs: each client posts `body` to its URL (clients take the
-/// URLs in turn) in a closed loop for `warmup + measure`; CPU is sampled for `pids`.
+/// URLs in turn) in a closed loop for `warmup + measure` — or, with `rate`, at a fixed
+/// total rate (requests per second, spread evenly over the clients: an open loop whose
+/// latencies count from when each request was due); CPU is sampled for `pids`.
 pub(crate) struct Window<'a> {
     pub clients: &'a [reqwest::Client],
     pub urls: Vec<Arc<str>>,
@@ -552,6 +577,7 @@ pub(crate) struct Window<'a> {
     pub measure: Duration,
     pub pids: Vec<u32>,
     pub threads: usize,
+    pub rate: Option<f64>,
 }
 
 pub(crate) async fn measure(op: &str, w: Window<'_>) -> anyhow::Result<OpResult> {
@@ -559,8 +585,16 @@ pub(crate) async fn measure(op: &str, w: Window<'_>) -> anyhow::Result<OpResult>
     let start = Instant::now();
     let measure_from = start + w.warmup;
     let end = measure_from + w.measure;
-    let mut tasks = Vec::with_capacity(w.clients.len());
+    if let Some(rate) = w.rate {
+        anyhow::ensure!(rate > 0.0, "the rate must be above 0, got {rate}");
+    }
+    let n = w.clients.len();
+    let mut tasks = Vec::with_capacity(n);
     for (i, c) in w.clients.iter().enumerate() {
+        let schedule = w.rate.map(|rate| Schedule {
+            first: start + Duration::from_secs_f64(i as f64 / rate),
+            every: Duration::from_secs_f64(n as f64 / rate),
+        });
         tasks.push(tokio::spawn(client_loop(
             c.clone(),
             w.urls[i % w.urls.len()].clone(),
@@ -568,6 +602,7 @@ pub(crate) async fn measure(op: &str, w: Window<'_>) -> anyhow::Result<OpResult>
             w.body.clone(),
             measure_from,
             end,
+            schedule,
         )));
     }
     tokio::time::sleep_until(measure_from.into()).await;
@@ -611,6 +646,7 @@ async fn run_op(
             measure: opts.measure,
             pids: server_pids(&opts.dir.to_string_lossy()),
             threads: opts.threads,
+            rate: None,
         },
     )
     .await

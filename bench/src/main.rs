@@ -142,6 +142,10 @@ struct ReplicationArgs {
     /// Write the healing figures (JSON) to this file.
     #[arg(long, value_name = "FILE")]
     heal_json: Option<PathBuf>,
+    /// Also measure replicated creates at these fixed rates (per second, comma-separated;
+    /// open loop: latency counts from when each create was due).
+    #[arg(long, value_delimiter = ',')]
+    create_rates: Vec<f64>,
 }
 
 /// What the benchmarks that start their own pools (replication, regions) share.
@@ -306,6 +310,7 @@ fn main() -> anyhow::Result<()> {
             let opts = replication::Options {
                 run: a.pool.run_options()?,
                 heal_keys: a.heal_keys,
+                create_rates: a.create_rates.clone(),
             };
             let (rows, heal) = rt.block_on(replication::run(&opts))?;
             write_json(a.pool.timing.json.as_ref(), &rows)?;

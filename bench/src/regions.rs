@@ -134,6 +134,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         measure: opts.run.measure,
         pids,
         threads: opts.run.threads,
+        rate: None,
     };
     let mut rows = Vec::new();
     let mut push = |mut r: OpResult, label: &str| {

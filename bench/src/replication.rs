@@ -33,6 +33,8 @@ pub struct Options {
     pub run: RunOptions,
     /// Keys created before the healing measurement.
     pub heal_keys: usize,
+    /// Fixed create rates (per second, open loop) measured besides the closed loop.
+    pub create_rates: Vec<f64>,
 }
 
 /// What the benchmarks that start their own pools share (this one and `regions`).
@@ -268,7 +270,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
         .collect::<anyhow::Result<_>>()?;
     let auth: Arc<str> = Arc::from(format!("Bearer {}", pool.token));
     let pids = server_pids(&opts.run.dir.to_string_lossy());
-    let window = |urls: Vec<Arc<str>>, body: bytes::Bytes| Window {
+    let window = |urls: Vec<Arc<str>>, body: bytes::Bytes, rate: Option<f64>| Window {
         clients: &clients,
         urls,
         auth: auth.clone(),
@@ -277,6 +279,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
         measure: opts.run.measure,
         pids: pids.clone(),
         threads: opts.run.threads,
+        rate,
     };
     let mut rows = Vec::new();
     let mut push = |mut r: OpResult, label: &str| {
@@ -299,15 +302,43 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
             .collect()
     };
     let to_leader = per_client(&|_| lead);
-    push(
-        load::measure("ec-p256-create", window(to_leader, create.clone())).await?,
-        "replicated create, all clients on the leader",
-    );
     let spread = per_client(&|c| c % 3);
     push(
-        load::measure("ec-p256-create", window(spread, create)).await?,
+        load::measure(
+            "ec-p256-create",
+            window(to_leader.clone(), create.clone(), None),
+        )
+        .await?,
+        "replicated create, all clients on the leader",
+    );
+    push(
+        load::measure(
+            "ec-p256-create",
+            window(spread.clone(), create.clone(), None),
+        )
+        .await?,
         "replicated create, clients spread over 3 partitions",
     );
+    // At fixed rates (open loop): the latency a steady write load sees, on the leader and
+    // spread (two thirds forwarded).
+    for &rate in &opts.create_rates {
+        push(
+            load::measure(
+                "ec-p256-create",
+                window(to_leader.clone(), create.clone(), Some(rate)),
+            )
+            .await?,
+            &format!("replicated create at {rate}/s, all clients on the leader"),
+        );
+        push(
+            load::measure(
+                "ec-p256-create",
+                window(spread.clone(), create.clone(), Some(rate)),
+            )
+            .await?,
+            &format!("replicated create at {rate}/s, clients spread over 3 partitions"),
+        );
+    }
 
     // 2. Sign on one partition vs spread over three.
     let ops = json!(["sign", "verify"]);
@@ -327,7 +358,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
         let path = format!("{}/sign", key.path);
         let one: Vec<Arc<str>> = vec![Arc::from(pool.via(&pool.endpoints[lead]).url(&path))];
         push(
-            load::measure(op, window(one, sign_body(alg))).await?,
+            load::measure(op, window(one, sign_body(alg), None)).await?,
             "sign, all clients on 1 partition",
         );
         let three: Vec<Arc<str>> = pool
@@ -336,7 +367,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
             .map(|e| Arc::from(pool.via(e).url(&path)))
             .collect();
         push(
-            load::measure(op, window(three, sign_body(alg))).await?,
+            load::measure(op, window(three, sign_body(alg), None)).await?,
             "sign, clients spread over 3 partitions",
         );
     }
