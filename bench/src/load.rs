@@ -494,6 +494,7 @@ struct Schedule {
 
 async fn client_loop(
     http: reqwest::Client,
+    method: reqwest::Method,
     url: Arc<str>,
     auth: Arc<str>,
     body: bytes::Bytes,
@@ -526,13 +527,16 @@ async fn client_loop(
         if t0 >= end {
             break;
         }
-        let res = http
-            .post(&*url)
-            .header(reqwest::header::AUTHORIZATION, &*auth)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.clone())
-            .send()
-            .await;
+        let req = http
+            .request(method.clone(), &*url)
+            .header(reqwest::header::AUTHORIZATION, &*auth);
+        let req = if method == reqwest::Method::GET {
+            req
+        } else {
+            req.header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        };
+        let res = req.send().await;
         let outcome = match res {
             Ok(resp) => {
                 let status = resp.status();
@@ -581,6 +585,19 @@ pub(crate) struct Window<'a> {
 }
 
 pub(crate) async fn measure(op: &str, w: Window<'_>) -> anyhow::Result<OpResult> {
+    measure_with(op, w, reqwest::Method::POST).await
+}
+
+/// [`measure`] with GET requests (the body is not sent).
+pub(crate) async fn measure_get(op: &str, w: Window<'_>) -> anyhow::Result<OpResult> {
+    measure_with(op, w, reqwest::Method::GET).await
+}
+
+async fn measure_with(
+    op: &str,
+    w: Window<'_>,
+    method: reqwest::Method,
+) -> anyhow::Result<OpResult> {
     anyhow::ensure!(!w.urls.is_empty(), "no URL to measure {op} against");
     let start = Instant::now();
     let measure_from = start + w.warmup;
@@ -597,6 +614,7 @@ pub(crate) async fn measure(op: &str, w: Window<'_>) -> anyhow::Result<OpResult>
         });
         tasks.push(tokio::spawn(client_loop(
             c.clone(),
+            method.clone(),
             w.urls[i % w.urls.len()].clone(),
             w.auth.clone(),
             w.body.clone(),

@@ -20,6 +20,7 @@ mod regions;
 mod replication;
 mod report;
 mod runner;
+mod scale;
 mod softhsm;
 mod stats;
 
@@ -51,6 +52,9 @@ enum Cmd {
     Replication(ReplicationArgs),
     /// A replica region: bootstrap time, primary write throughput with and without it, lag.
     Regions(RegionsArgs),
+    /// The replicated pool at growing key counts: memory per key, snapshot size, sign and
+    /// get latency per size; restart, healing, backup and restore at the largest.
+    Scale(ScaleArgs),
     /// SoftHSM2 through PKCS#11 (a temporary token is made when SOFTHSM2_CONF is unset).
     Softhsm(SofthsmArgs),
     /// Print a Markdown table with ratios from result files (JSON lines).
@@ -194,6 +198,21 @@ struct RegionsArgs {
 }
 
 #[derive(Args, Debug)]
+struct ScaleArgs {
+    #[command(flatten)]
+    pool: PoolRunArgs,
+    /// Pool sizes in keys, ascending, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 100_000])]
+    sizes: Vec<usize>,
+    /// Share of RSA-2048 keys in the mix (the rest: EC P-256, EC P-384, AES-256 in turn).
+    #[arg(long, default_value_t = 1.0)]
+    rsa_percent: f64,
+    /// Write the per-size rows and the recovery figures (JSON) to this file.
+    #[arg(long, value_name = "FILE")]
+    figures_json: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
 struct BaselineArgs {
     /// Thread counts to run, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2])]
@@ -327,6 +346,24 @@ fn main() -> anyhow::Result<()> {
             write_json(a.pool.timing.json.as_ref(), &rows)?;
             write_figures(a.figures_json.as_ref(), &figures)?;
             check_errors(&rows)
+        }
+        Cmd::Scale(a) => {
+            let rt = runtime(a.pool.threads)?;
+            let opts = scale::Options {
+                run: a.pool.run_options()?,
+                sizes: a.sizes.clone(),
+                rsa_percent: a.rsa_percent,
+            };
+            let (rows, recovery) = rt.block_on(scale::run(&opts))?;
+            let results: Vec<stats::OpResult> = rows
+                .iter()
+                .flat_map(|r| [r.sign.clone(), r.get.clone()])
+                .collect();
+            write_figures(
+                a.figures_json.as_ref(),
+                &serde_json::json!({"sizes": rows, "recovery": recovery}),
+            )?;
+            check_errors(&results)
         }
         Cmd::Calls(a) => {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -320,14 +320,14 @@ fn paginate<T: Clone>(
 /// One page of a name-ordered map after the skip token: at most `max` entries, cloned out so
 /// the state lock is not held while the page is rendered, and whether more follow.
 fn page_of<V: Clone>(
-    map: &std::collections::BTreeMap<String, V>,
+    map: &imbl::OrdMap<String, V>,
     skip: Option<&String>,
     max: usize,
 ) -> (Vec<(String, V)>, bool) {
     use std::ops::Bound;
-    let start = skip.map_or(Bound::Unbounded, Bound::Excluded);
+    let start: Bound<&String> = skip.map_or(Bound::Unbounded, Bound::Excluded);
     let mut page: Vec<(String, V)> = map
-        .range::<String, _>((start, Bound::Unbounded))
+        .range::<_, String>((start, Bound::Unbounded))
         .take(max + 1)
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();

@@ -75,8 +75,8 @@ impl Sessions {
         let session = Session {
             id: uuid::Uuid::new_v4().to_string(),
             through,
-            keys: state.keys.into_values().collect(),
-            deleted: state.deleted.into_values().collect(),
+            keys: state.keys.into_iter().map(|(_, v)| v).collect(),
+            deleted: state.deleted.into_iter().map(|(_, v)| v).collect(),
             rbac: state.rbac,
             settings,
             pages,

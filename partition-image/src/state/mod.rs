@@ -171,6 +171,10 @@ impl Default for Settings {
     }
 }
 
+/// The pool's keys by name, and its soft-deleted keys by name.
+pub type Keys = imbl::OrdMap<String, KeyRecord>;
+pub type DeletedKeys = imbl::OrdMap<String, DeletedKey>;
+
 /// Everything a pool holds.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -178,8 +182,11 @@ pub struct PoolState {
     pub bootstrapped: bool,
     pub settings: Settings,
     pub activation: Activation,
-    pub keys: BTreeMap<String, KeyRecord>,
-    pub deleted: BTreeMap<String, DeletedKey>,
+    /// Persistent (structurally shared) maps: a copy of the state — a Raft snapshot, a
+    /// region snapshot session, a backup job, the single-partition store's trial apply —
+    /// costs O(1) and shares every record, instead of copying every key under the lock.
+    pub keys: Keys,
+    pub deleted: DeletedKeys,
     pub rbac: RbacState,
     /// Members removed from the pool's Raft group (node id → partition name), derived by the
     /// replicated state machine from committed membership changes. Node ids are never
