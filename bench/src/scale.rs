@@ -41,6 +41,7 @@ pub struct Options {
 
 /// The figures at one size.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SizeRow {
     pub keys: usize,
     pub fill_s: f64,
@@ -57,6 +58,7 @@ pub struct SizeRow {
 
 /// What happens to a pool of the largest size.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Recovery {
     pub keys: usize,
     /// A follower restarted: until it answers, holds the domain, has caught up.

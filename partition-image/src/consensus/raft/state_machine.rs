@@ -35,6 +35,12 @@ struct SnapshotFile {
     state: PoolState,
 }
 
+/// A snapshot file read for its meta only (the state is skipped, not built in memory).
+#[derive(Deserialize)]
+struct SnapshotMetaOnly {
+    meta: SnapshotMeta<NodeId, Member>,
+}
+
 /// What the rest of the partition shares with the state machine.
 pub struct Shared {
     pub state: RwLock<PoolState>,
@@ -388,7 +394,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         }
         let bytes = std::fs::read(&path).map_err(sm_err)?;
-        let file: SnapshotFile = serde_json::from_slice(&bytes).map_err(sm_err)?;
+        let file: SnapshotMetaOnly = serde_json::from_slice(&bytes).map_err(sm_err)?;
         Ok(Some(Snapshot {
             meta: file.meta,
             snapshot: Box::new(Cursor::new(bytes)),
