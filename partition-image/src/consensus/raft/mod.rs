@@ -139,6 +139,18 @@ fn remove_marker(path: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Entries applied since the last snapshot before the next one is built: at least
+/// `SNAPSHOT_MIN_LOGS`, and an eighth of the keys held, so that a snapshot's cost (every key
+/// serialized and written) spread over the writes between two snapshots stays the same as
+/// the pool grows (a fixed count made a pool of a million keys write a ~600 MB snapshot
+/// every 2,000 writes on every partition). The price: up to keys/8 entries in the log (in
+/// memory, and replayed after a restart).
+const SNAPSHOT_MIN_LOGS: u64 = 2000;
+
+pub fn snapshot_threshold(keys: usize) -> u64 {
+    SNAPSHOT_MIN_LOGS.max(keys as u64 / 8)
+}
+
 fn raft_config(cluster: &str) -> anyhow::Result<openraft::Config> {
     let cfg = openraft::Config {
         cluster_name: cluster.to_string(),
@@ -146,7 +158,9 @@ fn raft_config(cluster: &str) -> anyhow::Result<openraft::Config> {
         election_timeout_min: 600,
         election_timeout_max: 1200,
         install_snapshot_timeout: 5000,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(2000),
+        // Snapshots are triggered by `Replica::snapshot_when_due`, at a cadence that grows
+        // with the pool (`snapshot_threshold`).
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: 200,
         purge_batch_size: 100,
         // Entries per append request. openraft gives an append request one heartbeat
@@ -240,6 +254,8 @@ impl Replica {
             let r = replica.clone();
             tokio::spawn(async move { r.initialize_when_ready().await });
         }
+        let weak = Arc::downgrade(&replica);
+        tokio::spawn(async move { Replica::snapshot_when_due(weak).await });
         // A Raft core that stopped on a fatal error (storage failure, broken invariant)
         // cannot serve consistently: exit so the supervisor restarts the partition, which
         // then recovers from its disk or heals from its peers.
@@ -255,6 +271,34 @@ impl Replica {
             }
         });
         Ok(replica)
+    }
+
+    /// Build a snapshot whenever [`snapshot_threshold`] entries were applied since the last
+    /// one (looked at four times a second; ends with the replica).
+    async fn snapshot_when_due(replica: std::sync::Weak<Replica>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(r) = replica.upgrade() else { return };
+            let (applied, snapshot) = {
+                let m = r.raft.metrics();
+                let m = m.borrow();
+                (
+                    m.last_applied.map_or(0, |l| l.index),
+                    m.snapshot.map_or(0, |l| l.index),
+                )
+            };
+            let keys = {
+                let st = r.sm.state.read().unwrap_or_else(|p| p.into_inner());
+                st.keys.len() + st.deleted.len()
+            };
+            if applied.saturating_sub(snapshot) >= snapshot_threshold(keys)
+                && let Err(e) = r.raft.trigger().snapshot().await
+            {
+                tracing::debug!(error = %e, "a snapshot could not be triggered");
+            }
+        }
     }
 
     /// The members other than this partition, as the group's status lists them.
