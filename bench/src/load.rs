@@ -492,16 +492,27 @@ struct Schedule {
     every: Duration,
 }
 
-async fn client_loop(
-    http: reqwest::Client,
+/// What one client sends, again and again.
+struct ClientRequest {
     method: reqwest::Method,
     url: Arc<str>,
     auth: Arc<str>,
     body: bytes::Bytes,
+}
+
+async fn client_loop(
+    http: reqwest::Client,
+    request: ClientRequest,
     measure_from: Instant,
     end: Instant,
     schedule: Option<Schedule>,
 ) -> ClientResult {
+    let ClientRequest {
+        method,
+        url,
+        auth,
+        body,
+    } = request;
     let mut r = ClientResult {
         latencies_ns: Vec::with_capacity(4096),
         errors: 0,
@@ -614,10 +625,12 @@ async fn measure_with(
         });
         tasks.push(tokio::spawn(client_loop(
             c.clone(),
-            method.clone(),
-            w.urls[i % w.urls.len()].clone(),
-            w.auth.clone(),
-            w.body.clone(),
+            ClientRequest {
+                method: method.clone(),
+                url: w.urls[i % w.urls.len()].clone(),
+                auth: w.auth.clone(),
+                body: w.body.clone(),
+            },
             measure_from,
             end,
             schedule,

@@ -123,7 +123,7 @@ fn dir_mib(dir: &std::path::Path) -> f64 {
 
 /// The body that creates key `k` of the mix.
 fn create_body(k: usize, rsa_every: usize) -> Value {
-    if rsa_every > 0 && k % rsa_every == 0 {
+    if rsa_every > 0 && k.is_multiple_of(rsa_every) {
         return json!({"kty": "RSA-HSM", "key_size": 2048});
     }
     match k % 3 {
