@@ -198,6 +198,28 @@ pub(crate) async fn preload(pool: &Pool, prefix: &str, n: usize) -> anyhow::Resu
     Ok(())
 }
 
+/// A new activated three-partition pool `name` in `run.dir` (a previous run there removed):
+/// its processes, the pool and its leader.
+pub(crate) async fn fresh_pool(
+    run: &RunOptions,
+    name: &str,
+) -> anyhow::Result<(Procs, Pool, usize)> {
+    if run.dir.join("pool.json").exists() {
+        std::fs::remove_dir_all(&run.dir)
+            .with_context(|| format!("cannot remove the previous run in {}", run.dir.display()))?;
+    }
+    let (configs, _) = prepare(&LocalOptions {
+        dir: run.dir.clone(),
+        partitions: 3,
+        pool_name: name.into(),
+        extend: None,
+    })?;
+    let mut procs = Procs::of(run.bin.clone(), configs, None)?;
+    let pool = start_pool(&mut procs, &run.dir).await?;
+    let lead = activate(&pool).await?;
+    Ok((procs, pool, lead))
+}
+
 /// Start `procs` and wait until its three partitions answer (the pool's files in `dir`).
 pub(crate) async fn start_pool(procs: &mut Procs, dir: &Path) -> anyhow::Result<Pool> {
     for i in 0..procs.configs.len() {
@@ -243,23 +265,7 @@ pub(crate) fn sign_body(alg: &str) -> bytes::Bytes {
 
 pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> {
     anyhow::ensure!(opts.run.clients > 0, "--clients must be at least 1");
-    if opts.run.dir.join("pool.json").exists() {
-        std::fs::remove_dir_all(&opts.run.dir).with_context(|| {
-            format!(
-                "cannot remove the previous run in {}",
-                opts.run.dir.display()
-            )
-        })?;
-    }
-    let (configs, _) = prepare(&LocalOptions {
-        dir: opts.run.dir.clone(),
-        partitions: 3,
-        pool_name: "bench-replication".into(),
-        extend: None,
-    })?;
-    let mut procs = Procs::of(opts.run.bin.clone(), configs, None)?;
-    let pool = start_pool(&mut procs, &opts.run.dir).await?;
-    let lead = activate(&pool).await?;
+    let (mut procs, pool, lead) = fresh_pool(&opts.run, "bench-replication").await?;
     eprintln!(
         "pool ready: leader p{lead}; {} clients, {} generator thread(s), {:?} + {:?} per run",
         opts.run.clients, opts.run.threads, opts.run.warmup, opts.run.measure

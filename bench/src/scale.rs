@@ -18,12 +18,9 @@
 //! file store through the API, and a full restore of that backup through a follower.
 
 use crate::load::{self, Pool, Window};
-use crate::replication::{
-    Procs, RunOptions, activate, leader, sign_body, start_pool, status, until,
-};
+use crate::replication::{Procs, RunOptions, leader, sign_body, status, until};
 use crate::stats::OpResult;
 use anyhow::Context;
-use keystead_partition::local::{LocalOptions, prepare};
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -221,23 +218,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<SizeRow>, Recovery)> {
     } else {
         0
     };
-    if opts.run.dir.join("pool.json").exists() {
-        std::fs::remove_dir_all(&opts.run.dir).with_context(|| {
-            format!(
-                "cannot remove the previous run in {}",
-                opts.run.dir.display()
-            )
-        })?;
-    }
-    let (configs, _) = prepare(&LocalOptions {
-        dir: opts.run.dir.clone(),
-        partitions: 3,
-        pool_name: "bench-scale".into(),
-        extend: None,
-    })?;
-    let mut procs = Procs::of(opts.run.bin.clone(), configs, None)?;
-    let pool = start_pool(&mut procs, &opts.run.dir).await?;
-    let mut lead = activate(&pool).await?;
+    let (mut procs, pool, mut lead) =
+        crate::replication::fresh_pool(&opts.run, "bench-scale").await?;
     // The probe keys (created first: the same keys are measured at every size).
     load::create_key(
         &pool,

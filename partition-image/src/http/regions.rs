@@ -108,12 +108,7 @@ pub async fn follow(ctx: &mut Ctx) -> Result<Response, ApiError> {
     let req: FollowRequest = ctx.json()?;
     ctx.audit.member = Some(req.to.clone());
     crate::service::regions::failover::follow(&ctx.app, &req).await?;
-    let st = ctx.app.store.read();
-    let status = ctx
-        .app
-        .regions
-        .status(&st, ctx.app.store.applied_index(), None);
-    Ok(json_response(StatusCode::OK, &status))
+    Ok(region_status(ctx))
 }
 
 /// `POST /admin/regions/promote` with a [`PromoteRequest`]: this region's status after.
@@ -132,10 +127,15 @@ pub async fn promote(ctx: &mut Ctx) -> Result<Response, ApiError> {
             ));
         }
     }
+    Ok(region_status(ctx))
+}
+
+/// This region's status, the answer of a switchover or failover step.
+fn region_status(ctx: &Ctx) -> Response {
     let st = ctx.app.store.read();
     let status = ctx
         .app
         .regions
         .status(&st, ctx.app.store.applied_index(), None);
-    Ok(json_response(StatusCode::OK, &status))
+    json_response(StatusCode::OK, &status)
 }

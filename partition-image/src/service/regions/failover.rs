@@ -117,17 +117,7 @@ pub(super) async fn follow_promoted(
     } else {
         Vec::new()
     };
-    app.store
-        .propose_local(Command::RegionFollow {
-            primary: d.to.clone(),
-            primary_pool_id: p.pool_id.clone(),
-            epoch: d.epoch,
-            from: at,
-            reseed,
-            discarded: discarded.clone(),
-        })
-        .await?;
-    app.regions.reconcile(&app.store);
+    super::switchover::commit_follow(app, d, &p.pool_id, at, discarded.clone(), reseed).await?;
     app.audit.record(AuditRecord {
         request_id: uuid::Uuid::new_v4().to_string(),
         partition: app.cfg.partition_id.clone(),

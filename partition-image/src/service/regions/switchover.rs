@@ -415,6 +415,30 @@ pub(super) async fn fence_old_primary(app: &Arc<App>, old: &FenceTarget) -> anyh
     Ok(())
 }
 
+/// Commit `RegionFollow` of `d.to` (pool `pool_id`) from index `at` — re-seeding first,
+/// dropping `discarded`, when `reseed` — and move the link to it.
+pub(super) async fn commit_follow(
+    app: &App,
+    d: &Demotion,
+    pool_id: &str,
+    at: u64,
+    discarded: Vec<String>,
+    reseed: bool,
+) -> anyhow::Result<()> {
+    app.store
+        .propose_local(Command::RegionFollow {
+            primary: d.to.clone(),
+            primary_pool_id: pool_id.to_string(),
+            epoch: d.epoch,
+            from: at,
+            reseed,
+            discarded,
+        })
+        .await?;
+    app.regions.reconcile(&app.store);
+    Ok(())
+}
+
 /// A demoted primary, or a region it handed over: once the region promoted next was promoted
 /// (same epoch), follow it from the index of its promotion.
 pub(super) async fn follow_promoted(
@@ -428,17 +452,7 @@ pub(super) async fn follow_promoted(
     let p = link.position().await?;
     match p.promoted_at {
         Some(at) if p.epoch == d.epoch => {
-            app.store
-                .propose_local(Command::RegionFollow {
-                    primary: d.to.clone(),
-                    primary_pool_id: p.pool_id.clone(),
-                    epoch: d.epoch,
-                    from: at,
-                    reseed: false,
-                    discarded: Vec::new(),
-                })
-                .await?;
-            app.regions.reconcile(&app.store);
+            commit_follow(app, d, &p.pool_id, at, Vec::new(), false).await?;
             tracing::info!(primary = %d.to, epoch = d.epoch, from = at, "following the promoted region");
             Ok(())
         }
