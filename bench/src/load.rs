@@ -484,7 +484,6 @@ struct ClientResult {
     first_error: Option<String>,
 }
 
-/// One closed-loop client: send, read the whole answer, repeat until `end`.
 /// An open-loop client's schedule: its first send and the interval between sends.
 #[derive(Clone, Copy)]
 struct Schedule {
@@ -500,6 +499,8 @@ struct ClientRequest {
     body: bytes::Bytes,
 }
 
+/// One client: send, read the whole answer, repeat until `end` — at once (closed loop) or
+/// when the next send is due (`schedule`).
 async fn client_loop(
     http: reqwest::Client,
     request: ClientRequest,

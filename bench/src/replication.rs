@@ -309,41 +309,21 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
     };
     let to_leader = per_client(&|_| lead);
     let spread = per_client(&|c| c % 3);
-    push(
-        load::measure(
-            "ec-p256-create",
-            window(to_leader.clone(), create.clone(), None),
-        )
-        .await?,
-        "replicated create, all clients on the leader",
-    );
-    push(
-        load::measure(
-            "ec-p256-create",
-            window(spread.clone(), create.clone(), None),
-        )
-        .await?,
-        "replicated create, clients spread over 3 partitions",
-    );
-    // At fixed rates (open loop): the latency a steady write load sees, on the leader and
-    // spread (two thirds forwarded).
-    for &rate in &opts.create_rates {
-        push(
-            load::measure(
-                "ec-p256-create",
-                window(to_leader.clone(), create.clone(), Some(rate)),
-            )
-            .await?,
-            &format!("replicated create at {rate}/s, all clients on the leader"),
-        );
-        push(
-            load::measure(
-                "ec-p256-create",
-                window(spread.clone(), create.clone(), Some(rate)),
-            )
-            .await?,
-            &format!("replicated create at {rate}/s, clients spread over 3 partitions"),
-        );
+    // Closed loop, then at each fixed rate (open loop: the latency a steady write load
+    // sees), on the leader and spread (two thirds forwarded).
+    let rates = std::iter::once(None).chain(opts.create_rates.iter().map(|&r| Some(r)));
+    for rate in rates {
+        for (urls, whom) in [
+            (&to_leader, "all clients on the leader"),
+            (&spread, "clients spread over 3 partitions"),
+        ] {
+            let label = match rate {
+                None => format!("replicated create, {whom}"),
+                Some(r) => format!("replicated create at {r}/s, {whom}"),
+            };
+            let w = window(urls.clone(), create.clone(), rate);
+            push(load::measure("ec-p256-create", w).await?, &label);
+        }
     }
 
     // 2. Sign on one partition vs spread over three.

@@ -167,6 +167,20 @@ pub async fn publish_events(ctx: &Context, hsm: &ManagedHsm, events: Vec<plan::N
     }
 }
 
+/// A call refused with error `code`, which means "not yet" (the pool goes on by itself and
+/// the next reconcile looks again): done for now.
+fn not_yet(
+    r: Result<(), crate::pool::client::PoolError>,
+    code: &str,
+) -> Result<(), crate::pool::client::PoolError> {
+    match r {
+        Err(crate::pool::client::PoolError::Refused { message, .. }) if message.contains(code) => {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
 /// Each step on the first Ready partition that takes it; why not, in words.
 async fn run_steps(
     ctx: &Context,
@@ -200,24 +214,20 @@ async fn run_steps(
                 Step::Remove { name } => client.remove_region(&base, name).await,
                 // The demotion is committed at once; its token appears in the status once
                 // every region has applied its last index (the reconcile does not wait).
-                Step::Demote { to, endpoints } => match client
-                    .demote(
-                        &base,
-                        &DemoteRequest {
-                            to: to.clone(),
-                            endpoints: endpoints.clone(),
-                            wait_seconds: Some(0),
-                        },
-                    )
-                    .await
-                {
-                    Err(crate::pool::client::PoolError::Refused { message, .. })
-                        if message.contains(keystead_core::region::REGIONS_NOT_CAUGHT_UP) =>
-                    {
-                        Ok(())
-                    }
-                    r => r.map(drop),
-                },
+                Step::Demote { to, endpoints } => not_yet(
+                    client
+                        .demote(
+                            &base,
+                            &DemoteRequest {
+                                to: to.clone(),
+                                endpoints: endpoints.clone(),
+                                wait_seconds: Some(0),
+                            },
+                        )
+                        .await
+                        .map(drop),
+                    keystead_core::region::REGIONS_NOT_CAUGHT_UP,
+                ),
                 Step::Promote { token } => {
                     client
                         .promote(
@@ -240,29 +250,24 @@ async fn run_steps(
                         )
                         .await
                 }
+                // Not promoted yet: a planned switchover re-points this region by itself.
                 Step::Follow {
                     to,
                     endpoints,
                     ca_pem,
-                } => match client
-                    .follow(
-                        &base,
-                        &FollowRequest {
-                            to: to.clone(),
-                            endpoints: endpoints.clone(),
-                            ca_certificate: ca_pem.clone(),
-                        },
-                    )
-                    .await
-                {
-                    // Not promoted yet: a planned switchover re-points this region by itself.
-                    Err(crate::pool::client::PoolError::Refused { message, .. })
-                        if message.contains(keystead_core::region::REGION_NOT_PROMOTED) =>
-                    {
-                        Ok(())
-                    }
-                    r => r,
-                },
+                } => not_yet(
+                    client
+                        .follow(
+                            &base,
+                            &FollowRequest {
+                                to: to.clone(),
+                                endpoints: endpoints.clone(),
+                                ca_certificate: ca_pem.clone(),
+                            },
+                        )
+                        .await,
+                    keystead_core::region::REGION_NOT_PROMOTED,
+                ),
             };
             match r {
                 Ok(()) => {

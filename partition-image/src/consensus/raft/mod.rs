@@ -147,7 +147,7 @@ fn remove_marker(path: &std::path::Path) -> std::io::Result<()> {
 /// memory, and replayed after a restart).
 const SNAPSHOT_MIN_LOGS: u64 = 2000;
 
-pub fn snapshot_threshold(keys: usize) -> u64 {
+fn snapshot_threshold(keys: usize) -> u64 {
     SNAPSHOT_MIN_LOGS.max(keys as u64 / 8)
 }
 

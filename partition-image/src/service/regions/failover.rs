@@ -87,7 +87,7 @@ pub async fn follow(app: &App, req: &FollowRequest) -> Result<(), Error> {
 
 /// Whether a region at `r` continues in place after `promotion`: it applied exactly what the
 /// promoted region had when promoted, in the same old epoch.
-pub fn in_place(r: &ReplicaOf, promotion: Option<Promotion>) -> bool {
+fn in_place(r: &ReplicaOf, promotion: Option<Promotion>) -> bool {
     promotion.is_some_and(|p| p.from_epoch == r.epoch && p.common_index == r.applied_primary_index)
 }
 
@@ -118,23 +118,15 @@ pub(super) async fn follow_promoted(
         Vec::new()
     };
     super::switchover::commit_follow(app, d, &p.pool_id, at, discarded.clone(), reseed).await?;
+    let operation = if reseed {
+        "RegionFollowReseed"
+    } else {
+        "RegionFollowInPlace"
+    };
+    let call = ("GET", "/internal/region/position");
     app.audit.record(AuditRecord {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        partition: app.cfg.partition_id.clone(),
-        caller: format!("region:{}", d.to),
-        client_address: "outbound".into(),
-        method: "GET".into(),
-        path: "/internal/region/position".into(),
-        operation: if reseed {
-            "RegionFollowReseed"
-        } else {
-            "RegionFollowInPlace"
-        }
-        .into(),
-        member: Some(d.to.clone()),
         key_name: (!discarded.is_empty()).then(|| discarded.join(", ")),
-        status: 200,
-        ..AuditRecord::default()
+        ..super::follow::outbound_record(app, &d.to, call, operation, true)
     });
     if reseed {
         tracing::warn!(primary = %d.to, epoch = d.epoch, discarded = ?discarded, "following the region promoted by the failover: this region's position differs from the one it was promoted at, so it re-seeds from it and drops the listed changes");

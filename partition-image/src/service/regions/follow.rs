@@ -151,7 +151,19 @@ async fn purge(app: &Arc<App>, notice: &str) -> anyhow::Result<()> {
 /// The audit record of what this region did on an answer of its primary (`call`: the
 /// method and path it called).
 fn audit_outbound(app: &App, primary: &str, call: (&str, &str), operation: &str, committed: bool) {
-    app.audit.record(AuditRecord {
+    app.audit
+        .record(outbound_record(app, primary, call, operation, committed));
+}
+
+/// [`audit_outbound`]'s record, for a caller that adds to it (the keys it names).
+pub(super) fn outbound_record(
+    app: &App,
+    primary: &str,
+    call: (&str, &str),
+    operation: &str,
+    committed: bool,
+) -> AuditRecord {
+    AuditRecord {
         request_id: uuid::Uuid::new_v4().to_string(),
         partition: app.cfg.partition_id.clone(),
         caller: format!("region:{primary}"),
@@ -162,7 +174,7 @@ fn audit_outbound(app: &App, primary: &str, call: (&str, &str), operation: &str,
         member: Some(primary.to_string()),
         status: if committed { 200 } else { 500 },
         ..AuditRecord::default()
-    });
+    }
 }
 
 /// A region its primary removed: every partition deletes the domain (again after a
