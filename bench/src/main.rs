@@ -192,6 +192,10 @@ struct RegionsArgs {
     /// Keys in the primary when the region joins (its bootstrap).
     #[arg(long, default_value_t = 100_000)]
     bootstrap_keys: usize,
+    /// Also measure the lag with A taking creates at these fixed rates (per second,
+    /// comma-separated; open loop).
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
     /// Write the bootstrap and lag figures (JSON) to this file.
     #[arg(long, value_name = "FILE")]
     figures_json: Option<PathBuf>,
@@ -341,6 +345,7 @@ fn main() -> anyhow::Result<()> {
             let opts = regions::Options {
                 run: a.pool.run_options()?,
                 bootstrap_keys: a.bootstrap_keys,
+                rates: a.rates.clone(),
             };
             let (rows, figures) = rt.block_on(regions::run(&opts))?;
             write_json(a.pool.timing.json.as_ref(), &rows)?;

@@ -12,8 +12,9 @@
 //!    domain sealed to its transfer key) and has applied A's position (lag 0) — snapshot
 //!    catch-up of every key;
 //! 4. **primary write throughput with the region**: the same creates on A while B follows;
-//! 5. **replication lag under sustained writes**: during (4) a probe creates a key on A every
-//!    100 ms and measures from A's answer until a partition of B (in turn) serves it.
+//! 5. **replication lag under sustained writes**: during (4), and during the same creates at
+//!    each fixed `--rates` (open loop), probes create a key on A every 100 ms and measure
+//!    from A's answer until a partition of B (in turn) serves it.
 
 use crate::load::{self, Window};
 use crate::replication::{Procs, activate, preload, start_pool, status, until};
@@ -34,6 +35,9 @@ pub struct Options {
     /// The scratch directory holds the primary in `A/`, the region in `B/`.
     pub run: super::replication::RunOptions,
     pub bootstrap_keys: usize,
+    /// Fixed create rates (per second, open loop) at which the lag is measured too, besides
+    /// the saturating closed loop.
+    pub rates: Vec<f64>,
 }
 
 /// Lag probes running at once beside the load.
@@ -50,10 +54,38 @@ pub struct RegionFigures {
     pub snapshot_mb: f64,
     /// From the start of B's processes until every partition of B joined and reached lag 0.
     pub bootstrap_s: f64,
+    /// The lag under the saturating closed loop.
     pub lag_samples: usize,
     pub lag_p50_ms: f64,
     pub lag_p99_ms: f64,
     pub lag_max_ms: f64,
+    /// The lag at each fixed rate.
+    pub lag_at_rates: Vec<Lag>,
+}
+
+/// Replication lag under one load.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lag {
+    /// Creates per second on A (`None`: closed loop, as many as A takes).
+    pub rate: Option<f64>,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Lag {
+    fn of(rate: Option<f64>, mut lags: Vec<f64>) -> Lag {
+        lags.sort_by(f64::total_cmp);
+        Lag {
+            rate,
+            samples: lags.len(),
+            p50_ms: percentile(&lags, 0.50),
+            p99_ms: percentile(&lags, 0.99),
+            max_ms: lags.last().copied().unwrap_or(f64::NAN),
+        }
+    }
 }
 
 /// Resident set of a process (MiB), from `/proc/PID/status`.
@@ -117,24 +149,24 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         .collect::<anyhow::Result<_>>()?;
     let auth: Arc<str> = Arc::from(format!("Bearer {}", a.token));
     let create = bytes::Bytes::from(json!({"kty": "EC-HSM", "crv": "P-256"}).to_string());
-    let urls: Vec<Arc<str>> = (0..opts.run.clients)
-        .map(|c| {
-            Arc::from(
-                a.via(&a.endpoints[lead])
-                    .url(&format!("/keys/bench-create-{c}/create")),
-            )
-        })
-        .collect();
-    let window = |pids: Vec<u32>| Window {
+    // Fresh keys for each measurement (each client adds versions to its own key).
+    let window = |pids: Vec<u32>, rate: Option<f64>, phase: usize| Window {
         clients: &clients,
-        urls: urls.clone(),
+        urls: (0..opts.run.clients)
+            .map(|c| {
+                Arc::from(
+                    a.via(&a.endpoints[lead])
+                        .url(&format!("/keys/bench-create-{phase}-{c}/create")),
+                )
+            })
+            .collect(),
         auth: auth.clone(),
         body: create.clone(),
         warmup: opts.run.warmup,
         measure: opts.run.measure,
         pids,
         threads: opts.run.threads,
-        rate: None,
+        rate,
     };
     let mut rows = Vec::new();
     let mut push = |mut r: OpResult, label: &str| {
@@ -147,7 +179,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
     push(
         load::measure(
             "ec-p256-create",
-            window(server_pids(&dir_a.to_string_lossy())),
+            window(server_pids(&dir_a.to_string_lossy()), None, 0),
         )
         .await?,
         "primary creates on the leader, no region",
@@ -198,91 +230,116 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         bootstrap.as_secs_f64()
     );
 
-    // 4 and 5. With the region, and the lag probes beside the load: each creates a key on A,
-    // then reads it on B until B serves it (the lag from A's acknowledgement), one after the
-    // other; several probes run at once so that a lag of seconds still yields many samples.
-    let stop = Arc::new(AtomicBool::new(false));
-    let probes: Vec<_> = (0..LAG_PROBES)
-        .map(|p| {
-            let (a, b, stop) = (
-                a.via(&a.endpoints[lead]),
-                b.via(&b.endpoints[0]),
-                stop.clone(),
-            );
-            let warmup = opts.run.warmup;
-            tokio::spawn(async move {
-                tokio::time::sleep(warmup).await;
-                let mut lags = Vec::new();
-                let mut n = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let name = format!("probe-{p}-{n}");
-                    let started = Instant::now();
-                    let created = a
-                        .call(
-                            Method::POST,
-                            &format!("/keys/{name}/create"),
-                            Some(&json!({"kty": "EC-HSM", "crv": "P-256"})),
-                        )
-                        .await;
-                    if !matches!(&created, Ok((s, _)) if s.is_success()) {
-                        anyhow::bail!("probe create {name} on A failed: {created:?}");
-                    }
-                    let acked = Instant::now();
-                    let via = b.via(&b.endpoints[(p + n) % b.endpoints.len()]);
-                    loop {
-                        if let Ok((s, _)) =
-                            via.call(Method::GET, &format!("/keys/{name}"), None).await
-                            && s.is_success()
-                        {
-                            break;
-                        }
-                        anyhow::ensure!(
-                            acked.elapsed() < Duration::from_secs(60),
-                            "B did not serve {name} within 60 s"
-                        );
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    lags.push(acked.elapsed().as_secs_f64() * 1000.0);
-                    n += 1;
-                    let next = started + Duration::from_millis(100);
-                    tokio::time::sleep_until(next.into()).await;
-                }
-                anyhow::Ok(lags)
-            })
-        })
-        .collect();
+    // 4 and 5. With the region: the closed loop, then each fixed rate, with the lag probes
+    // beside each load: each creates a key on A, then reads it on B until B serves it (the
+    // lag from A's acknowledgement), one after the other; several probes run at once so
+    // that a lag of seconds still yields many samples.
     let mut pids = server_pids(&dir_a.to_string_lossy());
     pids.extend(server_pids(&dir_b.to_string_lossy()));
-    push(
-        load::measure("ec-p256-create", window(pids)).await?,
-        "primary creates on the leader, one replica region following",
-    );
-    stop.store(true, Ordering::Relaxed);
     let mut lags = Vec::new();
-    for probe in probes {
-        lags.extend(probe.await.context("a lag probe panicked")??);
+    let loads = std::iter::once(None).chain(opts.rates.iter().map(|&r| Some(r)));
+    for (phase, rate) in loads.enumerate() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let probes: Vec<_> = (0..LAG_PROBES)
+            .map(|p| {
+                let (a, b, stop) = (
+                    a.via(&a.endpoints[lead]),
+                    b.via(&b.endpoints[0]),
+                    stop.clone(),
+                );
+                tokio::spawn(probe(a, b, stop, p, phase, opts.run.warmup))
+            })
+            .collect();
+        let label = match rate {
+            None => "primary creates on the leader, one replica region following".to_string(),
+            Some(r) => {
+                format!("primary creates at {r}/s on the leader, one replica region following")
+            }
+        };
+        push(
+            load::measure("ec-p256-create", window(pids.clone(), rate, phase + 1)).await?,
+            &label,
+        );
+        stop.store(true, Ordering::Relaxed);
+        let mut samples = Vec::new();
+        for probe in probes {
+            samples.extend(probe.await.context("a lag probe panicked")??);
+        }
+        let lag = Lag::of(rate, samples);
+        println!(
+            "replication lag under {}: {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            match rate {
+                None => format!("saturating creates ({} clients on A)", opts.run.clients),
+                Some(r) => format!("{r} creates/s on A"),
+            },
+            lag.samples,
+            lag.p50_ms,
+            lag.p99_ms,
+            lag.max_ms
+        );
+        lags.push(lag);
     }
-    lags.sort_by(f64::total_cmp);
+    let saturated = lags.remove(0);
     let figures = RegionFigures {
         bootstrap_keys: opts.bootstrap_keys,
         primary_rss_mb,
         snapshot_mb,
         bootstrap_s: bootstrap.as_secs_f64(),
-        lag_samples: lags.len(),
-        lag_p50_ms: percentile(&lags, 0.50),
-        lag_p99_ms: percentile(&lags, 0.99),
-        lag_max_ms: lags.last().copied().unwrap_or(f64::NAN),
+        lag_samples: saturated.samples,
+        lag_p50_ms: saturated.p50_ms,
+        lag_p99_ms: saturated.p99_ms,
+        lag_max_ms: saturated.max_ms,
+        lag_at_rates: lags,
     };
-    println!(
-        "replication lag under sustained creates ({} clients on A): {} samples, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        opts.run.clients,
-        figures.lag_samples,
-        figures.lag_p50_ms,
-        figures.lag_p99_ms,
-        figures.lag_max_ms
-    );
     drop(clients);
     drop(procs_b);
     drop(procs_a);
     Ok((rows, figures))
+}
+
+/// One lag probe: create a key on A, wait until B serves it, every 100 ms, until `stop`.
+async fn probe(
+    a: crate::load::Pool,
+    b: crate::load::Pool,
+    stop: Arc<AtomicBool>,
+    p: usize,
+    phase: usize,
+    warmup: Duration,
+) -> anyhow::Result<Vec<f64>> {
+    tokio::time::sleep(warmup).await;
+    let mut lags = Vec::new();
+    let mut n = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let name = format!("probe-{phase}-{p}-{n}");
+        let started = Instant::now();
+        let created = a
+            .call(
+                Method::POST,
+                &format!("/keys/{name}/create"),
+                Some(&json!({"kty": "EC-HSM", "crv": "P-256"})),
+            )
+            .await;
+        if !matches!(&created, Ok((s, _)) if s.is_success()) {
+            anyhow::bail!("probe create {name} on A failed: {created:?}");
+        }
+        let acked = Instant::now();
+        let via = b.via(&b.endpoints[(p + n) % b.endpoints.len()]);
+        loop {
+            if let Ok((s, _)) = via.call(Method::GET, &format!("/keys/{name}"), None).await
+                && s.is_success()
+            {
+                break;
+            }
+            anyhow::ensure!(
+                acked.elapsed() < Duration::from_secs(60),
+                "B did not serve {name} within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        lags.push(acked.elapsed().as_secs_f64() * 1000.0);
+        n += 1;
+        let next = started + Duration::from_millis(100);
+        tokio::time::sleep_until(next.into()).await;
+    }
+    Ok(lags)
 }

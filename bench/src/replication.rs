@@ -5,7 +5,8 @@
 //! data directory. Then, after activation (a throwaway security-domain download):
 //!
 //! 1. **replicated creates** — closed-loop clients each adding versions to their own EC P-256
-//!    key (`POST /keys/{name}/create`), every create committed through the group: clients
+//!    key (`POST /keys/{name}/create`; fresh keys for each measurement), every create
+//!    committed through the group, then the same at fixed rates (open loop): clients
 //!    talking to the leader, and clients spread over the three partitions (two thirds of the
 //!    writes forwarded by a follower);
 //! 2. **sign** (ES256 and RS256) with every client on one partition, and spread over three
@@ -295,33 +296,36 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, HealResult)> 
     };
 
     // 1. Replicated creates: each client its own key (new versions), so no two clients
-    //    contend on one name.
+    //    contend on one name; fresh keys for each measurement, so that one does not start
+    //    with the versions the previous ones piled up (a key's history is part of what a
+    //    write costs).
     let create = bytes::Bytes::from(json!({"kty": "EC-HSM", "crv": "P-256"}).to_string());
-    let per_client = |endpoint_of: &dyn Fn(usize) -> usize| -> Vec<Arc<str>> {
+    let per_client = |phase: usize, endpoint_of: &dyn Fn(usize) -> usize| -> Vec<Arc<str>> {
         (0..opts.run.clients)
             .map(|c| {
                 Arc::from(
                     pool.via(&pool.endpoints[endpoint_of(c)])
-                        .url(&format!("/keys/bench-create-{c}/create")),
+                        .url(&format!("/keys/bench-create-{phase}-{c}/create")),
                 )
             })
             .collect()
     };
-    let to_leader = per_client(&|_| lead);
-    let spread = per_client(&|c| c % 3);
     // Closed loop, then at each fixed rate (open loop: the latency a steady write load
     // sees), on the leader and spread (two thirds forwarded).
     let rates = std::iter::once(None).chain(opts.create_rates.iter().map(|&r| Some(r)));
+    let mut phase = 0;
     for rate in rates {
-        for (urls, whom) in [
-            (&to_leader, "all clients on the leader"),
-            (&spread, "clients spread over 3 partitions"),
+        for (spread, whom) in [
+            (false, "all clients on the leader"),
+            (true, "clients spread over 3 partitions"),
         ] {
+            phase += 1;
+            let urls = per_client(phase, &|c| if spread { c % 3 } else { lead });
             let label = match rate {
                 None => format!("replicated create, {whom}"),
                 Some(r) => format!("replicated create at {r}/s, {whom}"),
             };
-            let w = window(urls.clone(), create.clone(), rate);
+            let w = window(urls, create.clone(), rate);
             push(load::measure("ec-p256-create", w).await?, &label);
         }
     }

@@ -307,6 +307,10 @@ async fn serve(app: &Arc<App>, req: Request) -> (Response, Option<String>, PeerA
                 Err(e) => refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
             }
         }
+        (Method::POST, "/internal/forward-batch") => {
+            let commands: Vec<crate::state::Command> = parse!(_);
+            json(&crate::consensus::raft::forward::serve_batch(&replica.raft, commands).await)
+        }
         (Method::GET, "/internal/read-index") => match replica.leader_read_index().await {
             Ok(index) => json(&ReadIndexReply { index }),
             Err(_) => refuse(StatusCode::CONFLICT, "not the leader"),

@@ -120,7 +120,10 @@ impl PoolState {
                             });
                         }
                         rec.versions.push((**version).clone());
-                        Ok(Outcome::Key(Box::new(rec.clone())))
+                        // Not the record: copying every version of a key on every new
+                        // version made a write's cost grow with the key's history (the
+                        // proposer has the version it proposed).
+                        Ok(Outcome::None)
                     }
                     None => {
                         let rec = KeyRecord {
@@ -128,8 +131,8 @@ impl PoolState {
                             versions: vec![(**version).clone()],
                             rotation_policy: None,
                         };
-                        self.keys.insert(name.clone(), rec.clone());
-                        Ok(Outcome::Key(Box::new(rec)))
+                        self.keys.insert(name.clone(), rec);
+                        Ok(Outcome::None)
                     }
                 }
             }
@@ -254,7 +257,7 @@ impl PoolState {
                     created,
                     updated: *now,
                 });
-                Ok(Outcome::Key(Box::new(rec.clone())))
+                Ok(Outcome::None)
             }
             Command::PutRoleAssignment {
                 scope,

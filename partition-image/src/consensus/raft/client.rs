@@ -240,14 +240,29 @@ impl PeerClient {
         body: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| {
+            PeerError::Transport(
+                format!("{}{path}", base.trim_end_matches('/')),
+                e.to_string(),
+            )
+        })?;
+        self.post_raw(base, path, bytes, timeout).await
+    }
+
+    /// [`PeerClient::post`] with a body already serialized (JSON).
+    pub async fn post_raw<Resp: DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, PeerError> {
         let url = format!("{}{path}", base.trim_end_matches('/'));
-        let bytes = serde_json::to_vec(body)
-            .map_err(|e| PeerError::Transport(url.clone(), e.to_string()))?;
         let req = self
             .http()
             .post(&url)
             .header("content-type", "application/json")
-            .body(bytes);
+            .body(body);
         self.send(url, req, timeout).await
     }
 

@@ -9,10 +9,12 @@
 //! `docs/replication.md`.
 
 pub mod client;
+pub mod forward;
 mod group;
 pub mod log_store;
 pub mod network;
 pub mod read_index;
+mod rounds;
 pub mod state_machine;
 
 pub use group::Group;
@@ -94,6 +96,8 @@ pub struct Replica {
     reads: read_index::Batcher,
     /// The same, as the leader only (for followers' `/internal/read-index`).
     leader_reads: read_index::Batcher,
+    /// Writes taken here while another partition leads, sent to it in shared requests.
+    forwarder: forward::Forwarder,
     /// Serialises membership changes on the leader.
     pub membership_lock: tokio::sync::Mutex<()>,
 }
@@ -140,15 +144,48 @@ fn remove_marker(path: &std::path::Path) -> std::io::Result<()> {
 }
 
 /// Entries applied since the last snapshot before the next one is built: at least
-/// `SNAPSHOT_MIN_LOGS`, and an eighth of the keys held, so that a snapshot's cost (every key
-/// serialized and written) spread over the writes between two snapshots stays the same as
-/// the pool grows (a fixed count made a pool of a million keys write a ~600 MB snapshot
-/// every 2,000 writes on every partition). The price: up to keys/8 entries in the log (in
-/// memory, and replayed after a restart).
+/// `SNAPSHOT_MIN_LOGS`, and one per [`SNAPSHOT_BYTES_PER_ENTRY`] of the last snapshot, so
+/// that a snapshot's cost (the whole state serialized and written) spread over the writes
+/// between two snapshots stays the same as the pool grows — in keys or in versions of its
+/// keys (a fixed count made a pool of a million keys write a ~600 MB snapshot every 2,000
+/// writes on every partition; a count of keys missed a pool of few keys with long
+/// histories). The price: up to that many entries in the log (in memory, and replayed after
+/// a restart).
+///
+/// Each member waits a little longer than the last (by a twentieth per member id, up to
+/// 15 %): members
+/// apply the same entries, and equal thresholds would make every partition of the pool
+/// build its snapshot at the same moment, slowing the whole pool's writes at once instead
+/// of one member's.
 const SNAPSHOT_MIN_LOGS: u64 = 2000;
 
-fn snapshot_threshold(keys: usize) -> u64 {
-    SNAPSHOT_MIN_LOGS.max(keys as u64 / 8)
+/// Snapshot bytes per entry of log kept between two snapshots: an entry is ~1 KiB, so a
+/// snapshot writes at most ~8× what the log wrote since the last one.
+const SNAPSHOT_BYTES_PER_ENTRY: u64 = 8 * 1024;
+
+fn snapshot_threshold(snapshot_bytes: u64, member_id: u64) -> u64 {
+    let base = SNAPSHOT_MIN_LOGS.max(snapshot_bytes / SNAPSHOT_BYTES_PER_ENTRY);
+    base + base * (member_id % 4) / 20
+}
+
+#[cfg(test)]
+mod snapshot_cadence_tests {
+    use super::*;
+
+    #[test]
+    fn the_cadence_grows_with_the_snapshot_and_members_are_staggered() {
+        // A small pool: the minimum, staggered by member.
+        assert_eq!(snapshot_threshold(0, 0), 2000);
+        assert_eq!(snapshot_threshold(100_000, 1), 2100);
+        assert_eq!(snapshot_threshold(100_000, 3), 2300);
+        // A ~550 MB snapshot (a million keys): one snapshot per ~67,000 entries.
+        assert_eq!(snapshot_threshold(550_000_000, 0), 550_000_000 / 8192);
+        // Members 1..3 of a pool never share a threshold.
+        let t: std::collections::BTreeSet<u64> = (1..=3)
+            .map(|id| snapshot_threshold(50_000_000, id))
+            .collect();
+        assert_eq!(t.len(), 3);
+    }
 }
 
 fn raft_config(cluster: &str) -> anyhow::Result<openraft::Config> {
@@ -234,6 +271,7 @@ impl Replica {
             client.clone(),
             cfg.peers.clone(),
         );
+        let forwarder = forward::Forwarder::new(raft.clone(), client.clone(), cfg.peers.clone());
         let replica = Arc::new(Replica {
             raft,
             log,
@@ -247,6 +285,7 @@ impl Replica {
             term_floor: std::sync::Mutex::new(None),
             reads,
             leader_reads,
+            forwarder,
             membership_lock: tokio::sync::Mutex::new(()),
         });
         if recovering {
@@ -289,11 +328,7 @@ impl Replica {
                     m.snapshot.map_or(0, |l| l.index),
                 )
             };
-            let keys = {
-                let st = r.sm.state.read().unwrap_or_else(|p| p.into_inner());
-                st.keys.len() + st.deleted.len()
-            };
-            if applied.saturating_sub(snapshot) >= snapshot_threshold(keys)
+            if applied.saturating_sub(snapshot) >= snapshot_threshold(r.sm.snapshot_bytes(), r.id)
                 && let Err(e) = r.raft.trigger().snapshot().await
             {
                 tracing::debug!(error = %e, "a snapshot could not be triggered");
@@ -505,28 +540,14 @@ impl Replica {
                 };
             match written {
                 Ok(resp) => return self.outcome(resp.log_id.index).await,
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if let (Some(id), Some(node)) = (f.leader_id, f.leader_node) {
-                        match self
-                            .client
-                            .post::<_, ForwardReply>(
-                                &self.url_of(id, &node),
-                                "/internal/forward",
-                                &cmd,
-                                LEADER_WAIT,
-                            )
-                            .await
-                        {
-                            Ok(r) => return self.outcome(r.index).await,
-                            Err(e) if e.not_sent() => {
-                                tracing::debug!(error = %e, "forward to the leader failed; retrying");
-                            }
-                            Err(e) => {
-                                return Err(ProposeError::Uncertain(format!(
-                                    "the leader {} did not confirm the change: {e}",
-                                    node.name
-                                )));
-                            }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    match self.forwarder.forward(&cmd).await {
+                        forward::Forward::Committed(index) => return self.outcome(index).await,
+                        forward::Forward::Retry(why) => {
+                            tracing::debug!(%why, "forward to the leader failed; retrying");
+                        }
+                        forward::Forward::Uncertain(why) => {
+                            return Err(ProposeError::Uncertain(why));
                         }
                     }
                 }

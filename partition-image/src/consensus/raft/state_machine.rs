@@ -60,6 +60,9 @@ pub struct Shared {
     /// The last log id of `snapshot.json` (`None`: no snapshot, or one of an empty log),
     /// locked while the file is replaced.
     on_disk: Mutex<Option<LogId<NodeId>>>,
+    /// Bytes of the last snapshot written or installed (sets the snapshot cadence:
+    /// `raft::snapshot_threshold`).
+    snapshot_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -81,6 +84,29 @@ impl Shared {
 
     pub fn applied(&self) -> Option<LogId<NodeId>> {
         self.applied.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Bytes of the last snapshot written or installed (0: none yet).
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.snapshot_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Replace `snapshot.json` with `snap` and return its bytes. A built snapshot
+    /// (`installed` false) older than the one on disk is not written: a newer one was
+    /// installed while it was being built.
+    fn persist(&self, snap: &SnapshotFile, installed: bool) -> std::io::Result<Vec<u8>> {
+        let bytes = serde_json::to_vec(snap)?;
+        let mut on_disk = self.on_disk.lock().unwrap_or_else(|p| p.into_inner());
+        if !installed && snap.meta.last_log_id < *on_disk {
+            return Ok(bytes);
+        }
+        let path = self.dir.join("snapshot.json");
+        crate::fsutil::write_atomically(&path, &bytes)?;
+        *on_disk = snap.meta.last_log_id;
+        self.snapshot_bytes
+            .store(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(bytes)
     }
 }
 
@@ -104,8 +130,10 @@ impl StateMachine {
     pub fn open(dir: PathBuf) -> anyhow::Result<StateMachine> {
         crate::fsutil::create_dir_durably(&dir)?;
         let path = dir.join("snapshot.json");
+        let mut snapshot_bytes = 0;
         let (state, applied) = match std::fs::read(&path) {
             Ok(bytes) => {
+                snapshot_bytes = bytes.len() as u64;
                 let snap: SnapshotFile = serde_json::from_slice(&bytes).with_context(|| {
                     format!(
                         "the snapshot {} is damaged; move the partition's data directory away: the partition starts empty and copies the state from its peers",
@@ -139,6 +167,7 @@ impl StateMachine {
                 dir,
                 snapshots_built: Mutex::new(0),
                 on_disk: Mutex::new(on_disk),
+                snapshot_bytes: std::sync::atomic::AtomicU64::new(snapshot_bytes),
             }),
         })
     }
@@ -175,25 +204,6 @@ impl StateMachine {
             },
             state,
         }
-    }
-
-    /// Replace `snapshot.json` with `snap` and return its bytes. A built snapshot
-    /// (`installed` false) older than the one on disk is not written: a newer one was
-    /// installed while it was being built.
-    fn persist(&self, snap: &SnapshotFile, installed: bool) -> std::io::Result<Vec<u8>> {
-        let bytes = serde_json::to_vec(snap)?;
-        let mut on_disk = self
-            .shared
-            .on_disk
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if !installed && snap.meta.last_log_id < *on_disk {
-            return Ok(bytes);
-        }
-        let path = self.shared.dir.join("snapshot.json");
-        crate::fsutil::write_atomically(&path, &bytes)?;
-        *on_disk = snap.meta.last_log_id;
-        Ok(bytes)
     }
 }
 
@@ -252,9 +262,18 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let snap = self.current_snapshot_file();
-        let bytes = self.persist(&snap, false).map_err(sm_err)?;
+        // Serializing and writing the whole state takes a while in a large pool: on a
+        // blocking thread, not on one of the runtime's workers (requests keep being served).
+        let shared = self.shared.clone();
+        let (meta, bytes) = tokio::task::spawn_blocking(move || {
+            let bytes = shared.persist(&snap, false)?;
+            Ok::<_, std::io::Error>((snap.meta, bytes))
+        })
+        .await
+        .map_err(|e| sm_err(std::io::Error::other(e.to_string())))?
+        .map_err(sm_err)?;
         Ok(Snapshot {
-            meta: snap.meta,
+            meta,
             snapshot: Box::new(Cursor::new(bytes)),
         })
     }
@@ -367,7 +386,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             state: file.state,
         };
-        self.persist(&file, true).map_err(sm_err)?;
+        self.shared.persist(&file, true).map_err(sm_err)?;
         {
             let mut state = self.shared.state.write().unwrap_or_else(|p| p.into_inner());
             *state = file.state;
@@ -431,7 +450,9 @@ mod tests {
         sm.install_snapshot(&newer.meta, newer.snapshot)
             .await
             .expect("install");
-        sm.persist(&stale, false).expect("write the stale snapshot");
+        sm.shared
+            .persist(&stale, false)
+            .expect("write the stale snapshot");
         drop(sm);
 
         let (_, mut reopened) = open_both(&dir);
