@@ -541,7 +541,17 @@ impl Replica {
             match written {
                 Ok(resp) => return self.outcome(resp.log_id.index).await,
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    match self.forwarder.forward(&cmd).await {
+                    // Bounded by what is left of the write's time (a round in flight
+                    // that it queued behind counts too); once queued it may have been sent.
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let forwarded = tokio::time::timeout(left, self.forwarder.forward(&cmd))
+                        .await
+                        .unwrap_or_else(|_| {
+                            forward::Forward::Uncertain(
+                                "the leader did not confirm the forwarded change in time".into(),
+                            )
+                        });
+                    match forwarded {
                         forward::Forward::Committed(index) => return self.outcome(index).await,
                         forward::Forward::Retry(why) => {
                             tracing::debug!(%why, "forward to the leader failed; retrying");
