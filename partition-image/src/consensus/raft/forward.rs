@@ -206,3 +206,115 @@ pub async fn serve_batch(raft: &Raft, commands: Vec<Command>) -> Vec<Forwarded> 
     });
     futures::future::join_all(writes).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PartitionConfig;
+    use crate::local::{LocalOptions, prepare};
+    use axum::Json;
+    use axum::routing::post;
+    use std::sync::Mutex;
+
+    /// A leader of an older version has no batch route: it answers 404 without doing
+    /// anything, and the follower sends the batch's commands one at a time, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leader_without_the_batch_route_gets_the_commands_one_by_one_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (configs, _) = prepare(&LocalOptions {
+            dir: dir.path().to_path_buf(),
+            partitions: 3,
+            pool_name: "forward".into(),
+            extend: None,
+        })
+        .expect("prepare a local pool's files");
+        let follower = PartitionConfig::load(&configs[0]).expect("config of p0");
+        let leader = PartitionConfig::load(&configs[1]).expect("config of p1");
+        let (cert, key, _) = crate::tls::read_files(&leader.tls).expect("p1's TLS files");
+        let tls = crate::tls::server_config(&cert, &key, None).expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+
+        // The old leader: `/internal/forward` only; anything else is axum's 404.
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let batch_calls: Arc<Mutex<u32>> = Arc::default();
+        let (s, b) = (seen.clone(), batch_calls.clone());
+        let router = axum::Router::new()
+            .route(
+                "/internal/forward",
+                post(move |Json(cmd): Json<Command>| {
+                    let s = s.clone();
+                    async move {
+                        let mut s = s.lock().unwrap();
+                        s.push(serde_json::to_string(&cmd).unwrap());
+                        Json(ForwardReply {
+                            index: 100 + s.len() as u64,
+                        })
+                    }
+                }),
+            )
+            .fallback(move || {
+                *b.lock().unwrap() += 1;
+                async { (axum::http::StatusCode::NOT_FOUND, "no such peer operation") }
+            });
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, router) = (acceptor.clone(), router.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper_util::service::TowerToHyperService::new(router);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                });
+            }
+        });
+
+        let client = PeerClient::new(&follower).expect("the follower's peer client");
+        let mut url = url::Url::parse(
+            &follower
+                .peers
+                .iter()
+                .find(|p| p.name == leader.partition_id)
+                .expect("p1 among p0's peers")
+                .url,
+        )
+        .expect("peer URL");
+        url.set_port(Some(port)).expect("port");
+        let commands: Vec<Command> = (1..=3).map(|now| Command::PurgeExpired { now }).collect();
+        let serialized: Vec<Vec<u8>> = commands
+            .iter()
+            .map(|c| serde_json::to_vec(c).unwrap())
+            .collect();
+        let out = send(&client, url.as_str(), "p1", serialized.clone()).await;
+        assert_eq!(
+            out,
+            vec![
+                Forward::Committed(101),
+                Forward::Committed(102),
+                Forward::Committed(103)
+            ]
+        );
+        assert_eq!(
+            *batch_calls.lock().unwrap(),
+            1,
+            "the batch route was tried once"
+        );
+        let expected: Vec<String> = serialized
+            .into_iter()
+            .map(|b| String::from_utf8(b).unwrap())
+            .collect();
+        assert_eq!(*seen.lock().unwrap(), expected, "one by one, in order");
+        server.abort();
+    }
+}
