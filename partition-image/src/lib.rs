@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 // The layers, from the edge down (each only imports the ones below it):
+pub mod background; // long work off the runtime, at a lower CPU priority
 pub mod consensus; // the Store: a pool of one's log, or the Raft group
 pub mod http; // the data plane: listener, router, the request chain, thin handlers
 pub mod peer; // the internal API between partitions (and the primary's region API)

@@ -89,7 +89,7 @@ fn key_version(version: &str) -> KeyVersion {
 fn key_record(name: &str) -> KeyRecord {
     KeyRecord {
         name: name.into(),
-        versions: vec![key_version("0a1b2c"), key_version("3d4e5f")],
+        versions: vec![key_version("0a1b2c"), key_version("3d4e5f")].into(),
         rotation_policy: None,
     }
 }

@@ -287,7 +287,7 @@ mod tests {
         Command::RestoreKey {
             key: KeyRecord {
                 name: name.into(),
-                versions: vec![],
+                versions: imbl::Vector::new(),
                 rotation_policy: None,
             },
         }

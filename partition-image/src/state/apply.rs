@@ -119,7 +119,7 @@ impl PoolState {
                                 version: version.version.clone(),
                             });
                         }
-                        rec.versions.push((**version).clone());
+                        rec.versions.push_back((**version).clone());
                         // Not the record: copying every version of a key on every new
                         // version made a write's cost grow with the key's history (the
                         // proposer has the version it proposed).
@@ -128,7 +128,7 @@ impl PoolState {
                     None => {
                         let rec = KeyRecord {
                             name: name.clone(),
-                            versions: vec![(**version).clone()],
+                            versions: imbl::vector![(**version).clone()],
                             rotation_policy: None,
                         };
                         self.keys.insert(name.clone(), rec);
@@ -158,10 +158,11 @@ impl PoolState {
                             name: name.clone(),
                             version: ver.clone(),
                         })?,
-                    None => rec
-                        .versions
-                        .last_mut()
-                        .ok_or_else(|| StateError::KeyNotFound(name.clone()))?,
+                    None => {
+                        let last = rec.versions.len().checked_sub(1);
+                        last.and_then(|i| rec.versions.get_mut(i))
+                            .ok_or_else(|| StateError::KeyNotFound(name.clone()))?
+                    }
                 };
                 if let Some(ops) = key_ops {
                     v.key_ops = ops.clone();

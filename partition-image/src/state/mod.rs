@@ -88,12 +88,15 @@ pub struct KeyVersion {
     pub release_policy: Option<serde_json::Value>,
 }
 
-/// A key: its versions in creation order (the last is the current one).
+/// A key: its versions in creation order (the last is the current one), in a persistent
+/// vector: copying a record — when a copy of the state (a snapshot being written) shares
+/// it, the first write to it or to its neighbours in the key map copies them — shares
+/// every version instead of copying a key's whole history.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRecord {
     pub name: String,
-    pub versions: Vec<KeyVersion>,
+    pub versions: imbl::Vector<KeyVersion>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_policy: Option<RotationPolicyRecord>,
 }

@@ -5,7 +5,7 @@ use super::*;
 fn key(name: &str) -> KeyRecord {
     KeyRecord {
         name: name.into(),
-        versions: vec![],
+        versions: imbl::Vector::new(),
         rotation_policy: None,
     }
 }

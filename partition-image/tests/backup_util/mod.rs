@@ -256,7 +256,8 @@ pub fn ec_record(
             },
             tags,
             release_policy: None,
-        }],
+        }]
+        .into(),
         rotation_policy: None,
     }
 }

@@ -43,10 +43,21 @@ enum Op {
     Commit(LogId<NodeId>),
 }
 
+/// [`Op::Append`] of a borrowed entry (the same record on disk, without copying the entry).
+#[derive(Serialize)]
+enum AppendRef<'a> {
+    #[serde(rename = "a")]
+    Append(&'a Entry<TypeConfig>),
+}
+
 struct Inner {
     dir: PathBuf,
     file: File,
     entries: BTreeMap<u64, Entry<TypeConfig>>,
+    /// Bytes of each entry's record as appended here (not known for entries replayed at
+    /// open): what a purge moves into the region tail is counted without serializing it
+    /// again — on the Raft core's task, a large purge did that for every entry.
+    sizes: BTreeMap<u64, usize>,
     last_purged: Option<LogId<NodeId>>,
     committed: Option<LogId<NodeId>>,
     vote: Option<Vote<NodeId>>,
@@ -185,6 +196,7 @@ impl LogStore {
             dir: dir.to_path_buf(),
             file,
             entries: replayed.entries,
+            sizes: BTreeMap::new(),
             last_purged: replayed.last_purged,
             committed: replayed.committed,
             vote,
@@ -251,13 +263,17 @@ impl Inner {
         }
     }
 
-    /// Append `ops` to `log.jsonl`, fsync'd when `sync`. A failure poisons the store.
-    fn write_ops(&mut self, ops: &[Op], sync: bool) -> std::io::Result<()> {
+    /// Append `ops` to `log.jsonl`, fsync'd when `sync`, and return each one's record length.
+    /// A failure poisons the store.
+    fn write_ops<T: Serialize>(&mut self, ops: &[T], sync: bool) -> std::io::Result<Vec<usize>> {
         self.usable()?;
         let mut buf = Vec::new();
+        let mut lengths = Vec::with_capacity(ops.len());
         for op in ops {
+            let start = buf.len();
             serde_json::to_writer(&mut buf, op)?;
             buf.push(b'\n');
+            lengths.push(buf.len() - start);
         }
         let res = self
             .file
@@ -268,7 +284,7 @@ impl Inner {
             Ok(()) if sync => note_durable(&self.dir.join("log.jsonl"), &self.file),
             Ok(()) => {}
         }
-        res
+        res.map(|()| lengths)
     }
 
     /// Rewrite the file with what remains (after a purge). A failure poisons the store: the
@@ -294,7 +310,7 @@ impl Inner {
             buf.push(b'\n');
         }
         for e in self.entries.values() {
-            serde_json::to_writer(&mut buf, &Op::Append(e.clone()))?;
+            serde_json::to_writer(&mut buf, &AppendRef::Append(e))?;
             buf.push(b'\n');
         }
         write_atomically(&path, &buf)?;
@@ -381,13 +397,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut i = self.lock();
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let ops: Vec<Op> = entries.iter().cloned().map(Op::Append).collect();
+        let ops: Vec<AppendRef<'_>> = entries.iter().map(AppendRef::Append).collect();
         let res = i.write_ops(&ops, true);
-        if res.is_ok() {
-            for e in entries {
+        drop(ops);
+        let res = res.map(|lengths| {
+            for (e, n) in entries.into_iter().zip(lengths) {
+                i.sizes.insert(e.log_id.index, n);
                 i.entries.insert(e.log_id.index, e);
             }
-        }
+        });
         let out = match &res {
             Ok(()) => Ok(()),
             Err(e) => Err(io_err(std::io::Error::new(e.kind(), e.to_string()))),
@@ -401,30 +419,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         i.write_ops(&[Op::Truncate(log_id.index)], true)
             .map_err(io_err)?;
         i.entries.split_off(&log_id.index);
+        i.sizes.split_off(&log_id.index);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        // The sizes of what the tail will hold are measured outside the lock (readers of
-        // the log and of the region feed wait on it), on a copy taken under it; no append or
-        // purge runs meanwhile (`&mut self`), so these are the entries purged below.
-        let copies: Vec<Entry<TypeConfig>> = self
-            .lock()
-            .entries
-            .range(..=log_id.index)
-            .map(|(_, e)| e.clone())
-            .collect();
-        let sizes: BTreeMap<u64, usize> = copies
-            .iter()
-            .map(|e| {
-                let n = serde_json::to_vec(e).map_or(0, |v| v.len());
-                (e.log_id.index, n)
-            })
-            .collect();
-        drop(copies);
         let mut i = self.lock();
         let kept = i.entries.split_off(&(log_id.index + 1));
         let purged = std::mem::replace(&mut i.entries, kept);
+        let kept_sizes = i.sizes.split_off(&(log_id.index + 1));
+        let sizes = std::mem::replace(&mut i.sizes, kept_sizes);
         // The tail stays one contiguous run ending where the log now starts; anything else
         // (a snapshot installed over a gap) starts it afresh, or empties it.
         let first = purged.first_key_value().map(|(&k, _)| k);
@@ -443,7 +447,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             i.tail_bytes = 0;
         }
         for (index, e) in purged.into_iter().filter(|_| contiguous) {
-            let n = sizes.get(&index).copied().unwrap_or(0);
+            // Entries replayed at open were not sized when appended: measured once here.
+            let n = sizes
+                .get(&index)
+                .copied()
+                .unwrap_or_else(|| serde_json::to_vec(&e).map_or(0, |v| v.len()));
             i.tail_bytes += n;
             i.tail.insert(index, (e, n));
         }

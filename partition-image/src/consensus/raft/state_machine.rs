@@ -262,15 +262,15 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
         let snap = self.current_snapshot_file();
-        // Serializing and writing the whole state takes a while in a large pool: on a
-        // blocking thread, not on one of the runtime's workers (requests keep being served).
+        // Serializing and writing the whole state takes a core for a while in a large pool:
+        // on a background thread at a lower priority (requests keep being served).
         let shared = self.shared.clone();
-        let (meta, bytes) = tokio::task::spawn_blocking(move || {
+        let (meta, bytes) = crate::background::run("raft-snapshot", move || {
             let bytes = shared.persist(&snap, false)?;
             Ok::<_, std::io::Error>((snap.meta, bytes))
         })
         .await
-        .map_err(|e| sm_err(std::io::Error::other(e.to_string())))?
+        .ok_or_else(|| sm_err(std::io::Error::other("the snapshot thread failed")))?
         .map_err(sm_err)?;
         Ok(Snapshot {
             meta,

@@ -48,7 +48,7 @@ pub(super) fn key_entry(term: u64, index: u64) -> Entry<TypeConfig> {
         payload: EntryPayload::Normal(Command::RestoreKey {
             key: KeyRecord {
                 name: format!("key-{index}"),
-                versions: vec![],
+                versions: imbl::Vector::new(),
                 rotation_policy: None,
             },
         }),
