@@ -42,6 +42,18 @@ fn state_apply_regressions() {
     }
 }
 
+/// `fuzz_targets/backup_manifest.rs`: a manifest that parses gives a summary (chunk sizes
+/// summing past u64 made it overflow).
+#[test]
+fn backup_manifest_regressions() {
+    for (path, data) in inputs("backup_manifest") {
+        if let Ok(m) = keystead_partition::backup::format::parse_manifest(&data) {
+            let summary = keystead_partition::backup::summary(&m);
+            assert!(summary.is_ok(), "{}: {summary:?}", path.display());
+        }
+    }
+}
+
 /// A soft-delete at the end of time is scheduled for purge at the end of time (it used to
 /// overflow: a panic in debug builds, a purge date in the past in release builds).
 #[test]

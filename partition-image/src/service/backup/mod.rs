@@ -381,7 +381,12 @@ pub fn summary(manifest: &Manifest) -> Result<job::BackupSummary, BackupError> {
         folder: b.folder.clone(),
         key_count: b.key_count,
         deleted_key_count: b.deleted_key_count,
-        size_bytes: b.chunks.iter().map(|c| c.size).sum::<u64>() + bytes.len() as u64,
+        // Saturating: the sizes come from a manifest, which may be damaged or forged
+        // (fuzz/regressions/backup_manifest/chunk-sizes-overflow overflowed the sum).
+        size_bytes: b
+            .chunks
+            .iter()
+            .fold(bytes.len() as u64, |sum, c| sum.saturating_add(c.size)),
         manifest_sha256: format::sha256_hex(&bytes),
         domain_fingerprint: b.domain_fingerprint.clone(),
         key_name: b.key_name.clone(),
