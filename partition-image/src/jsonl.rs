@@ -16,12 +16,13 @@ pub struct Damaged {
     pub error: serde_json::Error,
 }
 
-/// Pass each complete record of `bytes` to `each`, in order; returns the length of the
+/// Pass each complete record of `bytes` to `each`, in order, with its length in bytes
+/// (newline included: what appending it wrote); returns the length of the
 /// complete prefix. The last line may be cut off by a crash (no newline, or not a whole
 /// record): it is left out of the prefix. Blank lines are skipped.
 pub fn read_complete<T: DeserializeOwned>(
     bytes: &[u8],
-    mut each: impl FnMut(T),
+    mut each: impl FnMut(T, usize),
 ) -> Result<usize, Damaged> {
     let mut complete_len = 0;
     let mut start = 0;
@@ -37,7 +38,7 @@ pub fn read_complete<T: DeserializeOwned>(
         let next = end + 1;
         if !record.iter().all(u8::is_ascii_whitespace) {
             match serde_json::from_slice(record) {
-                Ok(r) => each(r),
+                Ok(r) => each(r, next - start),
                 // The last line, damaged: a cut-off write too.
                 Err(_) if next == bytes.len() => break,
                 Err(error) => {

@@ -126,7 +126,7 @@ fn replay(path: &Path, bytes: &[u8], state: PoolState, index: u64) -> anyhow::Re
         since_snapshot: 0,
         complete_len: 0,
     };
-    let applied = crate::jsonl::read_complete(bytes, |entry: LogEntry| {
+    let applied = crate::jsonl::read_complete(bytes, |entry: LogEntry, _| {
         if entry.index > r.index {
             // Refusals were refused when first applied too; replay is deterministic.
             let _ = r.state.apply(&entry.cmd);

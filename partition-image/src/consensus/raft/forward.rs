@@ -41,6 +41,9 @@ pub enum Forward {
     /// Certainly not done (no leader known, the leader changed, the leader not reachable):
     /// safe to try again.
     Retry(String),
+    /// Certainly not done, and trying again would fail the same way (the change cannot be
+    /// sent at all).
+    Failed(String),
     /// Maybe done: the leader did not confirm it.
     Uncertain(String),
 }
@@ -77,7 +80,7 @@ impl Forwarder {
     pub async fn forward(&self, cmd: &Command) -> Forward {
         let bytes = match serde_json::to_vec(cmd) {
             Ok(b) => b,
-            Err(e) => return Forward::Retry(format!("the change does not serialize: {e}")),
+            Err(e) => return Forward::Failed(format!("the change does not serialize: {e}")),
         };
         self.rounds
             .join(bytes)

@@ -98,6 +98,8 @@ use crate::fsutil::{create_dir_durably, note_durable, write_atomically};
 #[derive(Default)]
 struct Replayed {
     entries: BTreeMap<u64, Entry<TypeConfig>>,
+    /// Each entry's record length in the file (what appending it wrote).
+    sizes: BTreeMap<u64, usize>,
     last_purged: Option<LogId<NodeId>>,
     committed: Option<LogId<NodeId>>,
     /// Bytes of complete records: everything after them is a write cut off by a crash.
@@ -110,19 +112,24 @@ struct Replayed {
 /// `complete_len`. A record that cannot be read anywhere before it is an error.
 fn replay(path: &Path, bytes: &[u8]) -> anyhow::Result<Replayed> {
     let mut r = Replayed::default();
-    let read = crate::jsonl::read_complete(bytes, |op: Op| {
+    let read = crate::jsonl::read_complete(bytes, |op: Op, len| {
         match op {
             Op::Append(e) => {
+                r.sizes.insert(e.log_id.index, len);
                 r.entries.insert(e.log_id.index, e);
             }
             Op::Truncate(since) => {
                 r.entries.split_off(&since);
+                r.sizes.split_off(&since);
             }
             Op::Purge(id) => {
                 // A purge up to the last possible index (a corrupt line) empties the log.
-                r.entries = match id.index.checked_add(1) {
-                    Some(first_kept) => r.entries.split_off(&first_kept),
-                    None => BTreeMap::new(),
+                (r.entries, r.sizes) = match id.index.checked_add(1) {
+                    Some(first_kept) => (
+                        r.entries.split_off(&first_kept),
+                        r.sizes.split_off(&first_kept),
+                    ),
+                    None => (BTreeMap::new(), BTreeMap::new()),
                 };
                 r.last_purged = Some(id);
             }
@@ -196,7 +203,7 @@ impl LogStore {
             dir: dir.to_path_buf(),
             file,
             entries: replayed.entries,
-            sizes: BTreeMap::new(),
+            sizes: replayed.sizes,
             last_purged: replayed.last_purged,
             committed: replayed.committed,
             vote,
@@ -447,7 +454,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             i.tail_bytes = 0;
         }
         for (index, e) in purged.into_iter().filter(|_| contiguous) {
-            // Entries replayed at open were not sized when appended: measured once here.
+            // Every entry is sized when appended or replayed; a missing size is a bug,
+            // counted as the serialized entry rather than nothing.
             let n = sizes
                 .get(&index)
                 .copied()
@@ -556,6 +564,45 @@ mod tests {
         assert_eq!(ids(log.entries_after(2, 30, 100)), None);
         assert_eq!(ids(log.entries_after(12, 30, 100)), None);
         assert_eq!(ids(log.entries_after(20, 30, 100)), Some(vec![]));
+    }
+
+    #[tokio::test]
+    async fn entries_replayed_at_open_are_sized_as_when_appended() {
+        use openraft::storage::RaftLogStorage;
+        let tmp = tempfile::tempdir().unwrap();
+        let written: Vec<_> = (1..=8).map(|i| entry(1, i, &format!("clé-{i}"))).collect();
+        let mut log = LogStore::open(tmp.path()).unwrap();
+        for e in &written {
+            log.blocking_append([e.clone()]).await.unwrap();
+        }
+        let appended = log.lock().sizes.clone();
+        // The record lengths, newline included, are what the file holds.
+        let file_len = std::fs::metadata(tmp.path().join("log.jsonl"))
+            .unwrap()
+            .len();
+        assert_eq!(appended.values().sum::<usize>() as u64, file_len);
+        drop(log);
+        // Truncated at 7 and purged up to 3, reopened: the replay drops the same sizes.
+        let mut log = LogStore::open(tmp.path()).unwrap();
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 7))
+            .await
+            .unwrap();
+        drop(log);
+        let mut log = LogStore::open(tmp.path()).unwrap();
+        let want: BTreeMap<u64, usize> = appended.range(..7).map(|(&k, &v)| (k, v)).collect();
+        assert_eq!(log.lock().sizes, want);
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 3))
+            .await
+            .unwrap();
+        assert_eq!(
+            log.lock().tail_bytes,
+            appended.range(..=3).map(|(_, v)| v).sum::<usize>(),
+            "the kept tail is sized from the replayed lengths"
+        );
+        drop(log);
+        let log = LogStore::open(tmp.path()).unwrap();
+        let want: BTreeMap<u64, usize> = appended.range(4..7).map(|(&k, &v)| (k, v)).collect();
+        assert_eq!(log.lock().sizes, want, "sizes after a purge and a rewrite");
     }
 
     #[tokio::test]

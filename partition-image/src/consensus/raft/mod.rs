@@ -558,6 +558,7 @@ impl Replica {
                         forward::Forward::Retry(why) => {
                             tracing::debug!(%why, "forward to the leader failed; retrying");
                         }
+                        forward::Forward::Failed(why) => return Err(ProposeError::Storage(why)),
                         forward::Forward::Uncertain(why) => {
                             return Err(ProposeError::Uncertain(why));
                         }
