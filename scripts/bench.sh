@@ -8,6 +8,7 @@
 #        a) pool and generator share both cores, generator on 1 thread
 #        b) the same with the generator on 2 threads
 #        c) pool pinned to CPU 1, generator pinned to CPU 0 (one core each)
+#        d) as c), ES256 and RS256 at 1, 4, 16, 64 and 256 clients (BENCH_CLIENTS_CURVE)
 #   4. keystead-bench replication  three partition processes: replicated creates (to the
 #        leader / spread), sign on 1 vs 3 partitions, time to heal a wiped partition
 #        (BENCH_HEAL_KEYS keys in the pool, default 5000)
@@ -35,6 +36,7 @@ OUT=${BENCH_OUT:-$TARGET/bench/$(date -u +%Y%m%dT%H%M%SZ)}
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 CLIENTS=${BENCH_CLIENTS:-64}
+CURVE=${BENCH_CLIENTS_CURVE:-1,4,16,64,256}
 SOFTHSM_MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
@@ -94,6 +96,12 @@ if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
   taskset -c 0 "$BIN/keystead-bench" load --dir "$POOL" --start "$BIN/keystead-partition" \
     --server-cpus 1 --clients "$CLIENTS" --threads 1 --label "pool on CPU 1, generator on CPU 0" \
     "${COMMON[@]}" | tee "$OUT/load-pinned.txt"
+
+  echo "== HTTPS, pinned as above: cost with the number of clients ($CURVE)"
+  taskset -c 0 "$BIN/keystead-bench" load --dir "$POOL" --start "$BIN/keystead-partition" \
+    --server-cpus 1 --clients "$CURVE" --threads 1 --ops es256-sign,rs256-sign \
+    --label "clients curve, pool on CPU 1, generator on CPU 0" \
+    "${COMMON[@]}" | tee "$OUT/load-clients.txt"
 fi
 
 echo "== replicated pool: creates, sign on 1 vs 3 partitions, healing of a wiped partition"

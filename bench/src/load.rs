@@ -46,7 +46,10 @@ pub struct LoadOptions {
     pub start_with: Option<PathBuf>,
     /// CPU list for the started pool (`taskset -c LIST`).
     pub server_cpus: Option<String>,
-    pub clients: usize,
+    /// Client counts: each operation is measured at each, in order.
+    pub clients: Vec<usize>,
+    /// `--read-consistency` of the started pool (`read-index`, `lease`); else its default.
+    pub read_consistency: Option<String>,
     pub threads: usize,
     pub warmup: Duration,
     pub measure: Duration,
@@ -60,7 +63,12 @@ struct Runner {
 }
 
 impl Runner {
-    fn start(bin: &Path, dir: &Path, cpus: Option<&str>) -> anyhow::Result<Runner> {
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        cpus: Option<&str>,
+        read_consistency: Option<&str>,
+    ) -> anyhow::Result<Runner> {
         let _ = std::fs::remove_file(dir.join("pool.json"));
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the pool directory {}", dir.display()))?;
@@ -74,9 +82,11 @@ impl Runner {
             }
             None => Command::new(bin),
         };
+        cmd.args(["local", "--dir"]).arg(dir);
+        if let Some(r) = read_consistency {
+            cmd.args(["--read-consistency", r]);
+        }
         let child = cmd
-            .args(["local", "--dir"])
-            .arg(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -686,7 +696,11 @@ async fn run_op(
 
 /// Set up the pool and keys, then measure each requested operation.
 pub async fn run(opts: &LoadOptions) -> anyhow::Result<Vec<OpResult>> {
-    anyhow::ensure!(opts.clients > 0, "--clients must be at least 1");
+    anyhow::ensure!(
+        !opts.clients.is_empty() && opts.clients.iter().all(|&c| c > 0),
+        "--clients must list counts of at least 1, got {:?}",
+        opts.clients
+    );
     for op in &opts.ops {
         anyhow::ensure!(
             OPS.contains(&op.as_str()),
@@ -695,7 +709,12 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Vec<OpResult>> {
         );
     }
     let mut runner = match &opts.start_with {
-        Some(bin) => Some(Runner::start(bin, &opts.dir, opts.server_cpus.as_deref())?),
+        Some(bin) => Some(Runner::start(
+            bin,
+            &opts.dir,
+            opts.server_cpus.as_deref(),
+            opts.read_consistency.as_deref(),
+        )?),
         None => None,
     };
     let pool = wait_ready(&opts.dir, &mut runner).await?;
@@ -723,20 +742,23 @@ pub async fn run(opts: &LoadOptions) -> anyhow::Result<Vec<OpResult>> {
     .await?;
     self_check(&pool, &rsa, &ec, b"keystead benchmark self-check").await?;
     eprintln!(
-        "pool ready at {}; {} clients, {} generator thread(s), {:?} warm-up + {:?} per operation",
+        "pool ready at {}; {:?} clients, {} generator thread(s), {:?} warm-up + {:?} per operation",
         pool.endpoint, opts.clients, opts.threads, opts.warmup, opts.measure
     );
 
-    let clients: Vec<reqwest::Client> = (0..opts.clients)
+    let most = opts.clients.iter().copied().max().unwrap_or(1);
+    let clients: Vec<reqwest::Client> = (0..most)
         .map(|_| https_client(&pool.ca_pem))
         .collect::<anyhow::Result<_>>()?;
     let digest32 = digest::digest(&digest::SHA256, b"keystead benchmark payload");
     let mut out = Vec::new();
     for op in &opts.ops {
         let (path, body) = request_for(op, &rsa, &ec, digest32.as_ref())?;
-        let r = run_op(&pool, &clients, op, &path, &body, opts).await?;
-        println!("{}", r.line());
-        out.push(r);
+        for &n in &opts.clients {
+            let r = run_op(&pool, &clients[..n], op, &path, &body, opts).await?;
+            println!("{}", r.line());
+            out.push(r);
+        }
     }
     drop(clients);
     if let Some(mut r) = runner.take() {

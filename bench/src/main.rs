@@ -120,9 +120,13 @@ struct LoadArgs {
     /// Pin the started pool to these CPUs (`taskset -c LIST`), e.g. `1`.
     #[arg(long, value_name = "LIST", requires = "start")]
     server_cpus: Option<String>,
-    /// Concurrent keep-alive HTTPS clients (one connection each).
-    #[arg(long, default_value_t = 64)]
-    clients: usize,
+    /// `--read-consistency` of the started pool: `read-index` or `lease`.
+    #[arg(long, requires = "start")]
+    read_consistency: Option<String>,
+    /// Concurrent keep-alive HTTPS clients (one connection each); a comma-separated list
+    /// (e.g. `1,4,16,64,256`) measures each operation at each count, in that order.
+    #[arg(long, value_delimiter = ',', default_values_t = [64])]
+    clients: Vec<usize>,
     /// Worker threads of the load generator (it shares the machine with the pool).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -315,7 +319,8 @@ fn main() -> anyhow::Result<()> {
                 dir: std::path::absolute(&a.dir)?,
                 start_with: a.start.clone(),
                 server_cpus: a.server_cpus.clone(),
-                clients: a.clients,
+                clients: a.clients.clone(),
+                read_consistency: a.read_consistency.clone(),
                 threads: a.threads,
                 warmup: a.timing.warmup,
                 measure: a.timing.duration,

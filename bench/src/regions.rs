@@ -124,6 +124,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         partitions: 3,
         pool_name: "east".into(),
         extend: None,
+        read_consistency: None,
     })?;
     let mut procs_a = Procs::of(opts.run.bin.clone(), configs, None)?;
     let a = start_pool(&mut procs_a, &dir_a).await?;
@@ -191,6 +192,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<(Vec<OpResult>, RegionFigures
         partitions: 3,
         pool_name: "west".into(),
         extend: Some(dir_a.join("pool.json")),
+        read_consistency: None,
     })?;
     let primary = PoolFile::load(&dir_a.join("pool.json"))?;
     let ca_b = std::fs::read_to_string(&pool_b.ca_file)?;

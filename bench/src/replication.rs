@@ -214,6 +214,7 @@ pub(crate) async fn fresh_pool(
         partitions: 3,
         pool_name: name.into(),
         extend: None,
+        read_consistency: None,
     })?;
     let mut procs = Procs::of(run.bin.clone(), configs, None)?;
     let pool = start_pool(&mut procs, &run.dir).await?;

@@ -98,6 +98,30 @@ pub struct PartitionConfig {
     /// a safe default.
     #[serde(default)]
     pub limits: Limits,
+    /// How a replicated pool makes reads linearizable (docs/replication.md): `readIndex`
+    /// (default) confirms the leadership with a quorum for every batch of reads; `lease`
+    /// (opt-in) lets the leader read alone for 900 ms after a confirmation, assuming the
+    /// partitions' clocks run at about the same rate. Every partition of a pool must use
+    /// the same setting.
+    #[serde(default, skip_serializing_if = "ReadConsistency::is_default")]
+    pub read_consistency: ReadConsistency,
+}
+
+/// `readConsistency` of the partition configuration.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ReadConsistency {
+    /// A quorum confirms the leadership for every batch of reads.
+    #[default]
+    ReadIndex,
+    /// The leader reads alone for a while after a confirmation (leader lease).
+    Lease,
+}
+
+impl ReadConsistency {
+    fn is_default(&self) -> bool {
+        *self == ReadConsistency::ReadIndex
+    }
 }
 
 /// `securityDomainRedownload` of the partition configuration.

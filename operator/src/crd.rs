@@ -171,6 +171,14 @@ pub struct ManagedHsmSpec {
     #[serde(default)]
     pub security_domain_redownload: RedownloadPolicy,
 
+    /// How reads are made linearizable (docs/replication.md). `ReadIndex` (default): the
+    /// leader confirms its leadership with a quorum for every batch of reads. `Lease`
+    /// (opt-in): for 900 ms after a confirmation the leader reads alone — faster (no
+    /// round per batch), assuming the nodes' clocks run at about the same rate. A change
+    /// restarts the partitions one at a time.
+    #[serde(default)]
+    pub read_consistency: ReadConsistency,
+
     /// PersistentVolumeClaims that `filesystem` backup destinations may name. Each is
     /// mounted into every partition (`/var/lib/keystead-backups/<claimName>`); the
     /// partitions run on different nodes, so a claim must be ReadWriteMany. Changing the
@@ -346,6 +354,13 @@ pub struct SealSpec {
     /// With `SealingKeySecret`: the Secret (key `sealing-key`, 32 random bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ReadConsistency {
+    #[default]
+    ReadIndex,
+    Lease,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -39,7 +39,27 @@ enum Command {
         /// is (docs/regions.md); the pool's name is then its region name.
         #[arg(long, value_name = "PRIMARY/pool.json")]
         extend: Option<PathBuf>,
+        /// How reads are made linearizable (docs/replication.md): `read-index` (the
+        /// default of a new pool) or `lease` (opt-in leader leases); kept in the pool's
+        /// configurations.
+        #[arg(long, value_enum)]
+        read_consistency: Option<ReadConsistencyArg>,
     },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ReadConsistencyArg {
+    ReadIndex,
+    Lease,
+}
+
+impl ReadConsistencyArg {
+    fn into_config(self) -> keystead_partition::config::ReadConsistency {
+        match self {
+            Self::ReadIndex => keystead_partition::config::ReadConsistency::ReadIndex,
+            Self::Lease => keystead_partition::config::ReadConsistency::Lease,
+        }
+    }
 }
 
 fn init_tracing() {
@@ -84,12 +104,18 @@ async fn main() -> std::process::ExitCode {
             init_tracing();
             serve(config, region_config).await
         }
-        Command::Local { dir, name, extend } => {
+        Command::Local {
+            dir,
+            name,
+            extend,
+            read_consistency,
+        } => {
             local::run(local::LocalOptions {
                 dir,
                 partitions: 3,
                 pool_name: name,
                 extend,
+                read_consistency: read_consistency.map(ReadConsistencyArg::into_config),
             })
             .await
         }

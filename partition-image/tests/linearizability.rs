@@ -151,6 +151,8 @@ fn kinds(c: &Cluster) -> Vec<Fault> {
 /// One run's shared state: the pool, the clock, the history.
 struct Run {
     c: Arc<Cluster>,
+    /// Lease reads on (`readConsistency: lease`).
+    lease: bool,
     t0: Instant,
     history: Mutex<Vec<Op>>,
     next_id: AtomicU64,
@@ -447,7 +449,14 @@ fn end(c: &Cluster, h: Held) {
 async fn probe_cut_off(run: &Run, i: usize, key: &str, faults: &mut Faults) {
     // The read is sent once the cut has been held 300 ms (a hold, not a wait: the
     // connections already open are closed by then, so no answer can come from before it).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // With lease reads a cut-off leader rightly answers until its lease runs out (no other
+    // leader can be elected before): the hold is longer by the lease.
+    let hold = if run.lease {
+        Duration::from_millis(300) + keystead_partition::consensus::raft::lease::LEASE
+    } else {
+        Duration::from_millis(300)
+    };
+    tokio::time::sleep(hold).await;
     let op = run.op(PROBE, i, key, Call::Read).await;
     // Any definite answer (the key, 404) came from the partition's own copy of the state.
     let refused = !matches!(op.outcome, Outcome::Ok { .. });
@@ -714,8 +723,21 @@ async fn epoch(
     e
 }
 
-async fn start() -> Arc<Run> {
-    let c = Arc::new(Cluster::start_on_hosts().await);
+/// The read consistency of the runs: `KEYSTEAD_TEST_READ_CONSISTENCY=lease` runs the
+/// default and long tests with lease reads (the lease test always does).
+fn lease_from_env() -> bool {
+    std::env::var("KEYSTEAD_TEST_READ_CONSISTENCY").is_ok_and(|v| v == "lease")
+}
+
+async fn start(lease: bool) -> Arc<Run> {
+    let c = Arc::new(
+        Cluster::start_on_hosts_with(|_, cfg| {
+            if lease {
+                cfg.read_consistency = keystead_partition::config::ReadConsistency::Lease;
+            }
+        })
+        .await,
+    );
     c.activate().await;
     // Purge and recover need the Crypto Officer role too.
     c.assign_role(
@@ -728,6 +750,7 @@ async fn start() -> Arc<Run> {
     let http = c.http.clone();
     Arc::new(Run {
         c,
+        lease,
         t0: Instant::now(),
         history: Mutex::new(Vec::new()),
         next_id: AtomicU64::new(1),
@@ -778,11 +801,22 @@ fn report(seed: u64, started: Instant, faults: &Faults, e: &[Epoch]) -> String {
 /// asserted, the whole history checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_randomized_faults_every_history_is_linearizable() {
+    short_run(lease_from_env()).await;
+}
+
+/// The same with lease reads (`readConsistency: lease`): the leader reads alone for a
+/// while after each confirmation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_randomized_faults_with_lease_reads_every_history_is_linearizable() {
+    short_run(true).await;
+}
+
+async fn short_run(lease: bool) {
     let seed = seed();
     let started = Instant::now();
-    let run = start().await;
+    let run = start(lease).await;
     eprintln!(
-        "linearizability short run: seed {seed} (replay: KEYSTEAD_FAULTS_SEED={seed}); network: {}",
+        "linearizability short run: seed {seed} (replay: KEYSTEAD_FAULTS_SEED={seed}); network: {}; lease reads: {lease}",
         run.c.network()
     );
     let kinds = kinds(&run.c);
@@ -837,9 +871,10 @@ async fn long_randomized_faults_run_with_keystead_long_faults_1() {
         .unwrap_or(1000);
     let seed = seed();
     let started = Instant::now();
-    let run = start().await;
+    let lease = lease_from_env();
+    let run = start(lease).await;
     eprintln!(
-        "linearizability long run: {per_kind} faults of every kind, seed {seed} (replay: KEYSTEAD_FAULTS_SEED={seed}); network: {}",
+        "linearizability long run: {per_kind} faults of every kind, seed {seed} (replay: KEYSTEAD_FAULTS_SEED={seed}); network: {}; lease reads: {lease}",
         run.c.network()
     );
     let kinds = kinds(&run.c);

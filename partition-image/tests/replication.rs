@@ -426,3 +426,47 @@ async fn a_wiped_partition_does_not_form_a_majority_with_a_deposed_leader() {
     })
     .await;
 }
+
+/// Lease reads (`readConsistency: lease`, docs/replication.md): the leader answers its own
+/// reads and its followers' read-index questions under its lease, without a round (counted
+/// in `/metrics`), and a key written through the leader is served at once by every
+/// partition. (The histories under faults are checked by
+/// `linearizability::short_randomized_faults_with_lease_reads_…`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lease_reads_the_leader_reads_under_its_lease_and_reads_stay_current() {
+    let c = Cluster::start_with(|_, cfg| {
+        cfg.read_consistency = keystead_partition::config::ReadConsistency::Lease;
+    })
+    .await;
+    c.activate().await;
+    let leader = c.leader(&[0, 1, 2]).await;
+    const LEASED: &str = "keystead_reads_under_lease_total";
+    for k in 0..5 {
+        let name = format!("leased-{k}");
+        let v = c
+            .create(leader, &name)
+            .await
+            .expect("create through the leader");
+        // Read right after the acknowledgement, on every partition: the write is there.
+        for j in 0..N {
+            let (path, ..) = c
+                .key_identity(j, &name)
+                .await
+                .unwrap_or_else(|| panic!("partition {j} does not serve {name} yet"));
+            assert_eq!(path, kid_path(&v), "partition {j} serves another {name}");
+        }
+    }
+    if c.leader(&[0, 1, 2]).await == leader {
+        let served = c.metric(leader, LEASED).await.unwrap_or(0.0);
+        // 5 reads here and the followers' 10 read-index questions, at least some of them
+        // within 900 ms of a confirmation.
+        assert!(served > 0.0, "the leader answered no read under its lease");
+        for j in (0..N).filter(|&j| j != leader) {
+            assert_eq!(
+                c.metric(j, LEASED).await,
+                Some(0.0),
+                "follower {j} does not lead: it has no lease to read under"
+            );
+        }
+    }
+}

@@ -92,22 +92,6 @@ async fn gcm_encrypt_refuses_a_caller_iv_and_makes_a_fresh_one() {
 // 3. URI length, audit record size, audit write failures.
 // ---------------------------------------------------------------------------------------
 
-/// Value of the gauge or counter `name` in partition `i`'s `/metrics`.
-async fn metric(c: &Cluster, i: usize, name: &str) -> Option<f64> {
-    let text = c
-        .http
-        .get(format!("{}/metrics", c.url(i)))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// An HTTP/1.1 client trusting the pool's CA (the Host header and a long request line are
 /// HTTP/1.1 matters; over HTTP/2 the server's header-list limit answers 431 first).
 fn http1(c: &Cluster) -> reqwest::Client {
@@ -212,12 +196,12 @@ async fn a_change_is_refused_and_not_applied_when_its_audit_record_cannot_be_wri
     // Reads and cryptographic operations stay available (docs/audit.md), and are counted.
     assert_eq!(c.sign(1, "audited").await, StatusCode::OK);
     assert!(
-        metric(&c, 1, "keystead_audit_write_failures_total")
+        c.metric(1, "keystead_audit_write_failures_total")
             .await
             .is_some_and(|n| n >= 2.0)
     );
     assert_eq!(
-        metric(&c, 0, "keystead_audit_write_failures_total").await,
+        c.metric(0, "keystead_audit_write_failures_total").await,
         Some(0.0)
     );
 }
@@ -430,7 +414,7 @@ async fn all_forget(c: &Cluster, what: &str) {
         c.until(
             &format!("partition {i} drops the cached key material after {what}"),
             15,
-            || async { metric(c, i, "keystead_keyring_cached_versions").await == Some(0.0) },
+            || async { c.metric(i, "keystead_keyring_cached_versions").await == Some(0.0) },
         )
         .await;
     }
@@ -443,7 +427,7 @@ async fn all_sign(c: &Cluster, name: &str) {
         })
         .await;
         assert!(
-            metric(c, i, "keystead_keyring_cached_versions")
+            c.metric(i, "keystead_keyring_cached_versions")
                 .await
                 .is_some_and(|n| n >= 1.0)
         );

@@ -139,6 +139,14 @@ fn registry(app: &App) -> Registry {
             "Entries a member is behind the leader (leader only)",
             lag,
         );
+        let leased: Counter = Counter::default();
+        leased.inc_by(replica.leases.served());
+        // Exposed as keystead_reads_under_lease_total.
+        r.register(
+            "keystead_reads_under_lease",
+            "Reads this partition answered as the leader under its lease, without a read-index round (readConsistency: lease)",
+            leased,
+        );
     }
     region_metrics(&mut r, app);
     r

@@ -8,8 +8,8 @@
 
 use crate::auth::LocalIssuer;
 use crate::config::{
-    AuditSettings, AuthSettings, IssuerSettings, PartitionConfig, PeerSettings, SealMode,
-    SealSettings, TlsFiles,
+    AuditSettings, AuthSettings, IssuerSettings, PartitionConfig, PeerSettings, ReadConsistency,
+    SealMode, SealSettings, TlsFiles,
 };
 use crate::pki;
 use anyhow::Context;
@@ -29,6 +29,9 @@ pub struct LocalOptions {
     pub pool_name: String,
     /// The pool file of a running local pool this pool extends as a replica region.
     pub extend: Option<PathBuf>,
+    /// Set every partition's `readConsistency` (kept in its configuration: a resumed pool
+    /// keeps what it has unless this is given).
+    pub read_consistency: Option<ReadConsistency>,
 }
 
 mod extend;
@@ -218,6 +221,7 @@ impl LocalPki {
                 backup_loopback_endpoints: true,
                 security_domain_redownload: Default::default(),
                 limits: Default::default(),
+                read_consistency: Default::default(),
             };
             std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
             cfg
@@ -265,7 +269,13 @@ pub fn prepare(opts: &LocalOptions) -> anyhow::Result<(Vec<PathBuf>, PoolFile)> 
         Vec::new()
     };
     for (i, &port) in ports.iter().enumerate() {
-        let (cfg_path, cfg) = pki.partition(&format!("p{i}"), port, &peers)?;
+        let (cfg_path, mut cfg) = pki.partition(&format!("p{i}"), port, &peers)?;
+        if let Some(r) = opts.read_consistency
+            && cfg.read_consistency != r
+        {
+            cfg.read_consistency = r;
+            std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
+        }
         endpoints.push(cfg.public_url.clone());
         configs.push(cfg_path);
         // The configurations of a resumed pool keep the audience they were created with.

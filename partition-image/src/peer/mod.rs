@@ -283,6 +283,14 @@ async fn serve(app: &Arc<App>, req: Request) -> (Response, Option<String>, PeerA
                     StatusCode::SERVICE_UNAVAILABLE,
                     "catching up after an empty start; not voting yet",
                 )
+            } else if replica.leases.holds_back_votes() {
+                // Lease reads: a leader may still read under a heartbeat this partition
+                // accepted before it restarted (openraft forgets it): no vote until that
+                // lease would have run out.
+                refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "restarted less than a follower lease ago (lease reads); not voting yet",
+                )
             } else {
                 json(&replica.raft.vote(parse!(_)).await)
             }

@@ -228,8 +228,13 @@ impl Cluster {
     /// see `netns.rs`) where the machine allows it, else on loopback proxies
     /// ([`Cluster::network`] says which, and why).
     pub async fn start_on_hosts() -> Cluster {
+        Self::start_on_hosts_with(|_, _| {}).await
+    }
+
+    /// [`Cluster::start_on_hosts`] after `edit` changed partition `i`'s configuration.
+    pub async fn start_on_hosts_with(edit: impl Fn(usize, &mut PartitionConfig)) -> Cluster {
         Self::start_inner(
-            |_, _| {},
+            edit,
             |_, _| {},
             Opts {
                 hosts: true,
@@ -290,6 +295,7 @@ impl Cluster {
             partitions: N,
             pool_name: pool_name.into(),
             extend: extend.clone(),
+            read_consistency: None,
         })
         .unwrap();
         let region_config = match extend {
@@ -648,6 +654,22 @@ impl Cluster {
     /// SIGCONT partition `i`.
     pub fn resume(&self, i: usize) {
         self.signal(i, "CONT");
+    }
+
+    /// Value of the gauge or counter `name` in partition `i`'s `/metrics`.
+    pub async fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.url(i)))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     pub fn url(&self, i: usize) -> &str {

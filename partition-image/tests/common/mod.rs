@@ -151,6 +151,7 @@ impl TestPool {
             backup_loopback_endpoints: true,
             security_domain_redownload: opts.security_domain_redownload,
             limits: Default::default(),
+            read_consistency: Default::default(),
         };
         let app = App::open(cfg).unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -159,6 +159,10 @@ pub fn partition_config(hsm: &ManagedHsm, names: &Names, pod: &str, settings: &S
             crate::crd::RedownloadPolicy::Refused => pc::RedownloadPolicy::Refused,
         },
         limits: pc::Limits::default(),
+        read_consistency: match spec.read_consistency {
+            crate::crd::ReadConsistency::ReadIndex => pc::ReadConsistency::ReadIndex,
+            crate::crd::ReadConsistency::Lease => pc::ReadConsistency::Lease,
+        },
     };
     serde_json::to_value(&cfg).unwrap_or(Value::Null)
 }

@@ -229,6 +229,7 @@ mod tests {
             partitions: 3,
             pool_name: "forward".into(),
             extend: None,
+            read_consistency: None,
         })
         .expect("prepare a local pool's files");
         let follower = PartitionConfig::load(&configs[0]).expect("config of p0");

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod forward;
 mod group;
+pub mod lease;
 pub mod log_store;
 pub mod network;
 pub mod read_index;
@@ -98,6 +99,8 @@ pub struct Replica {
     leader_reads: read_index::Batcher,
     /// Writes taken here while another partition leads, sent to it in shared requests.
     forwarder: forward::Forwarder,
+    /// The leader's read lease (opt-in, `readConsistency: lease`).
+    pub leases: Arc<lease::Leases>,
     /// Serialises membership changes on the leader.
     pub membership_lock: tokio::sync::Mutex<()>,
 }
@@ -195,7 +198,8 @@ fn raft_config(cluster: &str) -> anyhow::Result<openraft::Config> {
         cluster_name: cluster.to_string(),
         heartbeat_interval: 150,
         election_timeout_min: 600,
-        election_timeout_max: 1200,
+        // Also the followers' lease, which lease reads rely on (lease::FOLLOWER_LEASE).
+        election_timeout_max: lease::FOLLOWER_LEASE.as_millis() as u64,
         install_snapshot_timeout: 5000,
         // Snapshots are triggered by `Replica::snapshot_when_due`, at a cadence that grows
         // with the pool (`snapshot_threshold`).
@@ -261,17 +265,22 @@ impl Replica {
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the Raft member: {e}"))?;
+        let leases = Arc::new(lease::Leases::new(
+            cfg.read_consistency == keystead_core::partition_config::ReadConsistency::Lease,
+        ));
         let reads = read_index::Batcher::new(
             read_index::Mode::Any,
             raft.clone(),
             client.clone(),
             cfg.peers.clone(),
+            leases.clone(),
         );
         let leader_reads = read_index::Batcher::new(
             read_index::Mode::LeaderOnly,
             raft.clone(),
             client.clone(),
             cfg.peers.clone(),
+            leases.clone(),
         );
         let forwarder = forward::Forwarder::new(raft.clone(), client.clone(), cfg.peers.clone());
         let replica = Arc::new(Replica {
@@ -288,6 +297,7 @@ impl Replica {
             reads,
             leader_reads,
             forwarder,
+            leases,
             membership_lock: tokio::sync::Mutex::new(()),
         });
         if recovering {
@@ -590,13 +600,43 @@ impl Replica {
     /// The leader's side of a read-index request: confirm leadership with a quorum and
     /// return the index every read must wait for.
     pub async fn leader_read_index(&self) -> Result<u64, String> {
+        // Under a lease: every write acknowledged so far was applied here before it was
+        // acknowledged, so the applied index covers it.
+        if let Some(index) = self.lease_read_index() {
+            let applied = self.sm.applied().map_or(0, |l| l.index);
+            return Ok(index.max(applied));
+        }
         self.leader_reads.read_index().await
+    }
+
+    /// The index a read must wait for when this partition leads under a lease (lease reads
+    /// on, a confirmation of the current term and membership recent enough).
+    fn lease_read_index(&self) -> Option<u64> {
+        if !self.leases.enabled() {
+            return None;
+        }
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.state != openraft::ServerState::Leader {
+            return None;
+        }
+        self.leases
+            .read_index(m.current_term, m.membership_config.log_id().as_ref())
     }
 
     /// Read barrier: after it returns, this partition's state includes every change that
     /// was committed before it was called.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         let deadline = Instant::now() + LEADER_WAIT;
+        // The leader under a lease: its applied state already holds every acknowledged
+        // write once it applied its term's first entries (the lease's index).
+        if let Some(index) = self.lease_read_index() {
+            return self.wait_applied(index, LEADER_WAIT).await.map_err(|_| {
+                ProposeError::Storage(format!(
+                    "this partition could not apply up to its commit index {index} in time"
+                ))
+            });
+        }
         loop {
             let index = self.reads.read_index().await.ok();
             if let Some(index) = index {

@@ -7,6 +7,7 @@
 //! followers two requests each. Here concurrent reads share rounds ([`super::rounds`]).
 
 use super::client::PeerClient;
+use super::lease::{self, Leases};
 use super::rounds::{Policy, RoundFn, Rounds};
 use super::{Raft, ReadIndexReply, member_url};
 use crate::config::PeerSettings;
@@ -44,11 +45,18 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn new(mode: Mode, raft: Raft, client: Arc<PeerClient>, peers: Vec<PeerSettings>) -> Self {
+    pub fn new(
+        mode: Mode,
+        raft: Raft,
+        client: Arc<PeerClient>,
+        peers: Vec<PeerSettings>,
+        leases: Arc<Leases>,
+    ) -> Self {
         let round: RoundFn<(), RoundResult> = Arc::new(move |waiting: Vec<()>| {
             let (raft, client, peers) = (raft.clone(), client.clone(), peers.clone());
+            let leases = leases.clone();
             Box::pin(async move {
-                let r = round(mode, &raft, &client, &peers).await;
+                let r = round(mode, &raft, &client, &peers, &leases).await;
                 vec![r; waiting.len()]
             })
         });
@@ -66,16 +74,37 @@ impl Batcher {
     }
 }
 
-/// One leadership confirmation (2 s), or one question to the leader (3 s).
+/// One leadership confirmation (2 s), or one question to the leader (3 s). A confirmation
+/// renews the leader's read lease (when leases are on), counted from before its heartbeats
+/// were sent.
 async fn round(
     mode: Mode,
     raft: &Raft,
     client: &PeerClient,
     peers: &[PeerSettings],
+    leases: &Leases,
 ) -> RoundResult {
+    let sent = lease::now();
+    let leading = leases.enabled().then(|| {
+        let m = raft.metrics();
+        let m = m.borrow();
+        (
+            m.state == openraft::ServerState::Leader,
+            m.current_term,
+            m.membership_config.log_id().clone(),
+        )
+    });
     match tokio::time::timeout(Duration::from_secs(2), raft.get_read_log_id()).await {
         Err(_) => Err("leadership not confirmed by a quorum in time".into()),
-        Ok(Ok((read, _))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+        Ok(Ok((read, _))) => {
+            let index = read.map(|l| l.index).unwrap_or(0);
+            // The term and membership seen before the round: if either changed meanwhile,
+            // the lease recorded does not match them and is not used.
+            if let Some((true, term, membership)) = leading {
+                leases.confirmed(term, membership, index, sent);
+            }
+            Ok(index)
+        }
         Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
             if mode == Mode::LeaderOnly {
                 return Err("not the leader".into());
