@@ -8,7 +8,9 @@
 #        a) pool and generator share both cores, generator on 1 thread
 #        b) the same with the generator on 2 threads
 #        c) pool pinned to CPU 1, generator pinned to CPU 0 (one core each)
-#        d) as c), ES256 and RS256 at 1, 4, 16, 64 and 256 clients (BENCH_CLIENTS_CURVE)
+#        d) as c), with lease reads (readConsistency: lease, docs/replication.md)
+#        e) as c), ES256 and RS256 at 1, 4, 16, 64 and 256 clients (BENCH_CLIENTS_CURVE),
+#           with read-index rounds and with lease reads
 #   4. keystead-bench replication  three partition processes: replicated creates (to the
 #        leader / spread), sign on 1 vs 3 partitions, time to heal a wiped partition
 #        (BENCH_HEAL_KEYS keys in the pool, default 5000)
@@ -97,11 +99,19 @@ if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
     --server-cpus 1 --clients "$CLIENTS" --threads 1 --label "pool on CPU 1, generator on CPU 0" \
     "${COMMON[@]}" | tee "$OUT/load-pinned.txt"
 
-  echo "== HTTPS, pinned as above: cost with the number of clients ($CURVE)"
-  taskset -c 0 "$BIN/keystead-bench" load --dir "$POOL" --start "$BIN/keystead-partition" \
-    --server-cpus 1 --clients "$CURVE" --threads 1 --ops es256-sign,rs256-sign \
-    --label "clients curve, pool on CPU 1, generator on CPU 0" \
-    "${COMMON[@]}" | tee "$OUT/load-clients.txt"
+  echo "== HTTPS, pinned as above, lease reads (readConsistency: lease)"
+  taskset -c 0 "$BIN/keystead-bench" load --dir "$POOL_TMP/lease" --start "$BIN/keystead-partition" \
+    --server-cpus 1 --read-consistency lease --clients "$CLIENTS" --threads 1 \
+    --label "pool on CPU 1, generator on CPU 0, lease reads" \
+    "${COMMON[@]}" | tee "$OUT/load-pinned-lease.txt"
+
+  for rc in read-index lease; do
+    echo "== HTTPS, pinned as above ($rc): cost with the number of clients ($CURVE)"
+    taskset -c 0 "$BIN/keystead-bench" load --dir "$POOL_TMP/curve-$rc" --start "$BIN/keystead-partition" \
+      --server-cpus 1 --read-consistency "$rc" --clients "$CURVE" --threads 1 --ops es256-sign,rs256-sign \
+      --label "clients curve ($rc), pool on CPU 1, generator on CPU 0" \
+      "${COMMON[@]}" | tee "$OUT/load-clients-$rc.txt"
+  done
 fi
 
 echo "== replicated pool: creates, sign on 1 vs 3 partitions, healing of a wiped partition"

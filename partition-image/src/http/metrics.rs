@@ -29,6 +29,13 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: impl TryInto<i6
     registry.register(name, help, g);
 }
 
+/// Register the counter `name` (exposed as `name_total`) at `value`.
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c: Counter = Counter::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
 /// What this partition reports, as a registry.
 fn registry(app: &App) -> Registry {
     let mut r = Registry::default();
@@ -48,13 +55,11 @@ fn registry(app: &App) -> Registry {
         "Key versions held unwrapped in this partition's memory",
         app.keyring.cached_versions(),
     );
-    let failures: Counter = Counter::default();
-    failures.inc_by(app.audit.failures());
-    // Exposed as keystead_audit_write_failures_total.
-    r.register(
+    counter(
+        &mut r,
         "keystead_audit_write_failures",
         "Audit records this partition could not write (changes are refused meanwhile)",
-        failures,
+        app.audit.failures(),
     );
     gauge(
         &mut r,
@@ -139,13 +144,11 @@ fn registry(app: &App) -> Registry {
             "Entries a member is behind the leader (leader only)",
             lag,
         );
-        let leased: Counter = Counter::default();
-        leased.inc_by(replica.leases.served());
-        // Exposed as keystead_reads_under_lease_total.
-        r.register(
+        counter(
+            &mut r,
             "keystead_reads_under_lease",
             "Reads this partition answered as the leader under its lease, without a read-index round (readConsistency: lease)",
-            leased,
+            replica.leases.served(),
         );
     }
     region_metrics(&mut r, app);

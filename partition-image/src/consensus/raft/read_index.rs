@@ -91,7 +91,7 @@ async fn round(
         (
             m.state == openraft::ServerState::Leader,
             m.current_term,
-            m.membership_config.log_id().clone(),
+            *m.membership_config.log_id(),
         )
     });
     match tokio::time::timeout(Duration::from_secs(2), raft.get_read_log_id()).await {
