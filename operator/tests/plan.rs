@@ -1168,6 +1168,29 @@ fn the_redownload_policy_reaches_the_partition_config() {
 }
 
 #[test]
+fn the_read_consistency_reaches_the_partition_config_and_changes_its_hash() {
+    let mut h = hsm("managedhsm-basic.yaml");
+    let names = Names::of(&h).unwrap();
+    let pod = names.pods(3)[0].clone();
+    let before = children::partition_config(&h, &names, &pod, &settings());
+    // The default is left out of the file (read-index rounds).
+    assert!(before.get("readConsistency").is_none(), "{before}");
+    h.spec.read_consistency = keystead_operator::crd::ReadConsistency::Lease;
+    let cfg = children::partition_config(&h, &names, &pod, &settings());
+    assert_eq!(cfg["readConsistency"], "lease");
+    assert_ne!(
+        cfg, before,
+        "a change of the field changes the configuration (and its hash)"
+    );
+    let parsed: keystead_core::partition_config::PartitionConfig =
+        serde_json::from_value(cfg).unwrap();
+    assert_eq!(
+        parsed.read_consistency,
+        keystead_core::partition_config::ReadConsistency::Lease
+    );
+}
+
+#[test]
 fn a_partition_certificate_that_misses_an_extra_name_or_address_is_not_kept() {
     let now = time::OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap();
     let ca = tls::generate_ca("pool", "hsm", 365, now).unwrap();
