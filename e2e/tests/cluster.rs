@@ -230,12 +230,24 @@ async fn three_partitions_in_two_topology_domains_leave_one_pending_with_the_rea
     let ns = TestNamespace::create_in(&cluster, "two-domains").await?;
     // keystead.test/two-racks: node-a and node-c in r1, node-b in r2.
     let pool = Pool::create(ns, json!({"topologyKey": "keystead.test/two-racks"})).await?;
+    // The two scheduled partitions run and answer but are not Ready (/readyz): a new pool
+    // forms its Raft group with all three members, so it cannot serve yet — the status says
+    // which partition is missing and why.
+    let said = |st: &Value, what: &str| {
+        st["partitions"].as_array().map_or(0, |ps| {
+            ps.iter()
+                .filter(|p| p["message"].as_str().is_some_and(|m| m.contains(what)))
+                .count()
+        })
+    };
     let st = pool
         .wait(
-            "2/3 partitions and a condition naming the unschedulable one",
+            "two partitions running but not Ready, and a condition naming the unschedulable one",
             Duration::from_secs(180),
             |st| {
-                st["readyPartitions"] == "2/3"
+                st["readyPartitions"] == "0/3"
+                    && said(st, "not caught up") == 2
+                    && said(st, "cannot be scheduled") == 1
                     && st["conditions"].as_array().is_some_and(|cs| {
                         cs.iter().any(|c| {
                             c["message"].as_str().is_some_and(|m| {
@@ -249,20 +261,26 @@ async fn three_partitions_in_two_topology_domains_leave_one_pending_with_the_rea
             },
         )
         .await?;
-    let pending: Vec<String> = pool
+    let pods = pool
         .ns
         .api::<Pod>()
         .list(&ListParams::default())
         .await?
-        .items
-        .into_iter()
+        .items;
+    let pending: Vec<String> = pods
+        .iter()
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none())
-        .filter_map(|p| p.metadata.name)
+        .filter_map(|p| p.metadata.name.clone())
         .collect();
     ensure!(
         pending.len() == 1,
         "one partition Pending: {pending:?} {st:#}"
     );
+    let running = pods
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .count();
+    ensure!(running == 2, "the two scheduled partitions run: {st:#}");
     pool.ns.pass();
     Ok(())
 }

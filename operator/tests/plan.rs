@@ -287,13 +287,15 @@ fn statefulset_of_three_with_required_anti_affinity_and_on_delete() {
         ctr.image.as_deref(),
         Some("ghcr.io/keystead/keystead-partition:0.1.0")
     );
-    for probe in [
-        &ctr.readiness_probe,
-        &ctr.liveness_probe,
-        &ctr.startup_probe,
+    // Alive: the process answers (/healthz). Ready for the Service: caught up, and holding
+    // the domain once the pool is activated (/readyz, docs/replication.md).
+    for (probe, path) in [
+        (&ctr.readiness_probe, "/readyz"),
+        (&ctr.liveness_probe, "/healthz"),
+        (&ctr.startup_probe, "/healthz"),
     ] {
         let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
-        assert_eq!(get.path.as_deref(), Some("/healthz"));
+        assert_eq!(get.path.as_deref(), Some(path));
         assert_eq!(get.scheme.as_deref(), Some("HTTPS"));
     }
     assert_eq!(
@@ -922,6 +924,69 @@ fn healthy_partitions_clear_their_unhealthy_clock() {
     let d = status::derive_status(&spec, &obs, "h", Some(&prev), &now);
     assert_eq!(d.partitions[0].unhealthy_since, None);
     assert!(d.partitions[0].ready);
+}
+
+/// The readiness probe is `/readyz`: a partition that answers with the domain but has not
+/// caught up is not Ready (no Service traffic), yet healing does not replace it for that —
+/// catching up a large pool can take longer than the threshold. Without the domain the
+/// clock runs as before.
+#[test]
+fn a_partition_catching_up_is_not_ready_but_is_not_replaced_for_it() {
+    let base = hsm("managedhsm-basic.yaml");
+    let names = Names::of(&base).unwrap();
+    let spec = base.spec;
+    let now = at("2026-01-01T00:10:00Z");
+    let prev: ManagedHsmStatus = serde_json::from_value(serde_json::json!({
+        "partitions": [{"name": "pool-0", "ready": false, "unhealthySince": "2026-01-01T00:00:00Z"}]
+    }))
+    .unwrap();
+    let observed = |domain_loaded: bool| -> Vec<ObservedPartition> {
+        serde_json::from_value(serde_json::json!([
+            {"name": "pool-0", "podExists": true, "podReady": false, "templateHash": "h",
+             "admin": {"activation": "Activated", "domainLoaded": domain_loaded}},
+            {"name": "pool-1", "podExists": true, "podReady": true, "templateHash": "h",
+             "admin": {"activation": "Activated", "domainLoaded": true}},
+            {"name": "pool-2", "podExists": true, "podReady": true, "templateHash": "h",
+             "admin": {"activation": "Activated", "domainLoaded": true}},
+        ]))
+        .unwrap()
+    };
+    let catching_up = observed(true);
+    let d = status::derive_status(&spec, &catching_up, "h", Some(&prev), &now);
+    let p0 = &d.partitions[0];
+    assert!(!p0.ready);
+    assert_eq!(
+        p0.unhealthy_since, None,
+        "no healing clock while it catches up"
+    );
+    assert!(
+        p0.message
+            .as_deref()
+            .is_some_and(|m| m.contains("not caught up")),
+        "{:?}",
+        p0.message
+    );
+    let action = lifecycle::next_action(&spec, &catching_up, &d.partitions, "h", &now, |p| {
+        names.pvc(p)
+    });
+    assert_eq!(action_str(&action), "None");
+
+    let sealed = observed(false);
+    let d = status::derive_status(&spec, &sealed, "h", Some(&prev), &now);
+    assert_eq!(
+        d.partitions[0].unhealthy_since,
+        Some(at("2026-01-01T00:00:00Z"))
+    );
+    assert!(
+        d.partitions[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("domain key is not loaded")),
+        "{:?}",
+        d.partitions[0].message
+    );
+    let action = lifecycle::next_action(&spec, &sealed, &d.partitions, "h", &now, |p| names.pvc(p));
+    assert_eq!(action_str(&action), "ReplacePod:pool-0");
 }
 
 // ---------------------------------------------------------------------------------------

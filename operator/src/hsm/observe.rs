@@ -9,7 +9,7 @@ use crate::backup::plan::{ClaimFound, ClaimState, PoolBackup};
 use crate::context::{At, Context, Error};
 use crate::crd::ManagedHsm;
 use crate::pool::names::Names;
-use crate::pool::reach::{connect, pod_ready};
+use crate::pool::reach::{connect, pod_ready, pod_running};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -116,7 +116,10 @@ pub async fn partitions(
     let mut out = Vec::new();
     for (name, pod, pvc) in found {
         let ready = pod.as_ref().is_some_and(pod_ready);
-        let (admin, admin_error) = match (&pool_client, ready) {
+        // Read from every running partition, Ready or not: one that is not Ready (waiting
+        // for the domain, catching up) still says why.
+        let running = pod.as_ref().is_some_and(|p| pod_ready(p) || pod_running(p));
+        let (admin, admin_error) = match (&pool_client, running) {
             (Ok(pc), true) => match pc.admin_status(&names.partition_url(&name)).await {
                 Ok(a) => (Some(a), None),
                 Err(e) => (None, Some(e.to_string())),

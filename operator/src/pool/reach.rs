@@ -16,6 +16,15 @@ pub fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// A pod runs (phase `Running`) at an address: its process may answer even when it is not
+/// Ready (not caught up, or waiting for the domain).
+pub fn pod_running(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .is_some_and(|s| s.phase.as_deref() == Some("Running"))
+        && pod_ip(pod).is_some()
+}
+
 /// A pod's IP (`status.podIP`).
 pub fn pod_ip(pod: &Pod) -> Option<IpAddr> {
     pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()

@@ -279,7 +279,9 @@ fn pod_template(hsm: &ManagedHsm, names: &Names, config_hash: &str) -> Value {
         "ports": [{"name": "https", "containerPort": PARTITION_PORT, "protocol": "TCP"}],
         "startupProbe": probe("/healthz", 2, 60),
         "livenessProbe": probe("/healthz", 10, 3),
-        "readinessProbe": probe("/healthz", 5, 2),
+        // Ready only when it can serve what a client asks now: caught up with the group,
+        // and holding the domain once the pool is activated (docs/replication.md).
+        "readinessProbe": probe("/readyz", 5, 2),
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,

@@ -85,9 +85,20 @@ impl ObservedPartition {
                 .is_some_and(|a| a.activation != Activation::Activated || a.domain_loaded)
     }
 
-    /// The pod serves and its admin API answers (whatever the domain's state).
+    /// Running, answering, and holding the domain when the pool is activated — maybe not
+    /// Ready yet (catching up with the group): what healing waits for.
+    pub fn alive(&self) -> bool {
+        self.serving()
+            && self
+                .admin
+                .as_ref()
+                .is_some_and(|a| a.activation != Activation::Activated || a.domain_loaded)
+    }
+
+    /// The pod runs and its admin API answers (whatever the domain's state: a partition
+    /// without the domain is not Ready, /readyz).
     pub(super) fn serving(&self) -> bool {
-        self.pod_exists && !self.pod_terminating && self.pod_ready && self.admin.is_some()
+        self.pod_exists && !self.pod_terminating && self.admin.is_some()
     }
 
     pub(super) fn problem(&self) -> Option<String> {
@@ -98,7 +109,13 @@ impl ObservedPartition {
         } else if let Some(why) = self.unschedulable.as_ref().filter(|_| !self.pod_ready) {
             Some(format!("pod cannot be scheduled: {why}"))
         } else if !self.pod_ready {
-            Some("pod is not Ready".into())
+            Some(match &self.admin {
+                Some(a) if a.activation == Activation::Activated && !a.domain_loaded => {
+                    "pod is not Ready: the domain key is not loaded yet".into()
+                }
+                Some(_) => "pod is not Ready: not caught up with the group yet".into(),
+                None => "pod is not Ready".into(),
+            })
         } else if let Some(e) = &self.admin_error {
             Some(format!("admin API: {e}"))
         } else if self.admin.is_none() {

@@ -44,6 +44,10 @@ pub fn derive_status(
     let lost = domain_lost_everywhere(observed);
     let ok = |p: &ObservedPartition| if lost { p.serving() } else { p.healthy() };
     let healthy = observed.iter().filter(|p| ok(p)).count();
+    // The healing clock runs only for a partition that is down or without the domain: one
+    // that answers with the domain but is not Ready yet (catching up with the group, which
+    // can take minutes in a large pool) is not replaced for it.
+    let alive = |p: &ObservedPartition| if lost { p.serving() } else { p.alive() };
     let prev_parts: BTreeMap<&str, &PartitionStatus> = previous
         .map(|s| s.partitions.iter().map(|p| (p.name.as_str(), p)).collect())
         .unwrap_or_default();
@@ -55,7 +59,7 @@ pub fn derive_status(
     let partitions: Vec<PartitionStatus> = observed
         .iter()
         .map(|p| {
-            let unhealthy_since = if ok(p) {
+            let unhealthy_since = if alive(p) {
                 None
             } else {
                 let since_t = prev_parts

@@ -6,9 +6,10 @@
 //! `election_timeout_max` (1,200 ms) after the last heartbeat they accepted from their
 //! leader, so for that long after a confirmation *was sent* no other leader can be elected
 //! and commit anything. Until [`LEASE`] after the start of its last confirmation, the
-//! leader answers reads from its own state — which holds every acknowledged write, because
-//! a write is acknowledged only after the leader applied it — and followers' read-index
-//! questions with its applied index, without a round.
+//! leader takes its Raft core's current commit index as the read index — for its own
+//! reads and its followers' read-index questions — without a round. (Not its applied
+//! index: a follower may apply a committed entry before the leader does, and a read there
+//! may see it; the first long fault run with leases found exactly that stale read.)
 //!
 //! What it relies on, beyond the read-index rounds: that the partitions' clocks measure
 //! intervals at about the same rate (the margin is a quarter of the lease), and that a
@@ -22,6 +23,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 type NodeId = u64;
+
+/// What the Raft core holds at the moment it answers (not the metrics, which are published
+/// after the fact).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leadership {
+    pub leading: bool,
+    pub term: u64,
+    /// The commit index: no entry after it can have been applied anywhere.
+    pub committed: u64,
+    pub membership: Option<LogId<NodeId>>,
+}
+
+/// Ask the Raft core (a message to its task, no network).
+pub async fn leadership(raft: &super::Raft) -> Option<Leadership> {
+    raft.with_raft_state(|st| Leadership {
+        leading: st.server_state == openraft::ServerState::Leader,
+        term: st.vote_ref().leader_id().get_term(),
+        committed: st.committed.map_or(0, |l| l.index),
+        membership: *st.membership_state.effective().log_id(),
+    })
+    .await
+    .ok()
+}
 
 /// How long a confirmation started at `t` lets the leader read alone: three quarters of
 /// openraft's follower lease (`election_timeout_max`, [`FOLLOWER_LEASE`]).

@@ -600,37 +600,34 @@ impl Replica {
     /// The leader's side of a read-index request: confirm leadership with a quorum and
     /// return the index every read must wait for.
     pub async fn leader_read_index(&self) -> Result<u64, String> {
-        // Under a lease: every write acknowledged so far was applied here before it was
-        // acknowledged, so the applied index covers it.
-        if let Some(index) = self.lease_read_index() {
-            let applied = self.sm.applied().map_or(0, |l| l.index);
-            return Ok(index.max(applied));
+        if let Some(index) = self.lease_read_index().await {
+            return Ok(index);
         }
         self.leader_reads.read_index().await
     }
 
     /// The index a read must wait for when this partition leads under a lease (lease reads
-    /// on, a confirmation of the current term and membership recent enough).
-    fn lease_read_index(&self) -> Option<u64> {
+    /// on, a confirmation of the current term and membership recent enough): the core's
+    /// commit index, taken before the lease is checked — while the lease holds no other
+    /// leader exists, so nothing is committed anywhere beyond it.
+    async fn lease_read_index(&self) -> Option<u64> {
         if !self.leases.enabled() {
             return None;
         }
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        if m.state != openraft::ServerState::Leader {
+        let now = lease::leadership(&self.raft).await?;
+        if !now.leading {
             return None;
         }
-        self.leases
-            .read_index(m.current_term, m.membership_config.log_id().as_ref())
+        let confirmed = self.leases.read_index(now.term, now.membership.as_ref())?;
+        Some(now.committed.max(confirmed))
     }
 
     /// Read barrier: after it returns, this partition's state includes every change that
     /// was committed before it was called.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         let deadline = Instant::now() + LEADER_WAIT;
-        // The leader under a lease: its applied state already holds every acknowledged
-        // write once it applied its term's first entries (the lease's index).
-        if let Some(index) = self.lease_read_index() {
+        // The leader under a lease: the core's commit index, without a round.
+        if let Some(index) = self.lease_read_index().await {
             return self.wait_applied(index, LEADER_WAIT).await.map_err(|_| {
                 ProposeError::Storage(format!(
                     "this partition could not apply up to its commit index {index} in time"

@@ -85,23 +85,18 @@ async fn round(
     leases: &Leases,
 ) -> RoundResult {
     let sent = lease::now();
-    let leading = leases.enabled().then(|| {
-        let m = raft.metrics();
-        let m = m.borrow();
-        (
-            m.state == openraft::ServerState::Leader,
-            m.current_term,
-            *m.membership_config.log_id(),
-        )
-    });
+    let leading = match leases.enabled() {
+        true => lease::leadership(raft).await.filter(|l| l.leading),
+        false => None,
+    };
     match tokio::time::timeout(Duration::from_secs(2), raft.get_read_log_id()).await {
         Err(_) => Err("leadership not confirmed by a quorum in time".into()),
         Ok(Ok((read, _))) => {
             let index = read.map(|l| l.index).unwrap_or(0);
             // The term and membership seen before the round: if either changed meanwhile,
             // the lease recorded does not match them and is not used.
-            if let Some((true, term, membership)) = leading {
-                leases.confirmed(term, membership, index, sent);
+            if let Some(l) = leading {
+                leases.confirmed(l.term, l.membership, index, sent);
             }
             Ok(index)
         }
