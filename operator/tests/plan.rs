@@ -1213,15 +1213,20 @@ fn a_security_domain_redownload_is_reported_once_naming_who() {
     assert!(observed::redownload_note(&silent, 0).is_none());
 }
 
+/// The configuration the operator writes for the first partition of `h`.
+fn first_partition_config(h: &ManagedHsm) -> serde_json::Value {
+    let names = Names::of(h).unwrap();
+    let pod = names.pods(3)[0].clone();
+    children::partition_config(h, &names, &pod, &settings())
+}
+
 #[test]
 fn the_redownload_policy_reaches_the_partition_config() {
     let mut h = hsm("managedhsm-basic.yaml");
-    let names = Names::of(&h).unwrap();
-    let pod = names.pods(3)[0].clone();
-    let cfg = children::partition_config(&h, &names, &pod, &settings());
+    let cfg = first_partition_config(&h);
     assert_eq!(cfg["securityDomainRedownload"], "allowed");
     h.spec.security_domain_redownload = keystead_operator::crd::RedownloadPolicy::Refused;
-    let cfg = children::partition_config(&h, &names, &pod, &settings());
+    let cfg = first_partition_config(&h);
     assert_eq!(cfg["securityDomainRedownload"], "refused");
     // The partition takes what the operator writes.
     let parsed: keystead_core::partition_config::PartitionConfig =
@@ -1235,13 +1240,11 @@ fn the_redownload_policy_reaches_the_partition_config() {
 #[test]
 fn the_read_consistency_reaches_the_partition_config_and_changes_its_hash() {
     let mut h = hsm("managedhsm-basic.yaml");
-    let names = Names::of(&h).unwrap();
-    let pod = names.pods(3)[0].clone();
-    let before = children::partition_config(&h, &names, &pod, &settings());
+    let before = first_partition_config(&h);
     // The default is left out of the file (read-index rounds).
     assert!(before.get("readConsistency").is_none(), "{before}");
     h.spec.read_consistency = keystead_operator::crd::ReadConsistency::Lease;
-    let cfg = children::partition_config(&h, &names, &pod, &settings());
+    let cfg = first_partition_config(&h);
     assert_eq!(cfg["readConsistency"], "lease");
     assert_ne!(
         cfg, before,
