@@ -12,8 +12,8 @@
 //! may see it; the first long fault run with leases found exactly that stale read.)
 //!
 //! What it relies on, beyond the read-index rounds: that the partitions' clocks measure
-//! intervals at about the same rate (the margin is a quarter of the lease), and that a
-//! restarted partition does not vote before a follower's lease would have run out
+//! intervals at about the same rate (the margin is a quarter of the followers' lease), and
+//! that a restarted partition does not vote before a follower's lease would have run out
 //! ([`Leases::holds_back_votes`]; openraft keeps the lease in memory only). The leader
 //! counts time with `CLOCK_BOOTTIME`, which keeps running while a machine is suspended.
 
